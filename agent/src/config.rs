@@ -1,0 +1,212 @@
+//! Agent configuration: defaults, then a TOML file, then `RUSE_AGENT_*`
+//! environment variables, then flags, checked into an [`AgentConfig`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use ruse_pki::CaPin;
+use ruse_proto::transport::{ControllerUrl, DialOptions};
+use ruse_proto::types::{Labels, duration_str};
+
+/// The file / environment form of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentFileConfig {
+    pub controller: Option<String>,
+    pub ca_pin: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Where lures are planted from; `/` in production.
+    pub root: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    #[serde(with = "duration_str")]
+    pub keepalive_interval: Duration,
+    #[serde(with = "duration_str")]
+    pub min_backoff: Duration,
+    #[serde(with = "duration_str")]
+    pub max_backoff: Duration,
+}
+
+impl Default for AgentFileConfig {
+    fn default() -> Self {
+        AgentFileConfig {
+            controller: None,
+            ca_pin: None,
+            token_file: None,
+            state_dir: PathBuf::from("/var/lib/ruse-agent"),
+            root: PathBuf::from("/"),
+            labels: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A checked agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub controller: ControllerUrl,
+    pub ca_pin: CaPin,
+    /// Needed only to enroll (first start, or after the certificate expired).
+    pub token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub root: PathBuf,
+    pub labels: Labels,
+    pub dial: DialOptions,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Why a configuration was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.to_string(),
+    }
+}
+
+impl AgentConfig {
+    /// Merges the layers. `overrides` are flag values as `(key, value)`;
+    /// `flag_labels` are `--label` pairs, which win over the file's labels.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+        flag_labels: &Labels,
+    ) -> Result<Self, ConfigError> {
+        let known: Vec<String> = match serde_json::to_value(AgentFileConfig::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("RUSE_AGENT_")
+                    .is_some_and(|key| known.contains(&key.to_ascii_lowercase()))
+            })
+            .collect();
+        let mut builder = config::Config::builder()
+            .add_source(config::Config::try_from(&AgentFileConfig::default())?);
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("RUSE_AGENT")
+                .prefix_separator("_")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.clone())?;
+        }
+        let raw: AgentFileConfig = builder.build()?.try_deserialize()?;
+        Self::validate(raw, flag_labels)
+    }
+
+    fn validate(raw: AgentFileConfig, flag_labels: &Labels) -> Result<Self, ConfigError> {
+        let controller = raw
+            .controller
+            .ok_or_else(|| invalid("controller", "required (--controller https://HOST:PORT)"))?
+            .parse::<ControllerUrl>()
+            .map_err(|e| invalid("controller", e))?;
+        let ca_pin = raw
+            .ca_pin
+            .ok_or_else(|| {
+                invalid(
+                    "ca_pin",
+                    "required (--ca-pin sha256:…, printed by ruse-controller init)",
+                )
+            })?
+            .parse::<CaPin>()
+            .map_err(|e| invalid("ca_pin", e))?;
+        let labels = Labels::try_from(raw.labels)
+            .map_err(|e| invalid("labels", e))?
+            .overlaid_with(flag_labels);
+        if raw.min_backoff.is_zero() || raw.max_backoff < raw.min_backoff {
+            return Err(invalid(
+                "min_backoff / max_backoff",
+                "need 0 < min_backoff <= max_backoff",
+            ));
+        }
+        Ok(AgentConfig {
+            controller,
+            ca_pin,
+            token_file: raw.token_file,
+            state_dir: raw.state_dir,
+            root: raw.root,
+            labels,
+            dial: DialOptions {
+                connect_timeout: raw.connect_timeout,
+                keepalive_interval: raw.keepalive_interval,
+                ..DialOptions::default()
+            },
+            min_backoff: raw.min_backoff,
+            max_backoff: raw.max_backoff,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn flags_override_file_and_labels_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            format!("controller = \"https://a:1\"\nca_pin = \"{PIN}\"\n[labels]\nsite = \"er\"\nrole = \"ws\"\n"),
+        )
+        .unwrap();
+        let config = AgentConfig::load(
+            Some(&file),
+            [("RUSE_AGENT_STATE_DIR".to_owned(), "/tmp/s".to_owned())],
+            &[("controller", "https://b:2".into())],
+            &Labels::parse_pairs(["site=icu"]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config.controller.to_string(), "https://b:2");
+        assert_eq!(config.state_dir, Path::new("/tmp/s"));
+        assert_eq!(config.labels.get("site"), Some("icu"));
+        assert_eq!(config.labels.get("role"), Some("ws"));
+    }
+
+    #[test]
+    fn missing_or_bad_required_values_are_named() {
+        let err = AgentConfig::load(None, [], &[], &Labels::new()).unwrap_err();
+        assert!(err.to_string().contains("controller"), "{err}");
+        let err = AgentConfig::load(
+            None,
+            [],
+            &[
+                ("controller", "https://a:1".into()),
+                ("ca_pin", "sha1:00".into()),
+            ],
+            &Labels::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ca_pin"), "{err}");
+    }
+}

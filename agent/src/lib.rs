@@ -1,0 +1,264 @@
+//! The Ruse endpoint agent.
+//!
+//! [`run`] enrolls the agent if it has no valid identity, then keeps one
+//! session with the controller open: it says Hello, sends heartbeats at the
+//! interval the controller sets, renews its certificate at ~70 % of its
+//! lifetime (with a fresh key), and reconnects with jittered exponential
+//! backoff. Conditions retrying cannot fix — revoked, unknown to the
+//! controller, a rejected token, a CA that does not match the pin — end
+//! [`run`] with an [`AgentError`] that says what to do.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod enroll;
+pub mod facts;
+pub mod identity;
+mod session;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use ruse_pki::PkiError;
+use ruse_proto::types::{AgentId, UnixMs, random_bytes};
+
+pub use config::AgentConfig;
+use identity::{AgentIdentity, StateError};
+
+/// Conditions that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent {0} has been revoked by the controller; it will not reconnect")]
+    Revoked(AgentId),
+    #[error(
+        "the controller does not know agent {id}; remove {state} and enroll again with a new token"
+    )]
+    Unknown { id: AgentId, state: String },
+    #[error("enrollment refused: {0}")]
+    TokenRejected(String),
+    #[error("this agent must enroll but no token file was given (--token-file)")]
+    NoToken,
+    #[error("cannot read token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}; check --ca-pin against the pin `ruse-controller init` printed")]
+    PinMismatch(String),
+    #[error("the controller is not trusted: {0}")]
+    Untrusted(String),
+    #[error(
+        "the controller rejected this agent's certificate ({0}); remove the state directory and enroll again"
+    )]
+    CertificateRejected(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// What the agent is doing, for the embedding program and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub agent_id: Option<AgentId>,
+    pub connected: bool,
+    /// Sessions opened so far.
+    pub sessions: u64,
+    /// Certificates renewed so far.
+    pub renewals: u64,
+    pub last_error: Option<String>,
+}
+
+/// A uniformly random number in [0, 1).
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    random_bytes(&mut bytes);
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Exponential backoff with jitter: each wait is between half and all of
+/// the current step, and the step doubles up to `max`.
+#[derive(Debug)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            step: min,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        step.mul_f64(0.5 + 0.5 * random_fraction())
+    }
+
+    fn reset(&mut self) {
+        self.step = self.min;
+    }
+}
+
+/// How a failed attempt should be handled.
+#[derive(Debug)]
+enum Failure {
+    Fatal(AgentError),
+    /// Transient: back off and try again.
+    Retry(String),
+    /// The controller asked for this delay.
+    RetryAfter(Duration),
+    /// The certificate is no longer accepted because it expired: enroll again.
+    Expired,
+}
+
+impl From<StateError> for Failure {
+    fn from(e: StateError) -> Self {
+        Failure::Fatal(e.into())
+    }
+}
+
+impl From<PkiError> for Failure {
+    fn from(e: PkiError) -> Self {
+        Failure::Fatal(e.into())
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Sleeps for `d` unless shutdown is requested first; returns false on
+/// shutdown.
+async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => true,
+        () = stopped(shutdown) => false,
+    }
+}
+
+/// Runs the agent until `shutdown` turns true (returns `Ok`) or a condition
+/// that retrying cannot fix (returns the error).
+pub async fn run(
+    config: AgentConfig,
+    mut shutdown: watch::Receiver<bool>,
+    status: watch::Sender<AgentStatus>,
+) -> Result<(), AgentError> {
+    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let mut identity = match AgentIdentity::load(&config.state_dir)? {
+            Some(identity) if !identity.expired(UnixMs::now()) => identity,
+            found => {
+                if let Some(old) = found {
+                    tracing::warn!(agent = %old.id, "certificate expired; enrolling again");
+                }
+                match enroll::enroll(&config).await {
+                    Ok(identity) => {
+                        tracing::info!(agent = %identity.id, "enrolled");
+                        backoff.reset();
+                        identity
+                    }
+                    Err(failure) => {
+                        if !handle_failure(failure, &mut backoff, &mut shutdown, &status).await? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        status.send_modify(|s| s.agent_id = Some(identity.id.clone()));
+        loop {
+            let outcome = session::run_once(&config, &mut identity, &mut shutdown, &status).await;
+            status.send_modify(|s| s.connected = false);
+            match outcome {
+                Ok(session::End::Shutdown) => return Ok(()),
+                Ok(session::End::Renewed) => {
+                    status.send_modify(|s| s.renewals += 1);
+                    backoff.reset();
+                }
+                Ok(session::End::Closed { lasted }) => {
+                    if lasted > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    if !pause(backoff.next(), &mut shutdown).await {
+                        return Ok(());
+                    }
+                }
+                Err(Failure::Expired) => break,
+                Err(failure) => {
+                    if !handle_failure(failure, &mut backoff, &mut shutdown, &status).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits as the failure requires. `Ok(false)` on shutdown, `Err` if fatal.
+async fn handle_failure(
+    failure: Failure,
+    backoff: &mut Backoff,
+    shutdown: &mut watch::Receiver<bool>,
+    status: &watch::Sender<AgentStatus>,
+) -> Result<bool, AgentError> {
+    let wait = match failure {
+        Failure::Fatal(e) => {
+            status.send_modify(|s| s.last_error = Some(e.to_string()));
+            return Err(e);
+        }
+        Failure::Retry(reason) => {
+            let wait = backoff.next();
+            tracing::warn!(error = %reason, retry_in_ms = wait.as_millis() as u64, "controller unreachable");
+            status.send_modify(|s| s.last_error = Some(reason));
+            wait
+        }
+        Failure::RetryAfter(wait) => {
+            tracing::info!(
+                retry_in_ms = wait.as_millis() as u64,
+                "controller asked to retry later"
+            );
+            wait
+        }
+        Failure::Expired => Duration::ZERO,
+    };
+    Ok(pause(wait, shutdown).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let waits: Vec<_> = (0..6).map(|_| b.next()).collect();
+        for (wait, step) in waits.iter().zip([100u64, 200, 400, 800, 800, 800]) {
+            assert!(
+                *wait >= Duration::from_millis(step / 2) && *wait <= Duration::from_millis(step),
+                "{wait:?} not within step {step}ms"
+            );
+        }
+        b.reset();
+        assert!(b.next() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn random_fraction_is_in_range() {
+        for _ in 0..1000 {
+            let f = random_fraction();
+            assert!((0.0..1.0).contains(&f));
+        }
+    }
+}

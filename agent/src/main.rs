@@ -1,0 +1,138 @@
+//! `ruse-agent`: flags, logging, then the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use ruse_agent::{AgentConfig, AgentStatus};
+use ruse_proto::types::Labels;
+
+#[derive(Parser, Debug)]
+#[command(name = "ruse-agent", version, about = "Ruse endpoint agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enroll (first start) and keep a session with the controller.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The controller, https://HOST:PORT.
+    #[arg(long)]
+    controller: Option<String>,
+    /// The controller CA's pin, sha256:… (printed by `ruse-controller init`).
+    #[arg(long)]
+    ca_pin: Option<String>,
+    /// File holding the bootstrap token (needed to enroll).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Where the agent keeps its identity.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Root under which lures are planted (default /).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Labels for this agent, k=v (repeatable, or comma separated).
+    #[arg(long = "label", short = 'l')]
+    labels: Vec<String>,
+    /// Log lines as JSON.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let Command::Run(args) = Cli::parse().command;
+    init_logging(args.log_json);
+    let labels = match Labels::parse_pairs(args.labels.iter().map(String::as_str)) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let mut overrides = Vec::new();
+    let mut set = |key: &'static str, value: Option<String>| {
+        if let Some(v) = value {
+            overrides.push((key, v));
+        }
+    };
+    set("controller", args.controller);
+    set("ca_pin", args.ca_pin);
+    set(
+        "token_file",
+        args.token_file.map(|p| p.display().to_string()),
+    );
+    set("state_dir", args.state_dir.map(|p| p.display().to_string()));
+    set("root", args.root.map(|p| p.display().to_string()));
+    let config = match AgentConfig::load(
+        args.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+        &labels,
+    ) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (status_tx, _status_rx) = watch::channel(AgentStatus::default());
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            let _ = stop_tx.send(true);
+        });
+        match ruse_agent::run(config, stop_rx, status_tx).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("ruse-agent: error: {e}");
+    ExitCode::FAILURE
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,313 @@
+//! One session with the controller, from connect to close.
+
+use std::time::{Duration, Instant};
+
+use rustls::AlertDescription;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use ruse_pki::PrivateKey;
+use ruse_proto::agent::v1 as pb;
+use ruse_proto::agent::v1::agent_service_client::AgentServiceClient;
+use ruse_proto::types::UnixMs;
+use ruse_proto::{errors, transport};
+
+use crate::identity::AgentIdentity;
+use crate::{AgentConfig, AgentError, AgentStatus, Failure, facts, random_fraction};
+
+/// Until the controller says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
+const OUTBOUND_BUFFER: usize = 16;
+
+/// How a session ended without a failure.
+#[derive(Debug)]
+pub(crate) enum End {
+    Shutdown,
+    /// The certificate was renewed; reconnect with it now.
+    Renewed,
+    Closed {
+        lasted: Duration,
+    },
+}
+
+/// Where the agent is when a call fails, which decides what errors mean.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Phase<'a> {
+    Enrolling,
+    Enrolled {
+        identity: &'a AgentIdentity,
+        state_dir: &'a str,
+    },
+}
+
+/// Classifies a failed call.
+pub(crate) fn classify_status(status: &Status, phase: Phase<'_>) -> Failure {
+    if let Some(tls) = transport::tls_error(status) {
+        return classify_tls(tls, phase);
+    }
+    let reason = status
+        .metadata()
+        .get(errors::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    match (reason, phase) {
+        (errors::AGENT_REVOKED, Phase::Enrolled { identity, .. }) => {
+            Failure::Fatal(AgentError::Revoked(identity.id.clone()))
+        }
+        (
+            errors::AGENT_UNKNOWN,
+            Phase::Enrolled {
+                identity,
+                state_dir,
+            },
+        ) => Failure::Fatal(AgentError::Unknown {
+            id: identity.id.clone(),
+            state: state_dir.to_owned(),
+        }),
+        (errors::TOKEN_INVALID | errors::TOKEN_EXPIRED | errors::TOKEN_EXHAUSTED, _) => {
+            Failure::Fatal(AgentError::TokenRejected(status.message().to_owned()))
+        }
+        (errors::RATE_LIMITED, _) => Failure::RetryAfter(Duration::from_secs(60)),
+        (_, Phase::Enrolling) if status.code() == tonic::Code::InvalidArgument => {
+            Failure::Fatal(AgentError::TokenRejected(status.message().to_owned()))
+        }
+        _ => Failure::Retry(format!(
+            "{}: {}",
+            code_name(status.code()),
+            status.message()
+        )),
+    }
+}
+
+fn code_name(code: tonic::Code) -> String {
+    format!("{code:?}").to_lowercase()
+}
+
+pub(crate) fn classify_transport(err: &tonic::transport::Error, phase: Phase<'_>) -> Failure {
+    match transport::tls_error(err) {
+        Some(tls) => classify_tls(tls, phase),
+        None => Failure::Retry(error_chain(err)),
+    }
+}
+
+fn classify_tls(err: &rustls::Error, phase: Phase<'_>) -> Failure {
+    use rustls::Error as E;
+    match (err, phase) {
+        (
+            E::AlertReceived(AlertDescription::CertificateRevoked),
+            Phase::Enrolled { identity, .. },
+        ) => Failure::Fatal(AgentError::Revoked(identity.id.clone())),
+        (E::AlertReceived(AlertDescription::CertificateExpired), Phase::Enrolled { .. }) => {
+            Failure::Expired
+        }
+        (
+            E::AlertReceived(
+                alert @ (AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown),
+            ),
+            Phase::Enrolled { .. },
+        ) => Failure::Fatal(AgentError::CertificateRejected(format!("{alert:?}"))),
+        (E::InvalidCertificate(e), Phase::Enrolling) => {
+            Failure::Fatal(AgentError::PinMismatch(certificate_error_text(e)))
+        }
+        (E::InvalidCertificate(e), Phase::Enrolled { .. }) => {
+            Failure::Fatal(AgentError::Untrusted(certificate_error_text(e)))
+        }
+        (other, _) => Failure::Retry(format!("tls: {other}")),
+    }
+}
+
+fn certificate_error_text(e: &rustls::CertificateError) -> String {
+    match e {
+        rustls::CertificateError::Other(other) => other.0.to_string(),
+        e => format!("{e:?}"),
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn message(msg: pb::agent_message::Msg) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(msg) }
+}
+
+/// Connects, runs the session until it ends, and reports how.
+pub(crate) async fn run_once(
+    config: &AgentConfig,
+    identity: &mut AgentIdentity,
+    shutdown: &mut watch::Receiver<bool>,
+    status: &watch::Sender<AgentStatus>,
+) -> Result<End, Failure> {
+    let state = config.state_dir.display().to_string();
+    let phase = Phase::Enrolled {
+        identity,
+        state_dir: &state,
+    };
+    let tls = ruse_pki::client_config(
+        &identity.trust_bundle,
+        vec![identity.cert.clone()],
+        identity.key.to_der(),
+    )?;
+    let channel = transport::connect(&config.controller, tls, &config.dial)
+        .await
+        .map_err(|e| classify_transport(&e, phase))?;
+    let mut client = AgentServiceClient::new(channel);
+
+    let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+    let hello = pb::Hello {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        capabilities: Vec::new(),
+        facts: Some(facts::gather(&config.labels).into()),
+        applied: Default::default(),
+    };
+    // The channel is new and empty.
+    let _ = tx.try_send(message(pb::agent_message::Msg::Hello(hello)));
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| classify_status(&s, phase))?
+        .into_inner();
+    let started = Instant::now();
+    status.send_modify(|s| {
+        s.connected = true;
+        s.sessions += 1;
+        s.last_error = None;
+    });
+    tracing::info!(agent = %identity.id, controller = %config.controller, "session open");
+
+    let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
+    let renew_at = identity.renew_at(random_fraction());
+    let renew_in = UnixMs::now().until(renew_at);
+    let renew = tokio::time::sleep(renew_in);
+    tokio::pin!(renew);
+    loop {
+        tokio::select! {
+            () = crate::stopped(shutdown) => {
+                drop(tx);
+                return Ok(End::Shutdown);
+            }
+            () = &mut renew => {
+                renew_certificate(&mut client, identity, config).await?;
+                return Ok(End::Renewed);
+            }
+            _ = heartbeat.tick() => {
+                let beat = pb::Heartbeat {
+                    status: pb::HealthStatus::Ok.into(),
+                    problems: Vec::new(),
+                    outbox_depth: 0,
+                };
+                if tx.send(message(pb::agent_message::Msg::Heartbeat(beat))).await.is_err() {
+                    return Ok(End::Closed { lasted: started.elapsed() });
+                }
+            }
+            received = inbound.message() => match received {
+                Ok(Some(msg)) => {
+                    use pb::controller_message::Msg;
+                    match msg.msg {
+                        Some(Msg::Directive(d)) => match d.kind {
+                            Some(pb::directive::Kind::SetHeartbeat(hb)) => {
+                                let interval = Duration::from_millis(hb.interval_ms.max(100));
+                                heartbeat = heartbeat_timer(interval);
+                            }
+                            Some(pb::directive::Kind::RenewNow(_)) => {
+                                renew_certificate(&mut client, identity, config).await?;
+                                return Ok(End::Renewed);
+                            }
+                            Some(pb::directive::Kind::RetryAfter(r)) => {
+                                return Err(Failure::RetryAfter(Duration::from_millis(r.millis)));
+                            }
+                            Some(pb::directive::Kind::ReportFullState(_)) | None => {}
+                        },
+                        Some(Msg::Update(update)) => {
+                            // This agent applies no resource kinds yet: refuse
+                            // each one so the controller sees why.
+                            let errors = update
+                                .resources
+                                .into_iter()
+                                .map(|r| pb::ResourceError {
+                                    error: format!("resource kind {:?} is not supported by this agent", r.kind),
+                                    id: r.id,
+                                    revision: r.revision,
+                                })
+                                .collect();
+                            let nack = pb::Nack { nonce: update.nonce, errors };
+                            if tx.send(message(pb::agent_message::Msg::Nack(nack))).await.is_err() {
+                                return Ok(End::Closed { lasted: started.elapsed() });
+                            }
+                        }
+                        Some(Msg::EventAck(_)) | None => {}
+                    }
+                }
+                Ok(None) => return Ok(End::Closed { lasted: started.elapsed() }),
+                Err(status) => {
+                    let failure = classify_status(&status, Phase::Enrolled { identity, state_dir: &state });
+                    if let Failure::Retry(reason) = &failure {
+                        tracing::info!(reason = %reason, "session closed");
+                        return Ok(End::Closed { lasted: started.elapsed() });
+                    }
+                    return Err(failure);
+                }
+            }
+        }
+    }
+}
+
+fn heartbeat_timer(interval: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}
+
+/// Gets a certificate for a fresh key and saves it.
+async fn renew_certificate(
+    client: &mut AgentServiceClient<Channel>,
+    identity: &mut AgentIdentity,
+    config: &AgentConfig,
+) -> Result<(), Failure> {
+    let state = config.state_dir.display().to_string();
+    let key = PrivateKey::generate()?;
+    let response = client
+        .renew(pb::RenewRequest {
+            csr_der: key.csr_der()?,
+        })
+        .await
+        .map_err(|s| {
+            classify_status(
+                &s,
+                Phase::Enrolled {
+                    identity,
+                    state_dir: &state,
+                },
+            )
+        })?
+        .into_inner();
+    let bundle = response
+        .trust_bundle_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let renewed =
+        AgentIdentity::from_issued(key, CertificateDer::from(response.certificate_der), bundle)?;
+    if renewed.id != identity.id {
+        return Err(Failure::Fatal(AgentError::Untrusted(
+            "the renewed certificate names another agent".into(),
+        )));
+    }
+    renewed.save(&config.state_dir)?;
+    tracing::info!(agent = %renewed.id, not_after = %renewed.not_after, "certificate renewed");
+    *identity = renewed;
+    Ok(())
+}

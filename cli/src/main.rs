@@ -1,0 +1,659 @@
+//! `rusectl`: the Ruse admin CLI, in kubectl's habits.
+//!
+//! The context (controller URL, CA, admin certificate and key) comes from
+//! `--context-file`, `$RUSECTL_CONTEXT_FILE`, or
+//! `~/.config/ruse/config.toml`; `--controller` overrides the URL.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{CommandFactory, Parser, Subcommand};
+use tonic::transport::Channel;
+
+use ruse_pki::{PrivateKey, pem_decode_certificates, pem_encode};
+use ruse_proto::admin::v1 as pb;
+use ruse_proto::admin::v1::admin_service_client::AdminServiceClient;
+use ruse_proto::context::{Context, ContextFile};
+use ruse_proto::transport::{self, ControllerUrl, DialOptions};
+use ruse_proto::types::{AdminName, Labels, Role, UnixMs, parse_duration};
+
+use output::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rusectl",
+    version,
+    about = "Administer a Ruse deception controller"
+)]
+struct Cli {
+    /// Context file (default: $RUSECTL_CONTEXT_FILE, then ~/.config/ruse/config.toml).
+    #[arg(long, global = true, env = "RUSECTL_CONTEXT_FILE")]
+    context_file: Option<PathBuf>,
+    /// Context to use within the file (default: its current-context).
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Controller URL, overriding the context's.
+    #[arg(long, global = true)]
+    controller: Option<String>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List resources.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// Show one resource in detail.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
+    /// Bootstrap tokens for enrolling agents.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Revoke a resource's credentials.
+    Revoke {
+        #[command(subcommand)]
+        what: RevokeWhat,
+    },
+    /// Delete a resource.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
+    /// Administrators.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+    /// Show who the controller thinks you are.
+    Whoami,
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GetWhat {
+    /// Enrolled agents (the device inventory).
+    Agents {
+        /// Only agents with these labels (k=v,k2=v2).
+        #[arg(short = 'l', long = "selector")]
+        selector: Vec<String>,
+    },
+    /// Bootstrap tokens (never their secrets).
+    Tokens,
+    /// The audit log of admin changes and enrollments.
+    Audit {
+        /// Only records newer than this (e.g. 1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many of the most recent records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Administrators and their roles.
+    Admins,
+}
+
+#[derive(Subcommand, Debug)]
+enum DescribeWhat {
+    Agent { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Create a token; prints the secret once.
+    Create {
+        /// Lifetime (e.g. 1h, 7d); default set by the controller.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many agents may enroll with it; default set by the controller.
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Labels stamped on every agent enrolled with it (k=v, repeatable).
+        #[arg(long = "label", short = 'l')]
+        labels: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RevokeWhat {
+    /// Revoke an agent: its session is closed and it can no longer connect.
+    Agent {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeleteWhat {
+    Token { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminAction {
+    /// Issue an admin certificate (key generated here) and write a context file.
+    Issue {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Certificate lifetime (e.g. 90d); default set by the controller.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Where to write NAME.pem, NAME-key.pem, ca.pem and rusectl.toml (default ./NAME).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completion { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "rusectl",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rusectl: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rusectl: error: {}", describe_error(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line saying what went wrong, with gRPC codes in words.
+fn describe_error(e: &anyhow::Error) -> String {
+    if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        let what = match status.code() {
+            tonic::Code::PermissionDenied => "permission denied",
+            tonic::Code::Unauthenticated => "not authenticated",
+            tonic::Code::NotFound => "not found",
+            tonic::Code::InvalidArgument => "invalid argument",
+            tonic::Code::Unavailable => "controller unavailable",
+            tonic::Code::ResourceExhausted => "rate limited",
+            _ => "request failed",
+        };
+        return format!("{what}: {}", status.message());
+    }
+    format!("{e:#}")
+}
+
+fn default_context_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("ruse").join("config.toml"))
+}
+
+/// The context to use, from flags and files.
+fn resolve_context(cli: &Cli) -> anyhow::Result<Context> {
+    let path = match &cli.context_file {
+        Some(p) => p.clone(),
+        None => default_context_file().context("no --context-file given and no home directory")?,
+    };
+    if !path.exists() {
+        bail!(
+            "context file {} does not exist; pass --context-file (ruse-controller init writes one in <data-dir>/admin/rusectl.toml)",
+            path.display()
+        );
+    }
+    let mut ctx = ContextFile::load(&path)?.select(&path, cli.context.as_deref())?;
+    if let Some(url) = &cli.controller {
+        ctx.controller = url.clone();
+    }
+    Ok(ctx)
+}
+
+async fn connect(ctx: &Context) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let url: ControllerUrl = ctx.controller.parse()?;
+    let ca_pem = std::fs::read_to_string(&ctx.ca)
+        .with_context(|| format!("reading {}", ctx.ca.display()))?;
+    let cert_pem = std::fs::read_to_string(&ctx.cert)
+        .with_context(|| format!("reading {}", ctx.cert.display()))?;
+    let key = PrivateKey::from_pem(&ruse_pki::read_private_file(&ctx.key)?)?;
+    let tls = ruse_pki::client_config(
+        &pem_decode_certificates(&ca_pem, &ctx.ca.display().to_string())?,
+        pem_decode_certificates(&cert_pem, &ctx.cert.display().to_string())?,
+        key.to_der(),
+    )?;
+    let channel = transport::connect(&url, tls, &DialOptions::default())
+        .await
+        .with_context(|| format!("cannot reach the controller at {url}"))?;
+    Ok(AdminServiceClient::new(channel))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = resolve_context(&cli)?;
+    let mut client = connect(&ctx).await?;
+    let format = cli.output;
+    match cli.command {
+        Command::Get { what } => get(&mut client, format, what).await,
+        Command::Describe {
+            what: DescribeWhat::Agent { id },
+        } => {
+            let agent = client
+                .get_agent(pb::GetAgentRequest { id })
+                .await?
+                .into_inner();
+            describe_agent(format, &agent)
+        }
+        Command::Token {
+            action:
+                TokenAction::Create {
+                    ttl,
+                    uses,
+                    labels,
+                    description,
+                },
+        } => {
+            let ttl_ms = match ttl {
+                Some(t) => u64::try_from(parse_duration(&t)?.as_millis())?,
+                None => 0,
+            };
+            let labels = Labels::parse_pairs(labels.iter().map(String::as_str))?;
+            let created = client
+                .create_token(pb::CreateTokenRequest {
+                    ttl_ms,
+                    max_uses: uses.unwrap_or(0),
+                    labels: labels.to_map(),
+                    description,
+                })
+                .await?
+                .into_inner();
+            let info = created.info.unwrap_or_default();
+            match format {
+                Format::Json | Format::Yaml => output::structured(
+                    format,
+                    &output::CreatedToken {
+                        token: created.token,
+                        id: info.id,
+                        expires: output::time(info.expires_ms),
+                        max_uses: info.max_uses,
+                        labels: labels.into_map(),
+                    },
+                ),
+                Format::Table | Format::Wide => {
+                    // The secret alone on stdout, so `> token` works; the rest
+                    // is for the person at the terminal.
+                    println!("{}", created.token);
+                    eprintln!(
+                        "token {} valid until {}, {} use(s), labels {}",
+                        info.id,
+                        output::time(info.expires_ms),
+                        info.max_uses,
+                        output::labels(&labels.into_map())
+                    );
+                    eprintln!(
+                        "the secret is shown only now: store it in a file readable only by the agent's installer"
+                    );
+                    Ok(())
+                }
+            }
+        }
+        Command::Revoke {
+            what: RevokeWhat::Agent { id, reason },
+        } => {
+            let agent = client
+                .revoke_agent(pb::RevokeAgentRequest { id, reason })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json | Format::Yaml => {
+                    output::structured(format, &output::Agent::from(&agent))
+                }
+                _ => {
+                    println!("agent {} revoked", agent.id);
+                    Ok(())
+                }
+            }
+        }
+        Command::Delete {
+            what: DeleteWhat::Token { id },
+        } => {
+            client
+                .delete_token(pb::DeleteTokenRequest { id: id.clone() })
+                .await?;
+            println!("token {id} deleted");
+            Ok(())
+        }
+        Command::Admin {
+            action:
+                AdminAction::Issue {
+                    name,
+                    role,
+                    ttl,
+                    out_dir,
+                },
+        } => issue_admin(&mut client, &ctx, &name, &role, ttl, out_dir).await,
+        Command::Whoami => {
+            let me = client.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
+            println!(
+                "{} (role {}) at {} — trust domain {}, controller {}",
+                me.name,
+                me.role().display_name(),
+                ctx.controller,
+                me.trust_domain,
+                me.controller_version
+            );
+            Ok(())
+        }
+        Command::Completion { .. } => Ok(()),
+    }
+}
+
+async fn get(
+    client: &mut AdminServiceClient<Channel>,
+    format: Format,
+    what: GetWhat,
+) -> anyhow::Result<()> {
+    match what {
+        GetWhat::Agents { selector } => {
+            let selector = Labels::parse_pairs(selector.iter().map(String::as_str))?;
+            let agents = client
+                .list_agents(pb::ListAgentsRequest {
+                    selector: selector.to_map(),
+                })
+                .await?
+                .into_inner()
+                .agents;
+            match format {
+                Format::Json | Format::Yaml => output::structured(
+                    format,
+                    &output::List {
+                        items: agents.iter().map(output::Agent::from).collect::<Vec<_>>(),
+                    },
+                ),
+                Format::Table => {
+                    let rows: Vec<Vec<String>> = agents
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                a.id.clone(),
+                                a.hostname.clone(),
+                                a.state().display_name().into(),
+                                output::age(a.last_seen_ms),
+                                output::labels(&a.labels.clone().into_iter().collect()),
+                            ]
+                        })
+                        .collect();
+                    output::table(&["ID", "HOSTNAME", "STATE", "LAST SEEN", "LABELS"], &rows);
+                    Ok(())
+                }
+                Format::Wide => {
+                    let rows: Vec<Vec<String>> = agents
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                a.id.clone(),
+                                a.hostname.clone(),
+                                a.state().display_name().into(),
+                                output::age(a.last_seen_ms),
+                                a.os.clone(),
+                                a.addresses.join(","),
+                                a.agent_version.clone(),
+                                a.peer.clone(),
+                                output::labels(&a.labels.clone().into_iter().collect()),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &[
+                            "ID",
+                            "HOSTNAME",
+                            "STATE",
+                            "LAST SEEN",
+                            "OS",
+                            "ADDRESSES",
+                            "VERSION",
+                            "PEER",
+                            "LABELS",
+                        ],
+                        &rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        GetWhat::Tokens => {
+            let tokens = client
+                .list_tokens(pb::ListTokensRequest {})
+                .await?
+                .into_inner()
+                .tokens;
+            let items: Vec<output::Token> = tokens.iter().map(output::Token::from).collect();
+            match format {
+                Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
+                _ => {
+                    let now = UnixMs::now().0;
+                    let rows: Vec<Vec<String>> = tokens
+                        .iter()
+                        .zip(&items)
+                        .map(|(t, item)| {
+                            let status = if t.expires_ms <= now {
+                                "expired"
+                            } else if t.uses >= t.max_uses {
+                                "used up"
+                            } else {
+                                "valid"
+                            };
+                            vec![
+                                t.id.clone(),
+                                status.into(),
+                                format!("{}/{}", t.uses, t.max_uses),
+                                item.expires.clone(),
+                                output::labels(&item.labels),
+                                t.description.clone(),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["ID", "STATUS", "USES", "EXPIRES", "LABELS", "DESCRIPTION"],
+                        &rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        GetWhat::Audit { since, limit } => {
+            let since_ms = match since {
+                Some(s) => UnixMs::now().saturating_sub(parse_duration(&s)?).0,
+                None => 0,
+            };
+            let records = client
+                .list_audit(pb::ListAuditRequest { since_ms, limit })
+                .await?
+                .into_inner()
+                .records;
+            let items: Vec<output::Audit> = records.iter().map(output::Audit::from).collect();
+            match format {
+                Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
+                wide => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|r| {
+                            let mut row = vec![
+                                r.at.clone(),
+                                r.actor.clone(),
+                                r.action.clone(),
+                                r.target.clone(),
+                                r.result.clone(),
+                            ];
+                            if wide == Format::Wide {
+                                row.push(r.peer.clone());
+                                row.push(r.detail.clone());
+                            }
+                            row
+                        })
+                        .collect();
+                    let mut headers = vec!["TIME", "ACTOR", "ACTION", "TARGET", "RESULT"];
+                    if wide == Format::Wide {
+                        headers.extend(["PEER", "DETAIL"]);
+                    }
+                    output::table(&headers, &rows);
+                    Ok(())
+                }
+            }
+        }
+        GetWhat::Admins => {
+            let admins = client
+                .list_admins(pb::ListAdminsRequest {})
+                .await?
+                .into_inner()
+                .admins;
+            let items: Vec<output::Admin> = admins.iter().map(output::Admin::from).collect();
+            match format {
+                Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
+                _ => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|a| {
+                            vec![
+                                a.name.clone(),
+                                a.role.clone(),
+                                a.issued.clone(),
+                                a.issued_by.clone(),
+                            ]
+                        })
+                        .collect();
+                    output::table(&["NAME", "ROLE", "ISSUED", "ISSUED BY"], &rows);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn describe_agent(format: Format, agent: &pb::Agent) -> anyhow::Result<()> {
+    let view = output::Agent::from(agent);
+    if matches!(format, Format::Json | Format::Yaml) {
+        return output::structured(format, &view);
+    }
+    let field = |name: &str, value: &str| println!("{:<22}{}", format!("{name}:"), value);
+    field("ID", &view.id);
+    field("State", &view.state);
+    field("Hostname", &view.hostname);
+    field("OS", &view.os);
+    field("Kernel", &view.kernel);
+    field("Architecture", &view.arch);
+    field("Addresses", &view.addresses.join(", "));
+    field("Agent version", &view.agent_version);
+    field("Labels", &output::labels(&view.labels));
+    field(
+        "Enrolled",
+        &format!("{} (token {})", view.enrolled, view.enrolled_with_token),
+    );
+    field(
+        "Last seen",
+        &format!(
+            "{} ({} ago)",
+            view.last_seen,
+            output::age(agent.last_seen_ms)
+        ),
+    );
+    field("Peer", &view.peer);
+    field("Certificate expires", &view.certificate_expires);
+    if !view.problems.is_empty() {
+        field("Problems", &view.problems.join("; "));
+    }
+    if let Some(r) = &view.revoked {
+        field("Revoked", &format!("{} by {} ({})", r.at, r.by, r.reason));
+    }
+    Ok(())
+}
+
+async fn issue_admin(
+    client: &mut AdminServiceClient<Channel>,
+    ctx: &Context,
+    name: &str,
+    role: &str,
+    ttl: Option<String>,
+    out_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let name: AdminName = name.parse()?;
+    let role: Role = role.parse()?;
+    let ttl_ms = match ttl {
+        Some(t) => u64::try_from(parse_duration(&t)?.as_millis())?,
+        None => 0,
+    };
+    let dir = out_dir.unwrap_or_else(|| PathBuf::from(name.as_str()));
+    let key = PrivateKey::generate()?;
+    let issued = client
+        .issue_admin(pb::IssueAdminRequest {
+            name: name.to_string(),
+            role: pb::Role::from(role).into(),
+            csr_der: key.csr_der()?,
+            ttl_ms,
+        })
+        .await?
+        .into_inner();
+    write_admin_files(&dir, &name, &key, &issued, &ctx.controller)?;
+    println!(
+        "issued admin {name} (role {role}) valid until {}\n  files:   {}\n  context: {}",
+        output::time(issued.not_after_ms),
+        dir.display(),
+        dir.join("rusectl.toml").display()
+    );
+    Ok(())
+}
+
+fn write_admin_files(
+    dir: &Path,
+    name: &AdminName,
+    key: &PrivateKey,
+    issued: &pb::IssueAdminResponse,
+    controller: &str,
+) -> anyhow::Result<()> {
+    ruse_pki::write_private_file(
+        &dir.join(format!("{name}-key.pem")),
+        key.to_pem().as_bytes(),
+    )?;
+    ruse_pki::write_public_file(
+        &dir.join(format!("{name}.pem")),
+        pem_encode("CERTIFICATE", &issued.certificate_der).as_bytes(),
+    )?;
+    ruse_pki::write_public_file(
+        &dir.join("ca.pem"),
+        pem_encode("CERTIFICATE", &issued.ca_certificate_der).as_bytes(),
+    )?;
+    let context = ContextFile::for_admin(&issued.trust_domain, controller, name.as_str());
+    ruse_pki::write_public_file(&dir.join("rusectl.toml"), context.to_toml().as_bytes())?;
+    Ok(())
+}

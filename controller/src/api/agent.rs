@@ -1,0 +1,233 @@
+//! `ruse.agent.v1.AgentService`: enrollment, renewal and the session stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use ruse_proto::agent::v1 as pb;
+use ruse_proto::agent::v1::agent_service_server::AgentService;
+use ruse_proto::convert::HostFacts;
+use ruse_proto::types::{AgentId, Identity};
+
+use super::{caller, status};
+use crate::core::{Core, OpError};
+use crate::fleet::{CloseReason, Health, SessionRefused, SessionTicket};
+
+/// Messages buffered towards one agent. Small: updates are coalesced, not
+/// queued (lure issue), and events are acknowledged by sequence.
+const OUTBOUND_BUFFER: usize = 8;
+
+/// The agent-facing service.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    core: Arc<Core>,
+}
+
+impl AgentApi {
+    pub fn new(core: Arc<Core>) -> Self {
+        AgentApi { core }
+    }
+}
+
+fn require_agent<T>(request: &Request<T>) -> Result<AgentId, Status> {
+    match caller(request)?.identity {
+        Some(Identity::Agent(id)) => Ok(id),
+        Some(Identity::Admin(_)) => Err(Status::permission_denied(
+            "admin certificates cannot call the agent API",
+        )),
+        None => Err(Status::unauthenticated(
+            "a client certificate is required (only Enroll works without one)",
+        )),
+    }
+}
+
+fn trust_bundle(core: &Core) -> Vec<Vec<u8>> {
+    vec![core.ca.cert_der().to_vec()]
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let facts = HostFacts::try_from(req.facts.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let enrolled = self
+            .core
+            .enroll(&caller, &req.token, &req.csr_der, facts)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            agent = %enrolled.record.id,
+            hostname = %enrolled.record.facts.hostname,
+            peer = %caller.peer,
+            "agent enrolled"
+        );
+        Ok(Response::new(pb::EnrollResponse {
+            agent_id: enrolled.record.id.to_string(),
+            certificate_der: enrolled.cert.der.to_vec(),
+            trust_bundle_der: trust_bundle(&self.core),
+            not_after_ms: enrolled.cert.not_after.0,
+            labels: enrolled.record.labels().to_map(),
+        }))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        let id = require_agent(&request)?;
+        let cert = self
+            .core
+            .renew(&id, &request.into_inner().csr_der)
+            .await
+            .map_err(status)?;
+        tracing::debug!(agent = %id, not_after = %cert.not_after, "certificate renewed");
+        Ok(Response::new(pb::RenewResponse {
+            certificate_der: cert.der.to_vec(),
+            trust_bundle_der: trust_bundle(&self.core),
+            not_after_ms: cert.not_after.0,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let id = require_agent(&request)?;
+        let peer = caller(&request)?.peer;
+        let ticket = self
+            .core
+            .fleet
+            .begin_session(&id, peer)
+            .map_err(|refused| {
+                status(match refused {
+                    SessionRefused::Revoked(id) => OpError::AgentRevoked(id),
+                    SessionRefused::Unknown(id) => OpError::AgentUnknown(id),
+                })
+            })?;
+        tracing::info!(agent = %id, %peer, "session started");
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let heartbeat = pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Directive(pb::Directive {
+                kind: Some(pb::directive::Kind::SetHeartbeat(pb::SetHeartbeat {
+                    interval_ms: duration_ms(self.core.config.heartbeat_interval),
+                })),
+            })),
+        };
+        // The channel is new and empty, so this cannot fail.
+        let _ = tx.try_send(Ok(heartbeat));
+        let session = Session {
+            core: self.core.clone(),
+            id,
+            ticket,
+            tx,
+        };
+        tokio::spawn(session.run(request.into_inner()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One agent's stream. The task sleeps until the agent sends something or
+/// the controller closes the session.
+struct Session {
+    core: Arc<Core>,
+    id: AgentId,
+    ticket: SessionTicket,
+    tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<pb::AgentMessage>) {
+        let mut greeted = false;
+        let ending = loop {
+            tokio::select! {
+                reason = &mut self.ticket.closed => break match reason {
+                    Ok(CloseReason::Revoked) => Some(status(OpError::AgentRevoked(self.id.clone()))),
+                    Ok(CloseReason::Superseded) => Some(Status::aborted("a newer session of this agent replaced this one")),
+                    Ok(CloseReason::ShuttingDown) => Some(Status::unavailable("the controller is shutting down")),
+                    Err(_) => None,
+                },
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        if let Err(status) = self.handle(message, &mut greeted) {
+                            break Some(status);
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(status) => {
+                        tracing::debug!(agent = %self.id, error = %status, "session stream error");
+                        break Some(status);
+                    }
+                },
+                () = self.tx.closed() => break None,
+            }
+        };
+        if let Some(status) = ending {
+            tracing::info!(agent = %self.id, reason = %status.message(), "session closed by controller");
+            let _ = self.tx.send(Err(status)).await;
+        } else {
+            tracing::info!(agent = %self.id, "session ended");
+        }
+        self.core.fleet.end_session(&self.id, self.ticket.id);
+    }
+
+    fn handle(&self, message: pb::AgentMessage, greeted: &mut bool) -> Result<(), Status> {
+        use pb::agent_message::Msg;
+        let Some(msg) = message.msg else {
+            return Err(Status::invalid_argument("empty agent message"));
+        };
+        match msg {
+            Msg::Hello(hello) => {
+                let facts = HostFacts::try_from(hello.facts.unwrap_or_default())
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.core.fleet.hello(&self.id, self.ticket.id, facts);
+                *greeted = true;
+            }
+            _ if !*greeted => {
+                return Err(Status::failed_precondition(
+                    "the first message of a session must be Hello",
+                ));
+            }
+            Msg::Heartbeat(hb) => {
+                let health = Health {
+                    degraded: hb.status() == pb::HealthStatus::Degraded,
+                    problems: hb
+                        .problems
+                        .into_iter()
+                        .take(16)
+                        .map(|p| p.chars().take(256).collect())
+                        .collect(),
+                    outbox_depth: hb.outbox_depth,
+                };
+                self.core.fleet.heartbeat(&self.id, self.ticket.id, health);
+            }
+            Msg::Ack(_) | Msg::Nack(_) => {
+                // This controller has sent no update, so no nonce can match.
+                tracing::debug!(agent = %self.id, "acknowledgement for an unknown update ignored");
+            }
+            Msg::Events(_) => {
+                return Err(Status::unimplemented(
+                    "this controller version does not accept lure events",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

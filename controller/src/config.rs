@@ -1,0 +1,314 @@
+//! Controller configuration: defaults, then a TOML file, then `RUSE_*`
+//! environment variables, then command-line flags, merged with the `config`
+//! crate and checked by [`ControllerConfig::validate`].
+//!
+//! The environment is passed in as a map (tests never touch the process
+//! environment). Only variables naming a known key are read, so `RUSE_*`
+//! variables meant for other Ruse programs do not break the controller.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use ruse_proto::types::duration_str;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything `ruse-controller serve` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Where the CA, the store and admin credentials live.
+    pub data_dir: PathBuf,
+    /// The agent listener (and the admin API, unless `admin_listen` is set).
+    pub listen: SocketAddr,
+    /// A separate listener for the admin API, which then requires a client
+    /// certificate at the handshake.
+    pub admin_listen: Option<SocketAddr>,
+    /// DNS names and IP addresses in the server certificate: every name
+    /// agents and admins dial (for Kubernetes, the Service DNS names).
+    pub server_names: Vec<String>,
+    /// CA certificate and key; default `<data_dir>/pki/ca.pem` and
+    /// `ca-key.pem` (set these to a mounted Secret on Kubernetes).
+    pub ca_cert_file: Option<PathBuf>,
+    pub ca_key_file: Option<PathBuf>,
+    #[serde(with = "duration_str")]
+    pub agent_cert_ttl: Duration,
+    #[serde(with = "duration_str")]
+    pub admin_cert_ttl: Duration,
+    #[serde(with = "duration_str")]
+    pub server_cert_ttl: Duration,
+    /// Defaults for `rusectl token create` without `--ttl` / `--uses`.
+    #[serde(with = "duration_str")]
+    pub token_ttl: Duration,
+    pub token_uses: u32,
+    /// How often agents send a heartbeat.
+    #[serde(with = "duration_str")]
+    pub heartbeat_interval: Duration,
+    /// An agent with no heartbeat for this long is offline.
+    #[serde(with = "duration_str")]
+    pub offline_after: Duration,
+    /// How often agent last-seen times are written to the store.
+    #[serde(with = "duration_str")]
+    pub state_flush_interval: Duration,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// Connections are closed after this long so load rebalances and
+    /// renewed certificates are used.
+    #[serde(with = "duration_str")]
+    pub max_connection_age: Duration,
+    #[serde(with = "duration_str")]
+    pub handshake_timeout: Duration,
+    /// On SIGTERM, how long streams may take to drain before the store is
+    /// flushed and the process exits.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// Failed enrollments allowed per source address per minute.
+    pub enroll_failures_per_minute: u32,
+    /// sled page cache.
+    pub store_cache_mb: u64,
+    pub log_format: LogFormat,
+    /// A tracing filter (`info`, `ruse_controller=debug`).
+    pub log_level: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            data_dir: PathBuf::from("/var/lib/ruse"),
+            listen: SocketAddr::from(([0, 0, 0, 0], ruse_proto::transport::DEFAULT_PORT)),
+            admin_listen: None,
+            server_names: default_server_names(),
+            ca_cert_file: None,
+            ca_key_file: None,
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
+            admin_cert_ttl: Duration::from_secs(90 * 86_400),
+            server_cert_ttl: Duration::from_secs(90 * 86_400),
+            token_ttl: Duration::from_secs(24 * 3600),
+            token_uses: 1,
+            heartbeat_interval: Duration::from_secs(30),
+            offline_after: Duration::from_secs(90),
+            state_flush_interval: Duration::from_secs(5),
+            max_message_bytes: 4 << 20,
+            max_connection_age: Duration::from_secs(12 * 3600),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            enroll_failures_per_minute: 10,
+            store_cache_mb: 64,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// `localhost`, the loopback addresses and this host's name.
+pub fn default_server_names() -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && host != "localhost" {
+            names.push(host.to_owned());
+        }
+    }
+    names
+}
+
+/// Why a configuration was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+impl ControllerConfig {
+    /// Merges the layers. `overrides` are flag values as `(key, value)`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, ConfigError> {
+        let known = known_keys();
+        let env: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| {
+                k.strip_prefix("RUSE_")
+                    .is_some_and(|key| known.contains(&key.to_ascii_lowercase()))
+            })
+            .collect();
+        let mut builder = config::Config::builder()
+            .add_source(config::Config::try_from(&ControllerConfig::default())?);
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("RUSE")
+                .prefix_separator("_")
+                .list_separator(",")
+                .with_list_parse_key("server_names")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.clone())?;
+        }
+        let config: ControllerConfig = builder.build()?.try_deserialize()?;
+        config.validate()
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        if self.server_names.is_empty() {
+            return Err(invalid("server_names", "at least one name is needed"));
+        }
+        let min_ttl = Duration::from_secs(5);
+        if self.agent_cert_ttl < min_ttl {
+            return Err(invalid("agent_cert_ttl", "must be at least 5s"));
+        }
+        if self.admin_cert_ttl < min_ttl || self.server_cert_ttl < Duration::from_secs(3600) {
+            return Err(invalid(
+                "admin_cert_ttl / server_cert_ttl",
+                "must be at least 5s / 1h",
+            ));
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid("heartbeat_interval", "must be at least 100ms"));
+        }
+        if self.offline_after <= self.heartbeat_interval {
+            return Err(invalid(
+                "offline_after",
+                "must be longer than heartbeat_interval",
+            ));
+        }
+        if !(64 << 10..=64 << 20).contains(&self.max_message_bytes) {
+            return Err(invalid(
+                "max_message_bytes",
+                "must be between 64 KiB and 64 MiB",
+            ));
+        }
+        if self.token_uses == 0 {
+            return Err(invalid("token_uses", "must be at least 1"));
+        }
+        if self.enroll_failures_per_minute == 0 {
+            return Err(invalid("enroll_failures_per_minute", "must be at least 1"));
+        }
+        if let Some(admin) = self.admin_listen
+            && admin == self.listen
+            && admin.port() != 0
+        {
+            return Err(invalid("admin_listen", "must differ from listen"));
+        }
+        Ok(self)
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.ca_cert_file
+            .clone()
+            .unwrap_or_else(|| crate::layout::ca_cert(&self.data_dir))
+    }
+
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.ca_key_file
+            .clone()
+            .unwrap_or_else(|| crate::layout::ca_key(&self.data_dir))
+    }
+}
+
+/// Every top-level key, from the serialised defaults.
+fn known_keys() -> Vec<String> {
+    match serde_json::to_value(ControllerConfig::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("controller.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nheartbeat_interval = \"10s\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let config = ControllerConfig::load(
+            Some(&file),
+            env(&[
+                ("RUSE_HEARTBEAT_INTERVAL", "20s"),
+                ("RUSE_SERVER_NAMES", "ruse.svc,ruse.svc.cluster.local"),
+                ("RUSE_CONTEXT_FILE", "/ignored/because/unknown"),
+                ("PATH", "/bin"),
+            ]),
+            &[("listen", "127.0.0.1:9100".into())],
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(20));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.server_names, ["ruse.svc", "ruse.svc.cluster.local"]);
+        assert_eq!(config.agent_cert_ttl, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let err = ControllerConfig::load(Some(&file), env(&[]), &[]).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+
+        let err = ControllerConfig::load(None, env(&[("RUSE_HEARTBEAT_INTERVAL", "soon")]), &[])
+            .unwrap_err();
+        assert!(err.to_string().contains("duration"), "{err}");
+
+        let err = ControllerConfig::load(
+            None,
+            env(&[
+                ("RUSE_OFFLINE_AFTER", "10s"),
+                ("RUSE_HEARTBEAT_INTERVAL", "30s"),
+            ]),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("offline_after"), "{err}");
+
+        let missing = dir.path().join("missing.toml");
+        assert!(ControllerConfig::load(Some(&missing), env(&[]), &[]).is_err());
+    }
+}

@@ -1,0 +1,387 @@
+//! The controller's state and the operations on it, independent of gRPC.
+//!
+//! Every operation that changes state writes to the store, appends its
+//! audit record, and waits for one group commit before it returns, so
+//! **nothing is acknowledged before it is durable**.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex as AsyncMutex;
+
+use ruse_pki::{CertificateAuthority, IssuedCert, PkiError};
+use ruse_proto::convert::HostFacts;
+use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, UnixMs};
+
+use crate::config::ControllerConfig;
+use crate::fleet::Fleet;
+use crate::ratelimit::FailureLimiter;
+use crate::store::{
+    AdminRecord, AgentRecord, AuditRecord, Committer, Store, StoreError, TokenRecord,
+};
+use crate::tokens::{self, NewToken, TokenSpec, Unusable};
+
+/// Who is calling, as established by the TLS handshake.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Option<Identity>,
+    pub peer: SocketAddr,
+}
+
+impl Caller {
+    /// The actor recorded in the audit log.
+    pub fn actor(&self) -> String {
+        match &self.identity {
+            Some(id) => id.to_string(),
+            None => "anonymous".to_owned(),
+        }
+    }
+}
+
+/// Why an operation failed, in domain terms. The API layer maps these to
+/// gRPC codes in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("invalid bootstrap token")]
+    TokenInvalid,
+    #[error("bootstrap token {0} has expired")]
+    TokenExpired(TokenId),
+    #[error("bootstrap token {0} has been used its maximum number of times")]
+    TokenExhausted(TokenId),
+    #[error("too many failed enrollment attempts from this address; retry in {}s", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    #[error("agent {0} is revoked")]
+    AgentRevoked(AgentId),
+    #[error("agent {0} is not enrolled with this controller")]
+    AgentUnknown(AgentId),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("certificate: {0}")]
+    Pki(#[from] PkiError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A successful enrollment.
+#[derive(Debug)]
+pub struct Enrolled {
+    pub record: AgentRecord,
+    pub cert: IssuedCert,
+}
+
+/// An audit entry before the store numbers it.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub action: &'static str,
+    pub target: String,
+    pub detail: String,
+}
+
+/// Shared controller state.
+#[derive(Debug)]
+pub struct Core {
+    pub config: ControllerConfig,
+    pub ca: CertificateAuthority,
+    pub store: Arc<dyn Store>,
+    pub committer: Committer,
+    pub fleet: Arc<Fleet>,
+    /// Serialises token use so `max_uses` holds under concurrency.
+    token_lock: AsyncMutex<()>,
+    enroll_failures: FailureLimiter,
+}
+
+impl Core {
+    pub fn new(
+        config: ControllerConfig,
+        ca: CertificateAuthority,
+        store: Arc<dyn Store>,
+        committer: Committer,
+    ) -> Result<Self, StoreError> {
+        let fleet = Arc::new(Fleet::new(store.agents()?, config.offline_after));
+        let enroll_failures =
+            FailureLimiter::new(config.enroll_failures_per_minute, Duration::from_secs(60));
+        Ok(Core {
+            config,
+            ca,
+            store,
+            committer,
+            fleet,
+            token_lock: AsyncMutex::new(()),
+            enroll_failures,
+        })
+    }
+
+    /// Appends an audit record for `caller` with `result` and waits until it
+    /// (and every write made before it) is durable.
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        entry: AuditEntry,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        self.store.append_audit(AuditRecord {
+            seq: 0,
+            at: UnixMs::now(),
+            actor: caller.actor(),
+            peer: caller.peer.to_string(),
+            action: entry.action.to_owned(),
+            target: entry.target,
+            result: result.to_owned(),
+            detail: entry.detail,
+        })?;
+        self.committer.durable().await
+    }
+
+    /// The role of an admin identity, if it is a known admin.
+    pub fn admin_role(&self, name: &AdminName) -> Result<Option<Role>, StoreError> {
+        Ok(self.store.admin(name)?.map(|a| a.role))
+    }
+
+    // ----- enrollment -----
+
+    /// Exchanges a bootstrap token and CSR for an agent identity.
+    pub async fn enroll(
+        &self,
+        caller: &Caller,
+        token: &str,
+        csr_der: &[u8],
+        facts: HostFacts,
+    ) -> Result<Enrolled, OpError> {
+        let ip = caller.peer.ip();
+        self.enroll_failures
+            .check(ip)
+            .map_err(OpError::RateLimited)?;
+        let result = self.try_enroll(token, csr_der, facts).await;
+        match &result {
+            Ok(enrolled) => {
+                // One commit covers the token use, the agent and this record.
+                self.audit(
+                    caller,
+                    AuditEntry {
+                        action: "agent.enroll",
+                        target: format!("agent/{}", enrolled.record.id),
+                        detail: format!(
+                            "token={} hostname={} labels={}",
+                            enrolled.record.enrolled_with,
+                            enrolled.record.facts.hostname,
+                            enrolled.record.labels()
+                        ),
+                    },
+                    "ok",
+                )
+                .await?;
+                self.fleet.insert(enrolled.record.clone());
+            }
+            Err(OpError::Store(_)) => {}
+            Err(err) => {
+                let limited = self.enroll_failures.fail(ip);
+                let detail = if limited {
+                    "further failures from this address are refused for a minute"
+                } else {
+                    ""
+                };
+                tracing::warn!(peer = %caller.peer, error = %err, "enrollment refused");
+                self.audit(
+                    caller,
+                    AuditEntry {
+                        action: "agent.enroll",
+                        target: tokens::parse(token)
+                            .map(|(id, _)| format!("token/{id}"))
+                            .unwrap_or_default(),
+                        detail: detail.to_owned(),
+                    },
+                    &err.to_string(),
+                )
+                .await?;
+            }
+        }
+        result
+    }
+
+    async fn try_enroll(
+        &self,
+        token: &str,
+        csr_der: &[u8],
+        facts: HostFacts,
+    ) -> Result<Enrolled, OpError> {
+        let (token_id, secret) = tokens::parse(token).ok_or(OpError::TokenInvalid)?;
+        let now = UnixMs::now();
+        let guard = self.token_lock.lock().await;
+        let mut record = self.store.token(&token_id)?.ok_or(OpError::TokenInvalid)?;
+        if !tokens::secret_matches(&record, secret) {
+            return Err(OpError::TokenInvalid);
+        }
+        tokens::check_usable(&record, now).map_err(|e| match e {
+            Unusable::Expired => OpError::TokenExpired(token_id.clone()),
+            Unusable::Exhausted => OpError::TokenExhausted(token_id.clone()),
+        })?;
+        let id = AgentId::generate();
+        let cert = self
+            .ca
+            .sign_client_csr(
+                csr_der,
+                &Identity::Agent(id.clone()),
+                self.config.agent_cert_ttl,
+            )
+            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        record.uses += 1;
+        self.store.put_token(&record)?;
+        let agent = AgentRecord {
+            id,
+            facts,
+            token_labels: record.labels.clone(),
+            enrolled_at: now,
+            enrolled_with: token_id,
+            last_seen: now,
+            last_peer: String::new(),
+            cert_serial: cert.serial.clone(),
+            cert_not_after: cert.not_after,
+            revoked: None,
+        };
+        self.store.put_agent(&agent)?;
+        drop(guard);
+        Ok(Enrolled {
+            record: agent,
+            cert,
+        })
+    }
+
+    /// Issues a new certificate for an enrolled agent's new key.
+    pub async fn renew(&self, id: &AgentId, csr_der: &[u8]) -> Result<IssuedCert, OpError> {
+        let record = self
+            .fleet
+            .record(id)
+            .ok_or_else(|| OpError::AgentUnknown(id.clone()))?;
+        if record.revoked.is_some() {
+            return Err(OpError::AgentRevoked(id.clone()));
+        }
+        let cert = self
+            .ca
+            .sign_client_csr(
+                csr_der,
+                &Identity::Agent(id.clone()),
+                self.config.agent_cert_ttl,
+            )
+            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        let record = self
+            .fleet
+            .set_certificate(id, &cert.serial, cert.not_after)
+            .ok_or_else(|| OpError::AgentUnknown(id.clone()))?;
+        self.store.put_agent(&record)?;
+        self.committer.durable().await?;
+        Ok(cert)
+    }
+
+    // ----- admin operations: each writes, then the caller audits -----
+
+    /// Creates a bootstrap token. The audit record does not contain the
+    /// secret.
+    pub fn create_token(
+        &self,
+        caller: &Caller,
+        ttl: Option<Duration>,
+        max_uses: Option<u32>,
+        labels: Labels,
+        description: String,
+    ) -> Result<NewToken, OpError> {
+        let spec = TokenSpec {
+            ttl: ttl.unwrap_or(self.config.token_ttl),
+            max_uses: max_uses.unwrap_or(self.config.token_uses),
+            labels,
+            created_by: caller.actor(),
+            description,
+        };
+        if spec.max_uses == 0 {
+            return Err(OpError::Invalid(
+                "a token must allow at least one use".into(),
+            ));
+        }
+        if spec.ttl < Duration::from_secs(1) {
+            return Err(OpError::Invalid("a token must live at least 1s".into()));
+        }
+        let token = tokens::generate(spec, UnixMs::now());
+        self.store.put_token(&token.record)?;
+        Ok(token)
+    }
+
+    pub fn delete_token(&self, id: &TokenId) -> Result<(), OpError> {
+        if self.store.delete_token(id)? {
+            Ok(())
+        } else {
+            Err(OpError::NotFound(format!("token {id}")))
+        }
+    }
+
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, OpError> {
+        Ok(self.store.tokens()?)
+    }
+
+    /// Revokes an agent: denied at the next handshake, its live session
+    /// closed now.
+    pub fn revoke_agent(
+        &self,
+        caller: &Caller,
+        id: &AgentId,
+        reason: &str,
+    ) -> Result<AgentRecord, OpError> {
+        let record = self
+            .fleet
+            .revoke(id, &caller.actor(), reason)
+            .ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
+        self.store.put_agent(&record)?;
+        Ok(record)
+    }
+
+    /// Issues an admin certificate for the caller's key.
+    pub fn issue_admin(
+        &self,
+        caller: &Caller,
+        name: &AdminName,
+        role: Role,
+        csr_der: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<IssuedCert, OpError> {
+        let cert = self
+            .ca
+            .sign_client_csr(
+                csr_der,
+                &Identity::Admin(name.clone()),
+                ttl.unwrap_or(self.config.admin_cert_ttl),
+            )
+            .map_err(|e| OpError::Invalid(e.to_string()))?;
+        self.store.put_admin(&AdminRecord {
+            name: name.clone(),
+            role,
+            issued_at: UnixMs::now(),
+            issued_by: caller.actor(),
+        })?;
+        Ok(cert)
+    }
+
+    /// Writes agent records whose last-seen or facts changed. Called
+    /// periodically and at shutdown.
+    pub async fn flush_fleet_state(&self) -> Result<usize, StoreError> {
+        let dirty = self.fleet.take_dirty();
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let written = (|| {
+            for record in &dirty {
+                self.store.put_agent(record)?;
+            }
+            Ok::<_, StoreError>(())
+        })();
+        let result = match written {
+            Ok(()) => self.committer.durable().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.fleet.restore_dirty(&dirty);
+            return Err(e);
+        }
+        Ok(dirty.len())
+    }
+}

@@ -1,0 +1,229 @@
+//! `ruse-controller dev`: a controller and one agent on this machine, in
+//! one process, with nothing to set up. The data directory is kept between
+//! runs, so the agent keeps its identity.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use ruse_agent::{AgentConfig, AgentError, AgentStatus};
+use ruse_pki::CaPin;
+use ruse_proto::transport::{ControllerUrl, DialOptions};
+use ruse_proto::types::{Identity, Labels};
+
+use crate::config::ControllerConfig;
+use crate::core::{AuditEntry, Caller};
+use crate::init::{self, InitOptions};
+use crate::{Controller, ControllerError, layout};
+
+/// Where and how to run.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Controller(#[from] ControllerError),
+    #[error(transparent)]
+    Init(#[from] init::InitError),
+    #[error("the demo agent stopped: {0}")]
+    Agent(#[from] AgentError),
+    #[error("the demo agent did not connect within {0:?}; see the log above")]
+    AgentTimeout(Duration),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What `dev` started, for the caller to print.
+#[derive(Debug, Clone)]
+pub struct DevInfo {
+    pub url: ControllerUrl,
+    pub pin: CaPin,
+    pub data_dir: PathBuf,
+    pub context_file: PathBuf,
+    pub agent_id: String,
+    pub agent_state_dir: PathBuf,
+    pub sandbox: PathBuf,
+}
+
+impl DevInfo {
+    /// The text printed once everything runs.
+    pub fn banner(&self) -> String {
+        let ctx = self.context_file.display();
+        format!(
+            "\
+Ruse controller (dev) is running at {url}
+  data directory  {data}
+  CA pin          {pin}
+  demo agent      {agent} (state in {state}, lure root {sandbox})
+
+Next, in another terminal:
+  rusectl --context-file {ctx} get agents
+  rusectl --context-file {ctx} describe agent {agent}
+  rusectl --context-file {ctx} token create --ttl 1h --uses 5 --label site=icu
+  ruse-agent run --controller {url} --ca-pin {pin} \\
+      --token-file TOKEN_FILE --state-dir /tmp/ruse-agent-2 --label role=workstation
+  rusectl --context-file {ctx} get audit
+
+(export RUSECTL_CONTEXT_FILE={ctx} to drop --context-file.)
+Press Ctrl-C to stop; the data directory is kept for the next run.",
+            url = self.url,
+            data = self.data_dir.display(),
+            pin = self.pin,
+            agent = self.agent_id,
+            state = self.agent_state_dir.display(),
+            sandbox = self.sandbox.display(),
+        )
+    }
+}
+
+fn loopback_url(addr: SocketAddr) -> ControllerUrl {
+    if addr.ip().is_unspecified() {
+        ControllerUrl::from_addr(SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())))
+    } else {
+        ControllerUrl::from_addr(addr)
+    }
+}
+
+/// Runs the demo until `shutdown` resolves. `ready` is called once the agent
+/// is connected.
+pub async fn run(
+    opts: DevOptions,
+    ready: impl FnOnce(&DevInfo),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DevError> {
+    let data_dir = std::path::absolute(&opts.data_dir)
+        .map_err(|e| DevError::Other(format!("{}: {e}", opts.data_dir.display())))?;
+    if !init::is_initialised(&data_dir) {
+        let report = init::init(&InitOptions {
+            data_dir: data_dir.clone(),
+            trust_domain: "ruse.local"
+                .parse()
+                .map_err(|e| DevError::Other(format!("{e}")))?,
+            controller_url: loopback_url(opts.listen).to_string(),
+            admin_name: "admin"
+                .parse()
+                .map_err(|e| DevError::Other(format!("{e}")))?,
+            admin_cert_ttl: Duration::from_secs(365 * 86_400),
+        })?;
+        tracing::info!(data_dir = %data_dir.display(), pin = %report.pin, "initialised a new dev data directory");
+    }
+    let config = ControllerConfig {
+        data_dir: data_dir.clone(),
+        listen: opts.listen,
+        heartbeat_interval: Duration::from_secs(10),
+        offline_after: Duration::from_secs(30),
+        ..ControllerConfig::default()
+    };
+    let controller = Controller::start(config).await?;
+    let url = loopback_url(controller.agent_addr());
+    let pin = controller.core().ca.pin();
+
+    let agent_dir = data_dir.join("agent");
+    let token_file = agent_dir.join("token");
+    if !agent_dir.join("agent.pem").exists() {
+        write_demo_token(&controller, &token_file).await?;
+    }
+    let sandbox = data_dir.join("sandbox");
+    std::fs::create_dir_all(&sandbox)
+        .map_err(|e| DevError::Other(format!("{}: {e}", sandbox.display())))?;
+    let agent_config = AgentConfig {
+        controller: url.clone(),
+        ca_pin: pin,
+        token_file: Some(token_file),
+        state_dir: agent_dir.clone(),
+        root: sandbox.clone(),
+        labels: Labels::parse_pairs(["role=workstation,site=dev"])
+            .map_err(|e| DevError::Other(e.to_string()))?,
+        dial: DialOptions::default(),
+        min_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(5),
+    };
+    let (stop_agent, stop_rx) = watch::channel(false);
+    let (status_tx, mut status) = watch::channel(AgentStatus::default());
+    let mut agent = tokio::spawn(ruse_agent::run(agent_config, stop_rx, status_tx));
+
+    let wait = Duration::from_secs(20);
+    let connected = tokio::select! {
+        r = tokio::time::timeout(wait, status.wait_for(|s| s.connected)) => match r {
+            Ok(Ok(s)) => s.agent_id.clone(),
+            _ => None,
+        },
+        finished = &mut agent => {
+            controller.shutdown().await?;
+            return match finished {
+                Ok(Err(e)) => Err(e.into()),
+                _ => Err(DevError::AgentTimeout(wait)),
+            };
+        }
+    };
+    let Some(agent_id) = connected else {
+        let _ = stop_agent.send(true);
+        controller.shutdown().await?;
+        return Err(DevError::AgentTimeout(wait));
+    };
+    ready(&DevInfo {
+        url,
+        pin,
+        data_dir: data_dir.clone(),
+        context_file: layout::context_file(&data_dir),
+        agent_id: agent_id.to_string(),
+        agent_state_dir: agent_dir,
+        sandbox,
+    });
+
+    tokio::select! {
+        () = shutdown => {}
+        finished = &mut agent => {
+            if let Ok(Err(e)) = finished {
+                tracing::error!(error = %e, "demo agent stopped");
+            }
+        }
+    }
+    let _ = stop_agent.send(true);
+    let _ = agent.await;
+    controller.shutdown().await?;
+    Ok(())
+}
+
+/// Creates a single-use token for the demo agent, as the local admin.
+async fn write_demo_token(controller: &Controller, path: &Path) -> Result<(), DevError> {
+    let core = controller.core();
+    let caller = Caller {
+        identity: Some(Identity::Admin(
+            "admin"
+                .parse()
+                .map_err(|e| DevError::Other(format!("{e}")))?,
+        )),
+        peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    };
+    let token = core
+        .create_token(
+            &caller,
+            Some(Duration::from_secs(3600)),
+            Some(1),
+            Labels::parse_pairs(["env=dev"]).map_err(|e| DevError::Other(e.to_string()))?,
+            "ruse-controller dev demo agent".into(),
+        )
+        .map_err(|e| DevError::Other(e.to_string()))?;
+    core.audit(
+        &caller,
+        AuditEntry {
+            action: "token.create",
+            target: format!("token/{}", token.record.id),
+            detail: "ruse-controller dev".into(),
+        },
+        "ok",
+    )
+    .await
+    .map_err(|e| DevError::Other(e.to_string()))?;
+    ruse_pki::write_private_file(path, token.secret.as_bytes())
+        .map_err(|e| DevError::Other(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! The fleet: every enrolled agent in memory, its live session and health.
+//!
+//! Invariants:
+//! - **At most one live session per agent.** A new session replaces the old
+//!   one, which is told to close.
+//! - **State is derived, not stored**: revoked if revoked; online or
+//!   degraded while a session is open and heartbeats arrive within
+//!   `offline_after`; offline otherwise. No timer runs per agent.
+//! - **Last-seen times reach the store in batches** ([`Fleet::take_dirty`]),
+//!   at most once a minute per agent while nothing else changes.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use ruse_proto::convert::{AgentState, HostFacts};
+use ruse_proto::types::{AgentId, Identity, Labels, UnixMs};
+
+use crate::store::{AgentRecord, Revocation};
+
+/// Why the controller ends a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    Revoked,
+    /// The same agent opened a newer session.
+    Superseded,
+    ShuttingDown,
+}
+
+/// Why a session may not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRefused {
+    #[error("agent {0} is revoked")]
+    Revoked(AgentId),
+    #[error("agent {0} is not enrolled with this controller")]
+    Unknown(AgentId),
+}
+
+/// Health reported in the last heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    pub degraded: bool,
+    pub problems: Vec<String>,
+    pub outbox_depth: u64,
+}
+
+#[derive(Debug)]
+struct LiveSession {
+    id: u64,
+    peer: SocketAddr,
+    close: Option<oneshot::Sender<CloseReason>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: AgentRecord,
+    session: Option<LiveSession>,
+    last_heartbeat: Instant,
+    health: Health,
+    /// When `record.last_seen` was last written to the store.
+    persisted_seen: UnixMs,
+}
+
+/// A point-in-time view of one agent.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    pub record: AgentRecord,
+    pub state: AgentState,
+    pub health: Health,
+    pub peer: Option<SocketAddr>,
+}
+
+/// A started session: its id and the signal that ends it.
+#[derive(Debug)]
+pub struct SessionTicket {
+    pub id: u64,
+    pub closed: oneshot::Receiver<CloseReason>,
+}
+
+/// How often last-seen alone is worth a store write.
+const SEEN_PERSIST_EVERY: Duration = Duration::from_secs(60);
+
+/// All agents of this controller.
+#[derive(Debug)]
+pub struct Fleet {
+    agents: RwLock<HashMap<AgentId, Mutex<Entry>>>,
+    dirty: Mutex<HashSet<AgentId>>,
+    offline_after: Duration,
+    next_session: AtomicU64,
+}
+
+impl Fleet {
+    pub fn new(records: Vec<AgentRecord>, offline_after: Duration) -> Self {
+        let now = Instant::now();
+        let agents = records
+            .into_iter()
+            .map(|record| {
+                let seen = record.last_seen;
+                (
+                    record.id.clone(),
+                    Mutex::new(Entry {
+                        record,
+                        session: None,
+                        last_heartbeat: now,
+                        health: Health::default(),
+                        persisted_seen: seen,
+                    }),
+                )
+            })
+            .collect();
+        Fleet {
+            agents: RwLock::new(agents),
+            dirty: Mutex::new(HashSet::new()),
+            offline_after,
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<AgentId, Mutex<Entry>>> {
+        self.agents.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_entry<R>(&self, id: &AgentId, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+        let agents = self.read();
+        let entry = agents.get(id)?;
+        let mut entry = entry.lock().unwrap_or_else(|e| e.into_inner());
+        Some(f(&mut entry))
+    }
+
+    fn mark_dirty(&self, id: &AgentId) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a newly enrolled agent (already durable in the store).
+    pub fn insert(&self, record: AgentRecord) {
+        let seen = record.last_seen;
+        let mut agents = self.agents.write().unwrap_or_else(|e| e.into_inner());
+        agents.insert(
+            record.id.clone(),
+            Mutex::new(Entry {
+                record,
+                session: None,
+                last_heartbeat: Instant::now(),
+                health: Health::default(),
+                persisted_seen: seen,
+            }),
+        );
+    }
+
+    pub fn record(&self, id: &AgentId) -> Option<AgentRecord> {
+        self.with_entry(id, |e| e.record.clone())
+    }
+
+    /// Records a renewed certificate; returns the record to persist.
+    pub fn set_certificate(
+        &self,
+        id: &AgentId,
+        serial: &str,
+        not_after: UnixMs,
+    ) -> Option<AgentRecord> {
+        self.with_entry(id, |e| {
+            e.record.cert_serial = serial.to_owned();
+            e.record.cert_not_after = not_after;
+            e.record.clone()
+        })
+    }
+
+    /// Starts a session for `id`, closing any previous one.
+    pub fn begin_session(
+        &self,
+        id: &AgentId,
+        peer: SocketAddr,
+    ) -> Result<SessionTicket, SessionRefused> {
+        let (tx, rx) = oneshot::channel();
+        let session_id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.with_entry(id, |e| {
+            if e.record.revoked.is_some() {
+                return Err(SessionRefused::Revoked(id.clone()));
+            }
+            if let Some(mut old) = e.session.take()
+                && let Some(close) = old.close.take()
+            {
+                let _ = close.send(CloseReason::Superseded);
+            }
+            e.session = Some(LiveSession {
+                id: session_id,
+                peer,
+                close: Some(tx),
+            });
+            e.last_heartbeat = Instant::now();
+            e.record.last_seen = UnixMs::now();
+            e.record.last_peer = peer.to_string();
+            Ok(())
+        });
+        match outcome {
+            None => Err(SessionRefused::Unknown(id.clone())),
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) => {
+                self.mark_dirty(id);
+                Ok(SessionTicket {
+                    id: session_id,
+                    closed: rx,
+                })
+            }
+        }
+    }
+
+    /// Records what the agent said about itself in its Hello.
+    pub fn hello(&self, id: &AgentId, session: u64, facts: HostFacts) {
+        let changed = self.with_entry(id, |e| {
+            if e.session.as_ref().map(|s| s.id) != Some(session) || e.record.facts == facts {
+                return false;
+            }
+            e.record.facts = facts;
+            true
+        });
+        if changed == Some(true) {
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(&self, id: &AgentId, session: u64, health: Health) {
+        let persist = self.with_entry(id, |e| {
+            if e.session.as_ref().map(|s| s.id) != Some(session) {
+                return false;
+            }
+            let now = UnixMs::now();
+            e.last_heartbeat = Instant::now();
+            e.record.last_seen = now;
+            let health_changed = e.health.degraded != health.degraded;
+            e.health = health;
+            health_changed || e.persisted_seen.until(now) >= SEEN_PERSIST_EVERY
+        });
+        if persist == Some(true) {
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Ends a session, if it is still the agent's current one.
+    pub fn end_session(&self, id: &AgentId, session: u64) {
+        let ended = self.with_entry(id, |e| {
+            if e.session.as_ref().map(|s| s.id) != Some(session) {
+                return false;
+            }
+            e.session = None;
+            e.record.last_seen = UnixMs::now();
+            true
+        });
+        if ended == Some(true) {
+            self.mark_dirty(id);
+        }
+    }
+
+    /// Marks the agent revoked and closes its session. Returns the updated
+    /// record, which the caller must persist; `None` if there is no such
+    /// agent.
+    pub fn revoke(&self, id: &AgentId, by: &str, reason: &str) -> Option<AgentRecord> {
+        self.with_entry(id, |e| {
+            if e.record.revoked.is_none() {
+                e.record.revoked = Some(Revocation {
+                    at: UnixMs::now(),
+                    by: by.to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
+            if let Some(mut session) = e.session.take()
+                && let Some(close) = session.close.take()
+            {
+                let _ = close.send(CloseReason::Revoked);
+            }
+            e.record.clone()
+        })
+    }
+
+    /// Tells every live session to close (shutdown).
+    pub fn close_all(&self) {
+        for entry in self.read().values() {
+            let mut entry = entry.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(session) = entry.session.as_mut()
+                && let Some(close) = session.close.take()
+            {
+                let _ = close.send(CloseReason::ShuttingDown);
+            }
+        }
+    }
+
+    fn view(&self, e: &Entry, now: Instant) -> AgentView {
+        let state = if e.record.revoked.is_some() {
+            AgentState::Revoked
+        } else if e.session.is_some() && now.duration_since(e.last_heartbeat) <= self.offline_after
+        {
+            if e.health.degraded {
+                AgentState::Degraded
+            } else {
+                AgentState::Online
+            }
+        } else {
+            AgentState::Offline
+        };
+        AgentView {
+            record: e.record.clone(),
+            state,
+            health: e.health.clone(),
+            peer: e.session.as_ref().map(|s| s.peer),
+        }
+    }
+
+    pub fn get(&self, id: &AgentId) -> Option<AgentView> {
+        let now = Instant::now();
+        let agents = self.read();
+        let entry = agents.get(id)?.lock().unwrap_or_else(|e| e.into_inner());
+        Some(self.view(&entry, now))
+    }
+
+    /// Agents whose labels match `selector`, ordered by id.
+    pub fn list(&self, selector: &Labels) -> Vec<AgentView> {
+        let now = Instant::now();
+        let mut out: Vec<AgentView> = self
+            .read()
+            .values()
+            .filter_map(|entry| {
+                let entry = entry.lock().unwrap_or_else(|e| e.into_inner());
+                entry
+                    .record
+                    .labels()
+                    .matches(selector)
+                    .then(|| self.view(&entry, now))
+            })
+            .collect();
+        out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        out
+    }
+
+    /// Records changed since the last call, to be written to the store.
+    pub fn take_dirty(&self) -> Vec<AgentRecord> {
+        let ids: Vec<AgentId> = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
+        ids.iter()
+            .filter_map(|id| {
+                self.with_entry(id, |e| {
+                    e.persisted_seen = e.record.last_seen;
+                    e.record.clone()
+                })
+            })
+            .collect()
+    }
+
+    /// Puts records back in the dirty set after a failed write.
+    pub fn restore_dirty(&self, records: &[AgentRecord]) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.extend(records.iter().map(|r| r.id.clone()));
+    }
+}
+
+impl ruse_pki::Denylist for Fleet {
+    fn is_denied(&self, identity: &Identity) -> bool {
+        match identity {
+            Identity::Agent(id) => self
+                .with_entry(id, |e| e.record.revoked.is_some())
+                .unwrap_or(false),
+            Identity::Admin(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, labels: &str) -> AgentRecord {
+        AgentRecord {
+            id: id.parse().unwrap(),
+            facts: HostFacts {
+                labels: Labels::parse_pairs([labels]).unwrap(),
+                ..HostFacts::default()
+            },
+            token_labels: Labels::new(),
+            enrolled_at: UnixMs(0),
+            enrolled_with: "t".parse().unwrap(),
+            last_seen: UnixMs(0),
+            last_peer: String::new(),
+            cert_serial: String::new(),
+            cert_not_after: UnixMs(0),
+            revoked: None,
+        }
+    }
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:5000".parse().unwrap()
+    }
+
+    #[test]
+    fn state_follows_sessions_heartbeats_and_revocation() {
+        let fleet = Fleet::new(vec![record("a", "site=icu")], Duration::from_millis(50));
+        let id: AgentId = "a".parse().unwrap();
+        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Offline);
+        let ticket = fleet.begin_session(&id, peer()).unwrap();
+        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Online);
+        fleet.heartbeat(
+            &id,
+            ticket.id,
+            Health {
+                degraded: true,
+                ..Health::default()
+            },
+        );
+        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Degraded);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Offline);
+        fleet.revoke(&id, "admin/x", "lost laptop").unwrap();
+        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Revoked);
+        assert!(matches!(
+            fleet.begin_session(&id, peer()),
+            Err(SessionRefused::Revoked(_))
+        ));
+        use ruse_pki::Denylist;
+        assert!(fleet.is_denied(&Identity::Agent(id)));
+    }
+
+    #[test]
+    fn a_new_session_closes_the_old_one_and_stale_ends_are_ignored() {
+        let fleet = Fleet::new(vec![record("a", "")], Duration::from_secs(60));
+        let id: AgentId = "a".parse().unwrap();
+        let mut first = fleet.begin_session(&id, peer()).unwrap();
+        let second = fleet.begin_session(&id, peer()).unwrap();
+        assert_eq!(first.closed.try_recv(), Ok(CloseReason::Superseded));
+        fleet.end_session(&id, first.id);
+        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Online);
+        fleet.end_session(&id, second.id);
+        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Offline);
+    }
+
+    #[test]
+    fn revocation_closes_the_live_session() {
+        let fleet = Fleet::new(vec![record("a", "")], Duration::from_secs(60));
+        let id: AgentId = "a".parse().unwrap();
+        let mut ticket = fleet.begin_session(&id, peer()).unwrap();
+        fleet.revoke(&id, "admin/x", "").unwrap();
+        assert_eq!(ticket.closed.try_recv(), Ok(CloseReason::Revoked));
+    }
+
+    #[test]
+    fn unknown_agents_are_refused_and_selectors_filter() {
+        let fleet = Fleet::new(
+            vec![record("a", "site=icu"), record("b", "site=er")],
+            Duration::from_secs(60),
+        );
+        assert!(matches!(
+            fleet.begin_session(&"zz".parse().unwrap(), peer()),
+            Err(SessionRefused::Unknown(_))
+        ));
+        let icu = fleet.list(&Labels::parse_pairs(["site=icu"]).unwrap());
+        assert_eq!(icu.len(), 1);
+        assert_eq!(icu[0].record.id.as_str(), "a");
+        assert_eq!(fleet.list(&Labels::new()).len(), 2);
+    }
+
+    #[test]
+    fn dirty_records_are_batched_and_heartbeats_do_not_rewrite_every_time() {
+        let fleet = Fleet::new(vec![record("a", "")], Duration::from_secs(60));
+        let id: AgentId = "a".parse().unwrap();
+        let ticket = fleet.begin_session(&id, peer()).unwrap();
+        assert_eq!(fleet.take_dirty().len(), 1);
+        fleet.heartbeat(&id, ticket.id, Health::default());
+        assert!(fleet.take_dirty().is_empty());
+        fleet.end_session(&id, ticket.id);
+        let dirty = fleet.take_dirty();
+        assert_eq!(dirty.len(), 1);
+        fleet.restore_dirty(&dirty);
+        assert_eq!(fleet.take_dirty().len(), 1);
+    }
+}

@@ -1,0 +1,162 @@
+//! The Ruse controller as a library: [`Controller::start`] runs a complete
+//! controller (store, CA, listeners) in the current tokio runtime, so the
+//! binary, `dev` mode and tests all run the same thing.
+//!
+//! Code map: `config` (layered settings), `init` (CA and first admin),
+//! `store` (the `Store` trait; sled only in `store/sled.rs`), `core` (state
+//! and operations, gRPC-free), `fleet` (agents in memory, sessions, derived
+//! state), `api` (the gRPC edge), `server` (TLS listeners, shutdown),
+//! `dev` (the one-command demo).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod core;
+pub mod dev;
+pub mod fleet;
+pub mod init;
+pub mod layout;
+mod ratelimit;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ControllerConfig;
+use crate::core::Core;
+use crate::store::{Committer, SledStore, Store, StoreError};
+
+/// Why the controller could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(
+        "{0} does not exist: run `ruse-controller init --data-dir DIR` first (or mount the CA and set ca_cert_file / ca_key_file)"
+    )]
+    NotInitialised(String),
+    #[error(transparent)]
+    Init(#[from] init::InitError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// A running controller.
+#[derive(Debug)]
+pub struct Controller {
+    core: Arc<Core>,
+    listeners: server::Listeners,
+    stop: watch::Sender<bool>,
+    state_writer: JoinHandle<()>,
+}
+
+impl Controller {
+    /// Opens the store, loads the CA, binds the listeners and serves.
+    pub async fn start(config: ControllerConfig) -> Result<Self, ControllerError> {
+        let ca_cert = config.ca_cert_path();
+        if !ca_cert.exists() {
+            return Err(ControllerError::NotInitialised(
+                ca_cert.display().to_string(),
+            ));
+        }
+        let ca = init::load_ca(&ca_cert, &config.ca_key_path())?;
+        let store_dir = layout::store(&config.data_dir);
+        let cache = config.store_cache_mb.saturating_mul(1 << 20);
+        let store: Arc<dyn Store> = Arc::new(
+            tokio::task::spawn_blocking(move || SledStore::open(&store_dir, cache))
+                .await
+                .map_err(|e| StoreError::Engine(e.to_string().into()))??,
+        );
+        let committer = Committer::spawn(store.clone());
+        let core = Arc::new(Core::new(config, ca, store, committer)?);
+        let (stop, stop_rx) = watch::channel(false);
+        let listeners = server::serve(core.clone(), stop_rx.clone()).await?;
+        let state_writer = tokio::spawn(write_fleet_state(core.clone(), stop_rx));
+        tracing::info!(
+            agent_addr = %listeners.agent_addr,
+            admin_addr = %listeners.admin_addr,
+            trust_domain = %core.ca.trust_domain(),
+            agents = core.fleet.len(),
+            "controller serving"
+        );
+        Ok(Controller {
+            core,
+            listeners,
+            stop,
+            state_writer,
+        })
+    }
+
+    /// Where agents connect.
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.listeners.agent_addr
+    }
+
+    /// Where admins connect (the agent address unless `admin_listen` is set).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.listeners.admin_addr
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Graceful stop: close agent sessions, let calls in flight finish
+    /// within `shutdown_grace`, then write agent state and flush the store.
+    pub async fn shutdown(mut self) -> Result<(), ControllerError> {
+        let grace = self.core.config.shutdown_grace;
+        self.core.fleet.close_all();
+        let _ = self.stop.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            for task in &mut self.listeners.tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "connections did not drain in time; closing them"
+            );
+            for task in &self.listeners.tasks {
+                task.abort();
+            }
+        }
+        let _ = (&mut self.state_writer).await;
+        let written = self.core.flush_fleet_state().await?;
+        let store = self.core.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+        tracing::info!(agent_records = written, "controller stopped; store flushed");
+        Ok(())
+    }
+}
+
+/// Writes changed agent state every `state_flush_interval` until stopped.
+async fn write_fleet_state(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(core.config.state_flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = tick.tick() => {
+                if let Err(e) = core.flush_fleet_state().await {
+                    tracing::error!(error = %e, "writing agent state failed; will retry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

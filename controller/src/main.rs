@@ -1,0 +1,246 @@
+//! `ruse-controller`: flags, logging and signals; everything else is in the
+//! library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use ruse_controller::config::{ControllerConfig, LogFormat};
+use ruse_controller::dev::{self, DevOptions};
+use ruse_controller::init::{self, InitOptions};
+use ruse_controller::{Controller, layout};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ruse-controller",
+    version,
+    about = "Ruse deception control plane: the controller"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the CA, the first admin and a rusectl context in a new data directory.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// SPIFFE trust domain of this installation.
+        #[arg(long, default_value = "ruse.local")]
+        trust_domain: String,
+        /// The URL rusectl will use to reach the controller.
+        #[arg(long, default_value = "https://127.0.0.1:7443")]
+        controller_url: String,
+        /// Name of the first admin.
+        #[arg(long, default_value = "admin")]
+        admin_name: String,
+    },
+    /// Serve agents and admins.
+    Serve(ServeArgs),
+    /// Run a controller and a demo agent on this machine (data kept in --data-dir).
+    Dev {
+        #[arg(long, default_value = "ruse-dev")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file; `RUSE_*` environment variables and flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Agent listener (and admin API unless --admin-listen is given).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Separate admin API listener (client certificate required at the handshake).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// A DNS name or IP address for the server certificate (repeatable).
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Init {
+            data_dir,
+            trust_domain,
+            controller_url,
+            admin_name,
+        } => run_init(data_dir, &trust_domain, controller_url, &admin_name),
+        Command::Serve(args) => run_serve(args),
+        Command::Dev { data_dir, listen } => {
+            init_logging(LogFormat::Text, "info");
+            runtime(|| async move {
+                let result = dev::run(
+                    DevOptions { data_dir, listen },
+                    |info| println!("{}", info.banner()),
+                    wait_for_signal(),
+                )
+                .await;
+                result.map_err(|e| e.to_string())
+            })
+        }
+    }
+}
+
+fn run_init(
+    data_dir: PathBuf,
+    trust_domain: &str,
+    controller_url: String,
+    admin_name: &str,
+) -> ExitCode {
+    let opts = (|| {
+        Ok::<_, String>(InitOptions {
+            trust_domain: trust_domain
+                .parse()
+                .map_err(|e| format!("--trust-domain: {e}"))?,
+            admin_name: admin_name
+                .parse()
+                .map_err(|e| format!("--admin-name: {e}"))?,
+            controller_url: {
+                controller_url
+                    .parse::<ruse_proto::transport::ControllerUrl>()
+                    .map_err(|e| format!("--controller-url: {e}"))?;
+                controller_url
+            },
+            admin_cert_ttl: ControllerConfig::default().admin_cert_ttl,
+            data_dir,
+        })
+    })();
+    let opts = match opts {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    match init::init(&opts) {
+        Ok(report) => {
+            println!(
+                "\
+Initialised {data}
+  CA certificate   {ca}
+  CA pin           {pin}
+  admin            {admin} (certificate valid until {until})
+  admin files      {dir}
+  rusectl context  {ctx}
+
+Start the controller:
+  ruse-controller serve --data-dir {data}
+Then:
+  rusectl --context-file {ctx} token create --ttl 1h --uses 10 --label site=icu
+  ruse-agent run --controller {url} --ca-pin {pin} --token-file TOKEN_FILE --state-dir STATE_DIR",
+                data = opts.data_dir.display(),
+                ca = report.ca_cert.display(),
+                pin = report.pin,
+                admin = opts.admin_name,
+                until = report.admin_cert_not_after,
+                dir = report.admin_dir.display(),
+                ctx = report.context_file.display(),
+                url = opts.controller_url,
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    let mut overrides: Vec<(&str, String)> = Vec::new();
+    if let Some(d) = &args.data_dir {
+        overrides.push(("data_dir", d.display().to_string()));
+    }
+    if let Some(l) = args.listen {
+        overrides.push(("listen", l.to_string()));
+    }
+    if let Some(l) = args.admin_listen {
+        overrides.push(("admin_listen", l.to_string()));
+    }
+    if let Some(f) = &args.log_format {
+        overrides.push(("log_format", f.clone()));
+    }
+    let mut config =
+        match ControllerConfig::load(args.config.as_deref(), std::env::vars(), &overrides) {
+            Ok(c) => c,
+            Err(e) => return fail(&e),
+        };
+    if !args.server_names.is_empty() {
+        config.server_names = args.server_names;
+    }
+    init_logging(config.log_format, &config.log_level);
+    runtime(|| async move {
+        let controller = Controller::start(config).await.map_err(|e| e.to_string())?;
+        tracing::info!(
+            context = %layout::context_file(&controller.core().config.data_dir).display(),
+            pin = %controller.core().ca.pin(),
+            "ready"
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        controller.shutdown().await.map_err(|e| e.to_string())
+    })
+}
+
+fn runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let result = rt.block_on(f());
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("ruse-controller: error: {e}");
+    ExitCode::FAILURE
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        // JSON lines on stdout, as log collectors expect.
+        LogFormat::Json => builder.json().with_writer(std::io::stdout).init(),
+        LogFormat::Text => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}

@@ -1,0 +1,271 @@
+//! Listeners, TLS handshakes, the tonic servers, and graceful shutdown.
+//!
+//! Handshakes run in their own tasks with a timeout and a cap on how many
+//! run at once, so a slow or hostile client never stalls `accept`. The
+//! identity in the client certificate is read once, after the handshake,
+//! and travels with the connection as [`ConnInfo`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+use tonic::transport::server::Connected;
+
+use ruse_pki::ClientAuth;
+use ruse_proto::admin::v1::admin_service_server::AdminServiceServer;
+use ruse_proto::agent::v1::agent_service_server::AgentServiceServer;
+use ruse_proto::types::TrustDomain;
+
+use crate::api::{AdminApi, AgentApi, ConnInfo};
+use crate::core::Core;
+
+/// Handshakes in progress at once, per listener.
+const MAX_CONCURRENT_HANDSHAKES: usize = 512;
+/// Concurrent streams one connection may open (an agent needs two).
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// A TLS connection with what its handshake established.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    info: ConnInfo,
+}
+
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConn").field("info", &self.info).finish()
+    }
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections, completes TLS handshakes concurrently, and
+/// hands finished connections to tonic.
+fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    trust_domain: TrustDomain,
+    handshake_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> ReceiverStream<io::Result<TlsConn>> {
+    let (tx, rx) = mpsc::channel(MAX_CONCURRENT_HANDSHAKES);
+    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    tokio::spawn(async move {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let (tcp, peer) = tokio::select! {
+                _ = stop.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off
+                        // briefly rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let trust_domain = trust_domain.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let identity = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| {
+                                ruse_pki::certificate_identity(&trust_domain, leaf).ok()
+                            })
+                            .map(|info| info.identity);
+                        let conn = TlsConn {
+                            inner: tls,
+                            info: ConnInfo { peer, identity },
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A running controller's listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    pub agent_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub(crate) tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+/// Binds the configured addresses and serves until `stop` turns true.
+pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<Listeners> {
+    let config = &core.config;
+    let (chain, key) = core
+        .ca
+        .issue_server(&config.server_names, config.server_cert_ttl)
+        .map_err(io::Error::other)?;
+    let tls_config = |auth| {
+        ruse_pki::server_config(
+            core.ca.cert_der(),
+            core.ca.trust_domain(),
+            chain.clone(),
+            key.to_der(),
+            auth,
+            core.fleet.clone(),
+        )
+        .map_err(io::Error::other)
+    };
+    let max = config.max_message_bytes;
+    let agent_api = AgentServiceServer::new(AgentApi::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let admin_api = AdminServiceServer::new(AdminApi::new(core.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServiceServer<AgentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ruse_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(io::Error::other)?;
+
+    let builder = || {
+        Server::builder()
+            .http2_keepalive_interval(Some(config.heartbeat_interval.max(Duration::from_secs(10))))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(config.shutdown_grace)
+    };
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let agent_listener = TcpListener::bind(config.listen).await?;
+    let agent_addr = agent_listener.local_addr()?;
+    let mut tasks = Vec::new();
+
+    let admin_addr = if let Some(admin_listen) = config.admin_listen {
+        let admin_listener = TcpListener::bind(admin_listen).await?;
+        let admin_addr = admin_listener.local_addr()?;
+        let incoming = accept_tls(
+            admin_listener,
+            TlsAcceptor::from(tls_config(ClientAuth::Required)?),
+            core.ca.trust_domain().clone(),
+            config.handshake_timeout,
+            stop.clone(),
+        );
+        let router = builder()
+            .add_service(admin_api)
+            .add_service(health.clone())
+            .add_service(reflection.clone());
+        tasks.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
+        ));
+        let incoming = accept_tls(
+            agent_listener,
+            TlsAcceptor::from(tls_config(ClientAuth::Optional)?),
+            core.ca.trust_domain().clone(),
+            config.handshake_timeout,
+            stop.clone(),
+        );
+        let router = builder()
+            .add_service(agent_api)
+            .add_service(health)
+            .add_service(reflection);
+        tasks.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
+        ));
+        admin_addr
+    } else {
+        let incoming = accept_tls(
+            agent_listener,
+            TlsAcceptor::from(tls_config(ClientAuth::Optional)?),
+            core.ca.trust_domain().clone(),
+            config.handshake_timeout,
+            stop.clone(),
+        );
+        let router = builder()
+            .add_service(agent_api)
+            .add_service(admin_api)
+            .add_service(health)
+            .add_service(reflection);
+        tasks.push(tokio::spawn(
+            router.serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
+        ));
+        agent_addr
+    };
+    Ok(Listeners {
+        agent_addr,
+        admin_addr,
+        tasks,
+    })
+}

@@ -1,0 +1,177 @@
+//! Everything the controller persists, behind one trait.
+//!
+//! Invariants:
+//! - **A write is durable only after a flush.** Writers call the store's
+//!   write methods, then [`Committer::durable`], and only then acknowledge
+//!   anything (to an agent or an admin).
+//! - **sled appears only in `sled.rs`.** Another engine implements [`Store`]
+//!   without touching callers.
+
+mod sled;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use ruse_proto::convert::HostFacts;
+use ruse_proto::types::{AdminName, AgentId, Labels, Role, TokenId, UnixMs};
+
+pub use self::sled::SledStore;
+
+/// A storage failure. Cloneable so one flush failure can be reported to
+/// every writer waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store engine error: {0}")]
+    Engine(Arc<str>),
+    #[error("corrupt record in {tree} at key {key}: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// An enrolled agent as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub id: AgentId,
+    pub facts: HostFacts,
+    /// Labels stamped by the bootstrap token; they override the agent's own.
+    pub token_labels: Labels,
+    pub enrolled_at: UnixMs,
+    pub enrolled_with: TokenId,
+    pub last_seen: UnixMs,
+    /// Address of the last session's peer.
+    pub last_peer: String,
+    pub cert_serial: String,
+    pub cert_not_after: UnixMs,
+    pub revoked: Option<Revocation>,
+}
+
+impl AgentRecord {
+    /// The labels selectors match against: the agent's own, overlaid with
+    /// the token's.
+    pub fn labels(&self) -> Labels {
+        self.facts.labels.overlaid_with(&self.token_labels)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub at: UnixMs,
+    pub by: String,
+    pub reason: String,
+}
+
+/// A bootstrap token. The secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    /// SHA-256 of the secret part, hexadecimal.
+    pub secret_sha256: String,
+    pub created_at: UnixMs,
+    pub expires_at: UnixMs,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub labels: Labels,
+    pub created_by: String,
+    pub description: String,
+}
+
+/// An administrator and their role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub name: AdminName,
+    pub role: Role,
+    pub issued_at: UnixMs,
+    pub issued_by: String,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Assigned by the store; increasing.
+    pub seq: u64,
+    pub at: UnixMs,
+    pub actor: String,
+    pub peer: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+    pub detail: String,
+}
+
+/// The controller's persistent state.
+///
+/// Methods are synchronous and may block briefly; writes are buffered by the
+/// engine until [`Store::flush`].
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    fn agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError>;
+    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+    fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError>;
+
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError>;
+    /// Returns whether the token existed.
+    fn delete_token(&self, id: &TokenId) -> Result<bool, StoreError>;
+
+    fn admin(&self, name: &AdminName) -> Result<Option<AdminRecord>, StoreError>;
+    fn admins(&self) -> Result<Vec<AdminRecord>, StoreError>;
+    fn put_admin(&self, record: &AdminRecord) -> Result<(), StoreError>;
+
+    /// Appends to the audit log, assigning `seq`.
+    fn append_audit(&self, record: AuditRecord) -> Result<AuditRecord, StoreError>;
+    /// The most recent `limit` records at or after `since`, oldest first.
+    fn audit(&self, since: UnixMs, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Makes every write made before this call durable. Blocks.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+type FlushWaiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// Group commit: many writers wait on one flush.
+///
+/// A writer makes its writes, then awaits [`Committer::durable`]. The
+/// committer flushes once for every writer that asked while the previous
+/// flush was running, so throughput does not pay one flush per write.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<FlushWaiter>,
+}
+
+impl Committer {
+    /// Starts the commit task. It ends when every `Committer` is dropped.
+    pub fn spawn(store: Arc<dyn Store>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<FlushWaiter>(4096);
+        tokio::spawn(async move {
+            let mut waiters = Vec::new();
+            while let Some(first) = rx.recv().await {
+                waiters.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    waiters.push(more);
+                }
+                let store = store.clone();
+                let result = tokio::task::spawn_blocking(move || store.flush())
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string().into())));
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        Committer { tx }
+    }
+
+    /// Returns once every write this task made before the call is durable.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}

@@ -1,0 +1,254 @@
+//! The embedded store, on sled. The only module that names sled.
+//!
+//! Records are JSON values in one tree per kind; audit keys are big-endian
+//! sequence numbers so iteration is in order. sled's background flusher is
+//! off: durability comes from explicit flushes through the committer.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
+
+use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
+
+const AGENTS: &str = "agents";
+const TOKENS: &str = "tokens";
+const ADMINS: &str = "admins";
+const AUDIT: &str = "audit";
+
+/// The sled-backed [`Store`].
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    agents: sled::Tree,
+    tokens: sled::Tree,
+    admins: sled::Tree,
+    audit: sled::Tree,
+}
+
+fn engine(e: sled::Error) -> StoreError {
+    StoreError::Engine(e.to_string().into())
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir`, with a page cache of
+    /// `cache_bytes`.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(engine)?;
+        Ok(SledStore {
+            agents: db.open_tree(AGENTS).map_err(engine)?,
+            tokens: db.open_tree(TOKENS).map_err(engine)?,
+            admins: db.open_tree(ADMINS).map_err(engine)?,
+            audit: db.open_tree(AUDIT).map_err(engine)?,
+            db,
+        })
+    }
+
+    fn get<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        name: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        tree.get(key.as_bytes())
+            .map_err(engine)?
+            .map(|v| decode(name, key.as_bytes(), &v))
+            .transpose()
+    }
+
+    fn all<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        name: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(engine)?;
+                decode(name, &k, &v)
+            })
+            .collect()
+    }
+
+    fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        tree.insert(key.as_bytes(), bytes).map_err(engine)?;
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl Store for SledStore {
+    fn agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
+        Self::get(&self.agents, AGENTS, id.as_str())
+    }
+
+    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        Self::all(&self.agents, AGENTS)
+    }
+
+    fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        Self::put(&self.agents, record.id.as_str(), record)
+    }
+
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        Self::get(&self.tokens, TOKENS, id.as_str())
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        Self::all(&self.tokens, TOKENS)
+    }
+
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        Self::put(&self.tokens, record.id.as_str(), record)
+    }
+
+    fn delete_token(&self, id: &TokenId) -> Result<bool, StoreError> {
+        Ok(self
+            .tokens
+            .remove(id.as_str().as_bytes())
+            .map_err(engine)?
+            .is_some())
+    }
+
+    fn admin(&self, name: &AdminName) -> Result<Option<AdminRecord>, StoreError> {
+        Self::get(&self.admins, ADMINS, name.as_str())
+    }
+
+    fn admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
+        Self::all(&self.admins, ADMINS)
+    }
+
+    fn put_admin(&self, record: &AdminRecord) -> Result<(), StoreError> {
+        Self::put(&self.admins, record.name.as_str(), record)
+    }
+
+    fn append_audit(&self, mut record: AuditRecord) -> Result<AuditRecord, StoreError> {
+        record.seq = self.db.generate_id().map_err(engine)?;
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        self.audit
+            .insert(record.seq.to_be_bytes(), bytes)
+            .map_err(engine)?;
+        Ok(record)
+    }
+
+    fn audit(&self, since: UnixMs, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.audit.iter().rev() {
+            let (k, v) = kv.map_err(engine)?;
+            let record: AuditRecord = decode(AUDIT, &k, &v)?;
+            if record.at < since || out.len() >= limit {
+                break;
+            }
+            out.push(record);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(engine)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ruse_proto::types::{Labels, Role};
+
+    fn token(id: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.parse().unwrap(),
+            secret_sha256: "00".into(),
+            created_at: UnixMs(1),
+            expires_at: UnixMs(2),
+            max_uses: 3,
+            uses: 0,
+            labels: Labels::parse_pairs(["site=icu"]).unwrap(),
+            created_by: "admin/root".into(),
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+            store.put_token(&token("t1")).unwrap();
+            store
+                .put_admin(&AdminRecord {
+                    name: "alice".parse().unwrap(),
+                    role: Role::Viewer,
+                    issued_at: UnixMs(5),
+                    issued_by: "admin/root".into(),
+                })
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            store.token(&"t1".parse().unwrap()).unwrap(),
+            Some(token("t1"))
+        );
+        assert_eq!(store.admins().unwrap().len(), 1);
+        assert!(store.delete_token(&"t1".parse().unwrap()).unwrap());
+        assert!(!store.delete_token(&"t1".parse().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn audit_is_ordered_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        for i in 0..10 {
+            store
+                .append_audit(AuditRecord {
+                    seq: 0,
+                    at: UnixMs(i * 10),
+                    actor: "a".into(),
+                    peer: "p".into(),
+                    action: format!("act{i}"),
+                    target: String::new(),
+                    result: "ok".into(),
+                    detail: String::new(),
+                })
+                .unwrap();
+        }
+        let last3 = store.audit(UnixMs(0), 3).unwrap();
+        let actions: Vec<_> = last3.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["act7", "act8", "act9"]);
+        assert!(last3.windows(2).all(|w| w[0].seq < w[1].seq));
+        let since = store.audit(UnixMs(75), 100).unwrap();
+        assert_eq!(since.len(), 2);
+    }
+
+    #[test]
+    fn corrupt_record_is_reported_not_panicked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        store.tokens.insert(b"bad", &b"{not json"[..]).unwrap();
+        assert!(matches!(
+            store.token(&"bad".parse().unwrap()),
+            Err(StoreError::Corrupt { tree: "tokens", .. })
+        ));
+    }
+}

@@ -1,0 +1,105 @@
+//! Writing and reading key material on disk.
+//!
+//! Private files are created with mode 0600 from the start (never written
+//! and then narrowed), written to a temporary file in the same directory,
+//! synced, and renamed into place, so a crash leaves either the old or the
+//! new file, never half of one.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::PkiError;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The mode given to open() is reduced by the umask; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(path))
+}
+
+/// Writes a secret (a private key, a token) readable by its owner only.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Writes a public file (a certificate, a context file).
+pub fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    write_atomic(path, contents, 0o644)
+}
+
+/// Reads a secret, refusing one that other users can read (as OpenSSH
+/// refuses such private keys).
+pub fn read_private_file(path: &Path) -> Result<String, PkiError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(PkiError::InsecurePermissions {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_are_0600_and_refused_when_exposed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/key.pem");
+        write_private_file(&path, b"secret").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(read_private_file(&path).unwrap(), "secret");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            read_private_file(&path),
+            Err(PkiError::InsecurePermissions { mode: 0o644, .. })
+        ));
+    }
+
+    #[test]
+    fn rewrite_replaces_contents_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert.pem");
+        write_public_file(&path, b"one").unwrap();
+        write_public_file(&path, b"two").unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
