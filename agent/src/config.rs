@@ -209,4 +209,16 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("ca_pin"), "{err}");
     }
+
+    #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent.toml");
+        let config = AgentConfig::load(Some(&path), [], &[], &Labels::new()).unwrap();
+        assert_eq!(config.controller.host(), "ruse.example.org");
+        assert_eq!(
+            config.labels.get("device-class"),
+            Some("clinical-workstation")
+        );
+        assert_eq!(config.root, Path::new("/"));
+    }
 }

@@ -311,4 +311,17 @@ mod tests {
         let missing = dir.path().join("missing.toml");
         assert!(ControllerConfig::load(Some(&missing), env(&[]), &[]).is_err());
     }
+
+    #[test]
+    fn the_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/controller.toml");
+        let config = ControllerConfig::load(Some(&path), env(&[]), &[]).unwrap();
+        assert_eq!(config.server_names, ["ruse.example.org", "10.0.0.5"]);
+        let mut expected = ControllerConfig {
+            server_names: config.server_names.clone(),
+            ..ControllerConfig::default()
+        };
+        expected.listen = config.listen;
+        assert_eq!(config, expected, "the example shows the defaults");
+    }
 }

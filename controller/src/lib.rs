@@ -54,6 +54,7 @@ pub struct Controller {
     listeners: server::Listeners,
     stop: watch::Sender<bool>,
     state_writer: JoinHandle<()>,
+    committer_task: JoinHandle<()>,
 }
 
 impl Controller {
@@ -73,7 +74,7 @@ impl Controller {
                 .await
                 .map_err(|e| StoreError::Engine(e.to_string().into()))??,
         );
-        let committer = Committer::spawn(store.clone());
+        let (committer, committer_task) = Committer::spawn(store.clone());
         let core = Arc::new(Core::new(config, ca, store, committer)?);
         let (stop, stop_rx) = watch::channel(false);
         let listeners = server::serve(core.clone(), stop_rx.clone()).await?;
@@ -90,6 +91,7 @@ impl Controller {
             listeners,
             stop,
             state_writer,
+            committer_task,
         })
     }
 
@@ -108,12 +110,14 @@ impl Controller {
     }
 
     /// Graceful stop: close agent sessions, let calls in flight finish
-    /// within `shutdown_grace`, then write agent state and flush the store.
+    /// within `shutdown_grace`, write agent state, flush and close the store.
+    /// When this returns the data directory can be opened again.
     pub async fn shutdown(mut self) -> Result<(), ControllerError> {
         let grace = self.core.config.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         self.core.fleet.close_all();
         let _ = self.stop.send(true);
-        let drained = tokio::time::timeout(grace, async {
+        let drained = tokio::time::timeout_at(deadline, async {
             for task in &mut self.listeners.tasks {
                 let _ = task.await;
             }
@@ -129,11 +133,28 @@ impl Controller {
             }
         }
         let _ = (&mut self.state_writer).await;
+        // Session tasks end as their connections close; wait for them to
+        // release the controller state (bounded by the grace period).
+        while Arc::strong_count(&self.core) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let written = self.core.flush_fleet_state().await?;
         let store = self.core.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await
             .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+        let Controller {
+            core,
+            committer_task,
+            ..
+        } = self;
+        if Arc::strong_count(&core) > 1 {
+            tracing::warn!(
+                "controller state still in use at shutdown; the store closes when it is released"
+            );
+        }
+        drop(core);
+        let _ = committer_task.await;
         tracing::info!(agent_records = written, "controller stopped; store flushed");
         Ok(())
     }

@@ -1,1 +1,345 @@
-//! placeholder
+//! Harness for Ruse's end-to-end tests: a real controller (in-process or as
+//! a child process) on 127.0.0.1 port 0 with a fresh CA and data directory
+//! per test, real agents, real admin clients.
+//!
+//! Waiting is done by polling a condition against a deadline
+//! ([`eventually`]), never by bare sleeps.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
+pub mod process;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use ruse_agent::{AgentConfig, AgentError, AgentStatus};
+use ruse_controller::Controller;
+use ruse_controller::config::ControllerConfig;
+use ruse_controller::init::{self, InitOptions};
+use ruse_pki::rustls::ClientConfig;
+use ruse_pki::{CaPin, CertificateAuthority, PrivateKey};
+use ruse_proto::admin::v1 as admin_pb;
+use ruse_proto::admin::v1::admin_service_client::AdminServiceClient;
+use ruse_proto::agent::v1::agent_service_client::AgentServiceClient;
+use ruse_proto::transport::{self, ControllerUrl, DialOptions};
+use ruse_proto::types::{Identity, Labels};
+
+pub use ruse_proto::admin::v1 as pb;
+
+/// The trust domain of every test installation.
+pub const TRUST_DOMAIN: &str = "ruse.test";
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` if
+/// `deadline` passes first.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Settings that make tests fast: short heartbeats and state flushes.
+pub fn fast_config(data_dir: &Path) -> ControllerConfig {
+    ControllerConfig {
+        data_dir: data_dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        server_names: vec!["127.0.0.1".into(), "localhost".into()],
+        heartbeat_interval: Duration::from_millis(200),
+        offline_after: Duration::from_millis(1500),
+        state_flush_interval: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(3),
+        ..ControllerConfig::default()
+    }
+}
+
+/// An initialised data directory: CA, first admin `root`.
+pub fn init_data_dir(data_dir: &Path) -> CaPin {
+    init::init(&InitOptions {
+        data_dir: data_dir.to_owned(),
+        trust_domain: TRUST_DOMAIN.parse().unwrap(),
+        controller_url: "https://127.0.0.1:7443".into(),
+        admin_name: "root".parse().unwrap(),
+        admin_cert_ttl: Duration::from_secs(3600),
+    })
+    .unwrap()
+    .pin
+}
+
+/// A controller running in this process.
+pub struct TestController {
+    pub dir: TempDir,
+    pub config: ControllerConfig,
+    pub pin: CaPin,
+    controller: Option<Controller>,
+}
+
+impl TestController {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with [`fast_config`] changed by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut ControllerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let pin = init_data_dir(&data);
+        let mut config = fast_config(&data);
+        adjust(&mut config);
+        let controller = Controller::start(config.clone()).await.unwrap();
+        // Keep the port across restarts.
+        config.listen = controller.agent_addr();
+        if config.admin_listen.is_some() {
+            config.admin_listen = Some(controller.admin_addr());
+        }
+        TestController {
+            dir,
+            config,
+            pin,
+            controller: Some(controller),
+        }
+    }
+
+    pub fn controller(&self) -> &Controller {
+        self.controller.as_ref().expect("controller is stopped")
+    }
+
+    pub fn url(&self) -> ControllerUrl {
+        ControllerUrl::from_addr(self.config.listen)
+    }
+
+    pub fn admin_url(&self) -> ControllerUrl {
+        ControllerUrl::from_addr(self.config.admin_listen.unwrap_or(self.config.listen))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// The CA, loaded from the data directory (to mint test certificates).
+    pub fn ca(&self) -> CertificateAuthority {
+        init::load_ca(
+            &ruse_controller::layout::ca_cert(self.data_dir()),
+            &ruse_controller::layout::ca_key(self.data_dir()),
+        )
+        .unwrap()
+    }
+
+    /// Graceful stop.
+    pub async fn stop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await.unwrap();
+        }
+    }
+
+    /// Graceful stop, then start again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.controller = Some(Controller::start(self.config.clone()).await.unwrap());
+    }
+
+    /// A TLS client configuration with a certificate for `identity`.
+    pub fn client_tls(&self, identity: &Identity) -> Arc<ClientConfig> {
+        let ca = self.ca();
+        let (cert, key) = ca
+            .issue_client(identity, Duration::from_secs(3600))
+            .unwrap();
+        ruse_pki::client_config(&[ca.cert_der().clone()], vec![cert.der], key.to_der()).unwrap()
+    }
+
+    /// An admin client speaking with `tls`.
+    pub async fn admin_with(
+        &self,
+        tls: Arc<ClientConfig>,
+    ) -> Result<AdminServiceClient<Channel>, tonic::transport::Error> {
+        let channel = transport::connect(&self.admin_url(), tls, &DialOptions::default()).await?;
+        Ok(AdminServiceClient::new(channel))
+    }
+
+    /// The first admin (role admin).
+    pub async fn root(&self) -> AdminServiceClient<Channel> {
+        self.admin_with(self.client_tls(&Identity::Admin("root".parse().unwrap())))
+            .await
+            .unwrap()
+    }
+
+    /// A new admin with `role`, issued through the admin API as root.
+    pub async fn admin_as(&self, name: &str, role: admin_pb::Role) -> AdminServiceClient<Channel> {
+        let key = PrivateKey::generate().unwrap();
+        let issued = self
+            .root()
+            .await
+            .issue_admin(admin_pb::IssueAdminRequest {
+                name: name.into(),
+                role: role.into(),
+                csr_der: key.csr_der().unwrap(),
+                ttl_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let tls = ruse_pki::client_config(
+            &[issued.ca_certificate_der.into()],
+            vec![issued.certificate_der.into()],
+            key.to_der(),
+        )
+        .unwrap();
+        self.admin_with(tls).await.unwrap()
+    }
+
+    /// An agent-service client with `tls`.
+    pub async fn agent_client_with(
+        &self,
+        tls: Arc<ClientConfig>,
+    ) -> Result<AgentServiceClient<Channel>, tonic::transport::Error> {
+        let channel = transport::connect(&self.url(), tls, &DialOptions::default()).await?;
+        Ok(AgentServiceClient::new(channel))
+    }
+
+    /// Creates a token as root.
+    pub async fn token(&self, labels: &str, uses: u32, ttl: Duration) -> String {
+        self.root()
+            .await
+            .create_token(admin_pb::CreateTokenRequest {
+                ttl_ms: u64::try_from(ttl.as_millis()).unwrap(),
+                max_uses: uses,
+                labels: Labels::parse_pairs([labels]).unwrap().to_map(),
+                description: "test".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
+    /// Configuration for an agent with state in a new directory under this
+    /// test's temp dir, enrolling with `token`.
+    pub fn agent_config(&self, name: &str, token: &str, labels: &str) -> AgentConfig {
+        let dir = self.dir.path().join("agents").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, token).unwrap();
+        AgentConfig {
+            controller: self.url(),
+            ca_pin: self.pin,
+            token_file: Some(token_file),
+            state_dir: dir.join("state"),
+            root: dir.join("root"),
+            labels: Labels::parse_pairs([labels]).unwrap(),
+            dial: DialOptions::default(),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+
+    /// Starts an in-process agent.
+    pub fn spawn_agent(&self, config: AgentConfig) -> TestAgent {
+        TestAgent::spawn(config)
+    }
+
+    pub async fn agent_view(&self, id: &str) -> admin_pb::Agent {
+        self.root()
+            .await
+            .get_agent(admin_pb::GetAgentRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn agents(&self) -> Vec<admin_pb::Agent> {
+        self.root()
+            .await
+            .list_agents(admin_pb::ListAgentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .agents
+    }
+
+    /// Proves the controller still serves: a fresh admin connection works.
+    pub async fn assert_serving(&self) {
+        let me = self
+            .root()
+            .await
+            .who_am_i(admin_pb::WhoAmIRequest {})
+            .await
+            .expect("the controller stopped serving");
+        assert_eq!(me.into_inner().name, "root");
+    }
+}
+
+/// An agent running in this process.
+pub struct TestAgent {
+    pub config: AgentConfig,
+    pub status: watch::Receiver<AgentStatus>,
+    stop: watch::Sender<bool>,
+    pub handle: JoinHandle<Result<(), AgentError>>,
+}
+
+impl TestAgent {
+    pub fn spawn(config: AgentConfig) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let (status_tx, status) = watch::channel(AgentStatus::default());
+        let handle = tokio::spawn(ruse_agent::run(config.clone(), stop_rx, status_tx));
+        TestAgent {
+            config,
+            status,
+            stop,
+            handle,
+        }
+    }
+
+    /// Waits until a session is open; returns the agent id.
+    pub async fn connected(&mut self) -> String {
+        let status = tokio::time::timeout(
+            Duration::from_secs(15),
+            self.status.wait_for(|s| s.connected),
+        )
+        .await
+        .expect("agent did not connect within 15s")
+        .expect("agent task ended");
+        status
+            .agent_id
+            .clone()
+            .expect("connected without an id")
+            .to_string()
+    }
+
+    /// Waits for the agent to stop by itself and returns how it ended.
+    pub async fn finished(self, within: Duration) -> Result<(), AgentError> {
+        tokio::time::timeout(within, self.handle)
+            .await
+            .expect("agent did not stop in time")
+            .expect("agent task panicked")
+    }
+
+    /// Asks the agent to stop and waits for it.
+    pub async fn stop(self) -> Result<(), AgentError> {
+        let _ = self.stop.send(true);
+        self.finished(Duration::from_secs(10)).await
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.config.state_dir.clone()
+    }
+}

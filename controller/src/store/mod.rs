@@ -146,10 +146,11 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the commit task. It ends when every `Committer` is dropped.
-    pub fn spawn(store: Arc<dyn Store>) -> Self {
+    /// Starts the commit task. It ends, releasing `store`, when every
+    /// `Committer` is dropped; the handle lets the owner wait for that.
+    pub fn spawn(store: Arc<dyn Store>) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<FlushWaiter>(4096);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut waiters = Vec::new();
             while let Some(first) = rx.recv().await {
                 waiters.push(first);
@@ -165,7 +166,7 @@ impl Committer {
                 }
             }
         });
-        Committer { tx }
+        (Committer { tx }, task)
     }
 
     /// Returns once every write this task made before the call is durable.
