@@ -170,25 +170,35 @@ pub fn spawn_controller(data_dir: &Path, listen: &str, log: &Path) -> (Proc, Soc
     }
 }
 
-/// Runs `rusectl` with a context file and returns its output.
-pub fn rusectl(context: &Path, args: &[&str]) -> Output {
-    Command::new(binary("rusectl"))
-        .arg("--context-file")
-        .arg(context)
-        .args(args)
-        .output()
-        .expect("cannot run rusectl")
+/// `rusectl` with a context file and, optionally, `--controller`.
+#[derive(Debug, Clone)]
+pub struct Ctl {
+    pub context_file: PathBuf,
+    pub controller: Option<String>,
 }
 
-/// Runs `rusectl` and parses its JSON output; panics with stderr on failure.
-pub fn rusectl_json(context: &Path, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    let out = rusectl(context, &all);
-    assert!(
-        out.status.success(),
-        "rusectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("rusectl printed invalid JSON")
+impl Ctl {
+    /// Runs `rusectl ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(binary("rusectl"));
+        cmd.arg("--context-file").arg(&self.context_file);
+        if let Some(url) = &self.controller {
+            cmd.arg("--controller").arg(url);
+        }
+        cmd.args(args).output().expect("cannot run rusectl")
+    }
+
+    /// Runs `rusectl ARGS -o json` and parses the output; panics with
+    /// stderr on failure.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "rusectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("rusectl printed invalid JSON")
+    }
 }

@@ -292,3 +292,61 @@ async fn agent_state_and_tokens_survive_a_graceful_restart_and_agents_reconnect(
     // The agent kept its identity across the restart: no re-enrollment.
     assert_eq!(tc.agents().await.len(), 1);
 }
+
+#[tokio::test]
+async fn an_agent_the_controller_does_not_know_stops_with_a_clear_error() {
+    let tc = TestController::start().await;
+    // A certificate from the right CA for an agent that never enrolled (as
+    // after the controller's store was lost but its CA kept).
+    let ca = tc.ca();
+    let key = ruse_pki::PrivateKey::generate().unwrap();
+    let id = ruse_proto::types::Identity::Agent("01neverenrolled".parse().unwrap());
+    let cert = ca
+        .sign_client_csr(&key.csr_der().unwrap(), &id, Duration::from_secs(600))
+        .unwrap();
+    let config = tc.agent_config("ghost", "unused", "");
+    AgentIdentity::from_issued(key, cert.der, vec![ca.cert_der().clone()])
+        .unwrap()
+        .save(&config.state_dir)
+        .unwrap();
+    let ended = tc
+        .spawn_agent(config)
+        .finished(Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(&ended, Err(AgentError::Unknown { id, .. }) if id.as_str() == "01neverenrolled"),
+        "{ended:?}"
+    );
+    let message = ended.unwrap_err().to_string();
+    assert!(
+        message.contains("enroll again with a new token"),
+        "{message}"
+    );
+    tc.assert_serving().await;
+}
+
+#[tokio::test]
+async fn an_agent_whose_certificate_expired_while_off_enrolls_again() {
+    let tc = TestController::start_with(|c| c.agent_cert_ttl = Duration::from_secs(5)).await;
+    let token = tc.token("site=icu", 2, Duration::from_secs(600)).await;
+    let config = tc.agent_config("sleeper", &token, "");
+    let mut agent = tc.spawn_agent(config.clone());
+    let first_id = agent.connected().await;
+    agent.stop().await.unwrap();
+    let expired = AgentIdentity::load(&config.state_dir).unwrap().unwrap();
+    eventually("certificate expiry", Duration::from_secs(10), || async {
+        expired.expired(ruse_proto::types::UnixMs::now())
+    })
+    .await;
+
+    let mut again = tc.spawn_agent(config);
+    let second_id = again.connected().await;
+    assert_ne!(
+        first_id, second_id,
+        "an expired identity is replaced by a new enrollment"
+    );
+    let view = tc.agent_view(&second_id).await;
+    assert_eq!(view.state(), pb::AgentState::Online);
+    assert_eq!(view.labels.get("site").map(String::as_str), Some("icu"));
+    again.stop().await.unwrap();
+}

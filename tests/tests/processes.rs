@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use ruse_e2e::eventually;
-use ruse_e2e::process::{Proc, binary, rusectl, rusectl_json, spawn, spawn_controller};
+use ruse_e2e::process::{Ctl, Proc, binary, spawn, spawn_controller};
 
 fn init(data: &Path) -> String {
     let out = Command::new(binary("ruse-controller"))
@@ -41,12 +41,13 @@ fn init(data: &Path) -> String {
     pin
 }
 
-fn context(data: &Path, url: &str) -> std::path::PathBuf {
-    // init wrote https://127.0.0.1:7443; point it at the test port.
-    let path = data.join("admin").join("rusectl.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, text.replace("https://127.0.0.1:7443", url)).unwrap();
-    path
+/// rusectl with the context `init` wrote, whose URL (port 7443) is not the
+/// test's, so every call passes `--controller`.
+fn ctl(data: &Path, url: &str) -> Ctl {
+    Ctl {
+        context_file: data.join("admin").join("rusectl.toml"),
+        controller: Some(url.to_owned()),
+    }
 }
 
 fn agent(dir: &Path, name: &str, url: &str, pin: &str, token: &str, labels: &str) -> Proc {
@@ -73,8 +74,8 @@ fn agent(dir: &Path, name: &str, url: &str, pin: &str, token: &str, labels: &str
     )
 }
 
-fn agents(ctx: &Path) -> Vec<Value> {
-    rusectl_json(ctx, &["get", "agents"])["items"]
+fn agents(ctl: &Ctl) -> Vec<Value> {
+    ctl.json(&["get", "agents"])["items"]
         .as_array()
         .unwrap()
         .clone()
@@ -95,14 +96,11 @@ async fn readme_flow_two_agents_online_then_one_revoked() {
     let (mut controller, addr) =
         spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
     let url = format!("https://{addr}");
-    let ctx = context(&data, &url);
+    let ctx = ctl(&data, &url);
 
-    let created = rusectl_json(
-        &ctx,
-        &[
-            "token", "create", "--ttl", "1h", "--uses", "2", "--label", "site=icu",
-        ],
-    );
+    let created = ctx.json(&[
+        "token", "create", "--ttl", "1h", "--uses", "2", "--label", "site=icu",
+    ]);
     let token = created["token"].as_str().unwrap().to_owned();
     assert_eq!(created["max_uses"], 2);
     assert_eq!(created["labels"]["site"], "icu");
@@ -135,15 +133,12 @@ async fn readme_flow_two_agents_online_then_one_revoked() {
     assert!(list.iter().all(|a| a["labels"]["site"] == "icu"));
 
     // The table output a person reads.
-    let table = rusectl(&ctx, &["get", "agents"]);
+    let table = ctx.run(&["get", "agents"]);
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(table.starts_with("ID"), "{table}");
     assert_eq!(table.lines().count(), 3, "{table}");
 
-    let out = rusectl(
-        &ctx,
-        &["revoke", "agent", &two_id, "--reason", "decommissioned"],
-    );
+    let out = ctx.run(&["revoke", "agent", &two_id, "--reason", "decommissioned"]);
     assert!(
         out.status.success(),
         "{}",
@@ -160,7 +155,7 @@ async fn readme_flow_two_agents_online_then_one_revoked() {
     assert_eq!(state(&list, "two").as_deref(), Some("revoked"));
     assert_eq!(state(&list, "one").as_deref(), Some("online"));
 
-    let described = rusectl_json(&ctx, &["describe", "agent", &two_id]);
+    let described = ctx.json(&["describe", "agent", &two_id]);
     assert_eq!(described["revoked"]["reason"], "decommissioned");
     assert_eq!(described["revoked"]["by"], "admin/admin");
 
@@ -181,16 +176,13 @@ async fn tokens_agents_revocations_and_audit_survive_kill_9() {
     let log = dir.path().join("controller.log");
     let (mut controller, addr) = spawn_controller(&data, "127.0.0.1:0", &log);
     let url = format!("https://{addr}");
-    let ctx = context(&data, &url);
+    let ctx = ctl(&data, &url);
 
-    let token = rusectl_json(
-        &ctx,
-        &["token", "create", "--uses", "5", "--label", "site=er"],
-    )["token"]
+    let token = ctx.json(&["token", "create", "--uses", "5", "--label", "site=er"])["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    rusectl_json(&ctx, &["token", "create", "--uses", "1"]);
+    ctx.json(&["token", "create", "--uses", "1"]);
     let mut stays = agent(dir.path(), "stays", &url, &pin, &token, "name=stays");
     let mut goes = agent(dir.path(), "goes", &url, &pin, &token, "name=goes");
     eventually("two agents online", Duration::from_secs(20), || async {
@@ -208,11 +200,11 @@ async fn tokens_agents_revocations_and_audit_survive_kill_9() {
         .as_str()
         .unwrap()
         .to_owned();
-    let out = rusectl(&ctx, &["revoke", "agent", &goes_id]);
+    let out = ctx.run(&["revoke", "agent", &goes_id]);
     assert!(out.status.success());
     goes.wait(Duration::from_secs(5))
         .expect("revoked agent kept running");
-    let audit_before = rusectl_json(&ctx, &["get", "audit"])["items"]
+    let audit_before = ctx.json(&["get", "audit"])["items"]
         .as_array()
         .unwrap()
         .len();
@@ -224,7 +216,7 @@ async fn tokens_agents_revocations_and_audit_survive_kill_9() {
         &dir.path().join("controller2.log"),
     );
 
-    let tokens = rusectl_json(&ctx, &["get", "tokens"])["items"]
+    let tokens = ctx.json(&["get", "tokens"])["items"]
         .as_array()
         .unwrap()
         .clone();
@@ -242,7 +234,7 @@ async fn tokens_agents_revocations_and_audit_survive_kill_9() {
         || async { state(&agents(&ctx), "stays").as_deref() == Some("online") },
     )
     .await;
-    let audit_after = rusectl_json(&ctx, &["get", "audit"])["items"]
+    let audit_after = ctx.json(&["get", "audit"])["items"]
         .as_array()
         .unwrap()
         .len();
@@ -258,4 +250,101 @@ async fn tokens_agents_revocations_and_audit_survive_kill_9() {
         stays.wait(Duration::from_millis(10)).is_none(),
         "the other agent keeps running"
     );
+}
+
+#[tokio::test]
+async fn rusectl_issues_admins_whose_roles_hold_and_reports_errors_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init(&data);
+    let (_controller, addr) =
+        spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
+    let url = format!("https://{addr}");
+    let root = ctl(&data, &url);
+
+    // Without --controller the context's URL (port 7443, nothing there) is
+    // used, and the failure says so.
+    let unreachable = Ctl {
+        controller: None,
+        ..root.clone()
+    };
+    let out = unreachable.run(&["get", "agents"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the controller at https://127.0.0.1:7443"),
+        "{err}"
+    );
+
+    // Issue a viewer; the key is written 0600 next to a usable context.
+    let vera_dir = dir.path().join("vera");
+    let out = root.run(&[
+        "admin",
+        "issue",
+        "vera",
+        "--role",
+        "viewer",
+        "--out-dir",
+        &vera_dir.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(vera_dir.join("vera-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let vera = Ctl {
+        context_file: vera_dir.join("rusectl.toml"),
+        controller: Some(url.clone()),
+    };
+    let who = vera.run(&["whoami"]);
+    assert!(String::from_utf8_lossy(&who.stdout).contains("vera (role viewer)"));
+    assert!(
+        vera.json(&["get", "agents"])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A viewer cannot create tokens: non-zero exit and a plain message.
+    let out = vera.run(&["token", "create"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("rusectl: error: permission denied: vera has role viewer"),
+        "{err}"
+    );
+
+    // The refusal and the issuance are in the audit log, with the actor.
+    let audit = root.json(&["get", "audit"])["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(audit.iter().any(|r| r["action"] == "admin.issue"
+        && r["target"] == "admin/vera"
+        && r["result"] == "ok"));
+    assert!(audit.iter().any(|r| r["actor"] == "admin/vera"
+        && r["action"] == "token.create"
+        && r["result"] != "ok"));
+    let admins = root.json(&["get", "admins"])["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        admins
+            .iter()
+            .any(|a| a["name"] == "vera" && a["role"] == "viewer")
+    );
+
+    // YAML output and shell completions.
+    let out = root.run(&["get", "admins", "-o", "yaml"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("role: viewer"));
+    let out = root.run(&["completion", "bash"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rusectl"));
 }
