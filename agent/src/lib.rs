@@ -13,6 +13,7 @@ pub mod config;
 mod enroll;
 pub mod facts;
 pub mod identity;
+pub mod lures;
 mod session;
 
 use std::time::Duration;
