@@ -21,6 +21,12 @@ pub struct AgentFileConfig {
     pub state_dir: PathBuf,
     /// Where lures are planted from; `/` in production.
     pub root: PathBuf,
+    /// What `~/` means in lure paths, relative to the root: `home/*` is
+    /// every directory in `home`.
+    pub home_dirs: Vec<String>,
+    /// How often planted lures are checked for deletion or edits.
+    #[serde(with = "duration_str")]
+    pub verify_interval: Duration,
     pub labels: BTreeMap<String, String>,
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
@@ -40,6 +46,8 @@ impl Default for AgentFileConfig {
             token_file: None,
             state_dir: PathBuf::from("/var/lib/ruse-agent"),
             root: PathBuf::from("/"),
+            home_dirs: vec!["home/*".into(), "root".into()],
+            verify_interval: Duration::from_secs(300),
             labels: BTreeMap::new(),
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
@@ -58,6 +66,8 @@ pub struct AgentConfig {
     pub token_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub root: PathBuf,
+    pub home_dirs: Vec<String>,
+    pub verify_interval: Duration,
     pub labels: Labels,
     pub dial: DialOptions,
     pub min_backoff: Duration,
@@ -81,6 +91,33 @@ fn invalid(field: &'static str, reason: impl std::fmt::Display) -> ConfigError {
 }
 
 impl AgentConfig {
+    /// A configuration with every optional setting at its default.
+    pub fn new(
+        controller: ControllerUrl,
+        ca_pin: CaPin,
+        state_dir: PathBuf,
+        root: PathBuf,
+    ) -> Self {
+        let d = AgentFileConfig::default();
+        AgentConfig {
+            controller,
+            ca_pin,
+            token_file: None,
+            state_dir,
+            root,
+            home_dirs: d.home_dirs,
+            verify_interval: d.verify_interval,
+            labels: Labels::new(),
+            dial: DialOptions {
+                connect_timeout: d.connect_timeout,
+                keepalive_interval: d.keepalive_interval,
+                ..DialOptions::default()
+            },
+            min_backoff: d.min_backoff,
+            max_backoff: d.max_backoff,
+        }
+    }
+
     /// Merges the layers. `overrides` are flag values as `(key, value)`;
     /// `flag_labels` are `--label` pairs, which win over the file's labels.
     pub fn load(
@@ -141,6 +178,9 @@ impl AgentConfig {
         let labels = Labels::try_from(raw.labels)
             .map_err(|e| invalid("labels", e))?
             .overlaid_with(flag_labels);
+        if raw.verify_interval < Duration::from_secs(1) {
+            return Err(invalid("verify_interval", "must be at least 1s"));
+        }
         if raw.min_backoff.is_zero() || raw.max_backoff < raw.min_backoff {
             return Err(invalid(
                 "min_backoff / max_backoff",
@@ -153,6 +193,8 @@ impl AgentConfig {
             token_file: raw.token_file,
             state_dir: raw.state_dir,
             root: raw.root,
+            home_dirs: raw.home_dirs,
+            verify_interval: raw.verify_interval,
             labels,
             dial: DialOptions {
                 connect_timeout: raw.connect_timeout,

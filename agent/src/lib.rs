@@ -16,6 +16,7 @@ pub mod identity;
 pub mod lures;
 mod session;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -25,6 +26,53 @@ use ruse_proto::types::{AgentId, UnixMs, random_bytes};
 
 pub use config::AgentConfig;
 use identity::{AgentIdentity, StateError};
+use lures::{HomeDirs, LureEngine};
+
+/// The planting engine, shared by the sessions of one agent process.
+pub(crate) type SharedEngine = Arc<Mutex<LureEngine>>;
+
+/// Locks the engine; a panic elsewhere does not make its state unusable.
+pub(crate) fn lock(engine: &SharedEngine) -> std::sync::MutexGuard<'_, LureEngine> {
+    engine.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens the planting engine for `config` (the root must exist).
+pub fn open_engine(config: &AgentConfig) -> Result<LureEngine, AgentError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        AgentError::Lures(lures::LureError::Fs(lures::fs::FsError::Io {
+            path: config.state_dir.display().to_string(),
+            source: e,
+        }))
+    })?;
+    Ok(LureEngine::open(
+        &config.root,
+        HomeDirs::new(config.home_dirs.clone()),
+        &config.state_dir,
+    )?)
+}
+
+/// Checks planted lures and repairs drift; returns problems left.
+pub(crate) async fn verify(engine: &SharedEngine) -> Vec<String> {
+    let engine = engine.clone();
+    let drifts = tokio::task::spawn_blocking(move || lock(&engine).verify_and_repair())
+        .await
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for d in drifts {
+        if d.repaired {
+            tracing::warn!(lure = %d.lure_id, path = %d.path.display(), what = ?d.what, "lure drift repaired");
+        } else {
+            tracing::error!(lure = %d.lure_id, path = %d.path.display(), what = ?d.what, "lure drift could not be repaired");
+            problems.push(format!(
+                "lure {} at {} is {:?} and could not be repaired",
+                d.lure_id,
+                d.path.display(),
+                d.what
+            ));
+        }
+    }
+    problems
+}
 
 /// Conditions that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +103,8 @@ pub enum AgentError {
     CertificateRejected(String),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("lures: {0}")]
+    Lures(#[from] lures::LureError),
     #[error(transparent)]
     Pki(#[from] PkiError),
 }
@@ -68,6 +118,10 @@ pub struct AgentStatus {
     pub sessions: u64,
     /// Certificates renewed so far.
     pub renewals: u64,
+    /// Updates received from the controller so far.
+    pub updates: u64,
+    /// Lures currently applied.
+    pub lures: usize,
     pub last_error: Option<String>,
 }
 
@@ -153,6 +207,11 @@ pub async fn run(
     status: watch::Sender<AgentStatus>,
 ) -> Result<(), AgentError> {
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    let engine: SharedEngine = Arc::new(Mutex::new(open_engine(&config)?));
+    // After a restart, check what is planted instead of rewriting it.
+    let problems = verify(&engine).await;
+    status.send_modify(|s| s.lures = lock(&engine).applied().len());
+    let mut problems = Some(problems);
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -180,7 +239,15 @@ pub async fn run(
         };
         status.send_modify(|s| s.agent_id = Some(identity.id.clone()));
         loop {
-            let outcome = session::run_once(&config, &mut identity, &mut shutdown, &status).await;
+            let outcome = session::run_once(
+                &config,
+                &mut identity,
+                &engine,
+                problems.take().unwrap_or_default(),
+                &mut shutdown,
+                &status,
+            )
+            .await;
             status.send_modify(|s| s.connected = false);
             match outcome {
                 Ok(session::End::Shutdown) => return Ok(()),

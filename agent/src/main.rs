@@ -20,6 +20,15 @@ struct Cli {
 enum Command {
     /// Enroll (first start) and keep a session with the controller.
     Run(RunArgs),
+    /// Remove every lure this agent planted (and nothing else).
+    Uninstall {
+        /// The agent's state directory (holds the record of what was planted).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The root the lures were planted under.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -51,7 +60,10 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Uninstall { state_dir, root } => return uninstall(&state_dir, &root),
+    };
     init_logging(args.log_json);
     let labels = match Labels::parse_pairs(args.labels.iter().map(String::as_str)) {
         Ok(l) => l,
@@ -101,6 +113,29 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         }
     })
+}
+
+fn uninstall(state_dir: &std::path::Path, root: &std::path::Path) -> ExitCode {
+    let homes = ruse_agent::lures::HomeDirs::default();
+    let mut engine = match ruse_agent::lures::LureEngine::open(root, homes, state_dir) {
+        Ok(e) => e,
+        Err(e) => return fail(&e),
+    };
+    let count = engine.lures().len();
+    let failures = engine.uninstall();
+    for (id, error) in &failures {
+        eprintln!("ruse-agent: could not fully remove lure {id}: {error}");
+    }
+    println!(
+        "removed {} of {count} lure(s) planted under {}",
+        count.saturating_sub(failures.len()),
+        root.display()
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {

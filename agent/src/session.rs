@@ -17,7 +17,7 @@ use ruse_proto::types::UnixMs;
 use ruse_proto::{errors, transport};
 
 use crate::identity::AgentIdentity;
-use crate::{AgentConfig, AgentError, AgentStatus, Failure, facts, random_fraction};
+use crate::{AgentConfig, AgentError, AgentStatus, Failure, SharedEngine, facts, random_fraction};
 
 /// Until the controller says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -148,6 +148,8 @@ fn message(msg: pb::agent_message::Msg) -> pb::AgentMessage {
 pub(crate) async fn run_once(
     config: &AgentConfig,
     identity: &mut AgentIdentity,
+    engine: &SharedEngine,
+    mut problems: Vec<String>,
     shutdown: &mut watch::Receiver<bool>,
     status: &watch::Sender<AgentStatus>,
 ) -> Result<End, Failure> {
@@ -171,7 +173,7 @@ pub(crate) async fn run_once(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         capabilities: Vec::new(),
         facts: Some(facts::gather(&config.labels).into()),
-        applied: Default::default(),
+        applied: crate::lock(engine).applied().into_iter().collect(),
     };
     // The channel is new and empty.
     let _ = tx.try_send(message(pb::agent_message::Msg::Hello(hello)));
@@ -189,6 +191,7 @@ pub(crate) async fn run_once(
     tracing::info!(agent = %identity.id, controller = %config.controller, "session open");
 
     let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
+    let mut last_verify = Instant::now();
     let renew_at = identity.renew_at(random_fraction());
     let renew_in = UnixMs::now().until(renew_at);
     let renew = tokio::time::sleep(renew_in);
@@ -204,9 +207,14 @@ pub(crate) async fn run_once(
                 return Ok(End::Renewed);
             }
             _ = heartbeat.tick() => {
+                if last_verify.elapsed() >= config.verify_interval {
+                    problems = crate::verify(engine).await;
+                    last_verify = Instant::now();
+                }
+                let degraded = !problems.is_empty();
                 let beat = pb::Heartbeat {
-                    status: pb::HealthStatus::Ok.into(),
-                    problems: Vec::new(),
+                    status: if degraded { pb::HealthStatus::Degraded } else { pb::HealthStatus::Ok }.into(),
+                    problems: problems.clone(),
                     outbox_depth: 0,
                 };
                 if tx.send(message(pb::agent_message::Msg::Heartbeat(beat))).await.is_err() {
@@ -232,19 +240,12 @@ pub(crate) async fn run_once(
                             Some(pb::directive::Kind::ReportFullState(_)) | None => {}
                         },
                         Some(Msg::Update(update)) => {
-                            // This agent applies no resource kinds yet: refuse
-                            // each one so the controller sees why.
-                            let errors = update
-                                .resources
-                                .into_iter()
-                                .map(|r| pb::ResourceError {
-                                    error: format!("resource kind {:?} is not supported by this agent", r.kind),
-                                    id: r.id,
-                                    revision: r.revision,
-                                })
-                                .collect();
-                            let nack = pb::Nack { nonce: update.nonce, errors };
-                            if tx.send(message(pb::agent_message::Msg::Nack(nack))).await.is_err() {
+                            let reply = apply_update(engine, update).await;
+                            status.send_modify(|s| {
+                                s.updates += 1;
+                                s.lures = crate::lock(engine).applied().len();
+                            });
+                            if tx.send(reply).await.is_err() {
                                 return Ok(End::Closed { lasted: started.elapsed() });
                             }
                         }
@@ -262,6 +263,33 @@ pub(crate) async fn run_once(
                 }
             }
         }
+    }
+}
+
+/// Applies an update off the async threads and builds the Ack or Nack.
+async fn apply_update(engine: &SharedEngine, update: pb::Update) -> pb::AgentMessage {
+    let nonce = update.nonce;
+    let engine = engine.clone();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        crate::lock(&engine).apply(&update.removed, &update.resources)
+    })
+    .await
+    .unwrap_or_default();
+    let errors: Vec<pb::ResourceError> = outcomes
+        .into_iter()
+        .filter_map(|o| {
+            o.result.err().map(|e| pb::ResourceError {
+                id: o.id,
+                revision: o.revision,
+                error: e.to_string(),
+            })
+        })
+        .collect();
+    if errors.is_empty() {
+        message(pb::agent_message::Msg::Ack(pb::Ack { nonce }))
+    } else {
+        tracing::warn!(nonce, failed = errors.len(), first = %errors[0].error, "update partly refused");
+        message(pb::agent_message::Msg::Nack(pb::Nack { nonce, errors }))
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use ruse_agent::{AgentConfig, AgentError, AgentStatus};
 use ruse_pki::CaPin;
-use ruse_proto::transport::{ControllerUrl, DialOptions};
+use ruse_proto::transport::ControllerUrl;
 use ruse_proto::types::{Identity, Labels};
 
 use crate::config::ControllerConfig;
@@ -133,18 +133,12 @@ pub async fn run(
     let sandbox = data_dir.join("sandbox");
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| DevError::Other(format!("{}: {e}", sandbox.display())))?;
-    let agent_config = AgentConfig {
-        controller: url.clone(),
-        ca_pin: pin,
-        token_file: Some(token_file),
-        state_dir: agent_dir.clone(),
-        root: sandbox.clone(),
-        labels: Labels::parse_pairs(["role=workstation,site=dev"])
-            .map_err(|e| DevError::Other(e.to_string()))?,
-        dial: DialOptions::default(),
-        min_backoff: Duration::from_millis(200),
-        max_backoff: Duration::from_secs(5),
-    };
+    let mut agent_config = AgentConfig::new(url.clone(), pin, agent_dir.clone(), sandbox.clone());
+    agent_config.token_file = Some(token_file);
+    agent_config.labels = Labels::parse_pairs(["role=workstation,site=dev"])
+        .map_err(|e| DevError::Other(e.to_string()))?;
+    agent_config.min_backoff = Duration::from_millis(200);
+    agent_config.max_backoff = Duration::from_secs(5);
     let (stop_agent, stop_rx) = watch::channel(false);
     let (status_tx, mut status) = watch::channel(AgentStatus::default());
     let mut agent = tokio::spawn(ruse_agent::run(agent_config, stop_rx, status_tx));

@@ -239,17 +239,15 @@ impl TestController {
         std::fs::create_dir_all(&dir).unwrap();
         let token_file = dir.join("token");
         std::fs::write(&token_file, token).unwrap();
-        AgentConfig {
-            controller: self.url(),
-            ca_pin: self.pin,
-            token_file: Some(token_file),
-            state_dir: dir.join("state"),
-            root: dir.join("root"),
-            labels: Labels::parse_pairs([labels]).unwrap(),
-            dial: DialOptions::default(),
-            min_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_millis(500),
-        }
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("home/clinician")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let mut config = AgentConfig::new(self.url(), self.pin, dir.join("state"), root);
+        config.token_file = Some(token_file);
+        config.labels = Labels::parse_pairs([labels]).unwrap();
+        config.min_backoff = Duration::from_millis(50);
+        config.max_backoff = Duration::from_millis(500);
+        config
     }
 
     /// Starts an in-process agent.

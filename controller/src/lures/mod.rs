@@ -1,0 +1,1072 @@
+//! The lure catalogue: templates, the material that makes each lure
+//! instance unique, and rendering to the files an agent plants.
+//!
+//! Invariants:
+//! - **Secrets come from the operating system's generator** (passwords,
+//!   keys, tokens, AE titles); only fake content (patients, dates) comes
+//!   from the instance's seed.
+//! - **Rendering is a pure function** of the template, the instance's
+//!   material, the campaign's lure slot and the decoy, so a lure can be
+//!   rendered again at any time and gives the same bytes.
+
+mod dicom;
+pub mod fake;
+mod xlsx;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use ruse_proto::agent::v1 as pb;
+use ruse_proto::types::{UnixMs, random_bytes};
+
+use self::fake::{Patient, Rng};
+use crate::resources::{Decoy, LureSlot};
+
+/// Every lure template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Template {
+    AwsCredentials,
+    SshKey,
+    SmbCredentials,
+    Pgpass,
+    Netrc,
+    Kubeconfig,
+    EnvFile,
+    PacsConfig,
+    Hl7Interface,
+    HostsEntry,
+    PatientCsv,
+    Hl7Adt,
+    DicomStudy,
+    FhirBundle,
+    PasswordsXlsx,
+}
+
+impl Template {
+    pub const ALL: &'static [Template] = &[
+        Template::AwsCredentials,
+        Template::SshKey,
+        Template::SmbCredentials,
+        Template::Pgpass,
+        Template::Netrc,
+        Template::Kubeconfig,
+        Template::EnvFile,
+        Template::PacsConfig,
+        Template::Hl7Interface,
+        Template::HostsEntry,
+        Template::PatientCsv,
+        Template::Hl7Adt,
+        Template::DicomStudy,
+        Template::FhirBundle,
+        Template::PasswordsXlsx,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Template::AwsCredentials => "aws-credentials",
+            Template::SshKey => "ssh-key",
+            Template::SmbCredentials => "smb-credentials",
+            Template::Pgpass => "pgpass",
+            Template::Netrc => "netrc",
+            Template::Kubeconfig => "kubeconfig",
+            Template::EnvFile => "env-file",
+            Template::PacsConfig => "pacs-config",
+            Template::Hl7Interface => "hl7-interface",
+            Template::HostsEntry => "hosts-entry",
+            Template::PatientCsv => "patient-csv",
+            Template::Hl7Adt => "hl7-adt",
+            Template::DicomStudy => "dicom-study",
+            Template::FhirBundle => "fhir-bundle",
+            Template::PasswordsXlsx => "passwords-xlsx",
+        }
+    }
+
+    /// Templates whose whole point is a decoy to lead to.
+    pub fn needs_decoy(self) -> bool {
+        matches!(
+            self,
+            Template::SshKey
+                | Template::SmbCredentials
+                | Template::PacsConfig
+                | Template::HostsEntry
+        )
+    }
+
+    /// Honeyfiles: documents whose reading is the signal.
+    pub fn is_honeyfile(self) -> bool {
+        matches!(
+            self,
+            Template::PatientCsv
+                | Template::Hl7Adt
+                | Template::DicomStudy
+                | Template::FhirBundle
+                | Template::PasswordsXlsx
+        )
+    }
+
+    /// Parameters the template understands.
+    fn params(self) -> &'static [&'static str] {
+        match self {
+            Template::AwsCredentials => &["profile", "region"],
+            Template::SshKey | Template::Netrc | Template::PacsConfig => &[],
+            Template::SmbCredentials => &["share", "domain"],
+            Template::Pgpass => &["database"],
+            Template::Kubeconfig => &["cluster"],
+            Template::EnvFile => &["app"],
+            Template::Hl7Interface => &["channel"],
+            Template::HostsEntry => &["domain"],
+            Template::PatientCsv => &["rows", "file"],
+            Template::Hl7Adt => &["messages", "file"],
+            Template::DicomStudy | Template::PasswordsXlsx => &["file"],
+            Template::FhirBundle => &["patients", "file"],
+        }
+    }
+
+    pub fn check_params(self, params: &BTreeMap<String, String>) -> Result<(), String> {
+        for (key, value) in params {
+            if !self.params().contains(&key.as_str()) {
+                let known = self.params();
+                return Err(if known.is_empty() {
+                    format!("template {self} takes no parameters (got {key:?})")
+                } else {
+                    format!(
+                        "unknown parameter {key:?} for {self}; expected one of {}",
+                        known.join(", ")
+                    )
+                });
+            }
+            if value.is_empty()
+                || value.len() > 128
+                || value.chars().any(|c| c.is_control() || c == '/')
+            {
+                return Err(format!(
+                    "parameter {key:?}: 1 to 128 characters, no '/' or control characters"
+                ));
+            }
+            if matches!(key.as_str(), "rows" | "messages" | "patients") {
+                let n: u32 = value
+                    .parse()
+                    .map_err(|_| format!("parameter {key:?} must be a number"))?;
+                if !(1..=1000).contains(&n) {
+                    return Err(format!("parameter {key:?} must be between 1 and 1000"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Template {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Template::ALL
+            .iter()
+            .copied()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Template::ALL.iter().map(|t| t.as_str()).collect();
+                format!(
+                    "unknown template {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What makes one lure instance unique: its credentials and the seed of its
+/// fake content. Kept in the registry forever, so a stolen credential is
+/// attributed even after the lure was rotated away.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Material {
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub password: String,
+    /// Access key id (AWS).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+    /// Secret key or bearer token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ssh_private_key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ssh_public_key: String,
+    /// `SHA256:…` of the SSH public key, as OpenSSH prints it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+    /// DICOM calling AE title.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ae_title: String,
+}
+
+/// Why material or a rendering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LureError {
+    #[error("ssh key generation failed: {0}")]
+    SshKey(String),
+    #[error("{template}: {reason}")]
+    Render { template: Template, reason: String },
+}
+
+const LOWER_ALNUM: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+const UPPER_ALNUM: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+const PASSWORD: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789!#%+=";
+const BASE64ISH: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const AWS_KEY: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// `n` characters from `alphabet`, from the operating system's generator.
+fn secret_string(alphabet: &[u8], n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    random_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
+        .collect()
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    random_bytes(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+const PASSWORD_WORDS: &[&str] = &[
+    "Winter",
+    "Summer",
+    "Radiology",
+    "Pacs",
+    "Welcome",
+    "Spring",
+    "Hospital",
+    "Imaging",
+    "Backup",
+];
+
+/// A realistic password: words and digits the way people pick them, with a
+/// tail from the operating system's generator so every instance differs.
+fn password(rng: &mut Rng) -> String {
+    format!(
+        "{}{}{}",
+        rng.pick(PASSWORD_WORDS),
+        2020 + rng.below(7),
+        secret_string(PASSWORD, 6)
+    )
+}
+
+/// The same shape of password, entirely from the seed: for filler content
+/// that must render identically every time.
+fn filler_password(rng: &mut Rng) -> String {
+    let tail: String = (0..6)
+        .map(|_| {
+            char::from(PASSWORD[usize::try_from(rng.below(PASSWORD.len() as u64)).unwrap_or(0)])
+        })
+        .collect();
+    format!("{}{}{tail}", rng.pick(PASSWORD_WORDS), 2020 + rng.below(7))
+}
+
+impl Material {
+    /// New, unique material for one instance of `template`.
+    pub fn generate(template: Template) -> Result<Self, LureError> {
+        let seed = seed();
+        let mut rng = Rng::new(seed);
+        let tail = secret_string(LOWER_ALNUM, 4);
+        let mut m = Material {
+            seed,
+            ..Material::default()
+        };
+        match template {
+            Template::AwsCredentials => {
+                m.key_id = format!("AKIA{}", secret_string(AWS_KEY, 16));
+                m.secret = secret_string(BASE64ISH, 40);
+            }
+            Template::SshKey => {
+                const USERS: &[&str] = &[
+                    "pacsadmin",
+                    "svc_pacs",
+                    "dicom",
+                    "radiology",
+                    "backup",
+                    "imgsvc",
+                ];
+                m.username = format!("{}{tail}", rng.pick(USERS));
+                let comment = format!(
+                    "{}@{}",
+                    m.username,
+                    rng.pick(&["rad-ws", "pacs-gw", "img-svc", "it-jump"])
+                );
+                let key = ssh_key::PrivateKey::random(
+                    &mut ssh_key::rand_core::OsRng,
+                    ssh_key::Algorithm::Ed25519,
+                )
+                .map_err(|e| LureError::SshKey(e.to_string()))?;
+                let mut key = key;
+                key.set_comment(&comment);
+                m.ssh_private_key = key
+                    .to_openssh(ssh_key::LineEnding::LF)
+                    .map_err(|e| LureError::SshKey(e.to_string()))?
+                    .to_string();
+                m.ssh_public_key = key
+                    .public_key()
+                    .to_openssh()
+                    .map_err(|e| LureError::SshKey(e.to_string()))?;
+                m.fingerprint = key
+                    .public_key()
+                    .fingerprint(ssh_key::HashAlg::Sha256)
+                    .to_string();
+            }
+            Template::SmbCredentials => {
+                m.username = format!("svc_scan{tail}");
+                m.password = password(&mut rng);
+            }
+            Template::Pgpass | Template::EnvFile | Template::Hl7Interface => {
+                const USERS: &[&str] =
+                    &["ehr_ro", "hl7_engine", "lis_app", "report_svc", "ehr_etl"];
+                m.username = format!("{}_{tail}", rng.pick(USERS));
+                m.password = password(&mut rng);
+                m.secret = secret_string(BASE64ISH, 32);
+            }
+            Template::Netrc => {
+                m.username = format!("pacsftp{tail}");
+                m.password = password(&mut rng);
+            }
+            Template::Kubeconfig => {
+                m.username = format!("imaging-deployer-{tail}");
+                m.secret = format!("eyJhbGciOiJSUzI1NiIs{}", secret_string(BASE64ISH, 48));
+            }
+            Template::PacsConfig => {
+                const PREFIXES: &[&str] = &["RADWS", "READRM", "CTCONS", "MRVIEW", "ORVIEW"];
+                m.ae_title = format!("{}{}", rng.pick(PREFIXES), secret_string(UPPER_ALNUM, 4));
+            }
+            Template::PasswordsXlsx => {
+                m.username = format!("pacs.admin{tail}");
+                m.password = password(&mut rng);
+            }
+            Template::HostsEntry => {
+                // A host alias of its own, so a lookup of it names the
+                // machine the entry was read on.
+                const ALIASES: &[&str] = &["pacs-bkp", "img-arch", "rad-store", "dcm-node"];
+                m.username = format!("{}-{tail}", rng.pick(ALIASES));
+            }
+            Template::PatientCsv
+            | Template::Hl7Adt
+            | Template::DicomStudy
+            | Template::FhirBundle => {}
+        }
+        Ok(m)
+    }
+
+    /// The identifiers a decoy can see, for the registry listing.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.username.is_empty() {
+            parts.push(format!("user={}", self.username));
+        }
+        if !self.key_id.is_empty() {
+            parts.push(format!("key_id={}", self.key_id));
+        }
+        if !self.fingerprint.is_empty() {
+            parts.push(format!("key={}", self.fingerprint));
+        }
+        if !self.ae_title.is_empty() {
+            parts.push(format!("ae={}", self.ae_title));
+        }
+        parts.join(" ")
+    }
+}
+
+/// Everything a rendering depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct RenderInput<'a> {
+    pub slot: &'a LureSlot,
+    pub material: &'a Material,
+    pub decoy: Option<&'a Decoy>,
+    /// When the instance was created; file times are backdated from it.
+    pub created: UnixMs,
+}
+
+/// Renders a lure instance to the files the agent plants.
+pub fn render(input: RenderInput<'_>) -> Result<pb::LureSpec, LureError> {
+    let template = input.slot.template;
+    let mut r = Renderer {
+        input,
+        rng: Rng::new(input.material.seed),
+        files: Vec::new(),
+    };
+    r.render()?;
+    Ok(pb::LureSpec {
+        template: template.to_string(),
+        files: r.files,
+    })
+}
+
+struct Renderer<'a> {
+    input: RenderInput<'a>,
+    rng: Rng,
+    files: Vec<pb::PlantFile>,
+}
+
+impl Renderer<'_> {
+    fn template(&self) -> Template {
+        self.input.slot.template
+    }
+
+    fn m(&self) -> &Material {
+        self.input.material
+    }
+
+    fn param(&self, key: &str) -> Option<&str> {
+        self.input.slot.params.get(key).map(String::as_str)
+    }
+
+    fn err(&self, reason: impl Into<String>) -> LureError {
+        LureError::Render {
+            template: self.template(),
+            reason: reason.into(),
+        }
+    }
+
+    /// 30 to 400 days before the instance was created.
+    fn mtime(&self) -> i64 {
+        let days = 30 + self.m().seed % 370;
+        self.input
+            .created
+            .saturating_sub(Duration::from_secs(
+                days * 86_400 + (self.m().seed >> 20) % 86_400,
+            ))
+            .0
+    }
+
+    /// The decoy's address, and its port for `protocol` (or `default`).
+    fn decoy(&self, protocol: &str, default: u16) -> Option<(String, String, u16)> {
+        self.input.decoy.map(|d| {
+            (
+                d.name.clone(),
+                d.address.clone(),
+                d.port(protocol).unwrap_or(default),
+            )
+        })
+    }
+
+    /// The file path: the slot's `path` if given, else `default`.
+    fn file_path(&self, default: &str) -> String {
+        self.input
+            .slot
+            .path
+            .clone()
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A file in the slot's directory (`path`), named by `file` or `default`.
+    fn dir_file(&self, default_dir: &str, default_name: String) -> String {
+        let dir = self.input.slot.path.as_deref().unwrap_or(default_dir);
+        let name = self
+            .param("file")
+            .map(str::to_owned)
+            .unwrap_or(default_name);
+        format!("{}/{}", dir.trim_end_matches('/'), name)
+    }
+
+    fn whole(&mut self, path: String, content: Vec<u8>, permissions: u32) {
+        let mtime = self.mtime();
+        self.files.push(pb::PlantFile {
+            path,
+            content,
+            mode: pb::PlantMode::WholeFile.into(),
+            permissions,
+            mtime_ms: mtime,
+        });
+    }
+
+    fn block(&mut self, path: String, content: String, permissions: u32) {
+        let mtime = self.mtime();
+        self.files.push(pb::PlantFile {
+            path,
+            content: content.into_bytes(),
+            mode: pb::PlantMode::Block.into(),
+            permissions,
+            mtime_ms: mtime,
+        });
+    }
+
+    fn date(&self) -> String {
+        UnixMs(self.mtime()).rfc3339()[..10].to_owned()
+    }
+
+    fn render(&mut self) -> Result<(), LureError> {
+        match self.template() {
+            Template::AwsCredentials => {
+                const PROFILES: &[&str] = &[
+                    "pacs-archive",
+                    "imaging-backup",
+                    "ehr-prod-readonly",
+                    "lab-results-export",
+                ];
+                let profile = self
+                    .param("profile")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| self.rng.pick(PROFILES).to_string());
+                let region = self.param("region").unwrap_or("us-east-1").to_owned();
+                let text = format!(
+                    "[{profile}]\naws_access_key_id = {}\naws_secret_access_key = {}\nregion = {region}\n",
+                    self.m().key_id,
+                    self.m().secret
+                );
+                self.block(self.file_path("~/.aws/credentials"), text, 0o600);
+            }
+            Template::SshKey => {
+                let (name, address, port) = self
+                    .decoy("ssh", 22)
+                    .ok_or_else(|| self.err("needs a decoy"))?;
+                let key_path = self.file_path(&format!("~/.ssh/id_ed25519_{name}"));
+                let mut entry = format!("\nHost {name}\n    HostName {address}\n");
+                if port != 22 {
+                    entry.push_str(&format!("    Port {port}\n"));
+                }
+                entry.push_str(&format!(
+                    "    User {}\n    IdentityFile {key_path}\n    IdentitiesOnly yes\n",
+                    self.m().username
+                ));
+                let private = self.m().ssh_private_key.clone().into_bytes();
+                let public = format!("{}\n", self.m().ssh_public_key).into_bytes();
+                self.whole(key_path.clone(), private, 0o600);
+                self.whole(format!("{key_path}.pub"), public, 0o644);
+                self.block("~/.ssh/config".into(), entry, 0o600);
+            }
+            Template::SmbCredentials => {
+                let (name, address, _) = self
+                    .decoy("smb", 445)
+                    .ok_or_else(|| self.err("needs a decoy"))?;
+                const SHARES: &[&str] = &["PACS_Archive", "Radiology", "Scans", "LabResults"];
+                let share = self
+                    .param("share")
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| self.rng.pick(SHARES).to_string());
+                let domain = self.param("domain").unwrap_or("HOSPITAL").to_owned();
+                let creds = format!(
+                    "username={}\npassword={}\ndomain={domain}\n",
+                    self.m().username,
+                    self.m().password
+                );
+                self.whole(
+                    self.file_path("~/.smbcredentials"),
+                    creds.into_bytes(),
+                    0o600,
+                );
+                self.block(
+                    "~/.config/gtk-3.0/bookmarks".into(),
+                    format!("smb://{address}/{share} {share} on {name}\n"),
+                    0o644,
+                );
+            }
+            Template::Pgpass => {
+                let (_, host, port) = self
+                    .decoy("postgres", 5432)
+                    .unwrap_or_else(|| ("".into(), "ehr-db01".into(), 5432));
+                let db = self.param("database").unwrap_or("ehr_reporting").to_owned();
+                let line = format!(
+                    "{host}:{port}:{db}:{}:{}\n",
+                    self.m().username,
+                    self.m().password
+                );
+                self.block(self.file_path("~/.pgpass"), line, 0o600);
+            }
+            Template::Netrc => {
+                let (_, host, _) = self
+                    .decoy("ftp", 21)
+                    .unwrap_or_else(|| ("".into(), "pacs-ftp01".into(), 21));
+                let entry = format!(
+                    "machine {host}\n  login {}\n  password {}\n",
+                    self.m().username,
+                    self.m().password
+                );
+                self.block(self.file_path("~/.netrc"), entry, 0o600);
+            }
+            Template::Kubeconfig => {
+                let (_, host, port) = self
+                    .decoy("https", 6443)
+                    .unwrap_or_else(|| ("".into(), "k8s-imaging.internal".into(), 6443));
+                let cluster = self.param("cluster").unwrap_or("imaging-prod").to_owned();
+                let user = self.m().username.clone();
+                let text = format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: https://{host}:{port}\n    insecure-skip-tls-verify: true\n  name: {cluster}\ncontexts:\n- context:\n    cluster: {cluster}\n    namespace: pacs\n    user: {user}\n  name: {cluster}\ncurrent-context: {cluster}\nusers:\n- name: {user}\n  user:\n    token: {}\n",
+                    self.m().secret
+                );
+                self.whole(
+                    self.file_path(&format!("~/.kube/{cluster}.kubeconfig")),
+                    text.into_bytes(),
+                    0o600,
+                );
+            }
+            Template::EnvFile => {
+                let (_, host, port) = self
+                    .decoy("https", 443)
+                    .unwrap_or_else(|| ("".into(), "ehr-api.internal".into(), 443));
+                let app = self.param("app").unwrap_or("ehr-integration").to_owned();
+                let m = self.m();
+                let text = format!(
+                    "# {app} production settings\nAPP_ENV=production\nDATABASE_URL=postgres://{}:{}@{host}:5432/{}\nFHIR_BASE_URL=https://{host}:{port}/fhir/R4\nFHIR_CLIENT_ID={app}\nFHIR_CLIENT_SECRET={}\nLOG_LEVEL=info\n",
+                    m.username,
+                    m.password,
+                    app.replace('-', "_"),
+                    m.secret
+                );
+                let path = self.dir_file(&format!("~/projects/{app}"), ".env".into());
+                self.whole(path, text.into_bytes(), 0o600);
+            }
+            Template::PacsConfig => {
+                let (name, address, port) = self
+                    .decoy("dicom", 104)
+                    .ok_or_else(|| self.err("needs a decoy"))?;
+                let called: String = name
+                    .to_uppercase()
+                    .replace('-', "")
+                    .chars()
+                    .take(16)
+                    .collect();
+                let text = format!(
+                    "; DICOM network nodes\n[Local]\nAETitle={ae}\nPort=11112\n\n[Node:{called}]\nDescription=Radiology long-term archive\nAETitle={called}\nHost={address}\nPort={port}\nCallingAETitle={ae}\nTLS=false\nQueryRetrieve=CMOVE\n",
+                    ae = self.m().ae_title
+                );
+                self.whole(
+                    self.file_path("~/.config/pacs-viewer/nodes.ini"),
+                    text.into_bytes(),
+                    0o644,
+                );
+            }
+            Template::Hl7Interface => {
+                let (_, host, port) = self
+                    .decoy("hl7", 2575)
+                    .unwrap_or_else(|| ("".into(), "hl7-engine01".into(), 2575));
+                let channel = self.param("channel").unwrap_or("ADT_Inbound").to_owned();
+                let id = format!(
+                    "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                    self.rng.next_u64() as u32,
+                    self.rng.below(0xffff),
+                    self.rng.below(0xfff),
+                    self.rng.below(0xfff),
+                    self.rng.next_u64() & 0xffff_ffff_ffff
+                );
+                let m = self.m();
+                let text = format!(
+                    "<channel version=\"4.5.0\">\n  <id>{id}</id>\n  <name>{channel}</name>\n  <description>ADT feed from registration to EHR and LIS</description>\n  <enabled>true</enabled>\n  <sourceConnector>\n    <transportName>TCP Listener</transportName>\n    <properties class=\"com.mirth.connect.connectors.tcp.TcpReceiverProperties\">\n      <listenerConnectorProperties><host>0.0.0.0</host><port>6661</port></listenerConnectorProperties>\n    </properties>\n  </sourceConnector>\n  <destinationConnectors>\n    <connector>\n      <name>EHR database writer</name>\n      <properties class=\"com.mirth.connect.connectors.jdbc.DatabaseDispatcherProperties\">\n        <driver>org.postgresql.Driver</driver>\n        <url>jdbc:postgresql://{host}:5432/ehr</url>\n        <username>{}</username>\n        <password>{}</password>\n      </properties>\n    </connector>\n    <connector>\n      <name>Forward to LIS</name>\n      <properties class=\"com.mirth.connect.connectors.tcp.TcpDispatcherProperties\">\n        <remoteAddress>{host}</remoteAddress>\n        <remotePort>{port}</remotePort>\n        <transmissionModeProperties><pluginPointName>MLLP</pluginPointName></transmissionModeProperties>\n      </properties>\n    </connector>\n  </destinationConnectors>\n</channel>\n",
+                    m.username, m.password
+                );
+                let path = self.dir_file("~/interfaces/channels", format!("{channel}.xml"));
+                self.whole(path, text.into_bytes(), 0o640);
+            }
+            Template::HostsEntry => {
+                let (name, address, _) =
+                    self.decoy("", 0).ok_or_else(|| self.err("needs a decoy"))?;
+                if address.parse::<std::net::IpAddr>().is_err() {
+                    return Err(self.err(format!(
+                        "decoy {name} needs an IP address (its address is {address:?})"
+                    )));
+                }
+                let domain = self.param("domain").unwrap_or("hospital.local").to_owned();
+                let alias = self.m().username.clone();
+                self.block(
+                    self.file_path("/etc/hosts"),
+                    format!("{address}\t{name}.{domain} {name} {alias}\n"),
+                    0o644,
+                );
+            }
+            Template::PatientCsv => {
+                let rows: u32 = self
+                    .param("rows")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(40);
+                let mut text = String::from(
+                    "MRN,LastName,FirstName,DOB,Sex,Address,City,State,ZIP,Phone,AdmitDate,Ward,Attending,DxCode,Diagnosis\n",
+                );
+                let admit = self.date();
+                for _ in 0..rows {
+                    let p = Patient::generate(&mut self.rng);
+                    text.push_str(&format!(
+                        "{},{},{},{},{},{},{},{},{},{},{admit},{},\"{}\",{},\"{}\"\n",
+                        p.mrn,
+                        p.last,
+                        p.first,
+                        p.birth_iso(),
+                        p.sex,
+                        p.street,
+                        p.city,
+                        p.state,
+                        p.zip,
+                        p.phone,
+                        p.ward,
+                        p.physician.replace('^', ", "),
+                        p.diagnosis.0,
+                        p.diagnosis.1
+                    ));
+                }
+                let ward = self.rng.pick(fake::WARDS);
+                let path = self.dir_file(
+                    "~/Documents/Exports",
+                    format!("patients_{ward}_{}.csv", self.date()),
+                );
+                self.whole(path, text.into_bytes(), 0o644);
+            }
+            Template::Hl7Adt => {
+                let count: u32 = self
+                    .param("messages")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(5);
+                let ts = self.date().replace('-', "");
+                let mut text = String::new();
+                for i in 0..count {
+                    let p = Patient::generate(&mut self.rng);
+                    let control = format!("{}{}", ts, self.rng.digits(6));
+                    text.push_str(&format!(
+                        "MSH|^~\\&|REGADT|GENHOSP|EHR|GENHOSP|{ts}{:02}{:02}00||ADT^A01^ADT_A01|{control}|P|2.5.1\rEVN|A01|{ts}{:02}{:02}00\rPID|1||{}^^^GENHOSP^MR||{}^{}||{}|{}|||{}^^{}^{}^{}||{}\rPV1|1|I|{}^{}^1|E|||{}|||||||||||{}\rDG1|1||{}^{}^I10\r\n",
+                        8 + i % 10, (i * 7) % 60, 8 + i % 10, (i * 7) % 60,
+                        p.mrn, p.last.to_uppercase(), p.first.to_uppercase(), p.birth_compact(), p.sex,
+                        p.street, p.city, p.state, p.zip, p.phone,
+                        p.ward, 100 + i, p.physician, self.rng.digits(8), p.diagnosis.0, p.diagnosis.1
+                    ));
+                }
+                let path = self.dir_file("~/Documents/HL7", format!("ADT_A01_{ts}.hl7"));
+                self.whole(path, text.into_bytes(), 0o644);
+            }
+            Template::DicomStudy => {
+                let patient = Patient::generate(&mut self.rng);
+                let accession = format!("ACC{}", self.rng.digits(8));
+                let date = self.date().replace('-', "");
+                let bytes = dicom::study(&patient, &accession, &date, &mut self.rng)
+                    .map_err(|e| self.err(e))?;
+                let path = self.dir_file(
+                    &format!("~/Documents/DICOM/{accession}"),
+                    "IM000001.dcm".into(),
+                );
+                self.whole(path, bytes, 0o644);
+            }
+            Template::FhirBundle => {
+                let count: u32 = self
+                    .param("patients")
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(10);
+                let date = self.date();
+                let mut entries = Vec::new();
+                for i in 0..count {
+                    let p = Patient::generate(&mut self.rng);
+                    let pid = format!("pat-{}", self.rng.digits(8));
+                    entries.push(serde_json::json!({
+                        "fullUrl": format!("urn:uuid:{pid}"),
+                        "resource": {
+                            "resourceType": "Patient",
+                            "id": pid,
+                            "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.2022.1", "value": p.mrn}],
+                            "name": [{"family": p.last, "given": [p.first]}],
+                            "gender": if p.sex == "F" { "female" } else { "male" },
+                            "birthDate": p.birth_iso(),
+                            "telecom": [{"system": "phone", "value": p.phone}],
+                            "address": [{"line": [p.street], "city": p.city, "state": p.state, "postalCode": p.zip}]
+                        }
+                    }));
+                    entries.push(serde_json::json!({
+                        "fullUrl": format!("urn:uuid:cond-{pid}-{i}"),
+                        "resource": {
+                            "resourceType": "Condition",
+                            "subject": {"reference": format!("urn:uuid:{pid}")},
+                            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": p.diagnosis.0, "display": p.diagnosis.1}]},
+                            "recordedDate": date
+                        }
+                    }));
+                }
+                let bundle = serde_json::json!({
+                    "resourceType": "Bundle",
+                    "id": format!("export-{}", self.rng.digits(10)),
+                    "type": "collection",
+                    "timestamp": format!("{date}T06:00:00Z"),
+                    "entry": entries
+                });
+                let text =
+                    serde_json::to_vec_pretty(&bundle).map_err(|e| self.err(e.to_string()))?;
+                let path = self.dir_file("~/Documents/FHIR", format!("patient-export-{date}.json"));
+                self.whole(path, text, 0o644);
+            }
+            Template::PasswordsXlsx => {
+                let (portal_host, portal_port) =
+                    match self.decoy("https", 443).or_else(|| self.decoy("http", 80)) {
+                        Some((_, host, port)) => (host, port),
+                        None => ("pacs-web01".into(), 443),
+                    };
+                let m = self.m().clone();
+                let mut rows = vec![
+                    vec![
+                        "System".to_owned(),
+                        "Address".into(),
+                        "Username".into(),
+                        "Password".into(),
+                        "Notes".into(),
+                    ],
+                    vec![
+                        "PACS web viewer (admin)".into(),
+                        format!("https://{portal_host}:{portal_port}/"),
+                        m.username.clone(),
+                        m.password.clone(),
+                        "shared radiology admin - do not change".into(),
+                    ],
+                ];
+                for (system, note) in [
+                    ("EHR reporting DB", "read only"),
+                    ("Lab interface engine", "ask IT before restart"),
+                    ("Nurse call server", ""),
+                ] {
+                    rows.push(vec![
+                        system.into(),
+                        format!(
+                            "10.{}.{}.{}",
+                            10 + self.rng.below(50),
+                            self.rng.below(255),
+                            2 + self.rng.below(250)
+                        ),
+                        format!(
+                            "{}{}",
+                            ["svc", "admin", "it"][usize::try_from(self.rng.below(3)).unwrap_or(0)],
+                            self.rng.digits(2)
+                        ),
+                        filler_password(&mut self.rng),
+                        note.into(),
+                    ]);
+                }
+                let bytes = xlsx::workbook("Passwords", &rows).map_err(|e| self.err(e))?;
+                let path = self.dir_file("~/Documents", "passwords.xlsx".into());
+                self.whole(path, bytes, 0o644);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::ServiceManifest;
+    use ruse_proto::types::Labels;
+
+    fn sha(bytes: &[u8]) -> String {
+        ruse_proto::types::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    }
+
+    fn slot(template: Template) -> LureSlot {
+        LureSlot {
+            key: template.to_string(),
+            template,
+            decoy: Some("pacs-archive02".into()),
+            path: None,
+            params: BTreeMap::new(),
+        }
+    }
+
+    fn decoy() -> Decoy {
+        Decoy {
+            name: "pacs-archive02".into(),
+            description: String::new(),
+            selector: Labels::new(),
+            address: "10.20.0.15".into(),
+            services: vec![
+                ServiceManifest {
+                    protocol: "ssh".into(),
+                    port: 2222,
+                },
+                ServiceManifest {
+                    protocol: "dicom".into(),
+                    port: 104,
+                },
+                ServiceManifest {
+                    protocol: "https".into(),
+                    port: 8443,
+                },
+            ],
+        }
+    }
+
+    fn rendered(template: Template) -> (Material, pb::LureSpec) {
+        let material = Material::generate(template).unwrap();
+        let d = decoy();
+        let s = slot(template);
+        let spec = render(RenderInput {
+            slot: &s,
+            material: &material,
+            decoy: Some(&d),
+            created: UnixMs(1_795_000_000_000),
+        })
+        .unwrap();
+        (material, spec)
+    }
+
+    #[test]
+    fn every_template_renders_deterministically_and_uniquely() {
+        for &t in Template::ALL {
+            let (material, spec) = rendered(t);
+            assert!(!spec.files.is_empty(), "{t}");
+            let d = decoy();
+            let s = slot(t);
+            let again = render(RenderInput {
+                slot: &s,
+                material: &material,
+                decoy: Some(&d),
+                created: UnixMs(1_795_000_000_000),
+            })
+            .unwrap();
+            let digest = |s: &pb::LureSpec| {
+                s.files
+                    .iter()
+                    .map(|f| format!("{}:{}", f.path, sha(&f.content)))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                digest(&spec),
+                digest(&again),
+                "{t} must render the same bytes twice"
+            );
+            let (_, other) = rendered(t);
+            assert_ne!(
+                sha(&spec.files[0].content),
+                sha(&other.files[0].content),
+                "{t} instances must differ"
+            );
+            for f in &spec.files {
+                assert!(
+                    f.path.starts_with("~/") || f.path.starts_with('/'),
+                    "{t}: {}",
+                    f.path
+                );
+                let age = UnixMs(f.mtime_ms).until(UnixMs(1_795_000_000_000));
+                assert!(
+                    age >= Duration::from_secs(30 * 86_400)
+                        && age <= Duration::from_secs(401 * 86_400),
+                    "{t}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_point_at_the_decoy_and_carry_the_instance_material() {
+        let (m, spec) = rendered(Template::SshKey);
+        let config = String::from_utf8(spec.files[2].content.clone()).unwrap();
+        assert!(
+            config.contains("Host pacs-archive02\n    HostName 10.20.0.15\n    Port 2222\n"),
+            "{config}"
+        );
+        assert!(config.contains(&format!("User {}", m.username)));
+        let key = String::from_utf8(spec.files[0].content.clone()).unwrap();
+        assert!(key.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+        assert!(m.fingerprint.starts_with("SHA256:"));
+        let parsed = ssh_key::PrivateKey::from_openssh(&key).unwrap();
+        assert_eq!(
+            parsed
+                .public_key()
+                .fingerprint(ssh_key::HashAlg::Sha256)
+                .to_string(),
+            m.fingerprint
+        );
+
+        let (m, spec) = rendered(Template::PacsConfig);
+        let ini = String::from_utf8(spec.files[0].content.clone()).unwrap();
+        assert!(
+            ini.contains(&format!("CallingAETitle={}", m.ae_title))
+                && ini.contains("Host=10.20.0.15\nPort=104")
+        );
+        assert!(m.ae_title.len() <= 16);
+
+        let (m, spec) = rendered(Template::HostsEntry);
+        assert_eq!(
+            String::from_utf8(spec.files[0].content.clone()).unwrap(),
+            format!(
+                "10.20.0.15\tpacs-archive02.hospital.local pacs-archive02 {}\n",
+                m.username
+            )
+        );
+        assert_eq!(spec.files[0].mode(), pb::PlantMode::Block);
+
+        let (m, spec) = rendered(Template::AwsCredentials);
+        let text = String::from_utf8(spec.files[0].content.clone()).unwrap();
+        assert!(
+            text.contains(&format!("aws_access_key_id = {}", m.key_id)) && m.key_id.len() == 20
+        );
+    }
+
+    #[test]
+    fn honeyfiles_are_valid_documents() {
+        let (_, spec) = rendered(Template::FhirBundle);
+        let bundle: serde_json::Value = serde_json::from_slice(&spec.files[0].content).unwrap();
+        assert_eq!(bundle["resourceType"], "Bundle");
+        assert_eq!(bundle["entry"].as_array().unwrap().len(), 20);
+
+        let (_, spec) = rendered(Template::Hl7Adt);
+        let text = String::from_utf8(spec.files[0].content.clone()).unwrap();
+        assert_eq!(text.matches("MSH|^~\\&|").count(), 5);
+        assert!(text.contains("\rPID|1||MRN"));
+
+        let (_, spec) = rendered(Template::PatientCsv);
+        let text = String::from_utf8(spec.files[0].content.clone()).unwrap();
+        assert_eq!(text.lines().count(), 41);
+
+        let (_, spec) = rendered(Template::DicomStudy);
+        let dcm = &spec.files[0].content;
+        assert_eq!(&dcm[128..132], b"DICM");
+        let obj = dicom_object::from_reader(&dcm[128..]).unwrap();
+        let name = obj
+            .element(dicom_dictionary_std::tags::PATIENT_NAME)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(name.contains('^'), "{name}");
+
+        let (m, spec) = rendered(Template::PasswordsXlsx);
+        let xlsx = &spec.files[0].content;
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(xlsx.clone())).unwrap();
+        let mut sheet = String::new();
+        std::io::Read::read_to_string(
+            &mut archive.by_name("xl/worksheets/sheet1.xml").unwrap(),
+            &mut sheet,
+        )
+        .unwrap();
+        assert!(sheet.contains(&m.password) && sheet.contains("https://10.20.0.15:8443/"));
+        for part in [
+            "[Content_Types].xml",
+            "_rels/.rels",
+            "xl/workbook.xml",
+            "xl/_rels/workbook.xml.rels",
+        ] {
+            assert!(archive.by_name(part).is_ok(), "{part} missing");
+        }
+    }
+
+    #[test]
+    fn hosts_entry_needs_an_ip_address_and_params_are_checked() {
+        let material = Material::generate(Template::HostsEntry).unwrap();
+        let mut d = decoy();
+        d.address = "pacs.example.org".into();
+        let s = slot(Template::HostsEntry);
+        let err = render(RenderInput {
+            slot: &s,
+            material: &material,
+            decoy: Some(&d),
+            created: UnixMs(0),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("IP address"), "{err}");
+        let mut p = BTreeMap::new();
+        p.insert("rows".to_owned(), "5000".to_owned());
+        assert!(Template::PatientCsv.check_params(&p).is_err());
+        p.insert("rows".to_owned(), "5".to_owned());
+        assert!(Template::PatientCsv.check_params(&p).is_ok());
+        assert!(Template::SshKey.check_params(&p).is_err());
+    }
+}

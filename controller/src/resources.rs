@@ -1,0 +1,680 @@
+//! Manifests: `Campaign` and `Decoy` documents in YAML or JSON, several per
+//! file, parsed and checked before anything changes.
+//!
+//! ```yaml
+//! kind: Campaign
+//! name: icu-workstations
+//! selector: {site: icu, role: workstation}
+//! lures:
+//!   - template: ssh-key
+//!     decoy: pacs-archive02
+//!   - template: patient-csv
+//!     path: "~/Documents/Exports"
+//! rollout: {waves: ["5%", "25%", "100%"], max_failure_ratio: 0.1}
+//! rotate_every: 30d
+//! ---
+//! kind: Decoy
+//! name: pacs-archive02
+//! selector: {role: decoy}
+//! address: 10.20.0.15
+//! services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
+//! ```
+//!
+//! Errors name the document (1-based), its kind and name, the field and
+//! the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use ruse_proto::types::{Labels, parse_duration};
+
+use crate::lures::Template;
+
+/// At most this many documents in one apply.
+pub const MAX_DOCUMENTS: usize = 256;
+/// At most this many lures in one campaign.
+pub const MAX_LURES: usize = 64;
+
+/// A validation failure, precise enough to fix the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ManifestError {
+    /// 1-based position in the file; 0 for the file as a whole.
+    pub document: usize,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document > 0 {
+            write!(f, "document {}", self.document)?;
+            match (&self.kind, &self.name) {
+                (Some(k), Some(n)) => write!(f, " ({k} {n})")?,
+                (Some(k), None) => write!(f, " ({k})")?,
+                _ => {}
+            }
+            f.write_str(": ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+/// A campaign as written by the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignManifest {
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    pub lures: Vec<LureManifest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutManifest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_every: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LureManifest {
+    pub template: String,
+    /// Distinguishes two lures of one template in a campaign.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoy: Option<String>,
+    /// A directory (for file lures) or file path; `~/` means each home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutManifest {
+    #[serde(default = "default_waves")]
+    pub waves: Vec<String>,
+    #[serde(default = "default_failure_ratio")]
+    pub max_failure_ratio: f64,
+}
+
+fn default_waves() -> Vec<String> {
+    vec!["100%".into()]
+}
+
+fn default_failure_ratio() -> f64 {
+    0.1
+}
+
+/// A decoy as written by the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoyManifest {
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// What lures pointing at this decoy name as its address (an IP address
+    /// or a DNS name); default: the decoy's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub services: Vec<ServiceManifest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceManifest {
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// Decoy protocols (DESIGN §4).
+pub const PROTOCOLS: &[&str] = &[
+    "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "portscan",
+];
+
+/// One lure of a campaign, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LureSlot {
+    /// Unique within the campaign: the manifest's `name`, or the template.
+    pub key: String,
+    pub template: Template,
+    pub decoy: Option<String>,
+    pub path: Option<String>,
+    pub params: BTreeMap<String, String>,
+}
+
+/// A campaign, checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub name: String,
+    pub description: String,
+    pub selector: Labels,
+    pub lures: Vec<LureSlot>,
+    /// Cumulative percentages, increasing, the last 100.
+    pub waves: Vec<u8>,
+    pub max_failure_ratio: f64,
+    #[serde(with = "option_duration")]
+    pub rotate_every: Option<Duration>,
+}
+
+/// A decoy, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decoy {
+    pub name: String,
+    pub description: String,
+    pub selector: Labels,
+    pub address: String,
+    pub services: Vec<ServiceManifest>,
+}
+
+impl Decoy {
+    /// The port of the first service speaking `protocol`.
+    pub fn port(&self, protocol: &str) -> Option<u16> {
+        self.services
+            .iter()
+            .find(|s| s.protocol == protocol)
+            .map(|s| s.port)
+    }
+}
+
+mod option_duration {
+    use super::Duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_millis()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// One checked document of a file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Document {
+    Campaign(Campaign),
+    Decoy(Decoy),
+}
+
+impl Document {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Document::Campaign(_) => "Campaign",
+            Document::Decoy(_) => "Decoy",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Document::Campaign(c) => &c.name,
+            Document::Decoy(d) => &d.name,
+        }
+    }
+}
+
+/// Resource names: DNS-label style, as Kubernetes names.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-'"
+        ))
+    }
+}
+
+/// Splits a file into documents and checks each one. Nothing is applied.
+pub fn parse(content: &str) -> Result<Vec<Document>, ManifestError> {
+    let whole = |reason: String| ManifestError {
+        document: 0,
+        kind: None,
+        name: None,
+        field: String::new(),
+        reason,
+    };
+    let mut values = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(content).enumerate() {
+        let value = serde_json::Value::deserialize(doc).map_err(|e| ManifestError {
+            document: i + 1,
+            kind: None,
+            name: None,
+            field: String::new(),
+            reason: format!("not valid YAML or JSON: {e}"),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        values.push((i + 1, value));
+        if values.len() > MAX_DOCUMENTS {
+            return Err(whole(format!("more than {MAX_DOCUMENTS} documents")));
+        }
+    }
+    if values.is_empty() {
+        return Err(whole("no documents".into()));
+    }
+    values
+        .into_iter()
+        .map(|(n, value)| parse_document(n, value))
+        .collect()
+}
+
+fn typed<T: DeserializeOwned>(
+    n: usize,
+    kind: &str,
+    name: Option<&str>,
+    value: serde_json::Value,
+) -> Result<T, ManifestError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ManifestError {
+            document: n,
+            kind: Some(kind.to_owned()),
+            name: name.map(str::to_owned),
+            field: if path == "." { String::new() } else { path },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
+fn parse_document(n: usize, value: serde_json::Value) -> Result<Document, ManifestError> {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .map(str::to_owned);
+    let name = value
+        .get("name")
+        .and_then(|k| k.as_str())
+        .map(str::to_owned);
+    let err = |field: &str, reason: String| ManifestError {
+        document: n,
+        kind: kind.clone(),
+        name: name.clone(),
+        field: field.to_owned(),
+        reason,
+    };
+    if !value.is_object() {
+        return Err(err(
+            "",
+            "a document must be a mapping with kind and name".into(),
+        ));
+    }
+    match kind.as_deref() {
+        Some("Campaign") => {
+            let m: CampaignManifest = typed(n, "Campaign", name.as_deref(), value)?;
+            check_campaign(m)
+                .map(Document::Campaign)
+                .map_err(|(f, r)| err(&f, r))
+        }
+        Some("Decoy") => {
+            let m: DecoyManifest = typed(n, "Decoy", name.as_deref(), value)?;
+            check_decoy(m)
+                .map(Document::Decoy)
+                .map_err(|(f, r)| err(&f, r))
+        }
+        Some(other) => Err(err(
+            "kind",
+            format!("unknown kind {other:?}; expected Campaign or Decoy"),
+        )),
+        None => Err(err("kind", "missing".into())),
+    }
+}
+
+fn check_api_version(v: &Option<String>) -> Result<(), (String, String)> {
+    match v.as_deref() {
+        None | Some("ruse.dev/v1") => Ok(()),
+        Some(other) => Err((
+            "apiVersion".into(),
+            format!("{other:?} is not supported; use ruse.dev/v1 or omit it"),
+        )),
+    }
+}
+
+fn selector(map: BTreeMap<String, String>) -> Result<Labels, (String, String)> {
+    Labels::try_from(map).map_err(|e| ("selector".into(), e.to_string()))
+}
+
+fn check_campaign(m: CampaignManifest) -> Result<Campaign, (String, String)> {
+    check_api_version(&m.api_version)?;
+    check_name(&m.name).map_err(|r| ("name".to_owned(), r))?;
+    let selector = selector(m.selector)?;
+    if m.lures.is_empty() {
+        return Err(("lures".into(), "a campaign needs at least one lure".into()));
+    }
+    if m.lures.len() > MAX_LURES {
+        return Err((
+            "lures".into(),
+            format!("at most {MAX_LURES} lures per campaign"),
+        ));
+    }
+    let mut lures: Vec<LureSlot> = Vec::new();
+    for (i, l) in m.lures.into_iter().enumerate() {
+        let at = |field: &str| format!("lures[{i}].{field}");
+        let template: Template = l
+            .template
+            .parse()
+            .map_err(|e: String| (at("template"), e))?;
+        if let Some(name) = &l.name {
+            check_name(name).map_err(|r| (at("name"), r))?;
+        }
+        if let Some(decoy) = &l.decoy {
+            check_name(decoy).map_err(|r| (at("decoy"), r))?;
+        } else if template.needs_decoy() {
+            return Err((
+                at("decoy"),
+                format!("template {template} points at a decoy; name one"),
+            ));
+        }
+        if let Some(path) = &l.path {
+            check_lure_path(path).map_err(|r| (at("path"), r))?;
+        }
+        template
+            .check_params(&l.params)
+            .map_err(|r| (at("params"), r))?;
+        let key = l.name.clone().unwrap_or_else(|| template.to_string());
+        if lures.iter().any(|s| s.key == key) {
+            return Err((
+                at("name"),
+                format!("two lures are called {key:?}; give one of them a distinct name"),
+            ));
+        }
+        lures.push(LureSlot {
+            key,
+            template,
+            decoy: l.decoy,
+            path: l.path,
+            params: l.params,
+        });
+    }
+    let rollout = m.rollout.unwrap_or(RolloutManifest {
+        waves: default_waves(),
+        max_failure_ratio: default_failure_ratio(),
+    });
+    let waves = check_waves(&rollout.waves)?;
+    if !(0.0..=1.0).contains(&rollout.max_failure_ratio) || rollout.max_failure_ratio.is_nan() {
+        return Err((
+            "rollout.max_failure_ratio".into(),
+            "must be between 0 and 1".into(),
+        ));
+    }
+    let rotate_every = match &m.rotate_every {
+        Some(s) => {
+            let d = parse_duration(s).map_err(|e| ("rotate_every".to_owned(), e.to_string()))?;
+            if d < Duration::from_secs(60) {
+                return Err(("rotate_every".into(), "must be at least 1m".into()));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    Ok(Campaign {
+        name: m.name,
+        description: m.description,
+        selector,
+        lures,
+        waves,
+        max_failure_ratio: rollout.max_failure_ratio,
+        rotate_every,
+    })
+}
+
+fn check_lure_path(path: &str) -> Result<(), String> {
+    if !(path.starts_with("~/") || path.starts_with('/')) {
+        return Err(format!(
+            "{path:?} must start with ~/ (each user's home) or / (the agent's root)"
+        ));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(format!("{path:?} must not contain '..'"));
+    }
+    if path.len() > 512 || path.chars().any(char::is_control) {
+        return Err("too long or contains control characters".into());
+    }
+    Ok(())
+}
+
+fn check_waves(waves: &[String]) -> Result<Vec<u8>, (String, String)> {
+    if waves.is_empty() || waves.len() > 10 {
+        return Err((
+            "rollout.waves".into(),
+            "give 1 to 10 waves, the last \"100%\"".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, w) in waves.iter().enumerate() {
+        let field = format!("rollout.waves[{i}]");
+        let pct: u8 = w
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse().ok())
+            .filter(|&p| (1..=100).contains(&p))
+            .ok_or_else(|| {
+                (
+                    field.clone(),
+                    format!("{w:?} is not a percentage between 1% and 100%"),
+                )
+            })?;
+        if out.last().is_some_and(|&last| pct <= last) {
+            return Err((
+                field,
+                "each wave must cover more agents than the one before".into(),
+            ));
+        }
+        out.push(pct);
+    }
+    if out.last() != Some(&100) {
+        return Err((
+            "rollout.waves".into(),
+            "the last wave must be \"100%\"".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn check_decoy(m: DecoyManifest) -> Result<Decoy, (String, String)> {
+    check_api_version(&m.api_version)?;
+    check_name(&m.name).map_err(|r| ("name".to_owned(), r))?;
+    let selector = selector(m.selector)?;
+    if m.services.is_empty() {
+        return Err((
+            "services".into(),
+            "a decoy needs at least one service".into(),
+        ));
+    }
+    for (i, s) in m.services.iter().enumerate() {
+        if !PROTOCOLS.contains(&s.protocol.as_str()) {
+            return Err((
+                format!("services[{i}].protocol"),
+                format!(
+                    "unknown protocol {:?}; expected one of {}",
+                    s.protocol,
+                    PROTOCOLS.join(", ")
+                ),
+            ));
+        }
+        if s.port == 0 {
+            return Err((format!("services[{i}].port"), "must be 1 to 65535".into()));
+        }
+        if m.services[..i].iter().any(|o| o.port == s.port) {
+            return Err((
+                format!("services[{i}].port"),
+                format!("port {} is used twice", s.port),
+            ));
+        }
+    }
+    let address = match m.address {
+        Some(a) => {
+            let ok = a.parse::<std::net::IpAddr>().is_ok()
+                || (!a.is_empty()
+                    && a.len() <= 253
+                    && a.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+            if !ok {
+                return Err((
+                    "address".into(),
+                    format!("{a:?} is neither an IP address nor a DNS name"),
+                ));
+            }
+            a
+        }
+        None => m.name.clone(),
+    };
+    Ok(Decoy {
+        name: m.name,
+        description: m.description,
+        selector,
+        address,
+        services: m.services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+kind: Campaign
+name: icu-workstations
+selector: {site: icu, role: workstation}
+lures:
+  - template: ssh-key
+    decoy: pacs-archive02
+  - template: patient-csv
+    path: "~/Documents/Exports"
+rollout: {waves: ["5%", "25%", "100%"], max_failure_ratio: 0.1}
+rotate_every: 30d
+---
+kind: Decoy
+name: pacs-archive02
+selector: {role: decoy}
+services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
+"#;
+
+    #[test]
+    fn the_design_example_parses() {
+        let docs = parse(GOOD).unwrap();
+        assert_eq!(docs.len(), 2);
+        let Document::Campaign(c) = &docs[0] else {
+            panic!()
+        };
+        assert_eq!(c.waves, [5, 25, 100]);
+        assert_eq!(c.lures[0].key, "ssh-key");
+        assert_eq!(c.rotate_every, Some(Duration::from_secs(30 * 86_400)));
+        let Document::Decoy(d) = &docs[1] else {
+            panic!()
+        };
+        assert_eq!(d.address, "pacs-archive02");
+        assert_eq!(d.port("dicom"), Some(104));
+    }
+
+    #[test]
+    fn json_documents_parse_too() {
+        let json = r#"{"kind": "Decoy", "name": "fhir-01", "address": "10.0.0.9", "services": [{"protocol": "https", "port": 8443}]}"#;
+        let docs = parse(json).unwrap();
+        assert_eq!(docs[0].name(), "fhir-01");
+    }
+
+    #[test]
+    fn errors_name_document_field_and_reason() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "kind: Campaign\nname: c\nlures: [{template: ssh-kee, decoy: d}]\n",
+                "document 1 (Campaign c): lures[0].template: unknown template \"ssh-kee\"",
+            ),
+            (
+                "kind: Decoy\nname: d\nservices: [{protocol: ssh, port: 22}]\n---\nkind: Campaign\nname: c\nlures: [{template: netrc, tempalte: x, decoy: d}]\n",
+                "document 2 (Campaign c): lures[0].tempalte: unknown field `tempalte`, expected one of `template`",
+            ),
+            (
+                "kind: Campaign\nname: c\nlures: [{template: pgpass, decoy: d}]\nrollout: {waves: [\"50%\", \"20%\", \"100%\"]}\n",
+                "document 1 (Campaign c): rollout.waves[1]: each wave must cover more",
+            ),
+            (
+                "kind: Campaign\nname: c\nlures: [{template: ssh-key}]\n",
+                "lures[0].decoy: template ssh-key points at a decoy",
+            ),
+            (
+                "kind: Campaign\nname: Bad_Name\nlures: [{template: patient-csv}]\n",
+                "document 1 (Campaign Bad_Name): name: \"Bad_Name\" is not a valid name",
+            ),
+            (
+                "kind: Decoy\nname: d\nservices: [{protocol: telnet, port: 23}]\n",
+                "services[0].protocol: unknown protocol \"telnet\"",
+            ),
+            (
+                "kind: Campaign\nname: c\nlures: [{template: patient-csv, path: \"../etc\"}]\n",
+                "lures[0].path:",
+            ),
+            (
+                "kind: Secret\nname: s\n",
+                "document 1 (Secret s): kind: unknown kind \"Secret\"",
+            ),
+            (
+                "kind: Campaign\nname: c\nlures: []\nrotate_every: soon\n",
+                "a campaign needs at least one lure",
+            ),
+            ("", "no documents"),
+            ("kind: [unclosed", "document 1: not valid YAML or JSON"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "for {text:?}\n  got:      {err}\n  expected: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_slots_need_distinct_names() {
+        let two = "kind: Campaign\nname: c\nlures:\n  - {template: patient-csv}\n  - {template: patient-csv}\n";
+        assert!(
+            parse(two)
+                .unwrap_err()
+                .to_string()
+                .contains("distinct name")
+        );
+        let named = "kind: Campaign\nname: c\nlures:\n  - {template: patient-csv}\n  - {template: patient-csv, name: er-export}\n";
+        let Document::Campaign(c) = &parse(named).unwrap()[0] else {
+            panic!()
+        };
+        assert_eq!(c.lures[1].key, "er-export");
+    }
+}
