@@ -15,8 +15,10 @@ use ruse_proto::convert::HostFacts;
 use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, UnixMs};
 
 use crate::config::ControllerConfig;
+use crate::deploy::{DeployError, Deployer};
 use crate::fleet::Fleet;
 use crate::ratelimit::FailureLimiter;
+use crate::resources::ManifestError;
 use crate::store::{
     AdminRecord, AgentRecord, AuditRecord, Committer, Store, StoreError, TokenRecord,
 };
@@ -59,10 +61,25 @@ pub enum OpError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    Conflict(String),
     #[error("certificate: {0}")]
     Pki(#[from] PkiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<DeployError> for OpError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Manifest(m) => OpError::Manifest(m),
+            DeployError::NotFound(what) => OpError::NotFound(what),
+            DeployError::Conflict(why) => OpError::Conflict(why),
+            DeployError::Store(s) => OpError::Store(s),
+        }
+    }
 }
 
 /// A successful enrollment.
@@ -88,6 +105,7 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     pub committer: Committer,
     pub fleet: Arc<Fleet>,
+    pub deploy: Arc<Deployer>,
     /// Serialises token use so `max_uses` holds under concurrency.
     token_lock: AsyncMutex<()>,
     enroll_failures: FailureLimiter,
@@ -101,6 +119,12 @@ impl Core {
         committer: Committer,
     ) -> Result<Self, StoreError> {
         let fleet = Arc::new(Fleet::new(store.agents()?, config.offline_after));
+        let deploy = Arc::new(Deployer::load(
+            store.clone(),
+            committer.clone(),
+            fleet.clone(),
+            config.max_message_bytes,
+        )?);
         let enroll_failures =
             FailureLimiter::new(config.enroll_failures_per_minute, Duration::from_secs(60));
         Ok(Core {
@@ -109,6 +133,7 @@ impl Core {
             store,
             committer,
             fleet,
+            deploy,
             token_lock: AsyncMutex::new(()),
             enroll_failures,
         })
@@ -174,6 +199,7 @@ impl Core {
                 )
                 .await?;
                 self.fleet.insert(enrolled.record.clone());
+                self.deploy.request_recompute();
             }
             Err(OpError::Store(_)) => {}
             Err(err) => {
@@ -233,6 +259,7 @@ impl Core {
             id,
             facts,
             token_labels: record.labels.clone(),
+            admin_labels: Labels::new(),
             enrolled_at: now,
             enrolled_with: token_id,
             last_seen: now,
@@ -332,6 +359,23 @@ impl Core {
             .revoke(id, &caller.actor(), reason)
             .ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
         self.store.put_agent(&record)?;
+        self.deploy.request_recompute();
+        Ok(record)
+    }
+
+    /// Sets and removes admin labels on an agent; its lures follow.
+    pub fn label_agent(
+        &self,
+        id: &AgentId,
+        set: &Labels,
+        remove: &[String],
+    ) -> Result<AgentRecord, OpError> {
+        let record = self
+            .fleet
+            .set_admin_labels(id, set, remove)
+            .ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
+        self.store.put_agent(&record)?;
+        self.deploy.request_recompute();
         Ok(record)
     }
 

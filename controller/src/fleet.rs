@@ -220,6 +220,28 @@ impl Fleet {
         }
     }
 
+    /// Sets and removes admin labels; returns the record to persist.
+    pub fn set_admin_labels(
+        &self,
+        id: &AgentId,
+        set: &Labels,
+        remove: &[String],
+    ) -> Option<AgentRecord> {
+        let record = self.with_entry(id, |e| {
+            let mut labels = e.record.admin_labels.overlaid_with(set).into_map();
+            for key in remove {
+                labels.remove(key);
+            }
+            // Keys and values were valid on the way in; the map stays valid.
+            e.record.admin_labels = Labels::try_from(labels).unwrap_or_default();
+            e.record.clone()
+        });
+        if record.is_some() {
+            self.mark_dirty(id);
+        }
+        record
+    }
+
     /// Records what the agent said about itself in its Hello.
     pub fn hello(&self, id: &AgentId, session: u64, facts: HostFacts) {
         let changed = self.with_entry(id, |e| {
@@ -395,6 +417,7 @@ mod tests {
                 ..HostFacts::default()
             },
             token_labels: Labels::new(),
+            admin_labels: Labels::new(),
             enrolled_at: UnixMs(0),
             enrolled_with: "t".parse().unwrap(),
             last_seen: UnixMs(0),

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod core;
+pub mod deploy;
 pub mod dev;
 pub mod fleet;
 pub mod init;
@@ -56,6 +57,7 @@ pub struct Controller {
     listeners: server::Listeners,
     stop: watch::Sender<bool>,
     state_writer: JoinHandle<()>,
+    deploy_worker: JoinHandle<()>,
     committer_task: JoinHandle<()>,
 }
 
@@ -78,9 +80,12 @@ impl Controller {
         );
         let (committer, committer_task) = Committer::spawn(store.clone());
         let core = Arc::new(Core::new(config, ca, store, committer)?);
+        // Desired lure sets exist before any agent can say Hello.
+        core.deploy.prepare().await?;
         let (stop, stop_rx) = watch::channel(false);
         let listeners = server::serve(core.clone(), stop_rx.clone()).await?;
-        let state_writer = tokio::spawn(write_fleet_state(core.clone(), stop_rx));
+        let state_writer = tokio::spawn(write_fleet_state(core.clone(), stop_rx.clone()));
+        let deploy_worker = tokio::spawn(core.deploy.clone().run(stop_rx));
         tracing::info!(
             agent_addr = %listeners.agent_addr,
             admin_addr = %listeners.admin_addr,
@@ -93,6 +98,7 @@ impl Controller {
             listeners,
             stop,
             state_writer,
+            deploy_worker,
             committer_task,
         })
     }
@@ -135,6 +141,7 @@ impl Controller {
             }
         }
         let _ = (&mut self.state_writer).await;
+        let _ = (&mut self.deploy_worker).await;
         // Session tasks end as their connections close; wait for them to
         // release the controller state (bounded by the grace period).
         while Arc::strong_count(&self.core) > 1 && tokio::time::Instant::now() < deadline {

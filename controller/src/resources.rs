@@ -261,8 +261,28 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A checked document and its 1-based position in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub number: usize,
+    pub doc: Document,
+}
+
+impl Parsed {
+    /// An error about this document.
+    pub fn error(&self, field: impl Into<String>, reason: impl Into<String>) -> ManifestError {
+        ManifestError {
+            document: self.number,
+            kind: Some(self.doc.kind().to_owned()),
+            name: Some(self.doc.name().to_owned()),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Splits a file into documents and checks each one. Nothing is applied.
-pub fn parse(content: &str) -> Result<Vec<Document>, ManifestError> {
+pub fn parse(content: &str) -> Result<Vec<Parsed>, ManifestError> {
     let whole = |reason: String| ManifestError {
         document: 0,
         kind: None,
@@ -292,7 +312,7 @@ pub fn parse(content: &str) -> Result<Vec<Document>, ManifestError> {
     }
     values
         .into_iter()
-        .map(|(n, value)| parse_document(n, value))
+        .map(|(number, value)| parse_document(number, value).map(|doc| Parsed { number, doc }))
         .collect()
 }
 
@@ -591,13 +611,13 @@ services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
     fn the_design_example_parses() {
         let docs = parse(GOOD).unwrap();
         assert_eq!(docs.len(), 2);
-        let Document::Campaign(c) = &docs[0] else {
+        let Document::Campaign(c) = &docs[0].doc else {
             panic!()
         };
         assert_eq!(c.waves, [5, 25, 100]);
         assert_eq!(c.lures[0].key, "ssh-key");
         assert_eq!(c.rotate_every, Some(Duration::from_secs(30 * 86_400)));
-        let Document::Decoy(d) = &docs[1] else {
+        let Document::Decoy(d) = &docs[1].doc else {
             panic!()
         };
         assert_eq!(d.address, "pacs-archive02");
@@ -608,7 +628,7 @@ services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
     fn json_documents_parse_too() {
         let json = r#"{"kind": "Decoy", "name": "fhir-01", "address": "10.0.0.9", "services": [{"protocol": "https", "port": 8443}]}"#;
         let docs = parse(json).unwrap();
-        assert_eq!(docs[0].name(), "fhir-01");
+        assert_eq!(docs[0].doc.name(), "fhir-01");
     }
 
     #[test]
@@ -672,7 +692,7 @@ services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
                 .contains("distinct name")
         );
         let named = "kind: Campaign\nname: c\nlures:\n  - {template: patient-csv}\n  - {template: patient-csv, name: er-export}\n";
-        let Document::Campaign(c) = &parse(named).unwrap()[0] else {
+        let Document::Campaign(c) = &parse(named).unwrap()[0].doc else {
             panic!()
         };
         assert_eq!(c.lures[1].key, "er-export");

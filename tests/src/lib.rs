@@ -59,6 +59,20 @@ where
     }
 }
 
+/// Checks that `check` stays true for all of `period` (polling every
+/// 20 ms): for asserting that something does not happen.
+pub async fn consistently<F, Fut>(what: &str, period: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < period {
+        assert!(check().await, "no longer true: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Settings that make tests fast: short heartbeats and state flushes.
 pub fn fast_config(data_dir: &Path) -> ControllerConfig {
     ControllerConfig {
@@ -274,6 +288,82 @@ impl TestController {
             .agents
     }
 
+    /// Applies manifests as root; panics with the controller's message on
+    /// failure.
+    pub async fn apply(&self, manifests: &str) -> Vec<admin_pb::ApplyResult> {
+        self.root()
+            .await
+            .apply(admin_pb::ApplyRequest {
+                source: "test".into(),
+                content: manifests.into(),
+                dry_run: false,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("apply failed: {}", s.message()))
+            .into_inner()
+            .results
+    }
+
+    pub async fn campaign(&self, name: &str) -> admin_pb::Campaign {
+        self.root()
+            .await
+            .get_campaign(admin_pb::GetCampaignRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until the campaign's rollout is in `state`.
+    pub async fn wait_rollout(
+        &self,
+        name: &str,
+        state: &str,
+        within: Duration,
+    ) -> admin_pb::Campaign {
+        let mut last = None;
+        let start = Instant::now();
+        loop {
+            let c = self.campaign(name).await;
+            if c.rollout_state == state {
+                return c;
+            }
+            assert!(
+                start.elapsed() < within,
+                "campaign {name} not {state} within {within:?}; last seen: {:?}",
+                last.as_ref().map(|c: &admin_pb::Campaign| (
+                    &c.rollout_state,
+                    &c.rollout_reason,
+                    c.wave,
+                    &c.wave_status
+                ))
+            );
+            last = Some(c);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn lures(&self, agent: &str, include_retired: bool) -> Vec<admin_pb::Lure> {
+        self.root()
+            .await
+            .list_lures(admin_pb::ListLuresRequest {
+                agent_id: agent.into(),
+                campaign: String::new(),
+                include_retired,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .lures
+    }
+
+    /// Updates the controller has pushed to an agent since it started.
+    pub fn updates_sent(&self, agent: &str) -> u64 {
+        self.controller()
+            .core()
+            .deploy
+            .updates_sent(&agent.parse().unwrap())
+    }
+
     /// Proves the controller still serves: a fresh admin connection works.
     pub async fn assert_serving(&self) {
         let me = self
@@ -339,5 +429,28 @@ impl TestAgent {
 
     pub fn state_dir(&self) -> PathBuf {
         self.config.state_dir.clone()
+    }
+
+    /// The agent's lure root (with `home/clinician` and `etc`).
+    pub fn root(&self) -> PathBuf {
+        self.config.root.clone()
+    }
+
+    /// The demo user's home under the root.
+    pub fn home(&self) -> PathBuf {
+        self.config.root.join("home/clinician")
+    }
+
+    /// Waits until the agent has exactly `n` lures applied.
+    pub async fn wait_lures(&mut self, n: usize, within: Duration) {
+        let reached = matches!(
+            tokio::time::timeout(within, self.status.wait_for(|s| s.lures == n)).await,
+            Ok(Ok(_))
+        );
+        assert!(
+            reached,
+            "agent did not reach {n} lures within {within:?} (has {})",
+            self.status.borrow().lures
+        );
     }
 }

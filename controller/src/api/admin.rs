@@ -4,6 +4,7 @@
 //! in its certificate); every mutating call, allowed or refused, is written
 //! to the audit log before the reply.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, Uni
 
 use super::{caller, status};
 use crate::core::{AuditEntry, Caller, Core, OpError};
+use crate::deploy::{CampaignStatus, LureView, RolloutAction, RolloutState};
 use crate::fleet::AgentView;
+use crate::resources::Decoy;
 use crate::store::TokenRecord;
 
 /// Audit records returned when the request sets no limit.
@@ -83,9 +86,9 @@ impl AdminApi {
         &self,
         caller: &Caller,
         entry: AuditEntry,
-        op: impl FnOnce() -> Result<T, OpError>,
+        op: impl Future<Output = Result<T, OpError>>,
     ) -> Result<T, Status> {
-        let outcome = op();
+        let outcome = op.await;
         let result = match &outcome {
             Ok(_) => "ok".to_owned(),
             Err(e) => e.to_string(),
@@ -164,6 +167,109 @@ fn agent_pb(view: AgentView) -> pb::Agent {
     }
 }
 
+fn campaign_pb(status: CampaignStatus) -> pb::Campaign {
+    let r = status.record;
+    let spec = &r.target.spec;
+    let reason = match &r.rollout {
+        RolloutState::Paused { reason, .. } => reason.clone(),
+        RolloutState::Aborted { by } => format!("aborted by {by}"),
+        _ => String::new(),
+    };
+    pb::Campaign {
+        name: spec.name.clone(),
+        description: spec.description.clone(),
+        selector: spec.selector.to_map(),
+        lures: spec
+            .lures
+            .iter()
+            .map(|l| pb::CampaignLure {
+                name: l.key.clone(),
+                template: l.template.to_string(),
+                decoy: l.decoy.clone().unwrap_or_default(),
+                path: l.path.clone().unwrap_or_default(),
+                params: l.params.clone().into_iter().collect(),
+            })
+            .collect(),
+        waves: spec.waves.iter().map(|&w| u32::from(w)).collect(),
+        max_failure_ratio: spec.max_failure_ratio,
+        rotate_every_ms: spec
+            .rotate_every
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        generation: r.target.number,
+        epoch: r.target.epoch,
+        rollout_state: r.rollout.name().to_owned(),
+        rollout_reason: reason,
+        wave: u32::try_from(r.wave + 1).unwrap_or(u32::MAX),
+        wave_status: status
+            .waves
+            .into_iter()
+            .map(|w| pb::WaveStatus {
+                percent: u32::from(w.percent),
+                agents: count(w.agents),
+                acked: count(w.acked),
+                failed: count(w.failed),
+                pending: count(w.pending),
+                offline: count(w.offline),
+                released: w.released,
+                errors: w.errors,
+            })
+            .collect(),
+        matching_agents: count(status.matching),
+        created_ms: r.created.0,
+        updated_ms: r.updated.0,
+        last_rotated_ms: r.last_rotated.0,
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn decoy_pb(d: Decoy, matching: usize) -> pb::Decoy {
+    pb::Decoy {
+        name: d.name,
+        description: d.description,
+        selector: d.selector.to_map(),
+        address: d.address,
+        services: d
+            .services
+            .into_iter()
+            .map(|s| pb::DecoyService {
+                protocol: s.protocol,
+                port: u32::from(s.port),
+            })
+            .collect(),
+        matching_agents: count(matching),
+    }
+}
+
+fn lure_pb(v: LureView) -> pb::Lure {
+    pb::Lure {
+        identifiers: v.lure.material.summary(),
+        id: v.lure.id,
+        agent_id: v.lure.agent.to_string(),
+        campaign: v.lure.campaign,
+        slot: v.lure.slot,
+        template: v.lure.template.to_string(),
+        epoch: v.lure.epoch,
+        revision: v.revision,
+        state: v.state.to_owned(),
+        error: v.error,
+        created_ms: v.lure.created.0,
+        retired_ms: v.lure.retired.map_or(0, |t| t.0),
+    }
+}
+
+impl AdminApi {
+    fn campaign_status(&self, name: &str) -> Result<pb::Campaign, Status> {
+        self.core
+            .deploy
+            .campaign(name)
+            .map(campaign_pb)
+            .ok_or_else(|| status(OpError::NotFound(format!("campaign {name}"))))
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn who_am_i(
@@ -212,7 +318,7 @@ impl AdminService for AdminApi {
                 .unwrap_or_default(),
             ..audit
         };
-        let token = self.mutate(&caller, audit, || token).await?;
+        let token = self.mutate(&caller, audit, async { token }).await?;
         Ok(Response::new(pb::CreateTokenResponse {
             info: Some(token_pb(&token.record)),
             token: token.secret,
@@ -244,7 +350,7 @@ impl AdminService for AdminApi {
             .authorize(&request, Role::Operator, Some(&audit))
             .await?;
         let id = request.get_ref().id.parse::<TokenId>();
-        self.mutate(&caller, audit, || {
+        self.mutate(&caller, audit, async {
             let id = id.map_err(|e| OpError::Invalid(e.to_string()))?;
             self.core.delete_token(&id)
         })
@@ -294,7 +400,7 @@ impl AdminService for AdminApi {
             .await?;
         let id = request.get_ref().id.parse::<AgentId>();
         let record = self
-            .mutate(&caller, audit, || {
+            .mutate(&caller, audit, async {
                 let id = id.map_err(|e| OpError::Invalid(e.to_string()))?;
                 self.core.revoke_agent(&caller, &id, &reason)
             })
@@ -323,7 +429,7 @@ impl AdminService for AdminApi {
         let name = req.name.parse::<AdminName>();
         let role = Role::try_from(req.role());
         let cert = self
-            .mutate(&caller, audit, || {
+            .mutate(&caller, audit, async {
                 let name = name.map_err(|e| OpError::Invalid(e.to_string()))?;
                 let role = role.map_err(|e| OpError::Invalid(e.to_string()))?;
                 self.core
@@ -389,5 +495,238 @@ impl AdminService for AdminApi {
             })
             .collect();
         Ok(Response::new(pb::ListAuditResponse { records }))
+    }
+
+    async fn label_agent(
+        &self,
+        request: Request<pb::LabelAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let req = request.get_ref();
+        let set = labels(req.set.clone())?;
+        let remove = req.remove.clone();
+        let audit = entry(
+            "agent.label",
+            format!("agent/{}", req.id),
+            format!("set={set} remove={}", remove.join(",")),
+        );
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        let id = request.get_ref().id.parse::<AgentId>();
+        let record = self
+            .mutate(&caller, audit, async {
+                let id = id.map_err(|e| OpError::Invalid(e.to_string()))?;
+                self.core.label_agent(&id, &set, &remove)
+            })
+            .await?;
+        let view = self
+            .core
+            .fleet
+            .get(&record.id)
+            .ok_or_else(|| status(OpError::NotFound(format!("agent {}", record.id))))?;
+        Ok(Response::new(agent_pb(view)))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let req = request.get_ref();
+        let dry_run = req.dry_run;
+        let audit = entry(
+            if dry_run {
+                "resources.apply-dry-run"
+            } else {
+                "resources.apply"
+            },
+            req.source.chars().take(256).collect::<String>(),
+            "",
+        );
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        let content = request.into_inner().content;
+        let outcome = async {
+            let docs = crate::resources::parse(&content)?;
+            Ok::<_, OpError>(self.core.deploy.apply(&docs, dry_run).await?)
+        }
+        .await;
+        let detail = match &outcome {
+            Ok(results) => results
+                .iter()
+                .map(|r| format!("{}/{} {}", r.kind, r.name, r.action))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(_) => String::new(),
+        };
+        let results = self
+            .mutate(&caller, AuditEntry { detail, ..audit }, async { outcome })
+            .await?;
+        Ok(Response::new(pb::ApplyResponse {
+            results: results
+                .into_iter()
+                .map(|r| pb::ApplyResult {
+                    kind: r.kind.into(),
+                    name: r.name,
+                    action: r.action.into(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list_campaigns(
+        &self,
+        request: Request<pb::ListCampaignsRequest>,
+    ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let campaigns = self
+            .core
+            .deploy
+            .campaign_names()
+            .iter()
+            .filter_map(|n| self.core.deploy.campaign(n))
+            .map(campaign_pb)
+            .collect();
+        Ok(Response::new(pb::ListCampaignsResponse { campaigns }))
+    }
+
+    async fn get_campaign(
+        &self,
+        request: Request<pb::GetCampaignRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        Ok(Response::new(
+            self.campaign_status(&request.get_ref().name)?,
+        ))
+    }
+
+    async fn delete_campaign(
+        &self,
+        request: Request<pb::DeleteCampaignRequest>,
+    ) -> Result<Response<pb::DeleteCampaignResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let audit = entry("campaign.delete", format!("campaign/{name}"), "");
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        self.mutate(&caller, audit, async {
+            Ok(self.core.deploy.delete_campaign(&name).await?)
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteCampaignResponse {}))
+    }
+
+    async fn list_decoys(
+        &self,
+        request: Request<pb::ListDecoysRequest>,
+    ) -> Result<Response<pb::ListDecoysResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let decoys = self
+            .core
+            .deploy
+            .decoys()
+            .into_iter()
+            .map(|d| {
+                let matching = self
+                    .core
+                    .fleet
+                    .list(&d.selector)
+                    .iter()
+                    .filter(|a| a.record.revoked.is_none())
+                    .count();
+                decoy_pb(d, matching)
+            })
+            .collect();
+        Ok(Response::new(pb::ListDecoysResponse { decoys }))
+    }
+
+    async fn delete_decoy(
+        &self,
+        request: Request<pb::DeleteDecoyRequest>,
+    ) -> Result<Response<pb::DeleteDecoyResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let audit = entry("decoy.delete", format!("decoy/{name}"), "");
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        self.mutate(&caller, audit, async {
+            Ok(self.core.deploy.delete_decoy(&name).await?)
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteDecoyResponse {}))
+    }
+
+    async fn list_lures(
+        &self,
+        request: Request<pb::ListLuresRequest>,
+    ) -> Result<Response<pb::ListLuresResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let req = request.into_inner();
+        let agent = if req.agent_id.is_empty() {
+            None
+        } else {
+            Some(parse::<AgentId>(&req.agent_id)?)
+        };
+        let campaign = (!req.campaign.is_empty()).then_some(req.campaign.as_str());
+        let lures = self
+            .core
+            .deploy
+            .lures(agent.as_ref(), campaign, req.include_retired)
+            .map_err(|e| status(e.into()))?
+            .into_iter()
+            .map(lure_pb)
+            .collect();
+        Ok(Response::new(pb::ListLuresResponse { lures }))
+    }
+
+    async fn rollout(
+        &self,
+        request: Request<pb::RolloutRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        let req = request.get_ref();
+        let name = req.campaign.clone();
+        let action = match req.action() {
+            pb::RolloutAction::Status => {
+                self.authorize(&request, Role::Viewer, None).await?;
+                return Ok(Response::new(self.campaign_status(&name)?));
+            }
+            pb::RolloutAction::Pause => RolloutAction::Pause,
+            pb::RolloutAction::Resume => RolloutAction::Resume,
+            pb::RolloutAction::Abort => RolloutAction::Abort,
+            pb::RolloutAction::Unspecified => {
+                return Err(Status::invalid_argument("no rollout action given"));
+            }
+        };
+        let verb = match action {
+            RolloutAction::Pause => "rollout.pause",
+            RolloutAction::Resume => "rollout.resume",
+            RolloutAction::Abort => "rollout.abort",
+        };
+        let audit = entry(verb, format!("campaign/{name}"), "");
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        let by = caller.actor();
+        self.mutate(&caller, audit, async {
+            Ok(self.core.deploy.rollout_action(&name, action, &by).await?)
+        })
+        .await?;
+        Ok(Response::new(self.campaign_status(&name)?))
+    }
+
+    async fn rotate(
+        &self,
+        request: Request<pb::RotateRequest>,
+    ) -> Result<Response<pb::Campaign>, Status> {
+        let name = request.get_ref().campaign.clone();
+        let audit = entry("campaign.rotate", format!("campaign/{name}"), "");
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        self.mutate(&caller, audit, async {
+            Ok(self.core.deploy.rotate(&name).await?)
+        })
+        .await?;
+        Ok(Response::new(self.campaign_status(&name)?))
     }
 }

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -129,11 +129,14 @@ impl AgentService for AgentApi {
         };
         // The channel is new and empty, so this cannot fail.
         let _ = tx.try_send(Ok(heartbeat));
+        let notify = Arc::new(Notify::new());
+        self.core.deploy.session_started(&id, notify.clone());
         let session = Session {
             core: self.core.clone(),
             id,
             ticket,
             tx,
+            notify,
         };
         tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -151,6 +154,8 @@ struct Session {
     id: AgentId,
     ticket: SessionTicket,
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
+    /// Woken when the deployer has something for this agent.
+    notify: Arc<Notify>,
 }
 
 impl Session {
@@ -176,6 +181,14 @@ impl Session {
                         break Some(status);
                     }
                 },
+                () = self.notify.notified() => {
+                    if let Some(update) = self.core.deploy.next_update(&self.id) {
+                        let message = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Update(update)) };
+                        if self.tx.send(Ok(message)).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
                 () = self.tx.closed() => break None,
             }
         };
@@ -185,6 +198,7 @@ impl Session {
         } else {
             tracing::info!(agent = %self.id, "session ended");
         }
+        self.core.deploy.session_ended(&self.id);
         self.core.fleet.end_session(&self.id, self.ticket.id);
     }
 
@@ -197,7 +211,12 @@ impl Session {
             Msg::Hello(hello) => {
                 let facts = HostFacts::try_from(hello.facts.unwrap_or_default())
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let labels_before = self.core.fleet.record(&self.id).map(|r| r.labels());
                 self.core.fleet.hello(&self.id, self.ticket.id, facts);
+                if self.core.fleet.record(&self.id).map(|r| r.labels()) != labels_before {
+                    self.core.deploy.request_recompute();
+                }
+                self.core.deploy.hello(&self.id, hello.applied);
                 *greeted = true;
             }
             _ if !*greeted => {
@@ -218,9 +237,15 @@ impl Session {
                 };
                 self.core.fleet.heartbeat(&self.id, self.ticket.id, health);
             }
-            Msg::Ack(_) | Msg::Nack(_) => {
-                // This controller has sent no update, so no nonce can match.
-                tracing::debug!(agent = %self.id, "acknowledgement for an unknown update ignored");
+            Msg::Ack(ack) => self.core.deploy.acked(&self.id, ack.nonce),
+            Msg::Nack(nack) => {
+                tracing::warn!(
+                    agent = %self.id,
+                    failed = nack.errors.len(),
+                    first = %nack.errors.first().map(|e| e.error.as_str()).unwrap_or(""),
+                    "agent refused lures"
+                );
+                self.core.deploy.nacked(&self.id, nack.nonce, nack.errors);
             }
             Msg::Events(_) => {
                 return Err(Status::unimplemented(

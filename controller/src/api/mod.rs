@@ -70,7 +70,8 @@ pub fn status(err: OpError) -> Status {
             with_reason(Status::permission_denied(message), errors::AGENT_UNKNOWN)
         }
         OpError::NotFound(_) => Status::not_found(message),
-        OpError::Invalid(_) => Status::invalid_argument(message),
+        OpError::Invalid(_) | OpError::Manifest(_) => Status::invalid_argument(message),
+        OpError::Conflict(_) => Status::failed_precondition(message),
         OpError::Pki(_) => Status::invalid_argument(message),
         OpError::Store(e) => {
             tracing::error!(error = %e, "store failure");

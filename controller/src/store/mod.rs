@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use ruse_proto::convert::HostFacts;
 use ruse_proto::types::{AdminName, AgentId, Labels, Role, TokenId, UnixMs};
 
+use crate::deploy::{CampaignRecord, LureInstance};
+use crate::resources::Decoy;
+
 pub use self::sled::SledStore;
 
 /// A storage failure. Cloneable so one flush failure can be reported to
@@ -42,6 +45,9 @@ pub struct AgentRecord {
     pub facts: HostFacts,
     /// Labels stamped by the bootstrap token; they override the agent's own.
     pub token_labels: Labels,
+    /// Labels set by an admin (`rusectl label agent`); they override both.
+    #[serde(default)]
+    pub admin_labels: Labels,
     pub enrolled_at: UnixMs,
     pub enrolled_with: TokenId,
     pub last_seen: UnixMs,
@@ -54,9 +60,12 @@ pub struct AgentRecord {
 
 impl AgentRecord {
     /// The labels selectors match against: the agent's own, overlaid with
-    /// the token's.
+    /// the token's, overlaid with an admin's.
     pub fn labels(&self) -> Labels {
-        self.facts.labels.overlaid_with(&self.token_labels)
+        self.facts
+            .labels
+            .overlaid_with(&self.token_labels)
+            .overlaid_with(&self.admin_labels)
     }
 }
 
@@ -128,6 +137,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn append_audit(&self, record: AuditRecord) -> Result<AuditRecord, StoreError>;
     /// The most recent `limit` records at or after `since`, oldest first.
     fn audit(&self, since: UnixMs, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+
+    fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError>;
+    fn put_campaign(&self, record: &CampaignRecord) -> Result<(), StoreError>;
+    fn delete_campaign(&self, name: &str) -> Result<(), StoreError>;
+
+    fn decoys(&self) -> Result<Vec<Decoy>, StoreError>;
+    fn put_decoy(&self, decoy: &Decoy) -> Result<(), StoreError>;
+    fn delete_decoy(&self, name: &str) -> Result<(), StoreError>;
+
+    /// The lure registry: every instance ever created, retired ones too.
+    fn lures(&self) -> Result<Vec<LureInstance>, StoreError>;
+    fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError>;
+    fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError>;
+
+    /// A new resource revision, greater than every one before (survives
+    /// restarts).
+    fn next_revision(&self) -> Result<u64, StoreError>;
 
     /// Makes every write made before this call durable. Blocks.
     fn flush(&self) -> Result<(), StoreError>;

@@ -12,11 +12,16 @@ use serde::de::DeserializeOwned;
 use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
+use crate::deploy::{CampaignRecord, LureInstance};
+use crate::resources::Decoy;
 
 const AGENTS: &str = "agents";
 const TOKENS: &str = "tokens";
 const ADMINS: &str = "admins";
 const AUDIT: &str = "audit";
+const CAMPAIGNS: &str = "campaigns";
+const DECOYS: &str = "decoys";
+const LURES: &str = "lures";
 
 /// The sled-backed [`Store`].
 #[derive(Debug)]
@@ -26,6 +31,9 @@ pub struct SledStore {
     tokens: sled::Tree,
     admins: sled::Tree,
     audit: sled::Tree,
+    campaigns: sled::Tree,
+    decoys: sled::Tree,
+    lures: sled::Tree,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -48,6 +56,9 @@ impl SledStore {
             tokens: db.open_tree(TOKENS).map_err(engine)?,
             admins: db.open_tree(ADMINS).map_err(engine)?,
             audit: db.open_tree(AUDIT).map_err(engine)?,
+            campaigns: db.open_tree(CAMPAIGNS).map_err(engine)?,
+            decoys: db.open_tree(DECOYS).map_err(engine)?,
+            lures: db.open_tree(LURES).map_err(engine)?,
             db,
         })
     }
@@ -162,6 +173,49 @@ impl Store for SledStore {
         }
         out.reverse();
         Ok(out)
+    }
+
+    fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
+        Self::all(&self.campaigns, CAMPAIGNS)
+    }
+
+    fn put_campaign(&self, record: &CampaignRecord) -> Result<(), StoreError> {
+        Self::put(&self.campaigns, &record.target.spec.name, record)
+    }
+
+    fn delete_campaign(&self, name: &str) -> Result<(), StoreError> {
+        self.campaigns.remove(name.as_bytes()).map_err(engine)?;
+        Ok(())
+    }
+
+    fn decoys(&self) -> Result<Vec<Decoy>, StoreError> {
+        Self::all(&self.decoys, DECOYS)
+    }
+
+    fn put_decoy(&self, decoy: &Decoy) -> Result<(), StoreError> {
+        Self::put(&self.decoys, &decoy.name, decoy)
+    }
+
+    fn delete_decoy(&self, name: &str) -> Result<(), StoreError> {
+        self.decoys.remove(name.as_bytes()).map_err(engine)?;
+        Ok(())
+    }
+
+    fn lures(&self) -> Result<Vec<LureInstance>, StoreError> {
+        Self::all(&self.lures, LURES)
+    }
+
+    fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError> {
+        Self::get(&self.lures, LURES, id)
+    }
+
+    fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError> {
+        Self::put(&self.lures, &lure.id, lure)
+    }
+
+    fn next_revision(&self) -> Result<u64, StoreError> {
+        // generate_id is monotonic across restarts; +1 keeps revisions > 0.
+        Ok(self.db.generate_id().map_err(engine)? + 1)
     }
 
     fn flush(&self) -> Result<(), StoreError> {

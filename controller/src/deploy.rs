@@ -1,0 +1,1524 @@
+//! Which lures go where, and getting them there.
+//!
+//! - The **registry** holds every lure instance ever created: its agent,
+//!   campaign, slot and material. Instances are retired, never deleted, so
+//!   a credential used long after rotation is still attributed.
+//! - Each campaign has a **target generation** (its latest spec and
+//!   rotation epoch) and, once a rollout has completed, a **stable** one.
+//!   Matching agents are ordered by a stable hash; those inside the
+//!   released waves get the target generation, the others keep the stable
+//!   one.
+//! - Each agent has a **desired** set (lure id → revision). A session
+//!   pushes the difference between desired and what the agent reported as
+//!   applied (its `Hello`, then its acks): at most one update in flight,
+//!   changes coalesced meanwhile.
+//!
+//! Invariants:
+//! - **An instance is durable in the registry before it is pushed.**
+//! - **Revisions change only when the rendered lure would change** (slot,
+//!   decoy or material), so restarts cause no re-push.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
+
+use ruse_proto::agent::v1 as pb;
+use ruse_proto::convert::AgentState;
+use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
+
+use crate::fleet::{AgentView, Fleet};
+use crate::lures::{self, Material, RenderInput, Template};
+use crate::resources::{Campaign, Decoy, Document, LureSlot, ManifestError, Parsed};
+use crate::store::{Committer, Store, StoreError};
+
+/// A lure instance: one slot of one campaign on one agent, for one
+/// rotation epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LureInstance {
+    pub id: String,
+    pub agent: AgentId,
+    pub campaign: String,
+    pub slot: String,
+    pub template: Template,
+    pub epoch: u32,
+    pub material: Material,
+    pub created: UnixMs,
+    pub retired: Option<UnixMs>,
+}
+
+/// The revision of one slot in a generation, and what it was computed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVersion {
+    pub revision: u64,
+    /// SHA-256 of the slot and its decoy: equal fingerprints render equally.
+    pub fingerprint: String,
+}
+
+/// A campaign's spec at one point, with its rotation epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub number: u64,
+    pub spec: Campaign,
+    pub epoch: u32,
+    pub slots: BTreeMap<String, SlotVersion>,
+}
+
+/// Where a campaign's rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum RolloutState {
+    Progressing,
+    Paused { reason: String, by_failure: bool },
+    Completed,
+    Aborted { by: String },
+}
+
+impl RolloutState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RolloutState::Progressing => "progressing",
+            RolloutState::Paused { .. } => "paused",
+            RolloutState::Completed => "completed",
+            RolloutState::Aborted { .. } => "aborted",
+        }
+    }
+}
+
+/// A campaign as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    pub target: Generation,
+    /// The generation of the last completed rollout, kept by agents outside
+    /// the released waves.
+    pub stable: Option<Generation>,
+    pub rollout: RolloutState,
+    /// Index of the last released wave.
+    pub wave: usize,
+    pub created: UnixMs,
+    pub updated: UnixMs,
+    pub last_rotated: UnixMs,
+}
+
+impl CampaignRecord {
+    /// How many of `n` matching agents have been released the target.
+    fn released(&self, n: usize) -> usize {
+        match self.rollout {
+            RolloutState::Completed => n,
+            _ => wave_size(&self.target.spec.waves, self.wave, n),
+        }
+    }
+}
+
+/// Agents covered by waves `0..=wave` out of `n`.
+fn wave_size(waves: &[u8], wave: usize, n: usize) -> usize {
+    let pct = waves.get(wave).copied().unwrap_or(100);
+    (n * usize::from(pct)).div_ceil(100)
+}
+
+/// The order in which a campaign reaches agents: by a hash of campaign and
+/// agent, so waves are a stable, spread-out sample of the fleet.
+pub fn rollout_order<'a>(
+    campaign: &str,
+    agents: impl IntoIterator<Item = &'a AgentId>,
+) -> Vec<&'a AgentId> {
+    let mut keyed: Vec<(Vec<u8>, &AgentId)> = agents
+        .into_iter()
+        .map(|a| {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(campaign.as_bytes());
+            ctx.update(b"/");
+            ctx.update(a.as_str().as_bytes());
+            (ctx.finish().as_ref().to_vec(), a)
+        })
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, a)| a).collect()
+}
+
+/// One lure an agent should have.
+#[derive(Debug, Clone)]
+struct Desired {
+    revision: u64,
+    campaign: String,
+    slot: Arc<LureSlot>,
+    decoy: Option<Arc<Decoy>>,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    nonce: u64,
+    sent: Vec<(String, u64)>,
+    removed: Vec<String>,
+}
+
+/// A removal that failed is recorded with this revision.
+const REMOVAL: u64 = 0;
+
+#[derive(Debug, Default)]
+struct AgentLures {
+    desired: BTreeMap<String, Desired>,
+    /// What the agent reported applied, by id.
+    applied: HashMap<String, u64>,
+    /// Refused by the agent at this revision, with its error.
+    failed: HashMap<String, (u64, String)>,
+    inflight: Option<Inflight>,
+    /// Set while a session is open.
+    notify: Option<Arc<Notify>>,
+    greeted: bool,
+    updates_sent: u64,
+}
+
+impl AgentLures {
+    /// Whether every lure of `campaign` is applied (true), failed
+    /// (false), or neither yet (None).
+    fn campaign_result(&self, campaign: &str) -> Option<bool> {
+        let mut all_applied = true;
+        for (id, d) in self.desired.iter().filter(|(_, d)| d.campaign == campaign) {
+            if self
+                .failed
+                .get(id)
+                .is_some_and(|(rev, _)| *rev == d.revision)
+            {
+                return Some(false);
+            }
+            if self.applied.get(id) != Some(&d.revision) {
+                all_applied = false;
+            }
+        }
+        all_applied.then_some(true)
+    }
+
+    fn first_error(&self, campaign: &str) -> Option<String> {
+        self.desired
+            .iter()
+            .filter(|(_, d)| d.campaign == campaign)
+            .find_map(|(id, d)| {
+                self.failed
+                    .get(id)
+                    .filter(|(rev, _)| *rev == d.revision)
+                    .map(|(_, e)| e.clone())
+            })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// Active (not retired) instances.
+    active: HashMap<String, Arc<LureInstance>>,
+    by_key: HashMap<(AgentId, String, String, u32), String>,
+}
+
+impl Registry {
+    fn insert(&mut self, lure: Arc<LureInstance>) {
+        self.by_key.insert(
+            (
+                lure.agent.clone(),
+                lure.campaign.clone(),
+                lure.slot.clone(),
+                lure.epoch,
+            ),
+            lure.id.clone(),
+        );
+        self.active.insert(lure.id.clone(), lure);
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<LureInstance>> {
+        let lure = self.active.remove(id)?;
+        let key = (
+            lure.agent.clone(),
+            lure.campaign.clone(),
+            lure.slot.clone(),
+            lure.epoch,
+        );
+        // The key may already name a replacement (another template).
+        if self.by_key.get(&key).is_some_and(|current| current == id) {
+            self.by_key.remove(&key);
+        }
+        Some(lure)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    campaigns: BTreeMap<String, CampaignRecord>,
+    decoys: BTreeMap<String, Arc<Decoy>>,
+    registry: Registry,
+    agents: HashMap<AgentId, AgentLures>,
+    /// Created but not yet durable: never pushed.
+    undurable: HashSet<String>,
+    next_nonce: u64,
+}
+
+/// What an apply did to one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyResult {
+    pub kind: &'static str,
+    pub name: String,
+    /// created, configured or unchanged.
+    pub action: &'static str,
+}
+
+/// Why an admin operation on resources failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Operator actions on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// One wave, for `rusectl rollout status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaveStatus {
+    pub percent: u8,
+    pub agents: usize,
+    pub acked: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub offline: usize,
+    pub released: bool,
+    pub errors: Vec<String>,
+}
+
+/// A campaign and its rollout, for the admin API.
+#[derive(Debug, Clone)]
+pub struct CampaignStatus {
+    pub record: CampaignRecord,
+    pub matching: usize,
+    pub waves: Vec<WaveStatus>,
+}
+
+/// A registry entry and how it stands on its agent.
+#[derive(Debug, Clone)]
+pub struct LureView {
+    pub lure: LureInstance,
+    pub revision: u64,
+    /// applied, pending, failed or retired.
+    pub state: &'static str,
+    pub error: String,
+}
+
+/// The deployer: registry, desired sets, rollouts, and the push protocol.
+#[derive(Debug)]
+pub struct Deployer {
+    state: Mutex<State>,
+    store: Arc<dyn Store>,
+    committer: Committer,
+    fleet: Arc<Fleet>,
+    /// Serialises admin changes (apply, delete, rotate, rollout actions).
+    admin: AsyncMutex<()>,
+    wake: Notify,
+    recompute_needed: AtomicBool,
+    evaluate_needed: AtomicBool,
+    /// Set after the first recomputation. Until then desired sets are
+    /// empty, and pushing would tell every agent to remove its lures.
+    ready: AtomicBool,
+    /// Rendered bytes per update, at most.
+    max_update_bytes: usize,
+}
+
+/// Resources sent in one update, at most.
+const MAX_RESOURCES_PER_UPDATE: usize = 256;
+
+fn slot_fingerprint(slot: &LureSlot, decoy: Option<&Decoy>) -> String {
+    let bytes = serde_json::to_vec(&(slot, decoy)).unwrap_or_default();
+    hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
+}
+
+impl Deployer {
+    /// Loads campaigns, decoys and active registry entries from the store.
+    pub fn load(
+        store: Arc<dyn Store>,
+        committer: Committer,
+        fleet: Arc<Fleet>,
+        max_message_bytes: usize,
+    ) -> Result<Self, StoreError> {
+        let mut state = State::default();
+        for record in store.campaigns()? {
+            state
+                .campaigns
+                .insert(record.target.spec.name.clone(), record);
+        }
+        for decoy in store.decoys()? {
+            state.decoys.insert(decoy.name.clone(), Arc::new(decoy));
+        }
+        for lure in store.lures()? {
+            if lure.retired.is_none() {
+                state.registry.insert(Arc::new(lure));
+            }
+        }
+        let deployer = Deployer {
+            state: Mutex::new(state),
+            store,
+            committer,
+            fleet,
+            admin: AsyncMutex::new(()),
+            wake: Notify::new(),
+            recompute_needed: AtomicBool::new(true),
+            evaluate_needed: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
+            max_update_bytes: max_message_bytes / 2,
+        };
+        Ok(deployer)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the worker to recompute desired sets (catalog, labels, fleet
+    /// changed).
+    pub fn request_recompute(&self) {
+        self.recompute_needed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn request_evaluate(&self) {
+        self.evaluate_needed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    // ----- admin operations -----
+
+    /// Applies checked documents atomically: every change is durable before
+    /// this returns, or nothing changed.
+    pub async fn apply(
+        &self,
+        docs: &[Parsed],
+        dry_run: bool,
+    ) -> Result<Vec<ApplyResult>, DeployError> {
+        let _admin = self.admin.lock().await;
+        let now = UnixMs::now();
+        let (decoys, campaigns) = {
+            let st = self.lock();
+            (st.decoys.clone(), st.campaigns.clone())
+        };
+        // Decoys after this apply, to check references and fingerprints.
+        let mut new_decoys: BTreeMap<String, Arc<Decoy>> = decoys.clone();
+        for p in docs {
+            if let Document::Decoy(d) = &p.doc {
+                new_decoys.insert(d.name.clone(), Arc::new(d.clone()));
+            }
+        }
+        let mut results = Vec::new();
+        let mut decoy_writes = Vec::new();
+        let mut changed_decoys = HashSet::new();
+        let mut seen = HashSet::new();
+        for p in docs {
+            if !seen.insert((p.doc.kind(), p.doc.name().to_owned())) {
+                return Err(p
+                    .error(
+                        "name",
+                        format!(
+                            "{} {} appears twice in this apply",
+                            p.doc.kind(),
+                            p.doc.name()
+                        ),
+                    )
+                    .into());
+            }
+            match &p.doc {
+                Document::Decoy(d) => {
+                    let action = match decoys.get(&d.name) {
+                        None => "created",
+                        Some(old) if **old == *d => "unchanged",
+                        Some(_) => "configured",
+                    };
+                    if action != "unchanged" {
+                        changed_decoys.insert(d.name.clone());
+                        decoy_writes.push(d.clone());
+                    }
+                    results.push(ApplyResult {
+                        kind: "Decoy",
+                        name: d.name.clone(),
+                        action,
+                    });
+                }
+                Document::Campaign(c) => {
+                    for (i, slot) in c.lures.iter().enumerate() {
+                        if let Some(name) = &slot.decoy {
+                            let Some(decoy) = new_decoys.get(name) else {
+                                return Err(p
+                                    .error(format!("lures[{i}].decoy"), format!("no decoy named {name:?}; apply it first or in the same file"))
+                                    .into());
+                            };
+                            if slot.template == Template::HostsEntry
+                                && decoy.address.parse::<std::net::IpAddr>().is_err()
+                            {
+                                return Err(p
+                                    .error(format!("lures[{i}].decoy"), format!("hosts-entry needs decoy {name} to have an IP address, not {:?}", decoy.address))
+                                    .into());
+                            }
+                        }
+                    }
+                    let action = match campaigns.get(&c.name) {
+                        None => "created",
+                        Some(old) if old.target.spec == *c => "unchanged",
+                        Some(_) => "configured",
+                    };
+                    results.push(ApplyResult {
+                        kind: "Campaign",
+                        name: c.name.clone(),
+                        action,
+                    });
+                }
+            }
+        }
+        if dry_run {
+            return Ok(results);
+        }
+        // New generations: changed campaigns, and campaigns whose decoys changed.
+        let mut campaign_writes: Vec<CampaignRecord> = Vec::new();
+        let applied: HashMap<&str, &Campaign> = docs
+            .iter()
+            .filter_map(|p| match &p.doc {
+                Document::Campaign(c) => Some((c.name.as_str(), c)),
+                Document::Decoy(_) => None,
+            })
+            .collect();
+        let mut names: Vec<&str> = campaigns
+            .keys()
+            .map(String::as_str)
+            .chain(applied.keys().copied())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let old = campaigns.get(name);
+            let spec = match (applied.get(name), old) {
+                (Some(spec), _) => (*spec).clone(),
+                (None, Some(old)) => old.target.spec.clone(),
+                (None, None) => continue,
+            };
+            let touches_changed_decoy = spec
+                .lures
+                .iter()
+                .any(|s| s.decoy.as_ref().is_some_and(|d| changed_decoys.contains(d)));
+            let spec_changed = old.is_none_or(|o| o.target.spec != spec);
+            if !spec_changed && !touches_changed_decoy {
+                continue;
+            }
+            let epoch = old.map_or(0, |o| o.target.epoch);
+            let generation = self.generation(spec, epoch, old.map(|o| &o.target), &new_decoys)?;
+            campaign_writes.push(next_record(old, generation, now));
+        }
+        for d in &decoy_writes {
+            self.store.put_decoy(d)?;
+        }
+        for r in &campaign_writes {
+            self.store.put_campaign(r)?;
+        }
+        self.committer.durable().await?;
+        {
+            let mut st = self.lock();
+            for d in decoy_writes {
+                st.decoys.insert(d.name.clone(), Arc::new(d));
+            }
+            for r in campaign_writes {
+                st.campaigns.insert(r.target.spec.name.clone(), r);
+            }
+        }
+        self.request_recompute();
+        Ok(results)
+    }
+
+    /// A generation of `spec`: slots keep their revision where slot and
+    /// decoy are unchanged since `previous`.
+    fn generation(
+        &self,
+        spec: Campaign,
+        epoch: u32,
+        previous: Option<&Generation>,
+        decoys: &BTreeMap<String, Arc<Decoy>>,
+    ) -> Result<Generation, StoreError> {
+        let number = self.store.next_revision()?;
+        let mut slots = BTreeMap::new();
+        for slot in &spec.lures {
+            let decoy = slot
+                .decoy
+                .as_ref()
+                .and_then(|d| decoys.get(d))
+                .map(|d| &**d);
+            let fingerprint = slot_fingerprint(slot, decoy);
+            let kept = previous
+                .filter(|p| p.epoch == epoch)
+                .and_then(|p| p.slots.get(&slot.key))
+                .filter(|v| v.fingerprint == fingerprint)
+                .map(|v| v.revision);
+            let revision = match kept {
+                Some(r) => r,
+                None => self.store.next_revision()?,
+            };
+            slots.insert(
+                slot.key.clone(),
+                SlotVersion {
+                    revision,
+                    fingerprint,
+                },
+            );
+        }
+        Ok(Generation {
+            number,
+            spec,
+            epoch,
+            slots,
+        })
+    }
+
+    /// Deletes a campaign; its lures are removed from agents, and stay in
+    /// the registry as retired.
+    pub async fn delete_campaign(&self, name: &str) -> Result<(), DeployError> {
+        let _admin = self.admin.lock().await;
+        if !self.lock().campaigns.contains_key(name) {
+            return Err(DeployError::NotFound(format!("campaign {name}")));
+        }
+        self.store.delete_campaign(name)?;
+        self.committer.durable().await?;
+        self.lock().campaigns.remove(name);
+        self.request_recompute();
+        Ok(())
+    }
+
+    /// Deletes a decoy no campaign points at.
+    pub async fn delete_decoy(&self, name: &str) -> Result<(), DeployError> {
+        let _admin = self.admin.lock().await;
+        {
+            let st = self.lock();
+            if !st.decoys.contains_key(name) {
+                return Err(DeployError::NotFound(format!("decoy {name}")));
+            }
+            if let Some(c) = st.campaigns.values().find(|c| {
+                c.target
+                    .spec
+                    .lures
+                    .iter()
+                    .any(|l| l.decoy.as_deref() == Some(name))
+                    || c.stable.as_ref().is_some_and(|s| {
+                        s.spec
+                            .lures
+                            .iter()
+                            .any(|l| l.decoy.as_deref() == Some(name))
+                    })
+            }) {
+                return Err(DeployError::Conflict(format!(
+                    "decoy {name} is used by campaign {}; change or delete the campaign first",
+                    c.target.spec.name
+                )));
+            }
+        }
+        self.store.delete_decoy(name)?;
+        self.committer.durable().await?;
+        self.lock().decoys.remove(name);
+        Ok(())
+    }
+
+    /// New material for every lure of the campaign, rolled out in waves.
+    pub async fn rotate(&self, name: &str) -> Result<(), DeployError> {
+        let _admin = self.admin.lock().await;
+        let (old, decoys) = {
+            let st = self.lock();
+            (st.campaigns.get(name).cloned(), st.decoys.clone())
+        };
+        let old = old.ok_or_else(|| DeployError::NotFound(format!("campaign {name}")))?;
+        let generation =
+            self.generation(old.target.spec.clone(), old.target.epoch + 1, None, &decoys)?;
+        let mut record = next_record(Some(&old), generation, UnixMs::now());
+        record.last_rotated = UnixMs::now();
+        self.store.put_campaign(&record)?;
+        self.committer.durable().await?;
+        self.lock().campaigns.insert(name.to_owned(), record);
+        self.request_recompute();
+        Ok(())
+    }
+
+    /// Pauses, resumes or aborts a campaign's rollout.
+    pub async fn rollout_action(
+        &self,
+        name: &str,
+        action: RolloutAction,
+        by: &str,
+    ) -> Result<(), DeployError> {
+        let _admin = self.admin.lock().await;
+        let mut record = self
+            .lock()
+            .campaigns
+            .get(name)
+            .cloned()
+            .ok_or_else(|| DeployError::NotFound(format!("campaign {name}")))?;
+        let conflict = |what: &str| {
+            Err(DeployError::Conflict(format!(
+                "campaign {name}'s rollout is {what}"
+            )))
+        };
+        let mut clear_failures = false;
+        match (action, &record.rollout) {
+            (_, RolloutState::Completed) => return conflict("already completed"),
+            (_, RolloutState::Aborted { .. }) => {
+                return conflict("aborted; apply or rotate to start a new one");
+            }
+            (RolloutAction::Pause, RolloutState::Paused { .. }) => {
+                return conflict("already paused");
+            }
+            (RolloutAction::Resume, RolloutState::Progressing) => return conflict("not paused"),
+            (RolloutAction::Pause, RolloutState::Progressing) => {
+                record.rollout = RolloutState::Paused {
+                    reason: format!("paused by {by}"),
+                    by_failure: false,
+                };
+            }
+            (RolloutAction::Resume, RolloutState::Paused { by_failure, .. }) => {
+                // After a failure pause, resuming accepts that wave's
+                // failures and releases the next one; failed lures are
+                // retried.
+                if *by_failure {
+                    record.wave = (record.wave + 1).min(record.target.spec.waves.len() - 1);
+                    clear_failures = true;
+                }
+                record.rollout = RolloutState::Progressing;
+            }
+            (RolloutAction::Abort, _) => {
+                record.rollout = RolloutState::Aborted { by: by.to_owned() };
+            }
+        }
+        record.updated = UnixMs::now();
+        self.store.put_campaign(&record)?;
+        self.committer.durable().await?;
+        {
+            let mut st = self.lock();
+            st.campaigns.insert(name.to_owned(), record);
+            if clear_failures {
+                for agent in st.agents.values_mut() {
+                    let ids: Vec<String> = agent
+                        .desired
+                        .iter()
+                        .filter(|(_, d)| d.campaign == name)
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    for id in ids {
+                        agent.failed.remove(&id);
+                    }
+                    if let Some(n) = &agent.notify {
+                        n.notify_one();
+                    }
+                }
+            }
+        }
+        self.request_recompute();
+        self.request_evaluate();
+        Ok(())
+    }
+
+    // ----- views -----
+
+    pub fn decoys(&self) -> Vec<Decoy> {
+        self.lock().decoys.values().map(|d| (**d).clone()).collect()
+    }
+
+    pub fn campaign_names(&self) -> Vec<String> {
+        self.lock().campaigns.keys().cloned().collect()
+    }
+
+    /// A campaign with per-wave progress.
+    pub fn campaign(&self, name: &str) -> Option<CampaignStatus> {
+        let agents = self.fleet.list(&Default::default());
+        let st = self.lock();
+        let record = st.campaigns.get(name)?.clone();
+        let matching: Vec<&AgentView> = agents
+            .iter()
+            .filter(|a| {
+                a.state != AgentState::Revoked
+                    && a.record.labels().matches(&record.target.spec.selector)
+            })
+            .collect();
+        let ids: Vec<&AgentId> = matching.iter().map(|a| &a.record.id).collect();
+        let order = rollout_order(name, ids);
+        let n = order.len();
+        let released = record.released(n);
+        let mut waves = Vec::new();
+        let mut lo = 0;
+        for (i, &pct) in record.target.spec.waves.iter().enumerate() {
+            let hi = wave_size(&record.target.spec.waves, i, n).max(lo);
+            let wave_released =
+                hi <= released && (record.rollout == RolloutState::Completed || i <= record.wave);
+            let mut w = WaveStatus {
+                percent: pct,
+                agents: hi - lo,
+                acked: 0,
+                failed: 0,
+                pending: 0,
+                offline: 0,
+                released: wave_released,
+                errors: Vec::new(),
+            };
+            for id in &order[lo..hi] {
+                let lures = st.agents.get(*id);
+                let online = lures.is_some_and(|l| l.notify.is_some());
+                match lures.and_then(|l| l.campaign_result(name)) {
+                    Some(true) if wave_released => w.acked += 1,
+                    Some(false) if wave_released => {
+                        w.failed += 1;
+                        if w.errors.len() < 3
+                            && let Some(e) = lures.and_then(|l| l.first_error(name))
+                        {
+                            w.errors.push(format!("{id}: {e}"));
+                        }
+                    }
+                    _ if !online => w.offline += 1,
+                    _ => w.pending += 1,
+                }
+            }
+            waves.push(w);
+            lo = hi;
+        }
+        Some(CampaignStatus {
+            record,
+            matching: n,
+            waves,
+        })
+    }
+
+    /// Registry entries, newest first, filtered.
+    pub fn lures(
+        &self,
+        agent: Option<&AgentId>,
+        campaign: Option<&str>,
+        include_retired: bool,
+    ) -> Result<Vec<LureView>, StoreError> {
+        let all = if include_retired {
+            self.store
+                .lures()?
+                .into_iter()
+                .map(Arc::new)
+                .collect::<Vec<_>>()
+        } else {
+            self.lock().registry.active.values().cloned().collect()
+        };
+        let st = self.lock();
+        let mut out: Vec<LureView> = all
+            .into_iter()
+            .filter(|l| {
+                agent.is_none_or(|a| &l.agent == a) && campaign.is_none_or(|c| l.campaign == c)
+            })
+            .map(|l| {
+                let agent = st.agents.get(&l.agent);
+                let desired = agent.and_then(|a| a.desired.get(&l.id));
+                let revision = desired.map_or(0, |d| d.revision);
+                let (state, error) = match (l.retired, desired, agent) {
+                    (Some(_), _, _) | (None, None, _) => ("retired", String::new()),
+                    (None, Some(d), Some(a)) => match (a.applied.get(&l.id), a.failed.get(&l.id)) {
+                        (Some(r), _) if *r == d.revision => ("applied", String::new()),
+                        (_, Some((r, e))) if *r == d.revision => ("failed", e.clone()),
+                        _ => ("pending", String::new()),
+                    },
+                    (None, Some(_), None) => ("pending", String::new()),
+                };
+                LureView {
+                    lure: (*l).clone(),
+                    revision,
+                    state,
+                    error,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.lure
+                .created
+                .cmp(&a.lure.created)
+                .then_with(|| a.lure.id.cmp(&b.lure.id))
+        });
+        Ok(out)
+    }
+
+    /// Updates pushed to an agent so far (for tests and diagnostics).
+    pub fn updates_sent(&self, agent: &AgentId) -> u64 {
+        self.lock().agents.get(agent).map_or(0, |a| a.updates_sent)
+    }
+
+    // ----- sessions -----
+
+    /// A session opened; `notify` wakes it when there is something to push.
+    pub fn session_started(&self, agent: &AgentId, notify: Arc<Notify>) {
+        let mut st = self.lock();
+        let a = st.agents.entry(agent.clone()).or_default();
+        a.notify = Some(notify);
+        a.inflight = None;
+        a.greeted = false;
+    }
+
+    /// The agent's Hello: what it has applied.
+    pub fn hello(&self, agent: &AgentId, applied: HashMap<String, u64>) {
+        let mut st = self.lock();
+        let a = st.agents.entry(agent.clone()).or_default();
+        a.applied = applied;
+        a.inflight = None;
+        a.greeted = true;
+        if let Some(n) = &a.notify {
+            n.notify_one();
+        }
+        drop(st);
+        self.request_evaluate();
+    }
+
+    pub fn session_ended(&self, agent: &AgentId) {
+        let mut st = self.lock();
+        if let Some(a) = st.agents.get_mut(agent) {
+            a.notify = None;
+            a.inflight = None;
+            a.greeted = false;
+        }
+    }
+
+    /// The next update for `agent`, if it has none in flight and something
+    /// differs. Renders outside the lock.
+    pub fn next_update(&self, agent: &AgentId) -> Option<pb::Update> {
+        if !self.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let (nonce, candidates, removed) = {
+            let mut st = self.lock();
+            st.next_nonce += 1;
+            let nonce = st.next_nonce;
+            let State {
+                agents,
+                registry,
+                undurable,
+                ..
+            } = &mut *st;
+            let a = agents.get_mut(agent)?;
+            if a.inflight.is_some() || !a.greeted {
+                return None;
+            }
+            let mut candidates = Vec::new();
+            for (id, d) in &a.desired {
+                if candidates.len() >= MAX_RESOURCES_PER_UPDATE {
+                    break;
+                }
+                if a.applied.get(id) == Some(&d.revision)
+                    || a.failed.get(id).is_some_and(|(r, _)| *r == d.revision)
+                    || undurable.contains(id)
+                {
+                    continue;
+                }
+                if let Some(lure) = registry.active.get(id) {
+                    candidates.push((lure.clone(), d.clone()));
+                }
+            }
+            let removed: Vec<String> = a
+                .applied
+                .keys()
+                .filter(|id| {
+                    !a.desired.contains_key(*id)
+                        && a.failed.get(*id).is_none_or(|(r, _)| *r != REMOVAL)
+                })
+                .cloned()
+                .collect();
+            if candidates.is_empty() && removed.is_empty() {
+                return None;
+            }
+            a.inflight = Some(Inflight {
+                nonce,
+                sent: Vec::new(),
+                removed: removed.clone(),
+            });
+            (nonce, candidates, removed)
+        };
+        let mut resources = Vec::new();
+        let mut sent = Vec::new();
+        let mut render_failures = Vec::new();
+        let mut bytes = 0;
+        for (lure, desired) in candidates {
+            let input = RenderInput {
+                slot: &desired.slot,
+                material: &lure.material,
+                decoy: desired.decoy.as_deref(),
+                created: lure.created,
+            };
+            match lures::render(input) {
+                Ok(spec) => {
+                    let body = spec.encode_to_vec();
+                    if bytes + body.len() > self.max_update_bytes && !resources.is_empty() {
+                        break;
+                    }
+                    bytes += body.len();
+                    sent.push((lure.id.clone(), desired.revision));
+                    resources.push(pb::Resource {
+                        id: lure.id.clone(),
+                        revision: desired.revision,
+                        kind: "lure".into(),
+                        body,
+                    });
+                }
+                Err(e) => render_failures.push((lure.id.clone(), desired.revision, e.to_string())),
+            }
+        }
+        let mut st = self.lock();
+        let a = st.agents.get_mut(agent)?;
+        for (id, rev, error) in render_failures {
+            tracing::warn!(agent = %agent, lure = %id, error = %error, "lure could not be rendered");
+            a.failed.insert(
+                id,
+                (
+                    rev,
+                    format!("controller could not render the lure: {error}"),
+                ),
+            );
+        }
+        match a.inflight.as_mut() {
+            Some(inflight) if inflight.nonce == nonce => {
+                if resources.is_empty() && removed.is_empty() {
+                    a.inflight = None;
+                    return None;
+                }
+                inflight.sent = sent;
+                a.updates_sent += 1;
+            }
+            // The session restarted meanwhile.
+            _ => return None,
+        }
+        Some(pb::Update {
+            nonce,
+            resources,
+            removed,
+        })
+    }
+
+    /// The agent applied the update with `nonce`.
+    pub fn acked(&self, agent: &AgentId, nonce: u64) {
+        self.settle(agent, nonce, Vec::new());
+    }
+
+    /// The agent could not apply some resources of the update.
+    pub fn nacked(&self, agent: &AgentId, nonce: u64, errors: Vec<pb::ResourceError>) {
+        self.settle(agent, nonce, errors);
+    }
+
+    fn settle(&self, agent: &AgentId, nonce: u64, errors: Vec<pb::ResourceError>) {
+        let mut st = self.lock();
+        let Some(a) = st.agents.get_mut(agent) else {
+            return;
+        };
+        let Some(inflight) = a.inflight.take_if(|i| i.nonce == nonce) else {
+            tracing::debug!(agent = %agent, nonce, "acknowledgement for an unknown update ignored");
+            return;
+        };
+        let errors: HashMap<String, String> = errors
+            .into_iter()
+            .map(|e| (e.id, e.error.chars().take(512).collect()))
+            .collect();
+        for (id, revision) in inflight.sent {
+            match errors.get(&id) {
+                None => {
+                    a.applied.insert(id.clone(), revision);
+                    a.failed.remove(&id);
+                }
+                Some(error) => {
+                    // A failed replacement leaves the old version removed.
+                    a.applied.remove(&id);
+                    a.failed.insert(id, (revision, error.clone()));
+                }
+            }
+        }
+        for id in inflight.removed {
+            match errors.get(&id) {
+                None => {
+                    a.applied.remove(&id);
+                    a.failed.remove(&id);
+                }
+                Some(error) => {
+                    a.failed.insert(id, (REMOVAL, error.clone()));
+                }
+            }
+        }
+        if let Some(n) = &a.notify {
+            n.notify_one();
+        }
+        drop(st);
+        self.request_evaluate();
+    }
+
+    // ----- the worker -----
+
+    /// Runs recomputation, rollout evaluation and scheduled rotation until
+    /// `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut last_rotation_check = tokio::time::Instant::now() - Duration::from_secs(3600);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {
+                    // Agents going offline change wave accounting.
+                    self.evaluate_needed.store(true, Ordering::Release);
+                }
+            }
+            // Let a burst of changes coalesce into one pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.recompute_needed.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.recompute().await
+            {
+                tracing::error!(error = %e, "recomputing desired lures failed; will retry");
+                self.recompute_needed.store(true, Ordering::Release);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if self.evaluate_needed.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.evaluate().await
+            {
+                tracing::error!(error = %e, "evaluating rollouts failed; will retry");
+                self.evaluate_needed.store(true, Ordering::Release);
+            }
+            if last_rotation_check.elapsed() >= Duration::from_secs(60) {
+                last_rotation_check = tokio::time::Instant::now();
+                self.rotate_due().await;
+            }
+        }
+    }
+
+    /// Computes every desired set once, before the controller serves.
+    pub async fn prepare(&self) -> Result<(), StoreError> {
+        self.recompute_needed.store(false, Ordering::Release);
+        self.recompute().await
+    }
+
+    /// Recomputes every agent's desired set; persists new and retired
+    /// instances before waking the sessions that have something to push.
+    async fn recompute(&self) -> Result<(), StoreError> {
+        let agents = self.fleet.list(&Default::default());
+        let now = UnixMs::now();
+        let (created, retired, wake) = {
+            let mut st = self.lock();
+            recompute(&mut st, &agents, now)?
+        };
+        for lure in created.iter().chain(retired.iter()) {
+            self.store.put_lure(lure)?;
+        }
+        if !created.is_empty() || !retired.is_empty() {
+            self.committer.durable().await?;
+            tracing::debug!(
+                created = created.len(),
+                retired = retired.len(),
+                "lure registry updated"
+            );
+        }
+        let mut st = self.lock();
+        for lure in &created {
+            st.undurable.remove(&lure.id);
+        }
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            // Sessions that said Hello before the first pass: wake them all.
+            for a in st.agents.values() {
+                if let Some(n) = &a.notify {
+                    n.notify_one();
+                }
+            }
+        }
+        for id in wake {
+            if let Some(n) = st.agents.get(&id).and_then(|a| a.notify.as_ref()) {
+                n.notify_one();
+            }
+        }
+        drop(st);
+        self.request_evaluate();
+        Ok(())
+    }
+
+    /// Advances, pauses or completes progressing rollouts.
+    async fn evaluate(&self) -> Result<(), StoreError> {
+        let names: Vec<String> = self
+            .lock()
+            .campaigns
+            .iter()
+            .filter(|(_, c)| c.rollout == RolloutState::Progressing)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Some(status) = self.campaign(&name) else {
+                continue;
+            };
+            let record = &status.record;
+            if record.rollout != RolloutState::Progressing {
+                continue;
+            }
+            let wave = &status.waves[record.wave];
+            let allowed = record.target.spec.max_failure_ratio;
+            let mut next = record.clone();
+            let verdict = verdict(wave, allowed);
+            if let Verdict::Pause { ratio } = verdict {
+                let responded = wave.acked + wave.failed;
+                next.rollout = RolloutState::Paused {
+                    reason: format!(
+                        "wave {} ({}%): {} of {} agents failed ({:.0}% > {:.0}% allowed){}",
+                        record.wave + 1,
+                        wave.percent,
+                        wave.failed,
+                        responded,
+                        ratio * 100.0,
+                        allowed * 100.0,
+                        wave.errors
+                            .first()
+                            .map(|e| format!("; first error: {e}"))
+                            .unwrap_or_default()
+                    ),
+                    by_failure: true,
+                };
+                tracing::warn!(campaign = %name, reason = ?next.rollout, "rollout paused");
+            } else if verdict == Verdict::Advance {
+                if record.wave + 1 < record.target.spec.waves.len() {
+                    next.wave += 1;
+                    tracing::info!(campaign = %name, wave = next.wave + 1, "rollout wave released");
+                } else {
+                    next.rollout = RolloutState::Completed;
+                    next.stable = Some(next.target.clone());
+                    tracing::info!(campaign = %name, generation = next.target.number, "rollout completed");
+                }
+            } else {
+                continue;
+            }
+            next.updated = UnixMs::now();
+            let _admin = self.admin.lock().await;
+            // An admin change may have replaced the record meanwhile.
+            if self.lock().campaigns.get(&name) != Some(record) {
+                continue;
+            }
+            self.store.put_campaign(&next)?;
+            self.committer.durable().await?;
+            self.lock().campaigns.insert(name, next);
+            self.request_recompute();
+        }
+        Ok(())
+    }
+
+    /// Rotates campaigns whose `rotate_every` has passed and whose rollout
+    /// is not under way.
+    async fn rotate_due(&self) {
+        let now = UnixMs::now();
+        let due: Vec<String> = self
+            .lock()
+            .campaigns
+            .iter()
+            .filter(|(_, c)| rotation_due(c, now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            tracing::info!(campaign = %name, "scheduled rotation");
+            if let Err(e) = self.rotate(&name).await {
+                tracing::error!(campaign = %name, error = %e, "scheduled rotation failed");
+            }
+        }
+    }
+}
+
+/// What a wave's progress means for its rollout.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Verdict {
+    /// Failures exceed the allowed ratio.
+    Pause { ratio: f64 },
+    /// Every online agent answered within the allowed ratio.
+    Advance,
+    /// Still waiting for answers.
+    Wait,
+}
+
+/// Pauses as soon as the outcome is certain (failures exceed the ratio
+/// even if every pending agent succeeds); otherwise judges once every
+/// online agent of the wave has answered. Offline agents do not block.
+fn verdict(wave: &WaveStatus, allowed: f64) -> Verdict {
+    let responded = wave.acked + wave.failed;
+    let ratio = if responded == 0 {
+        0.0
+    } else {
+        wave.failed as f64 / responded as f64
+    };
+    let expected = responded + wave.pending;
+    let certain = expected > 0 && wave.failed as f64 / expected as f64 > allowed;
+    let settled = wave.pending == 0;
+    if wave.failed > 0 && (certain || settled && ratio > allowed) {
+        Verdict::Pause { ratio }
+    } else if settled && (responded > 0 || wave.agents == 0) {
+        Verdict::Advance
+    } else {
+        Verdict::Wait
+    }
+}
+
+/// Whether a campaign's scheduled rotation is due at `now`.
+pub fn rotation_due(c: &CampaignRecord, now: UnixMs) -> bool {
+    let Some(every) = c.target.spec.rotate_every else {
+        return false;
+    };
+    matches!(c.rollout, RolloutState::Completed) && c.last_rotated.until(now) >= every
+}
+
+/// The record after a new target generation: the rollout starts over from
+/// the first wave; the stable generation is the last completed one.
+fn next_record(old: Option<&CampaignRecord>, target: Generation, now: UnixMs) -> CampaignRecord {
+    let stable = old.and_then(|o| match o.rollout {
+        RolloutState::Completed => Some(o.target.clone()),
+        _ => o.stable.clone(),
+    });
+    CampaignRecord {
+        target,
+        stable,
+        rollout: RolloutState::Progressing,
+        wave: 0,
+        created: old.map_or(now, |o| o.created),
+        updated: now,
+        last_rotated: old.map_or(now, |o| o.last_rotated),
+    }
+}
+
+type Recomputed = (Vec<LureInstance>, Vec<LureInstance>, Vec<AgentId>);
+
+/// Computes desired sets from campaigns and agents. Returns instances
+/// created, instances retired, and agents whose desired set changed.
+fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomputed, StoreError> {
+    let live: Vec<&AgentView> = agents
+        .iter()
+        .filter(|a| a.state != AgentState::Revoked)
+        .collect();
+    let mut desired: HashMap<AgentId, BTreeMap<String, Desired>> = live
+        .iter()
+        .map(|a| (a.record.id.clone(), BTreeMap::new()))
+        .collect();
+    let mut created = Vec::new();
+    let State {
+        campaigns,
+        decoys,
+        registry,
+        agents: agent_lures,
+        undurable,
+        ..
+    } = st;
+    for (name, record) in campaigns.iter() {
+        let matching: Vec<&AgentId> = live
+            .iter()
+            .filter(|a| a.record.labels().matches(&record.target.spec.selector))
+            .map(|a| &a.record.id)
+            .collect();
+        let order = rollout_order(name, matching);
+        let released: HashSet<&AgentId> = order[..record.released(order.len())]
+            .iter()
+            .copied()
+            .collect();
+        for agent in &live {
+            let id = &agent.record.id;
+            let generation = if released.contains(id) {
+                Some(&record.target)
+            } else {
+                record
+                    .stable
+                    .as_ref()
+                    .filter(|s| agent.record.labels().matches(&s.spec.selector))
+            };
+            let Some(generation) = generation else {
+                continue;
+            };
+            for slot in &generation.spec.lures {
+                let key = (id.clone(), name.clone(), slot.key.clone(), generation.epoch);
+                let existing = registry
+                    .by_key
+                    .get(&key)
+                    .and_then(|lid| registry.active.get(lid))
+                    .filter(|l| l.template == slot.template)
+                    .cloned();
+                let lure = match existing {
+                    Some(l) => l,
+                    None => {
+                        let material = Material::generate(slot.template)
+                            .map_err(|e| StoreError::Engine(e.to_string().into()))?;
+                        let lure = Arc::new(LureInstance {
+                            id: new_ulid(),
+                            agent: id.clone(),
+                            campaign: name.clone(),
+                            slot: slot.key.clone(),
+                            template: slot.template,
+                            epoch: generation.epoch,
+                            material,
+                            created: now,
+                            retired: None,
+                        });
+                        // An instance of another template under this key is
+                        // no longer wanted and is retired below.
+                        registry.insert(lure.clone());
+                        undurable.insert(lure.id.clone());
+                        created.push((*lure).clone());
+                        lure
+                    }
+                };
+                let revision = generation.slots.get(&slot.key).map_or(0, |v| v.revision);
+                let decoy = slot.decoy.as_ref().and_then(|d| decoys.get(d)).cloned();
+                if let Some(set) = desired.get_mut(id) {
+                    set.insert(
+                        lure.id.clone(),
+                        Desired {
+                            revision,
+                            campaign: name.clone(),
+                            slot: Arc::new(slot.clone()),
+                            decoy,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    // Instances nobody wants any more are retired (kept in the registry).
+    let wanted: HashSet<&String> = desired.values().flat_map(|d| d.keys()).collect();
+    let unwanted: Vec<String> = registry
+        .active
+        .keys()
+        .filter(|id| !wanted.contains(id))
+        .cloned()
+        .collect();
+    let mut retired = Vec::new();
+    for id in unwanted {
+        if let Some(lure) = registry.remove(&id) {
+            let mut lure = (*lure).clone();
+            lure.retired = Some(now);
+            retired.push(lure);
+        }
+    }
+    let mut wake = Vec::new();
+    for (id, set) in desired {
+        let entry = agent_lures.entry(id.clone()).or_default();
+        let same = entry.desired.len() == set.len()
+            && entry
+                .desired
+                .iter()
+                .zip(&set)
+                .all(|((a_id, a), (b_id, b))| a_id == b_id && a.revision == b.revision);
+        entry.desired = set;
+        if !same {
+            wake.push(id);
+        }
+    }
+    // Revoked or unknown agents want nothing.
+    let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.record.id).collect();
+    for (id, entry) in agent_lures.iter_mut() {
+        if !live_ids.contains(id) && !entry.desired.is_empty() {
+            entry.desired.clear();
+            wake.push(id.clone());
+        }
+    }
+    Ok((created, retired, wake))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waves_cover_cumulative_shares_rounding_up() {
+        let waves = [10, 50, 100];
+        assert_eq!(wave_size(&waves, 0, 20), 2);
+        assert_eq!(wave_size(&waves, 1, 20), 10);
+        assert_eq!(wave_size(&waves, 2, 20), 20);
+        assert_eq!(
+            wave_size(&[5, 100], 0, 3),
+            1,
+            "a wave is never empty when agents match"
+        );
+        assert_eq!(wave_size(&[5, 100], 0, 0), 0);
+    }
+
+    fn wave(
+        agents: usize,
+        acked: usize,
+        failed: usize,
+        pending: usize,
+        offline: usize,
+    ) -> WaveStatus {
+        WaveStatus {
+            percent: 50,
+            agents,
+            acked,
+            failed,
+            pending,
+            offline,
+            released: true,
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        use Verdict::*;
+        let cases = [
+            // 1 failure of 2 answers, 6 pending: could still end at 1/8.
+            (wave(8, 1, 1, 6, 0), 0.2, Wait),
+            // 3 failures of 8 exceed 20% whatever happens.
+            (wave(8, 3, 3, 2, 0), 0.2, Pause { ratio: 0.5 }),
+            (wave(8, 7, 1, 0, 0), 0.2, Advance),
+            (wave(8, 6, 2, 0, 0), 0.2, Pause { ratio: 0.25 }),
+            (wave(4, 0, 0, 4, 0), 0.2, Wait),
+            // Offline agents do not block, but someone must answer.
+            (wave(4, 2, 0, 0, 2), 0.2, Advance),
+            (wave(4, 0, 0, 0, 4), 0.2, Wait),
+            (wave(0, 0, 0, 0, 0), 0.2, Advance),
+            // A ratio of 0 pauses at the first failure.
+            (wave(10, 0, 1, 9, 0), 0.0, Pause { ratio: 1.0 }),
+        ];
+        for (w, allowed, expected) in cases {
+            assert_eq!(verdict(&w, allowed), expected, "{w:?} allowed {allowed}");
+        }
+    }
+
+    #[test]
+    fn rollout_order_is_stable_and_per_campaign() {
+        let ids: Vec<AgentId> = (0..50)
+            .map(|i| format!("agent{i}").parse().unwrap())
+            .collect();
+        let a = rollout_order("icu", &ids);
+        let b = rollout_order("icu", ids.iter().rev());
+        assert_eq!(a, b, "independent of input order");
+        let c = rollout_order("er", &ids);
+        assert_ne!(a, c, "each campaign samples the fleet differently");
+        assert_eq!(a.len(), 50);
+    }
+
+    #[test]
+    fn rotation_is_due_only_after_the_interval_and_a_completed_rollout() {
+        let spec = Campaign {
+            name: "c".into(),
+            description: String::new(),
+            selector: Default::default(),
+            lures: Vec::new(),
+            waves: vec![100],
+            max_failure_ratio: 0.1,
+            rotate_every: Some(Duration::from_secs(3600)),
+        };
+        let mut record = CampaignRecord {
+            target: Generation {
+                number: 1,
+                spec,
+                epoch: 0,
+                slots: BTreeMap::new(),
+            },
+            stable: None,
+            rollout: RolloutState::Completed,
+            wave: 0,
+            created: UnixMs(0),
+            updated: UnixMs(0),
+            last_rotated: UnixMs(0),
+        };
+        assert!(!rotation_due(&record, UnixMs(3_599_999)));
+        assert!(rotation_due(&record, UnixMs(3_600_000)));
+        record.rollout = RolloutState::Progressing;
+        assert!(!rotation_due(&record, UnixMs(7_200_000)));
+    }
+}
