@@ -83,6 +83,27 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Create or update Campaign and Decoy resources from YAML or JSON.
+    Apply {
+        /// The manifest file (several documents allowed); "-" reads stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Check the manifests without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Watch or steer a campaign's staged rollout.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCmd,
+    },
+    /// Replace the material of every lure of a campaign (campaign/NAME).
+    Rotate { campaign: String },
+    /// Set (k=v) or remove (k-) labels on an agent.
+    Label {
+        #[command(subcommand)]
+        what: LabelWhat,
+    },
     /// Show who the controller thinks you are.
     Whoami,
     /// Print a shell completion script.
@@ -113,11 +134,57 @@ enum GetWhat {
     },
     /// Administrators and their roles.
     Admins,
+    /// Campaigns and their rollout state.
+    Campaigns,
+    /// Decoy definitions.
+    Decoys,
+    /// The lure registry: every lure instance and where it was planted.
+    Lures {
+        /// Only lures of this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only lures of this campaign.
+        #[arg(long)]
+        campaign: Option<String>,
+        /// Include instances retired by rotation, deletion or relabelling.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCmd {
+    /// Show progress; waits for the rollout to finish unless --watch=false.
+    Status {
+        campaign: String,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
+        /// Give up waiting after this long (e.g. 10m).
+        #[arg(long, default_value = "30m")]
+        timeout: String,
+    },
+    /// Stop releasing further waves.
+    Pause { campaign: String },
+    /// Continue a paused rollout (after a failure pause: release the next wave).
+    Resume { campaign: String },
+    /// Stop the rollout for good; agents keep what they have.
+    Abort { campaign: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum LabelWhat {
+    Agent {
+        id: String,
+        /// k=v to set, k- to remove.
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum DescribeWhat {
     Agent { id: String },
+    Campaign { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,7 +217,17 @@ enum RevokeWhat {
 
 #[derive(Subcommand, Debug)]
 enum DeleteWhat {
-    Token { id: String },
+    Token {
+        id: String,
+    },
+    /// Delete a campaign; its lures are removed from agents.
+    Campaign {
+        name: String,
+    },
+    /// Delete a decoy no campaign uses.
+    Decoy {
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,6 +352,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             describe_agent(format, &agent)
         }
+        Command::Describe {
+            what: DescribeWhat::Campaign { name },
+        } => {
+            let campaign = client
+                .get_campaign(pb::GetCampaignRequest {
+                    name: campaign_name(&name)?,
+                })
+                .await?
+                .into_inner();
+            describe_campaign(format, &campaign)
+        }
+        Command::Apply { file, dry_run } => apply(&mut client, format, &file, dry_run).await,
+        Command::Rollout { action } => rollout(&mut client, format, action).await,
+        Command::Rotate { campaign } => {
+            let c = client
+                .rotate(pb::RotateRequest {
+                    campaign: campaign_name(&campaign)?,
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json | Format::Yaml => {
+                    output::structured(format, &output::Campaign::from(&c))
+                }
+                _ => {
+                    println!(
+                        "campaign/{} rotating to epoch {}: new material rolls out in waves (rusectl rollout status campaign/{})",
+                        c.name, c.epoch, c.name
+                    );
+                    Ok(())
+                }
+            }
+        }
+        Command::Label {
+            what: LabelWhat::Agent { id, labels },
+        } => {
+            let mut set = Vec::new();
+            let mut remove = Vec::new();
+            for l in &labels {
+                match l.strip_suffix('-') {
+                    Some(key) if !l.contains('=') => remove.push(key.to_owned()),
+                    _ => set.push(l.as_str()),
+                }
+            }
+            let set = Labels::parse_pairs(set)?;
+            let agent = client
+                .label_agent(pb::LabelAgentRequest {
+                    id,
+                    set: set.to_map(),
+                    remove,
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json | Format::Yaml => {
+                    output::structured(format, &output::Agent::from(&agent))
+                }
+                _ => {
+                    println!(
+                        "agent {} labelled: {}",
+                        agent.id,
+                        output::labels(&agent.labels.clone().into_iter().collect())
+                    );
+                    Ok(())
+                }
+            }
+        }
         Command::Token {
             action:
                 TokenAction::Create {
@@ -352,6 +496,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .delete_token(pb::DeleteTokenRequest { id: id.clone() })
                 .await?;
             println!("token {id} deleted");
+            Ok(())
+        }
+        Command::Delete {
+            what: DeleteWhat::Campaign { name },
+        } => {
+            let name = campaign_name(&name)?;
+            client
+                .delete_campaign(pb::DeleteCampaignRequest { name: name.clone() })
+                .await?;
+            println!("campaign/{name} deleted; its lures are being removed from agents");
+            Ok(())
+        }
+        Command::Delete {
+            what: DeleteWhat::Decoy { name },
+        } => {
+            let name = name.strip_prefix("decoy/").unwrap_or(&name).to_owned();
+            client
+                .delete_decoy(pb::DeleteDecoyRequest { name: name.clone() })
+                .await?;
+            println!("decoy/{name} deleted");
             Ok(())
         }
         Command::Admin {
@@ -532,6 +696,152 @@ async fn get(
                 }
             }
         }
+        GetWhat::Campaigns => {
+            let campaigns = client
+                .list_campaigns(pb::ListCampaignsRequest {})
+                .await?
+                .into_inner()
+                .campaigns;
+            match format {
+                Format::Json | Format::Yaml => output::structured(
+                    format,
+                    &output::List {
+                        items: campaigns
+                            .iter()
+                            .map(output::Campaign::from)
+                            .collect::<Vec<_>>(),
+                    },
+                ),
+                _ => {
+                    let rows: Vec<Vec<String>> = campaigns
+                        .iter()
+                        .map(|c| {
+                            let applied: u32 = c.wave_status.iter().map(|w| w.acked).sum();
+                            let failed: u32 = c.wave_status.iter().map(|w| w.failed).sum();
+                            vec![
+                                c.name.clone(),
+                                output::labels(&c.selector.clone().into_iter().collect()),
+                                c.lures.len().to_string(),
+                                c.matching_agents.to_string(),
+                                c.rollout_state.clone(),
+                                format!("{}/{}", c.wave, c.wave_status.len()),
+                                format!("{applied}/{}", c.matching_agents),
+                                failed.to_string(),
+                                output::age(c.updated_ms),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &[
+                            "NAME", "SELECTOR", "LURES", "AGENTS", "ROLLOUT", "WAVE", "APPLIED",
+                            "FAILED", "UPDATED",
+                        ],
+                        &rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        GetWhat::Decoys => {
+            let decoys = client
+                .list_decoys(pb::ListDecoysRequest {})
+                .await?
+                .into_inner()
+                .decoys;
+            match format {
+                Format::Json | Format::Yaml => output::structured(
+                    format,
+                    &output::List {
+                        items: decoys.iter().map(output::Decoy::from).collect::<Vec<_>>(),
+                    },
+                ),
+                _ => {
+                    let rows: Vec<Vec<String>> = decoys
+                        .iter()
+                        .map(|d| {
+                            vec![
+                                d.name.clone(),
+                                d.address.clone(),
+                                d.services
+                                    .iter()
+                                    .map(|s| format!("{}/{}", s.protocol, s.port))
+                                    .collect::<Vec<_>>()
+                                    .join(","),
+                                output::labels(&d.selector.clone().into_iter().collect()),
+                                d.matching_agents.to_string(),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["NAME", "ADDRESS", "SERVICES", "SELECTOR", "AGENTS"],
+                        &rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        GetWhat::Lures {
+            agent,
+            campaign,
+            all,
+        } => {
+            let lures = client
+                .list_lures(pb::ListLuresRequest {
+                    agent_id: agent.unwrap_or_default(),
+                    campaign: campaign
+                        .map(|c| campaign_name(&c))
+                        .transpose()?
+                        .unwrap_or_default(),
+                    include_retired: all,
+                })
+                .await?
+                .into_inner()
+                .lures;
+            let items: Vec<output::Lure> = lures.iter().map(output::Lure::from).collect();
+            match format {
+                Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
+                wide => {
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|l| {
+                            let mut row = vec![
+                                l.id.clone(),
+                                l.agent.clone(),
+                                l.campaign.clone(),
+                                l.template.clone(),
+                                l.state.clone(),
+                                l.identifiers.clone(),
+                            ];
+                            if wide == Format::Wide {
+                                row.extend([
+                                    l.slot.clone(),
+                                    l.epoch.to_string(),
+                                    l.revision.to_string(),
+                                    l.created.clone(),
+                                    l.retired.clone(),
+                                    l.error.clone(),
+                                ]);
+                            }
+                            row
+                        })
+                        .collect();
+                    let mut headers = vec![
+                        "ID",
+                        "AGENT",
+                        "CAMPAIGN",
+                        "TEMPLATE",
+                        "STATE",
+                        "IDENTIFIERS",
+                    ];
+                    if wide == Format::Wide {
+                        headers
+                            .extend(["SLOT", "EPOCH", "REVISION", "CREATED", "RETIRED", "ERROR"]);
+                    }
+                    output::table(&headers, &rows);
+                    Ok(())
+                }
+            }
+        }
         GetWhat::Admins => {
             let admins = client
                 .list_admins(pb::ListAdminsRequest {})
@@ -595,6 +905,225 @@ fn describe_agent(format: Format, agent: &pb::Agent) -> anyhow::Result<()> {
     }
     if let Some(r) = &view.revoked {
         field("Revoked", &format!("{} by {} ({})", r.at, r.by, r.reason));
+    }
+    Ok(())
+}
+
+/// `campaign/NAME` (kubectl style) or a bare name.
+fn campaign_name(reference: &str) -> anyhow::Result<String> {
+    let name = match reference.split_once('/') {
+        Some(("campaign" | "campaigns", name)) => name,
+        Some((kind, _)) => bail!("{reference:?}: expected campaign/NAME, not a {kind}"),
+        None => reference,
+    };
+    if name.is_empty() {
+        bail!("{reference:?}: no campaign name");
+    }
+    Ok(name.to_owned())
+}
+
+async fn apply(
+    client: &mut AdminServiceClient<Channel>,
+    format: Format,
+    file: &Path,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let (source, content) = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading stdin")?;
+        ("stdin".to_owned(), text)
+    } else {
+        (
+            file.display().to_string(),
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        )
+    };
+    let results = client
+        .apply(pb::ApplyRequest {
+            source: source.clone(),
+            content,
+            dry_run,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{source}: {}", s.message()))?
+        .into_inner()
+        .results;
+    #[derive(serde::Serialize)]
+    struct Applied {
+        kind: String,
+        name: String,
+        action: String,
+    }
+    match format {
+        Format::Json | Format::Yaml => output::structured(
+            format,
+            &output::List {
+                items: results
+                    .iter()
+                    .map(|r| Applied {
+                        kind: r.kind.clone(),
+                        name: r.name.clone(),
+                        action: r.action.clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            },
+        ),
+        _ => {
+            let suffix = if dry_run { " (dry run)" } else { "" };
+            for r in &results {
+                println!("{}/{} {}{suffix}", r.kind.to_lowercase(), r.name, r.action);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn rollout(
+    client: &mut AdminServiceClient<Channel>,
+    format: Format,
+    action: RolloutCmd,
+) -> anyhow::Result<()> {
+    let (campaign, action) = match action {
+        RolloutCmd::Status {
+            campaign,
+            watch,
+            timeout,
+        } => {
+            return rollout_status(
+                client,
+                format,
+                &campaign_name(&campaign)?,
+                watch,
+                parse_duration(&timeout)?,
+            )
+            .await;
+        }
+        RolloutCmd::Pause { campaign } => (campaign, pb::RolloutAction::Pause),
+        RolloutCmd::Resume { campaign } => (campaign, pb::RolloutAction::Resume),
+        RolloutCmd::Abort { campaign } => (campaign, pb::RolloutAction::Abort),
+    };
+    let c = client
+        .rollout(pb::RolloutRequest {
+            campaign: campaign_name(&campaign)?,
+            action: action.into(),
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json | Format::Yaml => output::structured(format, &output::Campaign::from(&c)),
+        _ => {
+            println!("campaign/{} rollout {}", c.name, c.rollout_state);
+            Ok(())
+        }
+    }
+}
+
+/// Prints rollout progress; with `watch`, redraws until the rollout
+/// completes (exit 0), pauses or is aborted (an error), or `timeout`.
+async fn rollout_status(
+    client: &mut AdminServiceClient<Channel>,
+    format: Format,
+    name: &str,
+    watch: bool,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let started = std::time::Instant::now();
+    let mut drawn = 0usize;
+    let mut last: Vec<String> = Vec::new();
+    loop {
+        let c = client
+            .rollout(pb::RolloutRequest {
+                campaign: name.to_owned(),
+                action: pb::RolloutAction::Status.into(),
+            })
+            .await?
+            .into_inner();
+        if matches!(format, Format::Json | Format::Yaml) {
+            return output::structured(format, &output::Campaign::from(&c));
+        }
+        let lines = output::rollout_lines(&c);
+        if lines != last {
+            let mut out = std::io::stdout().lock();
+            if tty && drawn > 0 {
+                // Redraw in place.
+                write!(out, "\x1b[{drawn}A\x1b[J")?;
+            } else if drawn > 0 {
+                writeln!(out)?;
+            }
+            for line in &lines {
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+            drawn = lines.len();
+            last = lines;
+        }
+        match c.rollout_state.as_str() {
+            "completed" => return Ok(()),
+            "paused" if watch => {
+                bail!("rollout of campaign/{name} is paused: {}", c.rollout_reason)
+            }
+            "aborted" if watch => bail!("rollout of campaign/{name} was aborted"),
+            _ => {}
+        }
+        if !watch {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "rollout of campaign/{name} still {} after {}",
+                c.rollout_state,
+                ruse_proto::types::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+fn describe_campaign(format: Format, c: &pb::Campaign) -> anyhow::Result<()> {
+    let view = output::Campaign::from(c);
+    if matches!(format, Format::Json | Format::Yaml) {
+        return output::structured(format, &view);
+    }
+    let field = |name: &str, value: &str| println!("{:<18}{}", format!("{name}:"), value);
+    field("Name", &view.name);
+    if !view.description.is_empty() {
+        field("Description", &view.description);
+    }
+    field("Selector", &output::labels(&view.selector));
+    field("Matching agents", &view.matching_agents.to_string());
+    field(
+        "Generation",
+        &format!("{} (rotation epoch {})", view.generation, view.epoch),
+    );
+    field(
+        "Rotate every",
+        view.rotate_every.as_deref().unwrap_or("never"),
+    );
+    field("Last rotated", &view.last_rotated);
+    field("Created", &view.created);
+    field("Updated", &view.updated);
+    println!("Lures:");
+    for l in &view.lures {
+        let mut line = format!("  {:<20} {}", l.name, l.template);
+        if !l.decoy.is_empty() {
+            line.push_str(&format!(" -> decoy {}", l.decoy));
+        }
+        if !l.path.is_empty() {
+            line.push_str(&format!(" at {}", l.path));
+        }
+        if !l.params.is_empty() {
+            line.push_str(&format!(" ({})", output::labels(&l.params)));
+        }
+        println!("{line}");
+    }
+    println!(
+        "Rollout (max failure ratio {:.0}%):",
+        view.max_failure_ratio * 100.0
+    );
+    for line in output::rollout_lines(c) {
+        println!("  {line}");
     }
     Ok(())
 }

@@ -273,3 +273,242 @@ mod tests {
         assert_eq!(labels(&BTreeMap::new()), "<none>");
     }
 }
+
+#[derive(Debug, Serialize)]
+pub struct CampaignLure {
+    pub name: String,
+    pub template: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub decoy: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Wave {
+    pub percent: u32,
+    pub agents: u32,
+    pub applied: u32,
+    pub failed: u32,
+    pub pending: u32,
+    pub offline: u32,
+    pub released: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Campaign {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub selector: BTreeMap<String, String>,
+    pub lures: Vec<CampaignLure>,
+    pub generation: u64,
+    pub epoch: u32,
+    pub rollout: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub wave: u32,
+    pub waves: Vec<Wave>,
+    pub max_failure_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotate_every: Option<String>,
+    pub matching_agents: u32,
+    pub created: String,
+    pub updated: String,
+    pub last_rotated: String,
+}
+
+impl From<&pb::Campaign> for Campaign {
+    fn from(c: &pb::Campaign) -> Self {
+        Campaign {
+            name: c.name.clone(),
+            description: c.description.clone(),
+            selector: sorted(&c.selector),
+            lures: c
+                .lures
+                .iter()
+                .map(|l| CampaignLure {
+                    name: l.name.clone(),
+                    template: l.template.clone(),
+                    decoy: l.decoy.clone(),
+                    path: l.path.clone(),
+                    params: sorted(&l.params),
+                })
+                .collect(),
+            generation: c.generation,
+            epoch: c.epoch,
+            rollout: c.rollout_state.clone(),
+            reason: c.rollout_reason.clone(),
+            wave: c.wave,
+            waves: c
+                .wave_status
+                .iter()
+                .map(|w| Wave {
+                    percent: w.percent,
+                    agents: w.agents,
+                    applied: w.acked,
+                    failed: w.failed,
+                    pending: w.pending,
+                    offline: w.offline,
+                    released: w.released,
+                    errors: w.errors.clone(),
+                })
+                .collect(),
+            max_failure_ratio: c.max_failure_ratio,
+            rotate_every: (c.rotate_every_ms > 0)
+                .then(|| format_duration(std::time::Duration::from_millis(c.rotate_every_ms))),
+            matching_agents: c.matching_agents,
+            created: time(c.created_ms),
+            updated: time(c.updated_ms),
+            last_rotated: time(c.last_rotated_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DecoyService {
+    pub protocol: String,
+    pub port: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Decoy {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub selector: BTreeMap<String, String>,
+    pub address: String,
+    pub services: Vec<DecoyService>,
+    pub matching_agents: u32,
+}
+
+impl From<&pb::Decoy> for Decoy {
+    fn from(d: &pb::Decoy) -> Self {
+        Decoy {
+            name: d.name.clone(),
+            description: d.description.clone(),
+            selector: sorted(&d.selector),
+            address: d.address.clone(),
+            services: d
+                .services
+                .iter()
+                .map(|s| DecoyService {
+                    protocol: s.protocol.clone(),
+                    port: s.port,
+                })
+                .collect(),
+            matching_agents: d.matching_agents,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Lure {
+    pub id: String,
+    pub agent: String,
+    pub campaign: String,
+    pub slot: String,
+    pub template: String,
+    pub epoch: u32,
+    pub revision: u64,
+    pub state: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    pub identifiers: String,
+    pub created: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub retired: String,
+}
+
+impl From<&pb::Lure> for Lure {
+    fn from(l: &pb::Lure) -> Self {
+        Lure {
+            id: l.id.clone(),
+            agent: l.agent_id.clone(),
+            campaign: l.campaign.clone(),
+            slot: l.slot.clone(),
+            template: l.template.clone(),
+            epoch: l.epoch,
+            revision: l.revision,
+            state: l.state.clone(),
+            error: l.error.clone(),
+            identifiers: l.identifiers.clone(),
+            created: time(l.created_ms),
+            retired: time(l.retired_ms),
+        }
+    }
+}
+
+/// A text progress bar `[#####.....]`.
+pub fn bar(done: u32, total: u32, width: usize) -> String {
+    let filled = if total == 0 {
+        width
+    } else {
+        (usize::try_from(done).unwrap_or(0) * width) / usize::try_from(total).unwrap_or(1).max(1)
+    };
+    format!(
+        "[{}{}]",
+        "#".repeat(filled.min(width)),
+        ".".repeat(width - filled.min(width))
+    )
+}
+
+/// The per-wave rollout table, as lines.
+pub fn rollout_lines(c: &pb::Campaign) -> Vec<String> {
+    let mut lines = vec![format!(
+        "campaign {}  generation {}  epoch {}  {}  wave {}/{}  ({} matching agents)",
+        c.name,
+        c.generation,
+        c.epoch,
+        c.rollout_state,
+        c.wave
+            .min(u32::try_from(c.wave_status.len()).unwrap_or(u32::MAX)),
+        c.wave_status.len(),
+        c.matching_agents
+    )];
+    if !c.rollout_reason.is_empty() {
+        lines.push(format!("  reason: {}", c.rollout_reason));
+    }
+    lines.push(format!(
+        "  {:<5} {:>5} {:>7} {:>8} {:>7} {:>8} {:>8}  PROGRESS",
+        "WAVE", "SHARE", "AGENTS", "APPLIED", "FAILED", "PENDING", "OFFLINE"
+    ));
+    for (i, w) in c.wave_status.iter().enumerate() {
+        let progress = if w.released {
+            bar(w.acked + w.failed, w.agents, 20)
+        } else {
+            "waiting".to_owned()
+        };
+        lines.push(format!(
+            "  {:<5} {:>4}% {:>7} {:>8} {:>7} {:>8} {:>8}  {progress}",
+            i + 1,
+            w.percent,
+            w.agents,
+            w.acked,
+            w.failed,
+            w.pending,
+            w.offline
+        ));
+        for e in &w.errors {
+            lines.push(format!("        ! {e}"));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+
+    #[test]
+    fn bars() {
+        assert_eq!(bar(0, 10, 10), "[..........]");
+        assert_eq!(bar(5, 10, 10), "[#####.....]");
+        assert_eq!(bar(10, 10, 10), "[##########]");
+        assert_eq!(bar(0, 0, 4), "[####]");
+    }
+}

@@ -260,6 +260,7 @@ impl Core {
             facts,
             token_labels: record.labels.clone(),
             admin_labels: Labels::new(),
+            removed_labels: Vec::new(),
             enrolled_at: now,
             enrolled_with: token_id,
             last_seen: now,

@@ -40,6 +40,9 @@ pub enum DevError {
     Other(String),
 }
 
+/// The campaign `dev` plants: the example shipped in deploy/examples.
+pub const DEMO_MANIFEST: &str = include_str!("../../deploy/examples/healthcare-campaign.yaml");
+
 /// What `dev` started, for the caller to print.
 #[derive(Debug, Clone)]
 pub struct DevInfo {
@@ -50,6 +53,9 @@ pub struct DevInfo {
     pub agent_id: String,
     pub agent_state_dir: PathBuf,
     pub sandbox: PathBuf,
+    /// A honeyfile to read to trip a lure.
+    pub honeyfile: Option<PathBuf>,
+    pub lures: usize,
 }
 
 impl DevInfo {
@@ -62,9 +68,14 @@ Ruse controller (dev) is running at {url}
   data directory  {data}
   CA pin          {pin}
   demo agent      {agent} (state in {state}, lure root {sandbox})
+  lures planted   {lures} from campaign clinical-workstations, under {sandbox}/home/clinician
+                  (SSH keys and config, AWS and database credentials, a PACS config,
+                  patient exports, HL7, DICOM and FHIR files, a passwords spreadsheet){honeyfile}
 
 Next, in another terminal:
   rusectl --context-file {ctx} get agents
+  rusectl --context-file {ctx} describe campaign clinical-workstations
+  rusectl --context-file {ctx} get lures -o wide
   rusectl --context-file {ctx} describe agent {agent}
   rusectl --context-file {ctx} token create --ttl 1h --uses 5 --label site=icu
   ruse-agent run --controller {url} --ca-pin {pin} \\
@@ -79,6 +90,12 @@ Press Ctrl-C to stop; the data directory is kept for the next run.",
             agent = self.agent_id,
             state = self.agent_state_dir.display(),
             sandbox = self.sandbox.display(),
+            lures = self.lures,
+            honeyfile = self
+                .honeyfile
+                .as_ref()
+                .map(|h| format!("\n  for example     {}", h.display()))
+                .unwrap_or_default(),
         )
     }
 }
@@ -131,8 +148,11 @@ pub async fn run(
         write_demo_token(&controller, &token_file).await?;
     }
     let sandbox = data_dir.join("sandbox");
-    std::fs::create_dir_all(&sandbox)
-        .map_err(|e| DevError::Other(format!("{}: {e}", sandbox.display())))?;
+    for dir in [sandbox.join("home/clinician"), sandbox.join("etc")] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DevError::Other(format!("{}: {e}", dir.display())))?;
+    }
+    apply_demo_campaign(&controller).await?;
     let mut agent_config = AgentConfig::new(url.clone(), pin, agent_dir.clone(), sandbox.clone());
     agent_config.token_file = Some(token_file);
     agent_config.labels = Labels::parse_pairs(["role=workstation,site=dev"])
@@ -162,6 +182,14 @@ pub async fn run(
         controller.shutdown().await?;
         return Err(DevError::AgentTimeout(wait));
     };
+    // The demo campaign's waves over one agent finish in a moment.
+    let planted = tokio::time::timeout(wait, status.wait_for(|s| s.lures > 0))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|s| s.lures)
+        .unwrap_or(0);
+    let honeyfile = first_file(&sandbox.join("home/clinician/Documents/Exports"));
     ready(&DevInfo {
         url,
         pin,
@@ -170,6 +198,8 @@ pub async fn run(
         agent_id: agent_id.to_string(),
         agent_state_dir: agent_dir,
         sandbox,
+        honeyfile,
+        lures: planted,
     });
 
     tokio::select! {
@@ -186,17 +216,66 @@ pub async fn run(
     Ok(())
 }
 
-/// Creates a single-use token for the demo agent, as the local admin.
-async fn write_demo_token(controller: &Controller, path: &Path) -> Result<(), DevError> {
+/// The first regular file in `dir`, if any.
+fn first_file(dir: &Path) -> Option<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files.into_iter().next()
+}
+
+/// Applies the demo campaign unless this data directory already has it
+/// (an operator may have changed it since).
+async fn apply_demo_campaign(controller: &Controller) -> Result<(), DevError> {
     let core = controller.core();
-    let caller = Caller {
+    if core.deploy.campaign("clinical-workstations").is_some() {
+        return Ok(());
+    }
+    let docs =
+        crate::resources::parse(DEMO_MANIFEST).map_err(|e| DevError::Other(e.to_string()))?;
+    let results = core
+        .deploy
+        .apply(&docs, false)
+        .await
+        .map_err(|e| DevError::Other(e.to_string()))?;
+    let caller = local_admin()?;
+    core.audit(
+        &caller,
+        AuditEntry {
+            action: "resources.apply",
+            target: "deploy/examples/healthcare-campaign.yaml".into(),
+            detail: results
+                .iter()
+                .map(|r| format!("{}/{} {}", r.kind, r.name, r.action))
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
+        "ok",
+    )
+    .await
+    .map_err(|e| DevError::Other(e.to_string()))?;
+    Ok(())
+}
+
+fn local_admin() -> Result<Caller, DevError> {
+    Ok(Caller {
         identity: Some(Identity::Admin(
             "admin"
                 .parse()
                 .map_err(|e| DevError::Other(format!("{e}")))?,
         )),
         peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-    };
+    })
+}
+
+/// Creates a single-use token for the demo agent, as the local admin.
+async fn write_demo_token(controller: &Controller, path: &Path) -> Result<(), DevError> {
+    let core = controller.core();
+    let caller = local_admin()?;
     let token = core
         .create_token(
             &caller,
@@ -220,4 +299,13 @@ async fn write_demo_token(controller: &Controller, path: &Path) -> Result<(), De
     ruse_pki::write_private_file(path, token.secret.as_bytes())
         .map_err(|e| DevError::Other(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_manifest_is_valid() {
+        let docs = crate::resources::parse(super::DEMO_MANIFEST).unwrap();
+        assert_eq!(docs.len(), 2);
+    }
 }

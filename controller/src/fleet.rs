@@ -220,7 +220,9 @@ impl Fleet {
         }
     }
 
-    /// Sets and removes admin labels; returns the record to persist.
+    /// Sets and removes labels as an admin; returns the record to persist.
+    /// A removed key stays hidden, whichever source sets it, until set
+    /// again.
     pub fn set_admin_labels(
         &self,
         id: &AgentId,
@@ -228,13 +230,16 @@ impl Fleet {
         remove: &[String],
     ) -> Option<AgentRecord> {
         let record = self.with_entry(id, |e| {
-            let mut labels = e.record.admin_labels.overlaid_with(set).into_map();
+            let r = &mut e.record;
+            r.admin_labels = r.admin_labels.overlaid_with(set).without(remove);
+            r.removed_labels.retain(|k| set.get(k).is_none());
             for key in remove {
-                labels.remove(key);
+                if !r.removed_labels.contains(key) {
+                    r.removed_labels.push(key.clone());
+                }
             }
-            // Keys and values were valid on the way in; the map stays valid.
-            e.record.admin_labels = Labels::try_from(labels).unwrap_or_default();
-            e.record.clone()
+            r.removed_labels.sort();
+            r.clone()
         });
         if record.is_some() {
             self.mark_dirty(id);
@@ -418,6 +423,7 @@ mod tests {
             },
             token_labels: Labels::new(),
             admin_labels: Labels::new(),
+            removed_labels: Vec::new(),
             enrolled_at: UnixMs(0),
             enrolled_with: "t".parse().unwrap(),
             last_seen: UnixMs(0),
@@ -496,6 +502,28 @@ mod tests {
         assert_eq!(icu.len(), 1);
         assert_eq!(icu[0].record.id.as_str(), "a");
         assert_eq!(fleet.list(&Labels::new()).len(), 2);
+    }
+
+    #[test]
+    fn admins_set_and_remove_labels_from_any_source() {
+        let fleet = Fleet::new(
+            vec![record("a", "role=workstation,site=icu")],
+            Duration::from_secs(60),
+        );
+        let id: AgentId = "a".parse().unwrap();
+        let r = fleet
+            .set_admin_labels(
+                &id,
+                &Labels::parse_pairs(["tier=1"]).unwrap(),
+                &["role".into()],
+            )
+            .unwrap();
+        assert_eq!(r.labels().to_string(), "site=icu,tier=1");
+        let r = fleet
+            .set_admin_labels(&id, &Labels::parse_pairs(["role=pacs"]).unwrap(), &[])
+            .unwrap();
+        assert_eq!(r.labels().get("role"), Some("pacs"));
+        assert!(r.removed_labels.is_empty());
     }
 
     #[test]

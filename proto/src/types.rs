@@ -371,6 +371,15 @@ impl Labels {
         Labels(out)
     }
 
+    /// These labels without `keys`.
+    pub fn without(&self, keys: &[String]) -> Labels {
+        let mut out = self.0.clone();
+        for key in keys {
+            out.remove(key);
+        }
+        Labels(out)
+    }
+
     /// True when every key of `selector` is present here with the same value.
     pub fn matches(&self, selector: &Labels) -> bool {
         selector.iter().all(|(k, v)| self.get(k) == Some(v))

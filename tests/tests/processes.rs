@@ -348,3 +348,154 @@ async fn rusectl_issues_admins_whose_roles_hold_and_reports_errors_plainly() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("rusectl"));
 }
+
+#[tokio::test]
+async fn rusectl_applies_manifests_and_follows_a_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pin = init(&data);
+    let (_controller, addr) =
+        spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
+    let url = format!("https://{addr}");
+    let ctx = ctl(&data, &url);
+
+    // An invalid file changes nothing and says where the problem is.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "kind: Decoy\nname: d1\nservices: [{protocol: ssh, port: 22}]\n---\nkind: Campaign\nname: c1\nlures: [{template: ssh-key, decoy: d1}, {template: patient-csv, rows: 5}]\n",
+    )
+    .unwrap();
+    let out = ctx.run(&["apply", "-f", &bad.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("document 2 (Campaign c1): lures[1].rows: unknown field `rows`"),
+        "{err}"
+    );
+    assert!(
+        ctx.json(&["get", "decoys"])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing applied"
+    );
+
+    // The shipped example, to one real agent process.
+    let token = ctx.json(&["token", "create", "--label", "site=icu"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = dir.path().join("agent");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("home/nurse")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("token"), &token).unwrap();
+    let _agent = spawn(
+        "ruse-agent",
+        &[
+            "run",
+            "--controller",
+            &url,
+            "--ca-pin",
+            &pin,
+            "--token-file",
+            &state.join("token").display().to_string(),
+            "--state-dir",
+            &state.join("s").display().to_string(),
+            "--root",
+            &root.display().to_string(),
+            "--label",
+            "role=workstation",
+        ],
+        &dir.path().join("agent.log"),
+    );
+    eventually("agent online", Duration::from_secs(20), || async {
+        agents(&ctx).iter().any(|a| a["state"] == "online")
+    })
+    .await;
+    let example =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/healthcare-campaign.yaml");
+    let out = ctx.run(&["apply", "-f", &example.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("decoy/pacs-archive02 created")
+            && text.contains("campaign/clinical-workstations created"),
+        "{text}"
+    );
+
+    let out = ctx.run(&[
+        "rollout",
+        "status",
+        "campaign/clinical-workstations",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("completed"));
+    eventually("12 lures applied", Duration::from_secs(10), || async {
+        let lures = ctx.json(&["get", "lures"])["items"]
+            .as_array()
+            .unwrap()
+            .clone();
+        lures.len() == 12 && lures.iter().all(|l| l["state"] == "applied")
+    })
+    .await;
+    assert!(
+        root.join("home/nurse/.ssh/id_ed25519_pacs-archive02")
+            .exists()
+    );
+    let described = ctx.json(&["describe", "campaign", "clinical-workstations"]);
+    assert_eq!(described["rollout"], "completed");
+    assert_eq!(described["lures"].as_array().unwrap().len(), 12);
+
+    // Relabelling takes the lures away again; the registry keeps them.
+    let id = agents(&ctx)[0]["id"].as_str().unwrap().to_owned();
+    let out = ctx.run(&["label", "agent", &id, "role-", "team=it"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "lures removed after relabel",
+        Duration::from_secs(10),
+        || async {
+            !root
+                .join("home/nurse/.ssh/id_ed25519_pacs-archive02")
+                .exists()
+        },
+    )
+    .await;
+    let all = ctx.json(&["get", "lures", "--all"])["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(all.len(), 12);
+    assert!(all.iter().all(|l| l["state"] == "retired"));
+    let audit = ctx.json(&["get", "audit"])["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "resources.apply" && r["result"] != "ok")
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "agent.label" && r["result"] == "ok")
+    );
+}

@@ -311,7 +311,7 @@ impl LureEngine {
                 first_error = Some(e);
             }
         }
-        fs::remove_created_dirs(&lure.created_dirs);
+        remove_dirs(&lure.created_dirs);
         match first_error {
             // Keep the record of a lure we could not fully remove.
             Some(e) => Err(e),
@@ -401,6 +401,32 @@ impl LureEngine {
     }
 }
 
+/// Keeps a directory's modification time across changes inside it, so a
+/// lure does not show up as "modified today" in a listing.
+struct KeepDirTime(Option<(PathBuf, std::time::SystemTime)>);
+
+impl KeepDirTime {
+    /// Remembers the time of the nearest existing directory above `target`.
+    fn above(target: &Path) -> Self {
+        let found = target.ancestors().skip(1).find_map(|dir| {
+            let meta = std::fs::symlink_metadata(dir).ok()?;
+            if !meta.is_dir() {
+                return None;
+            }
+            Some((dir.to_path_buf(), meta.modified().ok()?))
+        });
+        KeepDirTime(found)
+    }
+}
+
+impl Drop for KeepDirTime {
+    fn drop(&mut self) {
+        if let Some((dir, time)) = self.0.take() {
+            let _ = fs::set_mtime(&dir, time);
+        }
+    }
+}
+
 fn plant_file(
     root: &Path,
     target: &Path,
@@ -415,7 +441,27 @@ fn plant_file(
         file.permissions & 0o777
     };
     let owner = owner.or_else(|| parent_owner(target));
-    created_dirs.extend(fs::create_parents(root, target, owner, mtime)?);
+    let _keep = KeepDirTime::above(target);
+    let created = fs::create_parents(root, target, owner, mtime)?;
+    let planted = plant_content(target, file, perms, owner, mtime);
+    // Directories made for the lure look as old as it, innermost first
+    // (each entry added inside changed its time).
+    if let Some(t) = mtime {
+        for dir in created.iter().rev() {
+            let _ = fs::set_mtime(dir, t);
+        }
+    }
+    created_dirs.extend(created);
+    planted
+}
+
+fn plant_content(
+    target: &Path,
+    file: &pb::PlantFile,
+    perms: u32,
+    owner: Option<Owner>,
+    mtime: Option<std::time::SystemTime>,
+) -> Result<Planted, LureError> {
     match file.mode() {
         pb::PlantMode::WholeFile => {
             fs::create_new(target, &file.content, perms, owner, mtime)?;
@@ -488,6 +534,7 @@ fn check(planted: &Planted) -> Option<DriftKind> {
 
 /// Takes one planted file out again.
 fn unplant(planted: &Planted) -> Result<(), LureError> {
+    let _keep = KeepDirTime::above(planted.path());
     match planted {
         Planted::Whole { path, sha256 } => match std::fs::read(path) {
             Ok(bytes) if fs::sha256_hex(&bytes) == *sha256 => {
@@ -528,12 +575,19 @@ fn unplant(planted: &Planted) -> Result<(), LureError> {
     }
 }
 
+/// Removes directories made for a lure, keeping the times of the
+/// directories they were in.
+fn remove_dirs(dirs: &[PathBuf]) {
+    let _keep: Vec<KeepDirTime> = dirs.iter().map(|d| KeepDirTime::above(d)).collect();
+    fs::remove_created_dirs(dirs);
+}
+
 /// Best-effort removal of a partly planted lure.
 fn undo(applied: &AppliedLure) {
     for planted in applied.files.iter().rev() {
         let _ = unplant(planted);
     }
-    fs::remove_created_dirs(&applied.created_dirs);
+    remove_dirs(&applied.created_dirs);
 }
 
 #[cfg(test)]
@@ -820,6 +874,79 @@ mod tests {
             std::fs::read_to_string(f.root.join("etc/hosts")).unwrap(),
             "127.0.0.1 localhost\n"
         );
+    }
+
+    #[test]
+    fn a_block_keeps_the_files_owner_and_mode() {
+        use std::os::unix::fs::MetadataExt;
+        let f = fixture();
+        let path = f.root.join("home/alice/.pgpass");
+        std::fs::write(&path, "db:5432:app:alice:secret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // As root (CI), give the file to another user; otherwise it stays ours.
+        let (uid, gid) = if nix::unistd::geteuid().is_root() {
+            (1234, 5678)
+        } else {
+            let m = std::fs::metadata(&path).unwrap();
+            (m.uid(), m.gid())
+        };
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        let mut e = engine(&f);
+        let r = resource(
+            "pg",
+            1,
+            vec![file(
+                "~/.pgpass",
+                "pacs:5432:pacs:svc:pw\n",
+                pb::PlantMode::Block,
+                0o644,
+            )],
+        );
+        assert!(e.apply(&[], &[r])[0].result.is_ok());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (uid, gid, 0o600)
+        );
+        assert!(e.uninstall().is_empty());
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (uid, gid, 0o600)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "db:5432:app:alice:secret\n"
+        );
+    }
+
+    #[test]
+    fn listings_do_not_give_lures_away() {
+        let f = fixture();
+        let home = f.root.join("home/bob");
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+        fs::set_mtime(&home, old).unwrap();
+        let mut e = engine(&f);
+        let r = resource(
+            "aws",
+            1,
+            vec![file(
+                "~/.aws/credentials",
+                "[x]\nk = v\n",
+                pb::PlantMode::Block,
+                0o600,
+            )],
+        );
+        assert!(e.apply(&[], &[r])[0].result.is_ok());
+        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert_eq!(mtime(&home), old, "the home directory keeps its time");
+        assert_eq!(
+            mtime(&home.join(".aws")),
+            fs::system_time(1_700_000_000_000).unwrap(),
+            "a directory made for the lure is as old as the lure"
+        );
+        assert!(e.uninstall().is_empty());
+        assert_eq!(mtime(&home), old, "and keeps it after removal");
     }
 
     #[test]

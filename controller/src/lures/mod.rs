@@ -531,7 +531,7 @@ impl Renderer<'_> {
                     .decoy("ssh", 22)
                     .ok_or_else(|| self.err("needs a decoy"))?;
                 let key_path = self.file_path(&format!("~/.ssh/id_ed25519_{name}"));
-                let mut entry = format!("\nHost {name}\n    HostName {address}\n");
+                let mut entry = format!("Host {name}\n    HostName {address}\n");
                 if port != 22 {
                     entry.push_str(&format!("    Port {port}\n"));
                 }

@@ -48,6 +48,10 @@ pub struct AgentRecord {
     /// Labels set by an admin (`rusectl label agent`); they override both.
     #[serde(default)]
     pub admin_labels: Labels,
+    /// Label keys an admin removed (`rusectl label agent ID key-`): hidden
+    /// whichever source sets them, until an admin sets them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_labels: Vec<String>,
     pub enrolled_at: UnixMs,
     pub enrolled_with: TokenId,
     pub last_seen: UnixMs,
@@ -66,6 +70,7 @@ impl AgentRecord {
             .labels
             .overlaid_with(&self.token_labels)
             .overlaid_with(&self.admin_labels)
+            .without(&self.removed_labels)
     }
 }
 
