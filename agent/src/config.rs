@@ -27,6 +27,13 @@ pub struct AgentFileConfig {
     /// How often planted lures are checked for deletion or edits.
     #[serde(with = "duration_str")]
     pub verify_interval: Duration,
+    /// Accesses of one process to one lure within this window are one event.
+    #[serde(with = "duration_str")]
+    pub event_coalesce: Duration,
+    /// At most this many events per lure per second; the rest are counted.
+    pub events_per_lure_per_second: u32,
+    /// Unacknowledged events kept on disk, at most.
+    pub outbox_capacity: usize,
     pub labels: BTreeMap<String, String>,
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
@@ -48,6 +55,9 @@ impl Default for AgentFileConfig {
             root: PathBuf::from("/"),
             home_dirs: vec!["home/*".into(), "root".into()],
             verify_interval: Duration::from_secs(300),
+            event_coalesce: Duration::from_millis(200),
+            events_per_lure_per_second: 5,
+            outbox_capacity: 100_000,
             labels: BTreeMap::new(),
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
@@ -68,6 +78,8 @@ pub struct AgentConfig {
     pub root: PathBuf,
     pub home_dirs: Vec<String>,
     pub verify_interval: Duration,
+    pub detect: crate::detect::DetectConfig,
+    pub outbox_capacity: usize,
     pub labels: Labels,
     pub dial: DialOptions,
     pub min_backoff: Duration,
@@ -107,6 +119,11 @@ impl AgentConfig {
             root,
             home_dirs: d.home_dirs,
             verify_interval: d.verify_interval,
+            detect: crate::detect::DetectConfig {
+                coalesce: d.event_coalesce,
+                per_lure_per_second: d.events_per_lure_per_second,
+            },
+            outbox_capacity: d.outbox_capacity,
             labels: Labels::new(),
             dial: DialOptions {
                 connect_timeout: d.connect_timeout,
@@ -178,6 +195,12 @@ impl AgentConfig {
         let labels = Labels::try_from(raw.labels)
             .map_err(|e| invalid("labels", e))?
             .overlaid_with(flag_labels);
+        if raw.events_per_lure_per_second == 0 || raw.outbox_capacity == 0 {
+            return Err(invalid(
+                "events_per_lure_per_second / outbox_capacity",
+                "must be at least 1",
+            ));
+        }
         if raw.verify_interval < Duration::from_secs(1) {
             return Err(invalid("verify_interval", "must be at least 1s"));
         }
@@ -195,6 +218,11 @@ impl AgentConfig {
             root: raw.root,
             home_dirs: raw.home_dirs,
             verify_interval: raw.verify_interval,
+            detect: crate::detect::DetectConfig {
+                coalesce: raw.event_coalesce,
+                per_lure_per_second: raw.events_per_lure_per_second,
+            },
+            outbox_capacity: raw.outbox_capacity,
             labels,
             dial: DialOptions {
                 connect_timeout: raw.connect_timeout,

@@ -10,11 +10,14 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod detect;
 mod enroll;
 pub mod facts;
 pub mod identity;
 pub mod lures;
+pub mod outbox;
 mod session;
+pub mod watcher;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,8 +28,10 @@ use ruse_pki::PkiError;
 use ruse_proto::types::{AgentId, UnixMs, random_bytes};
 
 pub use config::AgentConfig;
+use detect::{Detector, EventSink, Watched};
 use identity::{AgentIdentity, StateError};
 use lures::{HomeDirs, LureEngine};
+use ruse_proto::agent::v1 as pb;
 
 /// The planting engine, shared by the sessions of one agent process.
 pub(crate) type SharedEngine = Arc<Mutex<LureEngine>>;
@@ -51,26 +56,81 @@ pub fn open_engine(config: &AgentConfig) -> Result<LureEngine, AgentError> {
     )?)
 }
 
-/// Checks planted lures and repairs drift; returns problems left.
-pub(crate) async fn verify(engine: &SharedEngine) -> Vec<String> {
-    let engine = engine.clone();
-    let drifts = tokio::task::spawn_blocking(move || lock(&engine).verify_and_repair())
-        .await
-        .unwrap_or_default();
+/// What a session needs besides its identity.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub engine: SharedEngine,
+    pub sink: EventSink,
+    pub watched: Arc<watch::Sender<Watched>>,
+    pub watcher_mode: &'static str,
+    pub rate_limited: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Shared {
+    /// Tells the detector about changed lures.
+    pub fn rewatch(&self) {
+        let watched = lock(&self.engine).watched();
+        self.watched.send_if_modified(|w| {
+            let changed = *w != watched;
+            *w = watched;
+            changed
+        });
+    }
+}
+
+/// Checks planted lures and repairs drift; each drift becomes an event.
+/// Returns the problems left.
+pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
+    let engine = shared.engine.clone();
+    let (drifts, lures) = tokio::task::spawn_blocking(move || {
+        let mut e = lock(&engine);
+        let drifts = e.verify_and_repair();
+        (drifts, e.lures().clone())
+    })
+    .await
+    .unwrap_or_default();
     let mut problems = Vec::new();
+    let mut events = Vec::new();
     for d in drifts {
+        let what = match d.what {
+            lures::DriftKind::Deleted => "deleted",
+            lures::DriftKind::Modified => "modified",
+        };
         if d.repaired {
-            tracing::warn!(lure = %d.lure_id, path = %d.path.display(), what = ?d.what, "lure drift repaired");
+            tracing::warn!(lure = %d.lure_id, path = %d.path.display(), what, "lure drift repaired");
         } else {
-            tracing::error!(lure = %d.lure_id, path = %d.path.display(), what = ?d.what, "lure drift could not be repaired");
+            tracing::error!(lure = %d.lure_id, path = %d.path.display(), what, "lure drift could not be repaired");
             problems.push(format!(
-                "lure {} at {} is {:?} and could not be repaired",
+                "lure {} at {} was {what} and could not be repaired",
                 d.lure_id,
-                d.path.display(),
-                d.what
+                d.path.display()
             ));
         }
+        let lure = lures.get(&d.lure_id);
+        events.push(pb::Event {
+            id: ruse_proto::types::new_ulid(),
+            lure_id: d.lure_id.clone(),
+            lure_revision: lure.map_or(0, |l| l.revision),
+            kind: "drift".into(),
+            observed_ms: UnixMs::now().0,
+            path: d.path.display().to_string(),
+            attribution: "verify".into(),
+            template: lure.map(|l| l.template.clone()).unwrap_or_default(),
+            detail: format!(
+                "{what}; {}",
+                if d.repaired {
+                    "repaired"
+                } else {
+                    "could not be repaired"
+                }
+            ),
+            ..Default::default()
+        });
     }
+    if let Err(e) = shared.sink.record(events).await {
+        tracing::error!(error = %e, "cannot record drift events");
+    }
+    shared.rewatch();
     problems
 }
 
@@ -106,6 +166,10 @@ pub enum AgentError {
     #[error("lures: {0}")]
     Lures(#[from] lures::LureError),
     #[error(transparent)]
+    Outbox(#[from] outbox::OutboxError),
+    #[error("cannot watch lure files: {0}")]
+    Watch(std::io::Error),
+    #[error(transparent)]
     Pki(#[from] PkiError),
 }
 
@@ -122,6 +186,10 @@ pub struct AgentStatus {
     pub updates: u64,
     /// Lures currently applied.
     pub lures: usize,
+    /// Events waiting in the outbox for the controller's acknowledgement.
+    pub outbox_depth: usize,
+    /// Events the controller acknowledged so far (this process).
+    pub events_acked: u64,
     pub last_error: Option<String>,
 }
 
@@ -207,10 +275,65 @@ pub async fn run(
     status: watch::Sender<AgentStatus>,
 ) -> Result<(), AgentError> {
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
-    let engine: SharedEngine = Arc::new(Mutex::new(open_engine(&config)?));
+    let engine = open_engine(&config)?;
+    let activity = engine.activity();
+    let watched = engine.watched();
+    let engine: SharedEngine = Arc::new(Mutex::new(engine));
+    let sink = EventSink::new(outbox::Outbox::open(
+        &config.state_dir.join("outbox"),
+        config.outbox_capacity,
+    )?);
+    let watcher = watcher::Watcher::new().map_err(AgentError::Watch)?;
+    let watcher_mode = watcher.mode();
+    let detector = Detector::new(config.detect, activity);
+    let rate_limited = detector.rate_limited_counter();
+    let (watched_tx, watched_rx) = watch::channel(watched);
+    // Its own stop signal: raised however `run` ends, so pending events are
+    // recorded without waiting for the caller's shutdown.
+    let (stop_detection, detection_stop) = watch::channel(false);
+    let detection = tokio::spawn(detect::run(
+        watcher,
+        detector,
+        sink.clone(),
+        watched_rx,
+        detection_stop,
+    ));
+    let shared = Shared {
+        engine,
+        sink,
+        watched: Arc::new(watched_tx),
+        watcher_mode,
+        rate_limited,
+    };
     // After a restart, check what is planted instead of rewriting it.
-    let problems = verify(&engine).await;
-    status.send_modify(|s| s.lures = lock(&engine).applied().len());
+    let problems = verify(&shared).await;
+    status.send_modify(|s| {
+        s.lures = lock(&shared.engine).applied().len();
+        s.outbox_depth = shared.sink.outbox().depth();
+    });
+    let result = run_sessions(
+        &config,
+        &shared,
+        problems,
+        &mut shutdown,
+        &status,
+        &mut backoff,
+    )
+    .await;
+    // Let the detector record what it was coalescing.
+    let _ = stop_detection.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), detection).await;
+    result
+}
+
+async fn run_sessions(
+    config: &AgentConfig,
+    shared: &Shared,
+    problems: Vec<String>,
+    shutdown: &mut watch::Receiver<bool>,
+    status: &watch::Sender<AgentStatus>,
+    backoff: &mut Backoff,
+) -> Result<(), AgentError> {
     let mut problems = Some(problems);
     loop {
         if *shutdown.borrow() {
@@ -222,14 +345,14 @@ pub async fn run(
                 if let Some(old) = found {
                     tracing::warn!(agent = %old.id, "certificate expired; enrolling again");
                 }
-                match enroll::enroll(&config).await {
+                match enroll::enroll(config).await {
                     Ok(identity) => {
                         tracing::info!(agent = %identity.id, "enrolled");
                         backoff.reset();
                         identity
                     }
                     Err(failure) => {
-                        if !handle_failure(failure, &mut backoff, &mut shutdown, &status).await? {
+                        if !handle_failure(failure, backoff, shutdown, status).await? {
                             return Ok(());
                         }
                         continue;
@@ -240,12 +363,12 @@ pub async fn run(
         status.send_modify(|s| s.agent_id = Some(identity.id.clone()));
         loop {
             let outcome = session::run_once(
-                &config,
+                config,
                 &mut identity,
-                &engine,
+                shared,
                 problems.take().unwrap_or_default(),
-                &mut shutdown,
-                &status,
+                shutdown,
+                status,
             )
             .await;
             status.send_modify(|s| s.connected = false);
@@ -259,13 +382,13 @@ pub async fn run(
                     if lasted > Duration::from_secs(30) {
                         backoff.reset();
                     }
-                    if !pause(backoff.next(), &mut shutdown).await {
+                    if !pause(backoff.next(), shutdown).await {
                         return Ok(());
                     }
                 }
                 Err(Failure::Expired) => break,
                 Err(failure) => {
-                    if !handle_failure(failure, &mut backoff, &mut shutdown, &status).await? {
+                    if !handle_failure(failure, backoff, shutdown, status).await? {
                         return Ok(());
                     }
                 }

@@ -17,7 +17,9 @@ use ruse_proto::types::UnixMs;
 use ruse_proto::{errors, transport};
 
 use crate::identity::AgentIdentity;
-use crate::{AgentConfig, AgentError, AgentStatus, Failure, SharedEngine, facts, random_fraction};
+use crate::{
+    AgentConfig, AgentError, AgentStatus, Failure, Shared, SharedEngine, facts, random_fraction,
+};
 
 /// Until the controller says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -148,7 +150,7 @@ fn message(msg: pb::agent_message::Msg) -> pb::AgentMessage {
 pub(crate) async fn run_once(
     config: &AgentConfig,
     identity: &mut AgentIdentity,
-    engine: &SharedEngine,
+    shared: &Shared,
     mut problems: Vec<String>,
     shutdown: &mut watch::Receiver<bool>,
     status: &watch::Sender<AgentStatus>,
@@ -173,7 +175,7 @@ pub(crate) async fn run_once(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         capabilities: Vec::new(),
         facts: Some(facts::gather(&config.labels).into()),
-        applied: crate::lock(engine).applied().into_iter().collect(),
+        applied: crate::lock(&shared.engine).applied().into_iter().collect(),
     };
     // The channel is new and empty.
     let _ = tx.try_send(message(pb::agent_message::Msg::Hello(hello)));
@@ -192,6 +194,13 @@ pub(crate) async fn run_once(
 
     let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
     let mut last_verify = Instant::now();
+    // Events sent on this session (acknowledged or not) go up to here.
+    let mut sent_through = shared.sink.outbox().acked();
+    if !send_events(shared, &tx, &mut sent_through).await {
+        return Ok(End::Closed {
+            lasted: started.elapsed(),
+        });
+    }
     let renew_at = identity.renew_at(random_fraction());
     let renew_in = UnixMs::now().until(renew_at);
     let renew = tokio::time::sleep(renew_in);
@@ -206,16 +215,28 @@ pub(crate) async fn run_once(
                 renew_certificate(&mut client, identity, config).await?;
                 return Ok(End::Renewed);
             }
+            () = shared.sink.notify().notified() => {
+                if !send_events(shared, &tx, &mut sent_through).await {
+                    return Ok(End::Closed { lasted: started.elapsed() });
+                }
+            }
             _ = heartbeat.tick() => {
                 if last_verify.elapsed() >= config.verify_interval {
-                    problems = crate::verify(engine).await;
+                    problems = crate::verify(shared).await;
                     last_verify = Instant::now();
                 }
                 let degraded = !problems.is_empty();
+                let (outbox_depth, outbox_dropped) = {
+                    let o = shared.sink.outbox();
+                    (o.depth() as u64, o.dropped())
+                };
                 let beat = pb::Heartbeat {
                     status: if degraded { pb::HealthStatus::Degraded } else { pb::HealthStatus::Ok }.into(),
                     problems: problems.clone(),
-                    outbox_depth: 0,
+                    outbox_depth,
+                    outbox_dropped,
+                    events_rate_limited: shared.rate_limited.load(std::sync::atomic::Ordering::Relaxed),
+                    watcher: shared.watcher_mode.into(),
                 };
                 if tx.send(message(pb::agent_message::Msg::Heartbeat(beat))).await.is_err() {
                     return Ok(End::Closed { lasted: started.elapsed() });
@@ -240,16 +261,38 @@ pub(crate) async fn run_once(
                             Some(pb::directive::Kind::ReportFullState(_)) | None => {}
                         },
                         Some(Msg::Update(update)) => {
-                            let reply = apply_update(engine, update).await;
+                            let reply = apply_update(&shared.engine, update).await;
+                            shared.rewatch();
                             status.send_modify(|s| {
                                 s.updates += 1;
-                                s.lures = crate::lock(engine).applied().len();
+                                s.lures = crate::lock(&shared.engine).applied().len();
                             });
                             if tx.send(reply).await.is_err() {
                                 return Ok(End::Closed { lasted: started.elapsed() });
                             }
                         }
-                        Some(Msg::EventAck(_)) | None => {}
+                        Some(Msg::EventAck(ack)) => {
+                            let sink = shared.sink.clone();
+                            let through = ack.through_seq;
+                            let acked = tokio::task::spawn_blocking(move || {
+                                let mut outbox = sink.outbox();
+                                let before = outbox.acked();
+                                outbox.ack(through).map(|()| (outbox.acked() - before, outbox.depth()))
+                            })
+                            .await;
+                            match acked {
+                                Ok(Ok((newly, depth))) => status.send_modify(|s| {
+                                    s.events_acked += newly;
+                                    s.outbox_depth = depth;
+                                }),
+                                Ok(Err(e)) => tracing::error!(error = %e, "cannot record the event acknowledgement; events will be sent again"),
+                                Err(e) => tracing::error!(error = %e, "event acknowledgement task failed"),
+                            }
+                            if !send_events(shared, &tx, &mut sent_through).await {
+                                return Ok(End::Closed { lasted: started.elapsed() });
+                            }
+                        }
+                        None => {}
                     }
                 }
                 Ok(None) => return Ok(End::Closed { lasted: started.elapsed() }),
@@ -263,6 +306,50 @@ pub(crate) async fn run_once(
                 }
             }
         }
+    }
+}
+
+/// Events sent but not yet acknowledged, at most.
+const MAX_EVENTS_IN_FLIGHT: u64 = 2000;
+/// Events per batch, at most.
+const EVENTS_PER_BATCH: usize = 500;
+
+/// Sends outbox events after `sent_through`, within the in-flight window.
+/// Returns false when the stream is gone.
+async fn send_events(
+    shared: &Shared,
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    sent_through: &mut u64,
+) -> bool {
+    loop {
+        let batch = {
+            let outbox = shared.sink.outbox();
+            let acked = outbox.acked();
+            *sent_through = (*sent_through).max(acked);
+            if *sent_through - acked >= MAX_EVENTS_IN_FLIGHT {
+                return true;
+            }
+            match outbox.pending(*sent_through, EVENTS_PER_BATCH) {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    return true;
+                }
+            }
+        };
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            return true;
+        };
+        if tx
+            .send(message(pb::agent_message::Msg::Events(pb::EventBatch {
+                events: batch,
+            })))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        *sent_through = last;
     }
 }
 

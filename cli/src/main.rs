@@ -104,6 +104,11 @@ enum Command {
         #[command(subcommand)]
         what: LabelWhat,
     },
+    /// Follow resources as they change.
+    Watch {
+        #[command(subcommand)]
+        what: WatchWhat,
+    },
     /// Show who the controller thinks you are.
     Whoami,
     /// Print a shell completion script.
@@ -134,6 +139,16 @@ enum GetWhat {
     },
     /// Administrators and their roles.
     Admins,
+    /// Lure events: someone touched a lure.
+    Events {
+        #[command(flatten)]
+        filter: EventArgs,
+        /// The most recent this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The controller's metrics (Prometheus text format).
+    Metrics,
     /// Campaigns and their rollout state.
     Campaigns,
     /// Decoy definitions.
@@ -150,6 +165,42 @@ enum GetWhat {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct EventArgs {
+    /// Only events of this agent.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only events of this lure instance.
+    #[arg(long)]
+    lure: Option<String>,
+    /// Only events of this kind (touch, modify, delete, rename, drift).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only events observed in this last stretch of time (e.g. 1h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+}
+
+impl EventArgs {
+    fn filter(&self) -> anyhow::Result<pb::EventFilter> {
+        Ok(pb::EventFilter {
+            agent_id: self.agent.clone().unwrap_or_default(),
+            lure_id: self.lure.clone().unwrap_or_default(),
+            kind: self.kind.clone().unwrap_or_default(),
+            since_ms: match &self.since {
+                Some(s) => UnixMs::now().saturating_sub(parse_duration(s)?).0,
+                None => 0,
+            },
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum WatchWhat {
+    /// Lure events as they arrive.
+    Events(EventArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -527,6 +578,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     out_dir,
                 },
         } => issue_admin(&mut client, &ctx, &name, &role, ttl, out_dir).await,
+        Command::Watch {
+            what: WatchWhat::Events(args),
+        } => watch_events(&mut client, format, &args).await,
         Command::Whoami => {
             let me = client.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
             println!(
@@ -695,6 +749,44 @@ async fn get(
                     Ok(())
                 }
             }
+        }
+        GetWhat::Events { filter, limit } => {
+            let events = client
+                .list_events(pb::ListEventsRequest {
+                    filter: Some(filter.filter()?),
+                    limit,
+                })
+                .await?
+                .into_inner()
+                .events;
+            match format {
+                Format::Json | Format::Yaml => output::structured(
+                    format,
+                    &output::List {
+                        items: events.iter().map(output::Event::from).collect::<Vec<_>>(),
+                    },
+                ),
+                wide => {
+                    let wide = wide == Format::Wide;
+                    let rows: Vec<Vec<String>> =
+                        events.iter().map(|e| output::event_row(e, wide)).collect();
+                    let mut headers = output::EVENT_HEADERS.to_vec();
+                    if wide {
+                        headers.extend(output::EVENT_WIDE_HEADERS);
+                    }
+                    output::table(&headers, &rows);
+                    Ok(())
+                }
+            }
+        }
+        GetWhat::Metrics => {
+            let text = client
+                .get_metrics(pb::GetMetricsRequest {})
+                .await?
+                .into_inner()
+                .text;
+            print!("{text}");
+            Ok(())
         }
         GetWhat::Campaigns => {
             let campaigns = client
@@ -869,6 +961,51 @@ async fn get(
             }
         }
     }
+}
+
+/// Prints events as they arrive until interrupted: a table row each, or
+/// one JSON object per line with `-o json`.
+async fn watch_events(
+    client: &mut AdminServiceClient<Channel>,
+    format: Format,
+    args: &EventArgs,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stream = client
+        .watch_events(pb::WatchEventsRequest {
+            filter: Some(args.filter()?),
+        })
+        .await?
+        .into_inner();
+    let wide = format == Format::Wide;
+    if matches!(format, Format::Table | Format::Wide) {
+        let mut headers = output::EVENT_HEADERS.to_vec();
+        if wide {
+            headers.extend(output::EVENT_WIDE_HEADERS);
+        }
+        println!("{}", headers.join("   "));
+    }
+    while let Some(item) = stream.message().await? {
+        if item.missed > 0 {
+            eprintln!(
+                "rusectl: {} events were missed while this watch was reading too slowly; see rusectl get events",
+                item.missed
+            );
+        }
+        let Some(e) = item.event else { continue };
+        let mut out = std::io::stdout().lock();
+        match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&output::Event::from(&e))?)?,
+            Format::Yaml => write!(
+                out,
+                "---\n{}",
+                serde_norway::to_string(&output::Event::from(&e))?
+            )?,
+            _ => writeln!(out, "{}", output::event_row(&e, wide).join("   "))?,
+        }
+        out.flush()?;
+    }
+    bail!("the controller closed the event stream")
 }
 
 fn describe_agent(format: Format, agent: &pb::Agent) -> anyhow::Result<()> {

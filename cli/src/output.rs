@@ -512,3 +512,116 @@ mod more_tests {
         assert_eq!(bar(0, 0, 4), "[####]");
     }
 }
+
+#[derive(Debug, Serialize)]
+pub struct Process {
+    pub pid: u32,
+    pub exe: String,
+    pub uid: u32,
+    pub user: String,
+    pub cmdline: String,
+}
+
+/// A lure event as printed by `get events` and `watch events`.
+#[derive(Debug, Serialize)]
+pub struct Event {
+    pub id: String,
+    pub observed: String,
+    pub received: String,
+    pub agent: String,
+    pub kind: String,
+    pub lure: String,
+    pub template: String,
+    pub campaign: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    pub operations: Vec<String>,
+    pub attribution: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub allow_rule: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_before: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl From<&pb::LureEvent> for Event {
+    fn from(e: &pb::LureEvent) -> Self {
+        Event {
+            id: e.id.clone(),
+            observed: time(e.observed_ms),
+            received: time(e.received_ms),
+            agent: e.agent_id.clone(),
+            kind: e.kind.clone(),
+            lure: e.lure_id.clone(),
+            template: e.template.clone(),
+            campaign: e.campaign.clone(),
+            path: e.path.clone(),
+            process: e.process.as_ref().map(|p| Process {
+                pid: p.pid,
+                exe: p.exe.clone(),
+                uid: p.uid,
+                user: p.user.clone(),
+                cmdline: p.cmdline.clone(),
+            }),
+            operations: e.operations.clone(),
+            attribution: e.attribution.clone(),
+            allowed: e.allowed,
+            allow_rule: e.allow_rule.clone(),
+            dropped_before: e.dropped_before,
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// One table row for an event; `wide` adds the lure, the command line and
+/// the attribution.
+pub fn event_row(e: &pb::LureEvent, wide: bool) -> Vec<String> {
+    let who = match &e.process {
+        Some(p) => format!(
+            "{} (pid {}, {})",
+            p.exe,
+            p.pid,
+            if p.user.is_empty() {
+                p.uid.to_string()
+            } else {
+                p.user.clone()
+            }
+        ),
+        None => "unknown process".into(),
+    };
+    let kind = if e.allowed {
+        format!("{} (allowed: {})", e.kind, e.allow_rule)
+    } else {
+        e.kind.clone()
+    };
+    let mut row = vec![
+        time(e.observed_ms),
+        e.agent_id.clone(),
+        kind,
+        e.template.clone(),
+        e.path.clone(),
+        who,
+    ];
+    if wide {
+        row.push(e.lure_id.clone());
+        row.push(e.operations.join(","));
+        row.push(
+            e.process
+                .as_ref()
+                .map(|p| p.cmdline.clone())
+                .unwrap_or_default(),
+        );
+        row.push(e.attribution.clone());
+    }
+    row
+}
+
+pub const EVENT_HEADERS: &[&str] = &["OBSERVED", "AGENT", "KIND", "TEMPLATE", "PATH", "PROCESS"];
+pub const EVENT_WIDE_HEADERS: &[&str] = &["LURE", "OPERATIONS", "COMMAND", "ATTRIBUTION"];

@@ -16,7 +16,9 @@ use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, Uni
 
 use crate::config::ControllerConfig;
 use crate::deploy::{DeployError, Deployer};
+use crate::events::Events;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::ratelimit::FailureLimiter;
 use crate::resources::ManifestError;
 use crate::store::{
@@ -106,6 +108,8 @@ pub struct Core {
     pub committer: Committer,
     pub fleet: Arc<Fleet>,
     pub deploy: Arc<Deployer>,
+    pub events: Events,
+    pub metrics: Arc<Metrics>,
     /// Serialises token use so `max_uses` holds under concurrency.
     token_lock: AsyncMutex<()>,
     enroll_failures: FailureLimiter,
@@ -127,6 +131,13 @@ impl Core {
         )?);
         let enroll_failures =
             FailureLimiter::new(config.enroll_failures_per_minute, Duration::from_secs(60));
+        let metrics = Arc::new(Metrics::default());
+        let events = Events::new(
+            store.clone(),
+            committer.clone(),
+            deploy.clone(),
+            metrics.clone(),
+        );
         Ok(Core {
             config,
             ca,
@@ -134,6 +145,8 @@ impl Core {
             committer,
             fleet,
             deploy,
+            events,
+            metrics,
             token_lock: AsyncMutex::new(()),
             enroll_failures,
         })
@@ -404,6 +417,49 @@ impl Core {
             issued_by: caller.actor(),
         })?;
         Ok(cert)
+    }
+
+    /// The Prometheus exposition of the controller's metrics.
+    pub fn render_metrics(&self) -> String {
+        use ruse_proto::convert::AgentState;
+        let agents = self.fleet.list(&Labels::new());
+        let mut gauges = Vec::new();
+        for state in [
+            AgentState::Online,
+            AgentState::Degraded,
+            AgentState::Offline,
+            AgentState::Revoked,
+        ] {
+            let n = agents.iter().filter(|a| a.state == state).count() as u64;
+            gauges.push((
+                "ruse_agents",
+                "Agents by state.",
+                vec![("state", state.as_str().to_owned())],
+                n,
+            ));
+        }
+        let depth: u64 = agents.iter().map(|a| a.health.outbox_depth).sum();
+        gauges.push((
+            "ruse_agent_outbox_events",
+            "Events waiting in agents' outboxes, as last reported.",
+            vec![],
+            depth,
+        ));
+        let dropped: u64 = agents.iter().map(|a| a.health.outbox_dropped).sum();
+        gauges.push((
+            "ruse_agent_outbox_dropped_events",
+            "Events agents dropped because their outbox was full, as last reported.",
+            vec![],
+            dropped,
+        ));
+        let limited: u64 = agents.iter().map(|a| a.health.rate_limited).sum();
+        gauges.push((
+            "ruse_agent_rate_limited_events",
+            "Events agents dropped by the per-lure rate limit, as last reported.",
+            vec![],
+            limited,
+        ));
+        self.metrics.render(&gauges)
     }
 
     /// Writes agent records whose last-seen or facts changed. Called

@@ -846,6 +846,14 @@ impl Deployer {
         Ok(out)
     }
 
+    /// The registry entry of a lure, active or retired.
+    pub fn lure_owner(&self, id: &str) -> Result<Option<Arc<LureInstance>>, StoreError> {
+        if let Some(l) = self.lock().registry.active.get(id) {
+            return Ok(Some(l.clone()));
+        }
+        Ok(self.store.lure(id)?.map(Arc::new))
+    }
+
     /// Updates pushed to an agent so far (for tests and diagnostics).
     pub fn updates_sent(&self, agent: &AgentId) -> u64 {
         self.lock().agents.get(agent).map_or(0, |a| a.updates_sent)

@@ -46,6 +46,10 @@ pub struct Health {
     pub degraded: bool,
     pub problems: Vec<String>,
     pub outbox_depth: u64,
+    pub outbox_dropped: u64,
+    pub rate_limited: u64,
+    /// fanotify or inotify.
+    pub watcher: String,
 }
 
 #[derive(Debug)]

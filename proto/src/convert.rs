@@ -210,3 +210,154 @@ mod tests {
         }
     }
 }
+
+/// Event kinds an agent may report.
+pub const EVENT_KINDS: &[&str] = &["touch", "modify", "delete", "rename", "drift"];
+
+/// The process behind an event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventProcess {
+    pub pid: u32,
+    pub exe: String,
+    pub uid: u32,
+    pub user: String,
+    pub cmdline: String,
+}
+
+/// A lure event as received from an agent, checked and bounded. Which
+/// agent sent it is not part of it: that comes from the certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedEvent {
+    pub id: String,
+    pub seq: u64,
+    pub lure_id: String,
+    pub lure_revision: u64,
+    pub kind: String,
+    pub observed_ms: i64,
+    pub path: String,
+    pub process: Option<EventProcess>,
+    pub operations: Vec<String>,
+    pub attribution: String,
+    pub allowed: bool,
+    pub allow_rule: String,
+    pub dropped_before: u32,
+    pub template: String,
+    pub detail: String,
+}
+
+fn bounded_to(what: &'static str, s: String, max: usize) -> Result<String, InvalidValue> {
+    if s.len() > max {
+        return Err(InvalidValue::Invalid {
+            what,
+            value: s.chars().take(40).collect(),
+            reason: "too long",
+        });
+    }
+    Ok(s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect())
+}
+
+/// Whether `s` is a ULID as [`crate::types::new_ulid`] makes them.
+pub fn is_ulid(s: &str) -> bool {
+    s.len() == 26
+        && s.bytes().all(|b| {
+            b.is_ascii_digit()
+                || (b.is_ascii_lowercase() && !matches!(b, b'i' | b'l' | b'o' | b'u'))
+        })
+}
+
+impl TryFrom<agent_pb::Event> for ReportedEvent {
+    type Error = InvalidValue;
+
+    fn try_from(e: agent_pb::Event) -> Result<Self, Self::Error> {
+        if !is_ulid(&e.id) {
+            return Err(InvalidValue::Invalid {
+                what: "event id",
+                value: e.id.chars().take(40).collect(),
+                reason: "not a ULID",
+            });
+        }
+        if !EVENT_KINDS.contains(&e.kind.as_str()) {
+            return Err(InvalidValue::Invalid {
+                what: "event kind",
+                value: e.kind.chars().take(40).collect(),
+                reason: "unknown kind",
+            });
+        }
+        if e.operations.len() > 8 {
+            return Err(InvalidValue::Invalid {
+                what: "event operations",
+                value: String::new(),
+                reason: "more than 8",
+            });
+        }
+        Ok(ReportedEvent {
+            id: e.id,
+            seq: e.seq,
+            lure_id: bounded_to("lure id", e.lure_id, 64)?,
+            lure_revision: e.lure_revision,
+            kind: e.kind,
+            observed_ms: e.observed_ms,
+            path: bounded_to("path", e.path, 4096)?,
+            process: e
+                .process
+                .map(|p| {
+                    Ok::<_, InvalidValue>(EventProcess {
+                        pid: p.pid,
+                        exe: bounded_to("process exe", p.exe, 4096)?,
+                        uid: p.uid,
+                        user: bounded_to("process user", p.user, 256)?,
+                        cmdline: bounded_to("process command line", p.cmdline, 1024)?,
+                    })
+                })
+                .transpose()?,
+            operations: e
+                .operations
+                .into_iter()
+                .map(|o| bounded_to("operation", o, 16))
+                .collect::<Result<_, _>>()?,
+            attribution: bounded_to("attribution", e.attribution, 64)?,
+            allowed: e.allowed,
+            allow_rule: bounded_to("allow rule", e.allow_rule, 128)?,
+            dropped_before: e.dropped_before,
+            template: bounded_to("template", e.template, 64)?,
+            detail: bounded_to("detail", e.detail, 512)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    fn event() -> agent_pb::Event {
+        agent_pb::Event {
+            id: crate::types::new_ulid(),
+            kind: "touch".into(),
+            lure_id: "01lure".into(),
+            path: "/home/a/x.csv".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn events_are_checked() {
+        assert!(ReportedEvent::try_from(event()).is_ok());
+        let cases: Vec<fn(&mut agent_pb::Event)> = vec![
+            |e| e.id = "not-a-ulid".into(),
+            |e| e.id = "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+            |e| e.kind = "exfiltrate".into(),
+            |e| e.path = "p".repeat(5000),
+            |e| e.operations = vec!["open".into(); 9],
+        ];
+        for mutate in cases {
+            let mut e = event();
+            mutate(&mut e);
+            assert!(ReportedEvent::try_from(e).is_err());
+        }
+        let mut e = event();
+        e.path = "/tmp/evil\u{1b}[31m".into();
+        assert_eq!(ReportedEvent::try_from(e).unwrap().path, "/tmp/evil?[31m");
+    }
+}

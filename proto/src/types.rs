@@ -651,6 +651,16 @@ pub fn new_ulid() -> String {
         .collect()
 }
 
+/// The smallest ULID of millisecond `ms` (for range scans).
+pub fn ulid_floor(ms: i64) -> String {
+    let ms = u128::try_from(ms.max(0)).unwrap_or(0) & ((1 << 48) - 1);
+    let value = ms << 80;
+    (0..26)
+        .rev()
+        .map(|i| CROCKFORD[((value >> (5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -753,6 +763,14 @@ mod tests {
         assert_eq!(UnixMs(0).rfc3339(), "1970-01-01T00:00:00Z");
         assert_eq!(UnixMs(951_782_400_000).rfc3339(), "2000-02-29T00:00:00Z");
         assert_eq!(UnixMs(1_795_878_189_000).rfc3339(), "2026-11-28T15:03:09Z");
+    }
+
+    #[test]
+    fn ulid_floor_sorts_before_ulids_of_that_time() {
+        let id = new_ulid();
+        let now = UnixMs::now().0;
+        assert!(ulid_floor(now - 1000) < id);
+        assert!(ulid_floor(now + 1000) > id);
     }
 
     #[test]

@@ -17,8 +17,9 @@ pub mod block;
 pub mod fs;
 mod homes;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -28,8 +29,14 @@ use ruse_proto::agent::v1 as pb;
 use self::block::Inserted;
 use self::fs::{FsError, Owner};
 pub use self::homes::HomeDirs;
+use crate::detect::{LureRef, SelfActivity, Watched};
 
 const STATE_FILE: &str = "lures.json";
+
+/// Resource kind of lures.
+pub const LURE: &str = "lure";
+/// Resource kind of the allow rules (one per agent).
+pub const ALLOW_RULES: &str = "allow-rules";
 
 /// One planted file, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +64,9 @@ impl Planted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppliedLure {
     pub revision: u64,
+    /// The resource kind (lure or allow-rules).
+    #[serde(default = "lure_kind")]
+    pub kind: String,
     pub template: String,
     pub files: Vec<Planted>,
     /// Directories created for this lure, outermost first.
@@ -64,6 +74,10 @@ pub struct AppliedLure {
     /// The spec, so drift can be repaired without the controller.
     #[serde(with = "spec_bytes")]
     pub spec: Vec<u8>,
+}
+
+fn lure_kind() -> String {
+    LURE.to_owned()
 }
 
 mod spec_bytes {
@@ -130,6 +144,9 @@ pub struct LureEngine {
     homes: HomeDirs,
     state_path: PathBuf,
     state: StateFile,
+    /// Where the engine records the paths it touches, so its own work never
+    /// raises events.
+    activity: Arc<SelfActivity>,
 }
 
 impl LureEngine {
@@ -150,7 +167,48 @@ impl LureEngine {
             homes,
             state_path,
             state,
+            activity: Arc::new(SelfActivity::default()),
         })
+    }
+
+    /// The record of paths this engine touches (shared with the detector).
+    pub fn activity(&self) -> Arc<SelfActivity> {
+        self.activity.clone()
+    }
+
+    fn touch_all(&self, lure: &AppliedLure) {
+        for f in &lure.files {
+            self.activity.touch(f.path());
+        }
+        for d in &lure.created_dirs {
+            self.activity.touch(d);
+        }
+    }
+
+    /// What the detector should watch: every planted file, and the allow
+    /// rules.
+    pub fn watched(&self) -> Watched {
+        let mut files = HashMap::new();
+        let mut rules = Vec::new();
+        for (id, lure) in &self.state.lures {
+            if lure.kind == ALLOW_RULES {
+                if let Ok(r) = pb::AllowRules::decode(lure.spec.as_slice()) {
+                    rules = r.rules;
+                }
+                continue;
+            }
+            for f in &lure.files {
+                files.insert(
+                    f.path().to_path_buf(),
+                    LureRef {
+                        id: id.clone(),
+                        revision: lure.revision,
+                        template: lure.template.clone(),
+                    },
+                );
+            }
+        }
+        Watched { files, rules }
     }
 
     pub fn root(&self) -> &Path {
@@ -195,8 +253,10 @@ impl LureEngine {
             });
         }
         for resource in resources {
-            let result = if resource.kind == "lure" {
+            let result = if resource.kind == LURE {
                 self.apply_one(resource)
+            } else if resource.kind == ALLOW_RULES {
+                self.apply_rules(resource)
             } else {
                 Err(LureError::Spec(format!(
                     "resource kind {:?} is not supported by this agent",
@@ -220,6 +280,23 @@ impl LureEngine {
             }
         }
         outcomes
+    }
+
+    fn apply_rules(&mut self, resource: &pb::Resource) -> Result<(), LureError> {
+        pb::AllowRules::decode(resource.body.as_slice())
+            .map_err(|e| LureError::Spec(e.to_string()))?;
+        self.state.lures.insert(
+            resource.id.clone(),
+            AppliedLure {
+                revision: resource.revision,
+                kind: ALLOW_RULES.into(),
+                template: String::new(),
+                files: Vec::new(),
+                created_dirs: Vec::new(),
+                spec: resource.body.clone(),
+            },
+        );
+        Ok(())
     }
 
     fn apply_one(&mut self, resource: &pb::Resource) -> Result<(), LureError> {
@@ -272,6 +349,7 @@ impl LureEngine {
     ) -> Result<AppliedLure, LureError> {
         let mut applied = AppliedLure {
             revision,
+            kind: LURE.into(),
             template: spec.template.clone(),
             files: Vec::new(),
             created_dirs: Vec::new(),
@@ -280,6 +358,7 @@ impl LureEngine {
         let result = (|| {
             for file in &spec.files {
                 for (base, target, owner) in self.targets(&file.path)? {
+                    self.activity.touch(&target);
                     fs::check_no_symlinks(&self.root, &target)?;
                     fs::check_no_symlinks(&base, &target)?;
                     let planted =
@@ -289,6 +368,7 @@ impl LureEngine {
             }
             Ok(())
         })();
+        self.touch_all(&applied);
         match result {
             Ok(()) => Ok(applied),
             Err(e) => {
@@ -303,6 +383,7 @@ impl LureEngine {
         let Some(lure) = self.state.lures.get(id) else {
             return Ok(());
         };
+        self.touch_all(lure);
         let mut first_error = None;
         for planted in lure.files.iter().rev() {
             if let Err(e) = unplant(planted)
@@ -312,6 +393,7 @@ impl LureEngine {
             }
         }
         remove_dirs(&lure.created_dirs);
+        self.touch_all(lure);
         match first_error {
             // Keep the record of a lure we could not fully remove.
             Some(e) => Err(e),
@@ -330,6 +412,7 @@ impl LureEngine {
             let Some(lure) = self.state.lures.get(&id).cloned() else {
                 continue;
             };
+            self.touch_all(&lure);
             let mut found = Vec::new();
             for planted in &lure.files {
                 if let Some(kind) = check(planted) {

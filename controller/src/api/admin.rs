@@ -17,6 +17,7 @@ use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, Uni
 use super::{caller, status};
 use crate::core::{AuditEntry, Caller, Core, OpError};
 use crate::deploy::{CampaignStatus, LureView, RolloutAction, RolloutState};
+use crate::events::{EventFilter, StoredEvent};
 use crate::fleet::AgentView;
 use crate::resources::Decoy;
 use crate::store::TokenRecord;
@@ -259,6 +260,58 @@ fn lure_pb(v: LureView) -> pb::Lure {
         retired_ms: v.lure.retired.map_or(0, |t| t.0),
     }
 }
+
+fn event_pb(e: &StoredEvent) -> pb::LureEvent {
+    pb::LureEvent {
+        id: e.id.clone(),
+        agent_id: e.agent.to_string(),
+        lure_id: e.lure_id.clone(),
+        lure_revision: e.lure_revision,
+        template: e.template.clone(),
+        campaign: e.campaign.clone(),
+        kind: e.kind.clone(),
+        path: e.path.clone(),
+        process: e.process.as_ref().map(|p| pb::EventProcess {
+            pid: p.pid,
+            exe: p.exe.clone(),
+            uid: p.uid,
+            user: p.user.clone(),
+            cmdline: p.cmdline.clone(),
+        }),
+        operations: e.operations.clone(),
+        attribution: e.attribution.clone(),
+        allowed: e.allowed,
+        allow_rule: e.allow_rule.clone(),
+        dropped_before: e.dropped_before,
+        detail: e.detail.clone(),
+        observed_ms: e.observed.0,
+        received_ms: e.received.0,
+        peer: e.peer.clone(),
+        seq: e.seq,
+    }
+}
+
+fn event_filter(f: Option<pb::EventFilter>) -> Result<EventFilter, Status> {
+    let f = f.unwrap_or_default();
+    Ok(EventFilter {
+        agent: if f.agent_id.is_empty() {
+            None
+        } else {
+            Some(parse(&f.agent_id)?)
+        },
+        lure: (!f.lure_id.is_empty()).then_some(f.lure_id),
+        kind: (!f.kind.is_empty()).then_some(f.kind),
+        since: (f.since_ms > 0).then_some(UnixMs(f.since_ms)),
+    })
+}
+
+/// Events returned when the request sets no limit.
+const DEFAULT_EVENT_LIMIT: usize = 100;
+const MAX_EVENT_LIMIT: usize = 100_000;
+
+type WatchStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>,
+>;
 
 impl AdminApi {
     fn campaign_status(&self, name: &str) -> Result<pb::Campaign, Status> {
@@ -728,5 +781,77 @@ impl AdminService for AdminApi {
         })
         .await?;
         Ok(Response::new(self.campaign_status(&name)?))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let req = request.into_inner();
+        let filter = event_filter(req.filter)?;
+        let limit = match req.limit {
+            0 => DEFAULT_EVENT_LIMIT,
+            n => usize::try_from(n)
+                .unwrap_or(MAX_EVENT_LIMIT)
+                .min(MAX_EVENT_LIMIT),
+        };
+        let events = self
+            .core
+            .events
+            .query(&filter, limit)
+            .map_err(|e| status(e.into()))?
+            .iter()
+            .map(event_pb)
+            .collect();
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+
+    type WatchEventsStream = WatchStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let filter = event_filter(request.into_inner().filter)?;
+        let mut live = self.core.events.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut missed = 0u64;
+            loop {
+                let event = match live.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        missed += n;
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if !filter.matches(&event) {
+                    continue;
+                }
+                let item = pb::WatchEventsResponse {
+                    event: Some(event_pb(&event)),
+                    missed: std::mem::take(&mut missed),
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        Ok(Response::new(pb::GetMetricsResponse {
+            text: self.core.render_metrics(),
+        }))
     }
 }

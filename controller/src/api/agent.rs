@@ -15,7 +15,7 @@ use ruse_proto::convert::HostFacts;
 use ruse_proto::types::{AgentId, Identity};
 
 use super::{caller, status};
-use crate::core::{Core, OpError};
+use crate::core::{AuditEntry, Caller, Core, OpError};
 use crate::fleet::{CloseReason, Health, SessionRefused, SessionTicket};
 
 /// Messages buffered towards one agent. Small: updates are coalesced, not
@@ -137,6 +137,7 @@ impl AgentService for AgentApi {
             ticket,
             tx,
             notify,
+            peer,
         };
         tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -156,9 +157,53 @@ struct Session {
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     /// Woken when the deployer has something for this agent.
     notify: Arc<Notify>,
+    peer: std::net::SocketAddr,
 }
 
 impl Session {
+    /// Stores a batch durably, audits refusals, then acknowledges it.
+    async fn ingest(&self, events: Vec<pb::Event>) -> Result<(), Status> {
+        let caller = Caller {
+            identity: Some(Identity::Agent(self.id.clone())),
+            peer: self.peer,
+        };
+        let ingested = self
+            .core
+            .events
+            .ingest(&self.id, &self.peer.to_string(), events)
+            .await
+            .map_err(|e| status(e.into()))?;
+        if !ingested.rejected.is_empty() {
+            tracing::warn!(agent = %self.id, refused = ingested.rejected.len(), first = %ingested.rejected[0], "events refused");
+            self.core
+                .audit(
+                    &caller,
+                    AuditEntry {
+                        action: "event.rejected",
+                        target: format!("agent/{}", self.id),
+                        detail: format!(
+                            "{} refused; first: {}",
+                            ingested.rejected.len(),
+                            ingested.rejected[0]
+                        ),
+                    },
+                    "refused",
+                )
+                .await
+                .map_err(|e| status(e.into()))?;
+        }
+        // Refused events are acknowledged too: resending cannot help.
+        let ack = pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::EventAck(pb::EventAck {
+                through_seq: ingested.through_seq,
+            })),
+        };
+        self.tx
+            .send(Ok(ack))
+            .await
+            .map_err(|_| Status::cancelled("session closed"))
+    }
+
     async fn run(mut self, mut inbound: Streaming<pb::AgentMessage>) {
         let mut greeted = false;
         let ending = loop {
@@ -171,7 +216,7 @@ impl Session {
                 },
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
-                        if let Err(status) = self.handle(message, &mut greeted) {
+                        if let Err(status) = self.handle(message, &mut greeted).await {
                             break Some(status);
                         }
                     }
@@ -202,7 +247,7 @@ impl Session {
         self.core.fleet.end_session(&self.id, self.ticket.id);
     }
 
-    fn handle(&self, message: pb::AgentMessage, greeted: &mut bool) -> Result<(), Status> {
+    async fn handle(&self, message: pb::AgentMessage, greeted: &mut bool) -> Result<(), Status> {
         use pb::agent_message::Msg;
         let Some(msg) = message.msg else {
             return Err(Status::invalid_argument("empty agent message"));
@@ -234,6 +279,9 @@ impl Session {
                         .map(|p| p.chars().take(256).collect())
                         .collect(),
                     outbox_depth: hb.outbox_depth,
+                    outbox_dropped: hb.outbox_dropped,
+                    rate_limited: hb.events_rate_limited,
+                    watcher: hb.watcher.chars().take(32).collect(),
                 };
                 self.core.fleet.heartbeat(&self.id, self.ticket.id, health);
             }
@@ -247,11 +295,7 @@ impl Session {
                 );
                 self.core.deploy.nacked(&self.id, nack.nonce, nack.errors);
             }
-            Msg::Events(_) => {
-                return Err(Status::unimplemented(
-                    "this controller version does not accept lure events",
-                ));
-            }
+            Msg::Events(batch) => self.ingest(batch.events).await?,
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use ruse_proto::convert::HostFacts;
 use ruse_proto::types::{AdminName, AgentId, Labels, Role, TokenId, UnixMs};
 
 use crate::deploy::{CampaignRecord, LureInstance};
+use crate::events::StoredEvent;
 use crate::resources::Decoy;
 
 pub use self::sled::SledStore;
@@ -155,6 +156,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError>;
     fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError>;
     fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError>;
+
+    /// Stores an event unless one with its id is already stored; returns
+    /// whether it was stored (atomic per event: a resend after a crash is
+    /// a duplicate, never a second copy).
+    fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError>;
+    /// Events whose id (a ULID: the agent's observation time first) is at
+    /// or after `from_id`, newest last, at most `limit` of the newest that
+    /// `keep` accepts.
+    fn events(
+        &self,
+        from_id: &str,
+        limit: usize,
+        keep: &mut dyn FnMut(&StoredEvent) -> bool,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// A new resource revision, greater than every one before (survives
     /// restarts).

@@ -13,6 +13,7 @@ use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
 use crate::deploy::{CampaignRecord, LureInstance};
+use crate::events::StoredEvent;
 use crate::resources::Decoy;
 
 const AGENTS: &str = "agents";
@@ -22,6 +23,7 @@ const AUDIT: &str = "audit";
 const CAMPAIGNS: &str = "campaigns";
 const DECOYS: &str = "decoys";
 const LURES: &str = "lures";
+const EVENTS: &str = "events";
 
 /// The sled-backed [`Store`].
 #[derive(Debug)]
@@ -34,6 +36,7 @@ pub struct SledStore {
     campaigns: sled::Tree,
     decoys: sled::Tree,
     lures: sled::Tree,
+    events: sled::Tree,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -59,6 +62,7 @@ impl SledStore {
             campaigns: db.open_tree(CAMPAIGNS).map_err(engine)?,
             decoys: db.open_tree(DECOYS).map_err(engine)?,
             lures: db.open_tree(LURES).map_err(engine)?,
+            events: db.open_tree(EVENTS).map_err(engine)?,
             db,
         })
     }
@@ -211,6 +215,37 @@ impl Store for SledStore {
 
     fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError> {
         Self::put(&self.lures, &lure.id, lure)
+    }
+
+    fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(event)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        let swapped = self
+            .events
+            .compare_and_swap(event.id.as_bytes(), None::<&[u8]>, Some(bytes))
+            .map_err(engine)?;
+        Ok(swapped.is_ok())
+    }
+
+    fn events(
+        &self,
+        from_id: &str,
+        limit: usize,
+        keep: &mut dyn FnMut(&StoredEvent) -> bool,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.events.range(from_id.as_bytes()..).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv.map_err(engine)?;
+            let event: StoredEvent = decode(EVENTS, &k, &v)?;
+            if keep(&event) {
+                out.push(event);
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     fn next_revision(&self) -> Result<u64, StoreError> {

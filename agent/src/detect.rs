@@ -1,0 +1,562 @@
+//! From raw file accesses to lure events.
+//!
+//! - Accesses by the agent itself (planting, verifying, removing) are
+//!   ignored: by process id under fanotify, and by a short window after
+//!   the agent touched the path under inotify (which cannot tell who).
+//! - The operations of one process on one lure are coalesced into one
+//!   event listing them (`cat` = open, read, close), emitted at close, at a
+//!   delete or rename, or after a short window.
+//! - Each lure raises at most `per_lure_per_second` events a second; what
+//!   the limit drops is counted on the next event and in heartbeats.
+//! - Allow rules (process path, user, template) mark known benign readers:
+//!   their events are recorded with `allowed`, not raised.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use ruse_proto::agent::v1 as pb;
+use ruse_proto::types::{UnixMs, new_ulid};
+
+use crate::outbox::{Outbox, OutboxError};
+use crate::watcher::{Access, Op, Via, Watcher, process_info};
+
+/// Paths the agent itself touched recently (for inotify, which reports no
+/// process).
+#[derive(Debug, Default)]
+pub struct SelfActivity {
+    touched: Mutex<HashMap<PathBuf, Instant>>,
+}
+
+/// How long after the agent touched a path its events are its own.
+const SELF_WINDOW: Duration = Duration::from_secs(2);
+
+impl SelfActivity {
+    pub fn touch(&self, path: &Path) {
+        let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if touched.len() > 10_000 {
+            touched.retain(|_, t| now.duration_since(*t) < SELF_WINDOW);
+        }
+        touched.insert(path.to_path_buf(), now);
+    }
+
+    fn recent(&self, path: &Path, now: Instant) -> bool {
+        let touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
+        touched
+            .get(path)
+            .is_some_and(|t| now.saturating_duration_since(*t) < SELF_WINDOW)
+    }
+}
+
+/// A lure a watched path belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LureRef {
+    pub id: String,
+    pub revision: u64,
+    pub template: String,
+}
+
+/// What the detector watches and how it judges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Watched {
+    pub files: HashMap<PathBuf, LureRef>,
+    pub rules: Vec<pb::AllowRule>,
+}
+
+/// Detector settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectConfig {
+    pub coalesce: Duration,
+    pub per_lure_per_second: u32,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            coalesce: Duration::from_millis(200),
+            per_lure_per_second: 5,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    first: Instant,
+    observed: UnixMs,
+    lure: LureRef,
+    path: PathBuf,
+    ops: BTreeSet<Op>,
+    process: Option<pb::Process>,
+    via: Via,
+}
+
+#[derive(Debug, Default)]
+struct Rate {
+    window: Option<Instant>,
+    count: u32,
+    dropped: u32,
+}
+
+/// Coalesces, filters and rate-limits accesses into events.
+#[derive(Debug)]
+pub struct Detector {
+    config: DetectConfig,
+    me: i32,
+    watched: Watched,
+    activity: Arc<SelfActivity>,
+    pending: HashMap<(String, Option<i32>), Pending>,
+    rates: HashMap<String, Rate>,
+    rate_limited: Arc<AtomicU64>,
+}
+
+impl Detector {
+    pub fn new(config: DetectConfig, activity: Arc<SelfActivity>) -> Self {
+        Detector {
+            config,
+            me: i32::try_from(std::process::id()).unwrap_or(-1),
+            watched: Watched::default(),
+            activity,
+            pending: HashMap::new(),
+            rates: HashMap::new(),
+            rate_limited: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn set_watched(&mut self, watched: Watched) {
+        self.watched = watched;
+    }
+
+    /// Events dropped by the rate limit so far.
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Detector::rate_limited`], to read elsewhere.
+    pub fn rate_limited_counter(&self) -> Arc<AtomicU64> {
+        self.rate_limited.clone()
+    }
+
+    /// Takes in accesses; returns the events they complete.
+    pub fn observe(&mut self, accesses: Vec<Access>, now: Instant) -> Vec<pb::Event> {
+        let mut done = Vec::new();
+        for access in accesses {
+            if access.pid == Some(self.me) {
+                continue;
+            }
+            if access.via == Via::Inotify && self.activity.recent(&access.path, now) {
+                continue;
+            }
+            let Some(lure) = self.watched.files.get(&access.path).cloned() else {
+                continue;
+            };
+            let key = (lure.id.clone(), access.pid);
+            let entry = self.pending.entry(key.clone()).or_insert_with(|| Pending {
+                first: now,
+                observed: UnixMs::now(),
+                process: access
+                    .process
+                    .clone()
+                    .or_else(|| access.pid.and_then(process_info)),
+                lure,
+                path: access.path.clone(),
+                ops: BTreeSet::new(),
+                via: access.via,
+            });
+            entry.ops.insert(access.op);
+            if matches!(access.op, Op::Close | Op::Delete | Op::Rename)
+                && let Some(p) = self.pending.remove(&key)
+                && let Some(event) = self.emit(p, now)
+            {
+                done.push(event);
+            }
+        }
+        done
+    }
+
+    /// Events whose coalescing window has passed.
+    pub fn flush_due(&mut self, now: Instant) -> Vec<pb::Event> {
+        let due: Vec<_> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.first) >= self.config.coalesce)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in due {
+            if let Some(p) = self.pending.remove(&key)
+                && let Some(event) = self.emit(p, now)
+            {
+                out.push(event);
+            }
+        }
+        out
+    }
+
+    /// Everything pending, now (at shutdown).
+    pub fn flush_all(&mut self, now: Instant) -> Vec<pb::Event> {
+        let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        pending
+            .into_iter()
+            .filter_map(|p| self.emit(p, now))
+            .collect()
+    }
+
+    /// When the next pending event falls due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|p| p.first + self.config.coalesce)
+            .min()
+    }
+
+    fn emit(&mut self, p: Pending, now: Instant) -> Option<pb::Event> {
+        let rate = self.rates.entry(p.lure.id.clone()).or_default();
+        let fresh = rate
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1));
+        if fresh {
+            rate.window = Some(now);
+            rate.count = 0;
+        }
+        if rate.count >= self.config.per_lure_per_second {
+            rate.dropped += 1;
+            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        rate.count += 1;
+        let dropped_before = std::mem::take(&mut rate.dropped);
+        let kind = if p.ops.contains(&Op::Delete) {
+            "delete"
+        } else if p.ops.contains(&Op::Rename) {
+            "rename"
+        } else if p.ops.contains(&Op::Modify) {
+            "modify"
+        } else {
+            "touch"
+        };
+        let rule = self.allow_rule(&p);
+        Some(pb::Event {
+            id: new_ulid(),
+            seq: 0,
+            lure_id: p.lure.id,
+            lure_revision: p.lure.revision,
+            kind: kind.into(),
+            observed_ms: p.observed.0,
+            path: p.path.display().to_string(),
+            process: p.process,
+            operations: p.ops.iter().map(|o| o.as_str().to_owned()).collect(),
+            attribution: match p.via {
+                Via::Fanotify => "fanotify".into(),
+                Via::Inotify => "inotify (no process attribution)".into(),
+            },
+            allowed: rule.is_some(),
+            allow_rule: rule.unwrap_or_default(),
+            dropped_before,
+            template: p.lure.template,
+            detail: String::new(),
+        })
+    }
+
+    fn allow_rule(&self, p: &Pending) -> Option<String> {
+        self.watched
+            .rules
+            .iter()
+            .find(|r| {
+                let process_ok = r.process.is_empty()
+                    || p.process
+                        .as_ref()
+                        .is_some_and(|proc| match r.process.strip_suffix('*') {
+                            Some(prefix) => proc.exe.starts_with(prefix),
+                            None => proc.exe == r.process,
+                        });
+                let user_ok =
+                    r.user.is_empty() || p.process.as_ref().is_some_and(|proc| proc.user == r.user);
+                let template_ok = r.template.is_empty() || r.template == p.lure.template;
+                process_ok && user_ok && template_ok
+            })
+            .map(|r| r.name.clone())
+    }
+}
+
+/// Where events go: the durable outbox, then the session.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    outbox: Arc<Mutex<Outbox>>,
+    notify: Arc<Notify>,
+}
+
+impl EventSink {
+    pub fn new(outbox: Outbox) -> Self {
+        EventSink {
+            outbox: Arc::new(Mutex::new(outbox)),
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    pub(crate) fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Woken whenever events are recorded.
+    pub fn notify(&self) -> &Arc<Notify> {
+        &self.notify
+    }
+
+    /// Records events durably (synced to disk) and wakes the session.
+    pub async fn record(&self, mut events: Vec<pb::Event>) -> Result<(), OutboxError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let outbox = self.outbox.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&mut events)
+        })
+        .await
+        .unwrap_or_else(|e| Err(OutboxError::other(e.to_string())));
+        self.notify.notify_one();
+        result
+    }
+}
+
+/// Runs the watcher and detector until `stop`, re-watching whenever
+/// `watched` changes.
+pub async fn run(
+    mut watcher: Watcher,
+    mut detector: Detector,
+    sink: EventSink,
+    mut watched: watch::Receiver<Watched>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let initial = watched.borrow_and_update().clone();
+    watcher.watch(&initial.files.keys().cloned().collect::<Vec<_>>());
+    detector.set_watched(initial);
+    loop {
+        let deadline = detector.next_deadline();
+        let events = tokio::select! {
+            () = crate::stopped(&mut stop) => {
+                let events = detector.flush_all(Instant::now());
+                if let Err(e) = sink.record(events).await {
+                    tracing::error!(error = %e, "cannot record lure events");
+                }
+                return;
+            }
+            changed = watched.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let w = watched.borrow_and_update().clone();
+                watcher.watch(&w.files.keys().cloned().collect::<Vec<_>>());
+                detector.set_watched(w);
+                continue;
+            }
+            accesses = watcher.next() => match accesses {
+                Ok(accesses) => detector.observe(accesses, Instant::now()),
+                Err(e) => {
+                    tracing::error!(error = %e, "reading file access events failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => detector.flush_due(Instant::now()),
+        };
+        for e in &events {
+            if e.allowed {
+                tracing::info!(lure = %e.lure_id, path = %e.path, rule = %e.allow_rule, "lure accessed by an allowed reader");
+            } else {
+                tracing::warn!(lure = %e.lure_id, path = %e.path, kind = %e.kind, pid = e.process.as_ref().map_or(0, |p| p.pid), exe = %e.process.as_ref().map_or("", |p| p.exe.as_str()), "lure touched");
+            }
+        }
+        if let Err(e) = sink.record(events).await {
+            tracing::error!(error = %e, "cannot record lure events");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watched() -> Watched {
+        let mut files = HashMap::new();
+        files.insert(
+            PathBuf::from("/r/home/a/patients.csv"),
+            LureRef {
+                id: "l1".into(),
+                revision: 3,
+                template: "patient-csv".into(),
+            },
+        );
+        Watched {
+            files,
+            rules: vec![pb::AllowRule {
+                name: "backup".into(),
+                process: "/usr/bin/rest*".into(),
+                user: String::new(),
+                template: String::new(),
+            }],
+        }
+    }
+
+    fn access(op: Op, pid: Option<i32>, via: Via) -> Access {
+        Access {
+            path: PathBuf::from("/r/home/a/patients.csv"),
+            op,
+            pid,
+            process: None,
+            via,
+        }
+    }
+
+    fn detector() -> Detector {
+        let mut d = Detector::new(DetectConfig::default(), Arc::new(SelfActivity::default()));
+        d.set_watched(watched());
+        d
+    }
+
+    #[test]
+    fn a_read_is_one_event_listing_its_operations() {
+        let mut d = detector();
+        let now = Instant::now();
+        let pid = Some(999_999);
+        assert!(
+            d.observe(
+                vec![
+                    access(Op::Open, pid, Via::Fanotify),
+                    access(Op::Read, pid, Via::Fanotify)
+                ],
+                now
+            )
+            .is_empty()
+        );
+        let events = d.observe(vec![access(Op::Close, pid, Via::Fanotify)], now);
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(
+            (e.kind.as_str(), e.lure_id.as_str(), e.lure_revision),
+            ("touch", "l1", 3)
+        );
+        assert_eq!(e.operations, ["open", "read", "close"]);
+        assert_eq!(e.attribution, "fanotify");
+        assert!(!e.allowed);
+        assert_eq!(e.id.len(), 26);
+    }
+
+    #[test]
+    fn own_accesses_and_unwatched_paths_are_ignored() {
+        let activity = Arc::new(SelfActivity::default());
+        let mut d = Detector::new(DetectConfig::default(), activity.clone());
+        d.set_watched(watched());
+        let me = Some(i32::try_from(std::process::id()).unwrap());
+        let now = Instant::now();
+        assert!(
+            d.observe(
+                vec![
+                    access(Op::Open, me, Via::Fanotify),
+                    access(Op::Close, me, Via::Fanotify)
+                ],
+                now
+            )
+            .is_empty()
+        );
+        activity.touch(Path::new("/r/home/a/patients.csv"));
+        assert!(
+            d.observe(vec![access(Op::Close, None, Via::Inotify)], Instant::now())
+                .is_empty()
+        );
+        let mut other = access(Op::Close, Some(5), Via::Fanotify);
+        other.path = PathBuf::from("/r/home/a/real.txt");
+        assert!(d.observe(vec![other], now).is_empty());
+        assert!(d.next_deadline().is_none());
+    }
+
+    #[test]
+    fn unclosed_accesses_are_flushed_after_the_window() {
+        let mut d = detector();
+        let start = Instant::now();
+        assert!(
+            d.observe(vec![access(Op::Modify, None, Via::Inotify)], start)
+                .is_empty()
+        );
+        assert!(d.flush_due(start + Duration::from_millis(10)).is_empty());
+        let events = d.flush_due(start + Duration::from_millis(250));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, "modify");
+        assert_eq!(events[0].attribution, "inotify (no process attribution)");
+        assert!(events[0].process.is_none());
+    }
+
+    #[test]
+    fn bursts_are_rate_limited_and_counted() {
+        let mut d = detector();
+        let now = Instant::now();
+        let mut emitted = 0;
+        for pid in 0..20 {
+            emitted += d
+                .observe(
+                    vec![
+                        access(Op::Open, Some(pid), Via::Fanotify),
+                        access(Op::Close, Some(pid), Via::Fanotify),
+                    ],
+                    now,
+                )
+                .len();
+        }
+        assert_eq!(emitted, 5);
+        assert_eq!(d.rate_limited(), 15);
+        let next = d.observe(
+            vec![access(Op::Close, Some(77), Via::Fanotify)],
+            now + Duration::from_secs(1),
+        );
+        assert_eq!(next[0].dropped_before, 15);
+    }
+
+    #[test]
+    fn allow_rules_mark_known_readers() {
+        let mut d = detector();
+        let now = Instant::now();
+        let mut p = Pending {
+            first: now,
+            observed: UnixMs::now(),
+            lure: watched().files.values().next().unwrap().clone(),
+            path: PathBuf::from("/r/home/a/patients.csv"),
+            ops: [Op::Open].into(),
+            process: Some(pb::Process {
+                pid: 1,
+                exe: "/usr/bin/restic".into(),
+                uid: 0,
+                user: "backup".into(),
+                cmdline: "restic backup".into(),
+            }),
+            via: Via::Fanotify,
+        };
+        let e = d.emit(p, now).unwrap();
+        assert!(e.allowed);
+        assert_eq!(e.allow_rule, "backup");
+        p = Pending {
+            first: now,
+            observed: UnixMs::now(),
+            lure: watched().files.values().next().unwrap().clone(),
+            path: PathBuf::from("/r/home/a/patients.csv"),
+            ops: [Op::Open].into(),
+            process: Some(pb::Process {
+                exe: "/usr/bin/cat".into(),
+                ..Default::default()
+            }),
+            via: Via::Fanotify,
+        };
+        assert!(!d.emit(p, now).unwrap().allowed);
+    }
+}

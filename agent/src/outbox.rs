@@ -1,0 +1,465 @@
+//! The durable outbox: events are written here, synced, before they are
+//! sent, and leave only when the controller acknowledges them.
+//!
+//! On disk: `outbox.log`, records of `[len u32][check u32][Event]` (the check
+//! is the first 4 bytes of SHA-256 of the event), and `outbox.acked`, the
+//! highest acknowledged sequence number. A torn record at the end (a crash
+//! mid-write) is cut off when the log is opened. Only an index (sequence,
+//! offset, severity) is kept in memory; events are read back from the log
+//! to be sent.
+//!
+//! When the outbox is full, the oldest events of the lowest severity go
+//! first (allowed readers, then drift, then touches); what was dropped is
+//! counted and reported in heartbeats.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+use ruse_proto::agent::v1 as pb;
+
+const LOG: &str = "outbox.log";
+const ACKED: &str = "outbox.acked";
+/// Larger records are refused (an event is a few hundred bytes).
+const MAX_RECORD: usize = 64 << 10;
+
+/// How much an event matters, for the drop policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// A known benign reader.
+    Allowed,
+    /// A lure found changed by the agent's own check.
+    Drift,
+    /// Someone touched a lure.
+    Touch,
+}
+
+impl Severity {
+    pub fn of(event: &pb::Event) -> Self {
+        if event.allowed {
+            Severity::Allowed
+        } else if event.kind == "drift" {
+            Severity::Drift
+        } else {
+            Severity::Touch
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    seq: u64,
+    offset: u64,
+    len: u32,
+    severity: Severity,
+}
+
+/// Why the outbox failed.
+#[derive(Debug, thiserror::Error)]
+#[error("outbox {path}: {source}")]
+pub struct OutboxError {
+    path: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl OutboxError {
+    pub(crate) fn other(reason: String) -> Self {
+        OutboxError {
+            path: "outbox".into(),
+            source: std::io::Error::other(reason),
+        }
+    }
+}
+
+/// The outbox of one agent.
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    log: File,
+    /// Bytes written to the log.
+    end: u64,
+    acked: u64,
+    next_seq: u64,
+    /// Unacknowledged events, in sequence order.
+    index: VecDeque<Entry>,
+    capacity: usize,
+    dropped: u64,
+}
+
+fn check(bytes: &[u8]) -> u32 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let d = digest.as_ref();
+    u32::from_le_bytes([d[0], d[1], d[2], d[3]])
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox in `dir`, holding at most `capacity`
+    /// unacknowledged events.
+    pub fn open(dir: &Path, capacity: usize) -> Result<Self, OutboxError> {
+        let err = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| OutboxError { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(err(dir))?;
+        let acked_path = dir.join(ACKED);
+        let acked = match std::fs::read_to_string(&acked_path) {
+            Ok(s) => s.trim().parse().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(err(&acked_path)(e)),
+        };
+        let log_path = dir.join(LOG);
+        let mut log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .map_err(err(&log_path))?;
+        let mut bytes = Vec::new();
+        log.seek(SeekFrom::Start(0)).map_err(err(&log_path))?;
+        log.read_to_end(&mut bytes).map_err(err(&log_path))?;
+        let mut index = VecDeque::new();
+        let mut offset = 0usize;
+        let mut next_seq = acked + 1;
+        while offset + 8 <= bytes.len() {
+            let len = u32::from_le_bytes([
+                bytes[offset],
+                bytes[offset + 1],
+                bytes[offset + 2],
+                bytes[offset + 3],
+            ]);
+            let sum = u32::from_le_bytes([
+                bytes[offset + 4],
+                bytes[offset + 5],
+                bytes[offset + 6],
+                bytes[offset + 7],
+            ]);
+            let start = offset + 8;
+            let Some(body) = bytes.get(start..start + len as usize) else {
+                break;
+            };
+            if check(body) != sum {
+                break;
+            }
+            let Ok(event) = pb::Event::decode(body) else {
+                break;
+            };
+            next_seq = next_seq.max(event.seq + 1);
+            if event.seq > acked {
+                index.push_back(Entry {
+                    seq: event.seq,
+                    offset: offset as u64,
+                    len: len + 8,
+                    severity: Severity::of(&event),
+                });
+            }
+            offset = start + len as usize;
+        }
+        if offset < bytes.len() {
+            // A torn or corrupt tail: keep what is whole.
+            tracing::warn!(path = %log_path.display(), kept = offset, lost = bytes.len() - offset, "outbox log had a damaged tail; cut off");
+            log.set_len(offset as u64).map_err(err(&log_path))?;
+            log.sync_all().map_err(err(&log_path))?;
+        }
+        let mut outbox = Outbox {
+            dir: dir.to_path_buf(),
+            log,
+            end: offset as u64,
+            acked,
+            next_seq,
+            index,
+            capacity: capacity.max(1),
+            dropped: 0,
+        };
+        if outbox.index.is_empty() && outbox.end > 0 {
+            outbox.truncate()?;
+        }
+        Ok(outbox)
+    }
+
+    fn error(&self, name: &str) -> impl FnOnce(std::io::Error) -> OutboxError {
+        let path = self.dir.join(name).display().to_string();
+        move |source| OutboxError { path, source }
+    }
+
+    /// Unacknowledged events.
+    pub fn depth(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Events dropped because the outbox was full, since it was opened.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// The highest acknowledged sequence number.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Gives each event its sequence number, writes them, and syncs. Events
+    /// are durable when this returns.
+    pub fn append(&mut self, events: &mut [pb::Event]) -> Result<(), OutboxError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let mut entries = Vec::new();
+        for event in events.iter_mut() {
+            event.seq = self.next_seq;
+            self.next_seq += 1;
+            let body = event.encode_to_vec();
+            if body.len() > MAX_RECORD {
+                tracing::warn!(lure = %event.lure_id, bytes = body.len(), "event too large; not recorded");
+                continue;
+            }
+            let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+            entries.push(Entry {
+                seq: event.seq,
+                offset: self.end + buf.len() as u64,
+                len: len + 8,
+                severity: Severity::of(event),
+            });
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&check(&body).to_le_bytes());
+            buf.extend_from_slice(&body);
+        }
+        self.log.write_all(&buf).map_err(self.error(LOG))?;
+        self.log.sync_data().map_err(self.error(LOG))?;
+        self.end += buf.len() as u64;
+        self.index.extend(entries);
+        if self.index.len() > self.capacity {
+            self.shed()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest events of the lowest severity until within
+    /// capacity, then rewrites the log without them.
+    fn shed(&mut self) -> Result<(), OutboxError> {
+        let excess = self.index.len() - self.capacity;
+        let mut victims = Vec::with_capacity(excess);
+        for severity in [Severity::Allowed, Severity::Drift, Severity::Touch] {
+            for e in self.index.iter().filter(|e| e.severity == severity) {
+                if victims.len() == excess {
+                    break;
+                }
+                victims.push(e.seq);
+            }
+        }
+        victims.sort_unstable();
+        let keep: Vec<Entry> = self
+            .index
+            .iter()
+            .filter(|e| victims.binary_search(&e.seq).is_err())
+            .copied()
+            .collect();
+        self.dropped += victims.len() as u64;
+        tracing::warn!(
+            dropped = victims.len(),
+            capacity = self.capacity,
+            "outbox full; dropped the oldest low-severity events"
+        );
+        self.rewrite(keep)
+    }
+
+    /// Rewrites the log with only `keep`, atomically.
+    fn rewrite(&mut self, keep: Vec<Entry>) -> Result<(), OutboxError> {
+        let mut buf = Vec::new();
+        let mut index = VecDeque::with_capacity(keep.len());
+        for e in keep {
+            let bytes = self.read_record(&e)?;
+            index.push_back(Entry {
+                offset: buf.len() as u64,
+                ..e
+            });
+            buf.extend_from_slice(&bytes);
+        }
+        let tmp = self.dir.join(format!("{LOG}.tmp"));
+        let mut file = File::create(&tmp).map_err(self.error(LOG))?;
+        file.write_all(&buf).map_err(self.error(LOG))?;
+        file.sync_all().map_err(self.error(LOG))?;
+        std::fs::rename(&tmp, self.dir.join(LOG)).map_err(self.error(LOG))?;
+        self.log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(self.dir.join(LOG))
+            .map_err(self.error(LOG))?;
+        self.end = buf.len() as u64;
+        self.index = index;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self) -> Result<(), OutboxError> {
+        self.log.set_len(0).map_err(self.error(LOG))?;
+        self.log.sync_all().map_err(self.error(LOG))?;
+        self.end = 0;
+        Ok(())
+    }
+
+    fn read_record(&self, e: &Entry) -> Result<Vec<u8>, OutboxError> {
+        let mut file = &self.log;
+        let mut bytes = vec![0u8; e.len as usize];
+        file.seek(SeekFrom::Start(e.offset))
+            .map_err(self.error(LOG))?;
+        file.read_exact(&mut bytes).map_err(self.error(LOG))?;
+        Ok(bytes)
+    }
+
+    /// Up to `limit` unacknowledged events with `seq > after`, in order.
+    pub fn pending(&self, after: u64, limit: usize) -> Result<Vec<pb::Event>, OutboxError> {
+        let mut out = Vec::new();
+        for e in self.index.iter().filter(|e| e.seq > after).take(limit) {
+            let bytes = self.read_record(e)?;
+            if let Ok(event) = pb::Event::decode(&bytes[8..]) {
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The controller has every event up to `through`: forget them.
+    pub fn ack(&mut self, through: u64) -> Result<(), OutboxError> {
+        if through <= self.acked {
+            return Ok(());
+        }
+        let through = through.min(self.next_seq.saturating_sub(1));
+        ruse_pki::write_private_file(&self.dir.join(ACKED), through.to_string().as_bytes())
+            .map_err(|e| OutboxError {
+                path: self.dir.join(ACKED).display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        self.acked = through;
+        while self.index.front().is_some_and(|e| e.seq <= through) {
+            self.index.pop_front();
+        }
+        if self.index.is_empty() {
+            self.truncate()?;
+        } else if self.end > 4 << 20 {
+            // Mostly acknowledged and large: compact.
+            let keep: Vec<Entry> = self.index.iter().copied().collect();
+            self.rewrite(keep)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32, kind: &str, allowed: bool) -> pb::Event {
+        pb::Event {
+            id: format!("ev{n:06}"),
+            kind: kind.into(),
+            lure_id: "lure".into(),
+            allowed,
+            path: format!("/home/x/file{n}"),
+            ..Default::default()
+        }
+    }
+
+    fn ids(events: &[pb::Event]) -> Vec<String> {
+        events.iter().map(|e| e.id.clone()).collect()
+    }
+
+    #[test]
+    fn events_survive_reopen_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut o = Outbox::open(dir.path(), 100).unwrap();
+            let mut batch: Vec<_> = (0..5).map(|n| event(n, "touch", false)).collect();
+            o.append(&mut batch).unwrap();
+            assert_eq!(
+                batch.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                [1, 2, 3, 4, 5]
+            );
+            o.ack(2).unwrap();
+        }
+        let mut o = Outbox::open(dir.path(), 100).unwrap();
+        assert_eq!(o.depth(), 3);
+        assert_eq!(
+            ids(&o.pending(0, 10).unwrap()),
+            ["ev000002", "ev000003", "ev000004"]
+        );
+        assert_eq!(ids(&o.pending(3, 10).unwrap()), ["ev000003", "ev000004"]);
+        let mut more = vec![event(9, "touch", false)];
+        o.append(&mut more).unwrap();
+        assert_eq!(more[0].seq, 6, "sequence numbers continue after a restart");
+        o.ack(6).unwrap();
+        assert_eq!(o.depth(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(LOG)).unwrap().len(),
+            0,
+            "an empty outbox is truncated"
+        );
+        drop(o);
+        let mut o = Outbox::open(dir.path(), 100).unwrap();
+        let mut next = vec![event(10, "touch", false)];
+        o.append(&mut next).unwrap();
+        assert_eq!(next[0].seq, 7, "sequence survives truncation");
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_earlier_events_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut o = Outbox::open(dir.path(), 100).unwrap();
+            o.append(&mut (0..3).map(|n| event(n, "touch", false)).collect::<Vec<_>>())
+                .unwrap();
+        }
+        // A crash in the middle of writing a fourth record.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(LOG))
+            .unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+        drop(f);
+        let mut o = Outbox::open(dir.path(), 100).unwrap();
+        assert_eq!(o.depth(), 3);
+        let mut next = vec![event(7, "touch", false)];
+        o.append(&mut next).unwrap();
+        assert_eq!(next[0].seq, 4);
+        drop(o);
+        let o = Outbox::open(dir.path(), 100).unwrap();
+        assert_eq!(
+            ids(&o.pending(0, 10).unwrap()),
+            ["ev000000", "ev000001", "ev000002", "ev000007"]
+        );
+    }
+
+    #[test]
+    fn when_full_the_oldest_low_severity_events_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), 4).unwrap();
+        let mut batch = vec![
+            event(0, "touch", false),
+            event(1, "touch", true),
+            event(2, "drift", false),
+            event(3, "touch", true),
+            event(4, "touch", false),
+            event(5, "touch", false),
+        ];
+        o.append(&mut batch).unwrap();
+        assert_eq!(o.depth(), 4);
+        assert_eq!(o.dropped(), 2);
+        assert_eq!(
+            ids(&o.pending(0, 10).unwrap()),
+            ["ev000000", "ev000002", "ev000004", "ev000005"]
+        );
+        o.append(&mut [event(6, "touch", false)]).unwrap();
+        assert_eq!(
+            ids(&o.pending(0, 10).unwrap()),
+            ["ev000000", "ev000004", "ev000005", "ev000006"]
+        );
+        drop(o);
+        let o = Outbox::open(dir.path(), 4).unwrap();
+        assert_eq!(o.depth(), 4, "the rewritten log reopens");
+    }
+}

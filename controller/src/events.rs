@@ -1,0 +1,212 @@
+//! Lure events: ingest from agents, durable storage, queries, live watch.
+//!
+//! Invariants:
+//! - **An agent reports only about its own lures.** The agent comes from
+//!   the session's certificate; an event naming a lure registered to
+//!   another agent (or to none) is refused and audited.
+//! - **Acknowledged means durable.** A batch is acknowledged only after its
+//!   events are flushed (group commit across agents).
+//! - **Exactly once.** Events are stored by id with compare-and-swap, so a
+//!   batch sent again after a lost acknowledgement adds nothing.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use ruse_proto::agent::v1 as pb;
+use ruse_proto::convert::{EventProcess, ReportedEvent};
+use ruse_proto::types::{AgentId, UnixMs, ulid_floor};
+
+use crate::deploy::Deployer;
+use crate::metrics::Metrics;
+use crate::store::{Committer, Store, StoreError};
+
+/// An event as stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub id: String,
+    pub agent: AgentId,
+    pub seq: u64,
+    pub lure_id: String,
+    pub lure_revision: u64,
+    /// From the registry, not from the agent.
+    pub template: String,
+    pub campaign: String,
+    pub kind: String,
+    pub path: String,
+    pub process: Option<EventProcess>,
+    pub operations: Vec<String>,
+    pub attribution: String,
+    pub allowed: bool,
+    pub allow_rule: String,
+    pub dropped_before: u32,
+    pub detail: String,
+    pub observed: UnixMs,
+    pub received: UnixMs,
+    /// The agent's address when it reported this.
+    pub peer: String,
+}
+
+/// The outcome of one batch.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Every event with a sequence up to this is handled (stored, a
+    /// duplicate, or refused).
+    pub through_seq: u64,
+    pub stored: usize,
+    pub duplicates: usize,
+    /// Why events were refused, one line each.
+    pub rejected: Vec<String>,
+}
+
+/// Filters for queries and watches.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub agent: Option<AgentId>,
+    pub lure: Option<String>,
+    pub kind: Option<String>,
+    /// Observed at or after.
+    pub since: Option<UnixMs>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &StoredEvent) -> bool {
+        self.agent.as_ref().is_none_or(|a| &e.agent == a)
+            && self.lure.as_ref().is_none_or(|l| &e.lure_id == l)
+            && self.kind.as_ref().is_none_or(|k| &e.kind == k)
+            && self.since.is_none_or(|s| e.observed >= s)
+    }
+}
+
+/// Agents' clocks may run behind; a `since` query looks this much further
+/// back in the id order and then filters on the observed time.
+const CLOCK_SLACK_MS: i64 = 24 * 3600 * 1000;
+/// Live events buffered per watcher before a slow one loses some.
+const LIVE_BUFFER: usize = 4096;
+
+/// Event storage and distribution.
+#[derive(Debug)]
+pub struct Events {
+    store: Arc<dyn Store>,
+    committer: Committer,
+    deploy: Arc<Deployer>,
+    pub metrics: Arc<Metrics>,
+    live: broadcast::Sender<Arc<StoredEvent>>,
+}
+
+impl Events {
+    pub fn new(
+        store: Arc<dyn Store>,
+        committer: Committer,
+        deploy: Arc<Deployer>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Events {
+            store,
+            committer,
+            deploy,
+            metrics,
+            live: broadcast::channel(LIVE_BUFFER).0,
+        }
+    }
+
+    /// Stores a batch from `agent` durably. The caller acknowledges
+    /// `through_seq` once this returns (and audits refusals).
+    pub async fn ingest(
+        &self,
+        agent: &AgentId,
+        peer: &str,
+        batch: Vec<pb::Event>,
+    ) -> Result<Ingested, StoreError> {
+        let mut out = Ingested::default();
+        let received = UnixMs::now();
+        let mut stored = Vec::new();
+        Metrics::add(&self.metrics.events_received, batch.len() as u64);
+        for raw in batch {
+            out.through_seq = out.through_seq.max(raw.seq);
+            let event = match ReportedEvent::try_from(raw) {
+                Ok(e) => e,
+                Err(e) => {
+                    out.rejected.push(format!("malformed event: {e}"));
+                    continue;
+                }
+            };
+            let Some(lure) = self.deploy.lure_owner(&event.lure_id)? else {
+                out.rejected.push(format!(
+                    "event {} names lure {}, which does not exist",
+                    event.id, event.lure_id
+                ));
+                continue;
+            };
+            if lure.agent != *agent {
+                out.rejected.push(format!(
+                    "event {} names lure {}, which belongs to agent {}",
+                    event.id, event.lure_id, lure.agent
+                ));
+                continue;
+            }
+            let record = StoredEvent {
+                id: event.id,
+                agent: agent.clone(),
+                seq: event.seq,
+                lure_id: event.lure_id,
+                lure_revision: event.lure_revision,
+                template: lure.template.to_string(),
+                campaign: lure.campaign.clone(),
+                kind: event.kind,
+                path: event.path,
+                process: event.process,
+                operations: event.operations,
+                attribution: event.attribution,
+                allowed: event.allowed,
+                allow_rule: event.allow_rule,
+                dropped_before: event.dropped_before,
+                detail: event.detail,
+                observed: UnixMs(event.observed_ms),
+                received,
+                peer: peer.to_owned(),
+            };
+            if self.store.insert_event(&record)? {
+                stored.push(record);
+            } else {
+                out.duplicates += 1;
+            }
+        }
+        if !stored.is_empty() {
+            self.committer.durable().await?;
+        }
+        out.stored = stored.len();
+        Metrics::add(&self.metrics.events_duplicate, out.duplicates as u64);
+        Metrics::add(&self.metrics.events_rejected, out.rejected.len() as u64);
+        for e in stored {
+            self.metrics.event_persisted(&e.kind);
+            if e.allowed {
+                tracing::info!(agent = %e.agent, lure = %e.lure_id, path = %e.path, rule = %e.allow_rule, "lure read by an allowed reader");
+            } else {
+                tracing::warn!(agent = %e.agent, lure = %e.lure_id, kind = %e.kind, path = %e.path, exe = %e.process.as_ref().map_or("", |p| p.exe.as_str()), "lure event");
+            }
+            // No receivers is fine.
+            let _ = self.live.send(Arc::new(e));
+        }
+        Ok(out)
+    }
+
+    /// Stored events matching `filter`, newest `limit`, oldest first.
+    pub fn query(
+        &self,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let from = filter
+            .since
+            .map(|s| ulid_floor(s.0.saturating_sub(CLOCK_SLACK_MS)))
+            .unwrap_or_default();
+        self.store.events(&from, limit, &mut |e| filter.matches(e))
+    }
+
+    /// Events as they are stored, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
+        self.live.subscribe()
+    }
+}

@@ -1,0 +1,140 @@
+//! Counters and gauges, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A gauge value: name, help, labels, value.
+pub type Gauge<'a> = (&'a str, &'a str, Vec<(&'a str, String)>, u64);
+
+/// The controller's own counters. Gauges that describe current state
+/// (agents by state, outbox depths) are computed when rendered.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub events_received: AtomicU64,
+    pub events_persisted: AtomicU64,
+    pub events_duplicate: AtomicU64,
+    pub events_rejected: AtomicU64,
+    events_by_kind: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    pub fn event_persisted(&self, kind: &str) {
+        self.events_persisted.fetch_add(1, Ordering::Relaxed);
+        let mut by_kind = self
+            .events_by_kind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *by_kind.entry(kind.to_owned()).or_default() += 1;
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The exposition text; `gauges` are (name, help, labels, value).
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            &mut out,
+            "ruse_events_received_total",
+            "Lure events received from agents.",
+            self.events_received.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "ruse_events_persisted_total",
+            "Lure events stored durably.",
+            self.events_persisted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "ruse_events_duplicate_total",
+            "Lure events received again and dropped by id.",
+            self.events_duplicate.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "ruse_events_rejected_total",
+            "Lure events refused (unknown lure, another agent's lure, malformed).",
+            self.events_rejected.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ruse_events_by_kind_total Lure events stored, by kind.\n# TYPE ruse_events_by_kind_total counter"
+        );
+        for (kind, n) in self
+            .events_by_kind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "ruse_events_by_kind_total{{kind=\"{}\"}} {n}",
+                escape(kind)
+            );
+        }
+        let mut last = "";
+        for (name, help, labels, value) in gauges {
+            if *name != last {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                last = name;
+            }
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let labels: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                    .collect();
+                let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+            }
+        }
+        out
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_gauges() {
+        let m = Metrics::default();
+        Metrics::add(&m.events_received, 3);
+        m.event_persisted("touch");
+        m.event_persisted("touch");
+        let text = m.render(&[
+            (
+                "ruse_agents",
+                "Agents by state.",
+                vec![("state", "online".into())],
+                2,
+            ),
+            (
+                "ruse_agents",
+                "Agents by state.",
+                vec![("state", "offline".into())],
+                1,
+            ),
+        ]);
+        assert!(text.contains("ruse_events_received_total 3\n"));
+        assert!(text.contains("ruse_events_by_kind_total{kind=\"touch\"} 2\n"));
+        assert_eq!(text.matches("# TYPE ruse_agents gauge").count(), 1);
+        assert!(text.contains("ruse_agents{state=\"offline\"} 1\n"));
+    }
+}
