@@ -302,6 +302,11 @@ impl EventSink {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Events recorded and not yet acknowledged by the controller.
+    pub fn depth(&self) -> usize {
+        self.outbox().depth()
+    }
+
     /// Woken whenever events are recorded.
     pub fn notify(&self) -> &Arc<Notify> {
         &self.notify
@@ -327,16 +332,18 @@ impl EventSink {
 }
 
 /// Runs the watcher and detector until `stop`, re-watching whenever
-/// `watched` changes.
+/// `watched` changes; publishes each set on `marked` once it is watched.
 pub async fn run(
     mut watcher: Watcher,
     mut detector: Detector,
     sink: EventSink,
     mut watched: watch::Receiver<Watched>,
+    marked: watch::Sender<Watched>,
     mut stop: watch::Receiver<bool>,
 ) {
     let initial = watched.borrow_and_update().clone();
     watcher.watch(&initial.files.keys().cloned().collect::<Vec<_>>());
+    marked.send_replace(initial.clone());
     detector.set_watched(initial);
     loop {
         let deadline = detector.next_deadline();
@@ -354,6 +361,7 @@ pub async fn run(
                 }
                 let w = watched.borrow_and_update().clone();
                 watcher.watch(&w.files.keys().cloned().collect::<Vec<_>>());
+                marked.send_replace(w.clone());
                 detector.set_watched(w);
                 continue;
             }

@@ -62,19 +62,29 @@ pub(crate) struct Shared {
     pub engine: SharedEngine,
     pub sink: EventSink,
     pub watched: Arc<watch::Sender<Watched>>,
+    /// What the detector watches now.
+    pub marked: watch::Receiver<Watched>,
     pub watcher_mode: &'static str,
     pub rate_limited: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Shared {
-    /// Tells the detector about changed lures.
-    pub fn rewatch(&self) {
+    /// Tells the detector about changed lures and waits (up to a second)
+    /// until they are watched, so an acknowledged lure is a watched lure.
+    pub async fn rewatch(&self) {
         let watched = lock(&self.engine).watched();
         self.watched.send_if_modified(|w| {
             let changed = *w != watched;
-            *w = watched;
+            *w = watched.clone();
             changed
         });
+        let mut marked = self.marked.clone();
+        if tokio::time::timeout(Duration::from_secs(1), marked.wait_for(|m| *m == watched))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the detector did not take up changed lures within a second");
+        }
     }
 }
 
@@ -130,7 +140,7 @@ pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
     if let Err(e) = shared.sink.record(events).await {
         tracing::error!(error = %e, "cannot record drift events");
     }
-    shared.rewatch();
+    shared.rewatch().await;
     problems
 }
 
@@ -267,63 +277,110 @@ async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-/// Runs the agent until `shutdown` turns true (returns `Ok`) or a condition
-/// that retrying cannot fix (returns the error).
+/// An agent, started: its planting engine open, its outbox open, and its
+/// detector watching. [`Agent::events`] is where anything inside the agent
+/// (watchers, decoy services) records events.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    shared: Shared,
+    detection: tokio::task::JoinHandle<()>,
+    stop_detection: watch::Sender<bool>,
+}
+
+impl Agent {
+    /// Opens the state directory and starts watching planted lures. Call
+    /// inside a tokio runtime.
+    pub fn start(config: AgentConfig) -> Result<Self, AgentError> {
+        let engine = open_engine(&config)?;
+        let activity = engine.activity();
+        let watched = engine.watched();
+        let engine: SharedEngine = Arc::new(Mutex::new(engine));
+        let sink = EventSink::new(outbox::Outbox::open(
+            &config.state_dir.join("outbox"),
+            config.outbox_capacity,
+        )?);
+        let watcher = watcher::Watcher::new().map_err(AgentError::Watch)?;
+        let watcher_mode = watcher.mode();
+        let detector = Detector::new(config.detect, activity);
+        let rate_limited = detector.rate_limited_counter();
+        let (watched_tx, watched_rx) = watch::channel(watched);
+        let (marked_tx, marked) = watch::channel(Watched::default());
+        // Its own stop signal: raised however `run` ends, so pending events
+        // are recorded without waiting for the caller's shutdown.
+        let (stop_detection, detection_stop) = watch::channel(false);
+        let detection = tokio::spawn(detect::run(
+            watcher,
+            detector,
+            sink.clone(),
+            watched_rx,
+            marked_tx,
+            detection_stop,
+        ));
+        Ok(Agent {
+            config,
+            shared: Shared {
+                engine,
+                sink,
+                watched: Arc::new(watched_tx),
+                marked,
+                watcher_mode,
+                rate_limited,
+            },
+            detection,
+            stop_detection,
+        })
+    }
+
+    /// Where events are recorded: durable in the outbox, then sent.
+    pub fn events(&self) -> EventSink {
+        self.shared.sink.clone()
+    }
+
+    /// Runs until `shutdown` turns true (returns `Ok`) or a condition that
+    /// retrying cannot fix (returns the error).
+    pub async fn run(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+        status: watch::Sender<AgentStatus>,
+    ) -> Result<(), AgentError> {
+        let Agent {
+            config,
+            shared,
+            detection,
+            stop_detection,
+        } = self;
+        let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+        // After a restart, check what is planted instead of rewriting it.
+        let problems = verify(&shared).await;
+        status.send_modify(|s| {
+            s.lures = lock(&shared.engine).applied().len();
+            s.outbox_depth = shared.sink.outbox().depth();
+        });
+        let result = run_sessions(
+            &config,
+            &shared,
+            problems,
+            &mut shutdown,
+            &status,
+            &mut backoff,
+        )
+        .await;
+        // Let the detector record what it was coalescing.
+        let _ = stop_detection.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), detection).await;
+        result
+    }
+}
+
+/// Starts and runs an agent until `shutdown` turns true (returns `Ok`) or a
+/// condition that retrying cannot fix (returns the error).
 pub async fn run(
     config: AgentConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     status: watch::Sender<AgentStatus>,
 ) -> Result<(), AgentError> {
-    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
-    let engine = open_engine(&config)?;
-    let activity = engine.activity();
-    let watched = engine.watched();
-    let engine: SharedEngine = Arc::new(Mutex::new(engine));
-    let sink = EventSink::new(outbox::Outbox::open(
-        &config.state_dir.join("outbox"),
-        config.outbox_capacity,
-    )?);
-    let watcher = watcher::Watcher::new().map_err(AgentError::Watch)?;
-    let watcher_mode = watcher.mode();
-    let detector = Detector::new(config.detect, activity);
-    let rate_limited = detector.rate_limited_counter();
-    let (watched_tx, watched_rx) = watch::channel(watched);
-    // Its own stop signal: raised however `run` ends, so pending events are
-    // recorded without waiting for the caller's shutdown.
-    let (stop_detection, detection_stop) = watch::channel(false);
-    let detection = tokio::spawn(detect::run(
-        watcher,
-        detector,
-        sink.clone(),
-        watched_rx,
-        detection_stop,
-    ));
-    let shared = Shared {
-        engine,
-        sink,
-        watched: Arc::new(watched_tx),
-        watcher_mode,
-        rate_limited,
-    };
-    // After a restart, check what is planted instead of rewriting it.
-    let problems = verify(&shared).await;
-    status.send_modify(|s| {
-        s.lures = lock(&shared.engine).applied().len();
-        s.outbox_depth = shared.sink.outbox().depth();
-    });
-    let result = run_sessions(
-        &config,
-        &shared,
-        problems,
-        &mut shutdown,
-        &status,
-        &mut backoff,
-    )
-    .await;
-    // Let the detector record what it was coalescing.
-    let _ = stop_detection.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), detection).await;
-    result
+    Agent::start(config)?.run(shutdown, status).await
 }
 
 async fn run_sessions(

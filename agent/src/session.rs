@@ -262,7 +262,7 @@ pub(crate) async fn run_once(
                         },
                         Some(Msg::Update(update)) => {
                             let reply = apply_update(&shared.engine, update).await;
-                            shared.rewatch();
+                            shared.rewatch().await;
                             status.send_modify(|s| {
                                 s.updates += 1;
                                 s.lures = crate::lock(&shared.engine).applied().len();

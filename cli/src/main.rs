@@ -153,6 +153,9 @@ enum GetWhat {
     Campaigns,
     /// Decoy definitions.
     Decoys,
+    /// Allow rules: readers whose lure accesses are recorded, not raised.
+    #[command(name = "allowrules", alias = "allow-rules")]
+    AllowRules,
     /// The lure registry: every lure instance and where it was planted.
     Lures {
         /// Only lures of this agent.
@@ -273,6 +276,11 @@ enum DeleteWhat {
     },
     /// Delete a campaign; its lures are removed from agents.
     Campaign {
+        name: String,
+    },
+    /// Delete an allow rule.
+    #[command(name = "allowrule", alias = "allow-rule")]
+    AllowRule {
         name: String,
     },
     /// Delete a decoy no campaign uses.
@@ -560,6 +568,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Delete {
+            what: DeleteWhat::AllowRule { name },
+        } => {
+            let name = name.strip_prefix("allowrule/").unwrap_or(&name).to_owned();
+            client
+                .delete_allow_rule(pb::DeleteAllowRuleRequest { name: name.clone() })
+                .await?;
+            println!("allowrule/{name} deleted");
+            Ok(())
+        }
+        Command::Delete {
             what: DeleteWhat::Decoy { name },
         } => {
             let name = name.strip_prefix("decoy/").unwrap_or(&name).to_owned();
@@ -828,6 +846,63 @@ async fn get(
                             "NAME", "SELECTOR", "LURES", "AGENTS", "ROLLOUT", "WAVE", "APPLIED",
                             "FAILED", "UPDATED",
                         ],
+                        &rows,
+                    );
+                    Ok(())
+                }
+            }
+        }
+        GetWhat::AllowRules => {
+            let rules = client
+                .list_allow_rules(pb::ListAllowRulesRequest {})
+                .await?
+                .into_inner()
+                .rules;
+            #[derive(serde::Serialize)]
+            struct Rule {
+                name: String,
+                selector: std::collections::BTreeMap<String, String>,
+                process: String,
+                user: String,
+                template: String,
+                matching_agents: u32,
+            }
+            let items: Vec<Rule> = rules
+                .iter()
+                .map(|r| Rule {
+                    name: r.name.clone(),
+                    selector: r.selector.clone().into_iter().collect(),
+                    process: r.process.clone(),
+                    user: r.user.clone(),
+                    template: r.template.clone(),
+                    matching_agents: r.matching_agents,
+                })
+                .collect();
+            match format {
+                Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
+                _ => {
+                    let any = |s: &str| {
+                        if s.is_empty() {
+                            "*".to_owned()
+                        } else {
+                            s.to_owned()
+                        }
+                    };
+                    let rows: Vec<Vec<String>> = items
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.name.clone(),
+                                any(&r.process),
+                                any(&r.user),
+                                any(&r.template),
+                                output::labels(&r.selector),
+                                r.matching_agents.to_string(),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["NAME", "PROCESS", "USER", "TEMPLATE", "SELECTOR", "AGENTS"],
                         &rows,
                     );
                     Ok(())

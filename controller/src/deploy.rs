@@ -33,7 +33,7 @@ use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
 
 use crate::fleet::{AgentView, Fleet};
 use crate::lures::{self, Material, RenderInput, Template};
-use crate::resources::{Campaign, Decoy, Document, LureSlot, ManifestError, Parsed};
+use crate::resources::{AllowRule, Campaign, Decoy, Document, LureSlot, ManifestError, Parsed};
 use crate::store::{Committer, Store, StoreError};
 
 /// A lure instance: one slot of one campaign on one agent, for one
@@ -140,14 +140,26 @@ pub fn rollout_order<'a>(
     keyed.into_iter().map(|(_, a)| a).collect()
 }
 
-/// One lure an agent should have.
+/// What an agent should have under one resource id.
 #[derive(Debug, Clone)]
 struct Desired {
     revision: u64,
+    /// The campaign of a lure; empty for allow rules.
     campaign: String,
-    slot: Arc<LureSlot>,
-    decoy: Option<Arc<Decoy>>,
+    payload: Payload,
 }
+
+#[derive(Debug, Clone)]
+enum Payload {
+    Lure {
+        slot: Arc<LureSlot>,
+        decoy: Option<Arc<Decoy>>,
+    },
+    AllowRules(Arc<Vec<pb::AllowRule>>),
+}
+
+/// The resource id of an agent's allow rules.
+pub const ALLOW_RULES_ID: &str = "allow-rules";
 
 #[derive(Debug, Clone)]
 struct Inflight {
@@ -247,6 +259,7 @@ impl Registry {
 struct State {
     campaigns: BTreeMap<String, CampaignRecord>,
     decoys: BTreeMap<String, Arc<Decoy>>,
+    allow_rules: BTreeMap<String, Arc<AllowRule>>,
     registry: Registry,
     agents: HashMap<AgentId, AgentLures>,
     /// Created but not yet durable: never pushed.
@@ -337,6 +350,10 @@ pub struct Deployer {
 /// Resources sent in one update, at most.
 const MAX_RESOURCES_PER_UPDATE: usize = 256;
 
+fn lures_kind() -> &'static str {
+    "lure"
+}
+
 fn slot_fingerprint(slot: &LureSlot, decoy: Option<&Decoy>) -> String {
     let bytes = serde_json::to_vec(&(slot, decoy)).unwrap_or_default();
     hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref())
@@ -358,6 +375,9 @@ impl Deployer {
         }
         for decoy in store.decoys()? {
             state.decoys.insert(decoy.name.clone(), Arc::new(decoy));
+        }
+        for rule in store.allow_rules()? {
+            state.allow_rules.insert(rule.name.clone(), Arc::new(rule));
         }
         for lure in store.lures()? {
             if lure.retired.is_none() {
@@ -406,10 +426,15 @@ impl Deployer {
     ) -> Result<Vec<ApplyResult>, DeployError> {
         let _admin = self.admin.lock().await;
         let now = UnixMs::now();
-        let (decoys, campaigns) = {
+        let (decoys, campaigns, rules) = {
             let st = self.lock();
-            (st.decoys.clone(), st.campaigns.clone())
+            (
+                st.decoys.clone(),
+                st.campaigns.clone(),
+                st.allow_rules.clone(),
+            )
         };
+        let mut rule_writes = Vec::new();
         // Decoys after this apply, to check references and fingerprints.
         let mut new_decoys: BTreeMap<String, Arc<Decoy>> = decoys.clone();
         for p in docs {
@@ -435,6 +460,21 @@ impl Deployer {
                     .into());
             }
             match &p.doc {
+                Document::AllowRule(r) => {
+                    let action = match rules.get(&r.name) {
+                        None => "created",
+                        Some(old) if **old == *r => "unchanged",
+                        Some(_) => "configured",
+                    };
+                    if action != "unchanged" {
+                        rule_writes.push(r.clone());
+                    }
+                    results.push(ApplyResult {
+                        kind: "AllowRule",
+                        name: r.name.clone(),
+                        action,
+                    });
+                }
                 Document::Decoy(d) => {
                     let action = match decoys.get(&d.name) {
                         None => "created",
@@ -490,7 +530,7 @@ impl Deployer {
             .iter()
             .filter_map(|p| match &p.doc {
                 Document::Campaign(c) => Some((c.name.as_str(), c)),
-                Document::Decoy(_) => None,
+                Document::Decoy(_) | Document::AllowRule(_) => None,
             })
             .collect();
         let mut names: Vec<&str> = campaigns
@@ -522,6 +562,9 @@ impl Deployer {
         for d in &decoy_writes {
             self.store.put_decoy(d)?;
         }
+        for r in &rule_writes {
+            self.store.put_allow_rule(r)?;
+        }
         for r in &campaign_writes {
             self.store.put_campaign(r)?;
         }
@@ -530,6 +573,9 @@ impl Deployer {
             let mut st = self.lock();
             for d in decoy_writes {
                 st.decoys.insert(d.name.clone(), Arc::new(d));
+            }
+            for r in rule_writes {
+                st.allow_rules.insert(r.name.clone(), Arc::new(r));
             }
             for r in campaign_writes {
                 st.campaigns.insert(r.target.spec.name.clone(), r);
@@ -627,6 +673,28 @@ impl Deployer {
         self.committer.durable().await?;
         self.lock().decoys.remove(name);
         Ok(())
+    }
+
+    /// Deletes an allow rule; matching agents stop treating its readers as
+    /// benign.
+    pub async fn delete_allow_rule(&self, name: &str) -> Result<(), DeployError> {
+        let _admin = self.admin.lock().await;
+        if !self.lock().allow_rules.contains_key(name) {
+            return Err(DeployError::NotFound(format!("allow rule {name}")));
+        }
+        self.store.delete_allow_rule(name)?;
+        self.committer.durable().await?;
+        self.lock().allow_rules.remove(name);
+        self.request_recompute();
+        Ok(())
+    }
+
+    pub fn allow_rules(&self) -> Vec<AllowRule> {
+        self.lock()
+            .allow_rules
+            .values()
+            .map(|r| (**r).clone())
+            .collect()
     }
 
     /// New material for every lure of the campaign, rolled out in waves.
@@ -924,8 +992,13 @@ impl Deployer {
                 {
                     continue;
                 }
-                if let Some(lure) = registry.active.get(id) {
-                    candidates.push((lure.clone(), d.clone()));
+                match &d.payload {
+                    Payload::Lure { .. } => {
+                        if let Some(lure) = registry.active.get(id) {
+                            candidates.push((id.clone(), Some(lure.clone()), d.clone()));
+                        }
+                    }
+                    Payload::AllowRules(_) => candidates.push((id.clone(), None, d.clone())),
                 }
             }
             let removed: Vec<String> = a
@@ -951,29 +1024,40 @@ impl Deployer {
         let mut sent = Vec::new();
         let mut render_failures = Vec::new();
         let mut bytes = 0;
-        for (lure, desired) in candidates {
-            let input = RenderInput {
-                slot: &desired.slot,
-                material: &lure.material,
-                decoy: desired.decoy.as_deref(),
-                created: lure.created,
+        for (id, lure, desired) in candidates {
+            let rendered = match (&desired.payload, &lure) {
+                (Payload::Lure { slot, decoy }, Some(lure)) => lures::render(RenderInput {
+                    slot,
+                    material: &lure.material,
+                    decoy: decoy.as_deref(),
+                    created: lure.created,
+                })
+                .map(|spec| (lures_kind(), spec.encode_to_vec()))
+                .map_err(|e| e.to_string()),
+                (Payload::AllowRules(rules), _) => Ok((
+                    ALLOW_RULES_ID,
+                    pb::AllowRules {
+                        rules: rules.to_vec(),
+                    }
+                    .encode_to_vec(),
+                )),
+                (Payload::Lure { .. }, None) => continue,
             };
-            match lures::render(input) {
-                Ok(spec) => {
-                    let body = spec.encode_to_vec();
+            match rendered {
+                Ok((kind, body)) => {
                     if bytes + body.len() > self.max_update_bytes && !resources.is_empty() {
                         break;
                     }
                     bytes += body.len();
-                    sent.push((lure.id.clone(), desired.revision));
+                    sent.push((id.clone(), desired.revision));
                     resources.push(pb::Resource {
-                        id: lure.id.clone(),
+                        id,
                         revision: desired.revision,
-                        kind: "lure".into(),
+                        kind: kind.into(),
                         body,
                     });
                 }
-                Err(e) => render_failures.push((lure.id.clone(), desired.revision, e.to_string())),
+                Err(e) => render_failures.push((id, desired.revision, e)),
             }
         }
         let mut st = self.lock();
@@ -1308,6 +1392,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
     let State {
         campaigns,
         decoys,
+        allow_rules,
         registry,
         agents: agent_lures,
         undurable,
@@ -1377,12 +1462,48 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
                         Desired {
                             revision,
                             campaign: name.clone(),
-                            slot: Arc::new(slot.clone()),
-                            decoy,
+                            payload: Payload::Lure {
+                                slot: Arc::new(slot.clone()),
+                                decoy,
+                            },
                         },
                     );
                 }
             }
+        }
+    }
+    // Allow rules: one resource per agent with the rules matching it; its
+    // revision is derived from the rules, so any change is a new revision.
+    for agent in &live {
+        let rules: Vec<pb::AllowRule> = allow_rules
+            .values()
+            .filter(|r| agent.record.labels().matches(&r.selector))
+            .map(|r| pb::AllowRule {
+                name: r.name.clone(),
+                process: r.process.clone(),
+                user: r.user.clone(),
+                template: r.template.clone(),
+            })
+            .collect();
+        if rules.is_empty() {
+            continue;
+        }
+        let body = pb::AllowRules {
+            rules: rules.clone(),
+        }
+        .encode_to_vec();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+        let mut rev = [0u8; 8];
+        rev.copy_from_slice(&digest.as_ref()[..8]);
+        if let Some(set) = desired.get_mut(&agent.record.id) {
+            set.insert(
+                ALLOW_RULES_ID.to_owned(),
+                Desired {
+                    revision: u64::from_le_bytes(rev) | 1,
+                    campaign: String::new(),
+                    payload: Payload::AllowRules(Arc::new(rules)),
+                },
+            );
         }
     }
     // Instances nobody wants any more are retired (kept in the registry).

@@ -73,6 +73,8 @@ Ruse controller (dev) is running at {url}
                   patient exports, HL7, DICOM and FHIR files, a passwords spreadsheet){honeyfile}
 
 Next, in another terminal:
+  rusectl --context-file {ctx} watch events      (then trip a lure, as above)
+  rusectl --context-file {ctx} get events -o wide
   rusectl --context-file {ctx} get agents
   rusectl --context-file {ctx} describe campaign clinical-workstations
   rusectl --context-file {ctx} get lures -o wide
@@ -94,7 +96,7 @@ Press Ctrl-C to stop; the data directory is kept for the next run.",
             honeyfile = self
                 .honeyfile
                 .as_ref()
-                .map(|h| format!("\n  for example     {}", h.display()))
+                .map(|h| format!("\n  trip one        cat {}", h.display()))
                 .unwrap_or_default(),
         )
     }

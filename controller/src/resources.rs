@@ -154,6 +154,44 @@ pub struct ServiceManifest {
     pub port: u16,
 }
 
+/// A known benign reader, as written by the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRuleManifest {
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Agents the rule applies to; empty: all.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Executable path; a trailing `*` matches a prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+}
+
+/// A known benign reader (backup, antivirus, indexer), checked. Its reads
+/// are recorded, not raised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowRule {
+    pub name: String,
+    pub description: String,
+    pub selector: Labels,
+    pub process: String,
+    pub user: String,
+    pub template: String,
+}
+
 /// Decoy protocols (DESIGN §4).
 pub const PROTOCOLS: &[&str] = &[
     "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "portscan",
@@ -225,6 +263,7 @@ mod option_duration {
 pub enum Document {
     Campaign(Campaign),
     Decoy(Decoy),
+    AllowRule(AllowRule),
 }
 
 impl Document {
@@ -232,6 +271,7 @@ impl Document {
         match self {
             Document::Campaign(_) => "Campaign",
             Document::Decoy(_) => "Decoy",
+            Document::AllowRule(_) => "AllowRule",
         }
     }
 
@@ -239,6 +279,7 @@ impl Document {
         match self {
             Document::Campaign(c) => &c.name,
             Document::Decoy(d) => &d.name,
+            Document::AllowRule(r) => &r.name,
         }
     }
 }
@@ -369,9 +410,15 @@ fn parse_document(n: usize, value: serde_json::Value) -> Result<Document, Manife
                 .map(Document::Decoy)
                 .map_err(|(f, r)| err(&f, r))
         }
+        Some("AllowRule") => {
+            let m: AllowRuleManifest = typed(n, "AllowRule", name.as_deref(), value)?;
+            check_allow_rule(m)
+                .map(Document::AllowRule)
+                .map_err(|(f, r)| err(&f, r))
+        }
         Some(other) => Err(err(
             "kind",
-            format!("unknown kind {other:?}; expected Campaign or Decoy"),
+            format!("unknown kind {other:?}; expected Campaign, Decoy or AllowRule"),
         )),
         None => Err(err("kind", "missing".into())),
     }
@@ -526,6 +573,51 @@ fn check_waves(waves: &[String]) -> Result<Vec<u8>, (String, String)> {
         ));
     }
     Ok(out)
+}
+
+fn check_allow_rule(m: AllowRuleManifest) -> Result<AllowRule, (String, String)> {
+    check_api_version(&m.api_version)?;
+    check_name(&m.name).map_err(|r| ("name".to_owned(), r))?;
+    let selector = selector(m.selector)?;
+    let process = m.process.unwrap_or_default();
+    let user = m.user.unwrap_or_default();
+    let template = m.template.unwrap_or_default();
+    if process.is_empty() && user.is_empty() && template.is_empty() {
+        return Err((
+            "process".into(),
+            "give at least one of process, user or template (a rule matching everything would hide every event)".into(),
+        ));
+    }
+    if !process.is_empty() && !process.starts_with('/') {
+        return Err((
+            "process".into(),
+            format!("{process:?} must be an absolute executable path"),
+        ));
+    }
+    if process == "/*" {
+        return Err(("process".into(), "\"/*\" would allow every process".into()));
+    }
+    if !template.is_empty() {
+        template
+            .parse::<Template>()
+            .map_err(|e| ("template".to_owned(), e))?;
+    }
+    for (field, v) in [("process", &process), ("user", &user)] {
+        if v.len() > 1024 || v.chars().any(char::is_control) {
+            return Err((
+                field.into(),
+                "too long or contains control characters".into(),
+            ));
+        }
+    }
+    Ok(AllowRule {
+        name: m.name,
+        description: m.description,
+        selector,
+        process,
+        user,
+        template,
+    })
 }
 
 fn check_decoy(m: DecoyManifest) -> Result<Decoy, (String, String)> {
@@ -696,5 +788,35 @@ services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
             panic!()
         };
         assert_eq!(c.lures[1].key, "er-export");
+    }
+
+    #[test]
+    fn allow_rules_need_something_to_match() {
+        let ok = "kind: AllowRule\nname: backup\nprocess: /usr/bin/restic\nselector: {site: icu}\n";
+        let Document::AllowRule(r) = &parse(ok).unwrap()[0].doc else {
+            panic!()
+        };
+        assert_eq!(r.process, "/usr/bin/restic");
+        for (text, expected) in [
+            (
+                "kind: AllowRule\nname: r\n",
+                "process: give at least one of",
+            ),
+            (
+                "kind: AllowRule\nname: r\nprocess: restic\n",
+                "must be an absolute executable path",
+            ),
+            (
+                "kind: AllowRule\nname: r\nprocess: \"/*\"\n",
+                "would allow every process",
+            ),
+            (
+                "kind: AllowRule\nname: r\ntemplate: xlsx\n",
+                "template: unknown template",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
     }
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use ruse_agent::detect::EventSink;
 use ruse_agent::{AgentConfig, AgentError, AgentStatus};
 use ruse_controller::Controller;
 use ruse_controller::config::ControllerConfig;
@@ -30,6 +31,7 @@ use ruse_pki::rustls::ClientConfig;
 use ruse_pki::{CaPin, CertificateAuthority, PrivateKey};
 use ruse_proto::admin::v1 as admin_pb;
 use ruse_proto::admin::v1::admin_service_client::AdminServiceClient;
+use ruse_proto::agent::v1 as agent_pb;
 use ruse_proto::agent::v1::agent_service_client::AgentServiceClient;
 use ruse_proto::transport::{self, ControllerUrl, DialOptions};
 use ruse_proto::types::{Identity, Labels};
@@ -73,6 +75,22 @@ where
     }
 }
 
+/// Whether this process may use fanotify (root). Under `CI=true` a test
+/// that needs root fails without it; elsewhere it says why it is skipped.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root (fanotify); CI runs as root"
+    );
+    eprintln!(
+        "SKIPPED {test}: needs root for fanotify attribution (run as root, or under CI=true to make this a failure)"
+    );
+    false
+}
+
 /// Settings that make tests fast: short heartbeats and state flushes.
 pub fn fast_config(data_dir: &Path) -> ControllerConfig {
     ControllerConfig {
@@ -106,6 +124,8 @@ pub struct TestController {
     pub config: ControllerConfig,
     pub pin: CaPin,
     controller: Option<Controller>,
+    /// In process mode: the `ruse-controller` child.
+    process: Option<process::Proc>,
 }
 
 impl TestController {
@@ -131,7 +151,43 @@ impl TestController {
             config,
             pin,
             controller: Some(controller),
+            process: None,
         }
+    }
+
+    /// A controller as a separate `ruse-controller serve` process (for
+    /// `kill -9`).
+    pub async fn start_process() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let pin = init_data_dir(&data);
+        let mut config = fast_config(&data);
+        let (proc, addr) =
+            process::spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller-0.log"));
+        config.listen = addr;
+        TestController {
+            dir,
+            config,
+            pin,
+            controller: None,
+            process: Some(proc),
+        }
+    }
+
+    /// `kill -9` of the controller process.
+    pub fn kill9(&mut self) {
+        self.process
+            .as_mut()
+            .expect("not a process controller")
+            .kill9();
+    }
+
+    /// Starts the controller process again on the same port and data.
+    pub fn restart_process(&mut self, attempt: usize) {
+        let log = self.dir.path().join(format!("controller-{attempt}.log"));
+        let (proc, _) =
+            process::spawn_controller(&self.config.data_dir, &self.config.listen.to_string(), &log);
+        self.process = Some(proc);
     }
 
     pub fn controller(&self) -> &Controller {
@@ -166,10 +222,30 @@ impl TestController {
         }
     }
 
+    /// Starts again on the same port and data (after [`TestController::stop`]).
+    pub async fn start_again(&mut self) {
+        assert!(self.controller.is_none(), "controller already running");
+        self.controller = Some(Controller::start(self.config.clone()).await.unwrap());
+    }
+
     /// Graceful stop, then start again on the same port and data.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.controller = Some(Controller::start(self.config.clone()).await.unwrap());
+        self.start_again().await;
+    }
+
+    /// Every stored event matching `filter` (up to 100 000).
+    pub async fn events(&self, filter: admin_pb::EventFilter) -> Vec<admin_pb::LureEvent> {
+        self.root()
+            .await
+            .list_events(admin_pb::ListEventsRequest {
+                filter: Some(filter),
+                limit: 100_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events
     }
 
     /// A TLS client configuration with a certificate for `identity`.
@@ -380,6 +456,8 @@ impl TestController {
 pub struct TestAgent {
     pub config: AgentConfig,
     pub status: watch::Receiver<AgentStatus>,
+    /// Where the agent records events (its real outbox and session).
+    pub events: EventSink,
     stop: watch::Sender<bool>,
     pub handle: JoinHandle<Result<(), AgentError>>,
 }
@@ -388,12 +466,29 @@ impl TestAgent {
     pub fn spawn(config: AgentConfig) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let (status_tx, status) = watch::channel(AgentStatus::default());
-        let handle = tokio::spawn(ruse_agent::run(config.clone(), stop_rx, status_tx));
+        let agent = ruse_agent::Agent::start(config.clone()).expect("agent start");
+        let events = agent.events();
+        let handle = tokio::spawn(agent.run(stop_rx, status_tx));
         TestAgent {
             config,
             status,
+            events,
             stop,
             handle,
+        }
+    }
+
+    /// A touch event of `lure`, as a watcher would report it.
+    pub fn touch_event(lure: &str, n: usize) -> agent_pb::Event {
+        agent_pb::Event {
+            id: ruse_proto::types::new_ulid(),
+            lure_id: lure.to_owned(),
+            kind: "touch".into(),
+            observed_ms: ruse_proto::types::UnixMs::now().0,
+            path: format!("/synthetic/{n}"),
+            operations: vec!["open".into(), "read".into(), "close".into()],
+            attribution: "test".into(),
+            ..Default::default()
         }
     }
 

@@ -854,4 +854,52 @@ impl AdminService for AdminApi {
             text: self.core.render_metrics(),
         }))
     }
+
+    async fn list_allow_rules(
+        &self,
+        request: Request<pb::ListAllowRulesRequest>,
+    ) -> Result<Response<pb::ListAllowRulesResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let rules = self
+            .core
+            .deploy
+            .allow_rules()
+            .into_iter()
+            .map(|r| {
+                let matching = self
+                    .core
+                    .fleet
+                    .list(&r.selector)
+                    .iter()
+                    .filter(|a| a.record.revoked.is_none())
+                    .count();
+                pb::AllowRule {
+                    selector: r.selector.to_map(),
+                    name: r.name,
+                    description: r.description,
+                    process: r.process,
+                    user: r.user,
+                    template: r.template,
+                    matching_agents: count(matching),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListAllowRulesResponse { rules }))
+    }
+
+    async fn delete_allow_rule(
+        &self,
+        request: Request<pb::DeleteAllowRuleRequest>,
+    ) -> Result<Response<pb::DeleteAllowRuleResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let audit = entry("allowrule.delete", format!("allowrule/{name}"), "");
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        self.mutate(&caller, audit, async {
+            Ok(self.core.deploy.delete_allow_rule(&name).await?)
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteAllowRuleResponse {}))
+    }
 }

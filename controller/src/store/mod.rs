@@ -19,7 +19,7 @@ use ruse_proto::types::{AdminName, AgentId, Labels, Role, TokenId, UnixMs};
 
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::resources::Decoy;
+use crate::resources::{AllowRule, Decoy};
 
 pub use self::sled::SledStore;
 
@@ -151,6 +151,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn decoys(&self) -> Result<Vec<Decoy>, StoreError>;
     fn put_decoy(&self, decoy: &Decoy) -> Result<(), StoreError>;
     fn delete_decoy(&self, name: &str) -> Result<(), StoreError>;
+
+    fn allow_rules(&self) -> Result<Vec<AllowRule>, StoreError>;
+    fn put_allow_rule(&self, rule: &AllowRule) -> Result<(), StoreError>;
+    fn delete_allow_rule(&self, name: &str) -> Result<(), StoreError>;
 
     /// The lure registry: every instance ever created, retired ones too.
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError>;

@@ -14,7 +14,7 @@ use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::resources::Decoy;
+use crate::resources::{AllowRule, Decoy};
 
 const AGENTS: &str = "agents";
 const TOKENS: &str = "tokens";
@@ -24,6 +24,7 @@ const CAMPAIGNS: &str = "campaigns";
 const DECOYS: &str = "decoys";
 const LURES: &str = "lures";
 const EVENTS: &str = "events";
+const ALLOW_RULES: &str = "allow_rules";
 
 /// The sled-backed [`Store`].
 #[derive(Debug)]
@@ -37,6 +38,7 @@ pub struct SledStore {
     decoys: sled::Tree,
     lures: sled::Tree,
     events: sled::Tree,
+    allow_rules: sled::Tree,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -63,6 +65,7 @@ impl SledStore {
             decoys: db.open_tree(DECOYS).map_err(engine)?,
             lures: db.open_tree(LURES).map_err(engine)?,
             events: db.open_tree(EVENTS).map_err(engine)?,
+            allow_rules: db.open_tree(ALLOW_RULES).map_err(engine)?,
             db,
         })
     }
@@ -202,6 +205,19 @@ impl Store for SledStore {
 
     fn delete_decoy(&self, name: &str) -> Result<(), StoreError> {
         self.decoys.remove(name.as_bytes()).map_err(engine)?;
+        Ok(())
+    }
+
+    fn allow_rules(&self) -> Result<Vec<AllowRule>, StoreError> {
+        Self::all(&self.allow_rules, ALLOW_RULES)
+    }
+
+    fn put_allow_rule(&self, rule: &AllowRule) -> Result<(), StoreError> {
+        Self::put(&self.allow_rules, &rule.name, rule)
+    }
+
+    fn delete_allow_rule(&self, name: &str) -> Result<(), StoreError> {
+        self.allow_rules.remove(name.as_bytes()).map_err(engine)?;
         Ok(())
     }
 
