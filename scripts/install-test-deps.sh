@@ -5,9 +5,16 @@
 # and only when running as root (CI); elsewhere the missing ones are listed.
 set -euo pipefail
 
-# Debian packages the tests use, as "command:package". Empty until a test
-# drives an external tool.
-DEBIAN=()
+# Debian packages the tests use, as "command:package": the real clients the
+# decoy tests drive (tests/tests/decoys.rs).
+DEBIAN=(
+    ssh:openssh-client
+    sshpass:sshpass
+    curl:curl
+    smbclient:smbclient
+    echoscu:dcmtk
+    lftp:lftp
+)
 
 missing=()
 for entry in "${DEBIAN[@]}"; do
@@ -27,4 +34,10 @@ if ((${#missing[@]})); then
 fi
 
 command -v cargo >/dev/null || { echo "cargo is required" >&2; exit 1; }
+
+# cargo-fuzz builds the fuzz targets in fuzz/ (CI runs each one briefly).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "==> installing cargo-fuzz"
+    cargo install --locked cargo-fuzz
+fi
 echo "==> test dependencies ready"

@@ -2,8 +2,10 @@
 # The whole test suite, as CI runs it: `bash scripts/test.sh`.
 #
 # Installs what the tests need that cargo does not (scripts/install-test-deps.sh),
-# builds the binaries the multi-process tests start, then runs every test.
-# Extra arguments go to the test runner (e.g. a test name filter).
+# builds the binaries the multi-process tests start, runs every test, then
+# builds every fuzz target and runs each briefly (scripts/fuzz.sh).
+# Extra arguments go to the test runner (e.g. a test name filter); with
+# arguments the fuzz step is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,4 +19,8 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
     cargo test --workspace --locked --no-fail-fast "$@"
+fi
+
+if (($# == 0)); then
+    bash scripts/fuzz.sh 5
 fi

@@ -34,6 +34,12 @@ pub struct AgentFileConfig {
     pub events_per_lure_per_second: u32,
     /// Unacknowledged events kept on disk, at most.
     pub outbox_capacity: usize,
+    /// A decoy connection that sends nothing for this long is closed.
+    #[serde(with = "duration_str")]
+    pub decoy_read_timeout: Duration,
+    /// No decoy connection lasts longer than this, however slowly it sends.
+    #[serde(with = "duration_str")]
+    pub decoy_connection_lifetime: Duration,
     pub labels: BTreeMap<String, String>,
     #[serde(with = "duration_str")]
     pub connect_timeout: Duration,
@@ -58,6 +64,8 @@ impl Default for AgentFileConfig {
             event_coalesce: Duration::from_millis(200),
             events_per_lure_per_second: 5,
             outbox_capacity: 100_000,
+            decoy_read_timeout: crate::decoys::Limits::default().read_timeout,
+            decoy_connection_lifetime: crate::decoys::Limits::default().lifetime,
             labels: BTreeMap::new(),
             connect_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
@@ -80,6 +88,7 @@ pub struct AgentConfig {
     pub verify_interval: Duration,
     pub detect: crate::detect::DetectConfig,
     pub outbox_capacity: usize,
+    pub decoy_limits: crate::decoys::Limits,
     pub labels: Labels,
     pub dial: DialOptions,
     pub min_backoff: Duration,
@@ -124,6 +133,10 @@ impl AgentConfig {
                 per_lure_per_second: d.events_per_lure_per_second,
             },
             outbox_capacity: d.outbox_capacity,
+            decoy_limits: crate::decoys::Limits {
+                read_timeout: d.decoy_read_timeout,
+                lifetime: d.decoy_connection_lifetime,
+            },
             labels: Labels::new(),
             dial: DialOptions {
                 connect_timeout: d.connect_timeout,
@@ -201,6 +214,14 @@ impl AgentConfig {
                 "must be at least 1",
             ));
         }
+        if raw.decoy_read_timeout < Duration::from_millis(100)
+            || raw.decoy_connection_lifetime < raw.decoy_read_timeout
+        {
+            return Err(invalid(
+                "decoy_read_timeout / decoy_connection_lifetime",
+                "the read timeout must be at least 100ms and the lifetime at least the read timeout",
+            ));
+        }
         if raw.verify_interval < Duration::from_secs(1) {
             return Err(invalid("verify_interval", "must be at least 1s"));
         }
@@ -223,6 +244,10 @@ impl AgentConfig {
                 per_lure_per_second: raw.events_per_lure_per_second,
             },
             outbox_capacity: raw.outbox_capacity,
+            decoy_limits: crate::decoys::Limits {
+                read_timeout: raw.decoy_read_timeout,
+                lifetime: raw.decoy_connection_lifetime,
+            },
             labels,
             dial: DialOptions {
                 connect_timeout: raw.connect_timeout,

@@ -259,6 +259,7 @@ impl Detector {
             dropped_before,
             template: p.lure.template,
             detail: String::new(),
+            ..Default::default()
         })
     }
 

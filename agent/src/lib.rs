@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod decoys;
 pub mod detect;
 mod enroll;
 pub mod facts;
@@ -66,6 +67,7 @@ pub(crate) struct Shared {
     pub marked: watch::Receiver<Watched>,
     pub watcher_mode: &'static str,
     pub rate_limited: Arc<std::sync::atomic::AtomicU64>,
+    pub decoys: Arc<tokio::sync::Mutex<decoys::DecoyManager>>,
 }
 
 impl Shared {
@@ -141,6 +143,7 @@ pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
         tracing::error!(error = %e, "cannot record drift events");
     }
     shared.rewatch().await;
+    problems.extend(shared.decoys.lock().await.problems());
     problems
 }
 
@@ -181,6 +184,8 @@ pub enum AgentError {
     Watch(std::io::Error),
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error("decoys: {0}")]
+    Decoys(#[from] decoys::DecoyError),
 }
 
 /// What the agent is doing, for the embedding program and tests.
@@ -196,6 +201,8 @@ pub struct AgentStatus {
     pub updates: u64,
     /// Lures currently applied.
     pub lures: usize,
+    /// Decoy services listening now.
+    pub decoy_services: usize,
     /// Events waiting in the outbox for the controller's acknowledgement.
     pub outbox_depth: usize,
     /// Events the controller acknowledged so far (this process).
@@ -309,6 +316,12 @@ impl Agent {
         // Its own stop signal: raised however `run` ends, so pending events
         // are recorded without waiting for the caller's shutdown.
         let (stop_detection, detection_stop) = watch::channel(false);
+        let decoys = decoys::DecoyManager::open(
+            &config.state_dir,
+            sink.clone(),
+            config.decoy_limits,
+            rate_limited.clone(),
+        )?;
         let detection = tokio::spawn(detect::run(
             watcher,
             detector,
@@ -326,6 +339,7 @@ impl Agent {
                 marked,
                 watcher_mode,
                 rate_limited,
+                decoys: Arc::new(tokio::sync::Mutex::new(decoys)),
             },
             detection,
             stop_detection,
@@ -351,9 +365,13 @@ impl Agent {
             stop_detection,
         } = self;
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
-        // After a restart, check what is planted instead of rewriting it.
+        // After a restart, check what is planted instead of rewriting it,
+        // and start the decoys this agent ran.
+        shared.decoys.lock().await.resume().await;
         let problems = verify(&shared).await;
+        let decoy_services = shared.decoys.lock().await.services();
         status.send_modify(|s| {
+            s.decoy_services = decoy_services;
             s.lures = lock(&shared.engine).applied().len();
             s.outbox_depth = shared.sink.outbox().depth();
         });

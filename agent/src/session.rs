@@ -16,10 +16,9 @@ use ruse_proto::agent::v1::agent_service_client::AgentServiceClient;
 use ruse_proto::types::UnixMs;
 use ruse_proto::{errors, transport};
 
+use crate::decoys::DecoyManager;
 use crate::identity::AgentIdentity;
-use crate::{
-    AgentConfig, AgentError, AgentStatus, Failure, Shared, SharedEngine, facts, random_fraction,
-};
+use crate::{AgentConfig, AgentError, AgentStatus, Failure, Shared, facts, random_fraction};
 
 /// Until the controller says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -175,7 +174,11 @@ pub(crate) async fn run_once(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         capabilities: Vec::new(),
         facts: Some(facts::gather(&config.labels).into()),
-        applied: crate::lock(&shared.engine).applied().into_iter().collect(),
+        applied: {
+            let mut applied = crate::lock(&shared.engine).applied();
+            applied.extend(shared.decoys.lock().await.applied());
+            applied.into_iter().collect()
+        },
     };
     // The channel is new and empty.
     let _ = tx.try_send(message(pb::agent_message::Msg::Hello(hello)));
@@ -261,10 +264,12 @@ pub(crate) async fn run_once(
                             Some(pb::directive::Kind::ReportFullState(_)) | None => {}
                         },
                         Some(Msg::Update(update)) => {
-                            let reply = apply_update(&shared.engine, update).await;
+                            let reply = apply_update(shared, update).await;
                             shared.rewatch().await;
+                            let decoy_services = shared.decoys.lock().await.services();
                             status.send_modify(|s| {
                                 s.updates += 1;
+                                s.decoy_services = decoy_services;
                                 s.lures = crate::lock(&shared.engine).applied().len();
                             });
                             if tx.send(reply).await.is_err() {
@@ -354,15 +359,23 @@ async fn send_events(
 }
 
 /// Applies an update off the async threads and builds the Ack or Nack.
-async fn apply_update(engine: &SharedEngine, update: pb::Update) -> pb::AgentMessage {
+/// Decoy resources go to the decoy manager, the rest to the planting engine.
+async fn apply_update(shared: &Shared, update: pb::Update) -> pb::AgentMessage {
     let nonce = update.nonce;
-    let engine = engine.clone();
-    let outcomes = tokio::task::spawn_blocking(move || {
-        crate::lock(&engine).apply(&update.removed, &update.resources)
-    })
-    .await
-    .unwrap_or_default();
-    let errors: Vec<pb::ResourceError> = outcomes
+    let (decoy_removed, removed): (Vec<String>, Vec<String>) = update
+        .removed
+        .into_iter()
+        .partition(|id| DecoyManager::owns(id));
+    let (decoy_resources, resources): (Vec<pb::Resource>, Vec<pb::Resource>) = update
+        .resources
+        .into_iter()
+        .partition(|r| r.kind == crate::decoys::DECOY);
+    let engine = shared.engine.clone();
+    let outcomes =
+        tokio::task::spawn_blocking(move || crate::lock(&engine).apply(&removed, &resources))
+            .await
+            .unwrap_or_default();
+    let mut errors: Vec<pb::ResourceError> = outcomes
         .into_iter()
         .filter_map(|o| {
             o.result.err().map(|e| pb::ResourceError {
@@ -372,6 +385,21 @@ async fn apply_update(engine: &SharedEngine, update: pb::Update) -> pb::AgentMes
             })
         })
         .collect();
+    if !decoy_removed.is_empty() || !decoy_resources.is_empty() {
+        let outcomes = shared
+            .decoys
+            .lock()
+            .await
+            .apply(&decoy_removed, &decoy_resources)
+            .await;
+        errors.extend(outcomes.into_iter().filter_map(|(id, revision, r)| {
+            r.err().map(|e| pb::ResourceError {
+                id,
+                revision,
+                error: e.to_string(),
+            })
+        }));
+    }
     if errors.is_empty() {
         message(pb::agent_message::Msg::Ack(pb::Ack { nonce }))
     } else {

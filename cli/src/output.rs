@@ -545,6 +545,85 @@ pub struct Event {
     pub dropped_before: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoy: Option<DecoyContact>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
+    /// For credential-use: the agent the lure was planted on.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub origin_agent: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub matched_on: String,
+}
+
+/// Which decoy service was contacted, and from where.
+#[derive(Debug, Serialize)]
+pub struct DecoyContact {
+    pub name: String,
+    pub protocol: String,
+    pub port: u32,
+    pub source_ip: String,
+    pub source_port: u32,
+}
+
+/// What a client presented to a decoy (only the fields it presented).
+#[derive(Debug, Serialize)]
+pub struct Credential {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub password: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key_fingerprint: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key_type: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ae_title: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub called_ae_title: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub workstation: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub client: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub application: String,
+}
+
+/// A one-line summary of what a client presented.
+fn presented(c: &pb::PresentedCredential) -> String {
+    let mut parts = Vec::new();
+    if !c.username.is_empty() {
+        if c.domain.is_empty() {
+            parts.push(format!("user {}", c.username));
+        } else {
+            parts.push(format!("user {}\\{}", c.domain, c.username));
+        }
+    }
+    if !c.key_fingerprint.is_empty() {
+        parts.push(format!("key {}", c.key_fingerprint));
+    }
+    if !c.ae_title.is_empty() {
+        parts.push(format!("AE {} -> {}", c.ae_title, c.called_ae_title));
+    }
+    if !c.token.is_empty() {
+        parts.push(format!(
+            "token {}…",
+            c.token.chars().take(8).collect::<String>()
+        ));
+    }
+    if !c.host.is_empty() {
+        parts.push(format!("host {}", c.host));
+    }
+    if !c.application.is_empty() {
+        parts.push(format!("HL7 sender {}", c.application));
+    }
+    parts.join(", ")
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -576,6 +655,29 @@ impl From<&pb::LureEvent> for Event {
             allow_rule: e.allow_rule.clone(),
             dropped_before: e.dropped_before,
             detail: e.detail.clone(),
+            decoy: e.decoy.as_ref().map(|d| DecoyContact {
+                name: d.name.clone(),
+                protocol: d.protocol.clone(),
+                port: d.port,
+                source_ip: d.source_ip.clone(),
+                source_port: d.source_port,
+            }),
+            credential: e.credential.as_ref().map(|c| Credential {
+                username: c.username.clone(),
+                password: c.password.clone(),
+                key_fingerprint: c.key_fingerprint.clone(),
+                key_type: c.key_type.clone(),
+                ae_title: c.ae_title.clone(),
+                called_ae_title: c.called_ae_title.clone(),
+                token: c.token.clone(),
+                domain: c.domain.clone(),
+                workstation: c.workstation.clone(),
+                client: c.client.clone(),
+                host: c.host.clone(),
+                application: c.application.clone(),
+            }),
+            origin_agent: e.origin_agent_id.clone(),
+            matched_on: e.matched_on.clone(),
         }
     }
 }
@@ -583,6 +685,36 @@ impl From<&pb::LureEvent> for Event {
 /// One table row for an event; `wide` adds the lure, the command line and
 /// the attribution.
 pub fn event_row(e: &pb::LureEvent, wide: bool) -> Vec<String> {
+    if let Some(d) = &e.decoy {
+        // PATH names the decoy service; PROCESS, the client and what it presented.
+        let mut who = format!("{}:{}", d.source_ip, d.source_port);
+        if let Some(c) = &e.credential {
+            let p = presented(c);
+            if !p.is_empty() {
+                who = format!("{who} ({p})");
+            }
+        }
+        let kind = if e.origin_agent_id.is_empty() {
+            e.kind.clone()
+        } else {
+            format!("{} (lure from {})", e.kind, e.origin_agent_id)
+        };
+        let mut row = vec![
+            time(e.observed_ms),
+            e.agent_id.clone(),
+            kind,
+            e.template.clone(),
+            format!("decoy {} {}/{}", d.name, d.protocol, d.port),
+            who,
+        ];
+        if wide {
+            row.push(e.lure_id.clone());
+            row.push(e.matched_on.clone());
+            row.push(e.detail.clone());
+            row.push(e.attribution.clone());
+        }
+        return row;
+    }
     let who = match &e.process {
         Some(p) => format!(
             "{} (pid {}, {})",

@@ -28,11 +28,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 
 use ruse_proto::agent::v1 as pb;
-use ruse_proto::convert::AgentState;
+use ruse_proto::convert::{AgentState, PresentedCredential};
 use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
 
 use crate::fleet::{AgentView, Fleet};
 use crate::lures::{self, Material, RenderInput, Template};
+use crate::matching::{self, CredentialIndex, MatchedOn};
 use crate::resources::{AllowRule, Campaign, Decoy, Document, LureSlot, ManifestError, Parsed};
 use crate::store::{Committer, Store, StoreError};
 
@@ -156,6 +157,41 @@ enum Payload {
         decoy: Option<Arc<Decoy>>,
     },
     AllowRules(Arc<Vec<pb::AllowRule>>),
+    /// An encoded `DecoySpec`.
+    Decoy(Arc<Vec<u8>>),
+}
+
+/// The resource id of a decoy on the agents that run it.
+pub fn decoy_resource_id(name: &str) -> String {
+    format!("decoy/{name}")
+}
+
+/// The resource kind of decoys.
+pub const DECOY_KIND: &str = "decoy";
+
+/// The spec an agent runs for `decoy`.
+pub fn decoy_spec(decoy: &Decoy) -> pb::DecoySpec {
+    pb::DecoySpec {
+        name: decoy.name.clone(),
+        address: decoy.address.clone(),
+        listen: decoy.listen.clone(),
+        services: decoy
+            .services
+            .iter()
+            .map(|s| pb::DecoyService {
+                protocol: s.protocol.clone(),
+                port: u32::from(s.port),
+            })
+            .collect(),
+    }
+}
+
+/// A revision derived from content: any change is a new revision.
+fn content_revision(body: &[u8]) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let mut rev = [0u8; 8];
+    rev.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_le_bytes(rev) | 1
 }
 
 /// The resource id of an agent's allow rules.
@@ -223,10 +259,13 @@ struct Registry {
     /// Active (not retired) instances.
     active: HashMap<String, Arc<LureInstance>>,
     by_key: HashMap<(AgentId, String, String, u32), String>,
+    /// Every instance ever (retired included), by presentable material.
+    credentials: CredentialIndex,
 }
 
 impl Registry {
     fn insert(&mut self, lure: Arc<LureInstance>) {
+        self.credentials.add(&lure);
         self.by_key.insert(
             (
                 lure.agent.clone(),
@@ -382,6 +421,8 @@ impl Deployer {
         for lure in store.lures()? {
             if lure.retired.is_none() {
                 state.registry.insert(Arc::new(lure));
+            } else {
+                state.registry.credentials.add(&lure);
             }
         }
         let deployer = Deployer {
@@ -922,6 +963,32 @@ impl Deployer {
         Ok(self.store.lure(id)?.map(Arc::new))
     }
 
+    /// The lure instance (active or retired) whose material `presented`
+    /// carries, with what matched; strongest evidence first.
+    pub fn match_credential(
+        &self,
+        presented: &PresentedCredential,
+    ) -> Result<Option<(Arc<LureInstance>, MatchedOn)>, StoreError> {
+        let candidates = self.lock().registry.credentials.candidates(presented);
+        for (id, on) in candidates {
+            if let Some(lure) = self.lure_owner(&id)?
+                && matching::confirm(&lure, presented, on)
+            {
+                return Ok(Some((lure, on)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `agent` runs (or was last told to run) decoy `name`.
+    pub fn runs_decoy(&self, agent: &AgentId, name: &str) -> bool {
+        let id = decoy_resource_id(name);
+        self.lock()
+            .agents
+            .get(agent)
+            .is_some_and(|a| a.desired.contains_key(&id) || a.applied.contains_key(&id))
+    }
+
     /// Updates pushed to an agent so far (for tests and diagnostics).
     pub fn updates_sent(&self, agent: &AgentId) -> u64 {
         self.lock().agents.get(agent).map_or(0, |a| a.updates_sent)
@@ -998,7 +1065,9 @@ impl Deployer {
                             candidates.push((id.clone(), Some(lure.clone()), d.clone()));
                         }
                     }
-                    Payload::AllowRules(_) => candidates.push((id.clone(), None, d.clone())),
+                    Payload::AllowRules(_) | Payload::Decoy(_) => {
+                        candidates.push((id.clone(), None, d.clone()));
+                    }
                 }
             }
             let removed: Vec<String> = a
@@ -1041,6 +1110,7 @@ impl Deployer {
                     }
                     .encode_to_vec(),
                 )),
+                (Payload::Decoy(body), _) => Ok((DECOY_KIND, body.to_vec())),
                 (Payload::Lure { .. }, None) => continue,
             };
             match rendered {
@@ -1492,18 +1562,35 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
             rules: rules.clone(),
         }
         .encode_to_vec();
-        let digest = ring::digest::digest(&ring::digest::SHA256, &body);
-        let mut rev = [0u8; 8];
-        rev.copy_from_slice(&digest.as_ref()[..8]);
         if let Some(set) = desired.get_mut(&agent.record.id) {
             set.insert(
                 ALLOW_RULES_ID.to_owned(),
                 Desired {
-                    revision: u64::from_le_bytes(rev) | 1,
+                    revision: content_revision(&body),
                     campaign: String::new(),
                     payload: Payload::AllowRules(Arc::new(rules)),
                 },
             );
+        }
+    }
+    // Decoys: each agent matching a decoy's selector runs it.
+    for decoy in decoys.values() {
+        let body = Arc::new(decoy_spec(decoy).encode_to_vec());
+        let revision = content_revision(&body);
+        for agent in live
+            .iter()
+            .filter(|a| a.record.labels().matches(&decoy.selector))
+        {
+            if let Some(set) = desired.get_mut(&agent.record.id) {
+                set.insert(
+                    decoy_resource_id(&decoy.name),
+                    Desired {
+                        revision,
+                        campaign: String::new(),
+                        payload: Payload::Decoy(body.clone()),
+                    },
+                );
+            }
         }
     }
     // Instances nobody wants any more are retired (kept in the registry).

@@ -56,6 +56,54 @@ pub struct DevInfo {
     /// A honeyfile to read to trip a lure.
     pub honeyfile: Option<PathBuf>,
     pub lures: usize,
+    /// The demo decoy.
+    pub decoy: Option<crate::resources::Decoy>,
+    /// Decoy services the demo agent has listening.
+    pub decoy_services: usize,
+    /// The planted SSH key that leads to the decoy.
+    pub ssh_key: Option<PathBuf>,
+}
+
+impl DevInfo {
+    fn decoy_lines(&self) -> String {
+        let Some(crate::resources::Decoy {
+            name,
+            address,
+            services,
+            ..
+        }) = &self.decoy
+        else {
+            return String::new();
+        };
+        let list = services
+            .iter()
+            .map(|s| format!("{} {}", s.protocol, s.port))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut out = if self.decoy_services == 0 {
+            format!(
+                "\n  decoy           {name} is NOT running (a port in use?): see `rusectl describe agent {}`",
+                self.agent_id
+            )
+        } else {
+            format!(
+                "\n  decoy           {name} on {address}: {list}\n                  ({} of {} services listening)",
+                self.decoy_services,
+                services.len()
+            )
+        };
+        let ssh = services
+            .iter()
+            .find(|s| s.protocol == "ssh")
+            .map(|s| s.port);
+        if let (Some(key), Some(port)) = (&self.ssh_key, ssh) {
+            out.push_str(&format!(
+                "\n  trip the decoy  ssh -i {} -o IdentitiesOnly=yes -p {port} {address}",
+                key.display()
+            ));
+        }
+        out
+    }
 }
 
 impl DevInfo {
@@ -70,7 +118,7 @@ Ruse controller (dev) is running at {url}
   demo agent      {agent} (state in {state}, lure root {sandbox})
   lures planted   {lures} from campaign clinical-workstations, under {sandbox}/home/clinician
                   (SSH keys and config, AWS and database credentials, a PACS config,
-                  patient exports, HL7, DICOM and FHIR files, a passwords spreadsheet){honeyfile}
+                  patient exports, HL7, DICOM and FHIR files, a passwords spreadsheet){honeyfile}{decoy}
 
 Next, in another terminal:
   rusectl --context-file {ctx} watch events      (then trip a lure, as above)
@@ -98,6 +146,7 @@ Press Ctrl-C to stop; the data directory is kept for the next run.",
                 .as_ref()
                 .map(|h| format!("\n  trip one        cat {}", h.display()))
                 .unwrap_or_default(),
+            decoy = self.decoy_lines(),
         )
     }
 }
@@ -157,7 +206,8 @@ pub async fn run(
     apply_demo_campaign(&controller).await?;
     let mut agent_config = AgentConfig::new(url.clone(), pin, agent_dir.clone(), sandbox.clone());
     agent_config.token_file = Some(token_file);
-    agent_config.labels = Labels::parse_pairs(["role=workstation,site=dev"])
+    // A workstation that also runs the demo decoy (selector decoys=pacs).
+    agent_config.labels = Labels::parse_pairs(["role=workstation,site=dev,decoys=pacs"])
         .map_err(|e| DevError::Other(e.to_string()))?;
     agent_config.min_backoff = Duration::from_millis(200);
     agent_config.max_backoff = Duration::from_secs(5);
@@ -192,6 +242,27 @@ pub async fn run(
         .map(|s| s.lures)
         .unwrap_or(0);
     let honeyfile = first_file(&sandbox.join("home/clinician/Documents/Exports"));
+    let decoy = controller
+        .core()
+        .deploy
+        .decoys()
+        .into_iter()
+        .find(|d| d.name == "pacs-archive02");
+    let decoy_services = match &decoy {
+        Some(d) => {
+            let want = d.services.len();
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                status.wait_for(|s| s.decoy_services >= want),
+            )
+            .await
+            .ok();
+            status.borrow().decoy_services
+        }
+        None => 0,
+    };
+    let ssh_key =
+        Some(sandbox.join("home/clinician/.ssh/id_ed25519_pacs-archive02")).filter(|k| k.exists());
     ready(&DevInfo {
         url,
         pin,
@@ -202,6 +273,9 @@ pub async fn run(
         sandbox,
         honeyfile,
         lures: planted,
+        decoy,
+        decoy_services,
+        ssh_key,
     });
 
     tokio::select! {

@@ -15,10 +15,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use ruse_proto::agent::v1 as pb;
-use ruse_proto::convert::{EventProcess, ReportedEvent};
+use ruse_proto::convert::{
+    CREDENTIAL_USE, DecoyContact, EventProcess, PresentedCredential, ReportedEvent,
+};
 use ruse_proto::types::{AgentId, UnixMs, ulid_floor};
 
 use crate::deploy::Deployer;
+use crate::matching::{self, MatchedOn};
 use crate::metrics::Metrics;
 use crate::store::{Committer, Store, StoreError};
 
@@ -46,6 +49,18 @@ pub struct StoredEvent {
     pub received: UnixMs,
     /// The agent's address when it reported this.
     pub peer: String,
+    /// For events from decoy services: which decoy, and who connected.
+    #[serde(default)]
+    pub decoy: Option<DecoyContact>,
+    /// What the client presented (a password matching no lure redacted).
+    #[serde(default)]
+    pub credential: Option<PresentedCredential>,
+    /// For credential-use events: the agent the lure was planted on.
+    #[serde(default)]
+    pub origin_agent: Option<AgentId>,
+    /// For credential-use events: what matched.
+    #[serde(default)]
+    pub matched_on: String,
 }
 
 /// The outcome of one batch.
@@ -132,40 +147,38 @@ impl Events {
                     continue;
                 }
             };
-            let Some(lure) = self.deploy.lure_owner(&event.lure_id)? else {
-                out.rejected.push(format!(
-                    "event {} names lure {}, which does not exist",
-                    event.id, event.lure_id
-                ));
-                continue;
-            };
-            if lure.agent != *agent {
-                out.rejected.push(format!(
-                    "event {} names lure {}, which belongs to agent {}",
-                    event.id, event.lure_id, lure.agent
-                ));
-                continue;
-            }
-            let record = StoredEvent {
-                id: event.id,
-                agent: agent.clone(),
-                seq: event.seq,
-                lure_id: event.lure_id,
-                lure_revision: event.lure_revision,
-                template: lure.template.to_string(),
-                campaign: lure.campaign.clone(),
-                kind: event.kind,
-                path: event.path,
-                process: event.process,
-                operations: event.operations,
-                attribution: event.attribution,
-                allowed: event.allowed,
-                allow_rule: event.allow_rule,
-                dropped_before: event.dropped_before,
-                detail: event.detail,
-                observed: UnixMs(event.observed_ms),
-                received,
-                peer: peer.to_owned(),
+            let record = if let Some(decoy) = &event.decoy {
+                if !self.deploy.runs_decoy(agent, &decoy.name) {
+                    out.rejected.push(format!(
+                        "event {} comes from decoy {}, which this agent does not run",
+                        event.id, decoy.name
+                    ));
+                    continue;
+                }
+                self.decoy_event(agent, peer, received, event)?
+            } else {
+                let Some(lure) = self.deploy.lure_owner(&event.lure_id)? else {
+                    out.rejected.push(format!(
+                        "event {} names lure {}, which does not exist",
+                        event.id, event.lure_id
+                    ));
+                    continue;
+                };
+                if lure.agent != *agent {
+                    out.rejected.push(format!(
+                        "event {} names lure {}, which belongs to agent {}",
+                        event.id, event.lure_id, lure.agent
+                    ));
+                    continue;
+                }
+                stored_event(
+                    agent,
+                    peer,
+                    received,
+                    event,
+                    lure.template.to_string(),
+                    lure.campaign.clone(),
+                )
             };
             if self.store.insert_event(&record)? {
                 stored.push(record);
@@ -181,7 +194,13 @@ impl Events {
         Metrics::add(&self.metrics.events_rejected, out.rejected.len() as u64);
         for e in stored {
             self.metrics.event_persisted(&e.kind);
-            if e.allowed {
+            if let Some(d) = &e.decoy {
+                if e.kind == CREDENTIAL_USE {
+                    tracing::warn!(agent = %e.agent, decoy = %d.name, protocol = %d.protocol, source = %d.source_ip, lure = %e.lure_id, origin = %e.origin_agent.as_ref().map(ToString::to_string).unwrap_or_default(), matched_on = %e.matched_on, "stolen credential used");
+                } else {
+                    tracing::info!(agent = %e.agent, decoy = %d.name, protocol = %d.protocol, source = %d.source_ip, kind = %e.kind, "decoy contact");
+                }
+            } else if e.allowed {
                 tracing::info!(agent = %e.agent, lure = %e.lure_id, path = %e.path, rule = %e.allow_rule, "lure read by an allowed reader");
             } else {
                 tracing::warn!(agent = %e.agent, lure = %e.lure_id, kind = %e.kind, path = %e.path, exe = %e.process.as_ref().map_or("", |p| p.exe.as_str()), "lure event");
@@ -190,6 +209,41 @@ impl Events {
             let _ = self.live.send(Arc::new(e));
         }
         Ok(out)
+    }
+
+    /// A decoy event as stored: matched against the lure registry, and
+    /// with an unmatched password redacted.
+    fn decoy_event(
+        &self,
+        agent: &AgentId,
+        peer: &str,
+        received: UnixMs,
+        event: ReportedEvent,
+    ) -> Result<StoredEvent, StoreError> {
+        let matched = match &event.credential {
+            Some(c) => self.deploy.match_credential(c)?,
+            None => None,
+        };
+        let mut credential = event.credential.clone();
+        if matched
+            .as_ref()
+            .is_none_or(|(_, on)| *on != MatchedOn::UsernamePassword)
+            && let Some(c) = &mut credential
+        {
+            c.password = matching::redact(&c.password);
+        }
+        let mut record = stored_event(agent, peer, received, event, String::new(), String::new());
+        record.credential = credential;
+        if let Some((lure, on)) = matched {
+            record.kind = CREDENTIAL_USE.into();
+            record.lure_id = lure.id.clone();
+            record.lure_revision = 0;
+            record.template = lure.template.to_string();
+            record.campaign = lure.campaign.clone();
+            record.origin_agent = Some(lure.agent.clone());
+            record.matched_on = on.as_str().into();
+        }
+        Ok(record)
     }
 
     /// Stored events matching `filter`, newest `limit`, oldest first.
@@ -208,5 +262,42 @@ impl Events {
     /// Events as they are stored, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
         self.live.subscribe()
+    }
+}
+
+/// An event as stored, with the lure's template and campaign from the
+/// registry (never from the agent).
+fn stored_event(
+    agent: &AgentId,
+    peer: &str,
+    received: UnixMs,
+    event: ReportedEvent,
+    template: String,
+    campaign: String,
+) -> StoredEvent {
+    StoredEvent {
+        id: event.id,
+        agent: agent.clone(),
+        seq: event.seq,
+        lure_id: event.lure_id,
+        lure_revision: event.lure_revision,
+        template,
+        campaign,
+        kind: event.kind,
+        path: event.path,
+        process: event.process,
+        operations: event.operations,
+        attribution: event.attribution,
+        allowed: event.allowed,
+        allow_rule: event.allow_rule,
+        dropped_before: event.dropped_before,
+        detail: event.detail,
+        observed: UnixMs(event.observed_ms),
+        received,
+        peer: peer.to_owned(),
+        decoy: event.decoy,
+        credential: None,
+        origin_agent: None,
+        matched_on: String::new(),
     }
 }

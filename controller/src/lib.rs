@@ -19,6 +19,7 @@ pub mod fleet;
 pub mod init;
 pub mod layout;
 pub mod lures;
+pub mod matching;
 pub mod metrics;
 mod ratelimit;
 pub mod resources;

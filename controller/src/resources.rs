@@ -144,6 +144,9 @@ pub struct DecoyManifest {
     /// or a DNS name); default: the decoy's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The local address the agent binds; default: every address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
     pub services: Vec<ServiceManifest>,
 }
 
@@ -229,6 +232,9 @@ pub struct Decoy {
     pub description: String,
     pub selector: Labels,
     pub address: String,
+    /// The local address agents bind; empty: every address.
+    #[serde(default)]
+    pub listen: String,
     pub services: Vec<ServiceManifest>,
 }
 
@@ -668,11 +674,21 @@ fn check_decoy(m: DecoyManifest) -> Result<Decoy, (String, String)> {
         }
         None => m.name.clone(),
     };
+    let listen = match m.listen {
+        Some(l) => {
+            if l.parse::<std::net::IpAddr>().is_err() {
+                return Err(("listen".into(), format!("{l:?} is not an IP address")));
+            }
+            l
+        }
+        None => String::new(),
+    };
     Ok(Decoy {
         name: m.name,
         description: m.description,
         selector,
         address,
+        listen,
         services: m.services,
     })
 }

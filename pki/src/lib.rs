@@ -31,7 +31,7 @@ pub use files::{read_private_file, write_private_file, write_public_file};
 pub use rustls;
 pub use tls::{
     ClientAuth, Denylist, NoDenylist, anonymous_client_config, client_config, pinned_client_config,
-    server_config,
+    plain_server_config, server_config,
 };
 
 /// Things that go wrong with keys and certificates.
@@ -388,6 +388,29 @@ impl CertificateAuthority {
         let cert = params.signed_by(&key.0, &self.issuer()?)?;
         Ok((vec![cert.der().clone(), self.cert_der.clone()], key))
     }
+}
+
+/// A self-signed server certificate for `names` (for decoy services,
+/// which must look like an ordinary server, not part of Ruse's PKI).
+pub fn self_signed(names: &[String]) -> Result<(CertificateDer<'static>, PrivateKey), PkiError> {
+    let key = PrivateKey::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "General Hospital");
+    dn.push(DnType::OrganizationalUnitName, "Radiology IT");
+    dn.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| "localhost".into()),
+    );
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Issued some time ago, valid for years: as installed appliances are.
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(200 * 86_400)).into();
+    params.not_after = (now + Duration::from_secs(3 * 365 * 86_400)).into();
+    params.serial_number = Some(random_serial());
+    let cert = params.self_signed(&key.0)?;
+    Ok((cert.der().clone(), key))
 }
 
 fn set_validity(params: &mut CertificateParams, ttl: Duration) -> UnixMs {

@@ -211,8 +211,116 @@ mod tests {
     }
 }
 
-/// Event kinds an agent may report.
+/// Event kinds an agent may report about its lures.
 pub const EVENT_KINDS: &[&str] = &["touch", "modify", "delete", "rename", "drift"];
+
+/// Event kinds an agent's decoy services may report.
+pub const DECOY_EVENT_KINDS: &[&str] = &[
+    "decoy-connection",
+    "decoy-login",
+    "decoy-message",
+    "portscan",
+];
+
+/// The kind the controller gives a decoy event whose credential matched a
+/// lure. Agents cannot report it.
+pub const CREDENTIAL_USE: &str = "credential-use";
+
+/// Which decoy service was contacted, and from where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecoyContact {
+    pub name: String,
+    pub protocol: String,
+    pub port: u16,
+    pub source_ip: String,
+    pub source_port: u16,
+}
+
+/// What a client presented to a decoy, bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresentedCredential {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub password: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_fingerprint: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ae_title: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub called_ae_title: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workstation: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub application: String,
+}
+
+impl PresentedCredential {
+    /// Whether nothing at all was presented.
+    pub fn is_empty(&self) -> bool {
+        *self == PresentedCredential::default()
+    }
+}
+
+impl TryFrom<agent_pb::DecoyContact> for DecoyContact {
+    type Error = InvalidValue;
+
+    fn try_from(d: agent_pb::DecoyContact) -> Result<Self, Self::Error> {
+        let port = |what: &'static str, p: u32| {
+            u16::try_from(p).map_err(|_| InvalidValue::Invalid {
+                what,
+                value: p.to_string(),
+                reason: "not a port",
+            })
+        };
+        let source_ip = bounded_to("decoy source address", d.source_ip, 64)?;
+        if source_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(InvalidValue::Invalid {
+                what: "decoy source address",
+                value: source_ip,
+                reason: "not an IP address",
+            });
+        }
+        Ok(DecoyContact {
+            name: bounded_to("decoy name", d.name, 64)?,
+            protocol: bounded_to("decoy protocol", d.protocol, 16)?,
+            port: port("decoy port", d.port)?,
+            source_ip,
+            source_port: port("decoy source port", d.source_port)?,
+        })
+    }
+}
+
+impl TryFrom<agent_pb::Credential> for PresentedCredential {
+    type Error = InvalidValue;
+
+    fn try_from(c: agent_pb::Credential) -> Result<Self, Self::Error> {
+        Ok(PresentedCredential {
+            username: bounded_to("username", c.username, 256)?,
+            password: bounded_to("password", c.password, 256)?,
+            key_fingerprint: bounded_to("key fingerprint", c.key_fingerprint, 128)?,
+            key_type: bounded_to("key type", c.key_type, 64)?,
+            ae_title: bounded_to("AE title", c.ae_title, 16)?,
+            called_ae_title: bounded_to("called AE title", c.called_ae_title, 16)?,
+            token: bounded_to("token", c.token, 4096)?,
+            domain: bounded_to("domain", c.domain, 256)?,
+            workstation: bounded_to("workstation", c.workstation, 256)?,
+            client: bounded_to("client", c.client, 256)?,
+            host: bounded_to("host", c.host, 256)?,
+            application: bounded_to("application", c.application, 64)?,
+        })
+    }
+}
 
 /// The process behind an event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +351,9 @@ pub struct ReportedEvent {
     pub dropped_before: u32,
     pub template: String,
     pub detail: String,
+    /// Set for events from decoy services (and then `lure_id` is empty).
+    pub decoy: Option<DecoyContact>,
+    pub credential: Option<PresentedCredential>,
 }
 
 fn bounded_to(what: &'static str, s: String, max: usize) -> Result<String, InvalidValue> {
@@ -278,11 +389,28 @@ impl TryFrom<agent_pb::Event> for ReportedEvent {
                 reason: "not a ULID",
             });
         }
-        if !EVENT_KINDS.contains(&e.kind.as_str()) {
+        let from_decoy = e.decoy.is_some();
+        let kinds = if from_decoy {
+            DECOY_EVENT_KINDS
+        } else {
+            EVENT_KINDS
+        };
+        if !kinds.contains(&e.kind.as_str()) {
             return Err(InvalidValue::Invalid {
                 what: "event kind",
                 value: e.kind.chars().take(40).collect(),
-                reason: "unknown kind",
+                reason: if from_decoy {
+                    "unknown kind for a decoy event"
+                } else {
+                    "unknown kind"
+                },
+            });
+        }
+        if from_decoy && !e.lure_id.is_empty() {
+            return Err(InvalidValue::Invalid {
+                what: "decoy event",
+                value: e.lure_id.chars().take(40).collect(),
+                reason: "names a lure; decoy events are matched to lures by the controller",
             });
         }
         if e.operations.len() > 8 {
@@ -323,6 +451,12 @@ impl TryFrom<agent_pb::Event> for ReportedEvent {
             dropped_before: e.dropped_before,
             template: bounded_to("template", e.template, 64)?,
             detail: bounded_to("detail", e.detail, 512)?,
+            decoy: e.decoy.map(DecoyContact::try_from).transpose()?,
+            credential: e
+                .credential
+                .map(PresentedCredential::try_from)
+                .transpose()?
+                .filter(|c| !c.is_empty()),
         })
     }
 }
@@ -359,5 +493,54 @@ mod event_tests {
         let mut e = event();
         e.path = "/tmp/evil\u{1b}[31m".into();
         assert_eq!(ReportedEvent::try_from(e).unwrap().path, "/tmp/evil?[31m");
+    }
+
+    fn decoy_event() -> agent_pb::Event {
+        agent_pb::Event {
+            id: crate::types::new_ulid(),
+            kind: "decoy-login".into(),
+            decoy: Some(agent_pb::DecoyContact {
+                name: "pacs".into(),
+                protocol: "ssh".into(),
+                port: 2222,
+                source_ip: "10.1.2.3".into(),
+                source_port: 50000,
+            }),
+            credential: Some(agent_pb::Credential {
+                username: "root".into(),
+                password: "hunter2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decoy_events_are_checked() {
+        let ok = ReportedEvent::try_from(decoy_event()).unwrap();
+        assert_eq!(ok.decoy.unwrap().port, 2222);
+        assert_eq!(ok.credential.unwrap().password, "hunter2");
+        let cases: Vec<fn(&mut agent_pb::Event)> = vec![
+            // Only the controller decides a credential was a lure's.
+            |e| e.kind = CREDENTIAL_USE.into(),
+            |e| e.kind = "touch".into(),
+            |e| e.lure_id = "01lure".into(),
+            |e| e.decoy.as_mut().unwrap().port = 70000,
+            |e| e.decoy.as_mut().unwrap().source_ip = "somewhere".into(),
+            |e| e.credential.as_mut().unwrap().ae_title = "A".repeat(17),
+        ];
+        for mutate in cases {
+            let mut e = decoy_event();
+            mutate(&mut e);
+            assert!(ReportedEvent::try_from(e).is_err());
+        }
+        // A file event cannot use a decoy kind.
+        let mut e = event();
+        e.kind = "portscan".into();
+        assert!(ReportedEvent::try_from(e).is_err());
+        // An empty credential is no credential.
+        let mut e = decoy_event();
+        e.credential = Some(agent_pb::Credential::default());
+        assert_eq!(ReportedEvent::try_from(e).unwrap().credential, None);
     }
 }

@@ -91,6 +91,34 @@ pub fn require_root(test: &str) -> bool {
     false
 }
 
+/// Whether the external `tool` is installed. Under `CI=true` a missing
+/// tool fails the test (scripts/install-test-deps.sh installs them all);
+/// elsewhere the test says it is skipped and why.
+pub fn require_tool(test: &str, tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs `{tool}`; scripts/install-test-deps.sh installs it (CI runs it first)"
+    );
+    eprintln!(
+        "SKIPPED {test}: `{tool}` is not installed (run scripts/install-test-deps.sh as root, or under CI=true this is a failure)"
+    );
+    false
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Settings that make tests fast: short heartbeats and state flushes.
 pub fn fast_config(data_dir: &Path) -> ControllerConfig {
     ControllerConfig {

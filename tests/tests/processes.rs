@@ -444,12 +444,12 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("completed"));
-    eventually("12 lures applied", Duration::from_secs(10), || async {
+    eventually("14 lures applied", Duration::from_secs(10), || async {
         let lures = ctx.json(&["get", "lures"])["items"]
             .as_array()
             .unwrap()
             .clone();
-        lures.len() == 12 && lures.iter().all(|l| l["state"] == "applied")
+        lures.len() == 14 && lures.iter().all(|l| l["state"] == "applied")
     })
     .await;
     assert!(
@@ -458,7 +458,7 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
     );
     let described = ctx.json(&["describe", "campaign", "clinical-workstations"]);
     assert_eq!(described["rollout"], "completed");
-    assert_eq!(described["lures"].as_array().unwrap().len(), 12);
+    assert_eq!(described["lures"].as_array().unwrap().len(), 14);
 
     // Relabelling takes the lures away again; the registry keeps them.
     let id = agents(&ctx)[0]["id"].as_str().unwrap().to_owned();
@@ -482,7 +482,7 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
         .as_array()
         .unwrap()
         .clone();
-    assert_eq!(all.len(), 12);
+    assert_eq!(all.len(), 14);
     assert!(all.iter().all(|l| l["state"] == "retired"));
     let audit = ctx.json(&["get", "audit"])["items"]
         .as_array()

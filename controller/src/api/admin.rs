@@ -288,6 +288,33 @@ fn event_pb(e: &StoredEvent) -> pb::LureEvent {
         received_ms: e.received.0,
         peer: e.peer.clone(),
         seq: e.seq,
+        decoy: e.decoy.as_ref().map(|d| pb::DecoyContact {
+            name: d.name.clone(),
+            protocol: d.protocol.clone(),
+            port: u32::from(d.port),
+            source_ip: d.source_ip.clone(),
+            source_port: u32::from(d.source_port),
+        }),
+        credential: e.credential.as_ref().map(|c| pb::PresentedCredential {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            key_fingerprint: c.key_fingerprint.clone(),
+            key_type: c.key_type.clone(),
+            ae_title: c.ae_title.clone(),
+            called_ae_title: c.called_ae_title.clone(),
+            token: c.token.clone(),
+            domain: c.domain.clone(),
+            workstation: c.workstation.clone(),
+            client: c.client.clone(),
+            host: c.host.clone(),
+            application: c.application.clone(),
+        }),
+        origin_agent_id: e
+            .origin_agent
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        matched_on: e.matched_on.clone(),
     }
 }
 

@@ -210,6 +210,9 @@ pub struct Material {
     /// DICOM calling AE title.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ae_title: String,
+    /// HL7 sending application (MSH-3) of the lure's messages.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub application: String,
 }
 
 /// Why material or a rendering failed.
@@ -337,6 +340,10 @@ impl Material {
                 m.username = format!("{}_{tail}", rng.pick(USERS));
                 m.password = password(&mut rng);
                 m.secret = secret_string(BASE64ISH, 32);
+                if template == Template::Hl7Interface {
+                    const APPS: &[&str] = &["ADTHUB", "REGFEED", "PASADT"];
+                    m.application = format!("{}{}", rng.pick(APPS), secret_string(UPPER_ALNUM, 3));
+                }
             }
             Template::Netrc => {
                 m.username = format!("pacsftp{tail}");
@@ -360,10 +367,11 @@ impl Material {
                 const ALIASES: &[&str] = &["pacs-bkp", "img-arch", "rad-store", "dcm-node"];
                 m.username = format!("{}-{tail}", rng.pick(ALIASES));
             }
-            Template::PatientCsv
-            | Template::Hl7Adt
-            | Template::DicomStudy
-            | Template::FhirBundle => {}
+            Template::Hl7Adt => {
+                const APPS: &[&str] = &["REGADT", "PASADT", "ADTHUB"];
+                m.application = format!("{}{}", rng.pick(APPS), secret_string(UPPER_ALNUM, 3));
+            }
+            Template::PatientCsv | Template::DicomStudy | Template::FhirBundle => {}
         }
         Ok(m)
     }
@@ -661,8 +669,14 @@ impl Renderer<'_> {
                 );
                 let m = self.m();
                 let text = format!(
-                    "<channel version=\"4.5.0\">\n  <id>{id}</id>\n  <name>{channel}</name>\n  <description>ADT feed from registration to EHR and LIS</description>\n  <enabled>true</enabled>\n  <sourceConnector>\n    <transportName>TCP Listener</transportName>\n    <properties class=\"com.mirth.connect.connectors.tcp.TcpReceiverProperties\">\n      <listenerConnectorProperties><host>0.0.0.0</host><port>6661</port></listenerConnectorProperties>\n    </properties>\n  </sourceConnector>\n  <destinationConnectors>\n    <connector>\n      <name>EHR database writer</name>\n      <properties class=\"com.mirth.connect.connectors.jdbc.DatabaseDispatcherProperties\">\n        <driver>org.postgresql.Driver</driver>\n        <url>jdbc:postgresql://{host}:5432/ehr</url>\n        <username>{}</username>\n        <password>{}</password>\n      </properties>\n    </connector>\n    <connector>\n      <name>Forward to LIS</name>\n      <properties class=\"com.mirth.connect.connectors.tcp.TcpDispatcherProperties\">\n        <remoteAddress>{host}</remoteAddress>\n        <remotePort>{port}</remotePort>\n        <transmissionModeProperties><pluginPointName>MLLP</pluginPointName></transmissionModeProperties>\n      </properties>\n    </connector>\n  </destinationConnectors>\n</channel>\n",
-                    m.username, m.password
+                    "<channel version=\"4.5.0\">\n  <id>{id}</id>\n  <name>{channel}</name>\n  <description>ADT feed from registration to EHR and LIS</description>\n  <enabled>true</enabled>\n  <sourceConnector>\n    <transportName>TCP Listener</transportName>\n    <properties class=\"com.mirth.connect.connectors.tcp.TcpReceiverProperties\">\n      <listenerConnectorProperties><host>0.0.0.0</host><port>6661</port></listenerConnectorProperties>\n    </properties>\n  </sourceConnector>\n  <destinationConnectors>\n    <connector>\n      <name>EHR database writer</name>\n      <properties class=\"com.mirth.connect.connectors.jdbc.DatabaseDispatcherProperties\">\n        <driver>org.postgresql.Driver</driver>\n        <url>jdbc:postgresql://{host}:5432/ehr</url>\n        <username>{}</username>\n        <password>{}</password>\n      </properties>\n    </connector>\n    <connector>\n      <name>Forward to LIS</name>\n      <properties class=\"com.mirth.connect.connectors.tcp.TcpDispatcherProperties\">\n        <remoteAddress>{host}</remoteAddress>\n        <remotePort>{port}</remotePort>\n        <transmissionModeProperties><pluginPointName>MLLP</pluginPointName></transmissionModeProperties>\n        <template>MSH|^~\\&amp;|{app}|GENHOSP|LIS|LAB|||ADT^A01^ADT_A01||P|2.5.1</template>\n      </properties>\n    </connector>\n  </destinationConnectors>\n</channel>\n",
+                    m.username,
+                    m.password,
+                    app = if m.application.is_empty() {
+                        "REGADT"
+                    } else {
+                        m.application.as_str()
+                    }
                 );
                 let path = self.dir_file("~/interfaces/channels", format!("{channel}.xml"));
                 self.whole(path, text.into_bytes(), 0o640);
@@ -726,11 +740,17 @@ impl Renderer<'_> {
                     .unwrap_or(5);
                 let ts = self.date().replace('-', "");
                 let mut text = String::new();
+                // Instances made before lures carried an application keep the old one.
+                let app = if self.m().application.is_empty() {
+                    "REGADT".to_owned()
+                } else {
+                    self.m().application.clone()
+                };
                 for i in 0..count {
                     let p = Patient::generate(&mut self.rng);
                     let control = format!("{}{}", ts, self.rng.digits(6));
                     text.push_str(&format!(
-                        "MSH|^~\\&|REGADT|GENHOSP|EHR|GENHOSP|{ts}{:02}{:02}00||ADT^A01^ADT_A01|{control}|P|2.5.1\rEVN|A01|{ts}{:02}{:02}00\rPID|1||{}^^^GENHOSP^MR||{}^{}||{}|{}|||{}^^{}^{}^{}||{}\rPV1|1|I|{}^{}^1|E|||{}|||||||||||{}\rDG1|1||{}^{}^I10\r\n",
+                        "MSH|^~\\&|{app}|GENHOSP|EHR|GENHOSP|{ts}{:02}{:02}00||ADT^A01^ADT_A01|{control}|P|2.5.1\rEVN|A01|{ts}{:02}{:02}00\rPID|1||{}^^^GENHOSP^MR||{}^{}||{}|{}|||{}^^{}^{}^{}||{}\rPV1|1|I|{}^{}^1|E|||{}|||||||||||{}\rDG1|1||{}^{}^I10\r\n",
                         8 + i % 10, (i * 7) % 60, 8 + i % 10, (i * 7) % 60,
                         p.mrn, p.last.to_uppercase(), p.first.to_uppercase(), p.birth_compact(), p.sex,
                         p.street, p.city, p.state, p.zip, p.phone,
@@ -877,6 +897,7 @@ mod tests {
             description: String::new(),
             selector: Labels::new(),
             address: "10.20.0.15".into(),
+            listen: String::new(),
             services: vec![
                 ServiceManifest {
                     protocol: "ssh".into(),

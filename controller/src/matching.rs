@@ -1,0 +1,294 @@
+//! Matching what a client presented to a decoy against every lure ever
+//! planted (retired instances included): a match names the lure instance
+//! and so the host the credential was stolen from.
+//!
+//! Strongest evidence first: an SSH key fingerprint, a username with its
+//! password, a token or access key, a DICOM calling AE title, a username
+//! alone (NTLM presents no password), a hosts-entry alias in an HTTP Host
+//! header. Lure usernames, AE titles and aliases carry random tails, so a
+//! collision with a real account is unlikely; a password that matches no
+//! lure is never stored in clear (see [`redact`]).
+
+use std::collections::HashMap;
+
+use ruse_proto::convert::PresentedCredential;
+
+use crate::deploy::LureInstance;
+use crate::lures::Template;
+
+/// What matched, for the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedOn {
+    SshKey,
+    UsernamePassword,
+    Token,
+    AeTitle,
+    Username,
+    HostAlias,
+    Hl7Application,
+}
+
+impl MatchedOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchedOn::SshKey => "ssh key fingerprint",
+            MatchedOn::UsernamePassword => "username and password",
+            MatchedOn::Token => "token",
+            MatchedOn::AeTitle => "calling AE title",
+            MatchedOn::Username => "username",
+            MatchedOn::HostAlias => "hosts-entry alias",
+            MatchedOn::Hl7Application => "HL7 sending application",
+        }
+    }
+}
+
+/// Lure ids by the material a client could present.
+#[derive(Debug, Default)]
+pub struct CredentialIndex {
+    fingerprint: HashMap<String, String>,
+    username: HashMap<String, Vec<String>>,
+    token: HashMap<String, String>,
+    ae_title: HashMap<String, String>,
+    alias: HashMap<String, String>,
+    application: HashMap<String, String>,
+}
+
+impl CredentialIndex {
+    /// Indexes one lure instance (active or retired).
+    pub fn add(&mut self, lure: &LureInstance) {
+        let m = &lure.material;
+        let id = lure.id.clone();
+        if !m.fingerprint.is_empty() {
+            self.fingerprint.insert(m.fingerprint.clone(), id.clone());
+        }
+        if !m.application.is_empty() {
+            self.application
+                .insert(m.application.to_uppercase(), id.clone());
+        }
+        if lure.template == Template::HostsEntry {
+            if !m.username.is_empty() {
+                self.alias.insert(m.username.to_lowercase(), id);
+            }
+            return;
+        }
+        if !m.username.is_empty() {
+            let ids = self.username.entry(m.username.to_lowercase()).or_default();
+            if !ids.contains(&id) {
+                ids.push(id.clone());
+            }
+        }
+        for t in [&m.secret, &m.key_id] {
+            if !t.is_empty() {
+                self.token.insert(t.clone(), id.clone());
+            }
+        }
+        if !m.ae_title.is_empty() {
+            self.ae_title.insert(m.ae_title.to_uppercase(), id);
+        }
+    }
+
+    /// Lure instances indexed.
+    pub fn len(&self) -> usize {
+        self.fingerprint.len()
+            + self.username.values().map(Vec::len).sum::<usize>()
+            + self.ae_title.len()
+            + self.alias.len()
+            + self.application.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Candidate lure ids for `c`, strongest evidence first. Passwords are
+    /// checked by [`confirm`] against each candidate's material.
+    pub fn candidates(&self, c: &PresentedCredential) -> Vec<(String, MatchedOn)> {
+        let mut out = Vec::new();
+        if let Some(id) = self.fingerprint.get(&c.key_fingerprint) {
+            out.push((id.clone(), MatchedOn::SshKey));
+        }
+        if !c.username.is_empty() {
+            // NTLM and HTTP forms may carry DOMAIN\user or user@domain.
+            let bare = c
+                .username
+                .rsplit('\\')
+                .next()
+                .and_then(|u| u.split('@').next())
+                .unwrap_or(&c.username)
+                .to_lowercase();
+            for name in [c.username.to_lowercase(), bare] {
+                for id in self.username.get(&name).into_iter().flatten() {
+                    if !c.password.is_empty() {
+                        out.push((id.clone(), MatchedOn::UsernamePassword));
+                    }
+                    out.push((id.clone(), MatchedOn::Username));
+                }
+            }
+        }
+        if !c.token.is_empty() {
+            if let Some(id) = self.token.get(&c.token) {
+                out.push((id.clone(), MatchedOn::Token));
+            }
+            // Basic auth with a client id and secret, or key id and secret.
+            if let Some(id) = self.token.get(&c.password) {
+                out.push((id.clone(), MatchedOn::Token));
+            }
+        } else if !c.password.is_empty()
+            && let Some(id) = self.token.get(&c.password)
+        {
+            out.push((id.clone(), MatchedOn::Token));
+        }
+        if let Some(id) = self.ae_title.get(&c.ae_title.to_uppercase()) {
+            out.push((id.clone(), MatchedOn::AeTitle));
+        }
+        if !c.application.is_empty()
+            && let Some(id) = self.application.get(&c.application.to_uppercase())
+        {
+            out.push((id.clone(), MatchedOn::Hl7Application));
+        }
+        if !c.host.is_empty() {
+            let host = c.host.rsplit_once(':').map_or(c.host.as_str(), |(h, _)| h);
+            let first = host.split('.').next().unwrap_or(host).to_lowercase();
+            if let Some(id) = self.alias.get(&first) {
+                out.push((id.clone(), MatchedOn::HostAlias));
+            }
+        }
+        out
+    }
+}
+
+/// Whether `lure` really carries what `on` claims `c` matched.
+pub fn confirm(lure: &LureInstance, c: &PresentedCredential, on: MatchedOn) -> bool {
+    let m = &lure.material;
+    match on {
+        MatchedOn::UsernamePassword => !m.password.is_empty() && m.password == c.password,
+        MatchedOn::SshKey
+        | MatchedOn::Token
+        | MatchedOn::AeTitle
+        | MatchedOn::Username
+        | MatchedOn::HostAlias
+        | MatchedOn::Hl7Application => true,
+    }
+}
+
+/// A password that matched no lure, as stored: its length and a short
+/// digest, so repeated guesses can be told apart without keeping a real
+/// user's mistyped password.
+pub fn redact(password: &str) -> String {
+    if password.is_empty() {
+        return String::new();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, password.as_bytes());
+    format!(
+        "<redacted: {} characters, sha256 {}>",
+        password.chars().count(),
+        ruse_proto::types::hex(&digest.as_ref()[..4])
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lures::Material;
+    use ruse_proto::types::{AgentId, UnixMs};
+
+    fn lure(id: &str, template: Template, f: impl FnOnce(&mut Material)) -> LureInstance {
+        let mut material = Material::default();
+        f(&mut material);
+        LureInstance {
+            id: id.into(),
+            agent: AgentId::generate(),
+            campaign: "c".into(),
+            slot: "s".into(),
+            template,
+            epoch: 0,
+            material,
+            created: UnixMs(0),
+            retired: None,
+        }
+    }
+
+    #[test]
+    fn strongest_evidence_first() {
+        let mut index = CredentialIndex::default();
+        let smb = lure("smb", Template::SmbCredentials, |m| {
+            m.username = "svc_scan7k2".into();
+            m.password = "Pw1".into();
+        });
+        index.add(&smb);
+        index.add(&lure("ssh", Template::SshKey, |m| {
+            m.username = "radiology7".into();
+            m.fingerprint = "SHA256:abc".into();
+        }));
+        index.add(&lure("pacs", Template::PacsConfig, |m| {
+            m.ae_title = "RADWSAB12".into()
+        }));
+        index.add(&lure("hosts", Template::HostsEntry, |m| {
+            m.username = "pacs-bkp-x1".into()
+        }));
+        index.add(&lure("kube", Template::Kubeconfig, |m| {
+            m.secret = "eyJtoken".into()
+        }));
+
+        let c = PresentedCredential {
+            username: "HOSPITAL\\SVC_SCAN7K2".into(),
+            password: "Pw1".into(),
+            ..Default::default()
+        };
+        let found = index.candidates(&c);
+        assert_eq!(found[0], ("smb".into(), MatchedOn::UsernamePassword));
+        assert!(confirm(&smb, &c, MatchedOn::UsernamePassword));
+        let wrong = PresentedCredential {
+            password: "nope".into(),
+            ..c.clone()
+        };
+        assert!(!confirm(&smb, &wrong, MatchedOn::UsernamePassword));
+        assert!(
+            index
+                .candidates(&wrong)
+                .contains(&("smb".into(), MatchedOn::Username))
+        );
+
+        let key = PresentedCredential {
+            username: "radiology7".into(),
+            key_fingerprint: "SHA256:abc".into(),
+            ..Default::default()
+        };
+        assert_eq!(index.candidates(&key)[0], ("ssh".into(), MatchedOn::SshKey));
+        let ae = PresentedCredential {
+            ae_title: "radwsab12".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            index.candidates(&ae),
+            vec![("pacs".into(), MatchedOn::AeTitle)]
+        );
+        let host = PresentedCredential {
+            host: "pacs-bkp-x1:8443".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            index.candidates(&host),
+            vec![("hosts".into(), MatchedOn::HostAlias)]
+        );
+        let bearer = PresentedCredential {
+            token: "eyJtoken".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            index.candidates(&bearer),
+            vec![("kube".into(), MatchedOn::Token)]
+        );
+        assert!(index.candidates(&PresentedCredential::default()).is_empty());
+    }
+
+    #[test]
+    fn redaction_keeps_no_password() {
+        let r = redact("Summer2026!");
+        assert!(!r.contains("Summer"));
+        assert!(r.contains("11 characters"));
+        assert_eq!(r, redact("Summer2026!"));
+        assert_ne!(r, redact("Summer2027!"));
+    }
+}

@@ -1,0 +1,906 @@
+//! Decoy services against the real clients an attacker (or a hospital
+//! system) would use: a credential planted on one agent and used against a
+//! decoy on another becomes a credential-use event naming the lure and the
+//! agent it was stolen from; unknown credentials are recorded unmatched;
+//! garbage, oversized and slow streams are cut off without harming anyone
+//! else.
+//!
+//! The clients (`ssh`, `sshpass`, `curl`, `smbclient`, `echoscu`, `lftp`,
+//! `python3`) are installed by scripts/install-test-deps.sh; without one a
+//! test says it is skipped, and under `CI=true` it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ruse_e2e::{TestAgent, TestController, free_port, pb, require_tool};
+
+const DECOY: &str = "pacs-archive02";
+
+struct Ports {
+    ssh: u16,
+    http: u16,
+    https: u16,
+    smb: u16,
+    dicom: u16,
+    hl7: u16,
+    ftp: u16,
+    scan: u16,
+}
+
+/// A controller, a workstation agent with planted lures, and a decoy
+/// agent running every decoy service on 127.0.0.1.
+struct Range {
+    tc: TestController,
+    ws: TestAgent,
+    ws_id: String,
+    decoy_id: String,
+    _decoy: TestAgent,
+    ports: Ports,
+}
+
+const LURES: usize = 9;
+
+impl Range {
+    async fn start() -> Range {
+        let tc = TestController::start().await;
+        let ports = Ports {
+            ssh: free_port(),
+            http: free_port(),
+            https: free_port(),
+            smb: free_port(),
+            dicom: free_port(),
+            hl7: free_port(),
+            ftp: free_port(),
+            scan: free_port(),
+        };
+        let token = tc.token("", 2, Duration::from_secs(600)).await;
+        let mut ws = tc.spawn_agent(tc.agent_config("ws", &token, "role=workstation"));
+        let mut config = tc.agent_config("decoyhost", &token, "role=decoy");
+        config.decoy_limits.read_timeout = Duration::from_secs(1);
+        config.decoy_limits.lifetime = Duration::from_secs(4);
+        let mut decoy = tc.spawn_agent(config);
+        let ws_id = ws.connected().await;
+        let decoy_id = decoy.connected().await;
+        let manifest = format!(
+            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}}}\n  - {{protocol: portscan, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n",
+            ports.ssh,
+            ports.http,
+            ports.https,
+            ports.smb,
+            ports.dicom,
+            ports.hl7,
+            ports.ftp,
+            ports.scan
+        );
+        tc.apply(&manifest).await;
+        ws.wait_lures(LURES, Duration::from_secs(20)).await;
+        let reached = matches!(
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                decoy.status.wait_for(|s| s.decoy_services == 8),
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        assert!(
+            reached,
+            "decoy services did not start: {:?}",
+            *decoy.status.borrow()
+        );
+        Range {
+            tc,
+            ws,
+            ws_id,
+            decoy_id,
+            _decoy: decoy,
+            ports,
+        }
+    }
+
+    fn home(&self) -> PathBuf {
+        self.ws.home()
+    }
+
+    fn read(&self, rel: &str) -> String {
+        let path = self.home().join(rel);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The lure of `template` planted on the workstation.
+    async fn lure(&self, template: &str) -> pb::Lure {
+        self.tc
+            .lures(&self.ws_id, false)
+            .await
+            .into_iter()
+            .find(|l| l.template == template)
+            .unwrap_or_else(|| panic!("no {template} lure"))
+    }
+
+    /// Waits for an event of `kind` from the decoy agent that `pick` accepts.
+    async fn event(&self, kind: &str, pick: impl Fn(&pb::LureEvent) -> bool) -> pb::LureEvent {
+        let filter = pb::EventFilter {
+            agent_id: self.decoy_id.clone(),
+            kind: kind.into(),
+            ..Default::default()
+        };
+        let start = Instant::now();
+        loop {
+            let events = self.tc.events(filter.clone()).await;
+            if let Some(e) = events.iter().find(|e| pick(e)) {
+                return e.clone();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "no matching {kind} event within 15s; have: {events:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The credential-use event of a `protocol` decoy service.
+    async fn used(&self, protocol: &str) -> pb::LureEvent {
+        self.event("credential-use", |e| {
+            e.decoy.as_ref().is_some_and(|d| d.protocol == protocol)
+        })
+        .await
+    }
+
+    /// The unmatched login of `username`: recorded, attributed to no lure.
+    async fn unmatched_login(&self, username: &str) -> pb::LureEvent {
+        let e = self
+            .event("decoy-login", |e| {
+                e.credential
+                    .as_ref()
+                    .is_some_and(|c| c.username == username)
+            })
+            .await;
+        assert!(
+            e.lure_id.is_empty() && e.origin_agent_id.is_empty(),
+            "{e:#?}"
+        );
+        e
+    }
+
+    /// Asserts `e` attributes the use to the workstation's `template` lure.
+    async fn assert_credential_use(&self, e: &pb::LureEvent, template: &str, protocol: &str) {
+        let lure = self.lure(template).await;
+        assert_eq!(e.kind, "credential-use", "{e:#?}");
+        assert_eq!(e.lure_id, lure.id, "{e:#?}");
+        assert_eq!(e.template, template);
+        assert_eq!(e.campaign, "stolen");
+        assert_eq!(
+            e.origin_agent_id, self.ws_id,
+            "the lure's agent is where it was stolen"
+        );
+        assert_eq!(e.agent_id, self.decoy_id, "the decoy's agent reported it");
+        let d = e.decoy.as_ref().unwrap();
+        assert_eq!(d.name, DECOY);
+        assert_eq!(d.protocol, protocol);
+        assert_eq!(d.source_ip, "127.0.0.1");
+        assert_ne!(d.source_port, 0);
+        assert!(!e.matched_on.is_empty());
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    eprintln!(
+        "{cmd:?} -> {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `key value` or `key=value` of a planted file.
+fn field(text: &str, key: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .map(|rest| rest.trim_start_matches([' ', '=', ':']).trim().to_owned())
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+}
+
+fn ssh_options(port: u16) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+        "-p",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([port.to_string()])
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_with_the_planted_key_and_a_planted_password_is_attributed() {
+    let test = "ssh_with_the_planted_key_and_a_planted_password";
+    if !require_tool(test, "ssh") || !require_tool(test, "sshpass") {
+        return;
+    }
+    let r = Range::start().await;
+    // The attacker reads ~/.ssh/config and uses the key it names.
+    let config = r.read(".ssh/config");
+    let user = field(&config, "User");
+    assert_eq!(field(&config, "Port"), r.ports.ssh.to_string());
+    let key = r.home().join(format!(".ssh/id_ed25519_{DECOY}"));
+    let out = run(Command::new("ssh")
+        .args(ssh_options(r.ports.ssh))
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&key)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("true"));
+    assert!(!out.status.success(), "the decoy never grants access");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    let e = r.used("ssh").await;
+    r.assert_credential_use(&e, "ssh-key", "ssh").await;
+    let c = e.credential.unwrap();
+    assert!(c.key_fingerprint.starts_with("SHA256:"), "{c:?}");
+    assert_eq!(c.username, user);
+
+    // A password from ~/.pgpass, tried on SSH (password reuse).
+    let pgpass = r.read(".pgpass");
+    let parts: Vec<&str> = pgpass.trim().split(':').collect();
+    let (pg_user, pg_password) = (parts[3], parts[4]);
+    let out = run(Command::new("sshpass")
+        .args(["-p", pg_password, "ssh"])
+        .args(ssh_options(r.ports.ssh))
+        .args([
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+        ])
+        .arg(format!("{pg_user}@127.0.0.1"))
+        .arg("true"));
+    assert!(!out.status.success());
+    let e = r
+        .event("credential-use", |e| {
+            e.credential
+                .as_ref()
+                .is_some_and(|c| c.username == pg_user && c.key_fingerprint.is_empty())
+        })
+        .await;
+    r.assert_credential_use(&e, "pgpass", "ssh").await;
+    assert_eq!(e.matched_on, "username and password");
+
+    // A guess matches nothing, and the password is not kept.
+    let out = run(Command::new("sshpass")
+        .args(["-p", "Winter2026!", "ssh"])
+        .args(ssh_options(r.ports.ssh))
+        .args([
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+        ])
+        .arg("admin@127.0.0.1")
+        .arg("true"));
+    assert!(!out.status.success());
+    let e = r
+        .event("decoy-login", |e| {
+            e.credential.as_ref().is_some_and(|c| c.username == "admin")
+        })
+        .await;
+    assert!(e.lure_id.is_empty() && e.origin_agent_id.is_empty());
+    let c = e.credential.unwrap();
+    assert!(
+        !c.password.contains("Winter"),
+        "an unmatched password is redacted: {c:?}"
+    );
+    assert!(c.password.contains("11 characters"), "{c:?}");
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = run(Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args));
+    assert!(out.status.success(), "curl failed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (body.to_owned(), code.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_against_the_portal_and_fhir_endpoint_is_attributed() {
+    if !require_tool("curl_against_the_portal_and_fhir_endpoint", "curl") {
+        return;
+    }
+    let r = Range::start().await;
+    let base = format!("http://127.0.0.1:{}", r.ports.http);
+
+    // The login page and the FHIR CapabilityStatement look real.
+    let (page, code) = curl(&[&format!("{base}/")]);
+    assert_eq!(code, "200");
+    assert!(
+        page.contains("<form method=\"post\" action=\"/login\">"),
+        "{page}"
+    );
+    let (meta, code) = curl(&[&format!("{base}/fhir/R4/metadata")]);
+    assert_eq!(code, "200");
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["resourceType"], "CapabilityStatement");
+    assert_eq!(meta["fhirVersion"], "4.0.1");
+
+    // Portal login with the database account from ~/.pgpass.
+    let pgpass = r.read(".pgpass");
+    let parts: Vec<&str> = pgpass.trim().split(':').collect();
+    let (user, password) = (parts[3], parts[4]);
+    let (page, code) = curl(&[
+        "--data-urlencode",
+        &format!("username={user}"),
+        "--data-urlencode",
+        &format!("password={password}"),
+        &format!("{base}/login"),
+    ]);
+    assert_eq!(code, "401");
+    assert!(page.contains("Invalid credentials"));
+    let e = r
+        .event("credential-use", |e| {
+            e.credential.as_ref().is_some_and(|c| c.username == user)
+        })
+        .await;
+    r.assert_credential_use(&e, "pgpass", "http").await;
+    assert_eq!(e.matched_on, "username and password");
+
+    // FHIR with the client id and secret from the .env file (basic auth).
+    let env = std::fs::read_to_string(r.home().join("projects/ehr-integration/.env")).unwrap();
+    let id = field(&env, "FHIR_CLIENT_ID");
+    let secret = field(&env, "FHIR_CLIENT_SECRET");
+    let (body, code) = curl(&[
+        "-u",
+        &format!("{id}:{secret}"),
+        &format!("{base}/fhir/R4/Patient?name=smith"),
+    ]);
+    assert_eq!(code, "401");
+    assert!(body.contains("OperationOutcome"));
+    let e = r
+        .event("credential-use", |e| e.template == "env-file")
+        .await;
+    r.assert_credential_use(&e, "env-file", "http").await;
+
+    // The kubeconfig's bearer token, over HTTPS with the generated cert.
+    let kube = std::fs::read_dir(r.home().join(".kube"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .next()
+        .unwrap();
+    let token = field(&kube, "token");
+    let (_, code) = curl(&[
+        "-k",
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        &format!(
+            "https://127.0.0.1:{}/api/v1/namespaces/pacs/secrets",
+            r.ports.https
+        ),
+    ]);
+    assert_eq!(code, "401");
+    let e = r
+        .event("credential-use", |e| e.template == "kubeconfig")
+        .await;
+    r.assert_credential_use(&e, "kubeconfig", "https").await;
+    assert_eq!(e.matched_on, "token");
+
+    // The alias only the planted hosts entry knows, in the Host header.
+    let hosts = std::fs::read_to_string(r.ws.root().join("etc/hosts")).unwrap();
+    let alias = hosts
+        .lines()
+        .find(|l| l.contains(DECOY))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_owned();
+    let (_, code) = curl(&["-H", &format!("Host: {alias}"), &format!("{base}/")]);
+    assert_eq!(code, "200");
+    let e = r
+        .event("credential-use", |e| e.template == "hosts-entry")
+        .await;
+    r.assert_credential_use(&e, "hosts-entry", "http").await;
+
+    // Unknown credentials: recorded, unmatched, password redacted.
+    let (_, code) = curl(&[
+        "-d",
+        "username=jsmith&password=Password1",
+        &format!("{base}/login"),
+    ]);
+    assert_eq!(code, "401");
+    let e = r.unmatched_login("jsmith").await;
+    assert!(!e.credential.unwrap().password.contains("Password1"));
+    let (_, code) = curl(&[
+        "-H",
+        "Authorization: Bearer not-a-lure-token",
+        &format!("{base}/fhir/R4/Patient"),
+    ]);
+    assert_eq!(code, "401");
+    r.event("decoy-login", |e| {
+        e.credential
+            .as_ref()
+            .is_some_and(|c| c.token == "not-a-lure-token")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smbclient_with_the_planted_smbcredentials_is_attributed() {
+    if !require_tool("smbclient_with_the_planted_smbcredentials", "smbclient") {
+        return;
+    }
+    let r = Range::start().await;
+    let creds = r.home().join(".smbcredentials");
+    let user = field(&std::fs::read_to_string(&creds).unwrap(), "username");
+    let out = run(Command::new("smbclient")
+        .arg("//127.0.0.1/PACS_Archive")
+        .args(["-p", &r.ports.smb.to_string(), "-A"])
+        .arg(&creds)
+        .args(["-c", "ls"]));
+    assert!(!out.status.success(), "the decoy never grants access");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("NT_STATUS_LOGON_FAILURE"), "{text}");
+    let e = r.used("smb").await;
+    r.assert_credential_use(&e, "smb-credentials", "smb").await;
+    let c = e.credential.unwrap();
+    assert_eq!(c.username.to_lowercase(), user.to_lowercase());
+    assert_eq!(c.domain, "HOSPITAL");
+    assert!(!c.workstation.is_empty(), "{c:?}");
+
+    let out = run(Command::new("smbclient").arg("//127.0.0.1/C$").args([
+        "-p",
+        &r.ports.smb.to_string(),
+        "-U",
+        "EVILCORP/intruder%guess",
+        "-c",
+        "ls",
+    ]));
+    assert!(!out.status.success());
+    let e = r.unmatched_login("intruder").await;
+    assert_eq!(e.credential.unwrap().domain, "EVILCORP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echoscu_with_the_planted_ae_title_is_attributed() {
+    if !require_tool("echoscu_with_the_planted_ae_title", "echoscu") {
+        return;
+    }
+    let r = Range::start().await;
+    let nodes = r.read(".config/pacs-viewer/nodes.ini");
+    let calling = field(&nodes, "CallingAETitle");
+    let called = nodes
+        .lines()
+        .skip_while(|l| !l.starts_with("[Node:"))
+        .find_map(|l| l.strip_prefix("AETitle="))
+        .unwrap()
+        .to_owned();
+    assert_eq!(field(&nodes, "Port"), "11112", "the local port comes first");
+    // C-ECHO succeeds: the archive answers like a real one.
+    let out = run(Command::new("echoscu").args([
+        "-aet",
+        &calling,
+        "-aec",
+        &called,
+        "127.0.0.1",
+        &r.ports.dicom.to_string(),
+    ]));
+    assert!(
+        out.status.success(),
+        "echoscu against the decoy archive failed"
+    );
+    let e = r.used("dicom").await;
+    r.assert_credential_use(&e, "pacs-config", "dicom").await;
+    assert_eq!(e.matched_on, "calling AE title");
+    let c = e.credential.unwrap();
+    assert_eq!(
+        (c.ae_title.as_str(), c.called_ae_title.as_str()),
+        (calling.as_str(), called.as_str())
+    );
+
+    let out = run(Command::new("echoscu").args([
+        "-aet",
+        "STRANGER",
+        "-aec",
+        "ANYPACS",
+        "127.0.0.1",
+        &r.ports.dicom.to_string(),
+    ]));
+    assert!(out.status.success());
+    let e = r
+        .event("decoy-login", |e| {
+            e.credential
+                .as_ref()
+                .is_some_and(|c| c.ae_title == "STRANGER")
+        })
+        .await;
+    assert!(e.lure_id.is_empty());
+    assert!(
+        e.detail.contains("1.2.840.10008.1.1"),
+        "presentation contexts: {}",
+        e.detail
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adt_message_from_the_planted_hl7_file_is_attributed() {
+    if !require_tool("an_adt_message_from_the_planted_hl7_file", "python3") {
+        return;
+    }
+    let r = Range::start().await;
+    let dir = r.home().join("Documents/HL7");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let out = run(Command::new("python3")
+        .arg(mllp_client())
+        .args(["127.0.0.1", &r.ports.hl7.to_string()])
+        .arg(&file));
+    assert!(out.status.success(), "every message is ACKed (MSA|AA)");
+    let e = r.used("hl7").await;
+    r.assert_credential_use(&e, "hl7-adt", "hl7").await;
+    assert_eq!(e.matched_on, "HL7 sending application");
+    assert!(e.detail.starts_with("ADT^A01"), "{}", e.detail);
+
+    let other = r.tc.dir.path().join("other.hl7");
+    std::fs::write(
+        &other,
+        "MSH|^~\\&|LABSYS|OTHERHOSP|EHR|GENHOSP|20261128101500||ORU^R01^ORU_R01|X1|P|2.5.1\rPID|1||123^^^OTHERHOSP^MR\r\n",
+    )
+    .unwrap();
+    let out = run(Command::new("python3")
+        .arg(mllp_client())
+        .args(["127.0.0.1", &r.ports.hl7.to_string()])
+        .arg(&other));
+    assert!(out.status.success());
+    let e = r
+        .event("decoy-message", |e| {
+            e.credential
+                .as_ref()
+                .is_some_and(|c| c.application == "LABSYS")
+        })
+        .await;
+    assert!(e.lure_id.is_empty());
+}
+
+fn mllp_client() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/mllp_send.py")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lftp_with_the_planted_netrc_is_attributed() {
+    if !require_tool("lftp_with_the_planted_netrc", "lftp") {
+        return;
+    }
+    let r = Range::start().await;
+    let netrc = r.read(".netrc");
+    let user = field(&netrc, "login");
+    // lftp reads ~/.netrc itself: the attacker only names the host.
+    let out = run(Command::new("lftp")
+        .env("HOME", r.home())
+        .args([
+            "-c",
+            &format!(
+                "set net:max-retries 1; set net:timeout 5; set cmd:fail-exit yes; open -p {} 127.0.0.1; ls",
+                r.ports.ftp
+            ),
+        ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("530"), "{stderr}");
+    let e = r.used("ftp").await;
+    r.assert_credential_use(&e, "netrc", "ftp").await;
+    assert_eq!(e.credential.unwrap().username, user);
+
+    let out = run(Command::new("lftp").args([
+        "-c",
+        &format!(
+            "set net:max-retries 1; set net:timeout 5; set cmd:fail-exit yes; open -u anonymous,guest@ -p {} 127.0.0.1; ls",
+            r.ports.ftp
+        ),
+    ]));
+    assert!(!out.status.success());
+    r.unmatched_login("anonymous").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_scan_is_reported_once_per_source() {
+    let r = Range::start().await;
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", r.ports.scan)).unwrap();
+        let mut buf = [0u8; 16];
+        // The port accepts and closes.
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    let e = r.event("portscan", |_| true).await;
+    assert_eq!(e.decoy.unwrap().port, u32::from(r.ports.scan));
+    // Give any duplicates time to arrive, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all =
+        r.tc.events(pb::EventFilter {
+            kind: "portscan".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(all.len(), 1, "one report per source per window: {all:#?}");
+}
+
+/// Connects from `source` (another loopback address) to `port`.
+async fn connect_from(source: &str, port: u16) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap()
+}
+
+/// Whether the server closed (or reset) the connection within `within`,
+/// reading (and discarding) whatever it sends meanwhile.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Sends `bytes` (ignoring a reset: the server may close mid-write).
+async fn send(s: &mut tokio::net::TcpStream, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let _ = s.write_all(bytes).await;
+}
+
+/// A DICOM A-ASSOCIATE-RQ for Verification.
+fn associate_rq(calling: &str) -> Vec<u8> {
+    use dicom_ul::pdu::{AssociationRQ, PresentationContextProposed, UserVariableItem};
+    let pdu = dicom_ul::Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: calling.into(),
+        called_ae_title: "ANY-SCP".into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![PresentationContextProposed {
+            id: 1,
+            abstract_syntax: "1.2.840.10008.1.1".into(),
+            transfer_syntaxes: vec!["1.2.840.10008.1.2".into()],
+        }],
+        user_variables: vec![UserVariableItem::MaxLength(16384)],
+    });
+    let mut out = Vec::new();
+    dicom_ul::write_pdu(&mut out, &pdu).unwrap();
+    out
+}
+
+/// An SMB2 NEGOTIATE in its NetBIOS frame.
+fn smb2_negotiate() -> Vec<u8> {
+    let mut msg = b"\xfeSMB".to_vec();
+    msg.extend_from_slice(&64u16.to_le_bytes());
+    msg.extend_from_slice(&[0; 58]);
+    msg.extend_from_slice(&36u16.to_le_bytes());
+    msg.extend_from_slice(&2u16.to_le_bytes());
+    msg.extend_from_slice(&[0; 32]);
+    msg.extend_from_slice(&0x0202u16.to_le_bytes());
+    msg.extend_from_slice(&0x0210u16.to_le_bytes());
+    let mut framed = (msg.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&msg);
+    framed
+}
+
+const ADT: &[u8] = b"\x0bMSH|^~\\&|REG|HOSP|EHR|HOSP|20261128101500||ADT^A01^ADT_A01|C1|P|2.5.1\rPID|1||1^^^HOSP^MR\r\x1c\x0d";
+
+/// Whether the service on `port` still answers a well-behaved client from
+/// 127.0.0.1 correctly.
+async fn answers(protocol: &str, port: u16) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut s = connect_from("127.0.0.1", port).await;
+    let request: Vec<u8> = match protocol {
+        "http" => b"GET / HTTP/1.1\r\nHost: pacs\r\nConnection: close\r\n\r\n".to_vec(),
+        "hl7" => ADT.to_vec(),
+        "smb" => smb2_negotiate(),
+        "dicom" => associate_rq("HEALTHY"),
+        _ => Vec::new(),
+    };
+    send(&mut s, &request).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let expect: &[u8] = match protocol {
+        "ssh" => b"SSH-2.0-OpenSSH_9.2p1",
+        "ftp" => b"220 ",
+        "http" => b"HTTP/1.1 200 OK",
+        "hl7" => b"MSA|AA|C1",
+        "smb" => b"\xfeSMB",
+        // A-ASSOCIATE-AC.
+        "dicom" => &[0x02, 0x00],
+        other => panic!("no check for {other}"),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.windows(expect.len()).any(|w| w == expect) {
+            return true;
+        }
+    }
+    eprintln!(
+        "{protocol} on {port} answered {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_and_slow_streams_are_cut_off_without_harming_others() {
+    let r = Range::start().await;
+    let p = &r.ports;
+    let services = [
+        ("ssh", p.ssh),
+        ("http", p.http),
+        ("smb", p.smb),
+        ("dicom", p.dicom),
+        ("hl7", p.hl7),
+        ("ftp", p.ftp),
+    ];
+    let garbage: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+
+    // Garbage: every service hangs up promptly.
+    for (protocol, port) in services {
+        let mut s = connect_from("127.0.0.1", port).await;
+        send(&mut s, &garbage).await;
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)).await,
+            "{protocol} kept a garbage stream open"
+        );
+    }
+
+    // Oversized frames and lines: refused from the header, or at the bound.
+    let mut huge_line = b"USER ".to_vec();
+    huge_line.extend(std::iter::repeat_n(b'a', 100_000));
+    let mut huge_hl7 = vec![0x0b];
+    huge_hl7.extend(std::iter::repeat_n(b'A', 200_000));
+    let mut huge_header = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+    huge_header.extend(std::iter::repeat_n(b'a', 200_000));
+    let mut huge_banner = b"SSH-2.0-".to_vec();
+    huge_banner.extend(std::iter::repeat_n(b'x', 200_000));
+    let oversized: Vec<(&str, u16, Vec<u8>)> = vec![
+        (
+            "smb",
+            p.smb,
+            vec![0x00, 0xff, 0xff, 0xff, 0xfe, b'S', b'M', b'B'],
+        ),
+        (
+            "dicom",
+            p.dicom,
+            vec![0x01, 0x00, 0x7f, 0xff, 0xff, 0xff, 0x00, 0x01],
+        ),
+        ("hl7", p.hl7, huge_hl7),
+        ("ftp", p.ftp, huge_line),
+        ("http", p.http, huge_header),
+        ("ssh", p.ssh, huge_banner),
+    ];
+    for (protocol, port, bytes) in oversized {
+        let mut s = connect_from("127.0.0.1", port).await;
+        send(&mut s, &bytes).await;
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)).await,
+            "{protocol} kept an oversized stream open"
+        );
+    }
+
+    // Slow-loris from 127.0.0.2: 20 connections per service, each
+    // dribbling a valid-looking prefix one byte at a time.
+    let prefixes: Vec<(&str, u16, Vec<u8>)> = vec![
+        ("ssh", p.ssh, b"SSH-2.0-OpenSSH_9.6\r\n".to_vec()),
+        (
+            "http",
+            p.http,
+            b"GET / HTTP/1.1\r\nHost: pacs\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                .to_vec(),
+        ),
+        ("smb", p.smb, smb2_negotiate()),
+        ("dicom", p.dicom, associate_rq("SLOWLORIS")),
+        ("hl7", p.hl7, ADT[..ADT.len() - 2].to_vec()),
+        (
+            "ftp",
+            p.ftp,
+            b"USER aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec(),
+        ),
+    ];
+    let mut slow = Vec::new();
+    for (protocol, port, prefix) in &prefixes {
+        for _ in 0..20 {
+            let mut s = connect_from("127.0.0.2", *port).await;
+            let prefix = prefix.clone();
+            let protocol = protocol.to_string();
+            slow.push(tokio::spawn(async move {
+                let start = Instant::now();
+                for byte in prefix.iter().cycle().take(200) {
+                    use tokio::io::AsyncWriteExt;
+                    if s.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    // Faster than the read timeout: only the lifetime ends it.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if closed_within(&mut s, Duration::from_millis(1)).await {
+                        break;
+                    }
+                }
+                (protocol, start.elapsed())
+            }));
+        }
+    }
+    // Meanwhile every service answers others normally.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (protocol, port) in services {
+        assert!(
+            answers(protocol, port).await,
+            "{protocol} stopped answering during a slow-loris"
+        );
+    }
+    // And every slow connection is cut: past the per-source cap at once,
+    // the rest at the connection lifetime (4 s in this range).
+    for task in slow {
+        let (protocol, lasted) = task.await.unwrap();
+        assert!(
+            lasted < Duration::from_secs(8),
+            "a slow {protocol} connection lasted {lasted:?}"
+        );
+    }
+    // A connection that sends nothing is closed at the read timeout (1 s).
+    for (protocol, port) in services
+        .into_iter()
+        .filter(|(p, _)| *p != "ssh" && *p != "ftp")
+    {
+        let mut s = connect_from("127.0.0.1", port).await;
+        let start = Instant::now();
+        assert!(
+            closed_within(&mut s, Duration::from_secs(4)).await,
+            "{protocol} kept a silent connection"
+        );
+        assert!(
+            start.elapsed() >= Duration::from_millis(900),
+            "{protocol} closed before the read timeout"
+        );
+    }
+    // The decoy agent is still healthy and still reporting.
+    for (protocol, port) in services {
+        assert!(
+            answers(protocol, port).await,
+            "{protocol} stopped answering after the abuse"
+        );
+    }
+    let view = r.tc.agent_view(&r.decoy_id).await;
+    assert_eq!(view.state, pb::AgentState::Online as i32, "{view:#?}");
+    assert!(view.problems.is_empty(), "{view:#?}");
+}
