@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ruse_e2e::{TestAgent, TestController, free_port, pb, require_tool};
+use ruse_e2e::{TestAgent, TestController, free_ports, pb, require_tool};
 
 const DECOY: &str = "pacs-archive02";
 
@@ -48,15 +48,16 @@ const LURES: usize = 9;
 impl Range {
     async fn start() -> Range {
         let tc = TestController::start().await;
+        let p = free_ports(8);
         let ports = Ports {
-            ssh: free_port(),
-            http: free_port(),
-            https: free_port(),
-            smb: free_port(),
-            dicom: free_port(),
-            hl7: free_port(),
-            ftp: free_port(),
-            scan: free_port(),
+            ssh: p[0],
+            http: p[1],
+            https: p[2],
+            smb: p[3],
+            dicom: p[4],
+            hl7: p[5],
+            ftp: p[6],
+            scan: p[7],
         };
         let token = tc.token("", 2, Duration::from_secs(600)).await;
         let mut ws = tc.spawn_agent(tc.agent_config("ws", &token, "role=workstation"));
