@@ -6,7 +6,8 @@
 set -euo pipefail
 
 # Debian packages the tests use, as "command:package": the real clients the
-# decoy tests drive (tests/tests/decoys.rs).
+# decoy tests drive (tests/tests/decoys.rs) and the syslog receiver the
+# output tests deliver to (tests/tests/incidents.rs).
 DEBIAN=(
     ssh:openssh-client
     sshpass:sshpass
@@ -14,6 +15,7 @@ DEBIAN=(
     smbclient:smbclient
     echoscu:dcmtk
     lftp:lftp
+    rsyslogd:rsyslog
 )
 
 missing=()

@@ -147,6 +147,44 @@ pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
     problems
 }
 
+/// Programs a drill reads a lure with, first found wins.
+const DRILL_READERS: &[&str] = &["/usr/bin/cat", "/bin/cat"];
+
+/// Trips a lure for real: another process reads one of its files, so the
+/// watcher reports the read exactly as it would an intruder's (the agent's
+/// own reads are never reported). The controller recognises the event.
+pub(crate) fn drill(shared: &Shared, drill: &pb::Drill) {
+    let file = lock(&shared.engine)
+        .lures()
+        .get(&drill.lure_id)
+        .and_then(|l| l.files.first().map(|f| f.path().to_path_buf()));
+    let Some(file) = file else {
+        tracing::warn!(drill = %drill.id, lure = %drill.lure_id, "drill names a lure this agent has not planted");
+        return;
+    };
+    let Some(reader) = DRILL_READERS
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        tracing::error!(drill = %drill.id, "no reader program for a drill (cat)");
+        return;
+    };
+    tracing::info!(drill = %drill.id, lure = %drill.lure_id, path = %file.display(), "drill: reading a lure");
+    match std::process::Command::new(reader)
+        .arg(&file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        // Reaped off the async threads.
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::error!(drill = %drill.id, error = %e, "drill reader did not start"),
+    }
+}
+
 /// Conditions that stop the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

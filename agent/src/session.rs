@@ -261,6 +261,9 @@ pub(crate) async fn run_once(
                             Some(pb::directive::Kind::RetryAfter(r)) => {
                                 return Err(Failure::RetryAfter(Duration::from_millis(r.millis)));
                             }
+                            Some(pb::directive::Kind::Drill(drill)) => {
+                                crate::drill(shared, &drill);
+                            }
                             Some(pb::directive::Kind::ReportFullState(_)) | None => {}
                         },
                         Some(Msg::Update(update)) => {

@@ -4,6 +4,7 @@
 //! `--context-file`, `$RUSECTL_CONTEXT_FILE`, or
 //! `~/.config/ruse/config.toml`; `--controller` overrides the URL.
 
+mod incidents;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -109,6 +110,31 @@ enum Command {
         #[command(subcommand)]
         what: WatchWhat,
     },
+    /// Acknowledge an incident: someone is on it.
+    Ack {
+        #[command(subcommand)]
+        what: AckWhat,
+    },
+    /// Resolve an incident, with a note; later events open a new one.
+    Resolve {
+        #[command(subcommand)]
+        what: ResolveWhat,
+    },
+    /// Export incidents for sharing (STIX 2.1).
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
+    },
+    /// Make an agent trip a lure for real and check that the event, the
+    /// incident and every output follow.
+    Drill {
+        /// The agent to drill.
+        #[arg(long)]
+        agent: String,
+        /// The lure to trip (default: one of the agent's, honeyfiles first).
+        #[arg(long)]
+        lure: Option<String>,
+    },
     /// Show who the controller thinks you are.
     Whoami,
     /// Print a shell completion script.
@@ -119,7 +145,44 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum AckWhat {
+    Incident { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ResolveWhat {
+    Incident {
+        id: String,
+        /// What was found and done.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExportWhat {
+    Incidents {
+        /// Only stix (STIX 2.1 JSON bundle).
+        #[arg(long, default_value = "stix")]
+        format: String,
+        /// Incidents seen in this last stretch of time (e.g. 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Include drill incidents.
+        #[arg(long)]
+        drills: bool,
+        /// Write here instead of stdout.
+        #[arg(long = "file", short = 'f')]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum GetWhat {
+    /// Incidents: correlated events a SOC acts on.
+    Incidents(incidents::ListArgs),
+    /// Suppressions and how many events each has hidden.
+    Suppressions,
     /// Enrolled agents (the device inventory).
     Agents {
         /// Only agents with these labels (k=v,k2=v2).
@@ -204,6 +267,12 @@ impl EventArgs {
 enum WatchWhat {
     /// Lure events as they arrive.
     Events(EventArgs),
+    /// Incidents as they open and change.
+    Incidents {
+        /// Include drill incidents.
+        #[arg(long)]
+        drills: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,8 +306,16 @@ enum LabelWhat {
 
 #[derive(Subcommand, Debug)]
 enum DescribeWhat {
-    Agent { id: String },
-    Campaign { name: String },
+    Agent {
+        id: String,
+    },
+    Campaign {
+        name: String,
+    },
+    /// An incident: timeline, attack path and where it was delivered.
+    Incident {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -285,6 +362,10 @@ enum DeleteWhat {
     },
     /// Delete a decoy no campaign uses.
     Decoy {
+        name: String,
+    },
+    /// Delete a suppression; what it hid raises incidents again.
+    Suppression {
         name: String,
     },
 }
@@ -350,6 +431,11 @@ fn describe_error(e: &anyhow::Error) -> String {
         return format!("{what}: {}", status.message());
     }
     format!("{e:#}")
+}
+
+/// `incident/ID` or `ID`.
+fn incident_id(s: &str) -> String {
+    s.strip_prefix("incident/").unwrap_or(s).to_owned()
 }
 
 fn default_context_file() -> Option<PathBuf> {
@@ -422,6 +508,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             describe_campaign(format, &campaign)
         }
+        Command::Describe {
+            what: DescribeWhat::Incident { id },
+        } => {
+            let i = client
+                .get_incident(pb::GetIncidentRequest {
+                    id: incident_id(&id),
+                })
+                .await?
+                .into_inner();
+            incidents::describe(format, &i)
+        }
+        Command::Ack {
+            what: AckWhat::Incident { id },
+        } => {
+            let i = client
+                .ack_incident(pb::AckIncidentRequest {
+                    id: incident_id(&id),
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json | Format::Yaml => {
+                    output::structured(format, &incidents::Incident::from(&i))
+                }
+                _ => {
+                    println!("incident/{} acknowledged by {}", i.id, i.acknowledged_by);
+                    Ok(())
+                }
+            }
+        }
+        Command::Resolve {
+            what: ResolveWhat::Incident { id, note },
+        } => {
+            let i = client
+                .resolve_incident(pb::ResolveIncidentRequest {
+                    id: incident_id(&id),
+                    note,
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json | Format::Yaml => {
+                    output::structured(format, &incidents::Incident::from(&i))
+                }
+                _ => {
+                    println!("incident/{} resolved by {}", i.id, i.resolved_by);
+                    Ok(())
+                }
+            }
+        }
+        Command::Export {
+            what:
+                ExportWhat::Incidents {
+                    format: export_format,
+                    since,
+                    drills,
+                    file,
+                },
+        } => incidents::export(&mut client, &export_format, &since, drills, file).await,
+        Command::Drill { agent, lure } => incidents::drill(&mut client, format, agent, lure).await,
+        Command::Delete {
+            what: DeleteWhat::Suppression { name },
+        } => {
+            let name = name
+                .strip_prefix("suppression/")
+                .unwrap_or(&name)
+                .to_owned();
+            client
+                .delete_suppression(pb::DeleteSuppressionRequest { name: name.clone() })
+                .await?;
+            println!("suppression/{name} deleted");
+            Ok(())
+        }
+        Command::Watch {
+            what: WatchWhat::Incidents { drills },
+        } => incidents::watch(&mut client, format, drills).await,
         Command::Apply { file, dry_run } => apply(&mut client, format, &file, dry_run).await,
         Command::Rollout { action } => rollout(&mut client, format, action).await,
         Command::Rotate { campaign } => {
@@ -621,6 +783,8 @@ async fn get(
     what: GetWhat,
 ) -> anyhow::Result<()> {
     match what {
+        GetWhat::Incidents(args) => incidents::list(client, format, args).await,
+        GetWhat::Suppressions => incidents::suppressions(client, format).await,
         GetWhat::Agents { selector } => {
             let selector = Labels::parse_pairs(selector.iter().map(String::as_str))?;
             let agents = client

@@ -79,6 +79,57 @@ pub struct ControllerConfig {
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `ruse_controller=debug`).
     pub log_level: String,
+    /// Events sharing a source, host, process or lure within this window
+    /// join one incident.
+    #[serde(with = "duration_str")]
+    pub incident_window: Duration,
+    /// Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where incidents are sent (`[[outputs]]` tables).
+    pub outputs: Vec<OutputConfig>,
+    /// Retry delays of an output that failed: doubling from the first to
+    /// the second.
+    #[serde(with = "duration_str")]
+    pub output_retry_min: Duration,
+    #[serde(with = "duration_str")]
+    pub output_retry_max: Duration,
+    /// How long a drill waits for each step.
+    #[serde(with = "duration_str")]
+    pub drill_timeout: Duration,
+}
+
+/// One incident output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Shown in `rusectl describe incident` and drills.
+    pub name: String,
+    /// `syslog`, `webhook` or `file`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// syslog: `host:port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// syslog: `udp`, `tcp` or `tls` (RFC 5424 with a CEF payload).
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// syslog over TLS and HTTPS webhooks: CA certificates (PEM) to trust
+    /// instead of the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// webhook: `http://` or `https://` URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// webhook: `json` (the incident), `slack` or `teams`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// file: JSON lines appended here.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Only incidents at least this severe (`low`, `medium`, `high`,
+    /// `critical`); default `low`.
+    #[serde(default)]
+    pub min_severity: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -106,6 +157,12 @@ impl Default for ControllerConfig {
             store_cache_mb: 64,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            incident_window: Duration::from_secs(3600),
+            metrics_listen: None,
+            outputs: Vec::new(),
+            output_retry_min: Duration::from_secs(1),
+            output_retry_max: Duration::from_secs(60),
+            drill_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -216,6 +273,28 @@ impl ControllerConfig {
         }
         if self.enroll_failures_per_minute == 0 {
             return Err(invalid("enroll_failures_per_minute", "must be at least 1"));
+        }
+        if self.incident_window < Duration::from_secs(1) {
+            return Err(invalid("incident_window", "must be at least 1s"));
+        }
+        if self.output_retry_min < Duration::from_millis(10)
+            || self.output_retry_max < self.output_retry_min
+        {
+            return Err(invalid(
+                "output_retry_min / output_retry_max",
+                "the first must be at least 10ms and the second at least the first",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for o in &self.outputs {
+            if !names.insert(o.name.as_str()) {
+                return Err(invalid(
+                    "outputs",
+                    format!("two outputs are named {:?}", o.name),
+                ));
+            }
+            crate::outputs::check(o)
+                .map_err(|reason| invalid("outputs", format!("output {:?}: {reason}", o.name)))?;
         }
         if let Some(admin) = self.admin_listen
             && admin == self.listen

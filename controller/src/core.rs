@@ -16,9 +16,12 @@ use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, Uni
 
 use crate::config::ControllerConfig;
 use crate::deploy::{DeployError, Deployer};
-use crate::events::Events;
+use crate::drills::Drills;
+use crate::events::{EventDeps, Events};
 use crate::fleet::Fleet;
+use crate::incidents::Incidents;
 use crate::metrics::Metrics;
+use crate::outputs::Outputs;
 use crate::ratelimit::FailureLimiter;
 use crate::resources::ManifestError;
 use crate::store::{
@@ -121,6 +124,7 @@ impl Core {
         ca: CertificateAuthority,
         store: Arc<dyn Store>,
         committer: Committer,
+        outputs: Outputs,
     ) -> Result<Self, StoreError> {
         let fleet = Arc::new(Fleet::new(store.agents()?, config.offline_after));
         let deploy = Arc::new(Deployer::load(
@@ -132,12 +136,22 @@ impl Core {
         let enroll_failures =
             FailureLimiter::new(config.enroll_failures_per_minute, Duration::from_secs(60));
         let metrics = Arc::new(Metrics::default());
-        let events = Events::new(
+        let incidents = Arc::new(Incidents::load(
             store.clone(),
             committer.clone(),
-            deploy.clone(),
-            metrics.clone(),
-        );
+            config.incident_window,
+        )?);
+        let outputs = Arc::new(outputs);
+        let events = Events::new(EventDeps {
+            store: store.clone(),
+            committer: committer.clone(),
+            deploy: deploy.clone(),
+            fleet: fleet.clone(),
+            metrics: metrics.clone(),
+            incidents,
+            outputs,
+            drills: Arc::new(Drills::default()),
+        });
         Ok(Core {
             config,
             ca,
@@ -459,6 +473,81 @@ impl Core {
             vec![],
             limited,
         ));
+        let open = self.events.incidents.open_by_severity();
+        for severity in crate::incidents::Severity::ALL {
+            gauges.push((
+                "ruse_incidents_open",
+                "Incidents not yet resolved, by severity.",
+                vec![("severity", severity.as_str().to_owned())],
+                open.get(&severity).copied().unwrap_or(0),
+            ));
+        }
+        let outputs = self.events.outputs.status();
+        for (name, help, value) in [
+            (
+                "ruse_output_queue_depth",
+                "Incident notices waiting for delivery, by output.",
+                &(|o: &crate::outputs::OutputStatus| o.queued as u64)
+                    as &dyn Fn(&crate::outputs::OutputStatus) -> u64,
+            ),
+            (
+                "ruse_output_delivered",
+                "Incident notices delivered since the controller started, by output.",
+                &|o: &crate::outputs::OutputStatus| o.delivered,
+            ),
+            (
+                "ruse_output_failures",
+                "Failed delivery attempts since the controller started, by output.",
+                &|o: &crate::outputs::OutputStatus| o.failures,
+            ),
+        ] {
+            for o in &outputs {
+                gauges.push((name, help, vec![("output", o.name.clone())], value(o)));
+            }
+        }
+        for name in self.deploy.campaign_names() {
+            let Some(c) = self.deploy.campaign(&name) else {
+                continue;
+            };
+            let released = c.waves.iter().filter(|w| w.released).count() as u64;
+            let acked: usize = c.waves.iter().filter(|w| w.released).map(|w| w.acked).sum();
+            let failed: usize = c
+                .waves
+                .iter()
+                .filter(|w| w.released)
+                .map(|w| w.failed)
+                .sum();
+            for (metric, help, value) in [
+                (
+                    "ruse_rollout_waves_released",
+                    "Waves released, by campaign.",
+                    released,
+                ),
+                (
+                    "ruse_rollout_waves",
+                    "Waves, by campaign.",
+                    c.waves.len() as u64,
+                ),
+                (
+                    "ruse_rollout_agents_matching",
+                    "Agents the campaign selects.",
+                    c.matching as u64,
+                ),
+                (
+                    "ruse_rollout_agents_applied",
+                    "Agents of released waves that applied every lure.",
+                    acked as u64,
+                ),
+                (
+                    "ruse_rollout_agents_failed",
+                    "Agents of released waves that refused a lure.",
+                    failed as u64,
+                ),
+            ] {
+                gauges.push((metric, help, vec![("campaign", name.clone())], value));
+            }
+        }
+        gauges.sort_by(|a, b| a.0.cmp(b.0));
         self.metrics.render(&gauges)
     }
 

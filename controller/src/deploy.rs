@@ -34,7 +34,9 @@ use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
 use crate::fleet::{AgentView, Fleet};
 use crate::lures::{self, Material, RenderInput, Template};
 use crate::matching::{self, CredentialIndex, MatchedOn};
-use crate::resources::{AllowRule, Campaign, Decoy, Document, LureSlot, ManifestError, Parsed};
+use crate::resources::{
+    AllowRule, Campaign, Decoy, Document, LureSlot, ManifestError, Parsed, Suppression,
+};
 use crate::store::{Committer, Store, StoreError};
 
 /// A lure instance: one slot of one campaign on one agent, for one
@@ -299,6 +301,7 @@ struct State {
     campaigns: BTreeMap<String, CampaignRecord>,
     decoys: BTreeMap<String, Arc<Decoy>>,
     allow_rules: BTreeMap<String, Arc<AllowRule>>,
+    suppressions: BTreeMap<String, Arc<Suppression>>,
     registry: Registry,
     agents: HashMap<AgentId, AgentLures>,
     /// Created but not yet durable: never pushed.
@@ -418,6 +421,9 @@ impl Deployer {
         for rule in store.allow_rules()? {
             state.allow_rules.insert(rule.name.clone(), Arc::new(rule));
         }
+        for rule in store.suppressions()? {
+            state.suppressions.insert(rule.name.clone(), Arc::new(rule));
+        }
         for lure in store.lures()? {
             if lure.retired.is_none() {
                 state.registry.insert(Arc::new(lure));
@@ -467,15 +473,17 @@ impl Deployer {
     ) -> Result<Vec<ApplyResult>, DeployError> {
         let _admin = self.admin.lock().await;
         let now = UnixMs::now();
-        let (decoys, campaigns, rules) = {
+        let (decoys, campaigns, rules, suppressions) = {
             let st = self.lock();
             (
                 st.decoys.clone(),
                 st.campaigns.clone(),
                 st.allow_rules.clone(),
+                st.suppressions.clone(),
             )
         };
         let mut rule_writes = Vec::new();
+        let mut suppression_writes = Vec::new();
         // Decoys after this apply, to check references and fingerprints.
         let mut new_decoys: BTreeMap<String, Arc<Decoy>> = decoys.clone();
         for p in docs {
@@ -501,6 +509,21 @@ impl Deployer {
                     .into());
             }
             match &p.doc {
+                Document::Suppression(r) => {
+                    let action = match suppressions.get(&r.name) {
+                        None => "created",
+                        Some(old) if **old == *r => "unchanged",
+                        Some(_) => "configured",
+                    };
+                    if action != "unchanged" {
+                        suppression_writes.push(r.clone());
+                    }
+                    results.push(ApplyResult {
+                        kind: "Suppression",
+                        name: r.name.clone(),
+                        action,
+                    });
+                }
                 Document::AllowRule(r) => {
                     let action = match rules.get(&r.name) {
                         None => "created",
@@ -571,7 +594,7 @@ impl Deployer {
             .iter()
             .filter_map(|p| match &p.doc {
                 Document::Campaign(c) => Some((c.name.as_str(), c)),
-                Document::Decoy(_) | Document::AllowRule(_) => None,
+                Document::Decoy(_) | Document::AllowRule(_) | Document::Suppression(_) => None,
             })
             .collect();
         let mut names: Vec<&str> = campaigns
@@ -606,6 +629,9 @@ impl Deployer {
         for r in &rule_writes {
             self.store.put_allow_rule(r)?;
         }
+        for r in &suppression_writes {
+            self.store.put_suppression(r)?;
+        }
         for r in &campaign_writes {
             self.store.put_campaign(r)?;
         }
@@ -617,6 +643,9 @@ impl Deployer {
             }
             for r in rule_writes {
                 st.allow_rules.insert(r.name.clone(), Arc::new(r));
+            }
+            for r in suppression_writes {
+                st.suppressions.insert(r.name.clone(), Arc::new(r));
             }
             for r in campaign_writes {
                 st.campaigns.insert(r.target.spec.name.clone(), r);
@@ -728,6 +757,26 @@ impl Deployer {
         self.lock().allow_rules.remove(name);
         self.request_recompute();
         Ok(())
+    }
+
+    /// Deletes a suppression; what it hid is raised again from now on.
+    pub async fn delete_suppression(&self, name: &str) -> Result<(), DeployError> {
+        let _admin = self.admin.lock().await;
+        if !self.lock().suppressions.contains_key(name) {
+            return Err(DeployError::NotFound(format!("suppression {name}")));
+        }
+        self.store.delete_suppression(name)?;
+        self.committer.durable().await?;
+        self.lock().suppressions.remove(name);
+        Ok(())
+    }
+
+    pub fn suppressions(&self) -> Vec<Suppression> {
+        self.lock()
+            .suppressions
+            .values()
+            .map(|r| (**r).clone())
+            .collect()
     }
 
     pub fn allow_rules(&self) -> Vec<AllowRule> {
@@ -987,6 +1036,17 @@ impl Deployer {
             .agents
             .get(agent)
             .is_some_and(|a| a.desired.contains_key(&id) || a.applied.contains_key(&id))
+    }
+
+    /// Wakes `agent`'s session (drills); false if it has none.
+    pub fn wake_agent(&self, agent: &AgentId) -> bool {
+        match self.lock().agents.get(agent).and_then(|a| a.notify.clone()) {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Updates pushed to an agent so far (for tests and diagnostics).

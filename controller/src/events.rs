@@ -21,8 +21,12 @@ use ruse_proto::convert::{
 use ruse_proto::types::{AgentId, UnixMs, ulid_floor};
 
 use crate::deploy::Deployer;
+use crate::drills::Drills;
+use crate::fleet::Fleet;
+use crate::incidents::Incidents;
 use crate::matching::{self, MatchedOn};
 use crate::metrics::Metrics;
+use crate::outputs::Outputs;
 use crate::store::{Committer, Store, StoreError};
 
 /// An event as stored and shown.
@@ -61,6 +65,9 @@ pub struct StoredEvent {
     /// For credential-use events: what matched.
     #[serde(default)]
     pub matched_on: String,
+    /// Caused by an incident-response drill, not an intruder.
+    #[serde(default)]
+    pub drill: bool,
 }
 
 /// The outcome of one batch.
@@ -106,22 +113,38 @@ pub struct Events {
     store: Arc<dyn Store>,
     committer: Committer,
     deploy: Arc<Deployer>,
+    fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
+    pub incidents: Arc<Incidents>,
+    pub outputs: Arc<Outputs>,
+    pub drills: Arc<Drills>,
     live: broadcast::Sender<Arc<StoredEvent>>,
 }
 
+/// What [`Events`] works with.
+#[derive(Debug)]
+pub struct EventDeps {
+    pub store: Arc<dyn Store>,
+    pub committer: Committer,
+    pub deploy: Arc<Deployer>,
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    pub incidents: Arc<Incidents>,
+    pub outputs: Arc<Outputs>,
+    pub drills: Arc<Drills>,
+}
+
 impl Events {
-    pub fn new(
-        store: Arc<dyn Store>,
-        committer: Committer,
-        deploy: Arc<Deployer>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(d: EventDeps) -> Self {
         Events {
-            store,
-            committer,
-            deploy,
-            metrics,
+            store: d.store,
+            committer: d.committer,
+            deploy: d.deploy,
+            fleet: d.fleet,
+            metrics: d.metrics,
+            incidents: d.incidents,
+            outputs: d.outputs,
+            drills: d.drills,
             live: broadcast::channel(LIVE_BUFFER).0,
         }
     }
@@ -180,15 +203,39 @@ impl Events {
                     lure.campaign.clone(),
                 )
             };
+            let mut record = record;
+            let drill = self.drills.claim(&record);
+            record.drill = drill.is_some();
             if self.store.insert_event(&record)? {
-                stored.push(record);
+                stored.push((record, drill));
             } else {
                 out.duplicates += 1;
             }
         }
         if !stored.is_empty() {
+            // Incidents and their output notices commit with the events.
+            let flagged: Vec<(StoredEvent, Option<String>)> = stored.clone();
+            let changes = self.incidents.correlate(
+                &flagged,
+                &self.deploy.suppressions(),
+                self.fleet.as_ref(),
+            )?;
+            self.outputs.enqueue(&changes.notices, &self.incidents)?;
             self.committer.durable().await?;
+            self.incidents.publish(&changes);
+            self.outputs.wake();
+            for (e, drill) in &stored {
+                if let Some(drill) = drill
+                    && let Some(i) = changes
+                        .incidents
+                        .iter()
+                        .find(|i| i.timeline.iter().any(|t| t.event_id == e.id))
+                {
+                    self.drills.incident(drill, &i.id);
+                }
+            }
         }
+        let stored: Vec<StoredEvent> = stored.into_iter().map(|(e, _)| e).collect();
         out.stored = stored.len();
         Metrics::add(&self.metrics.events_duplicate, out.duplicates as u64);
         Metrics::add(&self.metrics.events_rejected, out.rejected.len() as u64);
@@ -299,5 +346,41 @@ fn stored_event(
         credential: None,
         origin_agent: None,
         matched_on: String::new(),
+        drill: false,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// An empty event of `agent`.
+    pub fn event(agent: &AgentId) -> StoredEvent {
+        StoredEvent {
+            id: ruse_proto::types::new_ulid(),
+            agent: agent.clone(),
+            seq: 0,
+            lure_id: String::new(),
+            lure_revision: 0,
+            template: String::new(),
+            campaign: String::new(),
+            kind: String::new(),
+            path: String::new(),
+            process: None,
+            operations: Vec::new(),
+            attribution: String::new(),
+            allowed: false,
+            allow_rule: String::new(),
+            dropped_before: 0,
+            detail: String::new(),
+            observed: UnixMs(0),
+            received: UnixMs(0),
+            peer: String::new(),
+            decoy: None,
+            credential: None,
+            origin_agent: None,
+            matched_on: String::new(),
+            drill: false,
+        }
     }
 }

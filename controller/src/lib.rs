@@ -14,16 +14,21 @@ pub mod config;
 pub mod core;
 pub mod deploy;
 pub mod dev;
+pub mod drill_run;
+pub mod drills;
 pub mod events;
 pub mod fleet;
+pub mod incidents;
 pub mod init;
 pub mod layout;
 pub mod lures;
 pub mod matching;
 pub mod metrics;
+pub mod outputs;
 mod ratelimit;
 pub mod resources;
 pub mod server;
+pub mod stix;
 pub mod store;
 pub mod tokens;
 
@@ -51,6 +56,8 @@ pub enum ControllerError {
     Store(#[from] StoreError),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
+    #[error("outputs: {0}")]
+    Outputs(String),
 }
 
 /// A running controller.
@@ -58,9 +65,11 @@ pub enum ControllerError {
 pub struct Controller {
     core: Arc<Core>,
     listeners: server::Listeners,
+    metrics_server: Option<(SocketAddr, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
     state_writer: JoinHandle<()>,
     deploy_worker: JoinHandle<()>,
+    output_workers: Vec<JoinHandle<()>>,
     committer_task: JoinHandle<()>,
 }
 
@@ -81,12 +90,24 @@ impl Controller {
                 .await
                 .map_err(|e| StoreError::Engine(e.to_string().into()))??,
         );
+        let outputs = outputs::Outputs::new(&config.outputs, store.clone())
+            .map_err(ControllerError::Outputs)?;
         let (committer, committer_task) = Committer::spawn(store.clone());
-        let core = Arc::new(Core::new(config, ca, store, committer)?);
+        let core = Arc::new(Core::new(config, ca, store, committer, outputs)?);
         // Desired lure sets exist before any agent can say Hello.
         core.deploy.prepare().await?;
         let (stop, stop_rx) = watch::channel(false);
         let listeners = server::serve(core.clone(), stop_rx.clone()).await?;
+        let metrics_server = match core.config.metrics_listen {
+            Some(addr) => Some(metrics::serve(core.clone(), addr, stop_rx.clone()).await?),
+            None => None,
+        };
+        let output_workers = core.events.outputs.start(
+            core.events.incidents.clone(),
+            core.committer.clone(),
+            (core.config.output_retry_min, core.config.output_retry_max),
+            stop_rx.clone(),
+        );
         let state_writer = tokio::spawn(write_fleet_state(core.clone(), stop_rx.clone()));
         let deploy_worker = tokio::spawn(core.deploy.clone().run(stop_rx));
         tracing::info!(
@@ -99,11 +120,18 @@ impl Controller {
         Ok(Controller {
             core,
             listeners,
+            metrics_server,
             stop,
             state_writer,
             deploy_worker,
+            output_workers,
             committer_task,
         })
+    }
+
+    /// Where Prometheus scrapes, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Where agents connect.
@@ -145,6 +173,12 @@ impl Controller {
         }
         let _ = (&mut self.state_writer).await;
         let _ = (&mut self.deploy_worker).await;
+        for w in &mut self.output_workers {
+            let _ = tokio::time::timeout_at(deadline, w).await;
+        }
+        if let Some((_, task)) = &mut self.metrics_server {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
         // Session tasks end as their connections close; wait for them to
         // release the controller state (bounded by the grace period).
         while Arc::strong_count(&self.core) > 1 && tokio::time::Instant::now() < deadline {
@@ -190,6 +224,6 @@ async fn write_fleet_state(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }

@@ -108,6 +108,71 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Serves `GET /metrics` (plain HTTP, Prometheus text format) on `addr`
+/// until `stop` turns true. Returns the bound address.
+pub async fn serve(
+    core: std::sync::Arc<crate::core::Core>,
+    addr: std::net::SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "metrics served at /metrics");
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = crate::stopped(&mut stop) => return,
+            };
+            let core = core.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let core = core.clone();
+                        async move {
+                            let (status, body) = if req.uri().path() == "/metrics"
+                                && req.method() == hyper::Method::GET
+                            {
+                                (hyper::StatusCode::OK, core.render_metrics())
+                            } else {
+                                (
+                                    hyper::StatusCode::NOT_FOUND,
+                                    "only GET /metrics is served here\n".to_owned(),
+                                )
+                            };
+                            let mut r = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(body),
+                            ));
+                            *r.status_mut() = status;
+                            r.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static(
+                                    "text/plain; version=0.0.4",
+                                ),
+                            );
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(30),
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                )
+                .await;
+            });
+        }
+    });
+    Ok((bound, task))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

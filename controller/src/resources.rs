@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use ruse_proto::types::{Labels, parse_duration};
+use ruse_proto::types::{Labels, UnixMs, parse_duration};
 
 use crate::lures::Template;
 
@@ -195,6 +195,108 @@ pub struct AllowRule {
     pub template: String,
 }
 
+/// What not to raise, as written by the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionManifest {
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub api_version: Option<String>,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Agents (reporting the event) it applies to; empty: all.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// A client address or CIDR range (decoy events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Executable path; a trailing `*` matches a prefix (lure events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// When it stops applying: `2026-12-31` or `2026-12-31T18:00:00Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// An address range: an IP address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Events matching every given criterion are stored but open or update no
+/// incident; how many it suppressed is counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suppression {
+    pub name: String,
+    pub description: String,
+    pub selector: Labels,
+    pub source: Option<Cidr>,
+    pub process: String,
+    pub template: String,
+    pub expires: Option<UnixMs>,
+}
+
 /// Decoy protocols (DESIGN §4).
 pub const PROTOCOLS: &[&str] = &[
     "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "portscan",
@@ -270,6 +372,7 @@ pub enum Document {
     Campaign(Campaign),
     Decoy(Decoy),
     AllowRule(AllowRule),
+    Suppression(Suppression),
 }
 
 impl Document {
@@ -278,6 +381,7 @@ impl Document {
             Document::Campaign(_) => "Campaign",
             Document::Decoy(_) => "Decoy",
             Document::AllowRule(_) => "AllowRule",
+            Document::Suppression(_) => "Suppression",
         }
     }
 
@@ -286,6 +390,7 @@ impl Document {
             Document::Campaign(c) => &c.name,
             Document::Decoy(d) => &d.name,
             Document::AllowRule(r) => &r.name,
+            Document::Suppression(r) => &r.name,
         }
     }
 }
@@ -422,9 +527,15 @@ fn parse_document(n: usize, value: serde_json::Value) -> Result<Document, Manife
                 .map(Document::AllowRule)
                 .map_err(|(f, r)| err(&f, r))
         }
+        Some("Suppression") => {
+            let m: SuppressionManifest = typed(n, "Suppression", name.as_deref(), value)?;
+            check_suppression(m)
+                .map(Document::Suppression)
+                .map_err(|(f, r)| err(&f, r))
+        }
         Some(other) => Err(err(
             "kind",
-            format!("unknown kind {other:?}; expected Campaign, Decoy or AllowRule"),
+            format!("unknown kind {other:?}; expected Campaign, Decoy, AllowRule or Suppression"),
         )),
         None => Err(err("kind", "missing".into())),
     }
@@ -623,6 +734,66 @@ fn check_allow_rule(m: AllowRuleManifest) -> Result<AllowRule, (String, String)>
         process,
         user,
         template,
+    })
+}
+
+fn check_suppression(m: SuppressionManifest) -> Result<Suppression, (String, String)> {
+    check_api_version(&m.api_version)?;
+    check_name(&m.name).map_err(|r| ("name".to_owned(), r))?;
+    let selector = selector(m.selector)?;
+    let source = m
+        .source
+        .as_deref()
+        .map(Cidr::parse)
+        .transpose()
+        .map_err(|e| ("source".to_owned(), e))?;
+    let process = m.process.unwrap_or_default();
+    let template = m.template.unwrap_or_default();
+    if source.is_none() && process.is_empty() && template.is_empty() {
+        return Err((
+            "source".into(),
+            "give at least one of source, process or template (a suppression of everything would hide every incident)".into(),
+        ));
+    }
+    if source.is_some_and(|c| c.prefix == 0) {
+        return Err((
+            "source".into(),
+            "a /0 range would suppress every address".into(),
+        ));
+    }
+    if !process.is_empty() && (!process.starts_with('/') || process == "/*") {
+        return Err((
+            "process".into(),
+            format!(
+                "{process:?} must be an absolute executable path (a trailing * matches a prefix)"
+            ),
+        ));
+    }
+    if process.len() > 1024 || process.chars().any(char::is_control) {
+        return Err((
+            "process".into(),
+            "too long or contains control characters".into(),
+        ));
+    }
+    if !template.is_empty() {
+        template
+            .parse::<Template>()
+            .map_err(|e| ("template".to_owned(), e))?;
+    }
+    let expires = m
+        .expires
+        .as_deref()
+        .map(UnixMs::parse_rfc3339)
+        .transpose()
+        .map_err(|e| ("expires".to_owned(), e.to_string()))?;
+    Ok(Suppression {
+        name: m.name,
+        description: m.description,
+        selector,
+        source,
+        process,
+        template,
+        expires,
     })
 }
 

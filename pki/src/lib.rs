@@ -31,7 +31,7 @@ pub use files::{read_private_file, write_private_file, write_public_file};
 pub use rustls;
 pub use tls::{
     ClientAuth, Denylist, NoDenylist, anonymous_client_config, client_config, pinned_client_config,
-    plain_server_config, server_config,
+    plain_client_config, plain_server_config, server_config,
 };
 
 /// Things that go wrong with keys and certificates.

@@ -227,6 +227,18 @@ pub fn anonymous_client_config(
     ))
 }
 
+/// A client for outputs (syslog over TLS, HTTPS webhooks): no
+/// certificate, trusts only `ca`, HTTP/1.1.
+pub fn plain_client_config(
+    ca: Vec<CertificateDer<'static>>,
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let mut config = client_builder()?
+        .with_root_certificates(roots(&ca)?)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A client without a certificate that trusts a server whose chain contains
 /// a CA with this pin, and whose leaf that CA signed for the name dialled.
 /// Used once, for enrollment.

@@ -527,6 +527,60 @@ impl fmt::Display for UnixMs {
     }
 }
 
+impl UnixMs {
+    /// Parses `2026-12-31T23:59:59Z` (UTC, optional fraction ignored) or a
+    /// date `2026-12-31` (midnight UTC).
+    pub fn parse_rfc3339(s: &str) -> Result<UnixMs, InvalidValue> {
+        let bad = |reason| invalid("time", s, reason);
+        let s = s.trim();
+        let (date, time) = match s.split_once(['T', 't', ' ']) {
+            Some((d, t)) => (d, Some(t)),
+            None => (s, None),
+        };
+        let num = |p: &str, lo: i64, hi: i64| -> Result<i64, InvalidValue> {
+            let n: i64 = p
+                .parse()
+                .map_err(|_| bad("expected YYYY-MM-DDTHH:MM:SSZ"))?;
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || n < lo || n > hi {
+                return Err(bad("a field is out of range"));
+            }
+            Ok(n)
+        };
+        let parts: Vec<&str> = date.split('-').collect();
+        let [y, m, d] = parts.as_slice() else {
+            return Err(bad("expected YYYY-MM-DD"));
+        };
+        let (y, m, d) = (num(y, 1970, 9999)?, num(m, 1, 12)?, num(d, 1, 31)?);
+        let mut secs = days_from_civil(y, m as u32, d as u32) * 86_400;
+        if let Some(t) = time {
+            let t = t
+                .strip_suffix(['Z', 'z'])
+                .ok_or_else(|| bad("times must be UTC (end in Z)"))?;
+            let t = t.split('.').next().unwrap_or(t);
+            let hms: Vec<&str> = t.split(':').collect();
+            let [h, mi, sec] = hms.as_slice() else {
+                return Err(bad("expected HH:MM:SS"));
+            };
+            secs += num(h, 0, 23)? * 3600 + num(mi, 0, 59)? * 60 + num(sec, 0, 60)?;
+        }
+        if civil_from_days(secs.div_euclid(86_400)) != (y, m as u32, d as u32) {
+            return Err(bad("no such date"));
+        }
+        Ok(UnixMs(secs * 1000))
+    }
+}
+
+/// (year, month, day) to days since 1970-01-01, proleptic Gregorian.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -755,6 +809,27 @@ mod tests {
         }
         for bad in ["", "h", "10", "10y", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn rfc3339_parses_back() {
+        for ms in [0i64, 951_782_400_000, 1_795_000_000_000, 4_102_444_799_000] {
+            let t = UnixMs(ms);
+            assert_eq!(UnixMs::parse_rfc3339(&t.rfc3339()).unwrap(), t);
+        }
+        assert_eq!(
+            UnixMs::parse_rfc3339("2026-12-31").unwrap().rfc3339(),
+            "2026-12-31T00:00:00Z"
+        );
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "2026-12-31T10:00:00",
+            "yesterday",
+            "2026-1-1x",
+        ] {
+            assert!(UnixMs::parse_rfc3339(bad).is_err(), "{bad}");
         }
     }
 

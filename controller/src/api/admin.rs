@@ -19,6 +19,9 @@ use crate::core::{AuditEntry, Caller, Core, OpError};
 use crate::deploy::{CampaignStatus, LureView, RolloutAction, RolloutState};
 use crate::events::{EventFilter, StoredEvent};
 use crate::fleet::AgentView;
+use crate::incidents::{
+    Incident, IncidentError, IncidentFilter, Notice, Severity, Status as IncidentStatus,
+};
 use crate::resources::Decoy;
 use crate::store::TokenRecord;
 
@@ -339,6 +342,123 @@ const MAX_EVENT_LIMIT: usize = 100_000;
 type WatchStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>,
 >;
+
+type IncidentStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::WatchIncidentsResponse, Status>> + Send>,
+>;
+
+type DrillStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::DrillStep, Status>> + Send>>;
+
+fn incident_pb(i: &Incident) -> pb::Incident {
+    let strings = |set: &std::collections::BTreeSet<String>| set.iter().cloned().collect();
+    pb::Incident {
+        id: i.id.clone(),
+        title: i.title.clone(),
+        severity: i.severity.as_str().into(),
+        status: i.status.as_str().into(),
+        drill: i.drill,
+        first_seen_ms: i.first_seen.0,
+        last_seen_ms: i.last_seen.0,
+        created_ms: i.created.0,
+        updated_ms: i.updated.0,
+        event_count: i.event_count,
+        timeline: i
+            .timeline
+            .iter()
+            .map(|t| pb::TimelineEntry {
+                event_id: t.event_id.clone(),
+                at_ms: t.at.0,
+                agent_id: t.agent.to_string(),
+                kind: t.kind.clone(),
+                summary: t.summary.clone(),
+            })
+            .collect(),
+        agents: i.agents.iter().map(ToString::to_string).collect(),
+        decoys: strings(&i.decoys),
+        sources: strings(&i.sources),
+        lures: strings(&i.lures),
+        processes: strings(&i.processes),
+        credentials: strings(&i.credentials),
+        path: i
+            .path
+            .iter()
+            .map(|h| pb::Hop {
+                kind: h.kind.clone(),
+                name: h.name.clone(),
+                agent_id: h
+                    .agent
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                first_seen_ms: h.first_seen.0,
+                what: h.what.clone(),
+            })
+            .collect(),
+        techniques: strings(&i.techniques),
+        rules: strings(&i.rules),
+        acknowledged_by: i.acknowledged_by.clone(),
+        resolved_by: i.resolved_by.clone(),
+        resolution: i.resolution.clone(),
+        deliveries: i
+            .deliveries
+            .iter()
+            .map(|(name, d)| pb::IncidentDelivery {
+                output: name.clone(),
+                state: d.state.clone(),
+                attempts: d.attempts,
+                last_error: d.last_error.clone(),
+                delivered_ms: d.delivered.map_or(0, |t| t.0),
+            })
+            .collect(),
+    }
+}
+
+fn incident_filter(
+    status: &str,
+    min_severity: &str,
+    since_ms: i64,
+    drills: bool,
+) -> Result<IncidentFilter, Status> {
+    let status = match status {
+        "" => None,
+        "open" => Some(IncidentStatus::Open),
+        "acknowledged" => Some(IncidentStatus::Acknowledged),
+        "resolved" => Some(IncidentStatus::Resolved),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "status {other:?}: expected open, acknowledged or resolved"
+            )));
+        }
+    };
+    let min_severity = match min_severity {
+        "" => None,
+        s => Some(
+            Severity::ALL
+                .into_iter()
+                .find(|v| v.as_str() == s)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "severity {s:?}: expected low, medium, high or critical"
+                    ))
+                })?,
+        ),
+    };
+    Ok(IncidentFilter {
+        status,
+        min_severity,
+        since: (since_ms > 0).then_some(UnixMs(since_ms)),
+        drills,
+    })
+}
+
+fn incident_error(e: IncidentError) -> Status {
+    match e {
+        IncidentError::NotFound(_) => Status::not_found(e.to_string()),
+        IncidentError::Resolved(_) => Status::failed_precondition(e.to_string()),
+        IncidentError::Store(s) => status(s.into()),
+    }
+}
 
 impl AdminApi {
     fn campaign_status(&self, name: &str) -> Result<pb::Campaign, Status> {
@@ -928,5 +1048,243 @@ impl AdminService for AdminApi {
         })
         .await?;
         Ok(Response::new(pb::DeleteAllowRuleResponse {}))
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let r = request.into_inner();
+        let filter = incident_filter(&r.status, &r.min_severity, r.since_ms, r.include_drills)?;
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let incidents = self
+            .core
+            .events
+            .incidents
+            .list(&filter, limit)
+            .iter()
+            .map(incident_pb)
+            .collect();
+        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+    }
+
+    async fn get_incident(
+        &self,
+        request: Request<pb::GetIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let id = &request.get_ref().id;
+        self.core
+            .events
+            .incidents
+            .get(id)
+            .map(|i| Response::new(incident_pb(&i)))
+            .ok_or_else(|| Status::not_found(format!("no incident {id}")))
+    }
+
+    async fn ack_incident(
+        &self,
+        request: Request<pb::AckIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let id = request.get_ref().id.clone();
+        let audit = entry("incident.ack", format!("incident/{id}"), "");
+        let (caller, name, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        let result = self
+            .core
+            .events
+            .incidents
+            .acknowledge(&id, &format!("admin/{name}"))
+            .await;
+        self.core
+            .audit(
+                &caller,
+                audit,
+                &result
+                    .as_ref()
+                    .map_or_else(ToString::to_string, |_| "ok".into()),
+            )
+            .await
+            .map_err(|e| status(e.into()))?;
+        result
+            .map(|i| Response::new(incident_pb(&i)))
+            .map_err(incident_error)
+    }
+
+    async fn resolve_incident(
+        &self,
+        request: Request<pb::ResolveIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let r = request.get_ref().clone();
+        let audit = entry(
+            "incident.resolve",
+            format!("incident/{}", r.id),
+            r.note.clone(),
+        );
+        let (caller, name, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        let result = self
+            .core
+            .events
+            .incidents
+            .resolve(&r.id, &format!("admin/{name}"), &r.note)
+            .await;
+        if let Ok(i) = &result {
+            // Outputs hear that it is closed.
+            let queued = self.core.events.outputs.enqueue(
+                &[(i.id.clone(), Notice::Resolved)],
+                &self.core.events.incidents,
+            );
+            if let Err(e) = queued {
+                tracing::error!(incident = %i.id, error = %e, "cannot queue the resolution for outputs");
+            }
+        }
+        self.core
+            .audit(
+                &caller,
+                audit,
+                &result
+                    .as_ref()
+                    .map_or_else(ToString::to_string, |_| "ok".into()),
+            )
+            .await
+            .map_err(|e| status(e.into()))?;
+        self.core.events.outputs.wake();
+        result
+            .map(|i| Response::new(incident_pb(&i)))
+            .map_err(incident_error)
+    }
+
+    type WatchIncidentsStream = IncidentStream;
+
+    async fn watch_incidents(
+        &self,
+        request: Request<pb::WatchIncidentsRequest>,
+    ) -> Result<Response<Self::WatchIncidentsStream>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let drills = request.get_ref().include_drills;
+        let mut live = self.core.events.incidents.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut missed = 0u64;
+            loop {
+                let incident = match live.recv().await {
+                    Ok(i) => i,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        missed += n;
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                if incident.drill && !drills {
+                    continue;
+                }
+                let item = pb::WatchIncidentsResponse {
+                    incident: Some(incident_pb(&incident)),
+                    missed: std::mem::take(&mut missed),
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn export_incidents(
+        &self,
+        request: Request<pb::ExportIncidentsRequest>,
+    ) -> Result<Response<pb::ExportIncidentsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let r = request.into_inner();
+        if !r.format.is_empty() && r.format != "stix" {
+            return Err(Status::invalid_argument(format!(
+                "format {:?}: only stix is supported",
+                r.format
+            )));
+        }
+        let filter = incident_filter("", "", r.since_ms, r.include_drills)?;
+        let incidents = self.core.events.incidents.list(&filter, usize::MAX);
+        let producer = format!("Ruse ({})", self.core.ca.trust_domain());
+        let bundle = crate::stix::bundle(&incidents, &producer, UnixMs::now());
+        Ok(Response::new(pb::ExportIncidentsResponse {
+            content: serde_json::to_string_pretty(&bundle)
+                .map_err(|e| Status::internal(e.to_string()))?,
+            incidents: count(incidents.len()),
+        }))
+    }
+
+    async fn list_suppressions(
+        &self,
+        request: Request<pb::ListSuppressionsRequest>,
+    ) -> Result<Response<pb::ListSuppressionsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let counts = self.core.events.incidents.suppressed_counts();
+        let suppressions = self
+            .core
+            .deploy
+            .suppressions()
+            .into_iter()
+            .map(|r| pb::Suppression {
+                suppressed: counts.get(&r.name).copied().unwrap_or(0),
+                selector: r.selector.to_map(),
+                name: r.name,
+                description: r.description,
+                source: r.source.map(|c| c.to_string()).unwrap_or_default(),
+                process: r.process,
+                template: r.template,
+                expires_ms: r.expires.map_or(0, |t| t.0),
+            })
+            .collect();
+        Ok(Response::new(pb::ListSuppressionsResponse { suppressions }))
+    }
+
+    async fn delete_suppression(
+        &self,
+        request: Request<pb::DeleteSuppressionRequest>,
+    ) -> Result<Response<pb::DeleteSuppressionResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let audit = entry("suppression.delete", format!("suppression/{name}"), "");
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        self.mutate(&caller, audit, async {
+            Ok(self.core.deploy.delete_suppression(&name).await?)
+        })
+        .await?;
+        Ok(Response::new(pb::DeleteSuppressionResponse {}))
+    }
+
+    type DrillStream = DrillStream;
+
+    async fn drill(
+        &self,
+        request: Request<pb::DrillRequest>,
+    ) -> Result<Response<Self::DrillStream>, Status> {
+        let r = request.get_ref().clone();
+        let audit = entry(
+            "drill.run",
+            format!("agent/{}", r.agent_id),
+            r.lure_id.clone(),
+        );
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        let agent: AgentId = parse(&r.agent_id)?;
+        let lure = crate::drill_run::pick_lure(&self.core, &agent, &r.lure_id).map_err(status)?;
+        self.core
+            .audit(&caller, audit, "ok")
+            .await
+            .map_err(|e| status(e.into()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(crate::drill_run::run(self.core.clone(), agent, lure, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

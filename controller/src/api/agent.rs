@@ -227,6 +227,16 @@ impl Session {
                     }
                 },
                 () = self.notify.notified() => {
+                    for drill in self.core.events.drills.take_directives(&self.id) {
+                        let message = pb::ControllerMessage {
+                            msg: Some(pb::controller_message::Msg::Directive(pb::Directive {
+                                kind: Some(pb::directive::Kind::Drill(drill)),
+                            })),
+                        };
+                        if self.tx.send(Ok(message)).await.is_err() {
+                            break;
+                        }
+                    }
                     if let Some(update) = self.core.deploy.next_update(&self.id) {
                         let message = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Update(update)) };
                         if self.tx.send(Ok(message)).await.is_err() {

@@ -19,7 +19,8 @@ use ruse_proto::types::{AdminName, AgentId, Labels, Role, TokenId, UnixMs};
 
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::resources::{AllowRule, Decoy};
+use crate::incidents::Incident;
+use crate::resources::{AllowRule, Decoy, Suppression};
 
 pub use self::sled::SledStore;
 
@@ -155,6 +156,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn allow_rules(&self) -> Result<Vec<AllowRule>, StoreError>;
     fn put_allow_rule(&self, rule: &AllowRule) -> Result<(), StoreError>;
     fn delete_allow_rule(&self, name: &str) -> Result<(), StoreError>;
+
+    fn suppressions(&self) -> Result<Vec<Suppression>, StoreError>;
+    fn put_suppression(&self, rule: &Suppression) -> Result<(), StoreError>;
+    fn delete_suppression(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Every incident (resolved ones too).
+    fn incidents(&self) -> Result<Vec<Incident>, StoreError>;
+    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError>;
+
+    /// Named counters (suppression hits, …).
+    fn counters(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    fn put_counter(&self, name: &str, value: u64) -> Result<(), StoreError>;
+
+    /// A durable delivery queue per output: appends `item`, returning its
+    /// sequence number.
+    fn queue_push(&self, queue: &str, item: &[u8]) -> Result<u64, StoreError>;
+    /// The oldest `limit` items of `queue`.
+    fn queue_peek(&self, queue: &str, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    fn queue_remove(&self, queue: &str, seq: u64) -> Result<(), StoreError>;
+    fn queue_len(&self, queue: &str) -> Result<usize, StoreError>;
 
     /// The lure registry: every instance ever created, retired ones too.
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError>;

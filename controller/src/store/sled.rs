@@ -14,7 +14,8 @@ use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::resources::{AllowRule, Decoy};
+use crate::incidents::Incident;
+use crate::resources::{AllowRule, Decoy, Suppression};
 
 const AGENTS: &str = "agents";
 const TOKENS: &str = "tokens";
@@ -25,6 +26,9 @@ const DECOYS: &str = "decoys";
 const LURES: &str = "lures";
 const EVENTS: &str = "events";
 const ALLOW_RULES: &str = "allow_rules";
+const SUPPRESSIONS: &str = "suppressions";
+const INCIDENTS: &str = "incidents";
+const COUNTERS: &str = "counters";
 
 /// The sled-backed [`Store`].
 #[derive(Debug)]
@@ -39,6 +43,9 @@ pub struct SledStore {
     lures: sled::Tree,
     events: sled::Tree,
     allow_rules: sled::Tree,
+    suppressions: sled::Tree,
+    incidents: sled::Tree,
+    counters: sled::Tree,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -49,13 +56,26 @@ impl SledStore {
     /// Opens (creating if needed) the store in `dir`, with a page cache of
     /// `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(engine)?;
+            .flush_every_ms(None);
+        // A store closed a moment ago may still hold its file lock while
+        // sled's background thread winds down: wait briefly for it.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 60 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(engine(e)),
+            }
+        };
         Ok(SledStore {
             agents: db.open_tree(AGENTS).map_err(engine)?,
             tokens: db.open_tree(TOKENS).map_err(engine)?,
@@ -66,6 +86,9 @@ impl SledStore {
             lures: db.open_tree(LURES).map_err(engine)?,
             events: db.open_tree(EVENTS).map_err(engine)?,
             allow_rules: db.open_tree(ALLOW_RULES).map_err(engine)?,
+            suppressions: db.open_tree(SUPPRESSIONS).map_err(engine)?,
+            incidents: db.open_tree(INCIDENTS).map_err(engine)?,
+            counters: db.open_tree(COUNTERS).map_err(engine)?,
             db,
         })
     }
@@ -111,6 +134,13 @@ fn decode<T: DeserializeOwned>(
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
     })
+}
+
+impl SledStore {
+    /// The tree of an output's delivery queue.
+    fn queue(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        self.db.open_tree(format!("queue:{name}")).map_err(engine)
+    }
 }
 
 impl Store for SledStore {
@@ -219,6 +249,86 @@ impl Store for SledStore {
     fn delete_allow_rule(&self, name: &str) -> Result<(), StoreError> {
         self.allow_rules.remove(name.as_bytes()).map_err(engine)?;
         Ok(())
+    }
+
+    fn suppressions(&self) -> Result<Vec<Suppression>, StoreError> {
+        Self::all(&self.suppressions, SUPPRESSIONS)
+    }
+
+    fn put_suppression(&self, rule: &Suppression) -> Result<(), StoreError> {
+        Self::put(&self.suppressions, &rule.name, rule)
+    }
+
+    fn delete_suppression(&self, name: &str) -> Result<(), StoreError> {
+        self.suppressions.remove(name.as_bytes()).map_err(engine)?;
+        Ok(())
+    }
+
+    fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        Self::all(&self.incidents, INCIDENTS)
+    }
+
+    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
+        Self::put(&self.incidents, &incident.id, incident)
+    }
+
+    fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.counters
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(engine)?;
+                let n = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| StoreError::Corrupt {
+                    tree: COUNTERS,
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not a u64".into(),
+                })?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    u64::from_be_bytes(n),
+                ))
+            })
+            .collect()
+    }
+
+    fn put_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.counters
+            .insert(name.as_bytes(), &value.to_be_bytes())
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn queue_push(&self, queue: &str, item: &[u8]) -> Result<u64, StoreError> {
+        let tree = self.queue(queue)?;
+        let seq = self.db.generate_id().map_err(engine)? + 1;
+        tree.insert(seq.to_be_bytes(), item).map_err(engine)?;
+        Ok(seq)
+    }
+
+    fn queue_peek(&self, queue: &str, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tree = self.queue(queue)?;
+        tree.iter()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(engine)?;
+                let seq = <[u8; 8]>::try_from(k.as_ref()).map_err(|_| StoreError::Corrupt {
+                    tree: "queue",
+                    key: queue.to_owned(),
+                    reason: "bad sequence key".into(),
+                })?;
+                Ok((u64::from_be_bytes(seq), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn queue_remove(&self, queue: &str, seq: u64) -> Result<(), StoreError> {
+        self.queue(queue)?
+            .remove(seq.to_be_bytes())
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn queue_len(&self, queue: &str) -> Result<usize, StoreError> {
+        Ok(self.queue(queue)?.len())
     }
 
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError> {
