@@ -281,7 +281,14 @@ pub fn describe(format: Format, i: &pb::Incident) -> anyhow::Result<()> {
         output::time(i.last_seen_ms),
         i.event_count
     );
-    println!("Rules:        {}", i.rules.join(", "));
+    println!(
+        "Rules:        {}",
+        if i.rules.is_empty() {
+            "-".to_owned()
+        } else {
+            i.rules.join(", ")
+        }
+    );
     println!("ATT&CK:       {}", i.techniques.join(", "));
     if !i.sources.is_empty() {
         println!("Sources:      {}", i.sources.join(", "));

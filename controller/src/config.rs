@@ -401,6 +401,13 @@ mod tests {
             ..ControllerConfig::default()
         };
         expected.listen = config.listen;
+        // Outputs and the metrics address are examples, not defaults.
+        assert_eq!(config.outputs.len(), 3);
+        for o in &config.outputs {
+            crate::outputs::check(o).unwrap();
+        }
+        expected.outputs = config.outputs.clone();
+        expected.metrics_listen = config.metrics_listen;
         assert_eq!(config, expected, "the example shows the defaults");
     }
 }

@@ -460,8 +460,75 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
     assert_eq!(described["rollout"], "completed");
     assert_eq!(described["lures"].as_array().unwrap().len(), 14);
 
-    // Relabelling takes the lures away again; the registry keeps them.
+    // A drill, step by step, then the drill incident's lifecycle.
     let id = agents(&ctx)[0]["id"].as_str().unwrap().to_owned();
+    let out = ctx.run(&["drill", "--agent", &id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("✔") && text.contains("event received") && text.contains("drill passed"),
+        "{text}"
+    );
+    assert!(
+        ctx.json(&["get", "incidents"])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "drills stay out of the default list"
+    );
+    let drills = ctx.json(&["get", "incidents", "--drills"]);
+    let incident = drills["items"][0].clone();
+    assert_eq!(incident["drill"], true);
+    let incident_id = incident["id"].as_str().unwrap().to_owned();
+    let out = ctx.run(&["describe", "incident", &incident_id]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success());
+    for want in ["(DRILL)", "Attack path:", "┌", "Timeline:", "Delivered to:"] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    let acked = ctx.json(&["ack", "incident", &incident_id]);
+    assert_eq!(acked["status"], "acknowledged");
+    let resolved = ctx.json(&[
+        "resolve",
+        "incident",
+        &incident_id,
+        "--note",
+        "quarterly drill",
+    ]);
+    assert_eq!(resolved["status"], "resolved");
+    assert_eq!(resolved["resolution"], "quarterly drill");
+    let stix = dir.path().join("incidents.stix.json");
+    let out = ctx.run(&[
+        "export",
+        "incidents",
+        "--format",
+        "stix",
+        "--since",
+        "1d",
+        "--drills",
+        "-f",
+        &stix.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bundle: Value = serde_json::from_str(&std::fs::read_to_string(&stix).unwrap()).unwrap();
+    assert_eq!(bundle["type"], "bundle");
+    assert!(
+        bundle["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["type"] == "incident")
+    );
+
+    // Relabelling takes the lures away again; the registry keeps them.
     let out = ctx.run(&["label", "agent", &id, "role-", "team=it"]);
     assert!(
         out.status.success(),
