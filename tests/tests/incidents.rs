@@ -769,3 +769,147 @@ async fn a_drill_passes_with_outputs_up_and_names_the_output_that_is_down() {
     );
     assert!(steps.iter().any(|s| s.step == "output archive" && s.ok));
 }
+
+/// A TLS receiver on `port` with a certificate from a test CA (written to
+/// `ca_file`): sends every decrypted connection's bytes to the channel,
+/// answering HTTP requests with 200.
+async fn tls_receiver(port: u16, ca_file: &Path) -> mpsc::Receiver<Vec<u8>> {
+    let ca = ruse_pki::CertificateAuthority::generate("receiver.test".parse().unwrap()).unwrap();
+    std::fs::write(ca_file, ca.cert_pem()).unwrap();
+    let (chain, key) = ca
+        .issue_server(&["127.0.0.1".to_owned()], Duration::from_secs(3600))
+        .unwrap();
+    let config = ruse_pki::plain_server_config(chain, key.to_der()).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    return;
+                };
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(300), tls.read(&mut chunk))
+                        .await
+                    {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                        _ => break,
+                    }
+                }
+                if got.starts_with(b"POST ") {
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                }
+                let _ = tx.send(got).await;
+            });
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let (syslog_ca, hook_ca) = (
+        dir.path().join("syslog-ca.pem"),
+        dir.path().join("hook-ca.pem"),
+    );
+    let mut syslog_rx = tls_receiver(ports[0], &syslog_ca).await;
+    let mut hook_rx = tls_receiver(ports[1], &hook_ca).await;
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            OutputConfig {
+                ca_file: Some(syslog_ca.clone()),
+                ..syslog("siem-tls", "tls", ports[0])
+            },
+            OutputConfig {
+                ca_file: Some(hook_ca.clone()),
+                url: Some(format!("https://127.0.0.1:{}/services/hook", ports[1])),
+                ..webhook("slack", 0, "slack")
+            },
+        ];
+        c.output_retry_min = Duration::from_millis(100);
+    })
+    .await;
+    h.touch(&h.lure("patient-csv").await).await;
+    let i = h.incident("for the touch", |_| true).await;
+    let frame = tokio::time::timeout(Duration::from_secs(10), syslog_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(frame).unwrap();
+    // RFC 5425: octet-counted frames over TLS.
+    let (len, message) = text.split_once(' ').unwrap();
+    assert_eq!(len.parse::<usize>().unwrap(), message.len(), "{text}");
+    assert!(
+        message.contains("CEF:0|Ruse|Ruse|") && message.contains(&i.id),
+        "{text}"
+    );
+    let request = tokio::time::timeout(Duration::from_secs(10), hook_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let request = String::from_utf8(request).unwrap();
+    assert!(
+        request.starts_with("POST /services/hook HTTP/1.1"),
+        "{request}"
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(body["text"].as_str().unwrap().contains(&i.title), "{body}");
+    assert_eq!(body["blocks"][0]["type"], "header");
+    eventually("both delivered", Duration::from_secs(5), || async {
+        let i =
+            h.tc.root()
+                .await
+                .get_incident(pb::GetIncidentRequest { id: i.id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+        i.deliveries.len() == 2 && i.deliveries.iter().all(|d| d.state == "delivered")
+    })
+    .await;
+
+    // A receiver with a certificate from another CA is refused, not trusted.
+    let other = dir.path().join("other-ca.pem");
+    let port = free_ports(1)[0];
+    let _rx = tls_receiver(port, &other).await;
+    let h2 = Hospital::start(|c| {
+        c.outputs = vec![OutputConfig {
+            ca_file: Some(syslog_ca.clone()),
+            ..syslog("impostor", "tls", port)
+        }];
+        c.output_retry_min = Duration::from_millis(100);
+    })
+    .await;
+    h2.touch(&h2.lure("patient-csv").await).await;
+    let i2 = h2.incident("for the touch", |_| true).await;
+    eventually("the impostor refused", Duration::from_secs(10), || async {
+        let i = h2
+            .tc
+            .root()
+            .await
+            .get_incident(pb::GetIncidentRequest { id: i2.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        i.deliveries
+            .iter()
+            .any(|d| d.state == "failing" && d.last_error.contains("TLS"))
+    })
+    .await;
+}
