@@ -37,6 +37,20 @@ fi
 
 command -v cargo >/dev/null || { echo "cargo is required" >&2; exit 1; }
 
+# Python tools that check the deployment manifests (tests/tests/deploy.rs),
+# in a virtualenv the tests know: RUSE_TEST_VENV, default /var/tmp.
+venv=${RUSE_TEST_VENV:-/var/tmp/ruse-test-venv}
+if ! [ -x "$venv/bin/checkov" ] || ! [ -x "$venv/bin/kubernetes-validate" ]; then
+    echo "==> installing checkov and kubernetes-validate into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "checkov==3.3.30" "kubernetes-validate==1.37.0"
+fi
+# kubectl (with kustomize) and systemd-analyze are expected on the machine.
+for tool in kubectl systemd-analyze dpkg-deb; do
+    command -v "$tool" >/dev/null 2>&1 || echo "==> $tool is missing: the deployment tests need it"
+done
+
 # cargo-fuzz builds the fuzz targets in fuzz/ (CI runs each one briefly).
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "==> installing cargo-fuzz"

@@ -224,6 +224,8 @@ pub enum AgentError {
     Pki(#[from] PkiError),
     #[error("decoys: {0}")]
     Decoys(#[from] decoys::DecoyError),
+    #[error("cannot enroll: {0}")]
+    Unreachable(String),
 }
 
 /// What the agent is doing, for the embedding program and tests.
@@ -426,6 +428,30 @@ impl Agent {
         let _ = stop_detection.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), detection).await;
         result
+    }
+}
+
+/// Enrolls unless this state directory already holds a valid identity, and
+/// returns the agent id and whether it enrolled now. For installers: a
+/// wrong token, pin or address fails here, with the reason, instead of in
+/// a service's retry loop.
+pub async fn enroll_once(config: &AgentConfig) -> Result<(AgentId, bool), AgentError> {
+    if let Some(identity) = AgentIdentity::load(&config.state_dir)?
+        && !identity.expired(UnixMs::now())
+    {
+        return Ok((identity.id, false));
+    }
+    match enroll::enroll(config).await {
+        Ok(identity) => Ok((identity.id, true)),
+        Err(Failure::Fatal(e)) => Err(e),
+        Err(Failure::Retry(reason)) => Err(AgentError::Unreachable(reason)),
+        Err(Failure::RetryAfter(wait)) => Err(AgentError::Unreachable(format!(
+            "the controller is busy; retry in {}s",
+            wait.as_secs().max(1)
+        ))),
+        Err(Failure::Expired) => Err(AgentError::Unreachable(
+            "the new certificate is already expired; check the clocks".into(),
+        )),
     }
 }
 

@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Enroll (first start) and keep a session with the controller.
     Run(RunArgs),
+    /// Enroll now if not enrolled yet, then exit (installers run this so a
+    /// wrong token or pin fails the install, not the service).
+    Enroll(RunArgs),
     /// Remove every lure this agent planted (and nothing else).
     Uninstall {
         /// The agent's state directory (holds the record of what was planted).
@@ -60,8 +63,9 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let args = match Cli::parse().command {
-        Command::Run(args) => args,
+    let (args, enroll_only) = match Cli::parse().command {
+        Command::Run(args) => (args, false),
+        Command::Enroll(args) => (args, true),
         Command::Uninstall { state_dir, root } => return uninstall(&state_dir, &root),
     };
     init_logging(args.log_json);
@@ -100,6 +104,21 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
+    if enroll_only {
+        return runtime.block_on(async move {
+            match ruse_agent::enroll_once(&config).await {
+                Ok((id, true)) => {
+                    println!("enrolled as agent {id}");
+                    ExitCode::SUCCESS
+                }
+                Ok((id, false)) => {
+                    println!("already enrolled as agent {id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        });
+    }
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (status_tx, _status_rx) = watch::channel(AgentStatus::default());

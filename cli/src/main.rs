@@ -458,6 +458,10 @@ fn resolve_context(cli: &Cli) -> anyhow::Result<Context> {
         );
     }
     let mut ctx = ContextFile::load(&path)?.select(&path, cli.context.as_deref())?;
+    if ctx.key_pem.is_some() {
+        // A key inline: the context file itself must be private.
+        ruse_pki::read_private_file(&path)?;
+    }
     if let Some(url) = &cli.controller {
         ctx.controller = url.clone();
     }
@@ -466,11 +470,20 @@ fn resolve_context(cli: &Cli) -> anyhow::Result<Context> {
 
 async fn connect(ctx: &Context) -> anyhow::Result<AdminServiceClient<Channel>> {
     let url: ControllerUrl = ctx.controller.parse()?;
-    let ca_pem = std::fs::read_to_string(&ctx.ca)
-        .with_context(|| format!("reading {}", ctx.ca.display()))?;
-    let cert_pem = std::fs::read_to_string(&ctx.cert)
-        .with_context(|| format!("reading {}", ctx.cert.display()))?;
-    let key = PrivateKey::from_pem(&ruse_pki::read_private_file(&ctx.key)?)?;
+    let read = |inline: &Option<String>, file: &Path| -> anyhow::Result<String> {
+        match inline {
+            Some(pem) => Ok(pem.clone()),
+            None => {
+                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+            }
+        }
+    };
+    let ca_pem = read(&ctx.ca_pem, &ctx.ca)?;
+    let cert_pem = read(&ctx.cert_pem, &ctx.cert)?;
+    let key = match &ctx.key_pem {
+        Some(pem) => PrivateKey::from_pem(pem)?,
+        None => PrivateKey::from_pem(&ruse_pki::read_private_file(&ctx.key)?)?,
+    };
     let tls = ruse_pki::client_config(
         &pem_decode_certificates(&ca_pem, &ctx.ca.display().to_string())?,
         pem_decode_certificates(&cert_pem, &ctx.cert.display().to_string())?,

@@ -85,6 +85,20 @@ pub struct ControllerConfig {
     pub incident_window: Duration,
     /// Prometheus metrics (`GET /metrics`, plain HTTP) on this address.
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext `grpc.health.v1` (and nothing else) on this address, for
+    /// Kubernetes gRPC probes, which cannot speak TLS.
+    pub health_listen: Option<SocketAddr>,
+    /// Without a CA in the data directory (and none mounted), create one on
+    /// first start, with the first admin's credentials in `<data_dir>/admin`
+    /// (`ruse-controller admin-context` prints them as a rusectl context).
+    pub init_if_missing: bool,
+    /// The trust domain a CA created by `init_if_missing` gets.
+    pub trust_domain: String,
+    /// If the store has no admin yet, this admin (role admin) is created at
+    /// start. Its certificate must still be signed by this controller's CA:
+    /// use it with a CA made by `ruse-controller init` elsewhere and
+    /// mounted (the usual Kubernetes setup).
+    pub bootstrap_admin: Option<String>,
     /// Where incidents are sent (`[[outputs]]` tables).
     pub outputs: Vec<OutputConfig>,
     /// Retry delays of an output that failed: doubling from the first to
@@ -159,6 +173,10 @@ impl Default for ControllerConfig {
             log_level: "info".into(),
             incident_window: Duration::from_secs(3600),
             metrics_listen: None,
+            health_listen: None,
+            init_if_missing: false,
+            trust_domain: "ruse.local".into(),
+            bootstrap_admin: None,
             outputs: Vec::new(),
             output_retry_min: Duration::from_secs(1),
             output_retry_max: Duration::from_secs(60),
@@ -273,6 +291,15 @@ impl ControllerConfig {
         }
         if self.enroll_failures_per_minute == 0 {
             return Err(invalid("enroll_failures_per_minute", "must be at least 1"));
+        }
+        if let Some(name) = &self.bootstrap_admin {
+            name.parse::<ruse_proto::types::AdminName>()
+                .map_err(|e| invalid("bootstrap_admin", e.to_string()))?;
+        }
+        if self.init_if_missing {
+            self.trust_domain
+                .parse::<ruse_proto::types::TrustDomain>()
+                .map_err(|e| invalid("trust_domain", e.to_string()))?;
         }
         if self.incident_window < Duration::from_secs(1) {
             return Err(invalid("incident_window", "must be at least 1s"));

@@ -194,6 +194,41 @@ impl Core {
 
     // ----- enrollment -----
 
+    /// Creates `bootstrap_admin` if the store has no admin yet (audited).
+    pub async fn bootstrap_admin(&self) -> Result<(), StoreError> {
+        let Some(name) = &self.config.bootstrap_admin else {
+            return Ok(());
+        };
+        if !self.store.admins()?.is_empty() {
+            return Ok(());
+        }
+        let Ok(name) = name.parse::<AdminName>() else {
+            return Ok(());
+        };
+        self.store.put_admin(&AdminRecord {
+            name: name.clone(),
+            role: Role::Admin,
+            issued_at: UnixMs::now(),
+            issued_by: "bootstrap_admin configuration".into(),
+        })?;
+        let caller = Caller {
+            identity: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        self.audit(
+            &caller,
+            AuditEntry {
+                action: "admin.bootstrap",
+                target: format!("admin/{name}"),
+                detail: "no admin existed; created from bootstrap_admin".into(),
+            },
+            "ok",
+        )
+        .await?;
+        tracing::warn!(admin = %name, "created the bootstrap admin (role admin)");
+        Ok(())
+    }
+
     /// Exchanges a bootstrap token and CSR for an agent identity.
     pub async fn enroll(
         &self,

@@ -120,11 +120,25 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
 /// Loads the CA from its files; the trust domain is read from the CA
 /// certificate's URI SAN (`spiffe://<trust-domain>`).
 pub fn load_ca(cert_path: &Path, key_path: &Path) -> Result<CertificateAuthority, InitError> {
+    load_ca_with(cert_path, key_path, false)
+}
+
+/// [`load_ca`]; `mounted` accepts a key readable by its group (a
+/// Kubernetes Secret mounted with `fsGroup`), never by others.
+pub fn load_ca_with(
+    cert_path: &Path,
+    key_path: &Path,
+    mounted: bool,
+) -> Result<CertificateAuthority, InitError> {
     let cert_pem = std::fs::read_to_string(cert_path).map_err(|source| InitError::Io {
         path: cert_path.display().to_string(),
         source,
     })?;
-    let key_pem = ruse_pki::read_private_file(key_path)?;
+    let key_pem = if mounted {
+        ruse_pki::read_mounted_private_file(key_path)?
+    } else {
+        ruse_pki::read_private_file(key_path)?
+    };
     let trust_domain = ruse_pki::ca_trust_domain(&cert_pem)?;
     Ok(CertificateAuthority::from_pem(
         trust_domain,

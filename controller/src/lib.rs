@@ -78,11 +78,20 @@ impl Controller {
     pub async fn start(config: ControllerConfig) -> Result<Self, ControllerError> {
         let ca_cert = config.ca_cert_path();
         if !ca_cert.exists() {
-            return Err(ControllerError::NotInitialised(
-                ca_cert.display().to_string(),
-            ));
+            if !config.init_if_missing || config.ca_cert_file.is_some() {
+                return Err(ControllerError::NotInitialised(
+                    ca_cert.display().to_string(),
+                ));
+            }
+            init_on_first_start(&config)?;
         }
-        let ca = init::load_ca(&ca_cert, &config.ca_key_path())?;
+        // A key mounted from elsewhere (ca_key_file) may be group-readable,
+        // as Kubernetes mounts Secrets with fsGroup; never world-readable.
+        let ca = init::load_ca_with(
+            &ca_cert,
+            &config.ca_key_path(),
+            config.ca_key_file.is_some(),
+        )?;
         let store_dir = layout::store(&config.data_dir);
         let cache = config.store_cache_mb.saturating_mul(1 << 20);
         let store: Arc<dyn Store> = Arc::new(
@@ -94,6 +103,7 @@ impl Controller {
             .map_err(ControllerError::Outputs)?;
         let (committer, committer_task) = Committer::spawn(store.clone());
         let core = Arc::new(Core::new(config, ca, store, committer, outputs)?);
+        core.bootstrap_admin().await?;
         // Desired lure sets exist before any agent can say Hello.
         core.deploy.prepare().await?;
         let (stop, stop_rx) = watch::channel(false);
@@ -207,6 +217,36 @@ impl Controller {
 }
 
 /// Writes changed agent state every `state_flush_interval` until stopped.
+/// `init_if_missing`: a new CA and first admin in the data directory.
+fn init_on_first_start(config: &ControllerConfig) -> Result<(), ControllerError> {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        ControllerError::NotInitialised(format!("{} ({what}: {e})", config.data_dir.display()))
+    };
+    let admin = config.bootstrap_admin.as_deref().unwrap_or("admin");
+    let host = config
+        .server_names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into());
+    let report = init::init(&init::InitOptions {
+        data_dir: config.data_dir.clone(),
+        trust_domain: config
+            .trust_domain
+            .parse()
+            .map_err(|e| invalid("trust_domain", &e))?,
+        controller_url: format!("https://{host}:{}", config.listen.port()),
+        admin_name: admin.parse().map_err(|e| invalid("bootstrap_admin", &e))?,
+        admin_cert_ttl: config.admin_cert_ttl,
+    })?;
+    tracing::warn!(
+        data_dir = %config.data_dir.display(),
+        pin = %report.pin,
+        admin = admin,
+        "no CA found: created a new one (init_if_missing); admin credentials are in the data directory (`ruse-controller admin-context`)"
+    );
+    Ok(())
+}
+
 async fn write_fleet_state(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(core.config.state_flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -42,6 +42,16 @@ enum Command {
     },
     /// Serve agents and admins.
     Serve(ServeArgs),
+    /// Print the first admin's rusectl context, credentials inline (for a
+    /// controller that created its CA on first start, e.g. on Kubernetes:
+    /// `kubectl exec … -- ruse-controller admin-context > ruse.toml`).
+    AdminContext {
+        #[arg(long, default_value = "/var/lib/ruse")]
+        data_dir: PathBuf,
+        /// The URL rusectl will dial (default: the one recorded at init).
+        #[arg(long)]
+        controller: Option<String>,
+    },
     /// Run a controller and a demo agent on this machine (data kept in --data-dir).
     Dev {
         #[arg(long, default_value = "ruse-dev")]
@@ -81,6 +91,16 @@ fn main() -> ExitCode {
             admin_name,
         } => run_init(data_dir, &trust_domain, controller_url, &admin_name),
         Command::Serve(args) => run_serve(args),
+        Command::AdminContext {
+            data_dir,
+            controller,
+        } => match admin_context(&data_dir, controller) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Command::Dev { data_dir, listen } => {
             init_logging(LogFormat::Text, "info");
             runtime(|| async move {
@@ -94,6 +114,35 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// The context `init` wrote, with its files inlined.
+fn admin_context(data_dir: &std::path::Path, controller: Option<String>) -> Result<String, String> {
+    let path = layout::context_file(data_dir);
+    let file = ruse_proto::context::ContextFile::load(&path).map_err(|e| e.to_string())?;
+    let ctx = file.select(&path, None).map_err(|e| e.to_string())?;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let key = ruse_pki::read_private_file(&ctx.key).map_err(|e| e.to_string())?;
+    let name = file
+        .current_context
+        .clone()
+        .unwrap_or_else(|| "ruse".into());
+    let inline = ruse_proto::context::Context::inline(
+        &controller.unwrap_or(ctx.controller.clone()),
+        &read(&ctx.ca)?,
+        &read(&ctx.cert)?,
+        &key,
+    );
+    let out = ruse_proto::context::ContextFile {
+        current_context: Some(name.clone()),
+        contexts: [(name, inline)].into(),
+    };
+    Ok(format!(
+        "# rusectl context with the admin's private key inline: keep this file mode 0600.\n{}",
+        out.to_toml()
+    ))
 }
 
 fn run_init(

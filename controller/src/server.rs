@@ -156,6 +156,8 @@ fn accept_tls(
 pub struct Listeners {
     pub agent_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Plaintext gRPC health for probes, when `health_listen` is set.
+    pub health_addr: Option<SocketAddr>,
     pub(crate) tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
@@ -263,9 +265,30 @@ pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<L
         ));
         agent_addr
     };
+    // Plaintext grpc.health.v1 only, for kubelet gRPC probes (which
+    // cannot speak TLS); nothing else is reachable there.
+    let health_addr = match config.health_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            let bound = listener.local_addr()?;
+            let (probe_reporter, probe) = tonic_health::server::health_reporter();
+            probe_reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tasks.push(tokio::spawn(
+                Server::builder()
+                    .add_service(probe)
+                    .serve_with_incoming_shutdown(incoming, stopped(stop.clone())),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
     Ok(Listeners {
         agent_addr,
         admin_addr,
+        health_addr,
         tasks,
     })
 }

@@ -62,6 +62,20 @@ pub fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
 
 /// Reads a secret, refusing one that other users can read (as OpenSSH
 /// refuses such private keys).
+/// Reads a private file mounted by an orchestrator (a Kubernetes Secret
+/// with `fsGroup`): readable by its group is accepted, by others never.
+pub fn read_mounted_private_file(path: &Path) -> Result<String, PkiError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o037 != 0 {
+        return Err(PkiError::InsecurePermissions {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
 pub fn read_private_file(path: &Path) -> Result<String, PkiError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;

@@ -26,14 +26,44 @@ pub struct ContextFile {
     pub contexts: BTreeMap<String, Context>,
 }
 
-/// How to reach and authenticate to one controller.
+/// How to reach and authenticate to one controller: files (`ca`, `cert`,
+/// `key`), or the PEM text itself (`ca-pem`, `cert-pem`, `key-pem`, as
+/// `ruse-controller admin-context` prints; the file must then be private).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Context {
     pub controller: String,
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub ca: PathBuf,
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub cert: PathBuf,
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub key: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+impl Context {
+    /// A context carrying its credentials inline.
+    pub fn inline(controller: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> Context {
+        Context {
+            controller: controller.to_owned(),
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            ca_pem: Some(ca_pem.to_owned()),
+            cert_pem: Some(cert_pem.to_owned()),
+            key_pem: Some(key_pem.to_owned()),
+        }
+    }
 }
 
 /// Why a context could not be used.
@@ -83,6 +113,9 @@ impl ContextFile {
                     ca: "ca.pem".into(),
                     cert: format!("{admin}.pem").into(),
                     key: format!("{admin}-key.pem").into(),
+                    ca_pem: None,
+                    cert_pem: None,
+                    key_pem: None,
                 },
             )]
             .into(),
@@ -117,17 +150,32 @@ impl ContextFile {
             })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
-            if p.is_absolute() {
+            if p.is_absolute() || p.as_os_str().is_empty() {
                 p.to_owned()
             } else {
                 base.join(p)
             }
         };
+        for (inline, file, what) in [
+            (&ctx.ca_pem, &ctx.ca, "ca"),
+            (&ctx.cert_pem, &ctx.cert, "cert"),
+            (&ctx.key_pem, &ctx.key, "key"),
+        ] {
+            if inline.is_none() && file.as_os_str().is_empty() {
+                return Err(ContextError::Parse {
+                    path: path.display().to_string(),
+                    reason: format!("context {name:?} needs {what} (a file) or {what}-pem"),
+                });
+            }
+        }
         Ok(Context {
             controller: ctx.controller.clone(),
             ca: resolve(&ctx.ca),
             cert: resolve(&ctx.cert),
             key: resolve(&ctx.key),
+            ca_pem: ctx.ca_pem.clone(),
+            cert_pem: ctx.cert_pem.clone(),
+            key_pem: ctx.key_pem.clone(),
         })
     }
 }

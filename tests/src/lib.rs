@@ -95,9 +95,7 @@ pub fn require_root(test: &str) -> bool {
 /// tool fails the test (scripts/install-test-deps.sh installs them all);
 /// elsewhere the test says it is skipped and why.
 pub fn require_tool(test: &str, tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()));
-    if found {
+    if find_tool(tool).is_some() {
         return true;
     }
     assert!(
@@ -108,6 +106,26 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
         "SKIPPED {test}: `{tool}` is not installed (run scripts/install-test-deps.sh as root, or under CI=true this is a failure)"
     );
     false
+}
+
+/// Where scripts/install-test-deps.sh puts Python tools.
+pub fn test_venv() -> PathBuf {
+    std::env::var_os("RUSE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/ruse-test-venv"))
+}
+
+/// `tool` on PATH, in /usr/sbin or /sbin, or in the test virtualenv.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    dirs.extend([
+        PathBuf::from("/usr/sbin"),
+        PathBuf::from("/sbin"),
+        test_venv().join("bin"),
+    ]);
+    dirs.into_iter().map(|d| d.join(tool)).find(|p| p.is_file())
 }
 
 /// `n` distinct TCP ports on 127.0.0.1 that were free a moment ago (all

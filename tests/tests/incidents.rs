@@ -414,7 +414,7 @@ fn start_rsyslogd(dir: &Path, udp: u16, tcp: u16) -> (Rsyslogd, PathBuf) {
         ),
     )
     .unwrap();
-    let child = Command::new("rsyslogd")
+    let child = Command::new(ruse_e2e::find_tool("rsyslogd").expect("rsyslogd"))
         .args(["-n", "-f"])
         .arg(&conf)
         .arg("-i")

@@ -566,3 +566,160 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
             .any(|r| r["action"] == "agent.label" && r["result"] == "ok")
     );
 }
+
+/// The conventions a Kubernetes deployment relies on: configuration from a
+/// mounted file plus `RUSE_*`, a CA created on first start when none is
+/// mounted, a bootstrap admin, plaintext gRPC health for kubelet probes,
+/// JSON logs, and a clean exit on SIGTERM.
+#[tokio::test]
+async fn the_controller_starts_empty_as_on_kubernetes_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ports = ruse_e2e::free_ports(3);
+    let config = dir.path().join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nhealth_listen = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\ninit_if_missing = true\ntrust_domain = \"hospital.example\"\nbootstrap_admin = \"ops\"\nserver_names = [\"127.0.0.1\", \"ruse-controller.ruse.svc\"]\nlog_format = \"json\"\n",
+            data.display(),
+            ports[0],
+            ports[1],
+            ports[2]
+        ),
+    )
+    .unwrap();
+    let mut controller = spawn(
+        "ruse-controller",
+        &["serve", "--config", &config.display().to_string()],
+        &dir.path().join("controller.log"),
+    );
+    // kubelet's gRPC probe: grpc.health.v1 in plaintext.
+    let health_url = format!("http://127.0.0.1:{}", ports[1]);
+    eventually("health SERVING", Duration::from_secs(20), || {
+        let url = health_url.clone();
+        async move {
+            let Ok(channel) = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return false;
+            };
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            client
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                })
+        }
+    })
+    .await;
+    // Logs are JSON lines and say a CA was created.
+    let log = controller.log_text();
+    assert!(log.contains("init_if_missing"), "{log}");
+    assert!(
+        log.lines()
+            .filter(|l| !l.is_empty())
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{log}"
+    );
+
+    // The first admin's context, credentials inline, as `kubectl exec` prints it.
+    let out = Command::new(binary("ruse-controller"))
+        .args([
+            "admin-context",
+            "--data-dir",
+            &data.display().to_string(),
+            "--controller",
+            &format!("https://127.0.0.1:{}", ports[0]),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let context = dir.path().join("ruse.toml");
+    std::fs::write(&context, &out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let ctl = Ctl {
+        context_file: context.clone(),
+        controller: None,
+    };
+    // A world-readable file with a key inside is refused.
+    std::fs::set_permissions(&context, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(!ctl.run(&["whoami"]).status.success());
+    std::fs::set_permissions(&context, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ctl.run(&["whoami"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("ops (role admin)") && text.contains("hospital.example"),
+        "{text}"
+    );
+    let audit = ctl.json(&["get", "audit"]);
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["action"] != "admin.bootstrap"),
+        "init created the admin, so no bootstrap was needed"
+    );
+
+    // SIGTERM: drains and exits 0 within the grace period.
+    let status = controller.terminate(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        controller.log_text()
+    );
+
+    // Restarted with the CA mounted elsewhere and an empty store, the
+    // bootstrap admin is created (and audited) because none exists.
+    let data2 = dir.path().join("data2");
+    std::fs::create_dir_all(&data2).unwrap();
+    let config2 = dir.path().join("controller2.toml");
+    std::fs::write(
+        &config2,
+        format!(
+            "data_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\nca_cert_file = \"{}\"\nca_key_file = \"{}\"\nbootstrap_admin = \"ops\"\nserver_names = [\"127.0.0.1\"]\nlog_format = \"json\"\n",
+            data2.display(),
+            ports[0],
+            data.join("pki/ca.pem").display(),
+            data.join("pki/ca-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let mut controller = spawn(
+        "ruse-controller",
+        &["serve", "--config", &config2.display().to_string()],
+        &dir.path().join("controller2.log"),
+    );
+    eventually(
+        "the bootstrap admin works",
+        Duration::from_secs(20),
+        || async { ctl.run(&["whoami"]).status.success() },
+    )
+    .await;
+    let audit = ctl.json(&["get", "audit"]);
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "admin.bootstrap"),
+        "{audit}"
+    );
+    let status = controller.terminate(Duration::from_secs(15));
+    assert!(status.success());
+}
