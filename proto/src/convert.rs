@@ -46,6 +46,48 @@ fn bounded(what: &'static str, s: String) -> Result<String, InvalidValue> {
     Ok(s)
 }
 
+impl HostFacts {
+    /// Labels derived from the facts themselves, so selectors can pick
+    /// hosts by name, operating system or architecture without anyone
+    /// labelling them: `ruse.io/hostname`, `ruse.io/os`, `ruse.io/arch`.
+    /// Values are lower-cased and reduced to label characters; a fact that
+    /// leaves nothing usable is omitted.
+    pub fn fact_labels(&self) -> Labels {
+        let mut labels = Labels::new();
+        for (key, fact) in [
+            ("ruse.io/hostname", &self.hostname),
+            ("ruse.io/os", &self.os),
+            ("ruse.io/arch", &self.arch),
+        ] {
+            let value = label_value(fact);
+            if !value.is_empty() {
+                // Cannot fail: the value was reduced to label characters.
+                let _ = labels.insert(key, &value);
+            }
+        }
+        labels
+    }
+}
+
+/// `Debian GNU/Linux 12 (bookworm)` → `debian-gnu-linux-12-bookworm`.
+fn label_value(fact: &str) -> String {
+    let mut out = String::new();
+    for c in fact.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_') {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let trimmed = |s: &str| {
+        s.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_owned()
+    };
+    let mut out = trimmed(&out);
+    out.truncate(63);
+    trimmed(&out)
+}
+
 impl TryFrom<agent_pb::HostFacts> for HostFacts {
     type Error = InvalidValue;
 
@@ -191,6 +233,23 @@ mod tests {
         let f = HostFacts::try_from(facts()).unwrap();
         assert_eq!(f.labels.get("site"), Some("icu"));
         assert_eq!(agent_pb::HostFacts::from(f), facts());
+    }
+
+    #[test]
+    fn host_facts_become_selectable_labels() {
+        let mut f = HostFacts::try_from(facts()).unwrap();
+        let labels = f.fact_labels();
+        assert_eq!(labels.get("ruse.io/hostname"), Some("ws-icu-01"));
+        assert_eq!(labels.get("ruse.io/os"), Some("debian-gnu-linux-12"));
+        assert_eq!(labels.get("ruse.io/arch"), Some("x86_64"));
+        f.os = "  (((  ".into();
+        f.hostname = format!("{}-end", "A".repeat(70));
+        let labels = f.fact_labels();
+        assert_eq!(labels.get("ruse.io/os"), None);
+        assert_eq!(
+            labels.get("ruse.io/hostname"),
+            Some("a".repeat(63).as_str())
+        );
     }
 
     #[test]

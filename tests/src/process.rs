@@ -170,6 +170,37 @@ pub fn spawn_controller(data_dir: &Path, listen: &str, log: &Path) -> (Proc, Soc
     }
 }
 
+/// `ruse-controller init --data-dir DATA` (trust domain `ruse.test`);
+/// returns the CA pin it printed.
+pub fn init_controller(data: &Path) -> String {
+    let out = Command::new(binary("ruse-controller"))
+        .args([
+            "init",
+            "--data-dir",
+            &data.display().to_string(),
+            "--trust-domain",
+            "ruse.test",
+        ])
+        .output()
+        .expect("cannot run ruse-controller init");
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pin = text
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .expect("init prints the CA pin")
+        .to_owned();
+    assert!(
+        text.contains("rusectl.toml"),
+        "init names the context file: {text}"
+    );
+    pin
+}
+
 /// `rusectl` with a context file and, optionally, `--controller`.
 #[derive(Debug, Clone)]
 pub struct Ctl {
@@ -178,6 +209,15 @@ pub struct Ctl {
 }
 
 impl Ctl {
+    /// rusectl with the context `init` wrote into DATA, whose URL (port
+    /// 7443) is not the test's, so every call passes `--controller URL`.
+    pub fn for_data_dir(data: &Path, url: &str) -> Self {
+        Ctl {
+            context_file: data.join("admin").join("rusectl.toml"),
+            controller: Some(url.to_owned()),
+        }
+    }
+
     /// Runs `rusectl ARGS` and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(binary("rusectl"));

@@ -10,45 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use ruse_e2e::eventually;
-use ruse_e2e::process::{Ctl, Proc, binary, spawn, spawn_controller};
-
-fn init(data: &Path) -> String {
-    let out = Command::new(binary("ruse-controller"))
-        .args([
-            "init",
-            "--data-dir",
-            &data.display().to_string(),
-            "--trust-domain",
-            "ruse.test",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "init failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let pin = text
-        .split_whitespace()
-        .find(|w| w.starts_with("sha256:"))
-        .expect("init prints the CA pin")
-        .to_owned();
-    assert!(
-        text.contains("rusectl.toml"),
-        "init names the context file: {text}"
-    );
-    pin
-}
-
-/// rusectl with the context `init` wrote, whose URL (port 7443) is not the
-/// test's, so every call passes `--controller`.
-fn ctl(data: &Path, url: &str) -> Ctl {
-    Ctl {
-        context_file: data.join("admin").join("rusectl.toml"),
-        controller: Some(url.to_owned()),
-    }
-}
+use ruse_e2e::process::{Ctl, Proc, binary, init_controller, spawn, spawn_controller};
 
 fn agent(dir: &Path, name: &str, url: &str, pin: &str, token: &str, labels: &str) -> Proc {
     let state = dir.join(name);
@@ -92,11 +54,11 @@ fn state(agents: &[Value], hostname_label: &str) -> Option<String> {
 async fn readme_flow_two_agents_online_then_one_revoked() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let pin = init(&data);
+    let pin = init_controller(&data);
     let (mut controller, addr) =
         spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
     let url = format!("https://{addr}");
-    let ctx = ctl(&data, &url);
+    let ctx = Ctl::for_data_dir(&data, &url);
 
     let created = ctx.json(&[
         "token", "create", "--ttl", "1h", "--uses", "2", "--label", "site=icu",
@@ -172,11 +134,11 @@ async fn readme_flow_two_agents_online_then_one_revoked() {
 async fn tokens_agents_revocations_and_audit_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let pin = init(&data);
+    let pin = init_controller(&data);
     let log = dir.path().join("controller.log");
     let (mut controller, addr) = spawn_controller(&data, "127.0.0.1:0", &log);
     let url = format!("https://{addr}");
-    let ctx = ctl(&data, &url);
+    let ctx = Ctl::for_data_dir(&data, &url);
 
     let token = ctx.json(&["token", "create", "--uses", "5", "--label", "site=er"])["token"]
         .as_str()
@@ -256,11 +218,11 @@ async fn tokens_agents_revocations_and_audit_survive_kill_9() {
 async fn rusectl_issues_admins_whose_roles_hold_and_reports_errors_plainly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    init(&data);
+    init_controller(&data);
     let (_controller, addr) =
         spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
     let url = format!("https://{addr}");
-    let root = ctl(&data, &url);
+    let root = Ctl::for_data_dir(&data, &url);
 
     // Without --controller the context's URL (port 7443, nothing there) is
     // used, and the failure says so.
@@ -353,11 +315,11 @@ async fn rusectl_issues_admins_whose_roles_hold_and_reports_errors_plainly() {
 async fn rusectl_applies_manifests_and_follows_a_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let pin = init(&data);
+    let pin = init_controller(&data);
     let (_controller, addr) =
         spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
     let url = format!("https://{addr}");
-    let ctx = ctl(&data, &url);
+    let ctx = Ctl::for_data_dir(&data, &url);
 
     // An invalid file changes nothing and says where the problem is.
     let bad = dir.path().join("bad.yaml");

@@ -65,11 +65,12 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
-    /// The labels selectors match against: the agent's own, overlaid with
-    /// the token's, overlaid with an admin's.
+    /// The labels selectors match against: those derived from host facts,
+    /// overlaid with the agent's own, the token's, then an admin's.
     pub fn labels(&self) -> Labels {
         self.facts
-            .labels
+            .fact_labels()
+            .overlaid_with(&self.facts.labels)
             .overlaid_with(&self.token_labels)
             .overlaid_with(&self.admin_labels)
             .without(&self.removed_labels)
