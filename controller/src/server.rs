@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 use tonic::transport::server::Connected;
 
-use ruse_pki::ClientAuth;
+use ruse_pki::{ClientAuth, ServerCert};
 use ruse_proto::admin::v1::admin_service_server::AdminServiceServer;
 use ruse_proto::agent::v1::agent_service_server::AgentServiceServer;
 use ruse_proto::types::TrustDomain;
@@ -168,12 +168,12 @@ pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<L
         .ca
         .issue_server(&config.server_names, config.server_cert_ttl)
         .map_err(io::Error::other)?;
+    let server_cert = ServerCert::new(chain, key.to_der()).map_err(io::Error::other)?;
     let tls_config = |auth| {
         ruse_pki::server_config(
             core.ca.cert_der(),
             core.ca.trust_domain(),
-            chain.clone(),
-            key.to_der(),
+            server_cert.clone(),
             auth,
             core.fleet.clone(),
         )
@@ -285,10 +285,55 @@ pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<L
         }
         None => None,
     };
+    tasks.push(tokio::spawn(renew_server_cert(
+        core.clone(),
+        server_cert,
+        stop.clone(),
+    )));
     Ok(Listeners {
         agent_addr,
         admin_addr,
         health_addr,
         tasks,
     })
+}
+
+/// When a server certificate valid for `ttl` is replaced: at two thirds of
+/// its life, so a failure leaves time to retry.
+fn renew_after(ttl: Duration) -> Duration {
+    ttl / 3 * 2
+}
+
+/// Issues a fresh server certificate (new key) before the served one
+/// expires, so a controller that runs for months keeps a valid one.
+async fn renew_server_cert(
+    core: Arc<Core>,
+    cert: Arc<ServerCert>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let config = &core.config;
+    let mut wait = renew_after(config.server_cert_ttl);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = crate::stopped(&mut stop) => return Ok(()),
+        }
+        let issued = core
+            .ca
+            .issue_server(&config.server_names, config.server_cert_ttl)
+            .and_then(|(chain, key)| cert.replace(chain, key.to_der()));
+        wait = match issued {
+            Ok(()) => {
+                tracing::info!(
+                    valid_for = %ruse_proto::types::format_duration(config.server_cert_ttl),
+                    "server certificate renewed"
+                );
+                renew_after(config.server_cert_ttl)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "server certificate renewal failed; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        };
+    }
 }

@@ -20,6 +20,9 @@
 #   --root DIR           install into DIR instead of / (images, tests):
 #                        systemd is not touched and lures go under DIR
 #   --no-start           install and enroll, but do not start the service
+#   --no-enroll          golden images: install and keep the token for the
+#                        first start, without enrolling now (each clone
+#                        then enrolls itself, with its own identity)
 #   --uninstall          stop the agent, remove every lure it planted, then
 #                        remove the agent, its state and its configuration
 set -eu
@@ -31,6 +34,7 @@ labels=""
 binary=""
 root=""
 start=yes
+enroll=yes
 action=install
 
 die() {
@@ -47,8 +51,9 @@ while [ $# -gt 0 ]; do
         --binary) binary=${2:?--binary needs a file}; shift 2 ;;
         --root) root=${2:?--root needs a directory}; shift 2 ;;
         --no-start) start=no; shift ;;
+        --no-enroll) enroll=no; start=no; shift ;;
         --uninstall) action=uninstall; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -98,6 +103,20 @@ if [ -z "$binary" ]; then
 fi
 [ -n "$binary" ] && [ -x "$binary" ] || die "no ruse-agent binary (pass --binary FILE)"
 
+# Labels are checked before anything is written.
+old_ifs=$IFS
+IFS=,
+for pair in $labels; do
+    case "$pair" in
+        *=*) ;;
+        *) die "label $pair: expected key=value" ;;
+    esac
+    case "$pair" in
+        *[!A-Za-z0-9._/=-]* | *=*=*) die "label $pair: letters, digits, . _ / - only" ;;
+    esac
+done
+IFS=$old_ifs
+
 mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/var/lib"
 mkdir -p "$conf_dir" "$state_dir"
 chmod 0750 "$conf_dir"
@@ -123,20 +142,27 @@ mv -f "$unit_path.new" "$unit_path"
     echo "[labels]"
     if [ -n "$labels" ]; then
         echo "$labels" | tr ',' '\n' | while IFS='=' read -r key value; do
-            [ -n "$key" ] || continue
-            case "$key$value" in *[!A-Za-z0-9._/-]*) die "label $key=$value: letters, digits, . _ / - only" ;; esac
-            echo "\"$key\" = \"$value\""
+            if [ -n "$key" ]; then echo "\"$key\" = \"$value\""; fi
         done
     fi
 } > "$conf_path.new"
 chmod 0640 "$conf_path.new"
 mv -f "$conf_path.new" "$conf_path"
 
-# Enroll now, so a wrong token or pin fails the install with the reason.
 if [ -n "$token_file" ]; then
     [ -r "$token_file" ] || die "cannot read --token-file $token_file"
     install -m 0600 "$token_file" "$conf_dir/token"
 fi
+if [ "$enroll" = no ]; then
+    [ -f "$conf_dir/token" ] || die "--no-enroll needs --token-file (the agent enrolls with it at first start)"
+    if [ "$use_systemd" = yes ]; then
+        systemctl daemon-reload
+        systemctl enable ruse-agent.service >/dev/null
+    fi
+    echo "ruse-agent installed${root:+ in $root}; it enrolls with the token at its first start (do not start it in the image itself)"
+    exit 0
+fi
+# Enroll now, so a wrong token or pin fails the install with the reason.
 "$bin_path" enroll --config "$conf_path" --state-dir "$state_dir" --token-file "$conf_dir/token" \
     --root "${root:-/}" || die "enrollment failed (see above); nothing was started"
 # The token is not needed again (an expired identity needs a new token).

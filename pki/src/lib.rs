@@ -32,8 +32,8 @@ pub use files::{
 };
 pub use rustls;
 pub use tls::{
-    ClientAuth, Denylist, NoDenylist, anonymous_client_config, client_config, pinned_client_config,
-    plain_client_config, plain_server_config, server_config,
+    ClientAuth, Denylist, NoDenylist, ServerCert, anonymous_client_config, client_config,
+    pinned_client_config, plain_client_config, plain_server_config, server_config,
 };
 
 /// Things that go wrong with keys and certificates.
@@ -594,6 +594,25 @@ mod tests {
         assert_eq!(certificate_identity(&td(), &cert.der).unwrap().identity, id);
         let (_, parsed) = X509Certificate::from_der(&cert.der).unwrap();
         assert!(!parsed.is_ca());
+    }
+
+    #[test]
+    fn server_certificate_is_replaced_for_new_handshakes_and_must_match_its_key() {
+        let ca = CertificateAuthority::generate(td()).unwrap();
+        let names = vec!["ruse-controller".to_owned()];
+        let (chain, key) = ca.issue_server(&names, Duration::from_secs(3600)).unwrap();
+        let first = chain[0].clone();
+        let served = ServerCert::new(chain, key.to_der()).unwrap();
+        assert_eq!(served.leaf(), Some(first.clone()));
+        let (chain, key) = ca.issue_server(&names, Duration::from_secs(3600)).unwrap();
+        let second = chain[0].clone();
+        assert_ne!(first, second);
+        served.replace(chain.clone(), key.to_der()).unwrap();
+        assert_eq!(served.leaf(), Some(second.clone()));
+        // A key that is not the leaf's is refused; the served one stays.
+        let other = PrivateKey::generate().unwrap();
+        assert!(served.replace(chain, other.to_der()).is_err());
+        assert_eq!(served.leaf(), Some(second.clone()));
     }
 
     #[test]

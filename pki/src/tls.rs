@@ -8,8 +8,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
     RootCertStore, ServerConfig, SignatureScheme,
@@ -144,15 +145,76 @@ impl ClientCertVerifier for IdentityVerifier {
     }
 }
 
+/// The controller's server certificate, replaceable while serving: every
+/// new handshake gets the certificate set last, connections already open
+/// keep theirs. Renewal is the caller's job ([`ServerCert::replace`]).
+#[derive(Debug)]
+pub struct ServerCert {
+    current: std::sync::RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// `chain` is `[leaf, CA]`; `key` must match the leaf.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, PkiError> {
+        Ok(Arc::new(ServerCert {
+            current: std::sync::RwLock::new(Arc::new(certified(chain, key)?)),
+        }))
+    }
+
+    /// Serves `chain` and `key` from the next handshake on.
+    pub fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), PkiError> {
+        let next = Arc::new(certified(chain, key)?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = next;
+        Ok(())
+    }
+
+    /// The leaf certificate served now.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .cert
+            .first()
+            .map(|c| c.clone().into_owned())
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, PkiError> {
+    Ok(CertifiedKey::from_der(chain, key, &provider())?)
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        )
+    }
+}
+
 /// The controller's server configuration.
 ///
-/// `chain` is `[leaf, CA]`. Client certificates must chain to `ca`, carry an
-/// identity of `trust_domain`, and not be on `denylist`.
+/// `cert` serves `[leaf, CA]`. Client certificates must chain to `ca`,
+/// carry an identity of `trust_domain`, and not be on `denylist`.
 pub fn server_config(
     ca: &CertificateDer<'static>,
     trust_domain: &TrustDomain,
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    cert: Arc<ServerCert>,
     client_auth: ClientAuth,
     denylist: Arc<dyn Denylist>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
@@ -173,7 +235,7 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }

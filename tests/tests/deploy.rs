@@ -436,11 +436,11 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
     let before = snapshot(&root, &[]);
     let script = repo().join("deploy/agent/install.sh");
     let agent_bin = binary("ruse-agent");
-    let install = |token: Option<&Path>, pin: &str| {
+    let install_with = |token: Option<&Path>, pin: &str, extra: &[&str]| {
         let mut cmd = Command::new("sh");
         cmd.arg(&script)
             .args(["--controller", &site.url, "--ca-pin", pin])
-            .args(["--labels", "role=workstation,ward=4b"])
+            .args(extra)
             .arg("--binary")
             .arg(&agent_bin)
             .arg("--root")
@@ -450,9 +450,38 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
         }
         cmd.stdin(Stdio::null()).output().unwrap()
     };
+    let install = |token: Option<&Path>, pin: &str| {
+        install_with(token, pin, &["--labels", "role=workstation,ward=4b"])
+    };
+    let (token_path, token) = site.token_file("token", "site=icu");
+
+    // A malformed label is refused before anything is written.
+    let out = install_with(
+        Some(&token_path),
+        &site.pin,
+        &["--labels", "role=work station"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("label role=work station"),
+        "{}",
+        text(&out)
+    );
+    assert_same_tree(&before, &snapshot(&root, &[]));
+
+    // For a golden image: installed, token kept (0600) for the first
+    // start, nothing enrolled yet.
+    let out = install_with(Some(&token_path), &site.pin, &["--no-enroll"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let kept = root.join("etc/ruse/token");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), token);
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(site.agents().is_empty());
 
     // A wrong pin fails the install, with the reason, and enrolls nothing.
-    let (token_path, token) = site.token_file("token", "site=icu");
     let wrong_pin = format!("sha256:{}", "0".repeat(64));
     let out = install(Some(&token_path), &wrong_pin);
     assert!(!out.status.success());
