@@ -69,6 +69,7 @@ fn main() -> ExitCode {
         Command::Uninstall { state_dir, root } => return uninstall(&state_dir, &root),
     };
     init_logging(args.log_json);
+    ruse_agent::limits::raise_fd_limit();
     let labels = match Labels::parse_pairs(args.labels.iter().map(String::as_str)) {
         Ok(l) => l,
         Err(e) => return fail(&e),

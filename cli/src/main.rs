@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use tonic::transport::Channel;
 
-use ruse_pki::{PrivateKey, pem_decode_certificates, pem_encode};
+use ruse_pki::{PrivateKey, pem_encode};
 use ruse_proto::admin::v1 as pb;
 use ruse_proto::admin::v1::admin_service_client::AdminServiceClient;
 use ruse_proto::context::{Context, ContextFile};
@@ -470,25 +470,7 @@ fn resolve_context(cli: &Cli) -> anyhow::Result<Context> {
 
 async fn connect(ctx: &Context) -> anyhow::Result<AdminServiceClient<Channel>> {
     let url: ControllerUrl = ctx.controller.parse()?;
-    let read = |inline: &Option<String>, file: &Path| -> anyhow::Result<String> {
-        match inline {
-            Some(pem) => Ok(pem.clone()),
-            None => {
-                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
-            }
-        }
-    };
-    let ca_pem = read(&ctx.ca_pem, &ctx.ca)?;
-    let cert_pem = read(&ctx.cert_pem, &ctx.cert)?;
-    let key = match &ctx.key_pem {
-        Some(pem) => PrivateKey::from_pem(pem)?,
-        None => PrivateKey::from_pem(&ruse_pki::read_private_file(&ctx.key)?)?,
-    };
-    let tls = ruse_pki::client_config(
-        &pem_decode_certificates(&ca_pem, &ctx.ca.display().to_string())?,
-        pem_decode_certificates(&cert_pem, &ctx.cert.display().to_string())?,
-        key.to_der(),
-    )?;
+    let tls = ruse_pki::context_client_config(ctx)?;
     let channel = transport::connect(&url, tls, &DialOptions::default())
         .await
         .with_context(|| format!("cannot reach the controller at {url}"))?;

@@ -227,8 +227,10 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         config.server_names = args.server_names;
     }
     init_logging(config.log_format, &config.log_level);
+    let fd_limit = ruse_agent::limits::raise_fd_limit();
     runtime(|| async move {
         let controller = Controller::start(config).await.map_err(|e| e.to_string())?;
+        tracing::debug!(fd_limit, "open-file limit");
         tracing::info!(
             context = %layout::context_file(&controller.core().config.data_dir).display(),
             pin = %controller.core().ca.pin(),

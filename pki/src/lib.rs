@@ -554,6 +554,31 @@ pub fn pem_decode_certificates(
         })
 }
 
+/// The mTLS client configuration a rusectl context describes (files or
+/// inline PEM; a key file must be private).
+pub fn context_client_config(
+    ctx: &ruse_proto::context::Context,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, PkiError> {
+    let read = |inline: &Option<String>, file: &std::path::Path| match inline {
+        Some(pem) => Ok(pem.clone()),
+        None => std::fs::read_to_string(file).map_err(|source| PkiError::Io {
+            path: file.display().to_string(),
+            source,
+        }),
+    };
+    let ca_pem = read(&ctx.ca_pem, &ctx.ca)?;
+    let cert_pem = read(&ctx.cert_pem, &ctx.cert)?;
+    let key = match &ctx.key_pem {
+        Some(pem) => PrivateKey::from_pem(pem)?,
+        None => PrivateKey::from_pem(&read_private_file(&ctx.key)?)?,
+    };
+    client_config(
+        &pem_decode_certificates(&ca_pem, &ctx.ca.display().to_string())?,
+        pem_decode_certificates(&cert_pem, &ctx.cert.display().to_string())?,
+        key.to_der(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
