@@ -7,7 +7,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use ruse_e2e::process::{binary, init_controller, spawn_controller};
+use std::time::Duration;
+
+use ruse_e2e::process::{Ctl, binary, init_controller, spawn, spawn_controller};
+use ruse_e2e::{eventually, require_root};
 
 #[test]
 fn every_simulator_scenario_runs_against_a_real_controller() {
@@ -41,16 +44,8 @@ fn every_simulator_scenario_runs_against_a_real_controller() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let value = |scenario: &str, metric: &str| {
-        report["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["scenario"] == scenario && r["metric"] == metric)
-            .and_then(|r| r["value"].as_f64())
-            .unwrap_or_else(|| panic!("no {scenario}/{metric} in {report}"))
-    };
+    let report = rows(&json);
+    let value = |scenario: &str, metric: &str| value(&report, scenario, metric);
     assert_eq!(value("connect", "agents connected"), 6.0);
     assert!(value("connect", "controller memory per agent") >= 0.0);
     assert_eq!(value("push", "lures per agent"), 3.0);
@@ -63,8 +58,157 @@ fn every_simulator_scenario_runs_against_a_real_controller() {
     assert!(value("storm", "all online at controller") > 0.0);
 
     // The controller stored exactly what was acknowledged.
-    let ctl = ruse_e2e::process::Ctl::for_data_dir(&data, &url);
+    let ctl = Ctl::for_data_dir(&data, &url);
     let events = ctl.json(&["get", "events", "--limit", "100000"]);
     assert_eq!(events["items"].as_array().unwrap().len() as f64, sent);
     drop(controller);
+}
+
+fn rows(path: &std::path::Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn value(report: &Value, scenario: &str, metric: &str) -> f64 {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["scenario"] == scenario && r["metric"] == metric)
+        .and_then(|r| r["value"].as_f64())
+        .unwrap_or_else(|| panic!("no {scenario}/{metric} in {report}"))
+}
+
+#[tokio::test]
+async fn touch_and_flood_scenarios_measure_a_real_agent() {
+    if !require_root("touch_and_flood_scenarios_measure_a_real_agent") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pin = init_controller(&data);
+    let (_controller, addr) =
+        spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
+    let url = format!("https://{addr}");
+    let ctl = Ctl::for_data_dir(&data, &url);
+    let token = ctl.json(&["token", "create", "--label", "role=bench"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let host = dir.path().join("host");
+    std::fs::create_dir_all(host.join("root/home/clinician")).unwrap();
+    std::fs::write(host.join("token"), token).unwrap();
+    let _agent = spawn(
+        "ruse-agent",
+        &[
+            "run",
+            "--controller",
+            &url,
+            "--ca-pin",
+            &pin,
+            "--token-file",
+            &host.join("token").display().to_string(),
+            "--state-dir",
+            &host.join("state").display().to_string(),
+            "--root",
+            &host.join("root").display().to_string(),
+            "--label",
+            "decoys=bench",
+        ],
+        &dir.path().join("agent.log"),
+    );
+    let ports = ruse_e2e::free_ports(1);
+    let manifest = dir.path().join("bench.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "kind: Decoy\nname: bench\nselector: {{decoys: bench}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices: [{{protocol: ftp, port: {}}}]\n---\nkind: Campaign\nname: touch\nselector: {{role: bench}}\nlures:\n  - {{template: patient-csv, path: '~/touch'}}\n  - {{template: hl7-adt, path: '~/touch'}}\n",
+            ports[0]
+        ),
+    )
+    .unwrap();
+    eventually("the agent online", Duration::from_secs(20), || async {
+        ctl.json(&["get", "agents"])["items"][0]["state"] == "online"
+    })
+    .await;
+    let out = ctl.run(&["apply", "-f", &manifest.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ctl.run(&["rollout", "status", "campaign/touch", "--timeout", "30s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let json = dir.path().join("touch.json");
+    let out = Command::new(binary("ruse-sim"))
+        .args(["--controller", &url, "--admin", &url, "--ca-pin", &pin])
+        .arg("--context-file")
+        .arg(data.join("admin/rusectl.toml"))
+        .args(["--scenarios", "touch", "--touches", "6", "--timeout", "60s"])
+        .arg("--touch-root")
+        .arg(host.join("root/home/clinician/touch"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ruse-sim touch failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = rows(&json);
+    assert_eq!(value(&report, "touch", "lure files"), 2.0);
+    assert_eq!(value(&report, "touch", "events not seen within 5 s"), 0.0);
+    assert!(value(&report, "touch", "read to watch p99") > 0.0);
+
+    // The decoy is up once its port answers.
+    eventually(
+        "the ftp decoy listening",
+        Duration::from_secs(20),
+        || async { std::net::TcpStream::connect(("127.0.0.1", ports[0])).is_ok() },
+    )
+    .await;
+    let json = dir.path().join("flood.json");
+    let out = Command::new(binary("ruse-sim"))
+        .args(["--scenarios", "flood", "--flood"])
+        .arg(format!("ftp://127.0.0.1:{}", ports[0]))
+        .args([
+            "--flood-connections",
+            "4",
+            "--sources",
+            "4",
+            "--duration",
+            "1s",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ruse-sim flood failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = rows(&json);
+    let answered = value(&report, "flood", "attempts answered");
+    assert!(answered > 0.0);
+    // Every answered attempt is recorded at the controller.
+    eventually(
+        "every flood attempt recorded",
+        Duration::from_secs(20),
+        || async {
+            let metrics = String::from_utf8(ctl.run(&["get", "metrics"]).stdout).unwrap();
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("ruse_events_by_kind_total{kind=\"decoy-login\"} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= answered)
+        },
+    )
+    .await;
 }

@@ -14,6 +14,14 @@
 //!   events per controller CPU-second.
 //! - `storm`: every agent drops its connection, then all reconnect at once;
 //!   time until the controller sees them all online again.
+//! - `touch` (alone, no simulated fleet): reads the lure files a real agent
+//!   planted under `--touch-root`, one at a time, and times each read until
+//!   the event arrives on an admin `WatchEvents` stream, as `rusectl watch
+//!   events` sees it.
+//! - `flood` (alone, no controller needed): a login flood against a decoy
+//!   service, FTP (`--flood ftp://HOST:PORT`) or an HTML form
+//!   (`--flood http://HOST:PORT/PATH`), from `--flood-connections` workers
+//!   spread over source addresses; counts the attempts the server answered.
 //!
 //! Every wait is bounded (`--timeout`); the program stops by itself.
 
@@ -47,6 +55,8 @@ enum Scenario {
     Push,
     Ingest,
     Storm,
+    Touch,
+    Flood,
 }
 
 /// Simulates a fleet of Ruse agents against a running controller.
@@ -56,12 +66,13 @@ struct Args {
     /// The controller's agent URL.
     #[arg(long, default_value = "https://127.0.0.1:7443")]
     controller: String,
-    /// The CA pin (`ruse-controller init` prints it).
+    /// The CA pin (`ruse-controller init` prints it); not for `flood`.
     #[arg(long)]
-    ca_pin: String,
-    /// An admin's rusectl context file (for tokens, the campaign, metrics).
+    ca_pin: Option<String>,
+    /// An admin's rusectl context file (for tokens, the campaign, metrics);
+    /// not for `flood`.
     #[arg(long)]
-    context_file: PathBuf,
+    context_file: Option<PathBuf>,
     /// The admin URL, when it is not the context's.
     #[arg(long)]
     admin: Option<String>,
@@ -98,6 +109,18 @@ struct Args {
     /// Bound on every wait.
     #[arg(long, default_value = "600s")]
     timeout: String,
+    /// `touch`: the directory holding a real agent's lure files.
+    #[arg(long)]
+    touch_root: Option<PathBuf>,
+    /// `touch`: how many reads.
+    #[arg(long, default_value_t = 200)]
+    touches: usize,
+    /// `flood`: the target, ftp://HOST:PORT or http://HOST:PORT/PATH.
+    #[arg(long)]
+    flood: Option<String>,
+    /// `flood`: concurrent connections (each a login attempt at a time).
+    #[arg(long, default_value_t = 32)]
+    flood_connections: usize,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -193,8 +216,12 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 async fn admin_client(args: &Args) -> anyhow::Result<AdminServiceClient<Channel>> {
-    let file = ContextFile::load(&args.context_file)?;
-    let mut ctx = file.select(&args.context_file, None)?;
+    let path = args
+        .context_file
+        .as_ref()
+        .context("--context-file is required (an admin's rusectl context)")?;
+    let file = ContextFile::load(path)?;
+    let mut ctx = file.select(path, None)?;
     if let Some(url) = &args.admin {
         ctx.controller = url.clone();
     }
@@ -475,16 +502,35 @@ async fn main() -> anyhow::Result<()> {
     let hold = parse_duration(&args.hold)?;
     let ingest_for = parse_duration(&args.duration)?;
     let url: ControllerUrl = args.controller.parse()?;
-    let pin: CaPin = args.ca_pin.parse().context("--ca-pin")?;
     let fd_limit = ruse_agent::limits::raise_fd_limit();
     let run = new_ulid()[..10].to_lowercase();
     let mut summary = Summary::default();
+    if args.scenarios == [Scenario::Flood] {
+        flood(&args, ingest_for, &mut summary).await?;
+        return write_json(&args, &summary);
+    }
+    if args.scenarios.contains(&Scenario::Flood) {
+        bail!("`flood` runs alone");
+    }
     let mut admin = admin_client(&args).await?;
     let pid = args.controller_pid;
     println!(
         "ruse-sim: {} agents, run {run}, fd limit {fd_limit}, {} source addresses",
         args.agents, args.sources
     );
+    if args.scenarios == [Scenario::Touch] {
+        touch(&args, &mut admin, timeout, &mut summary).await?;
+        return write_json(&args, &summary);
+    }
+    if args.scenarios.contains(&Scenario::Touch) {
+        bail!("`touch` runs alone (it measures a real agent, not the simulated fleet)");
+    }
+    let pin: CaPin = args
+        .ca_pin
+        .as_deref()
+        .context("--ca-pin is required")?
+        .parse()
+        .context("--ca-pin")?;
     let expected_online = online(&mut admin).await?;
 
     // Ramp: enroll and connect every agent.
@@ -764,6 +810,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
             }
+            Scenario::Touch | Scenario::Flood => unreachable!("checked above"),
             Scenario::Storm => {
                 for c in &fleet.commands {
                     let _ = c.send(Command::Disconnect).await;
@@ -825,10 +872,239 @@ async fn main() -> anyhow::Result<()> {
     for e in enrolls {
         let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
     }
+    write_json(&args, &summary)
+}
+
+fn write_json(args: &Args, summary: &Summary) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let json = serde_json::json!({ "agents": args.agents, "rows": summary.rows });
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// One login attempt on a fresh connection; true when the server answered
+/// it (FTP `530`, any HTTP status line).
+async fn login_attempt(target: &FloodTarget, source: IpAddr, n: u64) -> std::io::Result<bool> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    let stream = socket.connect(target.addr).await?;
+    let mut stream = BufReader::new(stream);
+    let mut line = String::new();
+    let user = format!("radiology{}", n % 997);
+    let password = format!("Winter{n}!");
+    match &target.path {
+        None => {
+            stream.read_line(&mut line).await?; // banner
+            stream
+                .get_mut()
+                .write_all(format!("USER {user}\r\n").as_bytes())
+                .await?;
+            line.clear();
+            stream.read_line(&mut line).await?; // 331
+            stream
+                .get_mut()
+                .write_all(format!("PASS {password}\r\n").as_bytes())
+                .await?;
+            line.clear();
+            stream.read_line(&mut line).await?;
+            let _ = stream.get_mut().write_all(b"QUIT\r\n").await;
+            Ok(line.starts_with("530"))
+        }
+        Some(path) => {
+            let body = format!("username={user}&password={password}");
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ruse-sim\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                target.addr,
+                body.len()
+            );
+            stream.get_mut().write_all(request.as_bytes()).await?;
+            stream.read_line(&mut line).await?;
+            Ok(line.starts_with("HTTP/1."))
+        }
+    }
+}
+
+struct FloodTarget {
+    addr: std::net::SocketAddr,
+    /// `None` for FTP; the form's path for HTTP.
+    path: Option<String>,
+}
+
+fn flood_target(spec: &str) -> anyhow::Result<FloodTarget> {
+    let (scheme, rest) = spec
+        .split_once("://")
+        .context("--flood must look like ftp://HOST:PORT or http://HOST:PORT/PATH")?;
+    let (host, path) = match rest.split_once('/') {
+        Some((h, p)) => (h, Some(format!("/{p}"))),
+        None => (rest, None),
+    };
+    let addr = host
+        .parse()
+        .with_context(|| format!("--flood: {host} is not HOST:PORT"))?;
+    match scheme {
+        "ftp" => Ok(FloodTarget { addr, path: None }),
+        "http" => Ok(FloodTarget {
+            addr,
+            path: Some(path.unwrap_or_else(|| "/".into())),
+        }),
+        other => bail!("--flood: unknown scheme {other} (ftp or http)"),
+    }
+}
+
+/// A login flood for `duration`: attempts answered per second.
+async fn flood(args: &Args, duration: Duration, summary: &mut Summary) -> anyhow::Result<()> {
+    let spec = args.flood.as_deref().context("`flood` needs --flood URL")?;
+    let target = Arc::new(flood_target(spec)?);
+    let answered = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.flood_connections.max(1) {
+        let (target, answered, failed, counter) = (
+            target.clone(),
+            answered.clone(),
+            failed.clone(),
+            counter.clone(),
+        );
+        let source = dial(w, args.sources)
+            .local_addr
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        workers.push(tokio::spawn(async move {
+            while t0.elapsed() < duration {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    login_attempt(&target, source, n),
+                )
+                .await
+                {
+                    Ok(Ok(true)) => answered.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let answered = answered.load(Ordering::Relaxed);
+    summary.add("flood", "connections", args.flood_connections as f64, "");
+    summary.add("flood", "attempts answered", answered as f64, "");
+    summary.add(
+        "flood",
+        "attempts failed",
+        failed.load(Ordering::Relaxed) as f64,
+        "",
+    );
+    summary.add(
+        "flood",
+        "answered rate",
+        answered as f64 / elapsed,
+        "attempts/s",
+    );
+    Ok(())
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            files_under(&entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Lure read → event on a watch stream, one read at a time.
+async fn touch(
+    args: &Args,
+    admin: &mut AdminServiceClient<Channel>,
+    timeout: Duration,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let root = args
+        .touch_root
+        .as_ref()
+        .context("`touch` needs --touch-root (the real agent's lure directory)")?;
+    let mut files = Vec::new();
+    files_under(root, &mut files).with_context(|| format!("reading {}", root.display()))?;
+    files.sort();
+    if files.is_empty() {
+        bail!("no lure files under {}", root.display());
+    }
+    let mut stream = admin
+        .watch_events(admin_pb::WatchEventsRequest {
+            filter: Some(admin_pb::EventFilter {
+                kind: "touch".into(),
+                since_ms: UnixMs::now().0,
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let deadline = Instant::now() + timeout;
+    let mut latencies = Vec::with_capacity(args.touches);
+    let mut lost = 0usize;
+    for k in 0..args.touches {
+        if Instant::now() > deadline {
+            bail!("timed out after {k} touches");
+        }
+        // Spaced so the agent's per-lure rate limit never applies.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let file = &files[k % files.len()];
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let t0 = Instant::now();
+        let read = file.clone();
+        tokio::task::spawn_blocking(move || std::fs::read(read)).await??;
+        let seen = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = stream.message().await? {
+                if m.event.is_some_and(|e| e.path.ends_with(&name)) {
+                    return Ok::<bool, tonic::Status>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        match seen {
+            Ok(Ok(true)) => latencies.push(t0.elapsed()),
+            Ok(Ok(false)) => bail!("the watch stream ended"),
+            Ok(Err(e)) => bail!("the watch stream failed: {e}"),
+            Err(_) => lost += 1,
+        }
+    }
+    latencies.sort();
+    summary.add("touch", "lure files", files.len() as f64, "");
+    summary.add("touch", "reads", args.touches as f64, "");
+    summary.add("touch", "events not seen within 5 s", lost as f64, "");
+    summary.add(
+        "touch",
+        "read to watch p50",
+        ms(percentile(&latencies, 50.0)),
+        "ms",
+    );
+    summary.add(
+        "touch",
+        "read to watch p99",
+        ms(percentile(&latencies, 99.0)),
+        "ms",
+    );
+    summary.add(
+        "touch",
+        "read to watch max",
+        ms(percentile(&latencies, 100.0)),
+        "ms",
+    );
     Ok(())
 }

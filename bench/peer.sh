@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# OpenCanary and the Ruse agent's decoys under the same login floods.
+#
+#   bench/peer.sh BIN_DIR WORK_DIR RESULTS_DIR SECONDS
+#
+# Called by bench/run.sh. Installs OpenCanary into a virtualenv
+# (RUSE_BENCH_VENV, default /var/tmp/ruse-bench-venv) on first use. Each
+# system runs alone while flooded; the flood is `ruse-sim --scenarios flood`.
+set -euo pipefail
+bin=$1
+work=$2
+results=$3
+seconds=$4
+connections=${RUSE_BENCH_FLOOD_CONNECTIONS:-64}
+venv=${RUSE_BENCH_VENV:-/var/tmp/ruse-bench-venv}
+say() { echo "==> $*" >&2; }
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done' EXIT
+
+if ! [ -x "$venv/bin/twistd" ] || ! [ -x "$venv/bin/opencanary.tac" ]; then
+    say "installing OpenCanary into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check opencanary
+fi
+oc_version=$("$venv/bin/pip" show opencanary | awk '/^Version/ { print $2 }')
+py_version=$("$venv/bin/python" -c 'import platform; print(platform.python_version())')
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+rss_of() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# Floods `url` for the configured time while sampling `pid`; prints
+# "rate cpu_ticks max_rss_kib elapsed".
+flood() {
+    local pid=$1 url=$2 name=$3
+    local cpu0 max=0 r
+    cpu0=$(cpu_of "$pid")
+    local t0
+    t0=$(date +%s.%N)
+    "$bin/ruse-sim" --scenarios flood --flood "$url" \
+        --flood-connections "$connections" --sources 16 --duration "${seconds}s" \
+        --json "$work/flood-$name.json" > "$work/flood-$name.txt" &
+    local sim=$!
+    while kill -0 "$sim" 2>/dev/null; do
+        r=$(rss_of "$pid")
+        [ "$r" -gt "$max" ] && max=$r
+        sleep 0.5
+    done
+    wait "$sim"
+    local t1 cpu1
+    t1=$(date +%s.%N)
+    cpu1=$(cpu_of "$pid")
+    local rate answered
+    rate=$(python3 -c "import json; d=json.load(open('$work/flood-$name.json')); print(next(r['value'] for r in d['rows'] if r['metric']=='answered rate'))")
+    answered=$(python3 -c "import json; d=json.load(open('$work/flood-$name.json')); print(int(next(r['value'] for r in d['rows'] if r['metric']=='attempts answered')))")
+    echo "$rate $((cpu1 - cpu0)) $max $(python3 -c "print($t1 - $t0)") $answered"
+}
+
+runs=()
+record() { # system protocol "rate ticks rss elapsed answered" recorded
+    local system=$1 protocol=$2 recorded=$4
+    read -r rate cpu rss elapsed answered <<< "$3"
+    runs+=("{\"system\": \"$system\", \"protocol\": \"$protocol\", \"rate\": $rate, \"answered\": $answered, \"recorded\": $recorded, \"lost\": $((answered > recorded ? answered - recorded : 0)), \"max_rss_kib\": $rss, \"cpu_pct\": $(python3 -c "print(100 * $cpu / $ticks / $elapsed)")}")
+    say "$system $protocol: $rate attempts/s answered, $recorded of $answered recorded, RSS max ${rss} KiB"
+}
+
+# OpenCanary: FTP and the HTTP login page, logging to a file.
+oc=$work/opencanary
+mkdir -p "$oc"
+"$venv/bin/python" - "$oc" <<'PY'
+import json, sys, glob, os
+oc = sys.argv[1]
+src = glob.glob(os.path.join(sys.prefix, "lib/python3*/site-packages/opencanary/data/settings.json"))[0]
+conf = json.load(open(src))
+conf["device.listen_addr"] = "127.0.0.1"
+conf["ftp.enabled"] = True
+conf["ftp.port"] = 20021
+conf["http.enabled"] = True
+conf["http.port"] = 20080
+conf["logger"]["kwargs"]["handlers"] = {
+    "file": {"class": "logging.FileHandler", "filename": os.path.join(oc, "opencanary.log")}
+}
+json.dump(conf, open(os.path.join(oc, "opencanary.conf"), "w"), indent=1)
+PY
+(cd "$oc" && exec "$venv/bin/twistd" -noy "$venv/bin/opencanary.tac" --pidfile "$oc/twistd.pid" > "$oc/twistd.out" 2>&1) &
+oc_pid=$!
+pids+=("$oc_pid")
+for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/20021) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/20080) 2>/dev/null && break
+    sleep 0.2
+done
+say "OpenCanary $oc_version: FTP flood"
+m=$(flood "$oc_pid" ftp://127.0.0.1:20021 oc-ftp)
+sleep 2
+record opencanary ftp "$m" "$(grep -c '"logtype": 2000' "$oc/opencanary.log" || true)"
+say "OpenCanary: HTTP login flood"
+m=$(flood "$oc_pid" http://127.0.0.1:20080/index.html oc-http)
+sleep 2
+record opencanary http "$m" "$(grep -c '"logtype": 3001' "$oc/opencanary.log" || true)"
+kill "$oc_pid"; wait "$oc_pid" 2>/dev/null || true
+
+# Ruse: a controller and an agent running the same two services.
+data=$work/peer-controller
+"$bin/ruse-controller" init --data-dir "$data" --controller-url https://127.0.0.1:17590 > "$work/peer.init"
+pin=$(grep -o 'sha256:[0-9a-f]*' "$work/peer.init" | head -n1)
+ctx=$data/admin/rusectl.toml
+RUSE_LOG_LEVEL=warn "$bin/ruse-controller" serve --data-dir "$data" --listen 127.0.0.1:17590 > "$work/peer-controller.log" 2>&1 &
+ctl_pid=$!
+pids+=("$ctl_pid")
+for _ in $(seq 100); do "$bin/rusectl" --context-file "$ctx" whoami > /dev/null 2>&1 && break; sleep 0.1; done
+"$bin/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 > "$work/peer.token" 2>/dev/null
+mkdir -p "$work/peer-agent/root"
+RUSE_LOG_LEVEL=warn "$bin/ruse-agent" run --controller https://127.0.0.1:17590 --ca-pin "$pin" \
+    --token-file "$work/peer.token" --state-dir "$work/peer-agent/state" --root "$work/peer-agent/root" \
+    --label decoys=peer > "$work/peer-agent.log" 2>&1 &
+agent_pid=$!
+pids+=("$agent_pid")
+cat > "$work/peer.yaml" <<YAML
+kind: Decoy
+name: peer
+selector: {decoys: peer}
+address: 127.0.0.1
+listen: 127.0.0.1
+services:
+  - {protocol: ftp, port: 20121}
+  - {protocol: http, port: 20180}
+YAML
+for _ in $(seq 100); do
+    "$bin/rusectl" --context-file "$ctx" get agents -o json 2>/dev/null | grep -q '"online"' && break
+    sleep 0.2
+done
+"$bin/rusectl" --context-file "$ctx" apply -f "$work/peer.yaml" > /dev/null
+for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/20121) 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/20180) 2>/dev/null && break
+    sleep 0.2
+done
+logins() {
+    "$bin/rusectl" --context-file "$ctx" get metrics 2>/dev/null \
+        | awk '/^ruse_events_by_kind_total\{kind="decoy-login"\}/ { print $2 }' | head -n1
+}
+# Waits until the controller's count stops moving (the agent batches).
+settled() {
+    local last=-1 now
+    for _ in $(seq 120); do
+        now=$(logins); now=${now:-0}
+        [ "$now" = "$last" ] && { echo "$now"; return; }
+        last=$now
+        sleep 1
+    done
+    echo "$last"
+}
+ctl_cpu0=$(cpu_of "$ctl_pid")
+t0=$(date +%s.%N)
+say "Ruse: FTP flood"
+m=$(flood "$agent_pid" ftp://127.0.0.1:20121 ruse-ftp)
+ftp_logins=$(settled)
+record ruse ftp "$m" "$ftp_logins"
+say "Ruse: HTTP login flood"
+m=$(flood "$agent_pid" http://127.0.0.1:20180/login ruse-http)
+all_logins=$(settled)
+record ruse http "$m" "$((all_logins - ftp_logins))"
+ctl_cpu_pct=$(python3 -c "import time; print(100 * ($(cpu_of "$ctl_pid") - $ctl_cpu0) / $ticks / ($(date +%s.%N) - $t0))")
+
+{
+    echo "{\"opencanary_version\": \"$oc_version\", \"python\": \"$py_version\", \"connections\": $connections,"
+    echo " \"seconds\": $seconds, \"controller_cpu_pct\": $ctl_cpu_pct, \"runs\": ["
+    (IFS=,; echo "${runs[*]}")
+    echo "]}"
+} > "$results/peer.json"
+for f in "$work"/flood-*.txt; do
+    { echo "# $(basename "$f")"; cat "$f"; } >> "$results/peer.txt"
+done
