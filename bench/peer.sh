@@ -120,9 +120,11 @@ name: peer
 selector: {decoys: peer}
 address: 127.0.0.1
 listen: 127.0.0.1
+# OpenCanary refuses at once; so does this decoy (the default waits as
+# vsftpd and a web login do, 300 ms, which bounds a flood by concurrency).
 services:
-  - {protocol: ftp, port: 20121}
-  - {protocol: http, port: 20180}
+  - {protocol: ftp, port: 20121, refusal_delay: 0s}
+  - {protocol: http, port: 20180, refusal_delay: 0s}
 YAML
 for _ in $(seq 100); do
     "$bin/rusectl" --context-file "$ctx" get agents -o json 2>/dev/null | grep -q '"online"' && break

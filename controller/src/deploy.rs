@@ -183,6 +183,9 @@ pub fn decoy_spec(decoy: &Decoy) -> pb::DecoySpec {
             .map(|s| pb::DecoyService {
                 protocol: s.protocol.clone(),
                 port: u32::from(s.port),
+                refusal_delay_ms: s
+                    .refusal_delay()
+                    .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
             })
             .collect(),
     }

@@ -239,7 +239,11 @@ impl Events {
         out.stored = stored.len();
         Metrics::add(&self.metrics.events_duplicate, out.duplicates as u64);
         Metrics::add(&self.metrics.events_rejected, out.rejected.len() as u64);
-        for e in stored {
+        // Logs are for people: decoy contacts and stolen-credential use one
+        // line each, lure touches one line per batch (a burst of reads is
+        // thousands of events; outputs and `watch` carry every one).
+        let mut touches: Option<(&StoredEvent, usize)> = None;
+        for e in &stored {
             self.metrics.event_persisted(&e.kind);
             if let Some(d) = &e.decoy {
                 if e.kind == CREDENTIAL_USE {
@@ -248,10 +252,15 @@ impl Events {
                     tracing::info!(agent = %e.agent, decoy = %d.name, protocol = %d.protocol, source = %d.source_ip, kind = %e.kind, "decoy contact");
                 }
             } else if e.allowed {
-                tracing::info!(agent = %e.agent, lure = %e.lure_id, path = %e.path, rule = %e.allow_rule, "lure read by an allowed reader");
+                tracing::debug!(agent = %e.agent, lure = %e.lure_id, path = %e.path, rule = %e.allow_rule, "lure read by an allowed reader");
             } else {
-                tracing::warn!(agent = %e.agent, lure = %e.lure_id, kind = %e.kind, path = %e.path, exe = %e.process.as_ref().map_or("", |p| p.exe.as_str()), "lure event");
+                touches = Some(touches.map_or((e, 1), |(first, n)| (first, n + 1)));
             }
+        }
+        if let Some((e, n)) = touches {
+            tracing::warn!(agent = %e.agent, events = n, lure = %e.lure_id, kind = %e.kind, path = %e.path, exe = %e.process.as_ref().map_or("", |p| p.exe.as_str()), "lure events (first shown)");
+        }
+        for e in stored {
             // No receivers is fine.
             let _ = self.live.send(Arc::new(e));
         }

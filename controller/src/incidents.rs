@@ -187,9 +187,11 @@ pub enum Outcome {
     Ignored,
     /// A suppression matched (its name).
     Suppressed(String),
-    Opened(Box<Incident>),
+    /// Shared with the correlator's live copy: drop it before correlating
+    /// the next event, or that event pays for a copy of the incident.
+    Opened(std::sync::Arc<Incident>),
     Updated {
-        incident: Box<Incident>,
+        incident: std::sync::Arc<Incident>,
         /// The severity rose.
         escalated: bool,
     },
@@ -364,8 +366,9 @@ pub fn summary(e: &StoredEvent, dir: &dyn Directory) -> String {
 #[derive(Debug)]
 pub struct Correlator {
     window: Duration,
-    /// Open and acknowledged incidents, by id.
-    live: HashMap<String, Incident>,
+    /// Open and acknowledged incidents, by id; shared copy-on-write with
+    /// the outcome of the last correlation.
+    live: HashMap<String, std::sync::Arc<Incident>>,
     /// Key → (incident id, last seen).
     index: HashMap<String, (String, UnixMs)>,
 }
@@ -383,14 +386,14 @@ impl Correlator {
                 for k in &i.keys {
                     c.index.insert(k.clone(), (i.id.clone(), i.last_seen));
                 }
-                c.live.insert(i.id.clone(), i);
+                c.live.insert(i.id.clone(), std::sync::Arc::new(i));
             }
         }
         c
     }
 
     pub fn get(&self, id: &str) -> Option<&Incident> {
-        self.live.get(id)
+        self.live.get(id).map(|i| &**i)
     }
 
     /// Replaces a live incident after a lifecycle change; a resolved one
@@ -400,13 +403,14 @@ impl Correlator {
             self.live.remove(&incident.id);
             self.index.retain(|_, (id, _)| *id != incident.id);
         } else {
-            self.live.insert(incident.id.clone(), incident);
+            self.live
+                .insert(incident.id.clone(), std::sync::Arc::new(incident));
         }
     }
 
     /// Live incidents, for views.
     pub fn live(&self) -> impl Iterator<Item = &Incident> {
-        self.live.values()
+        self.live.values().map(|i| &**i)
     }
 
     /// Forgets index entries older than the window (bounded memory).
@@ -444,13 +448,13 @@ impl Correlator {
             .filter_map(|(id, _)| self.live.get(id))
             .min_by_key(|i| (i.created, i.id.clone()))
             .map(|i| i.id.clone());
-        let (mut incident, opened) = match found {
+        let (mut shared, opened) = match found {
             Some(id) => match self.live.remove(&id) {
                 Some(i) => (i, false),
                 None => return Outcome::Ignored,
             },
             None => (
-                Incident {
+                std::sync::Arc::new(Incident {
                     id: new_ulid(),
                     title: String::new(),
                     severity,
@@ -478,23 +482,25 @@ impl Correlator {
                     resolved_by: String::new(),
                     resolution: String::new(),
                     deliveries: BTreeMap::new(),
-                },
+                }),
                 true,
             ),
         };
+        // Copies only if someone still holds the previous outcome.
+        let incident = std::sync::Arc::make_mut(&mut shared);
         let before = incident.severity;
-        self.absorb(&mut incident, e, severity, dir, now);
+        self.absorb(incident, e, severity, dir, now);
         for k in keys {
             self.index.insert(k.clone(), (incident.id.clone(), at));
             incident.keys.insert(k);
         }
         let escalated = !opened && incident.severity > before;
-        self.live.insert(incident.id.clone(), incident.clone());
+        self.live.insert(incident.id.clone(), shared.clone());
         if opened {
-            Outcome::Opened(Box::new(incident))
+            Outcome::Opened(shared)
         } else {
             Outcome::Updated {
-                incident: Box::new(incident),
+                incident: shared,
                 escalated,
             }
         }
@@ -785,18 +791,20 @@ impl Incidents {
     ) -> Result<Changes, crate::store::StoreError> {
         let now = UnixMs::now();
         let mut changes = Changes::default();
-        let mut touched: BTreeMap<String, Incident> = BTreeMap::new();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut hits: BTreeMap<String, u64> = BTreeMap::new();
-        {
+        let touched: Vec<Incident> = {
             let mut c = self.correlator();
             c.expire(now);
             for (e, drill) in events {
                 match c.correlate(e, drill.as_deref(), suppressions, dir, now) {
                     Outcome::Ignored => {}
                     Outcome::Suppressed(name) => *hits.entry(name).or_default() += 1,
+                    // Only ids are kept, so the next event on the same
+                    // incident updates it in place.
                     Outcome::Opened(i) => {
                         changes.notices.push((i.id.clone(), Notice::Opened));
-                        touched.insert(i.id.clone(), *i);
+                        touched.insert(i.id.clone());
                     }
                     Outcome::Updated {
                         incident,
@@ -807,14 +815,18 @@ impl Incidents {
                                 .notices
                                 .push((incident.id.clone(), Notice::Escalated));
                         }
-                        touched.insert(incident.id.clone(), *incident);
+                        touched.insert(incident.id.clone());
                     }
                 }
             }
-        }
+            touched
+                .iter()
+                .filter_map(|id| c.get(id).cloned())
+                .collect()
+        };
         {
             let mut all = self.all();
-            for i in touched.into_values() {
+            for i in touched {
                 // Deliveries are recorded by the outputs; keep theirs.
                 let mut i = i;
                 if let Some(old) = all.get(&i.id) {
@@ -1090,14 +1102,14 @@ mod tests {
 
     fn opened(o: Outcome) -> Incident {
         match o {
-            Outcome::Opened(i) => *i,
+            Outcome::Opened(i) => (*i).clone(),
             other => panic!("expected a new incident, got {other:?}"),
         }
     }
 
     fn updated(o: Outcome) -> Incident {
         match o {
-            Outcome::Updated { incident, .. } => *incident,
+            Outcome::Updated { incident, .. } => (*incident).clone(),
             other => panic!("expected an update, got {other:?}"),
         }
     }

@@ -155,6 +155,19 @@ pub struct DecoyManifest {
 pub struct ServiceManifest {
     pub protocol: String,
     pub port: u16,
+    /// How long a refused login waits before the refusal (`300ms`, `2s`);
+    /// default: what the imitated server does. At most 10 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_delay: Option<String>,
+}
+
+impl ServiceManifest {
+    /// The refusal delay, if set (validated when the manifest was read).
+    pub fn refusal_delay(&self) -> Option<Duration> {
+        self.refusal_delay
+            .as_deref()
+            .and_then(|d| parse_duration(d).ok())
+    }
 }
 
 /// A known benign reader, as written by the operator.
@@ -827,6 +840,18 @@ fn check_decoy(m: DecoyManifest) -> Result<Decoy, (String, String)> {
                 format!("port {} is used twice", s.port),
             ));
         }
+        if let Some(d) = &s.refusal_delay {
+            match parse_duration(d) {
+                Ok(d) if d <= Duration::from_secs(10) => {}
+                Ok(_) => {
+                    return Err((
+                        format!("services[{i}].refusal_delay"),
+                        "must be at most 10s".into(),
+                    ));
+                }
+                Err(e) => return Err((format!("services[{i}].refusal_delay"), e.to_string())),
+            }
+        }
     }
     let address = match m.address {
         Some(a) => {
@@ -936,6 +961,14 @@ services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
             (
                 "kind: Decoy\nname: d\nservices: [{protocol: telnet, port: 23}]\n",
                 "services[0].protocol: unknown protocol \"telnet\"",
+            ),
+            (
+                "kind: Decoy\nname: d\nservices: [{protocol: ftp, port: 21, refusal_delay: 1m}]\n",
+                "services[0].refusal_delay: must be at most 10s",
+            ),
+            (
+                "kind: Decoy\nname: d\nservices: [{protocol: ftp, port: 21, refusal_delay: slow}]\n",
+                "services[0].refusal_delay:",
             ),
             (
                 "kind: Campaign\nname: c\nlures: [{template: patient-csv, path: \"../etc\"}]\n",

@@ -121,7 +121,7 @@ async fn touch_and_flood_scenarios_measure_a_real_agent() {
     std::fs::write(
         &manifest,
         format!(
-            "kind: Decoy\nname: bench\nselector: {{decoys: bench}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices: [{{protocol: ftp, port: {}}}]\n---\nkind: Campaign\nname: touch\nselector: {{role: bench}}\nlures:\n  - {{template: patient-csv, path: '~/touch'}}\n  - {{template: hl7-adt, path: '~/touch'}}\n",
+            "kind: Decoy\nname: bench\nselector: {{decoys: bench}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices: [{{protocol: ftp, port: {}, refusal_delay: 0s}}]\n---\nkind: Campaign\nname: touch\nselector: {{role: bench}}\nlures:\n  - {{template: patient-csv, path: '~/touch'}}\n  - {{template: hl7-adt, path: '~/touch'}}\n",
             ports[0]
         ),
     )

@@ -86,7 +86,8 @@ pub async fn serve(mut conn: Conn) {
                     String::new(),
                 );
                 // vsftpd waits before refusing.
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                ctx.refusal_pause(std::time::Duration::from_millis(300))
+                    .await;
                 b"530 Login incorrect.\r\n"
             }
             Reply::Quit => {

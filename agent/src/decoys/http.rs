@@ -203,7 +203,7 @@ async fn handle(
     let fhir = path.ends_with("/metadata") || path.starts_with("/fhir");
     if let Some(p) = &auth {
         report(p);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        ctx.refusal_pause(Duration::from_millis(150)).await;
         let mut r = if fhir {
             response(
                 StatusCode::UNAUTHORIZED,
@@ -239,7 +239,7 @@ async fn handle(
             token: String::new(),
         };
         report(&presented);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        ctx.refusal_pause(Duration::from_millis(300)).await;
         return Ok(response(
             StatusCode::UNAUTHORIZED,
             "text/html; charset=utf-8",

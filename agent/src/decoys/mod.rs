@@ -91,12 +91,24 @@ pub struct ServiceCtx {
     /// Where this service keeps keys and certificates.
     pub dir: PathBuf,
     pub limits: Limits,
+    /// The decoy's `refusal_delay`, if set; otherwise each protocol waits
+    /// as the server it imitates does.
+    pub refusal_delay: Option<Duration>,
     reporter: mpsc::Sender<pb::Event>,
     /// Shared with the agent's rate-limited counter (reported in heartbeats).
     lost: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ServiceCtx {
+    /// Waits before refusing a login: `usual` (what the imitated server
+    /// does) unless the decoy sets its own delay.
+    pub async fn refusal_pause(&self, usual: Duration) {
+        let wait = self.refusal_delay.unwrap_or(usual);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Reports something a client did. Never blocks a connection: if the
     /// event queue is full the event is counted as lost.
     pub fn report(
@@ -555,6 +567,9 @@ impl DecoyManager {
             port,
             dir: self.dir.clone(),
             limits: self.limits,
+            refusal_delay: service
+                .refusal_delay_ms
+                .map(|ms| Duration::from_millis(u64::from(ms.min(10_000)))),
             reporter: self.reporter.clone(),
             lost: self.lost.clone(),
         });

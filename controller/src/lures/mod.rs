@@ -902,14 +902,17 @@ mod tests {
                 ServiceManifest {
                     protocol: "ssh".into(),
                     port: 2222,
+                    refusal_delay: None,
                 },
                 ServiceManifest {
                     protocol: "dicom".into(),
                     port: 104,
+                    refusal_delay: None,
                 },
                 ServiceManifest {
                     protocol: "https".into(),
                     port: 8443,
+                    refusal_delay: None,
                 },
             ],
         }

@@ -522,6 +522,12 @@ async fn main() -> anyhow::Result<()> {
         touch(&args, &mut admin, timeout, &mut summary).await?;
         return write_json(&args, &summary);
     }
+    let position = |s: Scenario| args.scenarios.iter().position(|x| *x == s);
+    if let Some(i) = position(Scenario::Ingest)
+        && position(Scenario::Push).is_none_or(|p| p > i)
+    {
+        bail!("`ingest` reports events for the agents' lures: run `push` before it");
+    }
     if args.scenarios.contains(&Scenario::Touch) {
         bail!("`touch` runs alone (it measures a real agent, not the simulated fleet)");
     }
