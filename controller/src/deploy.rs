@@ -29,7 +29,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 
 use ruse_proto::agent::v1 as pb;
 use ruse_proto::convert::{AgentState, PresentedCredential};
-use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
+use ruse_proto::types::{AgentId, Labels, UnixMs, hex, new_ulid};
 
 use crate::fleet::{AgentView, Fleet};
 use crate::lures::{self, Material, RenderInput, Template};
@@ -1324,25 +1324,49 @@ impl Deployer {
     /// Recomputes every agent's desired set; persists new and retired
     /// instances before waking the sessions that have something to push.
     async fn recompute(&self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let agents = self.fleet.list(&Default::default());
         let now = UnixMs::now();
         let (created, retired, wake) = {
             let mut st = self.lock();
             recompute(&mut st, &agents, now)?
         };
-        for lure in created.iter().chain(retired.iter()) {
-            self.store.put_lure(lure)?;
-        }
+        let computed = started.elapsed();
         if !created.is_empty() || !retired.is_empty() {
+            // Off the async workers: a fleet-wide campaign is 100k records.
+            let store = self.store.clone();
+            let (created, retired) = tokio::task::spawn_blocking(move || {
+                store.put_lures(&created)?;
+                store.put_lures(&retired)?;
+                Ok::<_, StoreError>((created, retired))
+            })
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+            let written = started.elapsed();
             self.committer.durable().await?;
             tracing::debug!(
                 created = created.len(),
                 retired = retired.len(),
+                agents = agents.len(),
+                compute_ms = computed.as_millis() as u64,
+                write_ms = (written - computed).as_millis() as u64,
+                flush_ms = (started.elapsed() - written).as_millis() as u64,
                 "lure registry updated"
             );
+            return self.wake_after_recompute(&created, wake);
         }
+        self.wake_after_recompute(&created, wake)
+    }
+
+    /// Marks new instances durable and wakes the sessions with something to
+    /// push.
+    fn wake_after_recompute(
+        &self,
+        created: &[LureInstance],
+        wake: Vec<AgentId>,
+    ) -> Result<(), StoreError> {
         let mut st = self.lock();
-        for lure in &created {
+        for lure in created {
             st.undurable.remove(&lure.id);
         }
         if !self.ready.swap(true, Ordering::AcqRel) {
@@ -1517,6 +1541,13 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
         .iter()
         .filter(|a| a.state != AgentState::Revoked)
         .collect();
+    // Each agent's labels once (they are merged from four sources).
+    let labels: HashMap<&AgentId, Labels> = live
+        .iter()
+        .map(|a| (&a.record.id, a.record.labels()))
+        .collect();
+    let matches =
+        |id: &AgentId, selector: &Labels| labels.get(id).is_some_and(|l| l.matches(selector));
     let mut desired: HashMap<AgentId, BTreeMap<String, Desired>> = live
         .iter()
         .map(|a| (a.record.id.clone(), BTreeMap::new()))
@@ -1534,7 +1565,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
     for (name, record) in campaigns.iter() {
         let matching: Vec<&AgentId> = live
             .iter()
-            .filter(|a| a.record.labels().matches(&record.target.spec.selector))
+            .filter(|a| matches(&a.record.id, &record.target.spec.selector))
             .map(|a| &a.record.id)
             .collect();
         let order = rollout_order(name, matching);
@@ -1542,6 +1573,12 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
             .iter()
             .copied()
             .collect();
+        // Shared by every agent's desired entry instead of a copy each.
+        let shared_slots = |g: &Generation| -> Vec<Arc<LureSlot>> {
+            g.spec.lures.iter().cloned().map(Arc::new).collect()
+        };
+        let target_slots = shared_slots(&record.target);
+        let stable_slots = record.stable.as_ref().map(shared_slots).unwrap_or_default();
         for agent in &live {
             let id = &agent.record.id;
             let generation = if released.contains(id) {
@@ -1550,12 +1587,17 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
                 record
                     .stable
                     .as_ref()
-                    .filter(|s| agent.record.labels().matches(&s.spec.selector))
+                    .filter(|s| matches(&agent.record.id, &s.spec.selector))
             };
             let Some(generation) = generation else {
                 continue;
             };
-            for slot in &generation.spec.lures {
+            let slots = if std::ptr::eq(generation, &record.target) {
+                &target_slots
+            } else {
+                &stable_slots
+            };
+            for (slot, shared) in generation.spec.lures.iter().zip(slots) {
                 let key = (id.clone(), name.clone(), slot.key.clone(), generation.epoch);
                 let existing = registry
                     .by_key
@@ -1596,7 +1638,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
                             revision,
                             campaign: name.clone(),
                             payload: Payload::Lure {
-                                slot: Arc::new(slot.clone()),
+                                slot: shared.clone(),
                                 decoy,
                             },
                         },
@@ -1610,7 +1652,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
     for agent in &live {
         let rules: Vec<pb::AllowRule> = allow_rules
             .values()
-            .filter(|r| agent.record.labels().matches(&r.selector))
+            .filter(|r| matches(&agent.record.id, &r.selector))
             .map(|r| pb::AllowRule {
                 name: r.name.clone(),
                 process: r.process.clone(),
@@ -1642,7 +1684,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
         let revision = content_revision(&body);
         for agent in live
             .iter()
-            .filter(|a| a.record.labels().matches(&decoy.selector))
+            .filter(|a| matches(&a.record.id, &decoy.selector))
         {
             if let Some(set) = desired.get_mut(&agent.record.id) {
                 set.insert(

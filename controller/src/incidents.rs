@@ -819,10 +819,7 @@ impl Incidents {
                     }
                 }
             }
-            touched
-                .iter()
-                .filter_map(|id| c.get(id).cloned())
-                .collect()
+            touched.iter().filter_map(|id| c.get(id).cloned()).collect()
         };
         {
             let mut all = self.all();

@@ -182,6 +182,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError>;
     fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError>;
     fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError>;
+    /// Many lures in one write (a campaign for a whole fleet).
+    fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
+        lures.iter().try_for_each(|l| self.put_lure(l))
+    }
 
     /// Stores an event unless one with its id is already stored; returns
     /// whether it was stored (atomic per event: a resend after a crash is

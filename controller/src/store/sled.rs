@@ -343,6 +343,16 @@ impl Store for SledStore {
         Self::put(&self.lures, &lure.id, lure)
     }
 
+    fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for lure in lures {
+            let bytes = serde_json::to_vec(lure)
+                .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+            batch.insert(lure.id.as_bytes(), bytes);
+        }
+        self.lures.apply_batch(batch).map_err(engine)
+    }
+
     fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
         let bytes = serde_json::to_vec(event)
             .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
