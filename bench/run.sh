@@ -7,7 +7,8 @@
 # Environment:
 #   RUSE_BENCH_SIZES       simulated fleet sizes (default "1000 10000")
 #   RUSE_BENCH_IDLE        idle-agent measurement in seconds (default 600)
-#   RUSE_BENCH_RATE        ingest target, events/s (default 60000)
+#   RUSE_BENCH_RATE        sustained ingest rate, events/s (default 25000);
+#                          a second run at 3x measures saturation
 #   RUSE_BENCH_OUT         the report (default docs/benchmarks.md)
 #   CARGO_TARGET_DIR       where release binaries are built
 #
@@ -30,7 +31,7 @@ if [ "$quick" = yes ]; then
 else
     sizes=${RUSE_BENCH_SIZES:-"1000 10000"}
     idle=${RUSE_BENCH_IDLE:-600}
-    rate=${RUSE_BENCH_RATE:-60000}
+    rate=${RUSE_BENCH_RATE:-25000}
     ingest_for=20s
     touches=300
     idle_lures=1000
@@ -93,6 +94,17 @@ for n in $sizes; do
     stop_controller
 done
 
+# Saturation: three times the sustained rate, on the smallest fleet.
+n=${sizes%% *}
+say "ingest saturation, $n agents at $((rate * 3)) events/s"
+start_controller "saturation"
+"$bin/ruse-sim" --controller "$ctl_url" --ca-pin "$pin" --context-file "$ctx" \
+    -n "$n" --lures 10 --rate "$((rate * 3))" --batch 100 --duration "$ingest_for" \
+    --sources 16 --concurrency 128 --controller-pid "$ctl_pid" \
+    --scenarios push,ingest --timeout 900s --json "$results/saturation.json" \
+    | tee "$results/saturation.txt"
+stop_controller
+
 # 2. A real agent with fanotify: touch latency, then idle cost.
 say "real agent: lure read to rusectl watch, then idle for ${idle}s"
 start_controller agent
@@ -127,13 +139,17 @@ pids+=("$agent_pid")
     --scenarios touch --touch-root "$agent_dir/root/home/clinician/touch" --touches "$touches" \
     --timeout 600s --json "$results/touch.json" | tee "$results/touch.txt"
 
-# Idle: many lures and one decoy service, nothing happening.
+# Idle: many lures and one decoy service, nothing happening. Campaigns
+# hold at most 64 lures: 50 per campaign.
 {
-    echo "kind: Campaign"
-    echo "name: bench-idle"
-    echo "selector: {role: bench}"
-    echo "lures:"
     for i in $(seq "$idle_lures"); do
+        if [ $(((i - 1) % 50)) -eq 0 ]; then
+            [ "$i" -gt 1 ] && echo "---"
+            echo "kind: Campaign"
+            echo "name: bench-idle-$(((i - 1) / 50))"
+            echo "selector: {role: bench}"
+            echo "lures:"
+        fi
         case $((i % 4)) in
             0) echo "  - {template: patient-csv, name: csv-$i, path: '~/idle/$i', params: {rows: '5'}}" ;;
             1) echo "  - {template: hl7-adt, name: adt-$i, path: '~/idle/$i', params: {messages: '1'}}" ;;
@@ -143,7 +159,9 @@ pids+=("$agent_pid")
     done
 } > "$work/idle.yaml"
 "$bin/rusectl" --context-file "$ctx" apply -f "$work/idle.yaml" > /dev/null
-"$bin/rusectl" --context-file "$ctx" rollout status campaign/bench-idle --timeout 600s > /dev/null
+for c in $(seq 0 $(((idle_lures - 1) / 50))); do
+    "$bin/rusectl" --context-file "$ctx" rollout status "campaign/bench-idle-$c" --timeout 600s > /dev/null
+done
 lures=$(find "$agent_dir/root/home/clinician" -type f | wc -l)
 sleep 5
 ticks=$(getconf CLK_TCK)

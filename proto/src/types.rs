@@ -680,11 +680,39 @@ pub mod duration_str {
 /// Fills `buf` from the operating system's secure random source.
 pub fn random_bytes(buf: &mut [u8]) {
     use ring::rand::SecureRandom;
-    // The system RNG failing is not recoverable and does not happen on Linux
-    // after early boot; refuse to continue with predictable bytes.
-    if ring::rand::SystemRandom::new().fill(buf).is_err() {
-        panic!("the operating system's random number generator failed");
+    use std::cell::RefCell;
+    const POOL: usize = 4096;
+    // Small requests are served from a per-thread pool of OS randomness,
+    // refilled 4 KiB at a time: a fleet-wide campaign generates hundreds of
+    // thousands of secrets, and one getrandom call each was most of its
+    // cost. Bytes handed out are wiped from the pool.
+    thread_local! {
+        static RANDOM: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
     }
+    let fill = |out: &mut [u8]| {
+        // The system RNG failing is not recoverable and does not happen on
+        // Linux after early boot; refuse to continue with predictable bytes.
+        if ring::rand::SystemRandom::new().fill(out).is_err() {
+            panic!("the operating system's random number generator failed");
+        }
+    };
+    if buf.len() > 256 {
+        fill(buf);
+        return;
+    }
+    RANDOM.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let (bytes, used) = &mut *pool;
+        if bytes.len() != POOL || POOL - *used < buf.len() {
+            bytes.resize(POOL, 0);
+            fill(bytes);
+            *used = 0;
+        }
+        let taken = &mut bytes[*used..*used + buf.len()];
+        buf.copy_from_slice(taken);
+        taken.fill(0);
+        *used += buf.len();
+    });
 }
 
 const CROCKFORD: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
@@ -846,6 +874,20 @@ mod tests {
         let now = UnixMs::now().0;
         assert!(ulid_floor(now - 1000) < id);
         assert!(ulid_floor(now + 1000) > id);
+    }
+
+    #[test]
+    fn random_bytes_never_repeat_across_pool_refills() {
+        let mut seen = std::collections::HashSet::new();
+        // Well past one 4 KiB pool, in sizes that straddle its end.
+        for n in [8usize, 13, 40, 255, 300, 4096] {
+            for _ in 0..200 {
+                let mut buf = vec![0u8; n];
+                random_bytes(&mut buf);
+                assert!(buf.iter().any(|b| *b != 0));
+                assert!(seen.insert(buf), "a random block repeated");
+            }
+        }
     }
 
     #[test]
