@@ -172,7 +172,9 @@ out.append(
 )
 if quick:
     out.append("> **Quick run** (`bench/run.sh --quick`): tiny sizes, not representative.\n")
+commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 out.append(f"**Machine:** {machine()}.\n")
+out.append(f"**Code:** commit {os.environ.get('RUSE_BENCH_COMMIT', commit)}.\n")
 out.append("**Reproduce:** `sudo bench/run.sh` (about 25 minutes; root for fanotify).\n")
 out.append("## Figures against budgets\n")
 out.append("| what | measured | budget | verdict |")

@@ -10,6 +10,9 @@
 #   RUSE_BENCH_RATE        sustained ingest rate, events/s (default 25000);
 #                          a second run at 3x measures saturation
 #   RUSE_BENCH_OUT         the report (default docs/benchmarks.md)
+#   RUSE_BENCH_PARTS       which parts to run (default "fleet agent peer criterion")
+#   RUSE_BENCH_RESULTS     results directory to add to (default: a new one),
+#                          so one part can be measured again after a change
 #   CARGO_TARGET_DIR       where release binaries are built
 #
 # Needs root for the real agent's fanotify watcher (touch latency, idle
@@ -41,8 +44,10 @@ out=${RUSE_BENCH_OUT:-$root/docs/benchmarks.md}
 target=${CARGO_TARGET_DIR:-$root/target}
 bin=$target/release
 work=$(mktemp -d /var/tmp/ruse-bench.XXXXXX)
-results=$work/results
+results=${RUSE_BENCH_RESULTS:-$work/results}
 mkdir -p "$results"
+parts=${RUSE_BENCH_PARTS:-"fleet agent peer criterion"}
+want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -83,6 +88,7 @@ stop_controller() {
 }
 
 # 1. Simulated fleets: memory per agent, push, ingest, storm.
+if want fleet; then
 for n in $sizes; do
     say "fleet of $n simulated agents"
     start_controller "fleet-$n"
@@ -104,8 +110,10 @@ start_controller "saturation"
     --scenarios push,ingest --timeout 900s --json "$results/saturation.json" \
     | tee "$results/saturation.txt"
 stop_controller
+fi
 
 # 2. A real agent with fanotify: touch latency, then idle cost.
+if want agent; then
 say "real agent: lure read to rusectl watch, then idle for ${idle}s"
 start_controller agent
 agent_dir=$work/agent-host
@@ -186,17 +194,18 @@ JSON
 cat "$results/idle.json"
 kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true
 stop_controller
+fi
 
 # 3. Sizes.
 stat -c '{"agent_bytes": %s}' "$bin/ruse-agent" > "$results/size.json"
 
 # 4. The peer: OpenCanary against Ruse's decoys, same flood.
-if [ "$quick" = no ] || [ -n "${RUSE_BENCH_PEER:-}" ]; then
+if want peer && { [ "$quick" = no ] || [ -n "${RUSE_BENCH_PEER:-}" ]; }; then
     bash "$root/bench/peer.sh" "$bin" "$work" "$results" "$flood_for"
 fi
 
 # 5. Criterion micro-benchmarks.
-if [ "$quick" = no ]; then
+if want criterion && [ "$quick" = no ]; then
     say "criterion benches"
     (cd "$root" && cargo bench --quiet -p ruse-controller --bench hot_paths -- --noplot 2>/dev/null) \
         | tee "$results/criterion.txt"

@@ -826,16 +826,10 @@ impl Incidents {
             for i in touched {
                 // Deliveries are recorded by the outputs; keep theirs.
                 let mut i = i;
-                let mut stored_entries = 0;
                 if let Some(old) = all.get(&i.id) {
                     i.deliveries = old.deliveries.clone();
-                    stored_entries = old.timeline.len();
                 }
-                // Only the new timeline entries are written.
-                let timeline = std::mem::take(&mut i.timeline);
-                self.store
-                    .put_incident_parts(&i, &timeline, stored_entries)?;
-                i.timeline = timeline;
+                self.store.put_incident(&i)?;
                 all.insert(i.id.clone(), i.clone());
                 changes.incidents.push(i);
             }

@@ -19,7 +19,7 @@ use ruse_proto::types::{AdminName, AgentId, Labels, Role, TokenId, UnixMs};
 
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::incidents::{Incident, TimelineEntry};
+use crate::incidents::Incident;
 use crate::resources::{AllowRule, Decoy, Suppression};
 
 pub use self::sled::SledStore;
@@ -165,15 +165,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Every incident (resolved ones too).
     fn incidents(&self) -> Result<Vec<Incident>, StoreError>;
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError>;
-    /// Writes an incident whose `timeline` is passed separately (the
-    /// header's own is ignored), storing only entries from index `from`
-    /// on: the rest were written before. Timelines only grow.
-    fn put_incident_parts(
-        &self,
-        header: &Incident,
-        timeline: &[TimelineEntry],
-        from: usize,
-    ) -> Result<(), StoreError>;
 
     /// Named counters (suppression hits, …).
     fn counters(&self) -> Result<Vec<(String, u64)>, StoreError>;

@@ -14,7 +14,7 @@ use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::incidents::{Incident, TimelineEntry};
+use crate::incidents::Incident;
 use crate::resources::{AllowRule, Decoy, Suppression};
 
 const AGENTS: &str = "agents";
@@ -28,9 +28,6 @@ const EVENTS: &str = "events";
 const ALLOW_RULES: &str = "allow_rules";
 const SUPPRESSIONS: &str = "suppressions";
 const INCIDENTS: &str = "incidents";
-/// Incident timelines, one key per entry (`<incident>/<index>`), so an
-/// incident's header is rewritten per batch but its timeline only grows.
-const TIMELINES: &str = "timelines";
 const COUNTERS: &str = "counters";
 
 /// The sled-backed [`Store`].
@@ -48,7 +45,6 @@ pub struct SledStore {
     allow_rules: sled::Tree,
     suppressions: sled::Tree,
     incidents: sled::Tree,
-    timelines: sled::Tree,
     counters: sled::Tree,
 }
 
@@ -92,7 +88,6 @@ impl SledStore {
             allow_rules: db.open_tree(ALLOW_RULES).map_err(engine)?,
             suppressions: db.open_tree(SUPPRESSIONS).map_err(engine)?,
             incidents: db.open_tree(INCIDENTS).map_err(engine)?,
-            timelines: db.open_tree(TIMELINES).map_err(engine)?,
             counters: db.open_tree(COUNTERS).map_err(engine)?,
             db,
         })
@@ -270,58 +265,11 @@ impl Store for SledStore {
     }
 
     fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        let mut all: Vec<Incident> = Self::all(&self.incidents, INCIDENTS)?;
-        for incident in &mut all {
-            let prefix = format!("{}/", incident.id);
-            let entries = self
-                .timelines
-                .scan_prefix(prefix.as_bytes())
-                .map(|kv| {
-                    let (k, v) = kv.map_err(engine)?;
-                    decode(TIMELINES, &k, &v)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            // Records written before timelines had their own tree keep
-            // theirs inline.
-            if !entries.is_empty() {
-                incident.timeline = entries;
-            }
-        }
-        Ok(all)
+        Self::all(&self.incidents, INCIDENTS)
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        let mut header = incident.clone();
-        let timeline = std::mem::take(&mut header.timeline);
-        self.put_incident_parts(&header, &timeline, 0)
-    }
-
-    fn put_incident_parts(
-        &self,
-        header: &Incident,
-        timeline: &[TimelineEntry],
-        from: usize,
-    ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (i, entry) in timeline.iter().enumerate().skip(from) {
-            let bytes = serde_json::to_vec(entry)
-                .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
-            batch.insert(format!("{}/{i:06}", header.id).as_bytes(), bytes);
-        }
-        // The header's own timeline is not written (callers leave it empty).
-        let header_bytes = if header.timeline.is_empty() {
-            serde_json::to_vec(header)
-        } else {
-            serde_json::to_vec(&Incident {
-                timeline: Vec::new(),
-                ..header.clone()
-            })
-        }
-        .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
-        let header = (header.id.as_bytes(), header_bytes);
-        self.timelines.apply_batch(batch).map_err(engine)?;
-        self.incidents.insert(header.0, header.1).map_err(engine)?;
-        Ok(())
+        Self::put(&self.incidents, &incident.id, incident)
     }
 
     fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -490,52 +438,6 @@ mod tests {
         assert_eq!(store.admins().unwrap().len(), 1);
         assert!(store.delete_token(&"t1".parse().unwrap()).unwrap());
         assert!(!store.delete_token(&"t1".parse().unwrap()).unwrap());
-    }
-
-    #[test]
-    fn incident_timelines_are_appended_and_reassembled() {
-        let dir = tempfile::tempdir().unwrap();
-        let entry = |n: i64| TimelineEntry {
-            event_id: format!("e{n}"),
-            at: UnixMs(n),
-            agent: AgentId::generate(),
-            kind: "touch".into(),
-            summary: format!("read {n}"),
-        };
-        let mut incident = crate::incidents::tests_support::incident();
-        let legacy = {
-            let mut i = crate::incidents::tests_support::incident();
-            i.timeline = vec![entry(100)];
-            i
-        };
-        {
-            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
-            let first: Vec<TimelineEntry> = (0..3).map(entry).collect();
-            incident.timeline = Vec::new();
-            store.put_incident_parts(&incident, &first, 0).unwrap();
-            // A later batch writes only its two new entries.
-            let all: Vec<TimelineEntry> = (0..5).map(entry).collect();
-            incident.event_count = 5;
-            store.put_incident_parts(&incident, &all, 3).unwrap();
-            // A record from before timelines had their own tree.
-            SledStore::put(&store.incidents, &legacy.id, &legacy).unwrap();
-            store.flush().unwrap();
-        }
-        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
-        let loaded = store.incidents().unwrap();
-        let got = loaded.iter().find(|i| i.id == incident.id).unwrap();
-        assert_eq!(got.event_count, 5);
-        let ids: Vec<&str> = got.timeline.iter().map(|t| t.event_id.as_str()).collect();
-        assert_eq!(ids, ["e0", "e1", "e2", "e3", "e4"]);
-        let old = loaded.iter().find(|i| i.id == legacy.id).unwrap();
-        assert_eq!(old.timeline.len(), 1);
-        // A full rewrite (a lifecycle change) keeps the same timeline.
-        let mut whole = got.clone();
-        whole.status = crate::incidents::Status::Acknowledged;
-        store.put_incident(&whole).unwrap();
-        let again = store.incidents().unwrap();
-        let got = again.iter().find(|i| i.id == incident.id).unwrap();
-        assert_eq!(got.timeline.len(), 5);
     }
 
     #[test]
