@@ -52,6 +52,11 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # The stores hold millions of events (gigabytes): keep only results
+    # and logs unless RUSE_BENCH_KEEP is set.
+    if [ -z "${RUSE_BENCH_KEEP:-}" ]; then
+        find "$work" -mindepth 1 -maxdepth 1 -type d ! -name results -exec rm -rf {} +
+    fi
 }
 trap cleanup EXIT
 say() { echo "==> $*" >&2; }
@@ -66,6 +71,7 @@ start_controller() {
     local name=$1
     port=$((port + 10))
     local data=$work/$name
+    ctl_data=$data
     "$bin/ruse-controller" init --data-dir "$data" --controller-url "https://127.0.0.1:$port" > "$work/$name.init"
     pin=$(grep -o 'sha256:[0-9a-f]*' "$work/$name.init" | head -n1)
     ctx=$data/admin/rusectl.toml
@@ -85,6 +91,7 @@ start_controller() {
 stop_controller() {
     kill "$ctl_pid" 2>/dev/null || true
     wait "$ctl_pid" 2>/dev/null || true
+    [ -n "${RUSE_BENCH_KEEP:-}" ] || rm -rf "$ctl_data"
 }
 
 # 1. Simulated fleets: memory per agent, push, ingest, storm.
