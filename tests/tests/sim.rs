@@ -21,30 +21,33 @@ fn every_simulator_scenario_runs_against_a_real_controller() {
         spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
     let url = format!("https://{addr}");
     let json = dir.path().join("sim.json");
-    let out = Command::new(binary("ruse-sim"))
-        .args(["--controller", &url, "--admin", &url, "--ca-pin", &pin])
-        .arg("--context-file")
-        .arg(data.join("admin/rusectl.toml"))
-        .args(["-n", "6", "--lures", "3", "--rate", "600", "--batch", "10"])
-        .args(["--duration", "1s", "--hold", "200ms", "--sources", "3"])
-        .args([
+    let mut args = admin_args(&url, &pin, &data);
+    args.extend(
+        [
+            "-n",
+            "6",
+            "--lures",
+            "3",
+            "--rate",
+            "600",
+            "--batch",
+            "10",
+            "--duration",
+            "1s",
+            "--hold",
+            "200ms",
+            "--sources",
+            "3",
             "--scenarios",
             "connect,push,ingest,storm",
             "--timeout",
             "60s",
-        ])
-        .args(["--controller-pid", &controller.pid().to_string()])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ruse-sim failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+            "--controller-pid",
+        ]
+        .map(String::from),
     );
-    let report = rows(&json);
+    args.push(controller.pid().to_string());
+    let report = sim(&args, &json);
     let value = |scenario: &str, metric: &str| value(&report, scenario, metric);
     assert_eq!(value("connect", "agents connected"), 6.0);
     assert!(value("connect", "controller memory per agent") >= 0.0);
@@ -62,6 +65,39 @@ fn every_simulator_scenario_runs_against_a_real_controller() {
     let events = ctl.json(&["get", "events", "--limit", "100000"]);
     assert_eq!(events["items"].as_array().unwrap().len() as f64, sent);
     drop(controller);
+}
+
+/// `--controller`, `--admin`, `--ca-pin` and `--context-file` for the
+/// controller initialised in `data`.
+fn admin_args(url: &str, pin: &str, data: &std::path::Path) -> Vec<String> {
+    vec![
+        "--controller".into(),
+        url.into(),
+        "--admin".into(),
+        url.into(),
+        "--ca-pin".into(),
+        pin.into(),
+        "--context-file".into(),
+        data.join("admin/rusectl.toml").display().to_string(),
+    ]
+}
+
+/// Runs `ruse-sim ARGS --json FILE`; panics with its output on failure and
+/// returns the report.
+fn sim(args: &[String], json: &std::path::Path) -> Value {
+    let out = Command::new(binary("ruse-sim"))
+        .args(args)
+        .arg("--json")
+        .arg(json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ruse-sim {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rows(json)
 }
 
 fn rows(path: &std::path::Path) -> Value {
@@ -144,24 +180,11 @@ async fn touch_and_flood_scenarios_measure_a_real_agent() {
     );
 
     let json = dir.path().join("touch.json");
-    let out = Command::new(binary("ruse-sim"))
-        .args(["--controller", &url, "--admin", &url, "--ca-pin", &pin])
-        .arg("--context-file")
-        .arg(data.join("admin/rusectl.toml"))
-        .args(["--scenarios", "touch", "--touches", "6", "--timeout", "60s"])
-        .arg("--touch-root")
-        .arg(host.join("root/home/clinician/touch"))
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ruse-sim touch failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = rows(&json);
+    let mut args = admin_args(&url, &pin, &data);
+    args.extend(["--scenarios", "touch", "--touches", "6", "--timeout", "60s"].map(String::from));
+    args.push("--touch-root".into());
+    args.push(host.join("root/home/clinician/touch").display().to_string());
+    let report = sim(&args, &json);
     assert_eq!(value(&report, "touch", "lure files"), 2.0);
     assert_eq!(value(&report, "touch", "events not seen within 5 s"), 0.0);
     assert!(value(&report, "touch", "read to watch p99") > 0.0);
@@ -174,27 +197,19 @@ async fn touch_and_flood_scenarios_measure_a_real_agent() {
     )
     .await;
     let json = dir.path().join("flood.json");
-    let out = Command::new(binary("ruse-sim"))
-        .args(["--scenarios", "flood", "--flood"])
-        .arg(format!("ftp://127.0.0.1:{}", ports[0]))
-        .args([
-            "--flood-connections",
-            "4",
-            "--sources",
-            "4",
-            "--duration",
-            "1s",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ruse-sim flood failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = rows(&json);
+    let args = [
+        "--scenarios".to_owned(),
+        "flood".into(),
+        "--flood".into(),
+        format!("ftp://127.0.0.1:{}", ports[0]),
+        "--flood-connections".into(),
+        "4".into(),
+        "--sources".into(),
+        "4".into(),
+        "--duration".into(),
+        "1s".into(),
+    ];
+    let report = sim(&args, &json);
     let answered = value(&report, "flood", "attempts answered");
     assert!(answered > 0.0);
     // Every answered attempt is recorded at the controller.
