@@ -67,8 +67,12 @@ impl SledStore {
         let db = loop {
             match config.open() {
                 Ok(db) => break db,
+                // sled reports the lock as its own error wrapping the
+                // `WouldBlock` of flock, so match both forms.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 60 =>
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && attempts < 60 =>
                 {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
