@@ -34,6 +34,17 @@ struct Hospital {
 }
 
 impl Hospital {
+    /// The incident `id` as the admin API shows it now.
+    async fn incident_by_id(&self, id: &str) -> pb::Incident {
+        self.tc
+            .root()
+            .await
+            .get_incident(pb::GetIncidentRequest { id: id.to_owned() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     async fn start(
         adjust: impl FnOnce(&mut ruse_controller::config::ControllerConfig),
     ) -> Hospital {
@@ -508,13 +519,7 @@ async fn a_real_rsyslogd_receives_the_cef_message_over_udp_and_tcp() {
         "both deliveries recorded",
         Duration::from_secs(5),
         || async {
-            let i =
-                h.tc.root()
-                    .await
-                    .get_incident(pb::GetIncidentRequest { id: i.id.clone() })
-                    .await
-                    .unwrap()
-                    .into_inner();
+            let i = h.incident_by_id(&i.id).await;
             i.deliveries.len() == 2 && i.deliveries.iter().all(|d| d.state == "delivered")
         },
     )
@@ -594,13 +599,7 @@ async fn a_webhook_down_for_the_first_minute_still_gets_the_incident() {
         "delivery failing while the receiver is down",
         Duration::from_secs(10),
         || async {
-            let i =
-                h.tc.root()
-                    .await
-                    .get_incident(pb::GetIncidentRequest { id: i.id.clone() })
-                    .await
-                    .unwrap()
-                    .into_inner();
+            let i = h.incident_by_id(&i.id).await;
             i.deliveries.iter().any(|d| {
                 d.state == "failing" && d.attempts >= 2 && d.last_error.contains("127.0.0.1")
             })
@@ -638,13 +637,7 @@ async fn a_webhook_down_for_the_first_minute_still_gets_the_incident() {
     assert_eq!(body["incident"]["severity"], "high");
     assert_eq!(body["drill"], false);
     eventually("delivery recorded", Duration::from_secs(5), || async {
-        let i =
-            h.tc.root()
-                .await
-                .get_incident(pb::GetIncidentRequest { id: i.id.clone() })
-                .await
-                .unwrap()
-                .into_inner();
+        let i = h.incident_by_id(&i.id).await;
         i.deliveries
             .iter()
             .any(|d| d.output == "soc-webhook" && d.state == "delivered")
@@ -725,15 +718,7 @@ async fn a_drill_passes_with_outputs_up_and_names_the_output_that_is_down() {
         assert!(names.contains(&step), "{step} missing: {names:?}");
     }
     assert!(steps.iter().all(|s| s.ok));
-    let incident =
-        h.tc.root()
-            .await
-            .get_incident(pb::GetIncidentRequest {
-                id: last.incident_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+    let incident = h.incident_by_id(&last.incident_id).await;
     assert!(
         incident.drill && incident.title.starts_with("[DRILL]"),
         "{incident:#?}"
@@ -873,13 +858,7 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
     assert!(body["text"].as_str().unwrap().contains(&i.title), "{body}");
     assert_eq!(body["blocks"][0]["type"], "header");
     eventually("both delivered", Duration::from_secs(5), || async {
-        let i =
-            h.tc.root()
-                .await
-                .get_incident(pb::GetIncidentRequest { id: i.id.clone() })
-                .await
-                .unwrap()
-                .into_inner();
+        let i = h.incident_by_id(&i.id).await;
         i.deliveries.len() == 2 && i.deliveries.iter().all(|d| d.state == "delivered")
     })
     .await;
@@ -899,14 +878,7 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
     h2.touch(&h2.lure("patient-csv").await).await;
     let i2 = h2.incident("for the touch", |_| true).await;
     eventually("the impostor refused", Duration::from_secs(10), || async {
-        let i = h2
-            .tc
-            .root()
-            .await
-            .get_incident(pb::GetIncidentRequest { id: i2.id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let i = h2.incident_by_id(&i2.id).await;
         i.deliveries
             .iter()
             .any(|d| d.state == "failing" && d.last_error.contains("TLS"))
