@@ -289,6 +289,8 @@ impl Detector {
 pub struct EventSink {
     outbox: Arc<Mutex<Outbox>>,
     notify: Arc<Notify>,
+    /// Woken whenever acknowledgements make room in the outbox.
+    room: Arc<Notify>,
 }
 
 impl EventSink {
@@ -296,6 +298,7 @@ impl EventSink {
         EventSink {
             outbox: Arc::new(Mutex::new(outbox)),
             notify: Arc::new(Notify::new()),
+            room: Arc::new(Notify::new()),
         }
     }
 
@@ -328,6 +331,73 @@ impl EventSink {
         .await
         .unwrap_or_else(|e| Err(OutboxError::other(e.to_string())));
         self.notify.notify_one();
+        result
+    }
+
+    /// Records events only where the outbox has room for all of them,
+    /// waiting up to `patience` for acknowledgements to make it. Unlike
+    /// [`EventSink::record`] this never sheds older events: events that
+    /// still do not fit are not recorded, and their number is returned.
+    pub async fn record_when_room(
+        &self,
+        mut events: Vec<pb::Event>,
+        patience: Duration,
+    ) -> Result<usize, OutboxError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if events.is_empty() {
+                return Ok(0);
+            }
+            // Registered before the check, so an ack in between still wakes us.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let outbox = self.outbox.clone();
+            let expired = tokio::time::Instant::now() >= deadline;
+            let (result, rest) = tokio::task::spawn_blocking(move || {
+                let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
+                let free = outbox.capacity().saturating_sub(outbox.depth());
+                if free >= events.len() {
+                    (outbox.append(&mut events), Vec::new())
+                } else if expired {
+                    let rest = events.split_off(free);
+                    (outbox.append(&mut events), rest)
+                } else {
+                    (Ok(()), events)
+                }
+            })
+            .await
+            .unwrap_or_else(|e| (Err(OutboxError::other(e.to_string())), Vec::new()));
+            result?;
+            if rest.is_empty() {
+                self.notify.notify_one();
+                return Ok(0);
+            }
+            if expired {
+                self.notify.notify_one();
+                return Ok(rest.len());
+            }
+            events = rest;
+            // Nothing fitted: wait for an acknowledgement or the deadline.
+            let _ = tokio::time::timeout_at(deadline, room).await;
+        }
+    }
+
+    /// The controller has every event through `through`: forgets them and
+    /// wakes writers waiting for room. Returns the events newly
+    /// acknowledged and the outbox depth after.
+    pub async fn ack(&self, through: u64) -> Result<(u64, usize), OutboxError> {
+        let outbox = self.outbox.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
+            let before = outbox.acked();
+            outbox
+                .ack(through)
+                .map(|()| (outbox.acked() - before, outbox.depth()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(OutboxError::other(e.to_string())));
+        self.room.notify_waiters();
         result
     }
 }
@@ -567,5 +637,64 @@ mod tests {
             via: Via::Fanotify,
         };
         assert!(!d.emit(p, now).unwrap().allowed);
+    }
+
+    fn decoy_events(n: usize) -> Vec<pb::Event> {
+        (0..n)
+            .map(|i| pb::Event {
+                id: format!("e{i}"),
+                kind: "decoy-login".into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn decoy_events_wait_for_room_and_never_push_older_events_out() {
+        let patience = Duration::from_secs(60);
+        let dir = tempfile::tempdir().unwrap();
+        let sink = EventSink::new(Outbox::open(dir.path(), 4).unwrap());
+        assert_eq!(
+            sink.record_when_room(decoy_events(4), patience)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(sink.depth(), 4);
+
+        // Full: the writer waits until an acknowledgement makes room.
+        let waiting = tokio::spawn({
+            let sink = sink.clone();
+            async move { sink.record_when_room(decoy_events(2), patience).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished());
+        assert_eq!(sink.depth(), 4);
+        assert_eq!(sink.ack(2).await.unwrap(), (2, 2));
+        assert_eq!(waiting.await.unwrap().unwrap(), 0);
+        assert_eq!(sink.depth(), 4);
+
+        // Full of a touch and decoy events, and nothing acknowledged within
+        // the patience: the new events are refused and counted; nothing
+        // older is shed, the touch is still there.
+        assert_eq!(sink.ack(6).await.unwrap(), (4, 0));
+        let mut touch = decoy_events(1);
+        touch[0].kind = "touch".into();
+        sink.record(touch).await.unwrap();
+        assert_eq!(
+            sink.record_when_room(decoy_events(3), patience)
+                .await
+                .unwrap(),
+            0
+        );
+        let refused = sink
+            .record_when_room(decoy_events(3), Duration::from_millis(300))
+            .await
+            .unwrap();
+        assert_eq!(refused, 3);
+        assert_eq!(sink.outbox().dropped(), 0);
+        let pending = sink.outbox().pending(0, 10).unwrap();
+        assert_eq!(pending.len(), 4);
+        assert_eq!(pending[0].kind, "touch");
     }
 }

@@ -190,6 +190,11 @@ impl Outbox {
         self.index.len()
     }
 
+    /// Unacknowledged events it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Events dropped because the outbox was full, since it was opened.
     pub fn dropped(&self) -> u64 {
         self.dropped

@@ -280,21 +280,12 @@ pub(crate) async fn run_once(
                             }
                         }
                         Some(Msg::EventAck(ack)) => {
-                            let sink = shared.sink.clone();
-                            let through = ack.through_seq;
-                            let acked = tokio::task::spawn_blocking(move || {
-                                let mut outbox = sink.outbox();
-                                let before = outbox.acked();
-                                outbox.ack(through).map(|()| (outbox.acked() - before, outbox.depth()))
-                            })
-                            .await;
-                            match acked {
-                                Ok(Ok((newly, depth))) => status.send_modify(|s| {
+                            match shared.sink.ack(ack.through_seq).await {
+                                Ok((newly, depth)) => status.send_modify(|s| {
                                     s.events_acked += newly;
                                     s.outbox_depth = depth;
                                 }),
-                                Ok(Err(e)) => tracing::error!(error = %e, "cannot record the event acknowledgement; events will be sent again"),
-                                Err(e) => tracing::error!(error = %e, "event acknowledgement task failed"),
+                                Err(e) => tracing::error!(error = %e, "cannot record the event acknowledgement; events will be sent again"),
                             }
                             if !send_events(shared, &tx, &mut sent_through).await {
                                 return Ok(End::Closed { lasted: started.elapsed() });

@@ -242,7 +242,8 @@ pub async fn serve(mut conn: Conn) {
                     "decoy-connection",
                     None,
                     "not a DICOM association request".into(),
-                );
+                )
+                .await;
                 abort(&mut conn).await;
                 return;
             }
@@ -253,7 +254,8 @@ pub async fn serve(mut conn: Conn) {
                 "decoy-connection",
                 None,
                 "connected and closed".into(),
-            );
+            )
+            .await;
             return;
         }
         Err(e) => {
@@ -262,7 +264,8 @@ pub async fn serve(mut conn: Conn) {
                 "decoy-connection",
                 None,
                 format!("cut off before an association request: {e}"),
-            );
+            )
+            .await;
             return;
         }
     };
@@ -283,7 +286,8 @@ pub async fn serve(mut conn: Conn) {
             rq.presentation_contexts.len(),
             contexts.join(", ")
         ),
-    );
+    )
+    .await;
     let ac = accept(&rq);
     let accepted: Vec<u8> = ac
         .presentation_contexts
@@ -327,7 +331,8 @@ pub async fn serve(mut conn: Conn) {
                             "decoy-message",
                             None,
                             format!("{} ({}) refused", command_name(rq.field), rq.sop_class),
-                        );
+                        )
+                        .await;
                         abort(&mut conn).await;
                         return;
                     }

@@ -84,7 +84,8 @@ pub async fn serve(mut conn: Conn) {
                         ..credential()
                     }),
                     String::new(),
-                );
+                )
+                .await;
                 // vsftpd waits before refusing.
                 ctx.refusal_pause(std::time::Duration::from_millis(300))
                     .await;
@@ -100,7 +101,8 @@ pub async fn serve(mut conn: Conn) {
         }
     }
     if !attempted {
-        ctx.report(peer, "decoy-connection", None, String::new());
+        ctx.report(peer, "decoy-connection", None, String::new())
+            .await;
     }
 }
 

@@ -137,7 +137,8 @@ pub async fn serve(mut conn: Conn) {
                     "decoy-connection",
                     None,
                     format!("malformed MLLP: {e}"),
-                );
+                )
+                .await;
                 return;
             }
         };
@@ -148,7 +149,8 @@ pub async fn serve(mut conn: Conn) {
                 "decoy-message",
                 None,
                 "a frame without an MSH segment".into(),
-            );
+            )
+            .await;
             continue;
         };
         ctx.report(
@@ -165,7 +167,8 @@ pub async fn serve(mut conn: Conn) {
                 header.sending_facility,
                 header.control_id
             ),
-        );
+        )
+        .await;
         let now = ruse_proto::types::UnixMs::now()
             .rfc3339()
             .replace(['-', ':', 'T', 'Z'], "");
@@ -179,7 +182,8 @@ pub async fn serve(mut conn: Conn) {
         }
     }
     if seen == 0 {
-        ctx.report(peer, "decoy-connection", None, String::new());
+        ctx.report(peer, "decoy-connection", None, String::new())
+            .await;
     }
 }
 

@@ -184,7 +184,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(authorization);
     let method = req.method().clone();
-    let report = |p: &Presented| {
+    let report = async |p: &Presented| {
         presented_any.store(true, Ordering::Relaxed);
         ctx.report(
             peer,
@@ -198,11 +198,12 @@ async fn handle(
                 ..Default::default()
             }),
             format!("{method} {path}"),
-        );
+        )
+        .await;
     };
     let fhir = path.ends_with("/metadata") || path.starts_with("/fhir");
     if let Some(p) = &auth {
-        report(p);
+        report(p).await;
         ctx.refusal_pause(Duration::from_millis(150)).await;
         let mut r = if fhir {
             response(
@@ -238,7 +239,7 @@ async fn handle(
             password: get(&["password", "pass", "pwd", "j_password"]),
             token: String::new(),
         };
-        report(&presented);
+        report(&presented).await;
         ctx.refusal_pause(Duration::from_millis(300)).await;
         return Ok(response(
             StatusCode::UNAUTHORIZED,
@@ -258,7 +259,8 @@ async fn handle(
             "decoy-connection",
             Some(seen),
             format!("{method} {path}"),
-        );
+        )
+        .await;
     }
     Ok(match path.as_str() {
         "/" | "/login" | "/index.html" => response(StatusCode::OK, "text/html; charset=utf-8", login_page(&ctx.address, false)),
@@ -309,12 +311,15 @@ pub fn handler(ctx: &Arc<ServiceCtx>, tls: bool) -> Result<Handler, DecoyError> 
             let Conn { stream, peer, ctx } = conn;
             match tokio::time::timeout(ctx.limits.read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_io(tls, ctx, peer).await,
-                _ => ctx.report(
-                    peer,
-                    "decoy-connection",
-                    None,
-                    "TLS handshake did not complete".into(),
-                ),
+                _ => {
+                    ctx.report(
+                        peer,
+                        "decoy-connection",
+                        None,
+                        "TLS handshake did not complete".into(),
+                    )
+                    .await
+                }
             }
         })
     }))

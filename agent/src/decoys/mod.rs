@@ -61,6 +61,13 @@ impl Default for Limits {
 }
 /// Events batched before one outbox write.
 const EVENT_BATCH: usize = 512;
+/// Events a decoy may have reported and not yet written; beyond this its
+/// connections wait (see `ServiceCtx::report`).
+const EVENT_QUEUE: usize = 2 * EVENT_BATCH;
+/// How long decoy events wait for room in a full outbox (the controller
+/// unreachable or behind) before they are counted as lost. They never push
+/// older events out: a flood on a decoy must not erase lure touches.
+const OUTBOX_PATIENCE: Duration = Duration::from_secs(30);
 const STATE_FILE: &str = "decoys.json";
 
 /// Why a decoy could not run.
@@ -109,9 +116,11 @@ impl ServiceCtx {
         }
     }
 
-    /// Reports something a client did. Never blocks a connection: if the
-    /// event queue is full the event is counted as lost.
-    pub fn report(
+    /// Reports something a client did. When the agent is behind (the
+    /// event queue is full) the connection waits for room before it gets
+    /// its answer, as a loaded server answers late: a flood slows to what
+    /// the agent records durably instead of losing attempts.
+    pub async fn report(
         &self,
         peer: SocketAddr,
         kind: &str,
@@ -135,7 +144,7 @@ impl ServiceCtx {
             credential,
             ..Default::default()
         };
-        if self.reporter.try_send(event).is_err() {
+        if self.reporter.send(event).await.is_err() {
             self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -359,8 +368,8 @@ impl DecoyManager {
                 });
             }
         };
-        let (reporter, events) = mpsc::channel(8192);
-        tokio::spawn(record_events(events, sink));
+        let (reporter, events) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(record_events(events, sink, lost.clone()));
         Ok(DecoyManager {
             dir,
             applied,
@@ -640,11 +649,27 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServiceCtx>, handler: Handl
 }
 
 /// Records decoy events in batches (one outbox sync per batch).
-async fn record_events(mut events: mpsc::Receiver<pb::Event>, sink: EventSink) {
+async fn record_events(
+    mut events: mpsc::Receiver<pb::Event>,
+    sink: EventSink,
+    lost: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut batch = Vec::with_capacity(EVENT_BATCH);
     while events.recv_many(&mut batch, EVENT_BATCH).await > 0 {
-        if let Err(e) = sink.record(std::mem::take(&mut batch)).await {
-            tracing::error!(error = %e, "cannot record decoy events");
+        match sink
+            .record_when_room(std::mem::take(&mut batch), OUTBOX_PATIENCE)
+            .await
+        {
+            Ok(0) => {}
+            Ok(refused) => {
+                lost.fetch_add(refused as u64, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    events = refused,
+                    "outbox full and not drained for {}s; decoy events not recorded",
+                    OUTBOX_PATIENCE.as_secs()
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "cannot record decoy events"),
         }
     }
 }

@@ -38,12 +38,14 @@ pub fn handler() -> Handler {
         let seen = seen.clone();
         Box::pin(async move {
             if seen.first(conn.peer.ip(), Instant::now()) {
-                conn.ctx.report(
-                    conn.peer,
-                    "portscan",
-                    None,
-                    format!("connection to port {}", conn.ctx.port),
-                );
+                conn.ctx
+                    .report(
+                        conn.peer,
+                        "portscan",
+                        None,
+                        format!("connection to port {}", conn.ctx.port),
+                    )
+                    .await;
             }
             drop(conn);
         })

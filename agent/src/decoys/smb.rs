@@ -419,7 +419,8 @@ pub async fn serve(mut conn: Conn) {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
-                ctx.report(peer, "decoy-connection", None, format!("cut off: {e}"));
+                ctx.report(peer, "decoy-connection", None, format!("cut off: {e}"))
+                    .await;
                 return;
             }
         };
@@ -444,16 +445,21 @@ pub async fn serve(mut conn: Conn) {
                         "{what} as {}\\{} from workstation {:?}; refused",
                         a.domain, a.user, a.workstation
                     ),
-                );
+                )
+                .await;
             }
-            Some(Seen::Smb1Only) => ctx.report(
-                peer,
-                "decoy-connection",
-                None,
-                "SMB1-only client refused".into(),
-            ),
+            Some(Seen::Smb1Only) => {
+                ctx.report(
+                    peer,
+                    "decoy-connection",
+                    None,
+                    "SMB1-only client refused".into(),
+                )
+                .await
+            }
             Some(Seen::Refused(why)) => {
                 ctx.report(peer, "decoy-message", None, format!("refused: {why}"))
+                    .await
             }
             Some(Seen::Negotiated(_)) | None => {}
         }
@@ -476,7 +482,8 @@ pub async fn serve(mut conn: Conn) {
             "decoy-connection",
             None,
             "connected without logging in".into(),
-        );
+        )
+        .await;
     }
 }
 

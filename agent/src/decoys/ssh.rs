@@ -26,10 +26,11 @@ struct Decoy {
 }
 
 impl Decoy {
-    fn report(&self, credential: pb::Credential, how: &str) {
+    async fn report(&self, credential: pb::Credential, how: &str) {
         self.presented.store(true, Ordering::Relaxed);
         self.ctx
-            .report(self.peer, "decoy-login", Some(credential), how.into());
+            .report(self.peer, "decoy-login", Some(credential), how.into())
+            .await;
     }
 }
 
@@ -44,7 +45,8 @@ impl SshHandler for Decoy {
                 ..Default::default()
             },
             "password",
-        );
+        )
+        .await;
         Ok(Auth::reject())
     }
 
@@ -61,7 +63,8 @@ impl SshHandler for Decoy {
                 ..Default::default()
             },
             "publickey",
-        );
+        )
+        .await;
         Ok(Auth::reject())
     }
 
@@ -78,7 +81,8 @@ impl SshHandler for Decoy {
                 ..Default::default()
             },
             "publickey (signed)",
-        );
+        )
+        .await;
         Ok(Auth::reject())
     }
 }
@@ -129,7 +133,8 @@ pub fn handler(ctx: &Arc<ServiceCtx>) -> Result<Handler, DecoyError> {
             }
             if !presented.load(Ordering::Relaxed) {
                 conn.ctx
-                    .report(conn.peer, "decoy-connection", None, String::new());
+                    .report(conn.peer, "decoy-connection", None, String::new())
+                    .await;
             }
         })
     }))
