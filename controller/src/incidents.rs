@@ -392,8 +392,8 @@ impl Correlator {
         c
     }
 
-    pub fn get(&self, id: &str) -> Option<&Incident> {
-        self.live.get(id).map(|i| &**i)
+    pub fn get(&self, id: &str) -> Option<&std::sync::Arc<Incident>> {
+        self.live.get(id)
     }
 
     /// Replaces a live incident after a lifecycle change; a resolved one
@@ -405,6 +405,13 @@ impl Correlator {
         } else {
             self.live
                 .insert(incident.id.clone(), std::sync::Arc::new(incident));
+        }
+    }
+
+    /// Takes `incident` as the live copy of an incident it correlates.
+    pub fn share(&mut self, incident: std::sync::Arc<Incident>) {
+        if let Some(live) = self.live.get_mut(&incident.id) {
+            *live = incident;
         }
     }
 
@@ -522,15 +529,20 @@ impl Correlator {
         i.event_count += 1;
         i.severity = i.severity.max(severity);
         if i.timeline.len() < MAX_TIMELINE {
-            i.timeline.push(TimelineEntry {
-                event_id: e.id.clone(),
-                at,
-                agent: e.agent.clone(),
-                kind: e.kind.clone(),
-                summary: summary(e, dir),
-            });
-            i.timeline
-                .sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+            // Events mostly arrive in order: insert in place, no sort.
+            let at_index = i
+                .timeline
+                .partition_point(|t| (t.at, t.event_id.as_str()) <= (at, e.id.as_str()));
+            i.timeline.insert(
+                at_index,
+                TimelineEntry {
+                    event_id: e.id.clone(),
+                    at,
+                    agent: e.agent.clone(),
+                    kind: e.kind.clone(),
+                    summary: summary(e, dir),
+                },
+            );
         }
         i.techniques
             .extend(techniques(e).into_iter().map(str::to_owned));
@@ -702,7 +714,7 @@ impl Notice {
 /// What one batch of events did to incidents, before it is durable.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub incidents: Vec<Incident>,
+    pub incidents: Vec<std::sync::Arc<Incident>>,
     /// Incidents (id) to deliver, and why.
     pub notices: Vec<(String, Notice)>,
 }
@@ -744,7 +756,9 @@ pub struct Incidents {
     committer: crate::store::Committer,
     correlator: std::sync::Mutex<Correlator>,
     /// Every incident by id (resolved ones too), for views.
-    all: std::sync::Mutex<BTreeMap<String, Incident>>,
+    /// Shared with the correlator until the next event changes it: a
+    /// batch copies an incident (and its timeline) once, not per reader.
+    all: std::sync::Mutex<BTreeMap<String, std::sync::Arc<Incident>>>,
     /// Suppression name → events suppressed.
     suppressed: std::sync::Mutex<BTreeMap<String, u64>>,
     live: tokio::sync::broadcast::Sender<std::sync::Arc<Incident>>,
@@ -765,7 +779,12 @@ impl Incidents {
             .collect();
         Ok(Incidents {
             correlator: std::sync::Mutex::new(Correlator::new(window, stored.clone())),
-            all: std::sync::Mutex::new(stored.into_iter().map(|i| (i.id.clone(), i)).collect()),
+            all: std::sync::Mutex::new(
+                stored
+                    .into_iter()
+                    .map(|i| (i.id.clone(), std::sync::Arc::new(i)))
+                    .collect(),
+            ),
             suppressed: std::sync::Mutex::new(suppressed),
             live: tokio::sync::broadcast::channel(1024).0,
             store,
@@ -777,7 +796,7 @@ impl Incidents {
         self.correlator.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn all(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Incident>> {
+    fn all(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, std::sync::Arc<Incident>>> {
         self.all.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -793,7 +812,7 @@ impl Incidents {
         let mut changes = Changes::default();
         let mut touched: BTreeSet<String> = BTreeSet::new();
         let mut hits: BTreeMap<String, u64> = BTreeMap::new();
-        let touched: Vec<Incident> = {
+        let touched: Vec<std::sync::Arc<Incident>> = {
             let mut c = self.correlator();
             c.expire(now);
             for (e, drill) in events {
@@ -823,11 +842,13 @@ impl Incidents {
         };
         {
             let mut all = self.all();
-            for i in touched {
+            for mut i in touched {
                 // Deliveries are recorded by the outputs; keep theirs.
-                let mut i = i;
-                if let Some(old) = all.get(&i.id) {
-                    i.deliveries = old.deliveries.clone();
+                if let Some(old) = all.get(&i.id)
+                    && old.deliveries != i.deliveries
+                {
+                    std::sync::Arc::make_mut(&mut i).deliveries = old.deliveries.clone();
+                    self.correlator().share(i.clone());
                 }
                 self.store.put_incident(&i)?;
                 all.insert(i.id.clone(), i.clone());
@@ -849,7 +870,7 @@ impl Incidents {
     /// Announces durable changes to watchers.
     pub fn publish(&self, changes: &Changes) {
         for i in &changes.incidents {
-            let _ = self.live.send(std::sync::Arc::new(i.clone()));
+            let _ = self.live.send(i.clone());
         }
     }
 
@@ -858,7 +879,7 @@ impl Incidents {
     }
 
     pub fn get(&self, id: &str) -> Option<Incident> {
-        self.all().get(id).cloned()
+        self.all().get(id).map(|i| (**i).clone())
     }
 
     /// Incidents matching `filter`, most recently seen first.
@@ -867,7 +888,7 @@ impl Incidents {
             .all()
             .values()
             .filter(|i| filter.matches(i))
-            .cloned()
+            .map(|i| (**i).clone())
             .collect();
         out.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.id.cmp(&a.id)));
         out.truncate(limit);
@@ -901,12 +922,12 @@ impl Incidents {
             let i = all
                 .get_mut(id)
                 .ok_or_else(|| IncidentError::NotFound(id.to_owned()))?;
-            let mut next = i.clone();
+            let mut next = (**i).clone();
             f(&mut next)?;
             next.updated = UnixMs::now();
             next.version += 1;
             self.store.put_incident(&next)?;
-            *i = next.clone();
+            *i = std::sync::Arc::new(next.clone());
             next
         };
         self.committer.durable().await?;
@@ -953,12 +974,14 @@ impl Incidents {
         let Some(i) = all.get_mut(id) else {
             return Ok(None);
         };
-        i.deliveries.insert(output.to_owned(), delivery);
+        std::sync::Arc::make_mut(i)
+            .deliveries
+            .insert(output.to_owned(), delivery);
         self.store.put_incident(i)?;
         let i = i.clone();
         drop(all);
-        let _ = self.live.send(std::sync::Arc::new(i.clone()));
-        Ok(Some(i))
+        let _ = self.live.send(i.clone());
+        Ok(Some((*i).clone()))
     }
 }
 
