@@ -191,7 +191,18 @@ if quick:
     out.append("> **Quick run** (`bench/run.sh --quick`): tiny sizes, not representative.\n")
 commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 out.append(f"**Machine:** {machine()}.\n")
-out.append(f"**Code:** commit {os.environ.get('RUSE_BENCH_COMMIT', commit)}.\n")
+by_commit = {}
+for part in ["fleet", "agent", "peer", "criterion", "size"]:
+    f = results / f"commit-{part}"
+    if f.exists():
+        by_commit.setdefault(f.read_text().strip(), []).append(part)
+if "RUSE_BENCH_COMMIT" in os.environ or not by_commit:
+    out.append(f"**Code:** commit {os.environ.get('RUSE_BENCH_COMMIT', commit)}.\n")
+elif len(by_commit) == 1:
+    out.append(f"**Code:** commit {next(iter(by_commit))}.\n")
+else:
+    parts = "; ".join(f"{', '.join(ps)} at {c}" for c, ps in by_commit.items())
+    out.append(f"**Code:** parts measured at different commits (`RUSE_BENCH_PARTS` with `RUSE_BENCH_RESULTS`): {parts}.\n")
 out.append("**Reproduce:** `sudo bench/run.sh` (about 25 minutes; root for fanotify).\n")
 out.append("## Figures against budgets\n")
 out.append("| what | measured | budget | verdict |")

@@ -49,6 +49,11 @@ mkdir -p "$results"
 parts=${RUSE_BENCH_PARTS:-"fleet agent peer criterion"}
 want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 pids=()
+# Which commit measured each part: report.py names it, so a results
+# directory that mixes parts from several commits says so.
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$root" diff --quiet HEAD 2>/dev/null || commit="$commit+changes"
+for p in $parts size; do echo "$commit" > "$results/commit-$p"; done
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
