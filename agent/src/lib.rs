@@ -63,9 +63,11 @@ pub fn open_engine(config: &AgentConfig) -> Result<LureEngine, AgentError> {
 pub(crate) struct Shared {
     pub engine: SharedEngine,
     pub sink: EventSink,
-    pub watched: Arc<watch::Sender<Watched>>,
+    /// One copy of the watched set, shared by the channel, the detector
+    /// and `marked` (a thousand lures are ~300 KiB a copy).
+    pub watched: Arc<watch::Sender<Arc<Watched>>>,
     /// What the detector watches now.
-    pub marked: watch::Receiver<Watched>,
+    pub marked: watch::Receiver<Arc<Watched>>,
     pub watcher_mode: &'static str,
     pub rate_limited: Arc<std::sync::atomic::AtomicU64>,
     pub decoys: Arc<tokio::sync::Mutex<decoys::DecoyManager>>,
@@ -77,14 +79,21 @@ impl Shared {
     pub async fn rewatch(&self) {
         let watched = lock(&self.engine).watched();
         self.watched.send_if_modified(|w| {
-            let changed = *w != watched;
-            *w = watched.clone();
-            changed
+            if **w == watched {
+                return false;
+            }
+            *w = Arc::new(watched);
+            true
         });
+        // Unchanged or not, wait until the detector holds the current set.
+        let want = self.watched.borrow().clone();
         let mut marked = self.marked.clone();
-        if tokio::time::timeout(Duration::from_secs(1), marked.wait_for(|m| *m == watched))
-            .await
-            .is_err()
+        if tokio::time::timeout(
+            Duration::from_secs(1),
+            marked.wait_for(|m| Arc::ptr_eq(m, &want)),
+        )
+        .await
+        .is_err()
         {
             tracing::warn!("the detector did not take up changed lures within a second");
         }
@@ -95,16 +104,27 @@ impl Shared {
 /// Returns the problems left.
 pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
     let engine = shared.engine.clone();
-    let (drifts, lures) = tokio::task::spawn_blocking(move || {
+    // Only what the events need, not a copy of every lure.
+    let drifts = tokio::task::spawn_blocking(move || {
         let mut e = lock(&engine);
-        let drifts = e.verify_and_repair();
-        (drifts, e.lures().clone())
+        let drifts: Vec<_> = e
+            .verify_and_repair()
+            .into_iter()
+            .map(|d| {
+                let lure = e.lures().get(&d.lure_id);
+                let revision = lure.map_or(0, |l| l.revision);
+                let template = lure.map(|l| l.template.clone()).unwrap_or_default();
+                (d, revision, template)
+            })
+            .collect();
+        e.activity().expire();
+        drifts
     })
     .await
     .unwrap_or_default();
     let mut problems = Vec::new();
     let mut events = Vec::new();
-    for d in drifts {
+    for (d, revision, template) in drifts {
         let what = match d.what {
             lures::DriftKind::Deleted => "deleted",
             lures::DriftKind::Modified => "modified",
@@ -119,16 +139,15 @@ pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
                 d.path.display()
             ));
         }
-        let lure = lures.get(&d.lure_id);
         events.push(pb::Event {
             id: ruse_proto::types::new_ulid(),
             lure_id: d.lure_id.clone(),
-            lure_revision: lure.map_or(0, |l| l.revision),
+            lure_revision: revision,
             kind: "drift".into(),
             observed_ms: UnixMs::now().0,
             path: d.path.display().to_string(),
             attribution: "verify".into(),
-            template: lure.map(|l| l.template.clone()).unwrap_or_default(),
+            template,
             detail: format!(
                 "{what}; {}",
                 if d.repaired {
@@ -352,8 +371,8 @@ impl Agent {
         let watcher_mode = watcher.mode();
         let detector = Detector::new(config.detect, activity);
         let rate_limited = detector.rate_limited_counter();
-        let (watched_tx, watched_rx) = watch::channel(watched);
-        let (marked_tx, marked) = watch::channel(Watched::default());
+        let (watched_tx, watched_rx) = watch::channel(Arc::new(watched));
+        let (marked_tx, marked) = watch::channel(Arc::new(Watched::default()));
         // Its own stop signal: raised however `run` ends, so pending events
         // are recorded without waiting for the caller's shutdown.
         let (stop_detection, detection_stop) = watch::channel(false);

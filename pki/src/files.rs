@@ -20,6 +20,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
 }
 
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    write_atomic_with(path, mode, |w| w.write_all(contents))
+}
+
+fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), PkiError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let file_name = path
@@ -28,7 +36,7 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError>
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
@@ -36,7 +44,11 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError>
             .open(&tmp)?;
         // The mode given to open() is reduced by the umask; set it exactly.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
+        let mut out = std::io::BufWriter::new(file);
+        write(&mut out)?;
+        let file = out
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;
         if let Ok(d) = fs::File::open(dir) {
@@ -53,6 +65,16 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError>
 /// Writes a secret (a private key, a token) readable by its owner only.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     write_atomic(path, contents, 0o600)
+}
+
+/// Writes a private file from a writer (through a buffer), so a large
+/// file need not be built in memory first; same guarantees as
+/// [`write_private_file`].
+pub fn write_private_file_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), PkiError> {
+    write_atomic_with(path, 0o600, write)
 }
 
 /// Writes a public file (a certificate, a context file).
@@ -115,5 +137,21 @@ mod tests {
         write_public_file(&path, b"two").unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_streamed_write_keeps_the_old_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_private_file_with(&path, |w| w.write_all(b"old")).unwrap();
+        let failed = write_private_file_with(&path, |w| {
+            w.write_all(b"half of the new")?;
+            Err(std::io::Error::other("serializer gave up"))
+        });
+        assert!(matches!(failed, Err(PkiError::Io { .. })));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -229,11 +229,12 @@ impl LureEngine {
     }
 
     fn save(&self) -> Result<(), LureError> {
-        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|e| LureError::State {
-            path: self.state_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        ruse_pki::write_private_file(&self.state_path, &bytes).map_err(|e| LureError::State {
+        // Streamed: a thousand lures are megabytes of JSON, which as one
+        // buffer would stay in the allocator after the save.
+        ruse_pki::write_private_file_with(&self.state_path, |w| {
+            serde_json::to_writer_pretty(w, &self.state).map_err(std::io::Error::other)
+        })
+        .map_err(|e| LureError::State {
             path: self.state_path.display().to_string(),
             reason: e.to_string(),
         })
