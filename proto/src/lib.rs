@@ -24,6 +24,7 @@ pub mod admin {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ruse_descriptor.bin"));
 
+pub mod codec;
 pub mod context;
 pub mod convert;
 pub mod errors;
