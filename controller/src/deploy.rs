@@ -394,6 +394,20 @@ pub struct Deployer {
 
 /// Resources sent in one update, at most.
 const MAX_RESOURCES_PER_UPDATE: usize = 256;
+/// New lure instances written (and flushed) per registry chunk; a chunk
+/// always holds whole agents.
+const REGISTRY_CHUNK: usize = 5_000;
+
+/// Takes at least `n` items off the end of `rest`, which is sorted by
+/// `key`, never splitting one key's items between chunks (one agent's new
+/// lures become durable together).
+fn take_chunk<T, K: PartialEq>(rest: &mut Vec<T>, n: usize, key: impl Fn(&T) -> &K) -> Vec<T> {
+    let mut start = rest.len().saturating_sub(n);
+    while start > 0 && key(&rest[start - 1]) == key(&rest[start]) {
+        start -= 1;
+    }
+    rest.split_off(start)
+}
 
 fn lures_kind() -> &'static str {
     "lure"
@@ -1323,68 +1337,132 @@ impl Deployer {
 
     /// Recomputes every agent's desired set; persists new and retired
     /// instances before waking the sessions that have something to push.
+    ///
+    /// New instances are written in chunks of whole agents, and each
+    /// chunk's agents are woken as soon as that chunk is durable, so the
+    /// first pushes go out while later chunks are still being written (a
+    /// fleet-wide campaign is 100k records; written in one piece, no agent
+    /// heard of it for over a second).
     async fn recompute(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let agents = self.fleet.list(&Default::default());
         let now = UnixMs::now();
-        let (created, retired, wake) = {
+        let (mut created, retired, wake) = {
             let mut st = self.lock();
-            recompute(&mut st, &agents, now)?
+            let (mut created, retired, wake) = recompute(&mut st, &agents, now)?;
+            // Left undurable by a pass whose write failed: written now.
+            let fresh: HashSet<&String> = created.iter().map(|l| &l.id).collect();
+            let leftover: Vec<LureInstance> = st
+                .undurable
+                .iter()
+                .filter(|id| !fresh.contains(id))
+                .filter_map(|id| st.registry.active.get(id))
+                .map(|l| (**l).clone())
+                .collect();
+            created.extend(leftover);
+            (created, retired, wake)
         };
         let computed = started.elapsed();
-        if !created.is_empty() || !retired.is_empty() {
-            // Off the async workers: a fleet-wide campaign is 100k records.
+        // Agents with nothing new to persist are told at once.
+        let waiting: HashSet<AgentId> = created.iter().map(|l| l.agent.clone()).collect();
+        let (later, now_wake): (Vec<AgentId>, Vec<AgentId>) =
+            wake.into_iter().partition(|id| waiting.contains(id));
+        self.wake_agents(&now_wake);
+        let later: HashSet<AgentId> = later.into_iter().collect();
+        let (created_n, retired_n) = (created.len(), retired.len());
+        if !retired.is_empty() {
             let store = self.store.clone();
-            let (created, retired) = tokio::task::spawn_blocking(move || {
-                store.put_lures(&created)?;
-                store.put_lures(&retired)?;
-                Ok::<_, StoreError>((created, retired))
+            tokio::task::spawn_blocking(move || store.put_lures(&retired))
+                .await
+                .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+        }
+        // Chunks come off the end: reversed, so agents go in id order.
+        created.sort_by(|a, b| b.agent.cmp(&a.agent));
+        let mut durable = tokio::task::JoinSet::new();
+        let mut rest = created;
+        let mut first_durable = None;
+        loop {
+            let chunk = take_chunk(&mut rest, REGISTRY_CHUNK, |l| &l.agent);
+            if chunk.is_empty() {
+                break;
+            }
+            let store = self.store.clone();
+            let chunk = tokio::task::spawn_blocking(move || {
+                store.put_lures(&chunk)?;
+                Ok::<_, StoreError>(chunk)
             })
             .await
             .map_err(|e| StoreError::Engine(e.to_string().into()))??;
-            let written = started.elapsed();
+            // Flushed (group commit) while the next chunk is written.
+            let committer = self.committer.clone();
+            durable.spawn(async move { committer.durable().await.map(|()| chunk) });
+            while let Some(done) = durable.try_join_next() {
+                self.chunk_durable(done, &later)?;
+                first_durable.get_or_insert_with(|| started.elapsed());
+            }
+        }
+        let written = started.elapsed();
+        if durable.is_empty() && retired_n > 0 {
             self.committer.durable().await?;
+        }
+        while let Some(done) = durable.join_next().await {
+            self.chunk_durable(done, &later)?;
+            first_durable.get_or_insert_with(|| started.elapsed());
+        }
+        if created_n > 0 || retired_n > 0 {
             tracing::debug!(
-                created = created.len(),
-                retired = retired.len(),
+                created = created_n,
+                retired = retired_n,
                 agents = agents.len(),
                 compute_ms = computed.as_millis() as u64,
-                write_ms = (written - computed).as_millis() as u64,
-                flush_ms = (started.elapsed() - written).as_millis() as u64,
+                first_durable_ms = first_durable.unwrap_or_default().as_millis() as u64,
+                written_ms = written.as_millis() as u64,
+                durable_ms = started.elapsed().as_millis() as u64,
                 "lure registry updated"
             );
-            return self.wake_after_recompute(&created, wake);
-        }
-        self.wake_after_recompute(&created, wake)
-    }
-
-    /// Marks new instances durable and wakes the sessions with something to
-    /// push.
-    fn wake_after_recompute(
-        &self,
-        created: &[LureInstance],
-        wake: Vec<AgentId>,
-    ) -> Result<(), StoreError> {
-        let mut st = self.lock();
-        for lure in created {
-            st.undurable.remove(&lure.id);
         }
         if !self.ready.swap(true, Ordering::AcqRel) {
             // Sessions that said Hello before the first pass: wake them all.
+            let st = self.lock();
             for a in st.agents.values() {
                 if let Some(n) = &a.notify {
                     n.notify_one();
                 }
             }
         }
-        for id in wake {
-            if let Some(n) = st.agents.get(&id).and_then(|a| a.notify.as_ref()) {
+        self.request_evaluate();
+        Ok(())
+    }
+
+    /// A chunk of new instances is durable: they may be pushed, and its
+    /// agents that have something new are woken.
+    fn chunk_durable(
+        &self,
+        done: Result<Result<Vec<LureInstance>, StoreError>, tokio::task::JoinError>,
+        wake: &HashSet<AgentId>,
+    ) -> Result<(), StoreError> {
+        let chunk = done.map_err(|e| StoreError::Engine(e.to_string().into()))??;
+        let mut agents: Vec<AgentId> = Vec::new();
+        {
+            let mut st = self.lock();
+            for lure in &chunk {
+                st.undurable.remove(&lure.id);
+                if agents.last() != Some(&lure.agent) && wake.contains(&lure.agent) {
+                    agents.push(lure.agent.clone());
+                }
+            }
+        }
+        self.wake_agents(&agents);
+        Ok(())
+    }
+
+    fn wake_agents(&self, ids: &[AgentId]) {
+        let st = self.lock();
+        for id in ids {
+            if let Some(n) = st.agents.get(id).and_then(|a| a.notify.as_ref()) {
                 n.notify_one();
             }
         }
-        drop(st);
-        self.request_evaluate();
-        Ok(())
     }
 
     /// Advances, pauses or completes progressing rollouts.
@@ -1774,6 +1852,38 @@ mod tests {
             released: true,
             errors: Vec::new(),
         }
+    }
+
+    #[test]
+    fn registry_chunks_keep_each_agent_whole_and_cover_everything() {
+        // (agent, lure) sorted by agent, descending as recompute sorts.
+        let mut rest: Vec<(u32, u32)> = (0..7u32)
+            .rev()
+            .flat_map(|agent| (0..3).map(move |l| (agent, l)))
+            .collect();
+        let all = rest.len();
+        let mut chunks = Vec::new();
+        loop {
+            let chunk = take_chunk(&mut rest, 4, |x| &x.0);
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        // Four wanted, three per agent: two agents a chunk, the last has one.
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![6, 6, 6, 3]);
+        assert_eq!(sizes.iter().sum::<usize>(), all);
+        // Lowest agents first, and no agent in two chunks.
+        assert_eq!(chunks[0][0].0, 1);
+        let mut seen = HashSet::new();
+        for chunk in &chunks {
+            let agents: HashSet<u32> = chunk.iter().map(|x| x.0).collect();
+            assert!(agents.iter().all(|a| seen.insert(*a)), "{chunks:?}");
+        }
+        // A chunk size smaller than one agent still takes the whole agent.
+        let mut one = vec![(9, 0), (9, 1), (9, 2)];
+        assert_eq!(take_chunk(&mut one, 1, |x| &x.0).len(), 3);
     }
 
     #[test]
