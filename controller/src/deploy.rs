@@ -31,7 +31,7 @@ use ruse_proto::agent::v1 as pb;
 use ruse_proto::convert::{AgentState, PresentedCredential};
 use ruse_proto::types::{AgentId, Labels, UnixMs, hex, new_ulid};
 
-use crate::fleet::{AgentView, Fleet};
+use crate::fleet::{Fleet, Member};
 use crate::lures::{self, Material, RenderInput, Template};
 use crate::matching::{self, CredentialIndex, MatchedOn};
 use crate::resources::{
@@ -912,17 +912,16 @@ impl Deployer {
 
     /// A campaign with per-wave progress.
     pub fn campaign(&self, name: &str) -> Option<CampaignStatus> {
-        let agents = self.fleet.list(&Default::default());
+        let agents = self.fleet.members();
         let st = self.lock();
         let record = st.campaigns.get(name)?.clone();
-        let matching: Vec<&AgentView> = agents
+        let ids: Vec<&AgentId> = agents
             .iter()
             .filter(|a| {
-                a.state != AgentState::Revoked
-                    && a.record.labels().matches(&record.target.spec.selector)
+                a.state != AgentState::Revoked && a.labels.matches(&record.target.spec.selector)
             })
+            .map(|a| &a.id)
             .collect();
-        let ids: Vec<&AgentId> = matching.iter().map(|a| &a.record.id).collect();
         let order = rollout_order(name, ids);
         let n = order.len();
         let released = record.released(n);
@@ -1345,7 +1344,7 @@ impl Deployer {
     /// heard of it for over a second).
     async fn recompute(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let agents = self.fleet.list(&Default::default());
+        let agents = self.fleet.members();
         let now = UnixMs::now();
         let (mut created, retired, wake) = {
             let mut st = self.lock();
@@ -1614,21 +1613,17 @@ type Recomputed = (Vec<LureInstance>, Vec<LureInstance>, Vec<AgentId>);
 
 /// Computes desired sets from campaigns and agents. Returns instances
 /// created, instances retired, and agents whose desired set changed.
-fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomputed, StoreError> {
-    let live: Vec<&AgentView> = agents
+fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recomputed, StoreError> {
+    let live: Vec<&Member> = agents
         .iter()
         .filter(|a| a.state != AgentState::Revoked)
         .collect();
-    // Each agent's labels once (they are merged from four sources).
-    let labels: HashMap<&AgentId, Labels> = live
-        .iter()
-        .map(|a| (&a.record.id, a.record.labels()))
-        .collect();
+    let labels: HashMap<&AgentId, &Labels> = live.iter().map(|a| (&a.id, &*a.labels)).collect();
     let matches =
         |id: &AgentId, selector: &Labels| labels.get(id).is_some_and(|l| l.matches(selector));
     let mut desired: HashMap<AgentId, BTreeMap<String, Desired>> = live
         .iter()
-        .map(|a| (a.record.id.clone(), BTreeMap::new()))
+        .map(|a| (a.id.clone(), BTreeMap::new()))
         .collect();
     let mut created = Vec::new();
     let State {
@@ -1643,8 +1638,8 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
     for (name, record) in campaigns.iter() {
         let matching: Vec<&AgentId> = live
             .iter()
-            .filter(|a| matches(&a.record.id, &record.target.spec.selector))
-            .map(|a| &a.record.id)
+            .filter(|a| matches(&a.id, &record.target.spec.selector))
+            .map(|a| &a.id)
             .collect();
         let order = rollout_order(name, matching);
         let released: HashSet<&AgentId> = order[..record.released(order.len())]
@@ -1658,14 +1653,14 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
         let target_slots = shared_slots(&record.target);
         let stable_slots = record.stable.as_ref().map(shared_slots).unwrap_or_default();
         for agent in &live {
-            let id = &agent.record.id;
+            let id = &agent.id;
             let generation = if released.contains(id) {
                 Some(&record.target)
             } else {
                 record
                     .stable
                     .as_ref()
-                    .filter(|s| matches(&agent.record.id, &s.spec.selector))
+                    .filter(|s| matches(&agent.id, &s.spec.selector))
             };
             let Some(generation) = generation else {
                 continue;
@@ -1730,7 +1725,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
     for agent in &live {
         let rules: Vec<pb::AllowRule> = allow_rules
             .values()
-            .filter(|r| matches(&agent.record.id, &r.selector))
+            .filter(|r| matches(&agent.id, &r.selector))
             .map(|r| pb::AllowRule {
                 name: r.name.clone(),
                 process: r.process.clone(),
@@ -1745,7 +1740,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
             rules: rules.clone(),
         }
         .encode_to_vec();
-        if let Some(set) = desired.get_mut(&agent.record.id) {
+        if let Some(set) = desired.get_mut(&agent.id) {
             set.insert(
                 ALLOW_RULES_ID.to_owned(),
                 Desired {
@@ -1760,11 +1755,8 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
     for decoy in decoys.values() {
         let body = Arc::new(decoy_spec(decoy).encode_to_vec());
         let revision = content_revision(&body);
-        for agent in live
-            .iter()
-            .filter(|a| matches(&a.record.id, &decoy.selector))
-        {
-            if let Some(set) = desired.get_mut(&agent.record.id) {
+        for agent in live.iter().filter(|a| matches(&a.id, &decoy.selector)) {
+            if let Some(set) = desired.get_mut(&agent.id) {
                 set.insert(
                     decoy_resource_id(&decoy.name),
                     Desired {
@@ -1807,7 +1799,7 @@ fn recompute(st: &mut State, agents: &[AgentView], now: UnixMs) -> Result<Recomp
         }
     }
     // Revoked or unknown agents want nothing.
-    let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.record.id).collect();
+    let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.id).collect();
     for (id, entry) in agent_lures.iter_mut() {
         if !live_ids.contains(id) && !entry.desired.is_empty() {
             entry.desired.clear();

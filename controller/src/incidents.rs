@@ -687,7 +687,7 @@ impl Directory for crate::fleet::Fleet {
 
     fn labels(&self, agent: &AgentId) -> ruse_proto::types::Labels {
         self.get(agent)
-            .map(|v| v.record.labels())
+            .map(|v| (*v.labels).clone())
             .unwrap_or_default()
     }
 }
