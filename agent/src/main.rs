@@ -62,8 +62,42 @@ struct RunArgs {
     log_json: bool,
 }
 
+/// glibc gives each thread that meets a busy allocator an arena of its
+/// own (up to 8 per core) and keeps what each arena once held. Under a
+/// decoy flood the agent's few threads held ~20 MiB more that way
+/// (docs/benchmarks.md); two arenas are plenty for an agent.
+const MALLOC_ARENA_MAX: &str = "2";
+
+/// Starts the agent again with `MALLOC_ARENA_MAX` set unless the
+/// environment already chose (glibc reads it only at start). Returns only
+/// if that was not possible; the agent then runs as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_default();
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
+        .exec();
+    eprintln!(
+        "ruse-agent: running with glibc's default malloc arenas: cannot restart with MALLOC_ARENA_MAX ({err})"
+    );
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
-    let (args, enroll_only) = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(command, Command::Run(_)) {
+        limit_malloc_arenas();
+    }
+    let (args, enroll_only) = match command {
         Command::Run(args) => (args, false),
         Command::Enroll(args) => (args, true),
         Command::Uninstall { state_dir, root } => return uninstall(&state_dir, &root),
