@@ -9,7 +9,8 @@
 //! collision with a real account is unlikely; a password that matches no
 //! lure is never stored in clear (see [`redact`]).
 
-use std::collections::HashMap;
+// Seeded fast hashing (see deploy.rs); every lure ever made is indexed here.
+use foldhash::HashMap;
 
 use ruse_proto::convert::PresentedCredential;
 
