@@ -15,7 +15,7 @@
 //! - `repeated-touches`: several touches on one host by different processes;
 //! - `scan`: one source reaching several decoy ports.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -143,6 +143,8 @@ pub struct Incident {
     /// Increases with every change; outputs deliver versions.
     pub version: u64,
     pub event_count: u64,
+    /// Stored apart from the rest ([`IncidentHead`]), entry by entry.
+    #[serde(default)]
     pub timeline: Vec<TimelineEntry>,
     pub agents: BTreeSet<AgentId>,
     pub decoys: BTreeSet<String>,
@@ -167,6 +169,103 @@ pub struct Incident {
     pub resolution: String,
     #[serde(default)]
     pub deliveries: BTreeMap<String, Delivery>,
+}
+
+/// An incident without its timeline, as the store writes it on every
+/// change: the timeline (up to [`MAX_TIMELINE`] entries, most of an
+/// incident's bytes) is written entry by entry as entries are added, so a
+/// batch of events no longer rewrites it whole.
+#[derive(Debug, Serialize)]
+pub struct IncidentHead<'a> {
+    id: &'a str,
+    title: &'a str,
+    severity: Severity,
+    status: Status,
+    drill: bool,
+    first_seen: UnixMs,
+    last_seen: UnixMs,
+    created: UnixMs,
+    updated: UnixMs,
+    version: u64,
+    event_count: u64,
+    agents: &'a BTreeSet<AgentId>,
+    decoys: &'a BTreeSet<String>,
+    sources: &'a BTreeSet<String>,
+    lures: &'a BTreeSet<String>,
+    processes: &'a BTreeSet<String>,
+    credentials: &'a BTreeSet<String>,
+    ports: &'a BTreeSet<(String, u16)>,
+    path: &'a [Hop],
+    techniques: &'a BTreeSet<String>,
+    rules: &'a BTreeSet<String>,
+    keys: &'a BTreeSet<String>,
+    acknowledged_by: &'a str,
+    resolved_by: &'a str,
+    resolution: &'a str,
+    deliveries: &'a BTreeMap<String, Delivery>,
+}
+
+impl<'a> From<&'a Incident> for IncidentHead<'a> {
+    fn from(i: &'a Incident) -> Self {
+        // No `..`: a new field must be placed here or there is no build.
+        let Incident {
+            id,
+            title,
+            severity,
+            status,
+            drill,
+            first_seen,
+            last_seen,
+            created,
+            updated,
+            version,
+            event_count,
+            timeline: _,
+            agents,
+            decoys,
+            sources,
+            lures,
+            processes,
+            credentials,
+            ports,
+            path,
+            techniques,
+            rules,
+            keys,
+            acknowledged_by,
+            resolved_by,
+            resolution,
+            deliveries,
+        } = i;
+        IncidentHead {
+            id,
+            title,
+            severity: *severity,
+            status: *status,
+            drill: *drill,
+            first_seen: *first_seen,
+            last_seen: *last_seen,
+            created: *created,
+            updated: *updated,
+            version: *version,
+            event_count: *event_count,
+            agents,
+            decoys,
+            sources,
+            lures,
+            processes,
+            credentials,
+            ports,
+            path,
+            techniques,
+            rules,
+            keys,
+            acknowledged_by,
+            resolved_by,
+            resolution,
+            deliveries,
+        }
+    }
 }
 
 impl Incident {
@@ -840,9 +939,17 @@ impl Incidents {
             }
             touched.iter().filter_map(|id| c.get(id).cloned()).collect()
         };
+        // This batch's timeline entries, written with their incident.
+        let batch: HashSet<&str> = events.iter().map(|(e, _)| e.id.as_str()).collect();
         {
             let mut all = self.all();
             for mut i in touched {
+                let added: Vec<&TimelineEntry> = i
+                    .timeline
+                    .iter()
+                    .filter(|t| batch.contains(t.event_id.as_str()))
+                    .collect();
+                self.store.put_timeline(&i.id, &added)?;
                 // Deliveries are recorded by the outputs; keep theirs.
                 if let Some(old) = all.get(&i.id)
                     && old.deliveries != i.deliveries

@@ -19,7 +19,7 @@ use ruse_proto::types::{AdminName, AgentId, Labels, Role, TokenId, UnixMs};
 
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::incidents::Incident;
+use crate::incidents::{Incident, TimelineEntry};
 use crate::resources::{AllowRule, Decoy, Suppression};
 
 pub use self::sled::SledStore;
@@ -162,9 +162,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn put_suppression(&self, rule: &Suppression) -> Result<(), StoreError>;
     fn delete_suppression(&self, name: &str) -> Result<(), StoreError>;
 
-    /// Every incident (resolved ones too).
+    /// Every incident (resolved ones too), with its timeline.
     fn incidents(&self) -> Result<Vec<Incident>, StoreError>;
+    /// Writes an incident's head: everything but its timeline.
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError>;
+    /// Adds entries to an incident's timeline (written once each; the
+    /// timeline is read back in time order).
+    fn put_timeline(&self, incident: &str, entries: &[&TimelineEntry]) -> Result<(), StoreError>;
 
     /// Named counters (suppression hits, …).
     fn counters(&self) -> Result<Vec<(String, u64)>, StoreError>;

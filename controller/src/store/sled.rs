@@ -14,7 +14,7 @@ use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
-use crate::incidents::Incident;
+use crate::incidents::{Incident, IncidentHead, TimelineEntry};
 use crate::resources::{AllowRule, Decoy, Suppression};
 
 const AGENTS: &str = "agents";
@@ -28,6 +28,8 @@ const EVENTS: &str = "events";
 const ALLOW_RULES: &str = "allow_rules";
 const SUPPRESSIONS: &str = "suppressions";
 const INCIDENTS: &str = "incidents";
+/// Timeline entries: incident id, NUL, time, event id.
+const TIMELINE: &str = "incident_timeline";
 const COUNTERS: &str = "counters";
 
 /// The sled-backed [`Store`].
@@ -45,6 +47,7 @@ pub struct SledStore {
     allow_rules: sled::Tree,
     suppressions: sled::Tree,
     incidents: sled::Tree,
+    timeline: sled::Tree,
     counters: sled::Tree,
 }
 
@@ -92,6 +95,7 @@ impl SledStore {
             allow_rules: db.open_tree(ALLOW_RULES).map_err(engine)?,
             suppressions: db.open_tree(SUPPRESSIONS).map_err(engine)?,
             incidents: db.open_tree(INCIDENTS).map_err(engine)?,
+            timeline: db.open_tree(TIMELINE).map_err(engine)?,
             counters: db.open_tree(COUNTERS).map_err(engine)?,
             db,
         })
@@ -269,11 +273,48 @@ impl Store for SledStore {
     }
 
     fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
-        Self::all(&self.incidents, INCIDENTS)
+        let mut all: Vec<Incident> = Self::all(&self.incidents, INCIDENTS)?;
+        for i in &mut all {
+            let mut prefix = i.id.as_bytes().to_vec();
+            prefix.push(0);
+            let entries = self
+                .timeline
+                .scan_prefix(&prefix)
+                .map(|kv| {
+                    let (k, v) = kv.map_err(engine)?;
+                    decode::<TimelineEntry>(TIMELINE, &k, &v)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if i.timeline.is_empty() {
+                i.timeline = entries;
+            } else {
+                // Written whole by an earlier version: split it now.
+                let old: Vec<&TimelineEntry> = i.timeline.iter().collect();
+                self.put_timeline(&i.id, &old)?;
+                self.put_incident(i)?;
+            }
+        }
+        Ok(all)
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        Self::put(&self.incidents, &incident.id, incident)
+        Self::put(&self.incidents, &incident.id, &IncidentHead::from(incident))
+    }
+
+    fn put_timeline(&self, incident: &str, entries: &[&TimelineEntry]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            let mut key = Vec::with_capacity(incident.len() + 9 + e.event_id.len());
+            key.extend_from_slice(incident.as_bytes());
+            key.push(0);
+            // Sign bit flipped: byte order is time order, negatives first.
+            key.extend_from_slice(&((e.at.0 as u64) ^ (1 << 63)).to_be_bytes());
+            key.extend_from_slice(e.event_id.as_bytes());
+            let bytes = serde_json::to_vec(e)
+                .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+            batch.insert(key, bytes);
+        }
+        self.timeline.apply_batch(batch).map_err(engine)
     }
 
     fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -442,6 +483,69 @@ mod tests {
         assert_eq!(store.admins().unwrap().len(), 1);
         assert!(store.delete_token(&"t1".parse().unwrap()).unwrap());
         assert!(!store.delete_token(&"t1".parse().unwrap()).unwrap());
+    }
+
+    fn entry(event_id: &str, at: i64) -> TimelineEntry {
+        TimelineEntry {
+            event_id: event_id.into(),
+            at: UnixMs(at),
+            agent: "a1".parse().unwrap(),
+            kind: "lure-read".into(),
+            summary: format!("read {event_id}"),
+        }
+    }
+
+    #[test]
+    fn incident_heads_and_timelines_are_stored_apart_and_read_back_in_time_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut i = crate::incidents::tests_support::incident();
+        let (a, b, c) = (entry("e1", 1_000), entry("e2", 2_000), entry("e0", -5));
+        {
+            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+            store.put_incident(&i).unwrap();
+            // Added over three batches, not in time order.
+            store.put_timeline(&i.id, &[&b]).unwrap();
+            store.put_timeline(&i.id, &[&a]).unwrap();
+            i.version += 1;
+            store.put_incident(&i).unwrap();
+            store.put_timeline(&i.id, &[&c]).unwrap();
+            // Another incident's timeline stays its own.
+            let other = crate::incidents::tests_support::incident();
+            store.put_incident(&other).unwrap();
+            store.put_timeline(&other.id, &[&entry("x", 1)]).unwrap();
+            store.flush().unwrap();
+            // The head record holds no timeline.
+            let head = store.incidents.get(i.id.as_bytes()).unwrap().unwrap();
+            assert!(!String::from_utf8_lossy(&head).contains("read e1"));
+        }
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let back = store
+            .incidents()
+            .unwrap()
+            .into_iter()
+            .find(|x| x.id == i.id)
+            .unwrap();
+        i.timeline = vec![c, a, b];
+        assert_eq!(back, i);
+    }
+
+    #[test]
+    fn an_incident_written_whole_by_an_earlier_version_keeps_its_timeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut i = crate::incidents::tests_support::incident();
+        i.timeline = vec![entry("e1", 1_000), entry("e2", 2_000)];
+        {
+            let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+            // How incidents were stored before heads and timelines split.
+            SledStore::put(&store.incidents, &i.id, &i).unwrap();
+            assert_eq!(store.incidents().unwrap(), vec![i.clone()]);
+            store.flush().unwrap();
+        }
+        // Migrated on the first read: the head is now written without it.
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let head = store.incidents.get(i.id.as_bytes()).unwrap().unwrap();
+        assert!(!String::from_utf8_lossy(&head).contains("read e1"));
+        assert_eq!(store.incidents().unwrap(), vec![i]);
     }
 
     #[test]
