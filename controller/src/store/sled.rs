@@ -28,7 +28,8 @@ const EVENTS: &str = "events";
 const ALLOW_RULES: &str = "allow_rules";
 const SUPPRESSIONS: &str = "suppressions";
 const INCIDENTS: &str = "incidents";
-/// Timeline entries: incident id, NUL, time, event id.
+/// Timeline entries, a batch per record: incident id, NUL, the batch's
+/// first time and event id.
 const TIMELINE: &str = "incident_timeline";
 const COUNTERS: &str = "counters";
 
@@ -277,14 +278,13 @@ impl Store for SledStore {
         for i in &mut all {
             let mut prefix = i.id.as_bytes().to_vec();
             prefix.push(0);
-            let entries = self
-                .timeline
-                .scan_prefix(&prefix)
-                .map(|kv| {
-                    let (k, v) = kv.map_err(engine)?;
-                    decode::<TimelineEntry>(TIMELINE, &k, &v)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut entries = Vec::new();
+            for kv in self.timeline.scan_prefix(&prefix) {
+                let (k, v) = kv.map_err(engine)?;
+                entries.extend(decode::<Vec<TimelineEntry>>(TIMELINE, &k, &v)?);
+            }
+            // Batches may overlap in time.
+            entries.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
             if i.timeline.is_empty() {
                 i.timeline = entries;
             } else {
@@ -302,19 +302,21 @@ impl Store for SledStore {
     }
 
     fn put_timeline(&self, incident: &str, entries: &[&TimelineEntry]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for e in entries {
-            let mut key = Vec::with_capacity(incident.len() + 9 + e.event_id.len());
-            key.extend_from_slice(incident.as_bytes());
-            key.push(0);
-            // Sign bit flipped: byte order is time order, negatives first.
-            key.extend_from_slice(&((e.at.0 as u64) ^ (1 << 63)).to_be_bytes());
-            key.extend_from_slice(e.event_id.as_bytes());
-            let bytes = serde_json::to_vec(e)
-                .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
-            batch.insert(key, bytes);
-        }
-        self.timeline.apply_batch(batch).map_err(engine)
+        // One record per call (a batch's entries): small inserts cost sled
+        // more than the bytes do.
+        let Some(first) = entries.iter().min_by_key(|e| (e.at, e.event_id.as_str())) else {
+            return Ok(());
+        };
+        let mut key = Vec::with_capacity(incident.len() + 9 + first.event_id.len());
+        key.extend_from_slice(incident.as_bytes());
+        key.push(0);
+        // Sign bit flipped: byte order is time order, negatives first.
+        key.extend_from_slice(&((first.at.0 as u64) ^ (1 << 63)).to_be_bytes());
+        key.extend_from_slice(first.event_id.as_bytes());
+        let bytes = serde_json::to_vec(entries)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        self.timeline.insert(key, bytes).map_err(engine)?;
+        Ok(())
     }
 
     fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
