@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# A 10-lure campaign applied to N simulated agents: time to rollout
+# complete, the controller's own split (compute, first chunk durable, all
+# written), optionally under perf.
+# usage: push.sh [N=10000] [PERF_SECONDS=0]   (perf data: /tmp/perf-push.data)
+set -u
+n=${1:-10000}; ps=${2:-0}
+B=${B:?set B to a directory of release binaries}
+w=$(mktemp -d /tmp/ruse-push.XXXXXX)
+"$B/ruse-controller" init --data-dir "$w/ctl" --controller-url https://127.0.0.1:17490 > "$w/init"
+pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1); ctx=$w/ctl/admin/rusectl.toml
+RUSE_LOG_LEVEL="warn,ruse_controller::deploy=debug" "$B/ruse-controller" serve --data-dir "$w/ctl" \
+    --listen 127.0.0.1:17490 > "$w/ctl.log" 2>&1 &
+cp=$!
+sleep 2
+timeout 600 "$B/ruse-sim" --controller https://127.0.0.1:17490 --admin https://127.0.0.1:17490 --ca-pin "$pin" \
+    --context-file "$ctx" -n "$n" --lures 10 --hold 240s --sources 16 --concurrency 128 \
+    --controller-pid "$cp" --scenarios connect > "$w/sim.txt" 2>&1 &
+sp=$!
+t0=$(date +%s)
+while [ "$(ss -tnH state established '( sport = :17490 )' | wc -l)" -lt "$n" ]; do
+    sleep 1; [ $(($(date +%s) - t0)) -gt 300 ] && { echo "ramp too slow"; break; }
+done
+sleep 5
+pp=
+if [ "$ps" != 0 ]; then
+    perf record -F 499 --call-graph dwarf,16384 -o /tmp/perf-push.data -p "$cp" -- sleep "$ps" > "$w/perf.log" 2>&1 &
+    pp=$!; sleep 0.5
+fi
+printf 'kind: Campaign\nname: push-a\nselector: {}\nrollout: {waves: ["100%%"], max_failure_ratio: 1}\nlures:\n' > "$w/c.yaml"
+for i in $(seq 0 9); do echo "  - {template: pgpass, name: pg-$i, params: {database: db$i}}" >> "$w/c.yaml"; done
+s=$(date +%s.%N)
+"$B/rusectl" --context-file "$ctx" apply -f "$w/c.yaml" > /dev/null
+"$B/rusectl" --context-file "$ctx" rollout status campaign/push-a --timeout 120s | tail -1
+echo "apply -> rollout complete: $(python3 -c "print(round($(date +%s.%N) - $s, 2))") s (rusectl polls)"
+grep "lure registry updated" "$w/ctl.log" | tail -1
+[ -n "$pp" ] && wait "$pp"
+kill "$sp"; wait "$sp" 2>/dev/null
+kill "$cp"; wait "$cp"
+rm -rf "$w"
