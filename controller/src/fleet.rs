@@ -172,6 +172,17 @@ impl Fleet {
         agents.insert(record.id.clone(), Entry::new(record, Instant::now()));
     }
 
+    /// The hostname the agent reported (empty if none), without copying
+    /// its record: correlation asks for it per event.
+    pub fn hostname_of(&self, id: &AgentId) -> Option<String> {
+        self.with_entry(id, |e| e.record.facts.hostname.clone())
+    }
+
+    /// The labels selectors match, shared.
+    pub fn labels_of(&self, id: &AgentId) -> Option<Arc<Labels>> {
+        self.with_entry(id, |e| e.labels.clone())
+    }
+
     pub fn record(&self, id: &AgentId) -> Option<AgentRecord> {
         self.with_entry(id, |e| e.record.clone())
     }
@@ -573,14 +584,18 @@ mod tests {
             &id,
             ticket.id,
             HostFacts {
+                hostname: "ws-07".into(),
                 labels: Labels::parse_pairs(["site=er"]).unwrap(),
                 ..HostFacts::default()
             },
         );
+        assert_eq!(fleet.hostname_of(&id).as_deref(), Some("ws-07"));
         let now = fleet.record(&id).unwrap().labels();
         assert_eq!(now.get("site"), Some("er"));
         assert_eq!(*member(&fleet).labels, now);
         assert_eq!(*fleet.get(&id).unwrap().labels, now);
+        assert_eq!(fleet.labels_of(&id).as_deref(), Some(&now));
+        assert_eq!(fleet.hostname_of(&"zz".parse().unwrap()), None);
         assert!(
             fleet
                 .list(&Labels::parse_pairs(["site=icu"]).unwrap())

@@ -778,15 +778,14 @@ fn title(i: &Incident, e: &StoredEvent, dir: &dyn Directory) -> String {
 /// Fleet-backed names for correlation.
 impl Directory for crate::fleet::Fleet {
     fn hostname(&self, agent: &AgentId) -> String {
-        self.get(agent)
-            .map(|v| v.record.facts.hostname)
+        self.hostname_of(agent)
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| agent.to_string())
     }
 
     fn labels(&self, agent: &AgentId) -> ruse_proto::types::Labels {
-        self.get(agent)
-            .map(|v| (*v.labels).clone())
+        self.labels_of(agent)
+            .map(|l| (*l).clone())
             .unwrap_or_default()
     }
 }
