@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sustained ingest from N simulated agents (connect, push, then ingest at
+# RATE events/s for SECONDS), optionally with perf recording the
+# controller for PERF_SECONDS once ingest is under way (PDELAY, default 16 s
+# after the simulator starts). perf data: /tmp/perf-ingest.data
+# usage: ingest.sh [N=1000] [RATE=25000] [SECONDS=20] [PERF_SECONDS=0]
+set -u
+n=${1:-1000}; rate=${2:-25000}; secs=${3:-20}; ps=${4:-0}
+B=${B:?set B to a directory of release binaries}
+w=$(mktemp -d /tmp/ruse-ingest.XXXXXX)
+"$B/ruse-controller" init --data-dir "$w/ctl" > "$w/init"
+pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1)
+RUSE_LOG_LEVEL=warn "$B/ruse-controller" serve --data-dir "$w/ctl" --listen 127.0.0.1:17460 > "$w/ctl.log" 2>&1 &
+cp=$!
+sleep 1.5
+pp=
+if [ "$ps" != 0 ]; then
+    (sleep "${PDELAY:-16}"; perf record -F 199 --call-graph dwarf,32768 -o /tmp/perf-ingest.data -p "$cp" -- sleep "$ps" > "$w/perf.log" 2>&1) &
+    pp=$!
+fi
+timeout 900 "$B/ruse-sim" --controller https://127.0.0.1:17460 --admin https://127.0.0.1:17460 --ca-pin "$pin" \
+    --context-file "$w/ctl/admin/rusectl.toml" -n "$n" --lures 10 --rate "$rate" --batch 100 \
+    --duration "${secs}s" --hold 5s --sources 16 --concurrency 128 --controller-pid "$cp" \
+    --scenarios connect,push,ingest 2>&1 | grep -E '^(connect|push|ingest) '
+[ -n "$pp" ] && wait "$pp"
+kill "$cp"; wait "$cp"
+rm -rf "$w"
