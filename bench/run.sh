@@ -159,25 +159,8 @@ pids+=("$agent_pid")
     --scenarios touch --touch-root "$agent_dir/root/home/clinician/touch" --touches "$touches" \
     --timeout 600s --json "$results/touch.json" | tee "$results/touch.txt"
 
-# Idle: many lures and one decoy service, nothing happening. Campaigns
-# hold at most 64 lures: 50 per campaign.
-{
-    for i in $(seq "$idle_lures"); do
-        if [ $(((i - 1) % 50)) -eq 0 ]; then
-            [ "$i" -gt 1 ] && echo "---"
-            echo "kind: Campaign"
-            echo "name: bench-idle-$(((i - 1) / 50))"
-            echo "selector: {role: bench}"
-            echo "lures:"
-        fi
-        case $((i % 4)) in
-            0) echo "  - {template: patient-csv, name: csv-$i, path: '~/idle/$i', params: {rows: '5'}}" ;;
-            1) echo "  - {template: hl7-adt, name: adt-$i, path: '~/idle/$i', params: {messages: '1'}}" ;;
-            2) echo "  - {template: fhir-bundle, name: fhir-$i, path: '~/idle/$i', params: {patients: '1'}}" ;;
-            3) echo "  - {template: patient-csv, name: exp-$i, path: '~/idle/$i', params: {rows: '3'}}" ;;
-        esac
-    done
-} > "$work/idle.yaml"
+# Idle: many lures and one decoy service, nothing happening.
+"$root/bench/idle-lures.sh" "$idle_lures" > "$work/idle.yaml"
 "$bin/rusectl" --context-file "$ctx" apply -f "$work/idle.yaml" > /dev/null
 for c in $(seq 0 $(((idle_lures - 1) / 50))); do
     "$bin/rusectl" --context-file "$ctx" rollout status "campaign/bench-idle-$c" --timeout 600s > /dev/null

@@ -19,23 +19,10 @@ ap=$!
 for _ in $(seq 300); do grep -q 'session open' "$w/agent.log" && break; sleep 0.2; done
 printf 'kind: Decoy\nname: bench-decoy\nselector: {decoys: bench}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices: [{protocol: ssh, port: 22232}]\n' > "$w/d.yaml"
 "$B/rusectl" --context-file "$ctx" apply -f "$w/d.yaml" > /dev/null
-{
-    for i in $(seq "$lures"); do
-        if [ $(((i - 1) % 50)) -eq 0 ]; then
-            [ "$i" -gt 1 ] && echo "---"
-            printf 'kind: Campaign\nname: idle-%s\nselector: {role: bench}\nlures:\n' $(((i - 1) / 50))
-        fi
-        case $((i % 4)) in
-            0) echo "  - {template: patient-csv, name: csv-$i, path: '~/idle/$i', params: {rows: '5'}}" ;;
-            1) echo "  - {template: hl7-adt, name: adt-$i, path: '~/idle/$i', params: {messages: '1'}}" ;;
-            2) echo "  - {template: fhir-bundle, name: fhir-$i, path: '~/idle/$i', params: {patients: '1'}}" ;;
-            3) echo "  - {template: patient-csv, name: exp-$i, path: '~/idle/$i', params: {rows: '3'}}" ;;
-        esac
-    done
-} > "$w/idle.yaml"
+"$(dirname "$0")/../idle-lures.sh" "$lures" > "$w/idle.yaml"
 "$B/rusectl" --context-file "$ctx" apply -f "$w/idle.yaml" > /dev/null
 for c in $(seq 0 $(((lures - 1) / 50))); do
-    "$B/rusectl" --context-file "$ctx" rollout status "campaign/idle-$c" --timeout 600s > /dev/null
+    "$B/rusectl" --context-file "$ctx" rollout status "campaign/bench-idle-$c" --timeout 600s > /dev/null
 done
 echo "lure files: $(find "$w/root/home/clinician" -type f | wc -l)"
 sleep "$idle"
