@@ -1353,8 +1353,9 @@ impl Deployer {
         let now = UnixMs::now();
         let (mut created, retired, wake) = {
             let mut st = self.lock();
-            let (mut created, retired, wake) = recompute(&mut st, &agents, now)?;
-            // Left undurable by a pass whose write failed: written now.
+            let (mut created, retired, mut wake) = recompute(&mut st, &agents, now)?;
+            // Left undurable by a pass whose write failed: written now, and
+            // their agents woken (that pass never did).
             let fresh: HashSet<&String> = created.iter().map(|l| &l.id).collect();
             let leftover: Vec<LureInstance> = st
                 .undurable
@@ -1363,6 +1364,14 @@ impl Deployer {
                 .filter_map(|id| st.registry.active.get(id))
                 .map(|l| (**l).clone())
                 .collect();
+            if !leftover.is_empty() {
+                let mut woken: HashSet<AgentId> = wake.iter().cloned().collect();
+                for lure in &leftover {
+                    if woken.insert(lure.agent.clone()) {
+                        wake.push(lure.agent.clone());
+                    }
+                }
+            }
             created.extend(leftover);
             (created, retired, wake)
         };
