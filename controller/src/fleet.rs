@@ -75,6 +75,11 @@ struct Entry {
 }
 
 impl Entry {
+    /// After any change to the record's label sources.
+    fn relabel(&mut self) {
+        self.labels = Arc::new(self.record.labels());
+    }
+
     fn new(record: AgentRecord, now: Instant) -> Mutex<Entry> {
         Mutex::new(Entry {
             labels: Arc::new(record.labels()),
@@ -260,8 +265,8 @@ impl Fleet {
                 }
             }
             r.removed_labels.sort();
-            e.labels = Arc::new(r.labels());
-            r.clone()
+            e.relabel();
+            e.record.clone()
         });
         if record.is_some() {
             self.mark_dirty(id);
@@ -276,7 +281,7 @@ impl Fleet {
                 return false;
             }
             e.record.facts = facts;
-            e.labels = Arc::new(e.record.labels());
+            e.relabel();
             true
         });
         if changed == Some(true) {
