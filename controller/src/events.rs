@@ -214,9 +214,8 @@ impl Events {
         }
         if !stored.is_empty() {
             // Incidents and their output notices commit with the events.
-            let flagged: Vec<(StoredEvent, Option<String>)> = stored.clone();
             let changes = self.incidents.correlate(
-                &flagged,
+                &stored,
                 &self.deploy.suppressions(),
                 self.fleet.as_ref(),
             )?;

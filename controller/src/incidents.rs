@@ -145,7 +145,7 @@ pub struct Incident {
     pub event_count: u64,
     /// Stored apart from the rest ([`IncidentHead`]), entry by entry.
     #[serde(default)]
-    pub timeline: Vec<TimelineEntry>,
+    pub timeline: Vec<std::sync::Arc<TimelineEntry>>,
     pub agents: BTreeSet<AgentId>,
     pub decoys: BTreeSet<String>,
     pub sources: BTreeSet<String>,
@@ -470,7 +470,14 @@ pub struct Correlator {
     live: HashMap<String, std::sync::Arc<Incident>>,
     /// Key → (incident id, last seen).
     index: HashMap<String, (String, UnixMs)>,
+    /// When [`Correlator::expire`] next scans the index.
+    next_expiry: UnixMs,
 }
+
+/// How often the index is swept for keys past the window. Lookups check
+/// the window themselves, so the sweep only bounds memory; sweeping once
+/// per batch cost ~2 % of ingest with 10k keys.
+const EXPIRE_EVERY_MS: i64 = 1_000;
 
 impl Correlator {
     /// Resumes from stored incidents (resolved ones are not indexed).
@@ -479,6 +486,7 @@ impl Correlator {
             window,
             live: HashMap::new(),
             index: HashMap::new(),
+            next_expiry: UnixMs(i64::MIN),
         };
         for i in incidents {
             if i.status != Status::Resolved {
@@ -519,8 +527,13 @@ impl Correlator {
         self.live.values().map(|i| &**i)
     }
 
-    /// Forgets index entries older than the window (bounded memory).
+    /// Forgets index entries older than the window (bounded memory), at
+    /// most once every [`EXPIRE_EVERY_MS`].
     pub fn expire(&mut self, now: UnixMs) {
+        if now < self.next_expiry {
+            return;
+        }
+        self.next_expiry = UnixMs(now.0.saturating_add(EXPIRE_EVERY_MS));
         let window = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
         self.index
             .retain(|_, (_, last)| now.0.saturating_sub(last.0) <= window);
@@ -634,13 +647,13 @@ impl Correlator {
                 .partition_point(|t| (t.at, t.event_id.as_str()) <= (at, e.id.as_str()));
             i.timeline.insert(
                 at_index,
-                TimelineEntry {
+                std::sync::Arc::new(TimelineEntry {
                     event_id: e.id.clone(),
                     at,
                     agent: e.agent.clone(),
                     kind: e.kind.clone(),
                     summary: summary(e, dir),
-                },
+                }),
             );
         }
         i.techniques
@@ -947,6 +960,7 @@ impl Incidents {
                     .timeline
                     .iter()
                     .filter(|t| batch.contains(t.event_id.as_str()))
+                    .map(|t| &**t)
                     .collect();
                 self.store.put_timeline(&i.id, &added)?;
                 // Deliveries are recorded by the outputs; keep theirs.

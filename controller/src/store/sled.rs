@@ -5,6 +5,7 @@
 //! off: durability comes from explicit flushes through the committer.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -281,7 +282,7 @@ impl Store for SledStore {
             let mut entries = Vec::new();
             for kv in self.timeline.scan_prefix(&prefix) {
                 let (k, v) = kv.map_err(engine)?;
-                entries.extend(decode::<Vec<TimelineEntry>>(TIMELINE, &k, &v)?);
+                entries.extend(decode::<Vec<Arc<TimelineEntry>>>(TIMELINE, &k, &v)?);
             }
             // Batches may overlap in time.
             entries.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
@@ -289,7 +290,7 @@ impl Store for SledStore {
                 i.timeline = entries;
             } else {
                 // Written whole by an earlier version: split it now.
-                let old: Vec<&TimelineEntry> = i.timeline.iter().collect();
+                let old: Vec<&TimelineEntry> = i.timeline.iter().map(|t| &**t).collect();
                 self.put_timeline(&i.id, &old)?;
                 self.put_incident(i)?;
             }
@@ -527,7 +528,7 @@ mod tests {
             .into_iter()
             .find(|x| x.id == i.id)
             .unwrap();
-        i.timeline = vec![c, a, b];
+        i.timeline = vec![Arc::new(c), Arc::new(a), Arc::new(b)];
         assert_eq!(back, i);
     }
 
@@ -535,7 +536,7 @@ mod tests {
     fn an_incident_written_whole_by_an_earlier_version_keeps_its_timeline() {
         let dir = tempfile::tempdir().unwrap();
         let mut i = crate::incidents::tests_support::incident();
-        i.timeline = vec![entry("e1", 1_000), entry("e2", 2_000)];
+        i.timeline = vec![Arc::new(entry("e1", 1_000)), Arc::new(entry("e2", 2_000))];
         {
             let store = SledStore::open(dir.path(), 1 << 20).unwrap();
             // How incidents were stored before heads and timelines split.
