@@ -268,6 +268,16 @@ mod tests {
             assert!(HostFacts::try_from(f).is_err());
         }
     }
+
+    #[test]
+    fn event_strings_have_control_characters_replaced_and_are_bounded() {
+        assert_eq!(
+            bounded_to("path", "/srv/a\x1b[31m\nb".into(), 64).unwrap(),
+            "/srv/a?[31m?b"
+        );
+        assert_eq!(bounded_to("path", "/srv/ü".into(), 64).unwrap(), "/srv/ü");
+        assert!(bounded_to("path", "x".repeat(65), 64).is_err());
+    }
 }
 
 /// Event kinds an agent may report about its lures.
@@ -422,6 +432,10 @@ fn bounded_to(what: &'static str, s: String, max: usize) -> Result<String, Inval
             value: s.chars().take(40).collect(),
             reason: "too long",
         });
+    }
+    // Most strings are clean: keep them rather than copy them.
+    if !s.chars().any(char::is_control) {
+        return Ok(s);
     }
     Ok(s.chars()
         .map(|c| if c.is_control() { '?' } else { c })

@@ -7,6 +7,7 @@
 //! - **sled appears only in `sled.rs`.** Another engine implements [`Store`]
 //!   without touching callers.
 
+mod event_record;
 mod sled;
 
 use std::sync::Arc;

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 
+use super::event_record;
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
@@ -402,8 +403,7 @@ impl Store for SledStore {
     }
 
     fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
-        let bytes = serde_json::to_vec(event)
-            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        let bytes = event_record::encode(event);
         let swapped = self
             .events
             .compare_and_swap(event.id.as_bytes(), None::<&[u8]>, Some(bytes))
@@ -423,7 +423,11 @@ impl Store for SledStore {
                 break;
             }
             let (k, v) = kv.map_err(engine)?;
-            let event: StoredEvent = decode(EVENTS, &k, &v)?;
+            let event = event_record::decode(&v).map_err(|reason| StoreError::Corrupt {
+                tree: EVENTS,
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason,
+            })?;
             if keep(&event) {
                 out.push(event);
             }
