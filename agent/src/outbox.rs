@@ -10,7 +10,11 @@
 //!
 //! When the outbox is full, the oldest events of the lowest severity go
 //! first (allowed readers, then drift, then touches); what was dropped is
-//! counted and reported in heartbeats.
+//! counted and reported in heartbeats. Dropped and acknowledged records
+//! stay in the log as dead bytes until those outweigh the live ones; then
+//! the log is rewritten, so each rewrite copies no more than it frees. (A
+//! dropped event may therefore come back after a crash and be dropped, or
+//! sent, again: never fewer events, only more.)
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -88,6 +92,8 @@ pub struct Outbox {
     next_seq: u64,
     /// Unacknowledged events, in sequence order.
     index: VecDeque<Entry>,
+    /// Bytes of the log that `index` points at; the rest is dead.
+    live: u64,
     capacity: usize,
     dropped: u64,
 }
@@ -166,6 +172,7 @@ impl Outbox {
             log.set_len(offset as u64).map_err(err(&log_path))?;
             log.sync_all().map_err(err(&log_path))?;
         }
+        let live = index.iter().map(|e| u64::from(e.len)).sum();
         let mut outbox = Outbox {
             dir: dir.to_path_buf(),
             log,
@@ -173,11 +180,18 @@ impl Outbox {
             acked,
             next_seq,
             index,
+            live,
             capacity: capacity.max(1),
             dropped: 0,
         };
         if outbox.index.is_empty() && outbox.end > 0 {
             outbox.truncate()?;
+        } else if outbox.index.len() > outbox.capacity {
+            // Dropped before a crash (and counted then), or a smaller
+            // capacity now: drop again, without counting.
+            outbox.drop_excess();
+            let keep: Vec<Entry> = outbox.index.iter().copied().collect();
+            outbox.rewrite(keep)?;
         }
         Ok(outbox)
     }
@@ -237,6 +251,7 @@ impl Outbox {
         self.log.write_all(&buf).map_err(self.error(LOG))?;
         self.log.sync_data().map_err(self.error(LOG))?;
         self.end += buf.len() as u64;
+        self.live += entries.iter().map(|e| u64::from(e.len)).sum::<u64>();
         self.index.extend(entries);
         if self.index.len() > self.capacity {
             self.shed()?;
@@ -245,9 +260,24 @@ impl Outbox {
     }
 
     /// Drops the oldest events of the lowest severity until within
-    /// capacity, then rewrites the log without them.
+    /// capacity; the log is compacted only when dead bytes outweigh live
+    /// ones (rewriting it on every append of a full outbox made each
+    /// append cost the whole backlog).
     fn shed(&mut self) -> Result<(), OutboxError> {
-        let excess = self.index.len() - self.capacity;
+        let dropped = self.drop_excess();
+        self.dropped += dropped as u64;
+        tracing::warn!(
+            dropped,
+            capacity = self.capacity,
+            "outbox full; dropped the oldest low-severity events"
+        );
+        self.compact_if_mostly_dead()
+    }
+
+    /// Takes the oldest events of the lowest severity out of the index
+    /// until it is within capacity; returns how many.
+    fn drop_excess(&mut self) -> usize {
+        let excess = self.index.len().saturating_sub(self.capacity);
         let mut victims = Vec::with_capacity(excess);
         for severity in [Severity::Allowed, Severity::Drift, Severity::Touch] {
             for e in self.index.iter().filter(|e| e.severity == severity) {
@@ -258,19 +288,27 @@ impl Outbox {
             }
         }
         victims.sort_unstable();
-        let keep: Vec<Entry> = self
-            .index
-            .iter()
-            .filter(|e| victims.binary_search(&e.seq).is_err())
-            .copied()
-            .collect();
-        self.dropped += victims.len() as u64;
-        tracing::warn!(
-            dropped = victims.len(),
-            capacity = self.capacity,
-            "outbox full; dropped the oldest low-severity events"
-        );
-        self.rewrite(keep)
+        let mut freed = 0;
+        self.index.retain(|e| {
+            let keep = victims.binary_search(&e.seq).is_err();
+            if !keep {
+                freed += u64::from(e.len);
+            }
+            keep
+        });
+        self.live -= freed;
+        victims.len()
+    }
+
+    /// Rewrites the log once its dead bytes pass [`COMPACT_AFTER`] and
+    /// are at least as many as the live ones.
+    fn compact_if_mostly_dead(&mut self) -> Result<(), OutboxError> {
+        let dead = self.end.saturating_sub(self.live);
+        if dead > COMPACT_AFTER && dead >= self.live {
+            let keep: Vec<Entry> = self.index.iter().copied().collect();
+            self.rewrite(keep)?;
+        }
+        Ok(())
     }
 
     /// Rewrites the log with only `keep`, atomically.
@@ -296,6 +334,7 @@ impl Outbox {
             .open(self.dir.join(LOG))
             .map_err(self.error(LOG))?;
         self.end = buf.len() as u64;
+        self.live = self.end;
         self.index = index;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
@@ -307,6 +346,7 @@ impl Outbox {
         self.log.set_len(0).map_err(self.error(LOG))?;
         self.log.sync_all().map_err(self.error(LOG))?;
         self.end = 0;
+        self.live = 0;
         Ok(())
     }
 
@@ -343,22 +383,17 @@ impl Outbox {
                 source: std::io::Error::other(e.to_string()),
             })?;
         self.acked = through;
-        while self.index.front().is_some_and(|e| e.seq <= through) {
+        while let Some(e) = self.index.front().filter(|e| e.seq <= through) {
+            self.live -= u64::from(e.len);
             self.index.pop_front();
         }
         if self.index.is_empty() {
             self.truncate()?;
         } else {
-            // Compact once the acknowledged prefix is large and at least
-            // as big as what is still pending, so each rewrite copies no
-            // more than it frees. (Compacting whenever the file passed
-            // 4 MiB rewrote a large pending backlog on every ack under a
-            // decoy flood: a third of the agent's CPU in perf.)
-            let dead = self.index.front().map_or(self.end, |e| e.offset);
-            if dead > COMPACT_AFTER && dead >= self.end - dead {
-                let keep: Vec<Entry> = self.index.iter().copied().collect();
-                self.rewrite(keep)?;
-            }
+            // (Compacting whenever the file passed 4 MiB rewrote a large
+            // pending backlog on every ack under a decoy flood: a third
+            // of the agent's CPU in perf.)
+            self.compact_if_mostly_dead()?;
         }
         Ok(())
     }
@@ -506,6 +541,42 @@ mod tests {
         );
         drop(o);
         let o = Outbox::open(dir.path(), 4).unwrap();
-        assert_eq!(o.depth(), 4, "the rewritten log reopens");
+        assert_eq!(o.depth(), 4, "the log reopens with what was kept");
+        assert_eq!(
+            ids(&o.pending(0, 10).unwrap()),
+            ["ev000000", "ev000004", "ev000005", "ev000006"]
+        );
+        assert_eq!(o.dropped(), 0, "drops before a restart were counted then");
+    }
+
+    #[test]
+    fn a_full_outbox_does_not_rewrite_its_log_on_every_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = || std::fs::metadata(dir.path().join(LOG)).unwrap().len();
+        let mut o = Outbox::open(dir.path(), 20).unwrap();
+        let mut rewrites = 0;
+        let mut before = 0;
+        // ~50 KB each: 20 fit in ~1 MB; 200 appended one at a time.
+        for n in 0..200 {
+            let mut one = [pb::Event {
+                detail: "x".repeat(50_000),
+                ..event(n, "touch", false)
+            }];
+            o.append(&mut one).unwrap();
+            assert_eq!(o.depth(), 20.min(n as usize + 1));
+            if len() < before {
+                rewrites += 1;
+            }
+            before = len();
+            // Dead bytes never pass the larger of 4 MiB and the live ones.
+            assert!(len() < 2 * 20 * 50_100 + COMPACT_AFTER, "{}", len());
+        }
+        assert!((1..=4).contains(&rewrites), "{rewrites} rewrites");
+        assert_eq!(o.dropped(), 180);
+        let newest: Vec<String> = (180..200).map(|n| format!("ev{n:06}")).collect();
+        assert_eq!(ids(&o.pending(0, 100).unwrap()), newest);
+        drop(o);
+        let o = Outbox::open(dir.path(), 20).unwrap();
+        assert_eq!(ids(&o.pending(0, 100).unwrap()), newest);
     }
 }
