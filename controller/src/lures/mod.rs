@@ -231,13 +231,24 @@ const BASE64ISH: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 const AWS_KEY: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 /// `n` characters from `alphabet`, from the operating system's generator.
+/// `n` characters drawn uniformly from `alphabet` (at most 256 long):
+/// bytes at or above the largest multiple of its length are discarded, so
+/// no character is likelier than another (a bias real keys do not have).
 fn secret_string(alphabet: &[u8], n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    random_bytes(&mut bytes);
-    bytes
-        .iter()
-        .map(|b| char::from(alphabet[usize::from(*b) % alphabet.len()]))
-        .collect()
+    let len = alphabet.len().clamp(1, 256);
+    let limit = 256 - 256 % len;
+    let mut out = String::with_capacity(n);
+    let mut bytes = [0u8; 64];
+    while out.len() < n {
+        random_bytes(&mut bytes);
+        for b in bytes.iter().map(|b| usize::from(*b)).filter(|b| *b < limit) {
+            if out.len() == n {
+                break;
+            }
+            out.push(char::from(alphabet[b % len]));
+        }
+    }
+    out
 }
 
 fn seed() -> u64 {
@@ -876,6 +887,23 @@ mod tests {
     use super::*;
     use crate::resources::ServiceManifest;
     use ruse_proto::types::Labels;
+
+    #[test]
+    fn secret_characters_are_drawn_without_modulo_bias() {
+        // 94 characters: 256 % 94 = 68, so a plain modulo would make the
+        // first 68 half again as likely as the last 26.
+        let alphabet: Vec<u8> = (b'!'..=b'~').collect();
+        let s = secret_string(&alphabet, 94_000);
+        assert_eq!(s.len(), 94_000);
+        let mut counts = [0u32; 94];
+        for b in s.bytes() {
+            counts[usize::from(b - b'!')] += 1;
+        }
+        let mean = |c: &[u32]| f64::from(c.iter().sum::<u32>()) / c.len() as f64;
+        let ratio = mean(&counts[..68]) / mean(&counts[68..]);
+        assert!((0.9..1.1).contains(&ratio), "first/last ratio {ratio}");
+        assert_eq!(secret_string(b"ab", 0), "");
+    }
 
     fn sha(bytes: &[u8]) -> String {
         ruse_proto::types::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
