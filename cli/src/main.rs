@@ -1090,7 +1090,12 @@ async fn get(
                                 d.address.clone(),
                                 d.services
                                     .iter()
-                                    .map(|s| format!("{}/{}", s.protocol, s.port))
+                                    .map(|s| match s.refusal_delay_ms {
+                                        Some(ms) => {
+                                            format!("{}/{} (refusal {ms}ms)", s.protocol, s.port)
+                                        }
+                                        None => format!("{}/{}", s.protocol, s.port),
+                                    })
                                     .collect::<Vec<_>>()
                                     .join(","),
                                 output::labels(&d.selector.clone().into_iter().collect()),

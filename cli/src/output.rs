@@ -373,6 +373,9 @@ impl From<&pb::Campaign> for Campaign {
 pub struct DecoyService {
     pub protocol: String,
     pub port: u32,
+    /// Set only when the manifest overrides the protocol's usual delay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal_delay_ms: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -399,6 +402,7 @@ impl From<&pb::Decoy> for Decoy {
                 .map(|s| DecoyService {
                     protocol: s.protocol.clone(),
                     port: s.port,
+                    refusal_delay_ms: s.refusal_delay_ms,
                 })
                 .collect(),
             matching_agents: d.matching_agents,

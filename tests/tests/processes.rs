@@ -391,6 +391,33 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
             && text.contains("campaign/clinical-workstations created"),
         "{text}"
     );
+    // A decoy's refusal delay shows when its manifest sets one.
+    let quick = dir.path().join("quick.yaml");
+    std::fs::write(
+        &quick,
+        "kind: Decoy\nname: quick-ftp\nselector: {site: nowhere}\nservices: [{protocol: ftp, port: 2121, refusal_delay: 250ms}]\n",
+    )
+    .unwrap();
+    assert!(
+        ctx.run(&["apply", "-f", &quick.display().to_string()])
+            .status
+            .success()
+    );
+    let decoys = ctx.json(&["get", "decoys"]);
+    let services = |name: &str| {
+        decoys["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap()["services"][0]
+            .clone()
+    };
+    assert_eq!(services("quick-ftp")["refusal_delay_ms"], 250);
+    assert!(services("pacs-archive02").get("refusal_delay_ms").is_none());
+    let table = String::from_utf8_lossy(&ctx.run(&["get", "decoys"]).stdout).into_owned();
+    assert!(table.contains("ftp/2121 (refusal 250ms)"), "{table}");
+    assert!(ctx.run(&["delete", "decoy", "quick-ftp"]).status.success());
 
     let out = ctx.run(&[
         "rollout",

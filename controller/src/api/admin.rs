@@ -239,6 +239,9 @@ fn decoy_pb(d: Decoy, matching: usize) -> pb::Decoy {
             .services
             .into_iter()
             .map(|s| pb::DecoyService {
+                refusal_delay_ms: s
+                    .refusal_delay()
+                    .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
                 protocol: s.protocol,
                 port: u32::from(s.port),
             })
