@@ -1826,6 +1826,78 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
 mod tests {
     use super::*;
 
+    fn agent_record(id: &str, labels: &str) -> crate::store::AgentRecord {
+        crate::store::AgentRecord {
+            id: id.parse().unwrap(),
+            facts: ruse_proto::convert::HostFacts {
+                labels: Labels::parse_pairs([labels]).unwrap(),
+                ..Default::default()
+            },
+            token_labels: Labels::new(),
+            admin_labels: Labels::new(),
+            removed_labels: Vec::new(),
+            enrolled_at: UnixMs(0),
+            enrolled_with: "t".parse().unwrap(),
+            last_seen: UnixMs(0),
+            last_peer: String::new(),
+            cert_serial: String::new(),
+            cert_not_after: UnixMs(0),
+            revoked: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn instances_a_failed_write_left_unpushed_are_written_and_pushed_by_the_next_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SledStore::open(dir.path(), 1 << 20).unwrap());
+        let (committer, _task) = Committer::spawn(store.clone());
+        let fleet = Arc::new(Fleet::new(
+            vec![agent_record("a1", "site=icu")],
+            Duration::from_secs(60),
+        ));
+        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        let a1: AgentId = "a1".parse().unwrap();
+        let notify = Arc::new(Notify::new());
+        d.session_started(&a1, notify.clone());
+        d.prepare().await.unwrap();
+        d.hello(&a1, Default::default());
+        let docs = crate::resources::parse(
+            "kind: Campaign\nname: c1\nselector: {site: icu}\nlures: [{template: pgpass}, {template: netrc}]\n",
+        )
+        .unwrap();
+        d.apply(&docs, false).await.unwrap();
+
+        // The pass computes two instances but cannot write them.
+        store.fail_lure_writes.store(1, Ordering::Release);
+        assert!(d.recompute().await.is_err());
+        let computed: HashSet<String> = d.lock().undurable.clone();
+        assert_eq!(computed.len(), 2);
+        assert!(store.lures().unwrap().is_empty());
+        if let Some(update) = d.next_update(&a1) {
+            assert!(
+                update.resources.iter().all(|r| !computed.contains(&r.id)),
+                "nothing undurable is pushed"
+            );
+            d.acked(&a1, update.nonce);
+        }
+
+        // The next pass has nothing new to compute, writes them anyway and
+        // wakes the agent, which now gets them. (A wake-up stored earlier,
+        // by the Hello, is used up first.)
+        let _ = tokio::time::timeout(Duration::from_millis(50), notify.notified()).await;
+        let woken = notify.notified();
+        d.recompute().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), woken)
+            .await
+            .expect("agent woken once its instances are durable");
+        assert!(d.lock().undurable.is_empty());
+        let stored: HashSet<String> = store.lures().unwrap().into_iter().map(|l| l.id).collect();
+        assert_eq!(stored, computed);
+        let update = d.next_update(&a1).expect("the lures");
+        let pushed: HashSet<String> = update.resources.iter().map(|r| r.id.clone()).collect();
+        assert!(pushed.is_superset(&computed), "{pushed:?}");
+    }
+
     #[test]
     fn waves_cover_cumulative_shares_rounding_up() {
         let waves = [10, 50, 100];

@@ -52,6 +52,9 @@ pub struct SledStore {
     incidents: sled::Tree,
     timeline: sled::Tree,
     counters: sled::Tree,
+    /// Tests: how many of the next `put_lures` calls fail.
+    #[cfg(test)]
+    pub(crate) fail_lure_writes: std::sync::atomic::AtomicUsize,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -100,6 +103,8 @@ impl SledStore {
             incidents: db.open_tree(INCIDENTS).map_err(engine)?,
             timeline: db.open_tree(TIMELINE).map_err(engine)?,
             counters: db.open_tree(COUNTERS).map_err(engine)?,
+            #[cfg(test)]
+            fail_lure_writes: std::sync::atomic::AtomicUsize::new(0),
             db,
         })
     }
@@ -393,6 +398,18 @@ impl Store for SledStore {
     }
 
     fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::{AcqRel, Acquire};
+            let fail = |n: usize| n.checked_sub(1);
+            if self
+                .fail_lure_writes
+                .fetch_update(AcqRel, Acquire, fail)
+                .is_ok()
+            {
+                return Err(StoreError::Engine("injected write failure".into()));
+            }
+        }
         let mut batch = sled::Batch::default();
         for lure in lures {
             let bytes = serde_json::to_vec(lure)
