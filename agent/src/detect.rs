@@ -39,6 +39,8 @@ impl SelfActivity {
     pub fn touch(&self, path: &Path) {
         let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
+        // `expire` runs at each verify; this bounds the map between verifies
+        // (planting or repairing many lures at once).
         if touched.len() > 10_000 {
             touched.retain(|_, t| now.duration_since(*t) < SELF_WINDOW);
         }
