@@ -1826,25 +1826,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
 mod tests {
     use super::*;
 
-    fn agent_record(id: &str, labels: &str) -> crate::store::AgentRecord {
-        crate::store::AgentRecord {
-            id: id.parse().unwrap(),
-            facts: ruse_proto::convert::HostFacts {
-                labels: Labels::parse_pairs([labels]).unwrap(),
-                ..Default::default()
-            },
-            token_labels: Labels::new(),
-            admin_labels: Labels::new(),
-            removed_labels: Vec::new(),
-            enrolled_at: UnixMs(0),
-            enrolled_with: "t".parse().unwrap(),
-            last_seen: UnixMs(0),
-            last_peer: String::new(),
-            cert_serial: String::new(),
-            cert_not_after: UnixMs(0),
-            revoked: None,
-        }
-    }
+    use crate::fleet::tests_support::record as agent_record;
 
     #[tokio::test]
     async fn instances_a_failed_write_left_unpushed_are_written_and_pushed_by_the_next_pass() {

@@ -462,10 +462,11 @@ impl ruse_pki::Denylist for Fleet {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
 
-    fn record(id: &str, labels: &str) -> AgentRecord {
+    /// An enrolled agent with `labels` (comma-separated pairs) as facts.
+    pub fn record(id: &str, labels: &str) -> AgentRecord {
         AgentRecord {
             id: id.parse().unwrap(),
             facts: HostFacts {
@@ -484,6 +485,13 @@ mod tests {
             revoked: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tests_support::record;
 
     fn peer() -> SocketAddr {
         "127.0.0.1:5000".parse().unwrap()

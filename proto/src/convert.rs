@@ -391,6 +391,37 @@ impl TryFrom<agent_pb::Credential> for PresentedCredential {
     }
 }
 
+impl From<&PresentedCredential> for agent_pb::Credential {
+    fn from(c: &PresentedCredential) -> Self {
+        agent_pb::Credential {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            key_fingerprint: c.key_fingerprint.clone(),
+            key_type: c.key_type.clone(),
+            ae_title: c.ae_title.clone(),
+            called_ae_title: c.called_ae_title.clone(),
+            token: c.token.clone(),
+            domain: c.domain.clone(),
+            workstation: c.workstation.clone(),
+            client: c.client.clone(),
+            host: c.host.clone(),
+            application: c.application.clone(),
+        }
+    }
+}
+
+impl From<&DecoyContact> for agent_pb::DecoyContact {
+    fn from(d: &DecoyContact) -> Self {
+        agent_pb::DecoyContact {
+            name: d.name.clone(),
+            protocol: d.protocol.clone(),
+            port: u32::from(d.port),
+            source_ip: d.source_ip.clone(),
+            source_port: u32::from(d.source_port),
+        }
+    }
+}
+
 /// The process behind an event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventProcess {
@@ -399,6 +430,18 @@ pub struct EventProcess {
     pub uid: u32,
     pub user: String,
     pub cmdline: String,
+}
+
+impl From<&EventProcess> for agent_pb::Process {
+    fn from(p: &EventProcess) -> Self {
+        agent_pb::Process {
+            pid: p.pid,
+            exe: p.exe.clone(),
+            uid: p.uid,
+            user: p.user.clone(),
+            cmdline: p.cmdline.clone(),
+        }
+    }
 }
 
 /// A lure event as received from an agent, checked and bounded. Which

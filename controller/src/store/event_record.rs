@@ -8,7 +8,8 @@
 //! versions (they start with `{`) are still read.
 //!
 //! Encoding writes straight from the borrowed event (no owned copy of its
-//! strings); decoding goes through [`EventRecord`], whose tags are the
+//! top-level strings; the nested process, decoy and credential are
+//! converted to their protobuf types first); decoding goes through [`EventRecord`], whose tags are the
 //! contract. A test round-trips an event with every field set.
 
 use prost::Message;
@@ -97,7 +98,7 @@ pub fn encode(e: &StoredEvent) -> Vec<u8> {
     s(8, &e.kind, &mut b);
     s(9, &e.path, &mut b);
     if let Some(p) = &e.process {
-        message::encode(10, &process_pb(p), &mut b);
+        message::encode(10, &pb::Process::from(p), &mut b);
     }
     for op in &e.operations {
         text(11, op, &mut b);
@@ -111,10 +112,10 @@ pub fn encode(e: &StoredEvent) -> Vec<u8> {
     int64::encode(18, &e.received.0, &mut b);
     s(19, &e.peer, &mut b);
     if let Some(d) = &e.decoy {
-        message::encode(20, &decoy_pb(d), &mut b);
+        message::encode(20, &pb::DecoyContact::from(d), &mut b);
     }
     if let Some(c) = &e.credential {
-        message::encode(21, &credential_pb(c), &mut b);
+        message::encode(21, &pb::Credential::from(c), &mut b);
     }
     if let Some(a) = &e.origin_agent {
         text(22, a.as_str(), &mut b);
@@ -186,43 +187,6 @@ fn from_record(r: EventRecord) -> Result<StoredEvent, String> {
         matched_on: r.matched_on,
         drill: r.drill,
     })
-}
-
-fn process_pb(p: &EventProcess) -> pb::Process {
-    pb::Process {
-        pid: p.pid,
-        exe: p.exe.clone(),
-        uid: p.uid,
-        user: p.user.clone(),
-        cmdline: p.cmdline.clone(),
-    }
-}
-
-fn decoy_pb(d: &DecoyContact) -> pb::DecoyContact {
-    pb::DecoyContact {
-        name: d.name.clone(),
-        protocol: d.protocol.clone(),
-        port: u32::from(d.port),
-        source_ip: d.source_ip.clone(),
-        source_port: u32::from(d.source_port),
-    }
-}
-
-fn credential_pb(c: &PresentedCredential) -> pb::Credential {
-    pb::Credential {
-        username: c.username.clone(),
-        password: c.password.clone(),
-        key_fingerprint: c.key_fingerprint.clone(),
-        key_type: c.key_type.clone(),
-        ae_title: c.ae_title.clone(),
-        called_ae_title: c.called_ae_title.clone(),
-        token: c.token.clone(),
-        domain: c.domain.clone(),
-        workstation: c.workstation.clone(),
-        client: c.client.clone(),
-        host: c.host.clone(),
-        application: c.application.clone(),
-    }
 }
 
 #[cfg(test)]
