@@ -9,8 +9,9 @@
 //!
 //! Encoding writes straight from the borrowed event (no owned copy of its
 //! top-level strings; the nested process, decoy and credential are
-//! converted to their protobuf types first); decoding goes through [`EventRecord`], whose tags are the
-//! contract. A test round-trips an event with every field set.
+//! converted to their protobuf types first); decoding goes through
+//! [`EventRecord`], whose tags are the contract. A test round-trips an
+//! event with every field set.
 
 use prost::Message;
 use prost::bytes::BufMut;
