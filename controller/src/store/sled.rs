@@ -145,11 +145,16 @@ fn decode<T: DeserializeOwned>(
     key: &[u8],
     value: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt {
+    serde_json::from_slice(value).map_err(|e| corrupt(tree, key, e.to_string()))
+}
+
+/// A record under `key` in `tree` that cannot be read, and why.
+fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
+    StoreError::Corrupt {
         tree,
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    }
 }
 
 impl SledStore {
@@ -331,11 +336,8 @@ impl Store for SledStore {
             .iter()
             .map(|kv| {
                 let (k, v) = kv.map_err(engine)?;
-                let n = <[u8; 8]>::try_from(v.as_ref()).map_err(|_| StoreError::Corrupt {
-                    tree: COUNTERS,
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    reason: "not a u64".into(),
-                })?;
+                let n = <[u8; 8]>::try_from(v.as_ref())
+                    .map_err(|_| corrupt(COUNTERS, &k, "not a u64".into()))?;
                 Ok((
                     String::from_utf8_lossy(&k).into_owned(),
                     u64::from_be_bytes(n),
@@ -440,11 +442,7 @@ impl Store for SledStore {
                 break;
             }
             let (k, v) = kv.map_err(engine)?;
-            let event = event_record::decode(&v).map_err(|reason| StoreError::Corrupt {
-                tree: EVENTS,
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason,
-            })?;
+            let event = event_record::decode(&v).map_err(|reason| corrupt(EVENTS, &k, reason))?;
             if keep(&event) {
                 out.push(event);
             }
