@@ -2,7 +2,8 @@
 # A 10-lure campaign applied to N simulated agents: time to rollout
 # complete, the controller's own split (compute, first chunk durable, all
 # written), optionally under perf.
-# usage: push.sh [N=10000] [PERF_SECONDS=0]   (perf data: /tmp/perf-push.data)
+# usage: push.sh [N=10000] [PERF_SECONDS=0]   (perf data: /tmp/perf-push.data;
+# PERF_FREQ sets the sampling rate, default 499 Hz)
 set -u
 n=${1:-10000}; ps=${2:-0}
 B=${B:?set B to a directory of release binaries}
@@ -24,15 +25,20 @@ done
 sleep 5
 pp=
 if [ "$ps" != 0 ]; then
-    perf record -F 499 --call-graph dwarf,16384 -o /tmp/perf-push.data -p "$cp" -- sleep "$ps" > "$w/perf.log" 2>&1 &
+    perf record -F "${PERF_FREQ:-499}" --call-graph dwarf,16384 -o /tmp/perf-push.data -p "$cp" -- sleep "$ps" > "$w/perf.log" 2>&1 &
     pp=$!; sleep 0.5
 fi
 printf 'kind: Campaign\nname: push-a\nselector: {}\nrollout: {waves: ["100%%"], max_failure_ratio: 1}\nlures:\n' > "$w/c.yaml"
 for i in $(seq 0 9); do echo "  - {template: pgpass, name: pg-$i, params: {database: db$i}}" >> "$w/c.yaml"; done
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$1/stat"; }
+sim=$(pgrep -P "$sp" -x ruse-sim)
+c0=$(cpu "$cp"); s0=$(cpu "$sim")
 s=$(date +%s.%N)
 "$B/rusectl" --context-file "$ctx" apply -f "$w/c.yaml" > /dev/null
 "$B/rusectl" --context-file "$ctx" rollout status campaign/push-a --timeout 120s | tail -1
 echo "apply -> rollout complete: $(python3 -c "print(round($(date +%s.%N) - $s, 2))") s (rusectl polls)"
+echo "CPU during the push: controller $(python3 -c "print(round($(cpu "$cp") - $c0, 2))") s, simulator $(python3 -c "print(round($(cpu "$sim") - $s0, 2))") s"
 grep "lure registry updated" "$w/ctl.log" | tail -1
 [ -n "$pp" ] && wait "$pp"
 kill "$sp"; wait "$sp" 2>/dev/null

@@ -134,17 +134,23 @@ pub fn rollout_order<'a>(
     campaign: &str,
     agents: impl IntoIterator<Item = &'a AgentId>,
 ) -> Vec<&'a AgentId> {
-    let mut keyed: Vec<(Vec<u8>, &AgentId)> = agents
+    // The digest as two big-endian halves sorts exactly as its bytes do,
+    // without a heap copy or a byte-wise compare per key (evaluation sorts
+    // the whole fleet several times a second during a rollout).
+    let mut keyed: Vec<((u128, u128), &AgentId)> = agents
         .into_iter()
         .map(|a| {
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
             ctx.update(campaign.as_bytes());
             ctx.update(b"/");
             ctx.update(a.as_str().as_bytes());
-            (ctx.finish().as_ref().to_vec(), a)
+            let digest = ctx.finish();
+            let (hi, lo) = digest.as_ref().split_at(16);
+            let half = |b: &[u8]| u128::from_be_bytes(b.try_into().unwrap_or([0; 16]));
+            ((half(hi), half(lo)), a)
         })
         .collect();
-    keyed.sort();
+    keyed.sort_unstable();
     keyed.into_iter().map(|(_, a)| a).collect()
 }
 
@@ -152,8 +158,9 @@ pub fn rollout_order<'a>(
 #[derive(Debug, Clone)]
 struct Desired {
     revision: u64,
-    /// The campaign of a lure; empty for allow rules.
-    campaign: String,
+    /// The campaign of a lure; empty for allow rules. Shared: every
+    /// agent's entries of one campaign point at one string.
+    campaign: Arc<str>,
     payload: Payload,
 }
 
@@ -236,7 +243,11 @@ impl AgentLures {
     /// (false), or neither yet (None).
     fn campaign_result(&self, campaign: &str) -> Option<bool> {
         let mut all_applied = true;
-        for (id, d) in self.desired.iter().filter(|(_, d)| d.campaign == campaign) {
+        for (id, d) in self
+            .desired
+            .iter()
+            .filter(|(_, d)| *d.campaign == *campaign)
+        {
             if self
                 .failed
                 .get(id)
@@ -254,7 +265,7 @@ impl AgentLures {
     fn first_error(&self, campaign: &str) -> Option<String> {
         self.desired
             .iter()
-            .filter(|(_, d)| d.campaign == campaign)
+            .filter(|(_, d)| *d.campaign == *campaign)
             .find_map(|(id, d)| {
                 self.failed
                     .get(id)
@@ -264,11 +275,30 @@ impl AgentLures {
     }
 }
 
+/// One agent's active instances: campaign → slot → instances.
+type CampaignSlots = HashMap<String, HashMap<String, Vec<Arc<LureInstance>>>>;
+
+/// Inserts an empty entry under `key` if there is none, cloning the key
+/// only then (the campaign pass inserts 100k instances under a few
+/// thousand keys).
+fn ensure<K, V>(map: &mut HashMap<K, V>, key: &K)
+where
+    K: std::hash::Hash + Eq + Clone,
+    V: Default,
+{
+    if !map.contains_key(key) {
+        map.insert(key.clone(), V::default());
+    }
+}
+
 #[derive(Debug, Default)]
 struct Registry {
     /// Active (not retired) instances.
     active: HashMap<String, Arc<LureInstance>>,
-    by_key: HashMap<(AgentId, String, String, u32), String>,
+    /// Active instances by agent, campaign and slot (several per slot only
+    /// while an epoch or template is being replaced): the campaign pass
+    /// looks them up by borrowed names, without building a key per slot.
+    by_slot: HashMap<AgentId, CampaignSlots>,
     /// Every instance ever (retired included), by presentable material.
     credentials: CredentialIndex,
 }
@@ -276,29 +306,54 @@ struct Registry {
 impl Registry {
     fn insert(&mut self, lure: Arc<LureInstance>) {
         self.credentials.add(&lure);
-        self.by_key.insert(
-            (
-                lure.agent.clone(),
-                lure.campaign.clone(),
-                lure.slot.clone(),
-                lure.epoch,
-            ),
-            lure.id.clone(),
-        );
+        ensure(&mut self.by_slot, &lure.agent);
+        if let Some(campaigns) = self.by_slot.get_mut(&lure.agent) {
+            ensure(campaigns, &lure.campaign);
+            if let Some(slots) = campaigns.get_mut(&lure.campaign) {
+                ensure(slots, &lure.slot);
+                if let Some(instances) = slots.get_mut(&lure.slot) {
+                    instances.push(lure.clone());
+                }
+            }
+        }
         self.active.insert(lure.id.clone(), lure);
+    }
+
+    /// The active instance of `slot` for `agent`, campaign and epoch.
+    fn find(
+        &self,
+        agent: &AgentId,
+        campaign: &str,
+        slot: &str,
+        epoch: u32,
+        template: Template,
+    ) -> Option<&Arc<LureInstance>> {
+        self.by_slot
+            .get(agent)?
+            .get(campaign)?
+            .get(slot)?
+            .iter()
+            .find(|l| l.epoch == epoch && l.template == template)
     }
 
     fn remove(&mut self, id: &str) -> Option<Arc<LureInstance>> {
         let lure = self.active.remove(id)?;
-        let key = (
-            lure.agent.clone(),
-            lure.campaign.clone(),
-            lure.slot.clone(),
-            lure.epoch,
-        );
-        // The key may already name a replacement (another template).
-        if self.by_key.get(&key).is_some_and(|current| current == id) {
-            self.by_key.remove(&key);
+        let Some(campaigns) = self.by_slot.get_mut(&lure.agent) else {
+            return Some(lure);
+        };
+        if let Some(slots) = campaigns.get_mut(&lure.campaign) {
+            if let Some(instances) = slots.get_mut(&lure.slot) {
+                instances.retain(|l| l.id != id);
+                if instances.is_empty() {
+                    slots.remove(&lure.slot);
+                }
+            }
+            if slots.is_empty() {
+                campaigns.remove(&lure.campaign);
+            }
+        }
+        if campaigns.is_empty() {
+            self.by_slot.remove(&lure.agent);
         }
         Some(lure)
     }
@@ -314,6 +369,9 @@ struct State {
     agents: HashMap<AgentId, AgentLures>,
     /// Created but not yet durable: never pushed.
     undurable: HashSet<String>,
+    /// Retired in memory, their retired records not yet written: still
+    /// found by id meanwhile (a lure touched while it is rotated away).
+    retiring: HashMap<String, Arc<LureInstance>>,
     next_nonce: u64,
 }
 
@@ -397,6 +455,10 @@ pub struct Deployer {
     max_update_bytes: usize,
 }
 
+/// Rollout evaluation runs at most this often. Each pass counts acks over
+/// the whole fleet; while 10k agents ack a push, running it after every
+/// burst of acks took a tenth of the controller's CPU (perf).
+const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 /// Resources sent in one update, at most.
 const MAX_RESOURCES_PER_UPDATE: usize = 256;
 /// New lure instances written (and flushed) per registry chunk; a chunk
@@ -888,7 +950,7 @@ impl Deployer {
                     let ids: Vec<String> = agent
                         .desired
                         .iter()
-                        .filter(|(_, d)| d.campaign == name)
+                        .filter(|(_, d)| *d.campaign == *name)
                         .map(|(id, _)| id.clone())
                         .collect();
                     for id in ids {
@@ -918,8 +980,9 @@ impl Deployer {
     /// A campaign with per-wave progress.
     pub fn campaign(&self, name: &str) -> Option<CampaignStatus> {
         let agents = self.fleet.members();
-        let st = self.lock();
-        let record = st.campaigns.get(name)?.clone();
+        let record = self.lock().campaigns.get(name)?.clone();
+        // Ordered outside the lock, which every session's pushes and acks
+        // take.
         let ids: Vec<&AgentId> = agents
             .iter()
             .filter(|a| {
@@ -928,6 +991,9 @@ impl Deployer {
             .map(|a| &a.id)
             .collect();
         let order = rollout_order(name, ids);
+        // Should an apply replace the record meanwhile, this status is of
+        // the record read above; evaluation acts only if it is still current.
+        let st = self.lock();
         let n = order.len();
         let released = record.released(n);
         let mut waves = Vec::new();
@@ -1027,8 +1093,11 @@ impl Deployer {
 
     /// The registry entry of a lure, active or retired.
     pub fn lure_owner(&self, id: &str) -> Result<Option<Arc<LureInstance>>, StoreError> {
-        if let Some(l) = self.lock().registry.active.get(id) {
-            return Ok(Some(l.clone()));
+        {
+            let st = self.lock();
+            if let Some(l) = st.registry.active.get(id).or_else(|| st.retiring.get(id)) {
+                return Ok(Some(l.clone()));
+            }
         }
         Ok(self.store.lure(id)?.map(Arc::new))
     }
@@ -1302,7 +1371,13 @@ impl Deployer {
     /// `stop`.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut last_rotation_check = tokio::time::Instant::now() - Duration::from_secs(3600);
+        let mut last_evaluation = tokio::time::Instant::now() - EVALUATE_EVERY;
         loop {
+            // An evaluation held back by EVALUATE_EVERY, due then.
+            let deferred = self
+                .evaluate_needed
+                .load(Ordering::Acquire)
+                .then_some(last_evaluation + EVALUATE_EVERY);
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 () = self.wake.notified() => {}
@@ -1310,6 +1385,8 @@ impl Deployer {
                     // Agents going offline change wave accounting.
                     self.evaluate_needed.store(true, Ordering::Release);
                 }
+                () = tokio::time::sleep_until(deferred.unwrap_or_else(tokio::time::Instant::now)),
+                    if deferred.is_some() => {}
             }
             // Let a burst of changes coalesce into one pass.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1320,11 +1397,14 @@ impl Deployer {
                 self.recompute_needed.store(true, Ordering::Release);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            if self.evaluate_needed.swap(false, Ordering::AcqRel)
-                && let Err(e) = self.evaluate().await
+            if last_evaluation.elapsed() >= EVALUATE_EVERY
+                && self.evaluate_needed.swap(false, Ordering::AcqRel)
             {
-                tracing::error!(error = %e, "evaluating rollouts failed; will retry");
-                self.evaluate_needed.store(true, Ordering::Release);
+                last_evaluation = tokio::time::Instant::now();
+                if let Err(e) = self.evaluate().await {
+                    tracing::error!(error = %e, "evaluating rollouts failed; will retry");
+                    self.evaluate_needed.store(true, Ordering::Release);
+                }
             }
             if last_rotation_check.elapsed() >= Duration::from_secs(60) {
                 last_rotation_check = tokio::time::Instant::now();
@@ -1353,41 +1433,53 @@ impl Deployer {
         let now = UnixMs::now();
         let (mut created, retired, wake) = {
             let mut st = self.lock();
-            let (mut created, retired, mut wake) = recompute(&mut st, &agents, now)?;
+            let (mut created, mut wake) = recompute(&mut st, &agents, now)?;
             // Left undurable by a pass whose write failed: written now, and
             // their agents woken (that pass never did).
-            let fresh: HashSet<&String> = created.iter().map(|l| &l.id).collect();
-            let leftover: Vec<LureInstance> = st
-                .undurable
-                .iter()
-                .filter(|id| !fresh.contains(id))
-                .filter_map(|id| st.registry.active.get(id))
-                .map(|l| (**l).clone())
-                .collect();
-            if !leftover.is_empty() {
+            if st.undurable.len() > created.len() {
+                let fresh: HashSet<&String> = created.iter().map(|l| &l.id).collect();
+                let leftover: Vec<Arc<LureInstance>> = st
+                    .undurable
+                    .iter()
+                    .filter(|id| !fresh.contains(id))
+                    .filter_map(|id| st.registry.active.get(id))
+                    .cloned()
+                    .collect();
                 let mut woken: HashSet<AgentId> = wake.iter().cloned().collect();
                 for lure in &leftover {
                     if woken.insert(lure.agent.clone()) {
                         wake.push(lure.agent.clone());
                     }
                 }
+                created.extend(leftover);
             }
-            created.extend(leftover);
+            // This pass's retirements, and any a failed write left.
+            let retired: Vec<LureInstance> = st.retiring.values().map(|l| (**l).clone()).collect();
             (created, retired, wake)
         };
         let computed = started.elapsed();
         // Agents with nothing new to persist are told at once.
-        let waiting: HashSet<AgentId> = created.iter().map(|l| l.agent.clone()).collect();
+        let mut waiting: HashSet<&AgentId> = HashSet::new();
+        for lure in &created {
+            waiting.insert(&lure.agent);
+        }
         let (later, now_wake): (Vec<AgentId>, Vec<AgentId>) =
             wake.into_iter().partition(|id| waiting.contains(id));
+        drop(waiting);
         self.wake_agents(&now_wake);
         let later: HashSet<AgentId> = later.into_iter().collect();
         let (created_n, retired_n) = (created.len(), retired.len());
         if !retired.is_empty() {
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.put_lures(&retired))
-                .await
-                .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+            let retired =
+                tokio::task::spawn_blocking(move || store.put_lures(&retired).map(|()| retired))
+                    .await
+                    .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+            // Readable by id from the store now (lure_owner).
+            let mut st = self.lock();
+            for lure in &retired {
+                st.retiring.remove(&lure.id);
+            }
         }
         // Chunks come off the end: reversed, so agents go in id order.
         created.sort_by(|a, b| b.agent.cmp(&a.agent));
@@ -1401,7 +1493,7 @@ impl Deployer {
             }
             let store = self.store.clone();
             let chunk = tokio::task::spawn_blocking(move || {
-                store.put_lures(&chunk)?;
+                store.put_new_lures(&chunk)?;
                 Ok::<_, StoreError>(chunk)
             })
             .await
@@ -1451,7 +1543,7 @@ impl Deployer {
     /// agents that have something new are woken.
     fn chunk_durable(
         &self,
-        done: Result<Result<Vec<LureInstance>, StoreError>, tokio::task::JoinError>,
+        done: Result<Result<Vec<Arc<LureInstance>>, StoreError>, tokio::task::JoinError>,
         wake: &HashSet<AgentId>,
     ) -> Result<(), StoreError> {
         let chunk = done.map_err(|e| StoreError::Engine(e.to_string().into()))??;
@@ -1623,10 +1715,11 @@ fn next_record(old: Option<&CampaignRecord>, target: Generation, now: UnixMs) ->
     }
 }
 
-type Recomputed = (Vec<LureInstance>, Vec<LureInstance>, Vec<AgentId>);
+type Recomputed = (Vec<Arc<LureInstance>>, Vec<AgentId>);
 
 /// Computes desired sets from campaigns and agents. Returns instances
-/// created, instances retired, and agents whose desired set changed.
+/// created and agents whose desired set changed; retired instances are
+/// moved to `retiring`.
 fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recomputed, StoreError> {
     let live: Vec<&Member> = agents
         .iter()
@@ -1647,6 +1740,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
         registry,
         agents: agent_lures,
         undurable,
+        retiring,
         ..
     } = st;
     for (name, record) in campaigns.iter() {
@@ -1664,6 +1758,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
         let shared_slots = |g: &Generation| -> Vec<Arc<LureSlot>> {
             g.spec.lures.iter().cloned().map(Arc::new).collect()
         };
+        let campaign: Arc<str> = Arc::from(name.as_str());
         let target_slots = shared_slots(&record.target);
         let stable_slots = record.stable.as_ref().map(shared_slots).unwrap_or_default();
         for agent in &live {
@@ -1685,12 +1780,8 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
                 &stable_slots
             };
             for (slot, shared) in generation.spec.lures.iter().zip(slots) {
-                let key = (id.clone(), name.clone(), slot.key.clone(), generation.epoch);
                 let existing = registry
-                    .by_key
-                    .get(&key)
-                    .and_then(|lid| registry.active.get(lid))
-                    .filter(|l| l.template == slot.template)
+                    .find(id, name, &slot.key, generation.epoch, slot.template)
                     .cloned();
                 let lure = match existing {
                     Some(l) => l,
@@ -1712,7 +1803,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
                         // no longer wanted and is retired below.
                         registry.insert(lure.clone());
                         undurable.insert(lure.id.clone());
-                        created.push((*lure).clone());
+                        created.push(lure.clone());
                         lure
                     }
                 };
@@ -1723,7 +1814,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
                         lure.id.clone(),
                         Desired {
                             revision,
-                            campaign: name.clone(),
+                            campaign: campaign.clone(),
                             payload: Payload::Lure {
                                 slot: shared.clone(),
                                 decoy,
@@ -1759,7 +1850,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
                 ALLOW_RULES_ID.to_owned(),
                 Desired {
                     revision: content_revision(&body),
-                    campaign: String::new(),
+                    campaign: Arc::from(""),
                     payload: Payload::AllowRules(Arc::new(rules)),
                 },
             );
@@ -1775,7 +1866,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
                     decoy_resource_id(&decoy.name),
                     Desired {
                         revision,
-                        campaign: String::new(),
+                        campaign: Arc::from(""),
                         payload: Payload::Decoy(body.clone()),
                     },
                 );
@@ -1783,18 +1874,24 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
         }
     }
     // Instances nobody wants any more are retired (kept in the registry).
-    let unwanted: Vec<String> = registry
-        .active
-        .values()
-        .filter(|l| !desired.get(&l.agent).is_some_and(|d| d.contains_key(&l.id)))
-        .map(|l| l.id.clone())
-        .collect();
-    let mut retired = Vec::new();
+    let mut unwanted: Vec<String> = Vec::new();
+    for (agent, campaigns) in &registry.by_slot {
+        let wanted = desired.get(agent);
+        let instances = campaigns
+            .values()
+            .flat_map(|slots| slots.values().flatten());
+        for l in instances {
+            if !wanted.is_some_and(|d| d.contains_key(&l.id)) {
+                unwanted.push(l.id.clone());
+            }
+        }
+    }
     for id in unwanted {
         if let Some(lure) = registry.remove(&id) {
             let mut lure = (*lure).clone();
             lure.retired = Some(now);
-            retired.push(lure);
+            undurable.remove(&id);
+            retiring.insert(id, Arc::new(lure));
         }
     }
     let mut wake = Vec::new();
@@ -1819,7 +1916,7 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
             wake.push(id.clone());
         }
     }
-    Ok((created, retired, wake))
+    Ok((created, wake))
 }
 
 #[cfg(test)]
@@ -1878,6 +1975,62 @@ mod tests {
         let update = d.next_update(&a1).expect("the lures");
         let pushed: HashSet<String> = update.resources.iter().map(|r| r.id.clone()).collect();
         assert!(pushed.is_superset(&computed), "{pushed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_retired_instance_stays_attributable_until_its_record_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SledStore::open(dir.path(), 1 << 20).unwrap());
+        let (committer, _task) = Committer::spawn(store.clone());
+        let fleet = Arc::new(Fleet::new(
+            vec![agent_record("a1", "site=icu")],
+            Duration::from_secs(60),
+        ));
+        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        d.prepare().await.unwrap();
+        let docs = crate::resources::parse(
+            "kind: Campaign\nname: c1\nselector: {site: icu}\nlures: [{template: pgpass}]\n",
+        )
+        .unwrap();
+        d.apply(&docs, false).await.unwrap();
+        d.recompute().await.unwrap();
+        let created = store.lures().unwrap();
+        assert_eq!(created.len(), 1);
+        let id = created[0].id.clone();
+        assert!(created[0].retired.is_none());
+        assert!(
+            store.lure(&id).unwrap().is_none(),
+            "new instances are in a batch"
+        );
+
+        // Deleted; the pass retires the instance but cannot write that.
+        d.delete_campaign("c1").await.unwrap();
+        store.fail_lure_writes.store(1, Ordering::Release);
+        assert!(d.recompute().await.is_err());
+        let owner = d.lure_owner(&id).unwrap().expect("still found by id");
+        assert!(owner.retired.is_some());
+        assert!(d.lock().registry.active.is_empty());
+
+        // The next pass writes the retirement: found in the store, and the
+        // registry holds the instance once, retired.
+        d.recompute().await.unwrap();
+        assert!(d.lock().retiring.is_empty());
+        assert!(store.lure(&id).unwrap().unwrap().retired.is_some());
+        let all = store.lures().unwrap();
+        assert_eq!(all.len(), 1);
+        assert!(all[0].retired.is_some());
+        assert!(d.lure_owner(&id).unwrap().unwrap().retired.is_some());
+
+        // And after a restart it is retired, not active again.
+        drop(d);
+        let fleet = Arc::new(Fleet::new(
+            vec![agent_record("a1", "site=icu")],
+            Duration::from_secs(60),
+        ));
+        let (committer, _task) = Committer::spawn(store.clone());
+        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        assert!(d.lock().registry.active.is_empty());
+        assert!(d.lure_owner(&id).unwrap().unwrap().retired.is_some());
     }
 
     #[test]

@@ -230,7 +230,6 @@ const PASSWORD: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456
 const BASE64ISH: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const AWS_KEY: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
-/// `n` characters from `alphabet`, from the operating system's generator.
 /// `n` characters drawn uniformly from `alphabet` (at most 256 long):
 /// bytes at or above the largest multiple of its length are discarded, so
 /// no character is likelier than another (a bias real keys do not have).
@@ -240,8 +239,16 @@ fn secret_string(alphabet: &[u8], n: usize) -> String {
     let mut out = String::with_capacity(n);
     let mut bytes = [0u8; 64];
     while out.len() < n {
-        random_bytes(&mut bytes);
-        for b in bytes.iter().map(|b| usize::from(*b)).filter(|b| *b < limit) {
+        // Enough for what is left with a margin for discards, not a whole
+        // 64 bytes for a 4-character tail.
+        let need = n - out.len();
+        let take = (need + need / 4 + 4).min(bytes.len());
+        random_bytes(&mut bytes[..take]);
+        for b in bytes[..take]
+            .iter()
+            .map(|b| usize::from(*b))
+            .filter(|b| *b < limit)
+        {
             if out.len() == n {
                 break;
             }

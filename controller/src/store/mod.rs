@@ -183,14 +183,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn queue_remove(&self, queue: &str, seq: u64) -> Result<(), StoreError>;
     fn queue_len(&self, queue: &str) -> Result<usize, StoreError>;
 
-    /// The lure registry: every instance ever created, retired ones too.
+    /// The lure registry: every instance ever created, retired ones too,
+    /// each in its latest written version.
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError>;
+    /// An instance written by [`Store::put_lure`] or [`Store::put_lures`]
+    /// (retired ones are; new ones written in a batch are not, and are
+    /// looked up in memory while active).
     fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError>;
     fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError>;
-    /// Many lures in one write (a campaign for a whole fleet).
+    /// Many lures, a record each, so each can be looked up by id (the
+    /// retired instances of a pass).
     fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
         lures.iter().try_for_each(|l| self.put_lure(l))
     }
+    /// New instances in one record: a fleet-wide campaign writes 100k
+    /// instances, and a record each cost more than half of its push time
+    /// (perf). A later record of an instance (its retirement) supersedes
+    /// its copy here.
+    fn put_new_lures(&self, lures: &[Arc<LureInstance>]) -> Result<(), StoreError>;
 
     /// Stores an event unless one with its id is already stored; returns
     /// whether it was stored (atomic per event: a resend after a crash is

@@ -26,6 +26,8 @@ const AUDIT: &str = "audit";
 const CAMPAIGNS: &str = "campaigns";
 const DECOYS: &str = "decoys";
 const LURES: &str = "lures";
+/// New lure instances, many per record (see [`Store::put_new_lures`]).
+const LURE_BATCHES: &str = "lure_batches";
 const EVENTS: &str = "events";
 const ALLOW_RULES: &str = "allow_rules";
 const SUPPRESSIONS: &str = "suppressions";
@@ -46,13 +48,15 @@ pub struct SledStore {
     campaigns: sled::Tree,
     decoys: sled::Tree,
     lures: sled::Tree,
+    lure_batches: sled::Tree,
     events: sled::Tree,
     allow_rules: sled::Tree,
     suppressions: sled::Tree,
     incidents: sled::Tree,
     timeline: sled::Tree,
     counters: sled::Tree,
-    /// Tests: how many of the next `put_lures` calls fail.
+    /// Tests: how many of the next lure writes (`put_lures`,
+    /// `put_new_lures`) fail.
     #[cfg(test)]
     pub(crate) fail_lure_writes: std::sync::atomic::AtomicUsize,
 }
@@ -97,6 +101,7 @@ impl SledStore {
             campaigns: db.open_tree(CAMPAIGNS).map_err(engine)?,
             decoys: db.open_tree(DECOYS).map_err(engine)?,
             lures: db.open_tree(LURES).map_err(engine)?,
+            lure_batches: db.open_tree(LURE_BATCHES).map_err(engine)?,
             events: db.open_tree(EVENTS).map_err(engine)?,
             allow_rules: db.open_tree(ALLOW_RULES).map_err(engine)?,
             suppressions: db.open_tree(SUPPRESSIONS).map_err(engine)?,
@@ -158,6 +163,23 @@ fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
 }
 
 impl SledStore {
+    /// Tests only: fails this lure write if a failure was injected.
+    fn injected_lure_write_failure(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::{AcqRel, Acquire};
+            let fail = |n: usize| n.checked_sub(1);
+            if self
+                .fail_lure_writes
+                .fetch_update(AcqRel, Acquire, fail)
+                .is_ok()
+            {
+                return Err(StoreError::Engine("injected write failure".into()));
+            }
+        }
+        Ok(())
+    }
+
     /// The tree of an output's delivery queue.
     fn queue(&self, name: &str) -> Result<sled::Tree, StoreError> {
         self.db.open_tree(format!("queue:{name}")).map_err(engine)
@@ -388,7 +410,16 @@ impl Store for SledStore {
     }
 
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError> {
-        Self::all(&self.lures, LURES)
+        // A record of its own supersedes the instance's copy in a batch:
+        // it is the later write (the instance was retired since).
+        let mut out: Vec<LureInstance> = Self::all(&self.lures, LURES)?;
+        let own: std::collections::HashSet<String> = out.iter().map(|l| l.id.clone()).collect();
+        for kv in self.lure_batches.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let batch: Vec<LureInstance> = decode(LURE_BATCHES, &k, &v)?;
+            out.extend(batch.into_iter().filter(|l| !own.contains(&l.id)));
+        }
+        Ok(out)
     }
 
     fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError> {
@@ -400,18 +431,7 @@ impl Store for SledStore {
     }
 
     fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
-        #[cfg(test)]
-        {
-            use std::sync::atomic::Ordering::{AcqRel, Acquire};
-            let fail = |n: usize| n.checked_sub(1);
-            if self
-                .fail_lure_writes
-                .fetch_update(AcqRel, Acquire, fail)
-                .is_ok()
-            {
-                return Err(StoreError::Engine("injected write failure".into()));
-            }
-        }
+        self.injected_lure_write_failure()?;
         let mut batch = sled::Batch::default();
         for lure in lures {
             let bytes = serde_json::to_vec(lure)
@@ -419,6 +439,21 @@ impl Store for SledStore {
             batch.insert(lure.id.as_bytes(), bytes);
         }
         self.lures.apply_batch(batch).map_err(engine)
+    }
+
+    fn put_new_lures(&self, lures: &[Arc<LureInstance>]) -> Result<(), StoreError> {
+        self.injected_lure_write_failure()?;
+        if lures.is_empty() {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(lures)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        // Time-ordered, unique: a later batch never overwrites an earlier.
+        let key = ruse_proto::types::new_ulid();
+        self.lure_batches
+            .insert(key.as_bytes(), bytes)
+            .map_err(engine)?;
+        Ok(())
     }
 
     fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
@@ -594,6 +629,65 @@ mod tests {
         assert!(last3.windows(2).all(|w| w[0].seq < w[1].seq));
         let since = store.audit(UnixMs(75), 100).unwrap();
         assert_eq!(since.len(), 2);
+    }
+
+    fn instance(id: &str, retired: Option<UnixMs>) -> LureInstance {
+        LureInstance {
+            id: id.into(),
+            agent: "a1".parse().unwrap(),
+            campaign: "c".into(),
+            slot: "pgpass".into(),
+            template: crate::lures::Template::Pgpass,
+            epoch: 0,
+            material: crate::lures::Material::default(),
+            created: UnixMs(1),
+            retired,
+        }
+    }
+
+    #[test]
+    fn a_lure_written_later_supersedes_its_copy_in_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let batch: Vec<Arc<LureInstance>> = ["l1", "l2", "l3"]
+            .iter()
+            .map(|id| Arc::new(instance(id, None)))
+            .collect();
+        store.put_new_lures(&batch).unwrap();
+        store.put_new_lures(&[]).unwrap();
+        // An instance written before batches existed.
+        store.put_lure(&instance("l0", None)).unwrap();
+        store.put_lures(&[instance("l2", Some(UnixMs(5)))]).unwrap();
+        let mut all = store.lures().unwrap();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let seen: Vec<(&str, Option<UnixMs>)> =
+            all.iter().map(|l| (l.id.as_str(), l.retired)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("l0", None),
+                ("l1", None),
+                ("l2", Some(UnixMs(5))),
+                ("l3", None)
+            ]
+        );
+        assert_eq!(store.lure("l2").unwrap().unwrap().retired, Some(UnixMs(5)));
+        assert!(store.lure("l1").unwrap().is_none());
+        assert_eq!(store.lure_batches.len(), 1, "an empty batch writes nothing");
+    }
+
+    #[test]
+    fn a_damaged_lure_batch_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        store.lure_batches.insert(b"b1", &b"[{\"id\""[..]).unwrap();
+        assert!(matches!(
+            store.lures(),
+            Err(StoreError::Corrupt {
+                tree: "lure_batches",
+                ..
+            })
+        ));
     }
 
     #[test]
