@@ -1419,8 +1419,8 @@ impl Deployer {
         self.recompute().await
     }
 
-    /// Recomputes every agent's desired set; persists new and retired
-    /// instances before waking the sessions that have something to push.
+    /// Recomputes every agent's desired set; persists new instances before
+    /// waking the sessions that have them to push, and retired ones last.
     ///
     /// New instances are written in chunks of whole agents, and each
     /// chunk's agents are woken as soon as that chunk is durable, so the
@@ -1469,20 +1469,13 @@ impl Deployer {
         self.wake_agents(&now_wake);
         let later: HashSet<AgentId> = later.into_iter().collect();
         let (created_n, retired_n) = (created.len(), retired.len());
-        if !retired.is_empty() {
-            let store = self.store.clone();
-            let retired =
-                tokio::task::spawn_blocking(move || store.put_lures(&retired).map(|()| retired))
-                    .await
-                    .map_err(|e| StoreError::Engine(e.to_string().into()))??;
-            // Readable by id from the store now (lure_owner).
-            let mut st = self.lock();
-            for lure in &retired {
-                st.retiring.remove(&lure.id);
-            }
+        // Chunks come off the end: reversed, so agents go in id order. One
+        // campaign's instances come out of the pass in agent order already;
+        // checking that is one compare each instead of a sort's dozens.
+        if !created.is_sorted_by(|a, b| a.agent <= b.agent) {
+            created.sort_by(|a, b| a.agent.cmp(&b.agent));
         }
-        // Chunks come off the end: reversed, so agents go in id order.
-        created.sort_by(|a, b| b.agent.cmp(&a.agent));
+        created.reverse();
         let mut durable = tokio::task::JoinSet::new();
         let mut rest = created;
         let mut first_durable = None;
@@ -1507,12 +1500,25 @@ impl Deployer {
             }
         }
         let written = started.elapsed();
-        if durable.is_empty() && retired_n > 0 {
-            self.committer.durable().await?;
-        }
         while let Some(done) = durable.join_next().await {
             self.chunk_durable(done, &later)?;
             first_durable.get_or_insert_with(|| started.elapsed());
+        }
+        // Retirements last: nothing waits on them (the deployer still finds
+        // retiring instances by id), and a rotation's 100k of them written
+        // first held back every push of its new instances.
+        if !retired.is_empty() {
+            let store = self.store.clone();
+            let retired =
+                tokio::task::spawn_blocking(move || store.put_lures(&retired).map(|()| retired))
+                    .await
+                    .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+            self.committer.durable().await?;
+            // Readable by id from the store now (lure_owner).
+            let mut st = self.lock();
+            for lure in &retired {
+                st.retiring.remove(&lure.id);
+            }
         }
         if created_n > 0 || retired_n > 0 {
             tracing::debug!(
@@ -1880,6 +1886,16 @@ fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recompute
         let instances = campaigns
             .values()
             .flat_map(|slots| slots.values().flatten());
+        // Every lure an agent wants is one of its active instances; as many
+        // wanted as active means none is unwanted, with no lookup each.
+        let wanted_lures = wanted.map_or(0, |d| {
+            d.values()
+                .filter(|d| matches!(d.payload, Payload::Lure { .. }))
+                .count()
+        });
+        if instances.clone().count() == wanted_lures {
+            continue;
+        }
         for l in instances {
             if !wanted.is_some_and(|d| d.contains_key(&l.id)) {
                 unwanted.push(l.id.clone());
