@@ -34,7 +34,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 
 use ruse_proto::agent::v1 as pb;
 use ruse_proto::convert::{AgentState, PresentedCredential};
-use ruse_proto::types::{AgentId, Labels, UnixMs, hex, new_ulid};
+use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
 
 use crate::fleet::{Fleet, Member};
 use crate::lures::{self, Material, RenderInput, Template};
@@ -152,6 +152,54 @@ pub fn rollout_order<'a>(
         .collect();
     keyed.sort_unstable();
     keyed.into_iter().map(|(_, a)| a).collect()
+}
+
+/// Rollout orders by campaign, kept while the matching agents stay the
+/// same: evaluation and `rollout status` ask several times a second during
+/// a rollout, and ordering 10k agents (a SHA-256 each, then a sort) was most
+/// of each answer.
+#[derive(Debug, Default)]
+struct OrderCache {
+    orders: Mutex<HashMap<String, CachedOrder>>,
+}
+
+/// A fingerprint of the matching agents, and their order.
+type CachedOrder = (u64, Arc<Vec<AgentId>>);
+
+impl OrderCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, CachedOrder>> {
+        self.orders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`rollout_order`] of `matching` (in fleet order, by id).
+    fn order(&self, campaign: &str, matching: &[&AgentId]) -> Arc<Vec<AgentId>> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = foldhash::fast::FixedState::default().build_hasher();
+        matching.len().hash(&mut h);
+        for id in matching {
+            id.hash(&mut h);
+        }
+        let key = h.finish();
+        if let Some((k, order)) = self.lock().get(campaign)
+            && *k == key
+        {
+            return order.clone();
+        }
+        let order: Arc<Vec<AgentId>> = Arc::new(
+            rollout_order(campaign, matching.iter().copied())
+                .into_iter()
+                .cloned()
+                .collect(),
+        );
+        self.lock()
+            .insert(campaign.to_owned(), (key, order.clone()));
+        order
+    }
+
+    /// Forgets campaigns that no longer exist.
+    fn retain(&self, campaigns: &BTreeMap<String, CampaignRecord>) {
+        self.lock().retain(|name, _| campaigns.contains_key(name));
+    }
 }
 
 /// What an agent should have under one resource id.
@@ -445,6 +493,7 @@ pub struct Deployer {
     fleet: Arc<Fleet>,
     /// Serialises admin changes (apply, delete, rotate, rollout actions).
     admin: AsyncMutex<()>,
+    orders: OrderCache,
     wake: Notify,
     recompute_needed: AtomicBool,
     evaluate_needed: AtomicBool,
@@ -461,19 +510,22 @@ pub struct Deployer {
 const EVALUATE_EVERY: Duration = Duration::from_millis(100);
 /// Resources sent in one update, at most.
 const MAX_RESOURCES_PER_UPDATE: usize = 256;
-/// New lure instances written (and flushed) per registry chunk; a chunk
-/// always holds whole agents.
+/// New lure instances written (and flushed) per registry chunk, about; a
+/// chunk always holds whole agents.
 const REGISTRY_CHUNK: usize = 5_000;
+/// Agents whose desired sets are computed per hold of the state lock, at
+/// most: sessions push and ack in between.
+const AGENTS_PER_LOCK: usize = 1_000;
 
-/// Takes at least `n` items off the end of `rest`, which is sorted by
-/// `key`, never splitting one key's items between chunks (one agent's new
-/// lures become durable together).
-fn take_chunk<T, K: PartialEq>(rest: &mut Vec<T>, n: usize, key: impl Fn(&T) -> &K) -> Vec<T> {
-    let mut start = rest.len().saturating_sub(n);
-    while start > 0 && key(&rest[start - 1]) == key(&rest[start]) {
-        start -= 1;
-    }
-    rest.split_off(start)
+/// A written chunk once durable: its instances, and the agents to wake.
+type ChunkDurable = Result<(Vec<Arc<LureInstance>>, Vec<AgentId>), StoreError>;
+
+/// Where a pass spent its time, for the log.
+#[derive(Debug, Default)]
+struct PassTiming {
+    created: usize,
+    compute: Duration,
+    first_durable: Option<Duration>,
 }
 
 fn lures_kind() -> &'static str {
@@ -521,6 +573,7 @@ impl Deployer {
             committer,
             fleet,
             admin: AsyncMutex::new(()),
+            orders: OrderCache::default(),
             wake: Notify::new(),
             recompute_needed: AtomicBool::new(true),
             evaluate_needed: AtomicBool::new(true),
@@ -990,7 +1043,7 @@ impl Deployer {
             })
             .map(|a| &a.id)
             .collect();
-        let order = rollout_order(name, ids);
+        let order = self.orders.order(name, &ids);
         // Should an apply replace the record meanwhile, this status is of
         // the record read above; evaluation acts only if it is still current.
         let st = self.lock();
@@ -1013,7 +1066,7 @@ impl Deployer {
                 errors: Vec::new(),
             };
             for id in &order[lo..hi] {
-                let lures = st.agents.get(*id);
+                let lures = st.agents.get(id);
                 let online = lures.is_some_and(|l| l.notify.is_some());
                 match lures.and_then(|l| l.campaign_result(name)) {
                     Some(true) if wave_released => w.acked += 1,
@@ -1422,91 +1475,86 @@ impl Deployer {
     /// Recomputes every agent's desired set; persists new instances before
     /// waking the sessions that have them to push, and retired ones last.
     ///
-    /// New instances are written in chunks of whole agents, and each
-    /// chunk's agents are woken as soon as that chunk is durable, so the
-    /// first pushes go out while later chunks are still being written (a
-    /// fleet-wide campaign is 100k records; written in one piece, no agent
-    /// heard of it for over a second).
+    /// Agents are taken in chunks: a chunk's new instances are written as
+    /// one record while the next chunk is computed, and its agents are woken
+    /// as soon as that record is durable. So the first pushes go out while
+    /// most of a fleet-wide campaign (100k instances) is still being
+    /// generated, and the state lock is never held for a whole pass.
     async fn recompute(&self) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let agents = self.fleet.members();
+        let members = self.fleet.members();
+        let live: Vec<&Member> = members
+            .iter()
+            .filter(|a| a.state != AgentState::Revoked)
+            .collect();
         let now = UnixMs::now();
-        let (mut created, retired, wake) = {
-            let mut st = self.lock();
-            let (mut created, mut wake) = recompute(&mut st, &agents, now)?;
-            // Left undurable by a pass whose write failed: written now, and
-            // their agents woken (that pass never did).
-            if st.undurable.len() > created.len() {
-                let fresh: HashSet<&String> = created.iter().map(|l| &l.id).collect();
-                let leftover: Vec<Arc<LureInstance>> = st
-                    .undurable
-                    .iter()
-                    .filter(|id| !fresh.contains(id))
-                    .filter_map(|id| st.registry.active.get(id))
-                    .cloned()
-                    .collect();
-                let mut woken: HashSet<AgentId> = wake.iter().cloned().collect();
-                for lure in &leftover {
-                    if woken.insert(lure.agent.clone()) {
-                        wake.push(lure.agent.clone());
-                    }
-                }
-                created.extend(leftover);
-            }
-            // This pass's retirements, and any a failed write left.
-            let retired: Vec<LureInstance> = st.retiring.values().map(|l| (**l).clone()).collect();
-            (created, retired, wake)
+        // Left undurable by a pass whose write failed: written first, and
+        // their agents woken (that pass never did).
+        let (plan, mut created) = {
+            let st = self.lock();
+            let leftover: Vec<Arc<LureInstance>> = st
+                .undurable
+                .iter()
+                .filter_map(|id| st.registry.active.get(id))
+                .cloned()
+                .collect();
+            self.orders.retain(&st.campaigns);
+            (Plan::new(&st, &live, &self.orders), leftover)
         };
-        let computed = started.elapsed();
-        // Agents with nothing new to persist are told at once.
-        let mut waiting: HashSet<&AgentId> = HashSet::new();
-        for lure in &created {
-            waiting.insert(&lure.agent);
-        }
-        let (later, now_wake): (Vec<AgentId>, Vec<AgentId>) =
-            wake.into_iter().partition(|id| waiting.contains(id));
-        drop(waiting);
-        self.wake_agents(&now_wake);
-        let later: HashSet<AgentId> = later.into_iter().collect();
-        let (created_n, retired_n) = (created.len(), retired.len());
-        // Chunks come off the end: reversed, so agents go in id order. One
-        // campaign's instances come out of the pass in agent order already;
-        // checking that is one compare each instead of a sort's dozens.
-        if !created.is_sorted_by(|a, b| a.agent <= b.agent) {
-            created.sort_by(|a, b| a.agent.cmp(&b.agent));
-        }
-        created.reverse();
+        created.sort_by(|a, b| a.agent.cmp(&b.agent));
+        let mut wake: Vec<AgentId> = created.iter().map(|l| l.agent.clone()).collect();
+        wake.dedup();
         let mut durable = tokio::task::JoinSet::new();
-        let mut rest = created;
-        let mut first_durable = None;
+        let mut timing = PassTiming::default();
+        let mut next = 0;
         loop {
-            let chunk = take_chunk(&mut rest, REGISTRY_CHUNK, |l| &l.agent);
-            if chunk.is_empty() {
+            if !created.is_empty() || !wake.is_empty() {
+                timing.created += created.len();
+                let chunk = std::mem::take(&mut created);
+                let chunk_wake = std::mem::take(&mut wake);
+                self.write_chunk(chunk, chunk_wake, &mut durable).await?;
+                while let Some(done) = durable.try_join_next() {
+                    self.chunk_durable(done)?;
+                    timing
+                        .first_durable
+                        .get_or_insert_with(|| started.elapsed());
+                }
+            }
+            if next == live.len() {
                 break;
             }
-            let store = self.store.clone();
-            let chunk = tokio::task::spawn_blocking(move || {
-                store.put_new_lures(&chunk)?;
-                Ok::<_, StoreError>(chunk)
-            })
-            .await
-            .map_err(|e| StoreError::Engine(e.to_string().into()))??;
-            // Flushed (group commit) while the next chunk is written.
-            let committer = self.committer.clone();
-            durable.spawn(async move { committer.durable().await.map(|()| chunk) });
-            while let Some(done) = durable.try_join_next() {
-                self.chunk_durable(done, &later)?;
-                first_durable.get_or_insert_with(|| started.elapsed());
+            let computing = std::time::Instant::now();
+            {
+                let mut st = self.lock();
+                let stop = (next + AGENTS_PER_LOCK).min(live.len());
+                while next < stop && created.len() < REGISTRY_CHUNK {
+                    desire(&mut st, &plan, live[next], now, &mut created, &mut wake)?;
+                    next += 1;
+                }
             }
+            timing.compute += computing.elapsed();
         }
+        let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.id).collect();
+        let gone = forget_gone(&mut self.lock(), &live_ids, now);
+        self.wake_agents(&gone);
         let written = started.elapsed();
         while let Some(done) = durable.join_next().await {
-            self.chunk_durable(done, &later)?;
-            first_durable.get_or_insert_with(|| started.elapsed());
+            self.chunk_durable(done)?;
+            timing
+                .first_durable
+                .get_or_insert_with(|| started.elapsed());
         }
         // Retirements last: nothing waits on them (the deployer still finds
         // retiring instances by id), and a rotation's 100k of them written
-        // first held back every push of its new instances.
+        // first held back every push of its new instances. This pass's, and
+        // any a failed write left.
+        let retired: Vec<LureInstance> = self
+            .lock()
+            .retiring
+            .values()
+            .map(|l| (**l).clone())
+            .collect();
+        let retired_n = retired.len();
         if !retired.is_empty() {
             let store = self.store.clone();
             let retired =
@@ -1520,13 +1568,13 @@ impl Deployer {
                 st.retiring.remove(&lure.id);
             }
         }
-        if created_n > 0 || retired_n > 0 {
+        if timing.created > 0 || retired_n > 0 {
             tracing::debug!(
-                created = created_n,
+                created = timing.created,
                 retired = retired_n,
-                agents = agents.len(),
-                compute_ms = computed.as_millis() as u64,
-                first_durable_ms = first_durable.unwrap_or_default().as_millis() as u64,
+                agents = members.len(),
+                compute_ms = timing.compute.as_millis() as u64,
+                first_durable_ms = timing.first_durable.unwrap_or_default().as_millis() as u64,
                 written_ms = written.as_millis() as u64,
                 durable_ms = started.elapsed().as_millis() as u64,
                 "lure registry updated"
@@ -1545,25 +1593,53 @@ impl Deployer {
         Ok(())
     }
 
+    /// Wakes the agents of `wake` that have nothing new in `chunk` at once;
+    /// writes `chunk` as one record and has its durability awaited on
+    /// `durable`, which then wakes the rest.
+    async fn write_chunk(
+        &self,
+        chunk: Vec<Arc<LureInstance>>,
+        wake: Vec<AgentId>,
+        durable: &mut tokio::task::JoinSet<ChunkDurable>,
+    ) -> Result<(), StoreError> {
+        let mut waiting: HashSet<&AgentId> = HashSet::new();
+        for lure in &chunk {
+            waiting.insert(&lure.agent);
+        }
+        let (later, now): (Vec<AgentId>, Vec<AgentId>) =
+            wake.into_iter().partition(|id| waiting.contains(id));
+        drop(waiting);
+        self.wake_agents(&now);
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let chunk = tokio::task::spawn_blocking(move || {
+            store.put_new_lures(&chunk)?;
+            Ok::<_, StoreError>(chunk)
+        })
+        .await
+        .map_err(|e| StoreError::Engine(e.to_string().into()))??;
+        // Flushed (group commit) while the next chunk is computed.
+        let committer = self.committer.clone();
+        durable.spawn(async move { committer.durable().await.map(|()| (chunk, later)) });
+        Ok(())
+    }
+
     /// A chunk of new instances is durable: they may be pushed, and its
     /// agents that have something new are woken.
     fn chunk_durable(
         &self,
-        done: Result<Result<Vec<Arc<LureInstance>>, StoreError>, tokio::task::JoinError>,
-        wake: &HashSet<AgentId>,
+        done: Result<ChunkDurable, tokio::task::JoinError>,
     ) -> Result<(), StoreError> {
-        let chunk = done.map_err(|e| StoreError::Engine(e.to_string().into()))??;
-        let mut agents: Vec<AgentId> = Vec::new();
+        let (chunk, wake) = done.map_err(|e| StoreError::Engine(e.to_string().into()))??;
         {
             let mut st = self.lock();
             for lure in &chunk {
                 st.undurable.remove(&lure.id);
-                if agents.last() != Some(&lure.agent) && wake.contains(&lure.agent) {
-                    agents.push(lure.agent.clone());
-                }
             }
         }
-        self.wake_agents(&agents);
+        self.wake_agents(&wake);
         Ok(())
     }
 
@@ -1721,218 +1797,278 @@ fn next_record(old: Option<&CampaignRecord>, target: Generation, now: UnixMs) ->
     }
 }
 
-type Recomputed = (Vec<Arc<LureInstance>>, Vec<AgentId>);
+/// One campaign as a pass sees it: a snapshot, with the agents its target
+/// generation is released to.
+struct CampaignPlan {
+    name: String,
+    /// Shared by every agent's desired entries of this campaign.
+    shared_name: Arc<str>,
+    target: Generation,
+    target_slots: Vec<Arc<LureSlot>>,
+    stable: Option<Generation>,
+    stable_slots: Vec<Arc<LureSlot>>,
+    released: HashSet<AgentId>,
+}
 
-/// Computes desired sets from campaigns and agents. Returns instances
-/// created and agents whose desired set changed; retired instances are
-/// moved to `retiring`.
-fn recompute(st: &mut State, agents: &[Member], now: UnixMs) -> Result<Recomputed, StoreError> {
-    let live: Vec<&Member> = agents
-        .iter()
-        .filter(|a| a.state != AgentState::Revoked)
-        .collect();
-    let labels: HashMap<&AgentId, &Labels> = live.iter().map(|a| (&a.id, &*a.labels)).collect();
-    let matches =
-        |id: &AgentId, selector: &Labels| labels.get(id).is_some_and(|l| l.matches(selector));
-    let mut desired: HashMap<AgentId, BTreeMap<String, Desired>> = live
-        .iter()
-        .map(|a| (a.id.clone(), BTreeMap::new()))
-        .collect();
-    let mut created = Vec::new();
+/// What a pass computes desired sets from: campaigns, decoys and allow
+/// rules as they were when it started. A change meanwhile requests the next
+/// pass, which sees it.
+struct Plan {
+    campaigns: Vec<CampaignPlan>,
+    decoys: BTreeMap<String, Arc<Decoy>>,
+    /// Each decoy with its encoded spec and that spec's revision.
+    decoy_specs: Vec<(Arc<Decoy>, Arc<Vec<u8>>, u64)>,
+    allow_rules: Vec<Arc<AllowRule>>,
+}
+
+impl Plan {
+    fn new(st: &State, live: &[&Member], orders: &OrderCache) -> Plan {
+        // Shared by every agent's desired entry instead of a copy each.
+        let shared_slots = |g: &Generation| -> Vec<Arc<LureSlot>> {
+            g.spec.lures.iter().cloned().map(Arc::new).collect()
+        };
+        let campaigns = st
+            .campaigns
+            .iter()
+            .map(|(name, record)| {
+                let matching: Vec<&AgentId> = live
+                    .iter()
+                    .filter(|a| a.labels.matches(&record.target.spec.selector))
+                    .map(|a| &a.id)
+                    .collect();
+                let order = orders.order(name, &matching);
+                let released = order[..record.released(order.len())]
+                    .iter()
+                    .cloned()
+                    .collect();
+                CampaignPlan {
+                    name: name.clone(),
+                    shared_name: Arc::from(name.as_str()),
+                    target: record.target.clone(),
+                    target_slots: shared_slots(&record.target),
+                    stable: record.stable.clone(),
+                    stable_slots: record.stable.as_ref().map(shared_slots).unwrap_or_default(),
+                    released,
+                }
+            })
+            .collect();
+        let decoy_specs = st
+            .decoys
+            .values()
+            .map(|decoy| {
+                let body = Arc::new(decoy_spec(decoy).encode_to_vec());
+                let revision = content_revision(&body);
+                (decoy.clone(), body, revision)
+            })
+            .collect();
+        Plan {
+            campaigns,
+            decoys: st.decoys.clone(),
+            decoy_specs,
+            allow_rules: st.allow_rules.values().cloned().collect(),
+        }
+    }
+}
+
+/// Computes `agent`'s desired set, creating the instances it lacks (added
+/// to `created`) and moving those it no longer wants to `retiring`. Pushes
+/// the agent onto `wake` if its desired set changed.
+fn desire(
+    st: &mut State,
+    plan: &Plan,
+    agent: &Member,
+    now: UnixMs,
+    created: &mut Vec<Arc<LureInstance>>,
+    wake: &mut Vec<AgentId>,
+) -> Result<(), StoreError> {
+    let id = &agent.id;
     let State {
-        campaigns,
-        decoys,
-        allow_rules,
         registry,
         agents: agent_lures,
         undurable,
         retiring,
         ..
     } = st;
-    for (name, record) in campaigns.iter() {
-        let matching: Vec<&AgentId> = live
-            .iter()
-            .filter(|a| matches(&a.id, &record.target.spec.selector))
-            .map(|a| &a.id)
-            .collect();
-        let order = rollout_order(name, matching);
-        let released: HashSet<&AgentId> = order[..record.released(order.len())]
-            .iter()
-            .copied()
-            .collect();
-        // Shared by every agent's desired entry instead of a copy each.
-        let shared_slots = |g: &Generation| -> Vec<Arc<LureSlot>> {
-            g.spec.lures.iter().cloned().map(Arc::new).collect()
-        };
-        let campaign: Arc<str> = Arc::from(name.as_str());
-        let target_slots = shared_slots(&record.target);
-        let stable_slots = record.stable.as_ref().map(shared_slots).unwrap_or_default();
-        for agent in &live {
-            let id = &agent.id;
-            let generation = if released.contains(id) {
-                Some(&record.target)
-            } else {
-                record
-                    .stable
-                    .as_ref()
-                    .filter(|s| matches(&agent.id, &s.spec.selector))
-            };
-            let Some(generation) = generation else {
-                continue;
-            };
-            let slots = if std::ptr::eq(generation, &record.target) {
-                &target_slots
-            } else {
-                &stable_slots
-            };
-            for (slot, shared) in generation.spec.lures.iter().zip(slots) {
-                let existing = registry
-                    .find(id, name, &slot.key, generation.epoch, slot.template)
-                    .cloned();
-                let lure = match existing {
-                    Some(l) => l,
-                    None => {
-                        let material = Material::generate(slot.template)
-                            .map_err(|e| StoreError::Engine(e.to_string().into()))?;
-                        let lure = Arc::new(LureInstance {
-                            id: new_ulid(),
-                            agent: id.clone(),
-                            campaign: name.clone(),
-                            slot: slot.key.clone(),
-                            template: slot.template,
-                            epoch: generation.epoch,
-                            material,
-                            created: now,
-                            retired: None,
-                        });
-                        // An instance of another template under this key is
-                        // no longer wanted and is retired below.
-                        registry.insert(lure.clone());
-                        undurable.insert(lure.id.clone());
-                        created.push(lure.clone());
-                        lure
-                    }
-                };
-                let revision = generation.slots.get(&slot.key).map_or(0, |v| v.revision);
-                let decoy = slot.decoy.as_ref().and_then(|d| decoys.get(d)).cloned();
-                if let Some(set) = desired.get_mut(id) {
-                    set.insert(
-                        lure.id.clone(),
-                        Desired {
-                            revision,
-                            campaign: campaign.clone(),
-                            payload: Payload::Lure {
-                                slot: shared.clone(),
-                                decoy,
-                            },
-                        },
-                    );
-                }
+    let mut desired: BTreeMap<String, Desired> = BTreeMap::new();
+    for c in &plan.campaigns {
+        let (generation, slots) = if c.released.contains(id) {
+            (&c.target, &c.target_slots)
+        } else {
+            match &c.stable {
+                Some(s) if agent.labels.matches(&s.spec.selector) => (s, &c.stable_slots),
+                _ => continue,
             }
-        }
-    }
-    // Allow rules: one resource per agent with the rules matching it; its
-    // revision is derived from the rules, so any change is a new revision.
-    for agent in &live {
-        let rules: Vec<pb::AllowRule> = allow_rules
-            .values()
-            .filter(|r| matches(&agent.id, &r.selector))
-            .map(|r| pb::AllowRule {
-                name: r.name.clone(),
-                process: r.process.clone(),
-                user: r.user.clone(),
-                template: r.template.clone(),
-            })
-            .collect();
-        if rules.is_empty() {
-            continue;
-        }
-        let body = pb::AllowRules {
-            rules: rules.clone(),
-        }
-        .encode_to_vec();
-        if let Some(set) = desired.get_mut(&agent.id) {
-            set.insert(
-                ALLOW_RULES_ID.to_owned(),
+        };
+        for (slot, shared) in generation.spec.lures.iter().zip(slots) {
+            let existing = registry
+                .find(id, &c.name, &slot.key, generation.epoch, slot.template)
+                .cloned();
+            let lure = match existing {
+                Some(l) => l,
+                None => {
+                    let material = Material::generate(slot.template)
+                        .map_err(|e| StoreError::Engine(e.to_string().into()))?;
+                    let lure = Arc::new(LureInstance {
+                        id: new_ulid(),
+                        agent: id.clone(),
+                        campaign: c.name.clone(),
+                        slot: slot.key.clone(),
+                        template: slot.template,
+                        epoch: generation.epoch,
+                        material,
+                        created: now,
+                        retired: None,
+                    });
+                    // An instance of another template under this key is no
+                    // longer wanted and is retired below.
+                    registry.insert(lure.clone());
+                    undurable.insert(lure.id.clone());
+                    created.push(lure.clone());
+                    lure
+                }
+            };
+            let revision = generation.slots.get(&slot.key).map_or(0, |v| v.revision);
+            let decoy = slot
+                .decoy
+                .as_ref()
+                .and_then(|d| plan.decoys.get(d))
+                .cloned();
+            desired.insert(
+                lure.id.clone(),
                 Desired {
-                    revision: content_revision(&body),
-                    campaign: Arc::from(""),
-                    payload: Payload::AllowRules(Arc::new(rules)),
+                    revision,
+                    campaign: c.shared_name.clone(),
+                    payload: Payload::Lure {
+                        slot: shared.clone(),
+                        decoy,
+                    },
                 },
             );
         }
     }
-    // Decoys: each agent matching a decoy's selector runs it.
-    for decoy in decoys.values() {
-        let body = Arc::new(decoy_spec(decoy).encode_to_vec());
-        let revision = content_revision(&body);
-        for agent in live.iter().filter(|a| matches(&a.id, &decoy.selector)) {
-            if let Some(set) = desired.get_mut(&agent.id) {
-                set.insert(
-                    decoy_resource_id(&decoy.name),
-                    Desired {
-                        revision,
-                        campaign: Arc::from(""),
-                        payload: Payload::Decoy(body.clone()),
-                    },
-                );
-            }
-        }
-    }
-    // Instances nobody wants any more are retired (kept in the registry).
-    let mut unwanted: Vec<String> = Vec::new();
-    for (agent, campaigns) in &registry.by_slot {
-        let wanted = desired.get(agent);
+    // Instances it no longer wants are retired (kept in the registry). Every
+    // lure it wants is one of its active instances, so as many wanted as
+    // active means none is unwanted, with no lookup each.
+    if let Some(campaigns) = registry.by_slot.get(id) {
         let instances = campaigns
             .values()
             .flat_map(|slots| slots.values().flatten());
-        // Every lure an agent wants is one of its active instances; as many
-        // wanted as active means none is unwanted, with no lookup each.
-        let wanted_lures = wanted.map_or(0, |d| {
-            d.values()
-                .filter(|d| matches!(d.payload, Payload::Lure { .. }))
-                .count()
-        });
-        if instances.clone().count() == wanted_lures {
-            continue;
-        }
-        for l in instances {
-            if !wanted.is_some_and(|d| d.contains_key(&l.id)) {
-                unwanted.push(l.id.clone());
+        if instances.clone().count() != desired.len() {
+            let unwanted: Vec<String> = instances
+                .filter(|l| !desired.contains_key(&l.id))
+                .map(|l| l.id.clone())
+                .collect();
+            for lure_id in unwanted {
+                retire(registry, undurable, retiring, &lure_id, now);
             }
         }
     }
-    for id in unwanted {
-        if let Some(lure) = registry.remove(&id) {
-            let mut lure = (*lure).clone();
-            lure.retired = Some(now);
-            undurable.remove(&id);
-            retiring.insert(id, Arc::new(lure));
+    // Allow rules: one resource with the rules matching the agent; its
+    // revision is derived from the rules, so any change is a new revision.
+    let rules: Vec<pb::AllowRule> = plan
+        .allow_rules
+        .iter()
+        .filter(|r| agent.labels.matches(&r.selector))
+        .map(|r| pb::AllowRule {
+            name: r.name.clone(),
+            process: r.process.clone(),
+            user: r.user.clone(),
+            template: r.template.clone(),
+        })
+        .collect();
+    if !rules.is_empty() {
+        let body = pb::AllowRules {
+            rules: rules.clone(),
+        }
+        .encode_to_vec();
+        desired.insert(
+            ALLOW_RULES_ID.to_owned(),
+            Desired {
+                revision: content_revision(&body),
+                campaign: Arc::from(""),
+                payload: Payload::AllowRules(Arc::new(rules)),
+            },
+        );
+    }
+    // Decoys: the agent runs each decoy whose selector it matches.
+    for (decoy, body, revision) in &plan.decoy_specs {
+        if agent.labels.matches(&decoy.selector) {
+            desired.insert(
+                decoy_resource_id(&decoy.name),
+                Desired {
+                    revision: *revision,
+                    campaign: Arc::from(""),
+                    payload: Payload::Decoy(body.clone()),
+                },
+            );
         }
     }
-    let mut wake = Vec::new();
-    for (id, set) in desired {
-        let entry = agent_lures.entry(id.clone()).or_default();
-        let same = entry.desired.len() == set.len()
+    if !agent_lures.contains_key(id) {
+        agent_lures.insert(id.clone(), AgentLures::default());
+    }
+    if let Some(entry) = agent_lures.get_mut(id) {
+        let same = entry.desired.len() == desired.len()
             && entry
                 .desired
                 .iter()
-                .zip(&set)
+                .zip(&desired)
                 .all(|((a_id, a), (b_id, b))| a_id == b_id && a.revision == b.revision);
-        entry.desired = set;
+        entry.desired = desired;
         if !same {
-            wake.push(id);
+            wake.push(id.clone());
         }
     }
-    // Revoked or unknown agents want nothing.
-    let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.id).collect();
+    Ok(())
+}
+
+/// Moves an active instance to `retiring`, stamped retired `now`.
+fn retire(
+    registry: &mut Registry,
+    undurable: &mut HashSet<String>,
+    retiring: &mut HashMap<String, Arc<LureInstance>>,
+    id: &str,
+    now: UnixMs,
+) {
+    if let Some(lure) = registry.remove(id) {
+        let mut lure = (*lure).clone();
+        lure.retired = Some(now);
+        undurable.remove(id);
+        retiring.insert(lure.id.clone(), Arc::new(lure));
+    }
+}
+
+/// Revoked or unknown agents want nothing: their desired sets are emptied
+/// (returned, to be woken) and their instances retired.
+fn forget_gone(st: &mut State, live: &HashSet<&AgentId>, now: UnixMs) -> Vec<AgentId> {
+    let State {
+        registry,
+        agents: agent_lures,
+        undurable,
+        retiring,
+        ..
+    } = st;
+    let mut wake = Vec::new();
     for (id, entry) in agent_lures.iter_mut() {
-        if !live_ids.contains(id) && !entry.desired.is_empty() {
+        if !live.contains(id) && !entry.desired.is_empty() {
             entry.desired.clear();
             wake.push(id.clone());
         }
     }
-    Ok((created, wake))
+    let unwanted: Vec<String> = registry
+        .by_slot
+        .iter()
+        .filter(|(agent, _)| !live.contains(agent))
+        .flat_map(|(_, campaigns)| {
+            campaigns
+                .values()
+                .flat_map(|slots| slots.values().flatten())
+        })
+        .map(|l| l.id.clone())
+        .collect();
+    for id in unwanted {
+        retire(registry, undurable, retiring, &id, now);
+    }
+    wake
 }
 
 #[cfg(test)]
@@ -2049,6 +2185,81 @@ mod tests {
         assert!(d.lure_owner(&id).unwrap().unwrap().retired.is_some());
     }
 
+    #[tokio::test]
+    async fn a_fleet_wide_pass_writes_whole_agents_per_record_and_wakes_each_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SledStore::open(dir.path(), 1 << 20).unwrap());
+        let (committer, _task) = Committer::spawn(store.clone());
+        // Enough instances for three records.
+        let n = 2 * REGISTRY_CHUNK / 5 + 7;
+        let records = (0..n)
+            .map(|i| agent_record(&format!("a{i:05}"), "site=icu"))
+            .collect();
+        let fleet = Arc::new(Fleet::new(records, Duration::from_secs(60)));
+        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        d.prepare().await.unwrap();
+        let (first, last): (AgentId, AgentId) = (
+            "a00000".parse().unwrap(),
+            format!("a{:05}", n - 1).parse().unwrap(),
+        );
+        let notified: Vec<Arc<Notify>> = [&first, &last]
+            .iter()
+            .map(|id| {
+                let notify = Arc::new(Notify::new());
+                d.session_started(id, notify.clone());
+                d.hello(id, Default::default());
+                notify
+            })
+            .collect();
+        let lures: Vec<String> = (0..5)
+            .map(|i| format!("{{template: pgpass, name: p{i}}}"))
+            .collect();
+        let docs = crate::resources::parse(&format!(
+            "kind: Campaign\nname: c1\nselector: {{site: icu}}\nlures: [{}]\n",
+            lures.join(", ")
+        ))
+        .unwrap();
+        d.apply(&docs, false).await.unwrap();
+        for notify in &notified {
+            // A wake-up stored by the Hello is used up first.
+            let _ = tokio::time::timeout(Duration::from_millis(50), notify.notified()).await;
+        }
+        let woken: Vec<_> = notified.iter().map(|n| n.notified()).collect();
+        d.recompute().await.unwrap();
+        for w in woken {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("first and last agents woken");
+        }
+
+        let batches = store.lure_batches();
+        assert_eq!(
+            batches.len(),
+            3,
+            "{:?}",
+            batches.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let mut seen: HashMap<AgentId, usize> = HashMap::default();
+        let mut batch_of: HashMap<AgentId, usize> = HashMap::default();
+        for (i, batch) in batches.iter().enumerate() {
+            for lure in batch {
+                *seen.entry(lure.agent.clone()).or_default() += 1;
+                assert_eq!(
+                    *batch_of.entry(lure.agent.clone()).or_insert(i),
+                    i,
+                    "{} split",
+                    lure.agent
+                );
+            }
+        }
+        assert_eq!(seen.len(), n);
+        assert!(seen.values().all(|c| *c == 5));
+        assert!(d.lock().undurable.is_empty());
+        for id in [&first, &last] {
+            assert_eq!(d.next_update(id).expect("its lures").resources.len(), 5);
+        }
+    }
+
     #[test]
     fn waves_cover_cumulative_shares_rounding_up() {
         let waves = [10, 50, 100];
@@ -2080,38 +2291,6 @@ mod tests {
             released: true,
             errors: Vec::new(),
         }
-    }
-
-    #[test]
-    fn registry_chunks_keep_each_agent_whole_and_cover_everything() {
-        // (agent, lure) sorted by agent, descending as recompute sorts.
-        let mut rest: Vec<(u32, u32)> = (0..7u32)
-            .rev()
-            .flat_map(|agent| (0..3).map(move |l| (agent, l)))
-            .collect();
-        let all = rest.len();
-        let mut chunks = Vec::new();
-        loop {
-            let chunk = take_chunk(&mut rest, 4, |x| &x.0);
-            if chunk.is_empty() {
-                break;
-            }
-            chunks.push(chunk);
-        }
-        // Four wanted, three per agent: two agents a chunk, the last has one.
-        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
-        assert_eq!(sizes, vec![6, 6, 6, 3]);
-        assert_eq!(sizes.iter().sum::<usize>(), all);
-        // Lowest agents first, and no agent in two chunks.
-        assert_eq!(chunks[0][0].0, 1);
-        let mut seen = HashSet::new();
-        for chunk in &chunks {
-            let agents: HashSet<u32> = chunk.iter().map(|x| x.0).collect();
-            assert!(agents.iter().all(|a| seen.insert(*a)), "{chunks:?}");
-        }
-        // A chunk size smaller than one agent still takes the whole agent.
-        let mut one = vec![(9, 0), (9, 1), (9, 2)];
-        assert_eq!(take_chunk(&mut one, 1, |x| &x.0).len(), 3);
     }
 
     #[test]
@@ -2148,6 +2327,27 @@ mod tests {
         let c = rollout_order("er", &ids);
         assert_ne!(a, c, "each campaign samples the fleet differently");
         assert_eq!(a.len(), 50);
+    }
+
+    #[test]
+    fn cached_orders_are_reused_only_for_the_same_agents() {
+        let ids: Vec<AgentId> = (0..50)
+            .map(|i| format!("agent{i}").parse().unwrap())
+            .collect();
+        let all: Vec<&AgentId> = ids.iter().collect();
+        let cache = OrderCache::default();
+        let first = cache.order("icu", &all);
+        let expected: Vec<AgentId> = rollout_order("icu", &ids).into_iter().cloned().collect();
+        assert_eq!(*first, expected);
+        assert!(Arc::ptr_eq(&first, &cache.order("icu", &all)), "reused");
+        // One agent fewer: ordered again.
+        let fewer = cache.order("icu", &all[1..]);
+        assert_eq!(fewer.len(), 49);
+        assert!(!fewer.contains(&ids[0]));
+        // Per campaign, and forgotten with it.
+        assert_ne!(*cache.order("er", &all), expected);
+        cache.retain(&BTreeMap::new());
+        assert!(cache.lock().is_empty());
     }
 
     #[test]

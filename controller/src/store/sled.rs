@@ -163,6 +163,19 @@ fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
 }
 
 impl SledStore {
+    /// Tests: the records of tree `lure_batches`, in key order.
+    #[cfg(test)]
+    pub(crate) fn lure_batches(&self) -> Vec<Vec<LureInstance>> {
+        self.lure_batches
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(engine)?;
+                decode(LURE_BATCHES, &k, &v)
+            })
+            .collect::<Result<_, StoreError>>()
+            .unwrap_or_default()
+    }
+
     /// Tests only: fails this lure write if a failure was injected.
     fn injected_lure_write_failure(&self) -> Result<(), StoreError> {
         #[cfg(test)]
@@ -673,7 +686,11 @@ mod tests {
         );
         assert_eq!(store.lure("l2").unwrap().unwrap().retired, Some(UnixMs(5)));
         assert!(store.lure("l1").unwrap().is_none());
-        assert_eq!(store.lure_batches.len(), 1, "an empty batch writes nothing");
+        assert_eq!(
+            store.lure_batches().len(),
+            1,
+            "an empty batch writes nothing"
+        );
     }
 
     #[test]
