@@ -424,13 +424,20 @@ impl Store for SledStore {
 
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError> {
         // A record of its own supersedes the instance's copy in a batch:
-        // it is the later write (the instance was retired since).
+        // it is the later write (the instance was retired since). An
+        // instance can also be in two batches, if a flush failed after its
+        // first batch was written and the next pass wrote it again.
         let mut out: Vec<LureInstance> = Self::all(&self.lures, LURES)?;
-        let own: std::collections::HashSet<String> = out.iter().map(|l| l.id.clone()).collect();
+        let mut seen: std::collections::HashSet<String> =
+            out.iter().map(|l| l.id.clone()).collect();
         for kv in self.lure_batches.iter() {
             let (k, v) = kv.map_err(engine)?;
             let batch: Vec<LureInstance> = decode(LURE_BATCHES, &k, &v)?;
-            out.extend(batch.into_iter().filter(|l| !own.contains(&l.id)));
+            for lure in batch {
+                if seen.insert(lure.id.clone()) {
+                    out.push(lure);
+                }
+            }
         }
         Ok(out)
     }
@@ -668,6 +675,8 @@ mod tests {
             .collect();
         store.put_new_lures(&batch).unwrap();
         store.put_new_lures(&[]).unwrap();
+        // Written again by a pass after a failed flush.
+        store.put_new_lures(&batch[..1]).unwrap();
         // An instance written before batches existed.
         store.put_lure(&instance("l0", None)).unwrap();
         store.put_lures(&[instance("l2", Some(UnixMs(5)))]).unwrap();
@@ -688,7 +697,7 @@ mod tests {
         assert!(store.lure("l1").unwrap().is_none());
         assert_eq!(
             store.lure_batches().len(),
-            1,
+            2,
             "an empty batch writes nothing"
         );
     }
