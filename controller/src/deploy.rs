@@ -2076,17 +2076,20 @@ mod tests {
     use super::*;
 
     use crate::fleet::tests_support::record as agent_record;
+    use crate::store::{AgentRecord, SledStore};
+
+    /// A deployer over `store` for a fleet of `agents`, with its committer.
+    fn deployer(store: &Arc<SledStore>, agents: Vec<AgentRecord>) -> Deployer {
+        let (committer, _task) = Committer::spawn(store.clone());
+        let fleet = Arc::new(Fleet::new(agents, Duration::from_secs(60)));
+        Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap()
+    }
 
     #[tokio::test]
     async fn instances_a_failed_write_left_unpushed_are_written_and_pushed_by_the_next_pass() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::SledStore::open(dir.path(), 1 << 20).unwrap());
-        let (committer, _task) = Committer::spawn(store.clone());
-        let fleet = Arc::new(Fleet::new(
-            vec![agent_record("a1", "site=icu")],
-            Duration::from_secs(60),
-        ));
-        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap());
+        let d = deployer(&store, vec![agent_record("a1", "site=icu")]);
         let a1: AgentId = "a1".parse().unwrap();
         let notify = Arc::new(Notify::new());
         d.session_started(&a1, notify.clone());
@@ -2132,13 +2135,8 @@ mod tests {
     #[tokio::test]
     async fn a_retired_instance_stays_attributable_until_its_record_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::SledStore::open(dir.path(), 1 << 20).unwrap());
-        let (committer, _task) = Committer::spawn(store.clone());
-        let fleet = Arc::new(Fleet::new(
-            vec![agent_record("a1", "site=icu")],
-            Duration::from_secs(60),
-        ));
-        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap());
+        let d = deployer(&store, vec![agent_record("a1", "site=icu")]);
         d.prepare().await.unwrap();
         let docs = crate::resources::parse(
             "kind: Campaign\nname: c1\nselector: {site: icu}\nlures: [{template: pgpass}]\n",
@@ -2175,12 +2173,7 @@ mod tests {
 
         // And after a restart it is retired, not active again.
         drop(d);
-        let fleet = Arc::new(Fleet::new(
-            vec![agent_record("a1", "site=icu")],
-            Duration::from_secs(60),
-        ));
-        let (committer, _task) = Committer::spawn(store.clone());
-        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        let d = deployer(&store, vec![agent_record("a1", "site=icu")]);
         assert!(d.lock().registry.active.is_empty());
         assert!(d.lure_owner(&id).unwrap().unwrap().retired.is_some());
     }
@@ -2188,15 +2181,13 @@ mod tests {
     #[tokio::test]
     async fn a_fleet_wide_pass_writes_whole_agents_per_record_and_wakes_each_agent() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::SledStore::open(dir.path(), 1 << 20).unwrap());
-        let (committer, _task) = Committer::spawn(store.clone());
+        let store = Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap());
         // Enough instances for three records.
         let n = 2 * REGISTRY_CHUNK / 5 + 7;
         let records = (0..n)
             .map(|i| agent_record(&format!("a{i:05}"), "site=icu"))
             .collect();
-        let fleet = Arc::new(Fleet::new(records, Duration::from_secs(60)));
-        let d = Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap();
+        let d = deployer(&store, records);
         d.prepare().await.unwrap();
         let (first, last): (AgentId, AgentId) = (
             "a00000".parse().unwrap(),
