@@ -423,6 +423,18 @@ struct State {
     next_nonce: u64,
 }
 
+impl State {
+    /// Moves an active instance to `retiring`, stamped retired `now`.
+    fn retire(&mut self, id: &str, now: UnixMs) {
+        if let Some(lure) = self.registry.remove(id) {
+            let mut lure = (*lure).clone();
+            lure.retired = Some(now);
+            self.undurable.remove(id);
+            self.retiring.insert(lure.id.clone(), Arc::new(lure));
+        }
+    }
+}
+
 /// What an apply did to one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyResult {
@@ -1810,14 +1822,20 @@ struct CampaignPlan {
     released: HashSet<AgentId>,
 }
 
+/// A decoy as a pass sees it, with its encoded spec and that spec's
+/// revision.
+struct DecoyPlan {
+    decoy: Arc<Decoy>,
+    body: Arc<Vec<u8>>,
+    revision: u64,
+}
+
 /// What a pass computes desired sets from: campaigns, decoys and allow
 /// rules as they were when it started. A change meanwhile requests the next
 /// pass, which sees it.
 struct Plan {
     campaigns: Vec<CampaignPlan>,
-    decoys: BTreeMap<String, Arc<Decoy>>,
-    /// Each decoy with its encoded spec and that spec's revision.
-    decoy_specs: Vec<(Arc<Decoy>, Arc<Vec<u8>>, u64)>,
+    decoys: BTreeMap<String, DecoyPlan>,
     allow_rules: Vec<Arc<AllowRule>>,
 }
 
@@ -1852,19 +1870,26 @@ impl Plan {
                 }
             })
             .collect();
-        let decoy_specs = st
+        let decoys = st
             .decoys
-            .values()
-            .map(|decoy| {
+            .iter()
+            .map(|(name, decoy)| {
                 let body = Arc::new(decoy_spec(decoy).encode_to_vec());
                 let revision = content_revision(&body);
-                (decoy.clone(), body, revision)
+                let decoy = decoy.clone();
+                (
+                    name.clone(),
+                    DecoyPlan {
+                        decoy,
+                        body,
+                        revision,
+                    },
+                )
             })
             .collect();
         Plan {
             campaigns,
-            decoys: st.decoys.clone(),
-            decoy_specs,
+            decoys,
             allow_rules: st.allow_rules.values().cloned().collect(),
         }
     }
@@ -1882,13 +1907,6 @@ fn desire(
     wake: &mut Vec<AgentId>,
 ) -> Result<(), StoreError> {
     let id = &agent.id;
-    let State {
-        registry,
-        agents: agent_lures,
-        undurable,
-        retiring,
-        ..
-    } = st;
     let mut desired: BTreeMap<String, Desired> = BTreeMap::new();
     for c in &plan.campaigns {
         let (generation, slots) = if c.released.contains(id) {
@@ -1900,7 +1918,8 @@ fn desire(
             }
         };
         for (slot, shared) in generation.spec.lures.iter().zip(slots) {
-            let existing = registry
+            let existing = st
+                .registry
                 .find(id, &c.name, &slot.key, generation.epoch, slot.template)
                 .cloned();
             let lure = match existing {
@@ -1921,8 +1940,8 @@ fn desire(
                     });
                     // An instance of another template under this key is no
                     // longer wanted and is retired below.
-                    registry.insert(lure.clone());
-                    undurable.insert(lure.id.clone());
+                    st.registry.insert(lure.clone());
+                    st.undurable.insert(lure.id.clone());
                     created.push(lure.clone());
                     lure
                 }
@@ -1932,6 +1951,7 @@ fn desire(
                 .decoy
                 .as_ref()
                 .and_then(|d| plan.decoys.get(d))
+                .map(|d| &d.decoy)
                 .cloned();
             desired.insert(
                 lure.id.clone(),
@@ -1949,7 +1969,7 @@ fn desire(
     // Instances it no longer wants are retired (kept in the registry). Every
     // lure it wants is one of its active instances, so as many wanted as
     // active means none is unwanted, with no lookup each.
-    if let Some(campaigns) = registry.by_slot.get(id) {
+    if let Some(campaigns) = st.registry.by_slot.get(id) {
         let instances = campaigns
             .values()
             .flat_map(|slots| slots.values().flatten());
@@ -1959,7 +1979,7 @@ fn desire(
                 .map(|l| l.id.clone())
                 .collect();
             for lure_id in unwanted {
-                retire(registry, undurable, retiring, &lure_id, now);
+                st.retire(&lure_id, now);
             }
         }
     }
@@ -1991,7 +2011,12 @@ fn desire(
         );
     }
     // Decoys: the agent runs each decoy whose selector it matches.
-    for (decoy, body, revision) in &plan.decoy_specs {
+    for DecoyPlan {
+        decoy,
+        body,
+        revision,
+    } in plan.decoys.values()
+    {
         if agent.labels.matches(&decoy.selector) {
             desired.insert(
                 decoy_resource_id(&decoy.name),
@@ -2003,10 +2028,10 @@ fn desire(
             );
         }
     }
-    if !agent_lures.contains_key(id) {
-        agent_lures.insert(id.clone(), AgentLures::default());
+    if !st.agents.contains_key(id) {
+        st.agents.insert(id.clone(), AgentLures::default());
     }
-    if let Some(entry) = agent_lures.get_mut(id) {
+    if let Some(entry) = st.agents.get_mut(id) {
         let same = entry.desired.len() == desired.len()
             && entry
                 .desired
@@ -2021,40 +2046,18 @@ fn desire(
     Ok(())
 }
 
-/// Moves an active instance to `retiring`, stamped retired `now`.
-fn retire(
-    registry: &mut Registry,
-    undurable: &mut HashSet<String>,
-    retiring: &mut HashMap<String, Arc<LureInstance>>,
-    id: &str,
-    now: UnixMs,
-) {
-    if let Some(lure) = registry.remove(id) {
-        let mut lure = (*lure).clone();
-        lure.retired = Some(now);
-        undurable.remove(id);
-        retiring.insert(lure.id.clone(), Arc::new(lure));
-    }
-}
-
 /// Revoked or unknown agents want nothing: their desired sets are emptied
 /// (returned, to be woken) and their instances retired.
 fn forget_gone(st: &mut State, live: &HashSet<&AgentId>, now: UnixMs) -> Vec<AgentId> {
-    let State {
-        registry,
-        agents: agent_lures,
-        undurable,
-        retiring,
-        ..
-    } = st;
     let mut wake = Vec::new();
-    for (id, entry) in agent_lures.iter_mut() {
+    for (id, entry) in st.agents.iter_mut() {
         if !live.contains(id) && !entry.desired.is_empty() {
             entry.desired.clear();
             wake.push(id.clone());
         }
     }
-    let unwanted: Vec<String> = registry
+    let unwanted: Vec<String> = st
+        .registry
         .by_slot
         .iter()
         .filter(|(agent, _)| !live.contains(agent))
@@ -2066,7 +2069,7 @@ fn forget_gone(st: &mut State, live: &HashSet<&AgentId>, now: UnixMs) -> Vec<Age
         .map(|l| l.id.clone())
         .collect();
     for id in unwanted {
-        retire(registry, undurable, retiring, &id, now);
+        st.retire(&id, now);
     }
     wake
 }

@@ -197,8 +197,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lures.iter().try_for_each(|l| self.put_lure(l))
     }
     /// New instances in one record: a fleet-wide campaign writes 100k
-    /// instances, and a record each cost more than half of its push time
-    /// (perf). A later record of an instance (its retirement) supersedes
+    /// instances, and a record each was about a quarter of the controller's
+    /// CPU during the push (perf). A later record of an instance (its retirement) supersedes
     /// its copy here.
     fn put_new_lures(&self, lures: &[Arc<LureInstance>]) -> Result<(), StoreError>;
 

@@ -166,14 +166,7 @@ impl SledStore {
     /// Tests: the records of tree `lure_batches`, in key order.
     #[cfg(test)]
     pub(crate) fn lure_batches(&self) -> Vec<Vec<LureInstance>> {
-        self.lure_batches
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(engine)?;
-                decode(LURE_BATCHES, &k, &v)
-            })
-            .collect::<Result<_, StoreError>>()
-            .unwrap_or_default()
+        Self::all(&self.lure_batches, LURE_BATCHES).unwrap_or_default()
     }
 
     /// Tests only: fails this lure write if a failure was injected.
