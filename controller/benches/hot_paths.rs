@@ -1,7 +1,8 @@
 //! Criterion benches for the controller's hot paths: protobuf encode and
 //! decode of what crosses the wire most (updates, event batches),
-//! correlation of one event, and storing events with group commit against
-//! one flush per event.
+//! correlation of one event, storing events with group commit against
+//! one flush per event, and writing one registry chunk of a fleet-wide
+//! campaign (5,000 new lure instances as one record).
 //!
 //! `cargo bench -p ruse-controller --bench hot_paths`
 
@@ -13,8 +14,10 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 
+use ruse_controller::deploy::LureInstance;
 use ruse_controller::events::StoredEvent;
 use ruse_controller::incidents::{Correlator, Directory};
+use ruse_controller::lures::{Material, Template};
 use ruse_controller::store::{Committer, SledStore, Store};
 use ruse_proto::agent::v1 as pb;
 use ruse_proto::convert::EventProcess;
@@ -203,6 +206,26 @@ fn store(c: &mut Criterion) {
                 store.flush().unwrap();
             }
         })
+    });
+    // The deployer's registry chunk: 500 agents' 10 new instances each.
+    let chunk: Vec<Arc<LureInstance>> = (0..5_000)
+        .map(|i| {
+            Arc::new(LureInstance {
+                id: new_ulid(),
+                agent: agent.clone(),
+                campaign: "icu".into(),
+                slot: format!("pg-{}", i % 10),
+                template: Template::Pgpass,
+                epoch: 1,
+                material: Material::generate(Template::Pgpass).unwrap(),
+                created: UnixMs(1_790_000_000_000),
+                retired: None,
+            })
+        })
+        .collect();
+    group.throughput(Throughput::Elements(chunk.len() as u64));
+    group.bench_function("lure_chunk_5000_put", |b| {
+        b.iter(|| store.put_new_lures(&chunk).unwrap())
     });
     group.finish();
 }

@@ -127,7 +127,7 @@ pub fn encode(e: &StoredEvent) -> Vec<u8> {
 }
 
 /// A string field, from a borrowed `str`.
-fn text(tag: u32, v: &str, b: &mut Vec<u8>) {
+pub(super) fn text(tag: u32, v: &str, b: &mut Vec<u8>) {
     encode_key(tag, WireType::LengthDelimited, b);
     encode_varint(v.len() as u64, b);
     b.put_slice(v.as_bytes());

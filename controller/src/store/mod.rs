@@ -8,6 +8,7 @@
 //!   without touching callers.
 
 mod event_record;
+mod lure_record;
 mod sled;
 
 use std::sync::Arc;

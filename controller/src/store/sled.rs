@@ -1,6 +1,8 @@
 //! The embedded store, on sled. The only module that names sled.
 //!
-//! Records are JSON values in one tree per kind; audit keys are big-endian
+//! Records are JSON values in one tree per kind, except events and lure
+//! instances, which have compact forms of their own (`event_record`,
+//! `lure_record`); audit keys are big-endian
 //! sequence numbers so iteration is in order. sled's background flusher is
 //! off: durability comes from explicit flushes through the committer.
 
@@ -12,8 +14,8 @@ use serde::de::DeserializeOwned;
 
 use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 
-use super::event_record;
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
+use super::{event_record, lure_record};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
 use crate::incidents::{Incident, IncidentHead, TimelineEntry};
@@ -166,7 +168,11 @@ impl SledStore {
     /// Tests: the records of tree `lure_batches`, in key order.
     #[cfg(test)]
     pub(crate) fn lure_batches(&self) -> Vec<Vec<LureInstance>> {
-        Self::all(&self.lure_batches, LURE_BATCHES).unwrap_or_default()
+        self.lure_batches
+            .iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(_, v)| lure_record::decode_batch(&v).ok())
+            .collect()
     }
 
     /// Tests only: fails this lure write if a failure was injected.
@@ -420,12 +426,19 @@ impl Store for SledStore {
         // it is the later write (the instance was retired since). An
         // instance can also be in two batches, if a flush failed after its
         // first batch was written and the next pass wrote it again.
-        let mut out: Vec<LureInstance> = Self::all(&self.lures, LURES)?;
+        let mut out: Vec<LureInstance> = self
+            .lures
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(engine)?;
+                lure_record::decode(&v).map_err(|reason| corrupt(LURES, &k, reason))
+            })
+            .collect::<Result<_, _>>()?;
         let mut seen: std::collections::HashSet<String> =
             out.iter().map(|l| l.id.clone()).collect();
         for kv in self.lure_batches.iter() {
             let (k, v) = kv.map_err(engine)?;
-            let batch: Vec<LureInstance> = decode(LURE_BATCHES, &k, &v)?;
+            let batch = lure_record::decode_batch(&v).map_err(|r| corrupt(LURE_BATCHES, &k, r))?;
             for lure in batch {
                 if seen.insert(lure.id.clone()) {
                     out.push(lure);
@@ -436,20 +449,25 @@ impl Store for SledStore {
     }
 
     fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError> {
-        Self::get(&self.lures, LURES, id)
+        self.lures
+            .get(id.as_bytes())
+            .map_err(engine)?
+            .map(|v| lure_record::decode(&v).map_err(|r| corrupt(LURES, id.as_bytes(), r)))
+            .transpose()
     }
 
     fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError> {
-        Self::put(&self.lures, &lure.id, lure)
+        self.lures
+            .insert(lure.id.as_bytes(), lure_record::encode(lure))
+            .map_err(engine)?;
+        Ok(())
     }
 
     fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
         self.injected_lure_write_failure()?;
         let mut batch = sled::Batch::default();
         for lure in lures {
-            let bytes = serde_json::to_vec(lure)
-                .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
-            batch.insert(lure.id.as_bytes(), bytes);
+            batch.insert(lure.id.as_bytes(), lure_record::encode(lure));
         }
         self.lures.apply_batch(batch).map_err(engine)
     }
@@ -459,12 +477,10 @@ impl Store for SledStore {
         if lures.is_empty() {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(lures)
-            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
         // Time-ordered, unique: a later batch never overwrites an earlier.
         let key = ruse_proto::types::new_ulid();
         self.lure_batches
-            .insert(key.as_bytes(), bytes)
+            .insert(key.as_bytes(), lure_record::encode_batch(lures))
             .map_err(engine)?;
         Ok(())
     }
