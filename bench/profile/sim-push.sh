@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The benchmark's own push scenario (`ruse-sim --scenarios connect,push`,
+# N agents × 10 lures): ruse-sim's ack p50/p99 and the controller's pass
+# log (compute, time spent waiting to run again, first and last chunk
+# durable). With PERF=1, perf records the controller across the push and
+# `breakdown.py` prints where the push window's samples went.
+# usage: sim-push.sh [N=10000]   (perf data: /tmp/perf-sim-push.data)
+set -u
+n=${1:-10000}
+B=${B:?set B to a directory of release binaries}
+here=$(cd "$(dirname "$0")" && pwd)
+w=$(mktemp -d /tmp/ruse-sim-push.XXXXXX)
+"$B/ruse-controller" init --data-dir "$w/ctl" --controller-url https://127.0.0.1:17491 > "$w/init"
+pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1); ctx=$w/ctl/admin/rusectl.toml
+RUSE_LOG_LEVEL="warn,ruse_controller::deploy=debug" "$B/ruse-controller" serve --data-dir "$w/ctl" \
+    --listen 127.0.0.1:17491 > "$w/ctl.log" 2>&1 &
+cp=$!
+sleep 2
+timeout 600 "$B/ruse-sim" --controller https://127.0.0.1:17491 --ca-pin "$pin" --context-file "$ctx" \
+    -n "$n" --lures 10 --hold 3s --sources 16 --concurrency 128 --controller-pid "$cp" \
+    --scenarios connect,push --timeout 600s > "$w/sim.txt" 2>&1 &
+sp=$!
+if [ "${PERF:-0}" = 1 ]; then
+    t0=$(date +%s)
+    while [ "$(ss -tnH state established '( sport = :17491 )' | wc -l)" -lt "$n" ]; do
+        sleep 0.5; [ $(($(date +%s) - t0)) -gt 300 ] && break
+    done
+    # The hold is 3 s; record from just before the push to past its end.
+    sleep 2.5
+    perf record -F "${PERF_FREQ:-999}" --call-graph dwarf,16384 -o /tmp/perf-sim-push.data \
+        -p "$cp" -- sleep 3 > "$w/perf.log" 2>&1
+fi
+wait "$sp"
+grep -E "^push" "$w/sim.txt"
+grep "lure registry updated" "$w/ctl.log" | tail -1 | grep -o "created=.*"
+kill "$cp"; wait "$cp"
+rm -rf "$w"
+if [ "${PERF:-0}" = 1 ]; then
+    python3 "$here/breakdown.py" /tmp/perf-sim-push.data
+fi
