@@ -214,9 +214,12 @@ struct Desired {
 
 #[derive(Debug, Clone)]
 enum Payload {
+    /// `lure` is active: the pass retires an instance in the same hold of
+    /// the state lock in which it drops it from the agent's desired set.
     Lure {
         slot: Arc<LureSlot>,
         decoy: Option<Arc<Decoy>>,
+        lure: Arc<LureInstance>,
     },
     AllowRules(Arc<Vec<pb::AllowRule>>),
     /// An encoded `DecoySpec`.
@@ -1274,10 +1277,7 @@ impl Deployer {
             st.next_nonce += 1;
             let nonce = st.next_nonce;
             let State {
-                agents,
-                registry,
-                undurable,
-                ..
+                agents, undurable, ..
             } = &mut *st;
             let a = agents.get_mut(agent)?;
             if a.inflight.is_some() || !a.greeted {
@@ -1294,16 +1294,7 @@ impl Deployer {
                 {
                     continue;
                 }
-                match &d.payload {
-                    Payload::Lure { .. } => {
-                        if let Some(lure) = registry.active.get(id) {
-                            candidates.push((id.clone(), Some(lure.clone()), d.clone()));
-                        }
-                    }
-                    Payload::AllowRules(_) | Payload::Decoy(_) => {
-                        candidates.push((id.clone(), None, d.clone()));
-                    }
-                }
+                candidates.push((id.clone(), d.clone()));
             }
             let removed: Vec<String> = a
                 .applied
@@ -1328,9 +1319,9 @@ impl Deployer {
         let mut sent = Vec::new();
         let mut render_failures = Vec::new();
         let mut bytes = 0;
-        for (id, lure, desired) in candidates {
-            let rendered = match (&desired.payload, &lure) {
-                (Payload::Lure { slot, decoy }, Some(lure)) => lures::render(RenderInput {
+        for (id, desired) in candidates {
+            let rendered = match &desired.payload {
+                Payload::Lure { slot, decoy, lure } => lures::render(RenderInput {
                     slot,
                     material: &lure.material,
                     decoy: decoy.as_deref(),
@@ -1338,15 +1329,14 @@ impl Deployer {
                 })
                 .map(|spec| (lures_kind(), spec.encode_to_vec()))
                 .map_err(|e| e.to_string()),
-                (Payload::AllowRules(rules), _) => Ok((
+                Payload::AllowRules(rules) => Ok((
                     ALLOW_RULES_ID,
                     pb::AllowRules {
                         rules: rules.to_vec(),
                     }
                     .encode_to_vec(),
                 )),
-                (Payload::Decoy(body), _) => Ok((DECOY_KIND, body.to_vec())),
-                (Payload::Lure { .. }, None) => continue,
+                Payload::Decoy(body) => Ok((DECOY_KIND, body.to_vec())),
             };
             match rendered {
                 Ok((kind, body)) => {
@@ -1996,6 +1986,7 @@ fn desire(
                     payload: Payload::Lure {
                         slot: shared.clone(),
                         decoy,
+                        lure: lure.clone(),
                     },
                 },
             );
