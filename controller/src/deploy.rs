@@ -1531,8 +1531,11 @@ impl Deployer {
         let mut next = 0;
         loop {
             let last = next == live.len();
-            if created.len() >= REGISTRY_CHUNK || (last && !(created.is_empty() && wake.is_empty()))
-            {
+            // A chunk is written once full; agents whose sets changed with
+            // nothing new to write (a decoy or allow rule changed) are woken
+            // after each hold.
+            let full = created.len() >= REGISTRY_CHUNK;
+            if full || (created.is_empty() && !wake.is_empty()) || (last && !created.is_empty()) {
                 timing.created += created.len();
                 let chunk = std::mem::take(&mut created);
                 let chunk_wake = std::mem::take(&mut wake);
@@ -2207,6 +2210,63 @@ mod tests {
         assert!(d.lure_owner(&id).unwrap().unwrap().retired.is_some());
     }
 
+    /// Open sessions (said Hello) for `ids`, with the notifies they wait on.
+    fn sessions(d: &Deployer, ids: &[&AgentId]) -> Vec<Arc<Notify>> {
+        ids.iter()
+            .map(|id| {
+                let notify = Arc::new(Notify::new());
+                d.session_started(id, notify.clone());
+                d.hello(id, Default::default());
+                notify
+            })
+            .collect()
+    }
+
+    /// Runs a pass and asserts that it wakes every one of `notified`.
+    async fn pass_wakes(d: &Deployer, notified: &[Arc<Notify>]) {
+        for notify in notified {
+            // A wake-up stored by the Hello is used up first.
+            let _ = tokio::time::timeout(Duration::from_millis(50), notify.notified()).await;
+        }
+        let woken: Vec<_> = notified.iter().map(|n| n.notified()).collect();
+        d.recompute().await.unwrap();
+        for w in woken {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("every agent woken");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_with_nothing_to_write_wakes_every_agent_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap());
+        // More agents than one hold of the state lock computes.
+        let n = 2 * AGENTS_PER_LOCK + 7;
+        let records = (0..n)
+            .map(|i| agent_record(&format!("a{i:05}"), "site=icu"))
+            .collect();
+        let d = deployer(&store, records);
+        d.prepare().await.unwrap();
+        let ids: Vec<AgentId> = [0, AGENTS_PER_LOCK + 1, n - 1]
+            .iter()
+            .map(|i| format!("a{i:05}").parse().unwrap())
+            .collect();
+        let notified = sessions(&d, &ids.iter().collect::<Vec<_>>());
+        let docs = crate::resources::parse(
+            "kind: Decoy\nname: d\nselector: {site: icu}\nservices: [{protocol: ssh, port: 2222}]\n",
+        )
+        .unwrap();
+        d.apply(&docs, false).await.unwrap();
+        pass_wakes(&d, &notified).await;
+        assert!(store.lure_batches().is_empty());
+        for id in &ids {
+            let update = d.next_update(id).expect("the decoy");
+            assert_eq!(update.resources.len(), 1);
+            assert_eq!(update.resources[0].id, decoy_resource_id("d"));
+        }
+    }
+
     #[tokio::test]
     async fn a_fleet_wide_pass_writes_whole_agents_per_record_and_wakes_each_agent() {
         let dir = tempfile::tempdir().unwrap();
@@ -2222,15 +2282,7 @@ mod tests {
             "a00000".parse().unwrap(),
             format!("a{:05}", n - 1).parse().unwrap(),
         );
-        let notified: Vec<Arc<Notify>> = [&first, &last]
-            .iter()
-            .map(|id| {
-                let notify = Arc::new(Notify::new());
-                d.session_started(id, notify.clone());
-                d.hello(id, Default::default());
-                notify
-            })
-            .collect();
+        let notified = sessions(&d, &[&first, &last]);
         let lures: Vec<String> = (0..5)
             .map(|i| format!("{{template: pgpass, name: p{i}}}"))
             .collect();
@@ -2240,17 +2292,7 @@ mod tests {
         ))
         .unwrap();
         d.apply(&docs, false).await.unwrap();
-        for notify in &notified {
-            // A wake-up stored by the Hello is used up first.
-            let _ = tokio::time::timeout(Duration::from_millis(50), notify.notified()).await;
-        }
-        let woken: Vec<_> = notified.iter().map(|n| n.notified()).collect();
-        d.recompute().await.unwrap();
-        for w in woken {
-            tokio::time::timeout(Duration::from_secs(5), w)
-                .await
-                .expect("first and last agents woken");
-        }
+        pass_wakes(&d, &notified).await;
 
         let batches = store.lure_batches();
         assert_eq!(
