@@ -4,7 +4,9 @@
 //! instances, which have compact forms of their own (`event_record`,
 //! `lure_record`); audit keys are big-endian
 //! sequence numbers so iteration is in order. sled's background flusher is
-//! off: durability comes from explicit flushes through the committer.
+//! off: durability comes from explicit flushes, through the committer
+//! (group commit) or, for registry chunks, from the deployer's writer
+//! thread.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -438,7 +440,8 @@ impl Store for SledStore {
             out.iter().map(|l| l.id.clone()).collect();
         for kv in self.lure_batches.iter() {
             let (k, v) = kv.map_err(engine)?;
-            let batch = lure_record::decode_batch(&v).map_err(|r| corrupt(LURE_BATCHES, &k, r))?;
+            let batch = lure_record::decode_batch(&v)
+                .map_err(|reason| corrupt(LURE_BATCHES, &k, reason))?;
             for lure in batch {
                 if seen.insert(lure.id.clone()) {
                     out.push(lure);
@@ -452,7 +455,9 @@ impl Store for SledStore {
         self.lures
             .get(id.as_bytes())
             .map_err(engine)?
-            .map(|v| lure_record::decode(&v).map_err(|r| corrupt(LURES, id.as_bytes(), r)))
+            .map(|v| {
+                lure_record::decode(&v).map_err(|reason| corrupt(LURES, id.as_bytes(), reason))
+            })
             .transpose()
     }
 
