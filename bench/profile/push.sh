@@ -1,19 +1,14 @@
 #!/usr/bin/env bash
-# A 10-lure campaign applied to N simulated agents: time to rollout
-# complete, the controller's own split (compute, first chunk durable, all
-# written), optionally under perf.
+# A 10-lure campaign applied to N simulated agents with `rusectl apply`:
+# time to rollout complete, the CPU controller and simulator used, and the
+# controller's pass log, optionally under perf.
 # usage: push.sh [N=10000] [PERF_SECONDS=0]   (perf data: /tmp/perf-push.data;
 # PERF_FREQ sets the sampling rate, default 499 Hz)
 set -u
 n=${1:-10000}; ps=${2:-0}
 B=${B:?set B to a directory of release binaries}
-w=$(mktemp -d /tmp/ruse-push.XXXXXX)
-"$B/ruse-controller" init --data-dir "$w/ctl" --controller-url https://127.0.0.1:17490 > "$w/init"
-pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1); ctx=$w/ctl/admin/rusectl.toml
-RUSE_LOG_LEVEL="warn,ruse_controller::deploy=debug" "$B/ruse-controller" serve --data-dir "$w/ctl" \
-    --listen 127.0.0.1:17490 > "$w/ctl.log" 2>&1 &
-cp=$!
-sleep 2
+port=17490
+. "$(dirname "$0")/push-controller.sh"
 timeout 600 "$B/ruse-sim" --controller https://127.0.0.1:17490 --admin https://127.0.0.1:17490 --ca-pin "$pin" \
     --context-file "$ctx" -n "$n" --lures 10 --hold 240s --sources 16 --concurrency 128 \
     --controller-pid "$cp" --scenarios connect > "$w/sim.txt" 2>&1 &

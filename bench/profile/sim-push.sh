@@ -9,13 +9,8 @@ set -u
 n=${1:-10000}
 B=${B:?set B to a directory of release binaries}
 here=$(cd "$(dirname "$0")" && pwd)
-w=$(mktemp -d /tmp/ruse-sim-push.XXXXXX)
-"$B/ruse-controller" init --data-dir "$w/ctl" --controller-url https://127.0.0.1:17491 > "$w/init"
-pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1); ctx=$w/ctl/admin/rusectl.toml
-RUSE_LOG_LEVEL="warn,ruse_controller::deploy=debug" "$B/ruse-controller" serve --data-dir "$w/ctl" \
-    --listen 127.0.0.1:17491 > "$w/ctl.log" 2>&1 &
-cp=$!
-sleep 2
+port=17491
+. "$here/push-controller.sh"
 timeout 600 "$B/ruse-sim" --controller https://127.0.0.1:17491 --ca-pin "$pin" --context-file "$ctx" \
     -n "$n" --lures 10 --hold 3s --sources 16 --concurrency 128 --controller-pid "$cp" \
     --scenarios connect,push --timeout 600s > "$w/sim.txt" 2>&1 &
