@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark's own push scenario (`ruse-sim --scenarios connect,push`,
-# N agents × 10 lures): ruse-sim's ack p50/p99 and the controller's pass
+# N agents × 10 lures): ruse-sim's ack p50/p99, the RSS figures of its
+# connect phase, and the controller's pass
 # log (compute, time spent waiting to run again, first and last chunk
 # durable). With PERF=1, perf records the controller across the push and
 # `breakdown.py` prints where the push window's samples went.
@@ -26,7 +27,7 @@ if [ "${PERF:-0}" = 1 ]; then
         -p "$cp" -- sleep 3 > "$w/perf.log" 2>&1
 fi
 wait "$sp"
-grep -E "^push" "$w/sim.txt"
+grep -E "^push|rss|RSS" "$w/sim.txt"
 grep "lure registry updated" "$w/ctl.log" | tail -1 | grep -o "created=.*"
 kill "$cp"; wait "$cp"
 rm -rf "$w"

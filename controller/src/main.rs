@@ -13,6 +13,17 @@ use ruse_controller::dev::{self, DevOptions};
 use ruse_controller::init::{self, InitOptions};
 use ruse_controller::{Controller, layout};
 
+// mimalloc rather than glibc's malloc: a campaign pass allocates and frees
+// hundreds of thousands of small strings across threads, and glibc spent
+// about a sixth of the 10,000-agent push in malloc, free and chunk
+// consolidation. Built without transparent huge pages (`no_thp`): with them
+// the arenas' RSS grew by 15 KiB per connected agent. sled is built with
+// `miri_optimizations` so its metrics histograms are zeroed allocations
+// left untouched rather than 20 MiB written at startup. Measured in
+// bench/analysis.md, "Campaign push".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ruse-controller",
