@@ -29,6 +29,8 @@ fi
 wait "$sp"
 grep -E "^push|rss|RSS" "$w/sim.txt"
 grep "lure registry updated" "$w/ctl.log" | tail -1 | grep -o "created=.*"
+# The simulated agents have disconnected; the registry stays.
+echo "controller $(grep VmRSS /proc/$cp/status | tr -s ' \t' ' ') after the push"
 kill "$cp"; wait "$cp"
 rm -rf "$w"
 if [ "${PERF:-0}" = 1 ]; then

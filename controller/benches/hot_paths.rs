@@ -211,7 +211,7 @@ fn store(c: &mut Criterion) {
     let chunk: Vec<Arc<LureInstance>> = (0..5_000)
         .map(|i| {
             Arc::new(LureInstance {
-                id: new_ulid(),
+                id: new_ulid().into(),
                 agent: agent.clone(),
                 campaign: "icu".into(),
                 slot: format!("pg-{}", i % 10),

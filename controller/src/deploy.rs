@@ -48,7 +48,8 @@ use crate::store::{Committer, Store, StoreError};
 /// rotation epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LureInstance {
-    pub id: String,
+    /// Shared, not copied, by every index and desired set that names it.
+    pub id: Arc<str>,
     pub agent: AgentId,
     pub campaign: String,
     pub slot: String,
@@ -268,7 +269,7 @@ pub const ALLOW_RULES_ID: &str = "allow-rules";
 #[derive(Debug, Clone)]
 struct Inflight {
     nonce: u64,
-    sent: Vec<(String, u64)>,
+    sent: Vec<(Arc<str>, u64)>,
     removed: Vec<String>,
 }
 
@@ -277,11 +278,11 @@ const REMOVAL: u64 = 0;
 
 #[derive(Debug, Default)]
 struct AgentLures {
-    desired: BTreeMap<String, Desired>,
+    desired: BTreeMap<Arc<str>, Desired>,
     /// What the agent reported applied, by id.
-    applied: HashMap<String, u64>,
+    applied: HashMap<Arc<str>, u64>,
     /// Refused by the agent at this revision, with its error.
-    failed: HashMap<String, (u64, String)>,
+    failed: HashMap<Arc<str>, (u64, String)>,
     inflight: Option<Inflight>,
     /// Set while a session is open.
     notify: Option<Arc<Notify>>,
@@ -345,7 +346,7 @@ where
 #[derive(Debug, Default)]
 struct Registry {
     /// Active (not retired) instances.
-    active: HashMap<String, Arc<LureInstance>>,
+    active: HashMap<Arc<str>, Arc<LureInstance>>,
     /// Active instances by agent, campaign and slot (several per slot only
     /// while an epoch or template is being replaced): the campaign pass
     /// looks them up by borrowed names, without building a key per slot.
@@ -394,7 +395,7 @@ impl Registry {
         };
         if let Some(slots) = campaigns.get_mut(&lure.campaign) {
             if let Some(instances) = slots.get_mut(&lure.slot) {
-                instances.retain(|l| l.id != id);
+                instances.retain(|l| *l.id != *id);
                 if instances.is_empty() {
                     slots.remove(&lure.slot);
                 }
@@ -419,10 +420,10 @@ struct State {
     registry: Registry,
     agents: HashMap<AgentId, AgentLures>,
     /// Created but not yet durable: never pushed.
-    undurable: HashSet<String>,
+    undurable: HashSet<Arc<str>>,
     /// Retired in memory, their retired records not yet written: still
     /// found by id meanwhile (a lure touched while it is rotated away).
-    retiring: HashMap<String, Arc<LureInstance>>,
+    retiring: HashMap<Arc<str>, Arc<LureInstance>>,
     next_nonce: u64,
 }
 
@@ -1035,7 +1036,7 @@ impl Deployer {
             st.campaigns.insert(name.to_owned(), record);
             if clear_failures {
                 for agent in st.agents.values_mut() {
-                    let ids: Vec<String> = agent
+                    let ids: Vec<Arc<str>> = agent
                         .desired
                         .iter()
                         .filter(|(_, d)| *d.campaign == *name)
@@ -1210,10 +1211,9 @@ impl Deployer {
     /// Whether `agent` runs (or was last told to run) decoy `name`.
     pub fn runs_decoy(&self, agent: &AgentId, name: &str) -> bool {
         let id = decoy_resource_id(name);
-        self.lock()
-            .agents
-            .get(agent)
-            .is_some_and(|a| a.desired.contains_key(&id) || a.applied.contains_key(&id))
+        self.lock().agents.get(agent).is_some_and(|a| {
+            a.desired.contains_key(id.as_str()) || a.applied.contains_key(id.as_str())
+        })
     }
 
     /// Wakes `agent`'s session (drills); false if it has none.
@@ -1247,7 +1247,10 @@ impl Deployer {
     pub fn hello(&self, agent: &AgentId, applied: std::collections::HashMap<String, u64>) {
         let mut st = self.lock();
         let a = st.agents.entry(agent.clone()).or_default();
-        a.applied = applied.into_iter().collect();
+        a.applied = applied
+            .into_iter()
+            .map(|(id, revision)| (Arc::from(id), revision))
+            .collect();
         a.inflight = None;
         a.greeted = true;
         if let Some(n) = &a.notify {
@@ -1303,7 +1306,7 @@ impl Deployer {
                     !a.desired.contains_key(*id)
                         && a.failed.get(*id).is_none_or(|(r, _)| *r != REMOVAL)
                 })
-                .cloned()
+                .map(|id| id.to_string())
                 .collect();
             if candidates.is_empty() && removed.is_empty() {
                 return None;
@@ -1344,13 +1347,13 @@ impl Deployer {
                         break;
                     }
                     bytes += body.len();
-                    sent.push((id.clone(), desired.revision));
                     resources.push(pb::Resource {
-                        id,
+                        id: id.to_string(),
                         revision: desired.revision,
                         kind: kind.into(),
                         body,
                     });
+                    sent.push((id, desired.revision));
                 }
                 Err(e) => render_failures.push((id, desired.revision, e)),
             }
@@ -1410,7 +1413,7 @@ impl Deployer {
             .map(|e| (e.id, e.error.chars().take(512).collect()))
             .collect();
         for (id, revision) in inflight.sent {
-            match errors.get(&id) {
+            match errors.get(&*id) {
                 None => {
                     a.applied.insert(id.clone(), revision);
                     a.failed.remove(&id);
@@ -1425,11 +1428,11 @@ impl Deployer {
         for id in inflight.removed {
             match errors.get(&id) {
                 None => {
-                    a.applied.remove(&id);
-                    a.failed.remove(&id);
+                    a.applied.remove(id.as_str());
+                    a.failed.remove(id.as_str());
                 }
                 Some(error) => {
-                    a.failed.insert(id, (REMOVAL, error.clone()));
+                    a.failed.insert(id.into(), (REMOVAL, error.clone()));
                 }
             }
         }
@@ -1935,7 +1938,7 @@ fn desire(
     wake: &mut Vec<AgentId>,
 ) -> Result<(), StoreError> {
     let id = &agent.id;
-    let mut desired: BTreeMap<String, Desired> = BTreeMap::new();
+    let mut desired: BTreeMap<Arc<str>, Desired> = BTreeMap::new();
     for c in &plan.campaigns {
         let (generation, slots) = if c.released.contains(id) {
             (&c.target, &c.target_slots)
@@ -1956,7 +1959,7 @@ fn desire(
                     let material = Material::generate(slot.template)
                         .map_err(|e| StoreError::Engine(e.to_string().into()))?;
                     let lure = Arc::new(LureInstance {
-                        id: new_ulid(),
+                        id: new_ulid().into(),
                         agent: id.clone(),
                         campaign: c.name.clone(),
                         slot: slot.key.clone(),
@@ -2003,7 +2006,7 @@ fn desire(
             .values()
             .flat_map(|slots| slots.values().flatten());
         if instances.clone().count() != desired.len() {
-            let unwanted: Vec<String> = instances
+            let unwanted: Vec<Arc<str>> = instances
                 .filter(|l| !desired.contains_key(&l.id))
                 .map(|l| l.id.clone())
                 .collect();
@@ -2031,7 +2034,7 @@ fn desire(
         }
         .encode_to_vec();
         desired.insert(
-            ALLOW_RULES_ID.to_owned(),
+            Arc::from(ALLOW_RULES_ID),
             Desired {
                 revision: content_revision(&body),
                 campaign: Arc::from(""),
@@ -2048,7 +2051,7 @@ fn desire(
     {
         if agent.labels.matches(&decoy.selector) {
             desired.insert(
-                decoy_resource_id(&decoy.name),
+                decoy_resource_id(&decoy.name).into(),
                 Desired {
                     revision: *revision,
                     campaign: Arc::from(""),
@@ -2085,7 +2088,7 @@ fn forget_gone(st: &mut State, live: &HashSet<&AgentId>, now: UnixMs) -> Vec<Age
             wake.push(id.clone());
         }
     }
-    let unwanted: Vec<String> = st
+    let unwanted: Vec<Arc<str>> = st
         .registry
         .by_slot
         .iter()
@@ -2136,12 +2139,15 @@ mod tests {
         // The pass computes two instances but cannot write them.
         store.fail_lure_writes.store(1, Ordering::Release);
         assert!(d.recompute().await.is_err());
-        let computed: HashSet<String> = d.lock().undurable.clone();
+        let computed: HashSet<Arc<str>> = d.lock().undurable.clone();
         assert_eq!(computed.len(), 2);
         assert!(store.lures().unwrap().is_empty());
         if let Some(update) = d.next_update(&a1) {
             assert!(
-                update.resources.iter().all(|r| !computed.contains(&r.id)),
+                update
+                    .resources
+                    .iter()
+                    .all(|r| !computed.contains(r.id.as_str())),
                 "nothing undurable is pushed"
             );
             d.acked(&a1, update.nonce);
@@ -2157,10 +2163,14 @@ mod tests {
             .await
             .expect("agent woken once its instances are durable");
         assert!(d.lock().undurable.is_empty());
-        let stored: HashSet<String> = store.lures().unwrap().into_iter().map(|l| l.id).collect();
+        let stored: HashSet<Arc<str>> = store.lures().unwrap().into_iter().map(|l| l.id).collect();
         assert_eq!(stored, computed);
         let update = d.next_update(&a1).expect("the lures");
-        let pushed: HashSet<String> = update.resources.iter().map(|r| r.id.clone()).collect();
+        let pushed: HashSet<Arc<str>> = update
+            .resources
+            .iter()
+            .map(|r| Arc::from(r.id.as_str()))
+            .collect();
         assert!(pushed.is_superset(&computed), "{pushed:?}");
     }
 

@@ -31,8 +31,8 @@ pub fn pick_lure(core: &Core, agent: &AgentId, asked: &str) -> Result<String, Op
     if !asked.is_empty() {
         return applied
             .iter()
-            .find(|l| l.lure.id == asked)
-            .map(|l| l.lure.id.clone())
+            .find(|l| *l.lure.id == *asked)
+            .map(|l| l.lure.id.to_string())
             .ok_or_else(|| {
                 OpError::Invalid(format!(
                     "lure {asked} is not applied on agent {agent}; `rusectl get lures --agent {agent}` lists its lures"
@@ -43,7 +43,7 @@ pub fn pick_lure(core: &Core, agent: &AgentId, asked: &str) -> Result<String, Op
         .iter()
         .find(|l| l.lure.template.is_honeyfile() && l.lure.template != Template::HostsEntry)
         .or_else(|| applied.first())
-        .map(|l| l.lure.id.clone())
+        .map(|l| l.lure.id.to_string())
         .ok_or_else(|| {
             OpError::Invalid(format!(
                 "agent {agent} has no applied lure to drill; roll out a campaign to it first"

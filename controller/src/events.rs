@@ -291,7 +291,7 @@ impl Events {
         record.credential = credential;
         if let Some((lure, on)) = matched {
             record.kind = CREDENTIAL_USE.into();
-            record.lure_id = lure.id.clone();
+            record.lure_id = lure.id.to_string();
             record.lure_revision = 0;
             record.template = lure.template.to_string();
             record.campaign = lure.campaign.clone();

@@ -10,6 +10,8 @@
 //! lure is never stored in clear (see [`redact`]).
 
 // Seeded fast hashing (see deploy.rs); every lure ever made is indexed here.
+use std::sync::Arc;
+
 use foldhash::HashMap;
 
 use ruse_proto::convert::PresentedCredential;
@@ -43,15 +45,16 @@ impl MatchedOn {
     }
 }
 
-/// Lure ids by the material a client could present.
+/// Lure ids (shared with the instances) by the material a client could
+/// present.
 #[derive(Debug, Default)]
 pub struct CredentialIndex {
-    fingerprint: HashMap<String, String>,
-    username: HashMap<String, Vec<String>>,
-    token: HashMap<String, String>,
-    ae_title: HashMap<String, String>,
-    alias: HashMap<String, String>,
-    application: HashMap<String, String>,
+    fingerprint: HashMap<String, Arc<str>>,
+    username: HashMap<String, Vec<Arc<str>>>,
+    token: HashMap<String, Arc<str>>,
+    ae_title: HashMap<String, Arc<str>>,
+    alias: HashMap<String, Arc<str>>,
+    application: HashMap<String, Arc<str>>,
 }
 
 impl CredentialIndex {
@@ -104,7 +107,7 @@ impl CredentialIndex {
 
     /// Candidate lure ids for `c`, strongest evidence first. Passwords are
     /// checked by [`confirm`] against each candidate's material.
-    pub fn candidates(&self, c: &PresentedCredential) -> Vec<(String, MatchedOn)> {
+    pub fn candidates(&self, c: &PresentedCredential) -> Vec<(Arc<str>, MatchedOn)> {
         let mut out = Vec::new();
         if let Some(id) = self.fingerprint.get(&c.key_fingerprint) {
             out.push((id.clone(), MatchedOn::SshKey));

@@ -253,7 +253,7 @@ fn decoy_pb(d: Decoy, matching: usize) -> pb::Decoy {
 fn lure_pb(v: LureView) -> pb::Lure {
     pb::Lure {
         identifiers: v.lure.material.summary(),
-        id: v.lure.id,
+        id: v.lure.id.to_string(),
         agent_id: v.lure.agent.to_string(),
         campaign: v.lure.campaign,
         slot: v.lure.slot,

@@ -165,7 +165,7 @@ fn from_record(r: LureRecord) -> Result<LureInstance, String> {
             .template
             .parse::<Template>()
             .map_err(|e| format!("{}: template: {e}", r.id))?,
-        id: r.id,
+        id: r.id.into(),
         campaign: r.campaign,
         slot: r.slot,
         epoch: r.epoch,

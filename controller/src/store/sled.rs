@@ -436,7 +436,7 @@ impl Store for SledStore {
                 lure_record::decode(&v).map_err(|reason| corrupt(LURES, &k, reason))
             })
             .collect::<Result<_, _>>()?;
-        let mut seen: std::collections::HashSet<String> =
+        let mut seen: std::collections::HashSet<Arc<str>> =
             out.iter().map(|l| l.id.clone()).collect();
         for kv in self.lure_batches.iter() {
             let (k, v) = kv.map_err(engine)?;
@@ -696,8 +696,7 @@ mod tests {
         store.put_lures(&[instance("l2", Some(UnixMs(5)))]).unwrap();
         let mut all = store.lures().unwrap();
         all.sort_by(|a, b| a.id.cmp(&b.id));
-        let seen: Vec<(&str, Option<UnixMs>)> =
-            all.iter().map(|l| (l.id.as_str(), l.retired)).collect();
+        let seen: Vec<(&str, Option<UnixMs>)> = all.iter().map(|l| (&*l.id, l.retired)).collect();
         assert_eq!(
             seen,
             [
