@@ -20,7 +20,7 @@ use ruse_controller::{Controller, layout};
 // the arenas' RSS grew by 15 KiB per connected agent. sled is built with
 // `miri_optimizations` so its metrics histograms are zeroed allocations
 // left untouched rather than 20 MiB written at startup. Measured in
-// bench/analysis.md, "Campaign push".
+// bench/analysis.md, "The controller's allocator (bcc24f5)".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
