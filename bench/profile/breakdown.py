@@ -4,7 +4,11 @@ window (from the first sample in the campaign pass to the last one
 building an update), then each function's share of the window's samples
 (its own and its callees'), and what it called.
 
-usage: breakdown.py PERF_DATA [FUNCTION ...]
+With --leaf instead of functions: the functions the window's samples
+were in when taken (self time), largest first. That is how allocator
+time shows up: malloc and free are leaves under many callers.
+
+usage: breakdown.py PERF_DATA [FUNCTION ... | --leaf]
 """
 import collections
 import subprocess
@@ -56,6 +60,11 @@ def main():
     window = [st for t, st in every if a <= t <= b]
     total = len(window)
     print(f"push window {b - a:.2f} s: {total} of {len(every)} samples")
+    if sys.argv[2:] == ["--leaf"]:
+        leaves = collections.Counter(st[0] for st in window if st)
+        for leaf, k in leaves.most_common(30):
+            print(f"{100 * k / total:5.1f} %  {leaf[:100]}")
+        return
     for func in sys.argv[2:] or DEFAULT:
         callees = collections.Counter()
         n = 0
@@ -70,4 +79,5 @@ def main():
             print(f"           {100 * k / total:5.1f} %  {callee[:100]}")
 
 
-main()
+if __name__ == "__main__":
+    main()
