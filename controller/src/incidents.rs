@@ -15,7 +15,13 @@
 //! - `repeated-touches`: several touches on one host by different processes;
 //! - `scan`: one source reaching several decoy ports.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+// Seeded fast hashing (see deploy.rs): every ingested batch looks up the
+// correlation index per event and checks each touched incident's timeline
+// (up to 500 entries) against the batch's event ids; with SipHash that
+// check alone was 3.6 % of the controller's samples at saturation (perf).
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
