@@ -428,6 +428,15 @@ struct State {
 }
 
 impl State {
+    /// Wakes the sessions of `ids` that have one.
+    fn wake(&self, ids: &[AgentId]) {
+        for id in ids {
+            if let Some(n) = self.agents.get(id).and_then(|a| a.notify.as_ref()) {
+                n.notify_one();
+            }
+        }
+    }
+
     /// Moves an active instance to `retiring`, stamped retired `now`.
     fn retire(&mut self, id: &str, now: UnixMs) {
         if let Some(lure) = self.registry.remove(id) {
@@ -1661,19 +1670,11 @@ impl Deployer {
             // on the busy runtime.
             store.flush()?;
             let at = std::time::Instant::now();
-            let notify: Vec<Arc<Notify>> = {
-                let mut st = lock_state(&state);
-                for lure in &chunk {
-                    st.undurable.remove(&lure.id);
-                }
-                later
-                    .iter()
-                    .filter_map(|id| st.agents.get(id).and_then(|a| a.notify.clone()))
-                    .collect()
-            };
-            for n in notify {
-                n.notify_one();
+            let mut st = lock_state(&state);
+            for lure in &chunk {
+                st.undurable.remove(&lure.id);
             }
+            st.wake(&later);
             Ok(at)
         });
     }
@@ -1687,12 +1688,7 @@ impl Deployer {
     }
 
     fn wake_agents(&self, ids: &[AgentId]) {
-        let st = self.lock();
-        for id in ids {
-            if let Some(n) = st.agents.get(id).and_then(|a| a.notify.as_ref()) {
-                n.notify_one();
-            }
-        }
+        self.lock().wake(ids);
     }
 
     /// Advances, pauses or completes progressing rollouts.
