@@ -41,6 +41,27 @@ pub use ruse_proto::admin::v1 as pb;
 /// The trust domain of every test installation.
 pub const TRUST_DOMAIN: &str = "ruse.test";
 
+/// The files planted in `dir`, sorted; empty if `dir` does not exist yet.
+/// Leaves out the temporary file (`.NAME.RANDOM.tmp`) the agent writes each
+/// lure through before renaming it into place: a test that lists the
+/// directory mid-write must not pick it.
+pub fn planted_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !(name.starts_with('.') && name.ends_with(".tmp"))
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
 /// Polls `check` every 20 ms until it returns true; panics with `what` if
 /// `deadline` passes first.
 pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut check: F)

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ruse_e2e::{TestAgent, TestController, free_ports, pb, require_tool};
+use ruse_e2e::{TestAgent, TestController, free_ports, pb, planted_files, require_tool};
 
 const DECOY: &str = "pacs-archive02";
 
@@ -380,12 +380,7 @@ async fn curl_against_the_portal_and_fhir_endpoint_is_attributed() {
     r.assert_credential_use(&e, "env-file", "http").await;
 
     // The kubeconfig's bearer token, over HTTPS with the generated cert.
-    let kube = std::fs::read_dir(r.home().join(".kube"))
-        .unwrap()
-        .flatten()
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .next()
-        .unwrap();
+    let kube = std::fs::read_to_string(planted_files(&r.home().join(".kube")).remove(0)).unwrap();
     let token = field(&kube, "token");
     let (_, code) = curl(&[
         "-k",
@@ -549,12 +544,7 @@ async fn an_adt_message_from_the_planted_hl7_file_is_attributed() {
     }
     let r = Range::start().await;
     let dir = r.home().join("Documents/HL7");
-    let file = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
+    let file = planted_files(&dir).remove(0);
     let out = run(Command::new("python3")
         .arg(mllp_client())
         .args(["127.0.0.1", &r.ports.hl7.to_string()])

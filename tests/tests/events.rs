@@ -9,19 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ruse_e2e::{TestAgent, TestController, consistently, eventually, pb, require_root};
+use ruse_e2e::{
+    TestAgent, TestController, consistently, eventually, pb, planted_files, require_root,
+};
 
 const CAMPAIGN: &str = "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: \"~/Documents/Exports\"}\n";
 
 /// The planted patient export of `agent`.
 fn honeyfile(agent: &TestAgent) -> PathBuf {
     let dir = agent.home().join("Documents/Exports");
-    std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flatten()
-        .map(|e| e.path())
+    planted_files(&dir)
+        .into_iter()
         .next()
-        .expect("a planted export")
+        .unwrap_or_else(|| panic!("no planted export in {}", dir.display()))
 }
 
 async fn agent_with_lure(tc: &TestController, name: &str) -> (String, TestAgent) {
@@ -338,15 +338,10 @@ async fn kill_9_of_the_agent_loses_nothing_it_recorded() {
     tc.apply(CAMPAIGN).await;
     let exports = root.join("home/clinician/Documents/Exports");
     eventually("lure planted", Duration::from_secs(10), || async {
-        std::fs::read_dir(&exports).is_ok_and(|mut d| d.next().is_some())
+        !planted_files(&exports).is_empty()
     })
     .await;
-    let file = std::fs::read_dir(&exports)
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
+    let file = planted_files(&exports).remove(0);
 
     // A continuous stream of real reads; the agent is killed in the middle.
     let reader_file = file.clone();

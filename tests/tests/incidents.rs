@@ -17,7 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use ruse_controller::config::OutputConfig;
-use ruse_e2e::{TestAgent, TestController, eventually, free_ports, pb, require_tool};
+use ruse_e2e::{
+    TestAgent, TestController, eventually, free_ports, pb, planted_files, require_tool,
+};
 
 const DECOY: &str = "pacs-archive02";
 
@@ -82,12 +84,7 @@ impl Hospital {
     }
 
     fn honeyfile(&self) -> PathBuf {
-        std::fs::read_dir(self.ws.home().join("Documents/Exports"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .next()
-            .unwrap()
+        planted_files(&self.ws.home().join("Documents/Exports")).remove(0)
     }
 
     async fn lure(&self, template: &str) -> String {
