@@ -11,6 +11,7 @@ time shows up: malloc and free are leaves under many callers.
 usage: breakdown.py PERF_DATA [FUNCTION ... | --leaf]
 """
 import collections
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,11 @@ DEFAULT = [
 ]
 
 
+# A sample's first line is its time ("1991.861452:"), indented by some
+# versions of perf; its frames are an address and a symbol.
+HEADER = re.compile(r"^\s*\d+\.\d+:\s*$")
+
+
 def samples(path):
     out = subprocess.run(
         ["perf", "script", "-i", path, "-F", "time,ip,sym"],
@@ -41,7 +47,7 @@ def samples(path):
             if cur:
                 yield cur
             cur = None
-        elif not line[0].isspace():
+        elif HEADER.match(line):
             cur = (float(line.split()[-1].rstrip(":")), [])
         elif cur is not None:
             frame = line.strip()

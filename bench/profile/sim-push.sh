@@ -21,10 +21,11 @@ if [ "${PERF:-0}" = 1 ]; then
     while [ "$(ss -tnH state established '( sport = :17491 )' | wc -l)" -lt "$n" ]; do
         sleep 0.5; [ $(($(date +%s) - t0)) -gt 300 ] && break
     done
-    # The hold is 3 s; record from just before the push to past its end.
-    sleep 2.5
+    # The hold is 3 s; record from the end of the ramp to past the push
+    # (breakdown.py cuts the push window out). A fixed delay before
+    # recording missed the push on a faster machine.
     perf record -F "${PERF_FREQ:-999}" --call-graph dwarf,16384 -o /tmp/perf-sim-push.data \
-        -p "$cp" -- sleep 3 > "$w/perf.log" 2>&1
+        -p "$cp" -- sleep 5 > "$w/perf.log" 2>&1
 fi
 wait "$sp"
 grep -E "^push|rss|RSS" "$w/sim.txt"
