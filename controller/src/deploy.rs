@@ -604,6 +604,15 @@ impl Deployer {
         for rule in store.suppressions()? {
             state.suppressions.insert(rule.name.clone(), Arc::new(rule));
         }
+        // Before the registry is read: batches a retirement superseded and
+        // a crash left behind (see `recompute`).
+        let dropped = store.drop_superseded_lure_batches()?;
+        if dropped > 0 {
+            tracing::info!(
+                batches = dropped,
+                "deleted lure batches whose instances were all retired since"
+            );
+        }
         for lure in store.lures()? {
             if lure.retired.is_none() {
                 state.registry.insert(Arc::new(lure));
@@ -1600,9 +1609,24 @@ impl Deployer {
                     .map_err(|e| StoreError::Engine(e.to_string().into()))??;
             self.committer.durable().await?;
             // Readable by id from the store now (lure_owner).
-            let mut st = self.lock();
-            for lure in &retired {
-                st.retiring.remove(&lure.id);
+            {
+                let mut st = self.lock();
+                for lure in &retired {
+                    st.retiring.remove(&lure.id);
+                }
+            }
+            // A batch whose instances are all retired now is stored again,
+            // record by record: deleted rather than kept twice. Its own
+            // deletion need not be durable: a start repeats it.
+            let store = self.store.clone();
+            match tokio::task::spawn_blocking(move || store.drop_superseded_lure_batches()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(batches = n, "deleted superseded lure batches"),
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "could not delete superseded lure batches; the next start tries again"
+                ),
+                Err(e) => tracing::warn!(error = %e, "deleting superseded lure batches failed"),
             }
         }
         if timing.created > 0 || retired_n > 0 {
@@ -2204,6 +2228,10 @@ mod tests {
         d.recompute().await.unwrap();
         assert!(d.lock().retiring.is_empty());
         assert!(store.lure(&id).unwrap().unwrap().retired.is_some());
+        assert!(
+            store.lure_batches().is_empty(),
+            "the batch holds nothing its retirement record does not"
+        );
         let all = store.lures().unwrap();
         assert_eq!(all.len(), 1);
         assert!(all[0].retired.is_some());
@@ -2214,6 +2242,36 @@ mod tests {
         let d = deployer(&store, vec![agent_record("a1", "site=icu")]);
         assert!(d.lock().registry.active.is_empty());
         assert!(d.lure_owner(&id).unwrap().unwrap().retired.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_start_deletes_batches_a_crash_left_after_their_retirements_were_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap());
+        let instance = |id: &str, retired: Option<UnixMs>| LureInstance {
+            id: id.into(),
+            agent: "a1".parse().unwrap(),
+            campaign: "c1".into(),
+            slot: "pgpass".into(),
+            template: Template::Pgpass,
+            epoch: 0,
+            material: Material::default(),
+            created: UnixMs(1),
+            retired,
+        };
+        // What a pass leaves if the controller stops between writing its
+        // retirements and deleting the batch they supersede.
+        store
+            .put_new_lures(&[Arc::new(instance("l1", None))])
+            .unwrap();
+        store.put_lures(&[instance("l1", Some(UnixMs(2)))]).unwrap();
+        assert_eq!(store.lure_batches().len(), 1);
+
+        let d = deployer(&store, vec![agent_record("a1", "site=icu")]);
+        assert!(store.lure_batches().is_empty());
+        assert!(d.lock().registry.active.is_empty());
+        let owner = d.lure_owner("l1").unwrap().expect("still attributable");
+        assert_eq!(owner.retired, Some(UnixMs(2)));
     }
 
     /// Open sessions (said Hello) for `ids`, with the notifies they wait on.

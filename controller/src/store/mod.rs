@@ -202,6 +202,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// CPU during the push (perf). A later record of an instance (its retirement) supersedes
     /// its copy here.
     fn put_new_lures(&self, lures: &[Arc<LureInstance>]) -> Result<(), StoreError>;
+    /// Deletes each batch written by [`Store::put_new_lures`] whose every
+    /// instance has a later record of its own (it was retired since): the
+    /// batch holds nothing that is not stored again. Without this, every
+    /// rotation would leave its generation stored twice. Returns how many
+    /// batches were deleted.
+    fn drop_superseded_lure_batches(&self) -> Result<usize, StoreError>;
 
     /// Stores an event unless one with its id is already stored; returns
     /// whether it was stored (atomic per event: a resend after a crash is

@@ -8,6 +8,8 @@
 //! (group commit) or, for registry chunks, from the deployer's writer
 //! thread.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -428,24 +430,30 @@ impl Store for SledStore {
         // it is the later write (the instance was retired since). An
         // instance can also be in two batches, if a flush failed after its
         // first batch was written and the next pass wrote it again.
-        let mut out: Vec<LureInstance> = self
-            .lures
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(engine)?;
-                lure_record::decode(&v).map_err(|reason| corrupt(LURES, &k, reason))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut seen: std::collections::HashSet<Arc<str>> =
-            out.iter().map(|l| l.id.clone()).collect();
+        //
+        // Batches are read first. A batch is deleted only once each of its
+        // instances has a record of its own (drop_superseded_lure_batches),
+        // so an instance whose batch is gone by the time it is read is
+        // found among the records read after it.
+        let mut out: Vec<LureInstance> = Vec::new();
+        let mut at: HashMap<Arc<str>, usize> = HashMap::new();
         for kv in self.lure_batches.iter() {
             let (k, v) = kv.map_err(engine)?;
             let batch = lure_record::decode_batch(&v)
                 .map_err(|reason| corrupt(LURE_BATCHES, &k, reason))?;
             for lure in batch {
-                if seen.insert(lure.id.clone()) {
+                if let Entry::Vacant(e) = at.entry(lure.id.clone()) {
+                    e.insert(out.len());
                     out.push(lure);
                 }
+            }
+        }
+        for kv in self.lures.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let lure = lure_record::decode(&v).map_err(|reason| corrupt(LURES, &k, reason))?;
+            match at.get(&lure.id) {
+                Some(&i) => out[i] = lure,
+                None => out.push(lure),
             }
         }
         Ok(out)
@@ -488,6 +496,33 @@ impl Store for SledStore {
             .insert(key.as_bytes(), lure_record::encode_batch(lures))
             .map_err(engine)?;
         Ok(())
+    }
+
+    fn drop_superseded_lure_batches(&self) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for kv in self.lure_batches.iter() {
+            let (k, v) = kv.map_err(engine)?;
+            let batch = lure_record::decode_batch(&v)
+                .map_err(|reason| corrupt(LURE_BATCHES, &k, reason))?;
+            let mut superseded = true;
+            for lure in &batch {
+                if !self
+                    .lures
+                    .contains_key(lure.id.as_bytes())
+                    .map_err(engine)?
+                {
+                    superseded = false;
+                    break;
+                }
+            }
+            if superseded {
+                // Batch keys are never written twice, so nothing can have
+                // replaced this one since it was read.
+                self.lure_batches.remove(&k).map_err(engine)?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
     }
 
     fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
@@ -716,6 +751,46 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_dropped_once_every_instance_in_it_has_a_record_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 1 << 20).unwrap();
+        let first: Vec<Arc<LureInstance>> = ["l1", "l2"]
+            .iter()
+            .map(|id| Arc::new(instance(id, None)))
+            .collect();
+        store.put_new_lures(&first).unwrap();
+        store
+            .put_new_lures(&[Arc::new(instance("l3", None))])
+            .unwrap();
+        // The first batch still holds the only copy of l2.
+        store.put_lures(&[instance("l1", Some(UnixMs(5)))]).unwrap();
+        assert_eq!(store.drop_superseded_lure_batches().unwrap(), 0);
+        assert_eq!(store.lure_batches().len(), 2);
+
+        store.put_lures(&[instance("l2", Some(UnixMs(6)))]).unwrap();
+        assert_eq!(store.drop_superseded_lure_batches().unwrap(), 1);
+        let left: Vec<Vec<Arc<str>>> = store
+            .lure_batches()
+            .iter()
+            .map(|b| b.iter().map(|l| l.id.clone()).collect())
+            .collect();
+        assert_eq!(left, [[Arc::<str>::from("l3")]]);
+        // Every instance is still there, in its latest version.
+        let mut all = store.lures().unwrap();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let seen: Vec<(&str, Option<UnixMs>)> = all.iter().map(|l| (&*l.id, l.retired)).collect();
+        assert_eq!(
+            seen,
+            [
+                ("l1", Some(UnixMs(5))),
+                ("l2", Some(UnixMs(6))),
+                ("l3", None)
+            ]
+        );
+        assert_eq!(store.drop_superseded_lure_batches().unwrap(), 0);
+    }
+
+    #[test]
     fn a_damaged_lure_batch_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
@@ -727,6 +802,18 @@ mod tests {
                 ..
             })
         ));
+        assert!(matches!(
+            store.drop_superseded_lure_batches(),
+            Err(StoreError::Corrupt {
+                tree: "lure_batches",
+                ..
+            })
+        ));
+        assert_eq!(
+            store.lure_batches.len(),
+            1,
+            "kept for an operator to look at"
+        );
     }
 
     #[test]
