@@ -133,6 +133,25 @@ pub struct Delivery {
 /// Timeline entries kept per incident; later events are counted.
 pub const MAX_TIMELINE: usize = 500;
 
+/// Distinct values an incident keeps of each indicator (credentials tried,
+/// sources, processes, lures, hosts, decoys, decoy ports) and hops in its
+/// path; later ones are in its events, not in the incident. Every batch
+/// copies and rewrites the incidents it touches, so what an attacker
+/// chooses, such as a spray of distinct user names from one address, must
+/// not grow them without bound.
+pub const MAX_INDICATORS: usize = 100;
+
+/// Correlation keys kept per incident (each indicator above can bring
+/// one); they re-index the incident at start.
+const MAX_KEYS: usize = 4 * MAX_INDICATORS;
+
+/// Adds `value` to `set` unless the set already holds `max` values.
+fn add_bounded<T: Ord>(set: &mut BTreeSet<T>, value: T, max: usize) {
+    if set.len() < max {
+        set.insert(value);
+    }
+}
+
 /// An incident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incident {
@@ -617,7 +636,7 @@ impl Correlator {
         self.absorb(incident, e, severity, dir, now);
         for k in keys {
             self.index.insert(k.clone(), (incident.id.clone(), at));
-            incident.keys.insert(k);
+            add_bounded(&mut incident.keys, k, MAX_KEYS);
         }
         let escalated = !opened && incident.severity > before;
         self.live.insert(incident.id.clone(), shared.clone());
@@ -665,10 +684,12 @@ impl Correlator {
         i.techniques
             .extend(techniques(e).into_iter().map(str::to_owned));
         if !e.lure_id.is_empty() {
-            i.lures.insert(e.lure_id.clone());
+            add_bounded(&mut i.lures, e.lure_id.clone(), MAX_INDICATORS);
         }
         let mut hop = |kind: &str, name: String, agent: Option<AgentId>, what: String| {
-            if !i.path.iter().any(|h| h.kind == kind && h.name == name) {
+            if i.path.len() < MAX_INDICATORS
+                && !i.path.iter().any(|h| h.kind == kind && h.name == name)
+            {
                 i.path.push(Hop {
                     kind: kind.into(),
                     name,
@@ -687,7 +708,7 @@ impl Correlator {
                     Some(e.agent.clone()),
                     format!("{} {}", e.kind, e.template),
                 );
-                i.agents.insert(e.agent.clone());
+                add_bounded(&mut i.agents, e.agent.clone(), MAX_INDICATORS);
                 if let Some(exe) = exe {
                     let same = i.processes.contains(&exe);
                     let others = !i.processes.is_empty() && !same;
@@ -697,7 +718,7 @@ impl Correlator {
                     if others {
                         i.rules.insert("repeated-touches".into());
                     }
-                    i.processes.insert(exe);
+                    add_bounded(&mut i.processes, exe, MAX_INDICATORS);
                 } else if i.event_count > 1 {
                     i.rules.insert("repeated-touches".into());
                 }
@@ -710,7 +731,7 @@ impl Correlator {
                         Some(origin.clone()),
                         format!("{} lure harvested", e.template),
                     );
-                    i.agents.insert(origin.clone());
+                    add_bounded(&mut i.agents, origin.clone(), MAX_INDICATORS);
                 }
                 hop(
                     "source",
@@ -724,17 +745,17 @@ impl Correlator {
                     Some(e.agent.clone()),
                     format!("{} on {}/{}", e.kind, d.protocol, d.port),
                 );
-                i.agents.insert(e.agent.clone());
-                i.decoys.insert(d.name.clone());
+                add_bounded(&mut i.agents, e.agent.clone(), MAX_INDICATORS);
+                add_bounded(&mut i.decoys, d.name.clone(), MAX_INDICATORS);
                 if !i.sources.is_empty() || i.event_count > 1 {
                     i.rules.insert("same-source".into());
                 }
-                i.sources.insert(d.source_ip.clone());
-                i.ports.insert((d.name.clone(), d.port));
+                add_bounded(&mut i.sources, d.source_ip.clone(), MAX_INDICATORS);
+                add_bounded(&mut i.ports, (d.name.clone(), d.port), MAX_INDICATORS);
                 if let Some(c) = &e.credential {
                     for id in [&c.username, &c.key_fingerprint, &c.ae_title] {
                         if !id.is_empty() {
-                            i.credentials.insert(id.clone());
+                            add_bounded(&mut i.credentials, id.clone(), MAX_INDICATORS);
                         }
                     }
                 }
@@ -1258,6 +1279,65 @@ mod tests {
             Outcome::Updated { incident, .. } => (*incident).clone(),
             other => panic!("expected an update, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn sprays_of_distinct_values_leave_the_incident_bounded() {
+        let (a, d) = (AgentId::generate(), AgentId::generate());
+        let mut c = Correlator::new(Duration::from_secs(3600), []);
+        let now = UnixMs(1_000_000);
+        let n = 3 * MAX_INDICATORS;
+        // One address trying a new user name on a new port each time.
+        let mut ids = BTreeSet::new();
+        let mut last = None;
+        for k in 0..n {
+            let e = StoredEvent {
+                credential: Some(PresentedCredential {
+                    username: format!("user{k}"),
+                    ..Default::default()
+                }),
+                ..decoy(
+                    &d,
+                    "decoy-login",
+                    "10.1.1.1",
+                    "ftp",
+                    2000 + k as u16,
+                    1000 + k as i64,
+                )
+            };
+            let (Outcome::Opened(i) | Outcome::Updated { incident: i, .. }) =
+                c.correlate(&e, None, &[], &Dir, now)
+            else {
+                panic!("event {k} was not correlated");
+            };
+            ids.insert(i.id.clone());
+            last = Some(i);
+        }
+        let i = last.unwrap();
+        assert_eq!(ids.len(), 1, "one incident");
+        assert_eq!(i.event_count, n as u64);
+        assert_eq!(i.credentials.len(), MAX_INDICATORS);
+        assert!(i.credentials.contains("user0"), "the first ones are kept");
+        assert_eq!(i.ports.len(), MAX_INDICATORS);
+        assert_eq!(i.timeline.len(), n.min(MAX_TIMELINE));
+
+        // One host, a new program reading the lure each time.
+        let mut last = None;
+        for k in 0..n {
+            let e = touch(&a, "L1", &format!("/tmp/x{k}"), 1000 + k as i64);
+            let (Outcome::Opened(i) | Outcome::Updated { incident: i, .. }) =
+                c.correlate(&e, None, &[], &Dir, now)
+            else {
+                panic!("touch {k} was not correlated");
+            };
+            last = Some(i);
+        }
+        let i = last.unwrap();
+        assert_eq!(i.event_count, n as u64);
+        assert_eq!(i.processes.len(), MAX_INDICATORS);
+        assert!(i.keys.len() <= MAX_KEYS);
+        assert!(i.path.len() <= MAX_INDICATORS);
+        assert!(i.rules.contains("repeated-touches"));
     }
 
     #[test]
