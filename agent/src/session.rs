@@ -1,5 +1,6 @@
 //! One session with the controller, from connect to close.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rustls::AlertDescription;
@@ -197,9 +198,8 @@ pub(crate) async fn run_once(
 
     let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
     let mut last_verify = Instant::now();
-    // Events sent on this session (acknowledged or not) go up to here.
-    let mut sent_through = shared.sink.outbox().acked();
-    if !send_events(shared, &tx, &mut sent_through).await {
+    let mut flight = InFlight::new(shared.sink.outbox().acked());
+    if !send_events(shared, &tx, &mut flight).await {
         return Ok(End::Closed {
             lasted: started.elapsed(),
         });
@@ -219,7 +219,7 @@ pub(crate) async fn run_once(
                 return Ok(End::Renewed);
             }
             () = shared.sink.notify().notified() => {
-                if !send_events(shared, &tx, &mut sent_through).await {
+                if !send_events(shared, &tx, &mut flight).await {
                     return Ok(End::Closed { lasted: started.elapsed() });
                 }
             }
@@ -287,7 +287,7 @@ pub(crate) async fn run_once(
                                 }),
                                 Err(e) => tracing::error!(error = %e, "cannot record the event acknowledgement; events will be sent again"),
                             }
-                            if !send_events(shared, &tx, &mut sent_through).await {
+                            if !send_events(shared, &tx, &mut flight).await {
                                 return Ok(End::Closed { lasted: started.elapsed() });
                             }
                         }
@@ -310,25 +310,56 @@ pub(crate) async fn run_once(
 
 /// Events sent but not yet acknowledged, at most.
 const MAX_EVENTS_IN_FLIGHT: u64 = 2000;
+/// Batches sent but not yet acknowledged, at most. With none in flight an
+/// event goes at once; under a flood, events wait in the outbox for an
+/// acknowledgement and go in fewer, larger batches, each of which costs the
+/// controller a correlation pass and a write of every incident it touches.
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// Events per batch, at most.
 const EVENTS_PER_BATCH: usize = 500;
 
-/// Sends outbox events after `sent_through`, within the in-flight window.
+/// What a session has sent and not yet had acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    /// Events sent on this session (acknowledged or not) go up to here.
+    sent_through: u64,
+    /// The last sequence number of each batch not yet acknowledged.
+    batches: VecDeque<u64>,
+}
+
+impl InFlight {
+    fn new(acked: u64) -> Self {
+        InFlight {
+            sent_through: acked,
+            batches: VecDeque::new(),
+        }
+    }
+
+    /// Forgets what `acked` covers; whether another batch may go.
+    fn room(&mut self, acked: u64) -> bool {
+        self.sent_through = self.sent_through.max(acked);
+        while self.batches.front().is_some_and(|last| *last <= acked) {
+            self.batches.pop_front();
+        }
+        self.sent_through - acked < MAX_EVENTS_IN_FLIGHT
+            && self.batches.len() < MAX_BATCHES_IN_FLIGHT
+    }
+}
+
+/// Sends outbox events after those in flight, within the in-flight window.
 /// Returns false when the stream is gone.
 async fn send_events(
     shared: &Shared,
     tx: &mpsc::Sender<pb::AgentMessage>,
-    sent_through: &mut u64,
+    flight: &mut InFlight,
 ) -> bool {
     loop {
         let batch = {
             let outbox = shared.sink.outbox();
-            let acked = outbox.acked();
-            *sent_through = (*sent_through).max(acked);
-            if *sent_through - acked >= MAX_EVENTS_IN_FLIGHT {
+            if !flight.room(outbox.acked()) {
                 return true;
             }
-            match outbox.pending(*sent_through, EVENTS_PER_BATCH) {
+            match outbox.pending(flight.sent_through, EVENTS_PER_BATCH) {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox");
@@ -348,7 +379,8 @@ async fn send_events(
         {
             return false;
         }
-        *sent_through = last;
+        flight.sent_through = last;
+        flight.batches.push_back(last);
     }
 }
 
@@ -447,4 +479,44 @@ async fn renew_certificate(
     tracing::info!(agent = %renewed.id, not_after = %renewed.not_after, "certificate renewed");
     *identity = renewed;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records a batch through `last` as sent.
+    fn sent(f: &mut InFlight, last: u64) {
+        f.sent_through = last;
+        f.batches.push_back(last);
+    }
+
+    #[test]
+    fn batches_wait_while_two_are_unacknowledged_or_the_event_window_is_full() {
+        let mut f = InFlight::new(10);
+        assert!(f.room(10), "nothing in flight: an event goes at once");
+        sent(&mut f, 15);
+        assert!(f.room(10));
+        sent(&mut f, 16);
+        assert!(!f.room(10), "two batches out");
+        assert!(f.room(15), "the first is acknowledged");
+        assert_eq!(f.batches, [16]);
+
+        // One large batch fills the event window by itself.
+        sent(&mut f, 16 + MAX_EVENTS_IN_FLIGHT);
+        assert!(!f.room(16));
+        assert_eq!(
+            f.batches.len(),
+            1,
+            "one batch out: the event window holds it"
+        );
+        assert!(f.room(16 + MAX_EVENTS_IN_FLIGHT));
+        assert!(f.batches.is_empty());
+
+        // A new session starts from what the outbox has acknowledged.
+        let mut f = InFlight::new(100);
+        assert_eq!(f.sent_through, 100);
+        assert!(f.room(90), "an older acknowledgement changes nothing");
+        assert_eq!(f.sent_through, 100);
+    }
 }
