@@ -308,7 +308,9 @@ pub fn handler(ctx: &Arc<ServiceCtx>, tls: bool) -> Result<Handler, DecoyError> 
     Ok(Arc::new(move |conn: Conn| {
         let acceptor = acceptor.clone();
         Box::pin(async move {
-            let Conn { stream, peer, ctx } = conn;
+            let Conn {
+                stream, peer, ctx, ..
+            } = conn;
             match tokio::time::timeout(ctx.limits.read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve_io(tls, ctx, peer).await,
                 _ => {
