@@ -335,6 +335,12 @@ impl InFlight {
         }
     }
 
+    /// Records a batch whose last event is `last` as sent.
+    fn sent(&mut self, last: u64) {
+        self.sent_through = last;
+        self.batches.push_back(last);
+    }
+
     /// Forgets what `acked` covers; whether another batch may go.
     fn room(&mut self, acked: u64) -> bool {
         self.sent_through = self.sent_through.max(acked);
@@ -379,8 +385,7 @@ async fn send_events(
         {
             return false;
         }
-        flight.sent_through = last;
-        flight.batches.push_back(last);
+        flight.sent(last);
     }
 }
 
@@ -485,25 +490,19 @@ async fn renew_certificate(
 mod tests {
     use super::*;
 
-    /// Records a batch through `last` as sent.
-    fn sent(f: &mut InFlight, last: u64) {
-        f.sent_through = last;
-        f.batches.push_back(last);
-    }
-
     #[test]
     fn batches_wait_while_two_are_unacknowledged_or_the_event_window_is_full() {
         let mut f = InFlight::new(10);
         assert!(f.room(10), "nothing in flight: an event goes at once");
-        sent(&mut f, 15);
+        f.sent(15);
         assert!(f.room(10));
-        sent(&mut f, 16);
+        f.sent(16);
         assert!(!f.room(10), "two batches out");
         assert!(f.room(15), "the first is acknowledged");
         assert_eq!(f.batches, [16]);
 
         // One large batch fills the event window by itself.
-        sent(&mut f, 16 + MAX_EVENTS_IN_FLIGHT);
+        f.sent(16 + MAX_EVENTS_IN_FLIGHT);
         assert!(!f.room(16));
         assert_eq!(
             f.batches.len(),

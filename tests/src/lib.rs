@@ -150,11 +150,39 @@ pub fn find_tool(tool: &str) -> Option<PathBuf> {
 }
 
 /// `n` distinct TCP ports on 127.0.0.1 that were free a moment ago (all
-/// held at once while choosing, so none repeats).
+/// held at once while choosing, so none repeats), for services a test
+/// starts itself.
+///
+/// They are picked below the kernel's ephemeral range: a port from that
+/// range, once released, can be taken as the source port of any connection
+/// another test makes before the service binds it. (That is the likely
+/// cause of a CI failure seen here: one of a decoy host's eight services
+/// did not start while other tests flooded decoys with new connections.)
+/// The bench scripts' fixed ports (17xxx, 20xxx) are below the range used.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (21_000u16, ephemeral_low.max(21_001));
+    let span = u64::from(high - low);
+    let mut next = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % span;
+    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    for _ in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = low + u16::try_from(next).unwrap();
+        next = (next + 1) % span;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free ports in {low}..{high}");
     held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
