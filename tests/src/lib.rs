@@ -10,6 +10,7 @@
     missing_debug_implementations
 )]
 
+pub mod floor;
 pub mod process;
 
 use std::future::Future;

@@ -227,3 +227,57 @@ async fn touch_and_flood_scenarios_measure_a_real_agent() {
     )
     .await;
 }
+
+/// The floor the peer benchmark compares decoys with: `ruse-sim --scenarios
+/// floor` serves, a flood against it is answered, and both sides count the
+/// same logins.
+#[test]
+fn a_flood_against_the_floor_is_answered_and_counted_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    for (n, (scheme, path)) in [("ftp", ""), ("http", "/login")].into_iter().enumerate() {
+        let port = ruse_e2e::free_ports(1)[0];
+        let url = format!("{scheme}://127.0.0.1:{port}{path}");
+        let floor_json = dir.path().join(format!("floor-{n}.json"));
+        let floor = Command::new(binary("ruse-sim"))
+            .args(["--scenarios", "floor", "--flood", &url, "--duration", "5s"])
+            .arg("--json")
+            .arg(&floor_json)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the floor never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let flood_json = dir.path().join(format!("flood-{n}.json"));
+        let args = [
+            "--scenarios",
+            "flood",
+            "--flood",
+            &url,
+            "--flood-connections",
+            "4",
+            "--sources",
+            "2",
+            "--duration",
+            "1s",
+        ]
+        .map(String::from);
+        let flood = sim(&args, &flood_json);
+        let answered = value(&flood, "flood", "attempts answered");
+        assert!(answered > 0.0, "{scheme}: nothing answered");
+        assert_eq!(value(&flood, "flood", "attempts failed"), 0.0, "{scheme}");
+        let out = floor.wait_with_output().unwrap();
+        assert!(out.status.success(), "{scheme}: the floor failed");
+        // The one probe connection above is not a login, so it is not counted.
+        assert_eq!(
+            value(&rows(&floor_json), "floor", "logins answered"),
+            answered,
+            "{scheme}"
+        );
+    }
+}

@@ -22,6 +22,11 @@
 //!   service, FTP (`--flood ftp://HOST:PORT`) or an HTML form
 //!   (`--flood http://HOST:PORT/PATH`), from `--flood-connections` workers
 //!   spread over source addresses; counts the attempts the server answered.
+//! - `floor` (alone): the other end of a flood, for comparison. Serves the
+//!   `--flood` address's protocol for `--duration`, answering each login
+//!   as a decoy does and recording nothing, on one thread
+//!   ([`ruse_e2e::floor`]); a flood against it shows the most this
+//!   machine and generator allow.
 //!
 //! Every wait is bounded (`--timeout`); the program stops by itself.
 
@@ -57,6 +62,7 @@ enum Scenario {
     Storm,
     Touch,
     Flood,
+    Floor,
 }
 
 /// Simulates a fleet of Ruse agents against a running controller.
@@ -115,7 +121,8 @@ struct Args {
     /// `touch`: how many reads.
     #[arg(long, default_value_t = 200)]
     touches: usize,
-    /// `flood`: the target, ftp://HOST:PORT or http://HOST:PORT/PATH.
+    /// `flood`: the target, ftp://HOST:PORT or http://HOST:PORT/PATH;
+    /// `floor`: what to serve, and where.
     #[arg(long)]
     flood: Option<String>,
     /// `flood`: concurrent connections (each a login attempt at a time).
@@ -509,8 +516,12 @@ async fn main() -> anyhow::Result<()> {
         flood(&args, ingest_for, &mut summary).await?;
         return write_json(&args, &summary);
     }
-    if args.scenarios.contains(&Scenario::Flood) {
-        bail!("`flood` runs alone");
+    if args.scenarios == [Scenario::Floor] {
+        floor(&args, ingest_for, &mut summary).await?;
+        return write_json(&args, &summary);
+    }
+    if args.scenarios.contains(&Scenario::Flood) || args.scenarios.contains(&Scenario::Floor) {
+        bail!("`flood` and `floor` run alone");
     }
     let mut admin = admin_client(&args).await?;
     let pid = args.controller_pid;
@@ -816,7 +827,7 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
             }
-            Scenario::Touch | Scenario::Flood => unreachable!("checked above"),
+            Scenario::Touch | Scenario::Flood | Scenario::Floor => unreachable!("checked above"),
             Scenario::Storm => {
                 for c in &fleet.commands {
                     let _ = c.send(Command::Disconnect).await;
@@ -958,6 +969,32 @@ fn flood_target(spec: &str) -> anyhow::Result<FloodTarget> {
         }),
         other => bail!("--flood: unknown scheme {other} (ftp or http)"),
     }
+}
+
+/// Serves the flood's protocol at its address for `duration`, recording
+/// nothing.
+async fn floor(args: &Args, duration: Duration, summary: &mut Summary) -> anyhow::Result<()> {
+    let spec = args.flood.as_deref().context("`floor` needs --flood URL")?;
+    let target = flood_target(spec)?;
+    let protocol = match target.path {
+        None => ruse_e2e::floor::Protocol::Ftp,
+        Some(_) => ruse_e2e::floor::Protocol::Http,
+    };
+    let until = Instant::now() + duration;
+    let addr = target.addr;
+    println!("ruse-sim: floor serving {spec} for {}s", duration.as_secs());
+    let answered =
+        tokio::task::spawn_blocking(move || ruse_e2e::floor::serve(protocol, addr, until))
+            .await?
+            .with_context(|| format!("serving {addr}"))?;
+    summary.add("floor", "logins answered", answered as f64, "");
+    summary.add(
+        "floor",
+        "answered rate",
+        answered as f64 / duration.as_secs_f64(),
+        "logins/s",
+    );
+    Ok(())
 }
 
 /// A login flood for `duration`: attempts answered per second.
