@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# OpenCanary and the Ruse agent's decoys under the same login floods.
+# OpenCanary and the Ruse agent's decoys under the same login floods, and
+# the floor (`ruse-sim --scenarios floor`: a one-thread server that answers
+# each login and records nothing) under the same floods, for the most this
+# machine and generator allow.
 #
 #   bench/peer.sh BIN_DIR WORK_DIR RESULTS_DIR SECONDS
 #
@@ -56,12 +59,33 @@ flood() {
 }
 
 runs=()
-record() { # system protocol "rate ticks rss elapsed answered" recorded
+# system protocol "rate ticks rss elapsed answered" recorded [cpu_ticks]
+# recorded is "null" for the floor (it keeps nothing); cpu_ticks is the CPU
+# the attempts cost in all, when more than the flooded process's during the
+# flood (Ruse: agent and controller, until every event is stored).
+record() {
     local system=$1 protocol=$2 recorded=$4
     read -r rate cpu rss elapsed answered <<< "$3"
-    runs+=("{\"system\": \"$system\", \"protocol\": \"$protocol\", \"rate\": $rate, \"answered\": $answered, \"recorded\": $recorded, \"lost\": $((answered > recorded ? answered - recorded : 0)), \"max_rss_kib\": $rss, \"cpu_pct\": $(python3 -c "print(100 * $cpu / $ticks / $elapsed)")}")
+    local total=${5:-$cpu} lost=null
+    [ "$recorded" != null ] && lost=$((answered > recorded ? answered - recorded : 0))
+    runs+=("{\"system\": \"$system\", \"protocol\": \"$protocol\", \"rate\": $rate, \"answered\": $answered, \"recorded\": $recorded, \"lost\": $lost, \"max_rss_kib\": $rss, \"cpu_pct\": $(python3 -c "print(100 * $cpu / $ticks / $elapsed)"), \"cpu_s\": $(python3 -c "print($total / $ticks)")}")
     say "$system $protocol: $rate attempts/s answered, $recorded of $answered recorded, RSS max ${rss} KiB"
 }
+
+# The floor, one protocol at a time.
+for proto in ftp http; do
+    case $proto in ftp) url=ftp://127.0.0.1:20321 ;; http) url=http://127.0.0.1:20380/login ;; esac
+    "$bin/ruse-sim" --scenarios floor --flood "$url" --duration "$((seconds + 30))s" \
+        --json "$work/floor-$proto.json" > "$work/floor-$proto.txt" 2>&1 &
+    floor_pid=$!
+    pids+=("$floor_pid")
+    port=${url#*127.0.0.1:}; port=${port%%/*}
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    say "floor: $proto flood"
+    m=$(flood "$floor_pid" "$url" "floor-$proto")
+    record floor "$proto" "$m" null
+    kill "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
+done
 
 # OpenCanary: FTP and the HTTP login page, logging to a file.
 oc=$work/opencanary
@@ -150,16 +174,23 @@ settled() {
     done
     echo "$last"
 }
+# Ruse's cost of a flood: the agent's and the controller's CPU from its
+# start until the controller has stored every event.
+ruse_flood() {
+    local proto=$1 url=$2 before=$3
+    local a0 c0 m stored
+    a0=$(cpu_of "$agent_pid"); c0=$(cpu_of "$ctl_pid")
+    say "Ruse: $proto flood"
+    m=$(flood "$agent_pid" "$url" "ruse-$proto")
+    stored=$(settled)
+    record ruse "$proto" "$m" "$((stored - before))" \
+        "$(($(cpu_of "$agent_pid") - a0 + $(cpu_of "$ctl_pid") - c0))"
+    last_stored=$stored
+}
 ctl_cpu0=$(cpu_of "$ctl_pid")
 t0=$(date +%s.%N)
-say "Ruse: FTP flood"
-m=$(flood "$agent_pid" ftp://127.0.0.1:20121 ruse-ftp)
-ftp_logins=$(settled)
-record ruse ftp "$m" "$ftp_logins"
-say "Ruse: HTTP login flood"
-m=$(flood "$agent_pid" http://127.0.0.1:20180/login ruse-http)
-all_logins=$(settled)
-record ruse http "$m" "$((all_logins - ftp_logins))"
+ruse_flood ftp ftp://127.0.0.1:20121 0
+ruse_flood http http://127.0.0.1:20180/login "$last_stored"
 ctl_cpu_pct=$(python3 -c "import time; print(100 * ($(cpu_of "$ctl_pid") - $ctl_cpu0) / $ticks / ($(date +%s.%N) - $t0))")
 
 {
@@ -168,6 +199,6 @@ ctl_cpu_pct=$(python3 -c "import time; print(100 * ($(cpu_of "$ctl_pid") - $ctl_
     (IFS=,; echo "${runs[*]}")
     echo "]}"
 } > "$results/peer.json"
-for f in "$work"/flood-*.txt; do
+for f in "$work"/flood-*.txt "$work"/floor-*.txt; do
     { echo "# $(basename "$f")"; cat "$f"; } >> "$results/peer.txt"
 done
