@@ -115,6 +115,9 @@ pub struct TimelineEntry {
     pub summary: String,
 }
 
+/// An incident's timeline, in time order, at most [`MAX_TIMELINE`] entries.
+pub type Timeline = std::sync::Arc<Vec<std::sync::Arc<TimelineEntry>>>;
+
 /// Where an incident was sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -169,8 +172,10 @@ pub struct Incident {
     pub version: u64,
     pub event_count: u64,
     /// Stored apart from the rest ([`IncidentHead`]), entry by entry.
+    /// Shared: copying an incident (each batch that changes it does)
+    /// copies the timeline only when the batch adds to it.
     #[serde(default)]
-    pub timeline: Vec<std::sync::Arc<TimelineEntry>>,
+    pub timeline: Timeline,
     pub agents: BTreeSet<AgentId>,
     pub decoys: BTreeSet<String>,
     pub sources: BTreeSet<String>,
@@ -619,7 +624,7 @@ impl Correlator {
                     updated: now,
                     version: 0,
                     event_count: 0,
-                    timeline: Vec::new(),
+                    timeline: Timeline::default(),
                     agents: BTreeSet::new(),
                     decoys: BTreeSet::new(),
                     sources: BTreeSet::new(),
@@ -691,7 +696,7 @@ impl Correlator {
                 kind: e.kind.clone(),
                 summary: summary(e, dir),
             });
-            i.timeline.insert(at_index, entry.clone());
+            std::sync::Arc::make_mut(&mut i.timeline).insert(at_index, entry.clone());
             added = Some(entry);
         }
         i.techniques
@@ -1167,7 +1172,7 @@ pub(crate) mod tests_support {
             updated: UnixMs(2_000),
             version: 2,
             event_count: 2,
-            timeline: Vec::new(),
+            timeline: Timeline::default(),
             agents: [a.clone()].into(),
             decoys: ["pacs".to_owned()].into(),
             sources: ["10.9.8.7".to_owned()].into(),

@@ -336,7 +336,7 @@ impl Store for SledStore {
             // Batches may overlap in time.
             entries.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
             if i.timeline.is_empty() {
-                i.timeline = entries;
+                i.timeline = Arc::new(entries);
             } else {
                 // Written whole by an earlier version: split it now.
                 let old: Vec<&TimelineEntry> = i.timeline.iter().map(|t| &**t).collect();
@@ -651,7 +651,7 @@ mod tests {
             .into_iter()
             .find(|x| x.id == i.id)
             .unwrap();
-        i.timeline = vec![Arc::new(c), Arc::new(a), Arc::new(b)];
+        i.timeline = Arc::new(vec![Arc::new(c), Arc::new(a), Arc::new(b)]);
         assert_eq!(back, i);
     }
 
@@ -659,7 +659,10 @@ mod tests {
     fn an_incident_written_whole_by_an_earlier_version_keeps_its_timeline() {
         let dir = tempfile::tempdir().unwrap();
         let mut i = crate::incidents::tests_support::incident();
-        i.timeline = vec![Arc::new(entry("e1", 1_000)), Arc::new(entry("e2", 2_000))];
+        i.timeline = Arc::new(vec![
+            Arc::new(entry("e1", 1_000)),
+            Arc::new(entry("e2", 2_000)),
+        ]);
         {
             let store = SledStore::open(dir.path(), 1 << 20).unwrap();
             // How incidents were stored before heads and timelines split.
