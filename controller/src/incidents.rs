@@ -503,7 +503,9 @@ pub struct Correlator {
     /// When [`Correlator::expire`] next scans the index.
     next_expiry: UnixMs,
     /// Timeline entries added since [`Correlator::take_added`], with
-    /// their incident's id: what a batch must write.
+    /// their incident's id: what a batch must write. [`Incidents`] takes
+    /// them after every batch; at most [`MAX_TIMELINE`] per incident are
+    /// ever added.
     added: Vec<(String, std::sync::Arc<TimelineEntry>)>,
 }
 
