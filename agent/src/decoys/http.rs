@@ -295,12 +295,64 @@ where
         .await;
 }
 
+/// A plain connection whose write half is closed by closing the socket
+/// when the connection ends, not by a `shutdown` first: hyper shuts the
+/// write half down before it drops a finished connection, and the extra
+/// system call sends the FIN that closing the socket sends anyway.
+struct CloseOnDrop(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for CloseOnDrop {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CloseOnDrop {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// The handler; with `tls`, a certificate for the decoy's address is made
 /// once and kept in the decoy directory.
 pub fn handler(ctx: &Arc<ServiceCtx>, tls: bool) -> Result<Handler, DecoyError> {
     if !tls {
         return Ok(Arc::new(|conn: Conn| {
-            Box::pin(serve_io(conn.stream, conn.ctx, conn.peer))
+            Box::pin(serve_io(CloseOnDrop(conn.stream), conn.ctx, conn.peer))
         }));
     }
     let config = tls_config(ctx)?;
