@@ -3,17 +3,19 @@
 //!
 //! On disk: `outbox.log`, records of `[len u32][check u32][Event]` (the check
 //! is the first 4 bytes of SHA-256 of the event), and `outbox.acked`, an
-//! acknowledged sequence number. That file is written at most once per
-//! [`ACKED_SYNC_EVERY`], before the log is emptied, and when the outbox is
-//! dropped, not on every acknowledgement (two fsyncs and a rename each, a
-//! tenth of the agent's CPU under a decoy flood): after a crash, events
-//! acknowledged in the last second are sent again, and the controller,
-//! which keeps events by id, drops them as duplicates. Emptying the log
-//! only after its acknowledgement is on disk keeps sequence numbers from
-//! going back. A torn record at the end (a crash
+//! acknowledged sequence number. A torn record at the end (a crash
 //! mid-write) is cut off when the log is opened. Only an index (sequence,
 //! offset, severity) is kept in memory; events are read back from the log
 //! to be sent.
+//!
+//! `outbox.acked` is written at most once per [`ACKED_SYNC_EVERY`], before
+//! the log is emptied, and when the outbox is dropped, not on every
+//! acknowledgement (each write is two fsyncs and a rename; under a decoy
+//! flood, 100–200 a second and several per cent of the agent's CPU).
+//! After a crash, events acknowledged in the last second are sent again
+//! and the controller, which keeps events by id, drops them as
+//! duplicates. Emptying the log only after its acknowledgement is on disk
+//! keeps sequence numbers from going back.
 //!
 //! When the outbox is full, the oldest events of the lowest severity go
 //! first (allowed readers, then drift, then touches); what was dropped is
