@@ -1,25 +1,49 @@
 //! The file operations behind planting, confined to the agent's root.
 //!
-//! Rules kept here, each tested:
-//! - every path resolves under the root; `..` and symlinks on the way are
-//!   refused, so a lure can never be written outside it;
-//! - a whole-file lure never replaces an existing file (the final step is a
-//!   hard link, which fails if the name is taken);
+//! The agent runs as root and plants into directories that local users
+//! own, so any user may swap a directory on a lure's path for a symbolic
+//! link at any moment. Path-based calls would follow it. Every operation
+//! here therefore works on directory handles:
+//!
+//! - the root is opened once ([`Dir::open_root`]); every other directory
+//!   is opened relative to it with `openat2(RESOLVE_BENEATH |
+//!   RESOLVE_NO_SYMLINKS)`, or, where the kernel lacks `openat2`, by a walk
+//!   that opens one component at a time with `O_NOFOLLOW`. A link anywhere
+//!   on the way is refused, so nothing is read, written, created, deleted
+//!   or re-timed outside the root;
+//! - files are created, linked, renamed and unlinked by name relative to
+//!   the handle of their directory, and owners, modes and times are set
+//!   through the file's own descriptor (fchown, fchmod, futimens), never by
+//!   path;
+//! - a whole-file lure never replaces an existing file (the final step is
+//!   `linkat`, which fails if the name is taken), and nothing is deleted or
+//!   replaced unless its content is the lure's own ([`remove_if_ours`]
+//!   checks it, and that the name still holds the inode it read);
 //! - every write goes to a temporary file in the same directory, synced,
 //!   then moved into place, keeping the target's owner and mode;
 //! - files and directories the agent creates get the home's owner and a
 //!   backdated time; a file the agent adds a block to keeps its time.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, Metadata};
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
 
 use ruse_proto::types::{hex, random_bytes};
 
 /// Largest existing file the agent will add a block to.
 pub const MAX_BLOCK_TARGET: u64 = 4 << 20;
+/// Largest file the agent reads back to check a whole-file lure.
+const MAX_LURE_FILE: u64 = 64 << 20;
 
 /// Why a file operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +62,13 @@ pub enum FsError {
     },
 }
 
+impl FsError {
+    /// Nothing exists at the path (or on the way to it).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FsError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
     move |source| FsError::Io {
         path: path.display().to_string(),
@@ -45,11 +76,146 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
     }
 }
 
+fn errno(path: &Path) -> impl FnOnce(Errno) -> FsError + '_ {
+    move |e| io(path)(std::io::Error::from(e))
+}
+
 /// Who should own what the agent creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
+}
+
+impl Owner {
+    pub fn of(meta: &Metadata) -> Self {
+        Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+}
+
+/// An open directory, reached from the root without following a link.
+#[derive(Debug)]
+pub struct Dir {
+    file: File,
+    path: PathBuf,
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+/// Opening a file to read or re-time it: never through a link, and never
+/// blocking on a FIFO a user planted at a lure's name.
+const FILE_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY)
+    .union(OFlag::O_CLOEXEC);
+
+/// Set once `openat2` turned out to be missing (kernels before 5.6, or a
+/// seccomp filter that refuses it); the component walk is used from then on.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+impl Dir {
+    /// Opens the agent's root. The root is the administrator's choice and
+    /// was made canonical at start; it is the one path opened by name.
+    pub fn open_root(path: &Path) -> Result<Dir, FsError> {
+        let fd = nix::fcntl::open(path, DIR_FLAGS, Mode::empty()).map_err(errno(path))?;
+        Ok(Dir {
+            file: File::from(fd),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path this directory had when it was opened (for messages and
+    /// records; operations use the handle).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self) -> Result<Metadata, FsError> {
+        self.file.metadata().map_err(io(&self.path))
+    }
+
+    /// Sets the modification and access time through the handle.
+    pub fn set_times(&self, t: SystemTime) -> Result<(), FsError> {
+        set_times(&self.file, t).map_err(io(&self.path))
+    }
+
+    fn try_clone(&self) -> Result<Dir, FsError> {
+        Ok(Dir {
+            file: self.file.try_clone().map_err(io(&self.path))?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Opens the directory `name` inside this one, refusing a link.
+    fn child(&self, name: &OsStr) -> Result<Dir, FsError> {
+        let path = self.path.join(name);
+        match nix::fcntl::openat(self.file.as_fd(), name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(Dir {
+                file: File::from(fd),
+                path,
+            }),
+            Err(e) => Err(self.refusal(name, e)),
+        }
+    }
+
+    /// What an open of `name` that failed with `e` means to a reader.
+    fn refusal(&self, name: &OsStr, e: Errno) -> FsError {
+        let path = self.path.join(name);
+        let is_link = || {
+            nix::sys::stat::fstatat(self.file.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| {
+                    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+                })
+        };
+        match e {
+            Errno::ELOOP => link_refused(&path),
+            Errno::ENOTDIR if is_link() => link_refused(&path),
+            Errno::ENOTDIR => FsError::Unsuitable {
+                path: path.display().to_string(),
+                reason: "is not a directory".into(),
+            },
+            e => errno(&path)(e),
+        }
+    }
+
+    /// Whether anything (a link included) has the name `name` here.
+    fn has(&self, name: &OsStr) -> Result<bool, FsError> {
+        match nix::sys::stat::fstatat(self.file.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(_) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(errno(&self.path.join(name))(e)),
+        }
+    }
+
+    /// Opens the file `name` here to read it, refusing a link.
+    fn open_file(&self, name: &OsStr) -> Result<File, FsError> {
+        match nix::fcntl::openat(self.file.as_fd(), name, FILE_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(e) => Err(self.refusal(name, e)),
+        }
+    }
+
+    /// Syncs the directory, so names made or removed in it survive a crash.
+    fn sync(&self) {
+        let _ = self.file.sync_all();
+    }
+}
+
+fn link_refused(path: &Path) -> FsError {
+    FsError::OutsideRoot {
+        path: path.display().to_string(),
+        reason: "symbolic links are never followed",
+    }
+}
+
+fn set_times(file: &File, t: SystemTime) -> std::io::Result<()> {
+    file.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
 }
 
 /// Joins a lure-relative path onto `base`, refusing anything that could
@@ -79,98 +245,169 @@ pub fn confined_join(base: &Path, relative: &str) -> Result<PathBuf, FsError> {
     Ok(out)
 }
 
-/// Refuses `target` if any existing directory between `base` and it is a
-/// symlink (or not a directory).
-pub fn check_no_symlinks(base: &Path, target: &Path) -> Result<(), FsError> {
+/// `target` relative to the root: plain names only.
+fn relative<'a>(root: &Dir, target: &'a Path) -> Result<&'a Path, FsError> {
+    let outside = |reason| FsError::OutsideRoot {
+        path: target.display().to_string(),
+        reason,
+    };
     let rel = target
-        .strip_prefix(base)
-        .map_err(|_| FsError::OutsideRoot {
-            path: target.display().to_string(),
-            reason: "not under the root",
-        })?;
-    let mut current = base.to_path_buf();
-    let components: Vec<_> = rel.components().collect();
-    for (i, component) in components.iter().enumerate() {
-        current.push(component);
-        match fs::symlink_metadata(&current) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(FsError::OutsideRoot {
-                    path: current.display().to_string(),
-                    reason: "symbolic links are never followed",
-                });
-            }
-            Ok(meta) if i + 1 < components.len() && !meta.is_dir() => {
-                return Err(FsError::Unsuitable {
-                    path: current.display().to_string(),
-                    reason: "is not a directory".into(),
-                });
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io(&current)(e)),
-        }
+        .strip_prefix(&root.path)
+        .map_err(|_| outside("not under the root"))?;
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(outside("only plain names are allowed below the root"));
     }
-    Ok(())
+    Ok(rel)
 }
 
-/// Creates the missing directories above `target` (below `base`), owned by
-/// `owner`. Returns them, outermost first, so removal can undo exactly this.
+/// Opens the directory at `rel` below the root, never following a link.
+fn open_dir(root: &Dir, rel: &Path) -> Result<Dir, FsError> {
+    if rel.as_os_str().is_empty() {
+        return root.try_clone();
+    }
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let how = OpenHow::new().flags(DIR_FLAGS).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+        match nix::fcntl::openat2(root.file.as_fd(), rel, how) {
+            Ok(fd) => {
+                return Ok(Dir {
+                    file: File::from(fd),
+                    path: root.path.join(rel),
+                });
+            }
+            Err(Errno::ENOSYS | Errno::EPERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            // A link or a missing name somewhere on the way: the walk says
+            // which component it was.
+            Err(_) => {}
+        }
+    }
+    walk(root, rel)
+}
+
+/// The fallback for [`open_dir`]: one `O_NOFOLLOW` open per component.
+fn walk(root: &Dir, rel: &Path) -> Result<Dir, FsError> {
+    let mut dir = root.try_clone()?;
+    for component in rel.components() {
+        dir = dir.child(component.as_os_str())?;
+    }
+    Ok(dir)
+}
+
+/// The directory holding `target`, opened from the root, and its name.
+pub fn parent(root: &Dir, target: &Path) -> Result<(Dir, OsString), FsError> {
+    let rel = relative(root, target)?;
+    let name = rel.file_name().ok_or_else(|| FsError::OutsideRoot {
+        path: target.display().to_string(),
+        reason: "empty path",
+    })?;
+    let dir = open_dir(root, rel.parent().unwrap_or(Path::new("")))?;
+    Ok((dir, name.to_owned()))
+}
+
+/// Refuses `target` if a link, or something that is not a directory, is
+/// on the way to it from the root. A missing directory is fine.
+pub fn check_path(root: &Dir, target: &Path) -> Result<(), FsError> {
+    match parent(root, target) {
+        Ok((dir, name)) => match dir.open_file(&name) {
+            Err(e @ FsError::OutsideRoot { .. }) => Err(e),
+            _ => Ok(()),
+        },
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the nearest existing directory at or above `dir` (below the
+/// root), or the root.
+pub fn nearest_dir(root: &Dir, dir: &Path) -> Option<Dir> {
+    let rel = relative(root, dir).ok()?;
+    rel.ancestors().find_map(|a| open_dir(root, a).ok())
+}
+
+/// Creates the missing directories above `target`, owned by `owner`
+/// (0700 for the private ones: `.ssh`, `.aws`, `.kube`, `.gnupg`).
+/// Returns them, outermost first, so removal can undo exactly this.
 pub fn create_parents(
-    base: &Path,
+    root: &Dir,
     target: &Path,
     owner: Option<Owner>,
-    mtime: Option<SystemTime>,
 ) -> Result<Vec<PathBuf>, FsError> {
-    let Some(parent) = target.parent() else {
+    let rel = relative(root, target)?;
+    let Some(parent) = rel.parent() else {
         return Ok(Vec::new());
     };
-    let mut missing = Vec::new();
-    let mut dir = parent;
-    while dir.starts_with(base) && dir != base && !dir.exists() {
-        missing.push(dir.to_path_buf());
-        match dir.parent() {
-            Some(p) => dir = p,
-            None => break,
-        }
+    let mut dir = root.try_clone()?;
+    let mut created = Vec::new();
+    for component in parent.components() {
+        let name = component.as_os_str();
+        let next = match dir.child(name) {
+            Err(e) if e.is_not_found() => make_dir(&dir, name, owner).inspect(|child| {
+                created.push(child.path.clone());
+            }),
+            other => other,
+        };
+        dir = match next {
+            Ok(child) => child,
+            Err(e) => {
+                remove_created_dirs(root, &created);
+                return Err(e);
+            }
+        };
     }
-    missing.reverse();
-    for dir in &missing {
-        let private = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| matches!(n, ".ssh" | ".aws" | ".kube" | ".gnupg"));
-        fs::create_dir(dir).map_err(io(dir))?;
-        fs::set_permissions(
-            dir,
-            fs::Permissions::from_mode(if private { 0o700 } else { 0o755 }),
-        )
-        .map_err(io(dir))?;
-        if let Some(o) = owner {
-            std::os::unix::fs::chown(dir, Some(o.uid), Some(o.gid)).map_err(io(dir))?;
-        }
-        if let Some(t) = mtime {
-            set_mtime(dir, t)?;
-        }
+    Ok(created)
+}
+
+/// Makes the directory `name` in `dir` (private until its owner and mode
+/// are set through its own handle).
+fn make_dir(dir: &Dir, name: &OsStr, owner: Option<Owner>) -> Result<Dir, FsError> {
+    let path = dir.path.join(name);
+    nix::sys::stat::mkdirat(dir.file.as_fd(), name, Mode::from_bits_truncate(0o700))
+        .map_err(errno(&path))?;
+    // Opened again without following: if a racing user replaced the new
+    // directory with a link, this fails and nothing is changed through it.
+    let child = dir.child(name)?;
+    let private = name
+        .to_str()
+        .is_some_and(|n| matches!(n, ".ssh" | ".aws" | ".kube" | ".gnupg"));
+    if let Some(o) = owner {
+        std::os::unix::fs::fchown(&child.file, Some(o.uid), Some(o.gid)).map_err(io(&path))?;
     }
-    Ok(missing)
+    child
+        .file
+        .set_permissions(std::fs::Permissions::from_mode(if private {
+            0o700
+        } else {
+            0o755
+        }))
+        .map_err(io(&path))?;
+    dir.sync();
+    Ok(child)
 }
 
 /// Removes directories the agent created, innermost first, while empty.
-pub fn remove_created_dirs(dirs: &[PathBuf]) {
+pub fn remove_created_dirs(root: &Dir, dirs: &[PathBuf]) {
     for dir in dirs.iter().rev() {
-        // Not empty means someone put something there: leave it.
-        let _ = fs::remove_dir(dir);
+        // Not empty means someone put something there: leave it. A link
+        // at the name is not a directory and is left too.
+        if let Ok((parent, name)) = parent(root, dir) {
+            let _ = nix::unistd::unlinkat(
+                parent.file.as_fd(),
+                name.as_os_str(),
+                UnlinkatFlags::RemoveDir,
+            );
+        }
     }
 }
 
-pub fn set_mtime(path: &Path, t: SystemTime) -> Result<(), FsError> {
-    let file = File::options()
-        .read(true)
-        .open(path)
-        .or_else(|_| File::open(path))
-        .map_err(io(path))?;
-    file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-        .map_err(io(path))
+/// Sets the time of the file or directory at `path`, opened without
+/// following a link.
+pub fn set_mtime(root: &Dir, path: &Path, t: SystemTime) -> Result<(), FsError> {
+    let (dir, name) = parent(root, path)?;
+    let file = dir.open_file(&name)?;
+    set_times(&file, t).map_err(io(path))
 }
 
 pub fn system_time(ms: i64) -> Option<SystemTime> {
@@ -182,156 +419,249 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
-fn temp_path(target: &Path) -> PathBuf {
+fn temp_name(name: &OsStr) -> OsString {
     let mut rnd = [0u8; 6];
     random_bytes(&mut rnd);
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    target.with_file_name(format!(".{name}.{}.tmp", hex(&rnd)))
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.tmp", hex(&rnd)));
+    tmp
 }
 
-/// Writes `content` to a new temporary file beside `target` with the given
-/// mode, owner and time, synced. The caller moves it into place.
-fn write_temp(
-    target: &Path,
-    content: &[u8],
-    mode: u32,
-    owner: Option<Owner>,
-    mtime: Option<SystemTime>,
-) -> Result<PathBuf, FsError> {
-    let tmp = temp_path(target);
+/// The attributes a new file gets.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFile {
+    pub mode: u32,
+    pub owner: Option<Owner>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// Writes `content` to a new temporary file in `dir` next to `name` with
+/// the given mode, owner and time, synced. The caller links or renames it
+/// into place. Returns the temporary name.
+fn write_temp(dir: &Dir, name: &OsStr, content: &[u8], new: NewFile) -> Result<OsString, FsError> {
+    let tmp = temp_name(name);
+    let target = dir.path.join(name);
+    let fd: OwnedFd = nix::fcntl::openat(
+        dir.file.as_fd(),
+        tmp.as_os_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(errno(&target))?;
+    let mut file = File::from(fd);
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(nix_o_nofollow())
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some(o) = owner {
+        if let Some(o) = new.owner {
             std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))?;
         }
+        file.set_permissions(std::fs::Permissions::from_mode(new.mode))?;
         file.write_all(content)?;
         file.sync_all()?;
-        if let Some(t) = mtime {
-            file.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))?;
+        if let Some(t) = new.mtime {
+            set_times(&file, t)?;
         }
         Ok(())
     })();
     match result {
         Ok(()) => Ok(tmp),
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(io(target)(e))
+            unlink(dir, &tmp);
+            Err(io(&target)(e))
         }
     }
 }
 
-/// `O_NOFOLLOW`: never open through a symlink planted at the temp name.
-fn nix_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+fn unlink(dir: &Dir, name: &OsStr) {
+    let _ = nix::unistd::unlinkat(dir.file.as_fd(), name, UnlinkatFlags::NoRemoveDir);
 }
 
 /// Creates `target` with `content`, atomically, failing if anything exists
 /// at that name.
-pub fn create_new(
-    target: &Path,
-    content: &[u8],
-    mode: u32,
-    owner: Option<Owner>,
-    mtime: Option<SystemTime>,
-) -> Result<(), FsError> {
-    if fs::symlink_metadata(target).is_ok() {
-        return Err(FsError::Exists {
-            path: target.display().to_string(),
-        });
+pub fn create_new(root: &Dir, target: &Path, content: &[u8], new: NewFile) -> Result<(), FsError> {
+    let (dir, name) = parent(root, target)?;
+    let exists = || FsError::Exists {
+        path: target.display().to_string(),
+    };
+    if dir.has(&name)? {
+        return Err(exists());
     }
-    let tmp = write_temp(target, content, mode, owner, mtime)?;
-    // link() never replaces an existing name: no-clobber even if a file
+    let tmp = write_temp(&dir, &name, content, new)?;
+    // linkat() never replaces an existing name: no-clobber even if a file
     // appeared since the check above.
-    let linked = fs::hard_link(&tmp, target);
-    let _ = fs::remove_file(&tmp);
+    let linked = nix::unistd::linkat(
+        dir.file.as_fd(),
+        tmp.as_os_str(),
+        dir.file.as_fd(),
+        name.as_os_str(),
+        AtFlags::empty(),
+    );
+    unlink(&dir, &tmp);
     match linked {
         Ok(()) => {
-            if let Some(parent) = target.parent() {
-                sync_dir(parent);
-            }
+            dir.sync();
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(FsError::Exists {
-            path: target.display().to_string(),
-        }),
-        Err(e) => Err(io(target)(e)),
+        Err(Errno::EEXIST) => Err(exists()),
+        Err(e) => Err(errno(target)(e)),
     }
 }
 
-/// A regular file's bytes and metadata, refusing symlinks and huge files.
-pub fn read_regular(target: &Path) -> Result<(Vec<u8>, fs::Metadata), FsError> {
-    let meta = fs::symlink_metadata(target).map_err(io(target))?;
-    if !meta.file_type().is_file() {
+/// Reads an open file, up to `limit` bytes; refuses anything that is not a
+/// regular file or is larger.
+fn read_open(file: &mut File, path: &Path, limit: u64) -> Result<(Vec<u8>, Metadata), FsError> {
+    let meta = file.metadata().map_err(io(path))?;
+    if !meta.is_file() {
         return Err(FsError::Unsuitable {
-            path: target.display().to_string(),
+            path: path.display().to_string(),
             reason: "is not a regular file".into(),
         });
     }
-    if meta.len() > MAX_BLOCK_TARGET {
+    if meta.len() > limit {
         return Err(FsError::Unsuitable {
-            path: target.display().to_string(),
-            reason: format!("is larger than {MAX_BLOCK_TARGET} bytes"),
+            path: path.display().to_string(),
+            reason: format!("is larger than {limit} bytes"),
         });
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix_o_nofollow())
-        .open(target)
-        .map_err(io(target))?;
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes).map_err(io(target))?;
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    if bytes.len() as u64 > limit {
+        return Err(FsError::Unsuitable {
+            path: path.display().to_string(),
+            reason: format!("is larger than {limit} bytes"),
+        });
+    }
     Ok((bytes, meta))
+}
+
+/// A regular file's bytes and metadata (a file a block goes into), refusing
+/// links and huge files.
+pub fn read_regular(root: &Dir, target: &Path) -> Result<(Vec<u8>, Metadata), FsError> {
+    let (dir, name) = parent(root, target)?;
+    read_open(&mut dir.open_file(&name)?, target, MAX_BLOCK_TARGET)
+}
+
+/// A planted whole-file lure's bytes, as [`read_regular`] with a larger
+/// limit.
+pub fn read_lure(root: &Dir, target: &Path) -> Result<Vec<u8>, FsError> {
+    let (dir, name) = parent(root, target)?;
+    read_open(&mut dir.open_file(&name)?, target, MAX_LURE_FILE).map(|(bytes, _)| bytes)
 }
 
 /// Replaces an existing file's content atomically, keeping its owner, mode
 /// and modification time. Fails if the file changed since `seen` was read.
-pub fn replace_content(target: &Path, content: &[u8], seen: &fs::Metadata) -> Result<(), FsError> {
-    let owner = Some(Owner {
-        uid: seen.uid(),
-        gid: seen.gid(),
+pub fn replace_content(
+    root: &Dir,
+    target: &Path,
+    content: &[u8],
+    seen: &Metadata,
+) -> Result<(), FsError> {
+    let (dir, name) = parent(root, target)?;
+    let new = NewFile {
+        mode: seen.mode() & 0o7777,
+        owner: Some(Owner::of(seen)),
+        mtime: seen.modified().ok(),
+    };
+    let tmp = write_temp(&dir, &name, content, new)?;
+    let unchanged = nix::sys::stat::fstatat(
+        dir.file.as_fd(),
+        name.as_os_str(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|now| {
+        now.st_ino == seen.ino()
+            && now.st_dev == seen.dev()
+            && now.st_size == seen.size() as i64
+            && now.st_mtime == seen.mtime()
+            && now.st_mtime_nsec == seen.mtime_nsec()
     });
-    let mtime = seen.modified().ok();
-    let tmp = write_temp(target, content, seen.mode() & 0o7777, owner, mtime)?;
-    let unchanged = fs::symlink_metadata(target)
-        .map(|now| {
-            now.ino() == seen.ino() && now.len() == seen.len() && now.modified().ok() == mtime
-        })
-        .unwrap_or(false);
     if !unchanged {
-        let _ = fs::remove_file(&tmp);
+        unlink(&dir, &tmp);
         return Err(FsError::Unsuitable {
             path: target.display().to_string(),
             reason: "changed while the lure was being written; will retry".into(),
         });
     }
-    fs::rename(&tmp, target).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io(target)(e)
-    })?;
-    if let Some(parent) = target.parent() {
-        sync_dir(parent);
+    if let Err(e) = nix::fcntl::renameat(
+        dir.file.as_fd(),
+        tmp.as_os_str(),
+        dir.file.as_fd(),
+        name.as_os_str(),
+    ) {
+        unlink(&dir, &tmp);
+        return Err(errno(target)(e));
     }
+    dir.sync();
     Ok(())
+}
+
+/// What [`remove_if_ours`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// Nothing was there.
+    Missing,
+    /// Something was there whose content is not the lure's: left in place.
+    NotOurs,
+}
+
+/// Deletes the regular file at `target` only if `ours` accepts its content
+/// and the name still holds the inode that was read.
+pub fn remove_if_ours(
+    root: &Dir,
+    target: &Path,
+    ours: impl FnOnce(&[u8]) -> bool,
+) -> Result<Removal, FsError> {
+    let (dir, name) = match parent(root, target) {
+        Ok(found) => found,
+        Err(e) if e.is_not_found() => return Ok(Removal::Missing),
+        Err(e) => return Err(e),
+    };
+    let mut file = match dir.open_file(&name) {
+        Ok(file) => file,
+        Err(e) if e.is_not_found() => return Ok(Removal::Missing),
+        Err(e) => return Err(e),
+    };
+    let (bytes, meta) = match read_open(&mut file, target, MAX_LURE_FILE) {
+        Ok(read) => read,
+        Err(FsError::Unsuitable { .. }) => return Ok(Removal::NotOurs),
+        Err(e) => return Err(e),
+    };
+    if !ours(&bytes) {
+        return Ok(Removal::NotOurs);
+    }
+    let same = nix::sys::stat::fstatat(
+        dir.file.as_fd(),
+        name.as_os_str(),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|now| now.st_ino == meta.ino() && now.st_dev == meta.dev());
+    if !same {
+        return Ok(Removal::NotOurs);
+    }
+    match nix::unistd::unlinkat(
+        dir.file.as_fd(),
+        name.as_os_str(),
+        UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) => {
+            dir.sync();
+            Ok(Removal::Removed)
+        }
+        Err(Errno::ENOENT) => Ok(Removal::Missing),
+        Err(e) => Err(errno(target)(e)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+
+    fn root_of(path: &Path) -> Dir {
+        Dir::open_root(&fs::canonicalize(path).unwrap()).unwrap()
+    }
 
     #[test]
     fn paths_stay_under_the_base() {
@@ -347,43 +677,69 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_on_the_way_are_refused() {
+    fn links_on_the_way_are_refused_by_openat2_and_by_the_walk() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         let outside = dir.path().join("outside");
-        fs::create_dir_all(root.join("home/alice")).unwrap();
+        fs::create_dir_all(root.join("home/alice/.aws")).unwrap();
         fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("home/alice/.ssh")).unwrap();
-        let target = root.join("home/alice/.ssh/config");
+        let root = root_of(&root);
+        let through_link = root.path().join("home/alice/.ssh/config");
         assert!(matches!(
-            check_no_symlinks(&root, &target),
+            check_path(&root, &through_link),
             Err(FsError::OutsideRoot { .. })
         ));
-        assert!(check_no_symlinks(&root, &root.join("home/alice/.aws/credentials")).is_ok());
-        // A symlink at the final name is refused too.
-        std::os::unix::fs::symlink(outside.join("x"), root.join("home/alice/notes")).unwrap();
-        assert!(check_no_symlinks(&root, &root.join("home/alice/notes")).is_err());
+        assert!(check_path(&root, &root.path().join("home/alice/.aws/credentials")).is_ok());
+        assert!(check_path(&root, &root.path().join("home/alice/new/dir/x")).is_ok());
+        // A link at the final name is refused too.
+        std::os::unix::fs::symlink(outside.join("x"), root.path().join("home/alice/notes"))
+            .unwrap();
+        assert!(check_path(&root, &root.path().join("home/alice/notes")).is_err());
+        // The fallback walk refuses the same links.
+        let rel = Path::new("home/alice/.ssh");
+        assert!(matches!(walk(&root, rel), Err(FsError::OutsideRoot { .. })));
+        assert!(walk(&root, Path::new("home/alice/.aws")).is_ok());
+        assert!(
+            walk(&root, Path::new("home/alice/missing"))
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 
     #[test]
     fn create_new_never_clobbers() {
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("real.txt");
+        let root = root_of(dir.path());
+        let target = root.path().join("real.txt");
         fs::write(&target, b"real data").unwrap();
+        let new = |mode, mtime| NewFile {
+            mode,
+            owner: None,
+            mtime,
+        };
         assert!(matches!(
-            create_new(&target, b"lure", 0o600, None, None),
+            create_new(&root, &target, b"lure", new(0o600, None)),
             Err(FsError::Exists { .. })
         ));
         assert_eq!(fs::read(&target).unwrap(), b"real data");
-        let fresh = dir.path().join("lure.txt");
+        // Nor a dangling link at the name.
+        let dangling = root.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(matches!(
+            create_new(&root, &dangling, b"lure", new(0o600, None)),
+            Err(FsError::Exists { .. })
+        ));
+        assert!(!dir.path().join("nowhere").exists());
+        let fresh = root.path().join("lure.txt");
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        create_new(&fresh, b"lure", 0o640, None, Some(t)).unwrap();
+        create_new(&root, &fresh, b"lure", new(0o640, Some(t))).unwrap();
         let meta = fs::metadata(&fresh).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o640);
         assert_eq!(meta.modified().unwrap(), t);
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
-            2,
+            3,
             "no temp files left"
         );
     }
@@ -391,30 +747,75 @@ mod tests {
     #[test]
     fn replace_content_keeps_mode_and_time() {
         let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("config");
+        let root = root_of(dir.path());
+        let target = root.path().join("config");
         fs::write(&target, b"before").unwrap();
         fs::set_permissions(&target, fs::Permissions::from_mode(0o604)).unwrap();
         let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        set_mtime(&target, t).unwrap();
-        let (_, seen) = read_regular(&target).unwrap();
-        replace_content(&target, b"after", &seen).unwrap();
+        set_mtime(&root, &target, t).unwrap();
+        let (_, seen) = read_regular(&root, &target).unwrap();
+        replace_content(&root, &target, b"after", &seen).unwrap();
         let meta = fs::metadata(&target).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"after");
         assert_eq!(meta.permissions().mode() & 0o777, 0o604);
         assert_eq!(meta.modified().unwrap(), t);
         // A change between read and replace is detected.
-        let (_, seen) = read_regular(&target).unwrap();
+        let (_, seen) = read_regular(&root, &target).unwrap();
         fs::write(&target, b"someone else").unwrap();
-        assert!(replace_content(&target, b"mine", &seen).is_err());
+        assert!(replace_content(&root, &target, b"mine", &seen).is_err());
         assert_eq!(fs::read(&target).unwrap(), b"someone else");
+    }
+
+    #[test]
+    fn a_fifo_at_a_lure_name_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = root_of(dir.path());
+        let fifo = root.path().join("pipe");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(matches!(
+            read_regular(&root, &fifo),
+            Err(FsError::Unsuitable { .. })
+        ));
+        assert_eq!(
+            remove_if_ours(&root, &fifo, |_| true).unwrap(),
+            Removal::NotOurs
+        );
+        assert!(fifo.exists());
+    }
+
+    #[test]
+    fn only_the_lures_own_content_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = root_of(dir.path());
+        let target = root.path().join("notes.txt");
+        fs::write(&target, b"lure").unwrap();
+        let lure = sha256_hex(b"lure");
+        let ours = |b: &[u8]| sha256_hex(b) == lure;
+        fs::write(&target, b"edited by its user").unwrap();
+        assert_eq!(
+            remove_if_ours(&root, &target, ours).unwrap(),
+            Removal::NotOurs
+        );
+        assert!(target.exists());
+        fs::write(&target, b"lure").unwrap();
+        assert_eq!(
+            remove_if_ours(&root, &target, ours).unwrap(),
+            Removal::Removed
+        );
+        assert!(!target.exists());
+        assert_eq!(
+            remove_if_ours(&root, &target, ours).unwrap(),
+            Removal::Missing
+        );
     }
 
     #[test]
     fn created_parents_are_private_where_expected_and_removed_when_empty() {
         let dir = tempfile::tempdir().unwrap();
-        let base = dir.path();
+        let root = root_of(dir.path());
+        let base = root.path().to_path_buf();
         let target = base.join("home/bob/.ssh/config");
-        let created = create_parents(base, &target, None, None).unwrap();
+        let created = create_parents(&root, &target, None).unwrap();
         assert_eq!(
             created,
             vec![
@@ -423,18 +824,46 @@ mod tests {
                 base.join("home/bob/.ssh")
             ]
         );
-        let mode = fs::metadata(base.join("home/bob/.ssh"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o700);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&base.join("home/bob/.ssh")), 0o700);
+        assert_eq!(mode(&base.join("home/bob")), 0o755);
         fs::write(base.join("home/bob/keep"), b"x").unwrap();
-        remove_created_dirs(&created);
+        remove_created_dirs(&root, &created);
         assert!(!base.join("home/bob/.ssh").exists());
         assert!(
             base.join("home/bob/keep").exists(),
             "non-empty directories stay"
         );
+    }
+
+    #[test]
+    fn created_parents_stop_at_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(dir.path().join("root/home/bob")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("root/home/bob/Documents")).unwrap();
+        let root = root_of(&dir.path().join("root"));
+        let target = root.path().join("home/bob/Documents/Exports/patients.csv");
+        assert!(matches!(
+            create_parents(&root, &target, None),
+            Err(FsError::OutsideRoot { .. })
+        ));
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn times_are_never_set_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let precious = dir.path().join("precious");
+        fs::write(&precious, b"root's").unwrap();
+        let old = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+        File::open(&precious).unwrap().set_modified(old).unwrap();
+        fs::create_dir_all(dir.path().join("root/home/bob")).unwrap();
+        std::os::unix::fs::symlink(&precious, dir.path().join("root/home/bob/.aws")).unwrap();
+        let root = root_of(&dir.path().join("root"));
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(set_mtime(&root, &root.path().join("home/bob/.aws"), t).is_err());
+        assert_eq!(fs::metadata(&precious).unwrap().modified().unwrap(), old);
     }
 }

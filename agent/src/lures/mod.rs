@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use ruse_proto::agent::v1 as pb;
 
 use self::block::Inserted;
-use self::fs::{FsError, Owner};
+use self::fs::{Dir, FsError, NewFile, Owner, Removal};
 pub use self::homes::HomeDirs;
 use crate::detect::{LureRef, SelfActivity, Watched};
 
@@ -140,7 +140,8 @@ pub enum DriftKind {
 /// The engine. Owns the lure state of one agent.
 #[derive(Debug)]
 pub struct LureEngine {
-    root: PathBuf,
+    /// The root, open: every file operation starts from this handle.
+    root: Dir,
     homes: HomeDirs,
     state_path: PathBuf,
     state: StateFile,
@@ -153,6 +154,7 @@ impl LureEngine {
     /// Opens the engine for `root`, loading the state kept in `state_dir`.
     pub fn open(root: &Path, homes: HomeDirs, state_dir: &Path) -> Result<Self, LureError> {
         let root = std::fs::canonicalize(root).map_err(|e| LureError::Fs(fs::io(root)(e)))?;
+        let root = Dir::open_root(&root)?;
         let state_path = state_dir.join(STATE_FILE);
         let state = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| LureError::State {
@@ -212,7 +214,7 @@ impl LureEngine {
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        self.root.path()
     }
 
     /// Applied lures and their revisions, for the session's Hello.
@@ -315,25 +317,21 @@ impl LureEngine {
     }
 
     /// Where a spec path lands: one target per home for `~/…`.
-    fn targets(&self, path: &str) -> Result<Vec<(PathBuf, PathBuf, Option<Owner>)>, LureError> {
+    fn targets(&self, path: &str) -> Result<Vec<(PathBuf, Option<Owner>)>, LureError> {
         if let Some(rest) = path.strip_prefix("~/") {
-            let homes = self.homes.discover(&self.root);
+            let homes = self.homes.discover(self.root.path());
             if homes.is_empty() {
-                return Err(LureError::NoHomes(self.root.display().to_string()));
+                return Err(LureError::NoHomes(self.root.path().display().to_string()));
             }
             homes
                 .into_iter()
                 .map(|home| {
                     let target = fs::confined_join(&home.path, rest)?;
-                    Ok((home.path, target, Some(home.owner)))
+                    Ok((target, Some(home.owner)))
                 })
                 .collect()
         } else if path.starts_with('/') {
-            Ok(vec![(
-                self.root.clone(),
-                fs::confined_join(&self.root, path)?,
-                None,
-            )])
+            Ok(vec![(fs::confined_join(self.root.path(), path)?, None)])
         } else {
             Err(LureError::Spec(format!(
                 "path {path:?} is neither absolute nor ~/"
@@ -342,6 +340,10 @@ impl LureEngine {
     }
 
     /// Plants every file of a spec; on any failure, undoes what it planted.
+    /// A `~/` file that cannot go into one home (a link on its way, a real
+    /// file at its name) skips that home with a warning, so one user's home
+    /// cannot keep the lure from the others; it fails the lure only when no
+    /// home takes it.
     fn plant(
         &self,
         spec: &pb::LureSpec,
@@ -358,13 +360,25 @@ impl LureEngine {
         };
         let result = (|| {
             for file in &spec.files {
-                for (base, target, owner) in self.targets(&file.path)? {
+                let per_home = file.path.starts_with("~/");
+                let mut refused = None;
+                let mut planted_any = false;
+                for (target, owner) in self.targets(&file.path)? {
                     self.activity.touch(&target);
-                    fs::check_no_symlinks(&self.root, &target)?;
-                    fs::check_no_symlinks(&base, &target)?;
-                    let planted =
-                        plant_file(&self.root, &target, file, owner, &mut applied.created_dirs)?;
-                    applied.files.push(planted);
+                    match plant_file(&self.root, &target, file, owner, &mut applied.created_dirs) {
+                        Ok(planted) => {
+                            applied.files.push(planted);
+                            planted_any = true;
+                        }
+                        Err(e) if per_home => {
+                            tracing::warn!(template = %spec.template, error = %e, "lure file left out of one home");
+                            refused.get_or_insert(e);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if let (false, Some(e)) = (planted_any, refused) {
+                    return Err(e);
                 }
             }
             Ok(())
@@ -373,7 +387,7 @@ impl LureEngine {
         match result {
             Ok(()) => Ok(applied),
             Err(e) => {
-                undo(&applied);
+                undo(&self.root, &applied);
                 Err(e)
             }
         }
@@ -387,13 +401,13 @@ impl LureEngine {
         self.touch_all(lure);
         let mut first_error = None;
         for planted in lure.files.iter().rev() {
-            if let Err(e) = unplant(planted)
+            if let Err(e) = unplant(&self.root, planted)
                 && first_error.is_none()
             {
                 first_error = Some(e);
             }
         }
-        remove_dirs(&lure.created_dirs);
+        remove_dirs(&self.root, &lure.created_dirs);
         self.touch_all(lure);
         match first_error {
             // Keep the record of a lure we could not fully remove.
@@ -405,7 +419,9 @@ impl LureEngine {
         }
     }
 
-    /// Checks every planted file; puts back what was deleted or changed.
+    /// Checks every planted file; puts back what was deleted or changed
+    /// where that is safe (a whole file someone changed is theirs now and
+    /// stays; a link on the way is never followed).
     pub fn verify_and_repair(&mut self) -> Vec<Drift> {
         let mut drifts = Vec::new();
         let ids: Vec<String> = self.state.lures.keys().cloned().collect();
@@ -416,7 +432,7 @@ impl LureEngine {
             self.touch_all(&lure);
             let mut found = Vec::new();
             for planted in &lure.files {
-                if let Some(kind) = check(planted) {
+                if let Some(kind) = check(&self.root, planted) {
                     found.push((planted.path().to_path_buf(), kind));
                 }
             }
@@ -425,12 +441,19 @@ impl LureEngine {
             }
             // Replant the whole lure from its spec: remove what is left of
             // it, then plant again.
-            let repaired = self.replant(&id, &lure).is_ok();
+            if let Err(e) = self.replant(&id, &lure) {
+                tracing::warn!(lure = %id, error = %e, "lure could not be planted again");
+            }
+            let now = self.state.lures.get(&id);
             drifts.extend(found.into_iter().map(|(path, what)| Drift {
+                repaired: now.is_some_and(|l| {
+                    l.files
+                        .iter()
+                        .any(|f| f.path() == path && check(&self.root, f).is_none())
+                }),
                 lure_id: id.clone(),
                 path,
                 what,
-                repaired,
             }));
         }
         if !drifts.is_empty() {
@@ -441,22 +464,13 @@ impl LureEngine {
 
     fn replant(&mut self, id: &str, lure: &AppliedLure) -> Result<(), LureError> {
         for planted in &lure.files {
-            match planted {
-                // A changed whole-file lure is ours: take it out of the way.
-                Planted::Whole { path, .. } => {
-                    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
-                        std::fs::remove_file(path).map_err(|e| LureError::Fs(fs::io(path)(e)))?;
-                    }
-                }
-                Planted::Block { .. } => {
-                    let _ = unplant(planted);
-                }
-            }
+            // Only what is still the lure's own goes: a whole file someone
+            // changed, or one behind a link, stays where it is.
+            let _ = unplant(&self.root, planted);
         }
         let spec = pb::LureSpec::decode(lure.spec.as_slice())
             .map_err(|e| LureError::Spec(e.to_string()))?;
-        let fresh = self.plant(&spec, &lure.spec, lure.revision)?;
-        let mut fresh = fresh;
+        let mut fresh = self.plant(&spec, &lure.spec, lure.revision)?;
         // Keep the directories created the first time.
         for dir in &lure.created_dirs {
             if !fresh.created_dirs.contains(dir) {
@@ -486,19 +500,20 @@ impl LureEngine {
 }
 
 /// Keeps a directory's modification time across changes inside it, so a
-/// lure does not show up as "modified today" in a listing.
-struct KeepDirTime(Option<(PathBuf, std::time::SystemTime)>);
+/// lure does not show up as "modified today" in a listing. Holds the
+/// directory open: the time is put back through the handle.
+struct KeepDirTime(Option<(Dir, std::time::SystemTime)>);
 
 impl KeepDirTime {
     /// Remembers the time of the nearest existing directory above `target`.
-    fn above(target: &Path) -> Self {
-        let found = target.ancestors().skip(1).find_map(|dir| {
-            let meta = std::fs::symlink_metadata(dir).ok()?;
-            if !meta.is_dir() {
-                return None;
-            }
-            Some((dir.to_path_buf(), meta.modified().ok()?))
-        });
+    fn above(root: &Dir, target: &Path) -> Self {
+        let found = target
+            .parent()
+            .and_then(|p| fs::nearest_dir(root, p))
+            .and_then(|dir| {
+                let time = dir.metadata().ok()?.modified().ok()?;
+                Some((dir, time))
+            });
         KeepDirTime(found)
     }
 }
@@ -506,33 +521,37 @@ impl KeepDirTime {
 impl Drop for KeepDirTime {
     fn drop(&mut self) {
         if let Some((dir, time)) = self.0.take() {
-            let _ = fs::set_mtime(&dir, time);
+            let _ = dir.set_times(time);
         }
     }
 }
 
 fn plant_file(
-    root: &Path,
+    root: &Dir,
     target: &Path,
     file: &pb::PlantFile,
     owner: Option<Owner>,
     created_dirs: &mut Vec<PathBuf>,
 ) -> Result<Planted, LureError> {
     let mtime = fs::system_time(file.mtime_ms);
-    let perms = if file.permissions == 0 {
+    let mode = if file.permissions == 0 {
         0o644
     } else {
         file.permissions & 0o777
     };
-    let owner = owner.or_else(|| parent_owner(target));
-    let _keep = KeepDirTime::above(target);
-    let created = fs::create_parents(root, target, owner, mtime)?;
-    let planted = plant_content(target, file, perms, owner, mtime);
+    let owner = owner.or_else(|| parent_owner(root, target));
+    let _keep = KeepDirTime::above(root, target);
+    let created = fs::create_parents(root, target, owner)?;
+    let planted = plant_content(root, target, file, NewFile { mode, owner, mtime });
+    if planted.is_err() {
+        fs::remove_created_dirs(root, &created);
+        return planted;
+    }
     // Directories made for the lure look as old as it, innermost first
     // (each entry added inside changed its time).
     if let Some(t) = mtime {
         for dir in created.iter().rev() {
-            let _ = fs::set_mtime(dir, t);
+            let _ = fs::set_mtime(root, dir, t);
         }
     }
     created_dirs.extend(created);
@@ -540,15 +559,14 @@ fn plant_file(
 }
 
 fn plant_content(
+    root: &Dir,
     target: &Path,
     file: &pb::PlantFile,
-    perms: u32,
-    owner: Option<Owner>,
-    mtime: Option<std::time::SystemTime>,
+    new: NewFile,
 ) -> Result<Planted, LureError> {
     match file.mode() {
         pb::PlantMode::WholeFile => {
-            fs::create_new(target, &file.content, perms, owner, mtime)?;
+            fs::create_new(root, target, &file.content, new)?;
             Ok(Planted::Whole {
                 path: target.to_path_buf(),
                 sha256: fs::sha256_hex(&file.content),
@@ -558,21 +576,20 @@ fn plant_content(
             let text = std::str::from_utf8(&file.content).map_err(|_| {
                 LureError::Spec(format!("block for {} is not UTF-8 text", file.path))
             })?;
-            match std::fs::symlink_metadata(target) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match fs::read_regular(root, target) {
+                Err(e) if e.is_not_found() => {
                     let (content, inserted) = block::insert(b"", text);
-                    fs::create_new(target, &content, perms, owner, mtime)?;
+                    fs::create_new(root, target, &content, new)?;
                     Ok(Planted::Block {
                         path: target.to_path_buf(),
                         inserted,
                         created: true,
                     })
                 }
-                Err(e) => Err(LureError::Fs(fs::io(target)(e))),
-                Ok(_) => {
-                    let (existing, seen) = fs::read_regular(target)?;
+                Err(e) => Err(e.into()),
+                Ok((existing, seen)) => {
                     let (content, inserted) = block::insert(&existing, text);
-                    fs::replace_content(target, &content, &seen)?;
+                    fs::replace_content(root, target, &content, &seen)?;
                     Ok(Planted::Block {
                         path: target.to_path_buf(),
                         inserted,
@@ -587,27 +604,23 @@ fn plant_content(
     }
 }
 
-/// The owner of the nearest existing ancestor (for absolute paths: files
-/// created in /etc belong to whoever owns /etc).
-fn parent_owner(target: &Path) -> Option<Owner> {
-    use std::os::unix::fs::MetadataExt;
-    target.ancestors().skip(1).find_map(|dir| {
-        std::fs::metadata(dir).ok().map(|m| Owner {
-            uid: m.uid(),
-            gid: m.gid(),
-        })
-    })
+/// The owner of the nearest existing directory above `target` (for
+/// absolute paths: files created in /etc belong to whoever owns /etc).
+fn parent_owner(root: &Dir, target: &Path) -> Option<Owner> {
+    let dir = fs::nearest_dir(root, target.parent()?)?;
+    dir.metadata().ok().map(|m| Owner::of(&m))
 }
 
-/// What is wrong with a planted file, if anything.
-fn check(planted: &Planted) -> Option<DriftKind> {
+/// What is wrong with a planted file, if anything. A link on the way
+/// counts as deleted: the file is no longer where it was planted.
+fn check(root: &Dir, planted: &Planted) -> Option<DriftKind> {
     match planted {
-        Planted::Whole { path, sha256 } => match std::fs::read(path) {
+        Planted::Whole { path, sha256 } => match fs::read_lure(root, path) {
             Err(_) => Some(DriftKind::Deleted),
             Ok(bytes) if fs::sha256_hex(&bytes) != *sha256 => Some(DriftKind::Modified),
             Ok(_) => None,
         },
-        Planted::Block { path, inserted, .. } => match fs::read_regular(path) {
+        Planted::Block { path, inserted, .. } => match fs::read_regular(root, path) {
             Err(_) => Some(DriftKind::Deleted),
             Ok((bytes, _)) => block::locate(&bytes, inserted)
                 .err()
@@ -616,34 +629,38 @@ fn check(planted: &Planted) -> Option<DriftKind> {
     }
 }
 
+/// A planted file now behind a link cannot be reached without following
+/// it: whatever is at the end of the link is not the agent's to change.
+fn unreachable(path: &Path, e: &FsError) -> Result<(), LureError> {
+    tracing::warn!(path = %path.display(), error = %e, "a link now stands on the way to a planted file; leaving it alone");
+    Ok(())
+}
+
 /// Takes one planted file out again.
-fn unplant(planted: &Planted) -> Result<(), LureError> {
-    let _keep = KeepDirTime::above(planted.path());
+fn unplant(root: &Dir, planted: &Planted) -> Result<(), LureError> {
+    let _keep = KeepDirTime::above(root, planted.path());
     match planted {
-        Planted::Whole { path, sha256 } => match std::fs::read(path) {
-            Ok(bytes) if fs::sha256_hex(&bytes) == *sha256 => {
-                std::fs::remove_file(path).map_err(|e| LureError::Fs(fs::io(path)(e)))
+        Planted::Whole { path, sha256 } => {
+            match fs::remove_if_ours(root, path, |bytes| fs::sha256_hex(bytes) == *sha256) {
+                Ok(Removal::Removed | Removal::Missing) => Ok(()),
+                // Changed by someone: not ours to delete any more.
+                Ok(Removal::NotOurs) => Err(LureError::Block {
+                    path: path.display().to_string(),
+                    reason: "the file was modified after it was planted; left in place".into(),
+                }),
+                Err(e @ FsError::OutsideRoot { .. }) => unreachable(path, &e),
+                Err(e) => Err(e.into()),
             }
-            // Changed by someone: not ours to delete any more.
-            Ok(_) => Err(LureError::Block {
-                path: path.display().to_string(),
-                reason: "the file was modified after it was planted; left in place".into(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(LureError::Fs(fs::io(path)(e))),
-        },
+        }
         Planted::Block {
             path,
             inserted,
             created,
         } => {
-            let (current, seen) = match fs::read_regular(path) {
+            let (current, seen) = match fs::read_regular(root, path) {
                 Ok(v) => v,
-                Err(FsError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    return Ok(());
-                }
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e @ FsError::OutsideRoot { .. }) => return unreachable(path, &e),
                 Err(e) => return Err(e.into()),
             };
             let restored = block::remove(&current, inserted).map_err(|e| LureError::Block {
@@ -651,9 +668,11 @@ fn unplant(planted: &Planted) -> Result<(), LureError> {
                 reason: e.to_string(),
             })?;
             if *created && restored.is_empty() {
-                std::fs::remove_file(path).map_err(|e| LureError::Fs(fs::io(path)(e)))
+                // The file holds the block and nothing else: it is ours.
+                fs::remove_if_ours(root, path, |bytes| bytes == current.as_slice())?;
+                Ok(())
             } else {
-                fs::replace_content(path, &restored, &seen).map_err(LureError::from)
+                fs::replace_content(root, path, &restored, &seen).map_err(LureError::from)
             }
         }
     }
@@ -661,411 +680,18 @@ fn unplant(planted: &Planted) -> Result<(), LureError> {
 
 /// Removes directories made for a lure, keeping the times of the
 /// directories they were in.
-fn remove_dirs(dirs: &[PathBuf]) {
-    let _keep: Vec<KeepDirTime> = dirs.iter().map(|d| KeepDirTime::above(d)).collect();
-    fs::remove_created_dirs(dirs);
+fn remove_dirs(root: &Dir, dirs: &[PathBuf]) {
+    let _keep: Vec<KeepDirTime> = dirs.iter().map(|d| KeepDirTime::above(root, d)).collect();
+    fs::remove_created_dirs(root, dirs);
 }
 
 /// Best-effort removal of a partly planted lure.
-fn undo(applied: &AppliedLure) {
+fn undo(root: &Dir, applied: &AppliedLure) {
     for planted in applied.files.iter().rev() {
-        let _ = unplant(planted);
+        let _ = unplant(root, planted);
     }
-    remove_dirs(&applied.created_dirs);
+    remove_dirs(root, &applied.created_dirs);
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn file(path: &str, content: &str, mode: pb::PlantMode, perms: u32) -> pb::PlantFile {
-        pb::PlantFile {
-            path: path.into(),
-            content: content.as_bytes().to_vec(),
-            mode: mode.into(),
-            permissions: perms,
-            mtime_ms: 1_700_000_000_000,
-        }
-    }
-
-    fn resource(id: &str, revision: u64, files: Vec<pb::PlantFile>) -> pb::Resource {
-        pb::Resource {
-            id: id.into(),
-            revision,
-            kind: "lure".into(),
-            body: pb::LureSpec {
-                template: "test".into(),
-                files,
-            }
-            .encode_to_vec(),
-        }
-    }
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        root: PathBuf,
-        state: PathBuf,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        let state = dir.path().join("state");
-        std::fs::create_dir_all(root.join("home/alice/.ssh")).unwrap();
-        std::fs::create_dir_all(root.join("home/bob")).unwrap();
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::create_dir_all(&state).unwrap();
-        Fixture {
-            root: std::fs::canonicalize(&root).unwrap(),
-            state,
-            _dir: dir,
-        }
-    }
-
-    fn engine(f: &Fixture) -> LureEngine {
-        LureEngine::open(&f.root, HomeDirs::default(), &f.state).unwrap()
-    }
-
-    fn snapshot(root: &Path) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
-        let mut out = BTreeMap::new();
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-                let meta = entry.metadata().unwrap();
-                let path = entry.path();
-                let mode = meta.permissions().mode();
-                if meta.is_dir() {
-                    out.insert(path.clone(), (Vec::new(), mode));
-                    stack.push(path);
-                } else {
-                    out.insert(path.clone(), (std::fs::read(&path).unwrap(), mode));
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn plants_in_every_home_and_uninstall_restores_everything_exactly() {
-        let f = fixture();
-        let ssh_config = f.root.join("home/alice/.ssh/config");
-        std::fs::write(&ssh_config, "Host real\n  HostName 10.1.1.1").unwrap();
-        std::fs::set_permissions(&ssh_config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(f.root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
-        let before = snapshot(&f.root);
-
-        let mut e = engine(&f);
-        let outcomes = e.apply(
-            &[],
-            &[
-                resource(
-                    "ssh",
-                    1,
-                    vec![
-                        file(
-                            "~/.ssh/id_pacs",
-                            "PRIVATE KEY",
-                            pb::PlantMode::WholeFile,
-                            0o600,
-                        ),
-                        file(
-                            "~/.ssh/config",
-                            "Host pacs\n  User svc_7f3k\n",
-                            pb::PlantMode::Block,
-                            0o600,
-                        ),
-                    ],
-                ),
-                resource(
-                    "hosts",
-                    1,
-                    vec![file(
-                        "/etc/hosts",
-                        "10.9.9.9 pacs-archive02\n",
-                        pb::PlantMode::Block,
-                        0o644,
-                    )],
-                ),
-            ],
-        );
-        assert!(outcomes.iter().all(|o| o.result.is_ok()), "{outcomes:?}");
-        let alice_config = std::fs::read_to_string(&ssh_config).unwrap();
-        assert_eq!(
-            alice_config,
-            "Host real\n  HostName 10.1.1.1\nHost pacs\n  User svc_7f3k\n"
-        );
-        assert_eq!(
-            std::fs::metadata(&ssh_config).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            std::fs::read_to_string(f.root.join("home/bob/.ssh/config")).unwrap(),
-            "Host pacs\n  User svc_7f3k\n",
-            "a new file in a home without one"
-        );
-        let key = f.root.join("home/bob/.ssh/id_pacs");
-        assert_eq!(
-            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            std::fs::metadata(f.root.join("home/bob/.ssh"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o700
-        );
-        let mtime = std::fs::metadata(&key).unwrap().modified().unwrap();
-        assert_eq!(
-            mtime,
-            fs::system_time(1_700_000_000_000).unwrap(),
-            "backdated"
-        );
-        assert_eq!(
-            e.applied(),
-            BTreeMap::from([("hosts".into(), 1), ("ssh".into(), 1)])
-        );
-
-        // A fresh engine (agent restart) sees the same state and removes it all.
-        drop(e);
-        let mut e = engine(&f);
-        assert!(e.uninstall().is_empty());
-        assert_eq!(
-            snapshot(&f.root),
-            before,
-            "uninstall restores the tree byte for byte"
-        );
-        assert!(e.applied().is_empty());
-    }
-
-    #[test]
-    fn a_whole_file_lure_never_replaces_a_real_file_and_partial_plants_are_undone() {
-        let f = fixture();
-        let real = f.root.join("home/bob/passwords.xlsx");
-        std::fs::write(&real, b"the real spreadsheet").unwrap();
-        let before = snapshot(&f.root);
-        let mut e = engine(&f);
-        let outcomes = e.apply(
-            &[],
-            &[resource(
-                "xlsx",
-                3,
-                vec![
-                    file(
-                        "~/Documents/notes.txt",
-                        "lure",
-                        pb::PlantMode::WholeFile,
-                        0o644,
-                    ),
-                    file("~/passwords.xlsx", "lure", pb::PlantMode::WholeFile, 0o644),
-                ],
-            )],
-        );
-        let err = outcomes[0].result.as_ref().unwrap_err().to_string();
-        assert!(err.contains("already exists"), "{err}");
-        assert_eq!(std::fs::read(&real).unwrap(), b"the real spreadsheet");
-        assert_eq!(
-            snapshot(&f.root),
-            before,
-            "nothing of the failed lure is left"
-        );
-        assert!(e.applied().is_empty());
-    }
-
-    #[test]
-    fn reapplying_the_same_revision_touches_nothing() {
-        let f = fixture();
-        let mut e = engine(&f);
-        let r = resource(
-            "aws",
-            5,
-            vec![file(
-                "~/.aws/credentials",
-                "[x]\nk = v\n",
-                pb::PlantMode::Block,
-                0o600,
-            )],
-        );
-        assert!(e.apply(&[], std::slice::from_ref(&r))[0].result.is_ok());
-        let path = f.root.join("home/alice/.aws/credentials");
-        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-        assert!(e.apply(&[], &[r])[0].result.is_ok());
-        assert_eq!(
-            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
-            inode,
-            "not rewritten"
-        );
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[x]\nk = v\n");
-        // A new revision replaces it.
-        let r2 = resource(
-            "aws",
-            6,
-            vec![file(
-                "~/.aws/credentials",
-                "[y]\nk = w\n",
-                pb::PlantMode::Block,
-                0o600,
-            )],
-        );
-        assert!(e.apply(&[], &[r2])[0].result.is_ok());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[y]\nk = w\n");
-        // Removal.
-        assert!(e.apply(&["aws".into()], &[])[0].result.is_ok());
-        assert!(!path.exists());
-        assert!(!f.root.join("home/alice/.aws").exists());
-    }
-
-    #[test]
-    fn drift_is_detected_and_repaired() {
-        let f = fixture();
-        let mut e = engine(&f);
-        let r = resource(
-            "mixed",
-            1,
-            vec![
-                file(
-                    "~/Documents/patients.csv",
-                    "mrn,name\n1,A\n",
-                    pb::PlantMode::WholeFile,
-                    0o644,
-                ),
-                file("/etc/hosts", "10.9.9.9 pacs\n", pb::PlantMode::Block, 0o644),
-            ],
-        );
-        assert!(e.apply(&[], &[r])[0].result.is_ok());
-        assert!(e.verify_and_repair().is_empty());
-        let csv = f.root.join("home/alice/Documents/patients.csv");
-        std::fs::remove_file(&csv).unwrap();
-        std::fs::write(f.root.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
-        let drifts = e.verify_and_repair();
-        assert_eq!(drifts.len(), 2, "{drifts:?}");
-        assert!(drifts.iter().all(|d| d.repaired));
-        assert!(
-            drifts
-                .iter()
-                .any(|d| d.path == csv && d.what == DriftKind::Deleted)
-        );
-        assert_eq!(std::fs::read_to_string(&csv).unwrap(), "mrn,name\n1,A\n");
-        assert_eq!(
-            std::fs::read_to_string(f.root.join("etc/hosts")).unwrap(),
-            "127.0.0.1 localhost\n10.9.9.9 pacs\n"
-        );
-        assert!(e.verify_and_repair().is_empty());
-        assert!(e.uninstall().is_empty());
-        assert_eq!(
-            std::fs::read_to_string(f.root.join("etc/hosts")).unwrap(),
-            "127.0.0.1 localhost\n"
-        );
-    }
-
-    #[test]
-    fn a_block_keeps_the_files_owner_and_mode() {
-        use std::os::unix::fs::MetadataExt;
-        let f = fixture();
-        let path = f.root.join("home/alice/.pgpass");
-        std::fs::write(&path, "db:5432:app:alice:secret\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // As root (CI), give the file to another user; otherwise it stays ours.
-        let (uid, gid) = if nix::unistd::geteuid().is_root() {
-            (1234, 5678)
-        } else {
-            let m = std::fs::metadata(&path).unwrap();
-            (m.uid(), m.gid())
-        };
-        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
-        let mut e = engine(&f);
-        let r = resource(
-            "pg",
-            1,
-            vec![file(
-                "~/.pgpass",
-                "pacs:5432:pacs:svc:pw\n",
-                pb::PlantMode::Block,
-                0o644,
-            )],
-        );
-        assert!(e.apply(&[], &[r])[0].result.is_ok());
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(
-            (meta.uid(), meta.gid(), meta.mode() & 0o777),
-            (uid, gid, 0o600)
-        );
-        assert!(e.uninstall().is_empty());
-        let meta = std::fs::metadata(&path).unwrap();
-        assert_eq!(
-            (meta.uid(), meta.gid(), meta.mode() & 0o777),
-            (uid, gid, 0o600)
-        );
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "db:5432:app:alice:secret\n"
-        );
-    }
-
-    #[test]
-    fn listings_do_not_give_lures_away() {
-        let f = fixture();
-        let home = f.root.join("home/bob");
-        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-        fs::set_mtime(&home, old).unwrap();
-        let mut e = engine(&f);
-        let r = resource(
-            "aws",
-            1,
-            vec![file(
-                "~/.aws/credentials",
-                "[x]\nk = v\n",
-                pb::PlantMode::Block,
-                0o600,
-            )],
-        );
-        assert!(e.apply(&[], &[r])[0].result.is_ok());
-        let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
-        assert_eq!(mtime(&home), old, "the home directory keeps its time");
-        assert_eq!(
-            mtime(&home.join(".aws")),
-            fs::system_time(1_700_000_000_000).unwrap(),
-            "a directory made for the lure is as old as the lure"
-        );
-        assert!(e.uninstall().is_empty());
-        assert_eq!(mtime(&home), old, "and keeps it after removal");
-    }
-
-    #[test]
-    fn refuses_paths_that_escape_and_unknown_kinds() {
-        let f = fixture();
-        let mut e = engine(&f);
-        std::os::unix::fs::symlink("/etc", f.root.join("home/alice/link")).unwrap();
-        let outcomes = e.apply(
-            &[],
-            &[
-                resource(
-                    "up",
-                    1,
-                    vec![file("/../../etc/x", "x", pb::PlantMode::WholeFile, 0)],
-                ),
-                resource(
-                    "link",
-                    1,
-                    vec![file("~/link/evil", "x", pb::PlantMode::WholeFile, 0)],
-                ),
-                resource(
-                    "rel",
-                    1,
-                    vec![file("relative/x", "x", pb::PlantMode::WholeFile, 0)],
-                ),
-                pb::Resource {
-                    id: "d".into(),
-                    revision: 1,
-                    kind: "decoy".into(),
-                    body: Vec::new(),
-                },
-            ],
-        );
-        assert!(outcomes.iter().all(|o| o.result.is_err()), "{outcomes:?}");
-        assert!(!Path::new("/etc/evil").exists());
-        assert!(e.applied().is_empty());
-    }
-}
+mod tests;
