@@ -45,10 +45,10 @@ pub(crate) fn lock(engine: &SharedEngine) -> std::sync::MutexGuard<'_, LureEngin
 
 /// Opens the planting engine for `config` (the root must exist).
 pub fn open_engine(config: &AgentConfig) -> Result<LureEngine, AgentError> {
-    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+    ruse_pki::create_private_dir(&config.state_dir).map_err(|e| {
         AgentError::Lures(lures::LureError::Fs(lures::fs::FsError::Io {
             path: config.state_dir.display().to_string(),
-            source: e,
+            source: std::io::Error::other(e.to_string()),
         }))
     })?;
     Ok(LureEngine::open(

@@ -103,6 +103,10 @@ fn tune_malloc() {
 fn tune_malloc() {}
 
 fn main() -> ExitCode {
+    // Whatever the agent or a library it uses creates is its own: the
+    // state directory holds what intruders typed at decoys. Lure files get
+    // their modes set explicitly and are not affected.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let command = Cli::parse().command;
     if matches!(command, Command::Run(_)) {
         tune_malloc();

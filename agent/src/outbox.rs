@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -127,7 +127,8 @@ impl Outbox {
             let path = path.display().to_string();
             move |source| OutboxError { path, source }
         };
-        std::fs::create_dir_all(dir).map_err(err(dir))?;
+        ruse_pki::create_private_dir(dir)
+            .map_err(|e| err(dir)(std::io::Error::other(e.to_string())))?;
         let acked_path = dir.join(ACKED);
         let acked = match std::fs::read_to_string(&acked_path) {
             Ok(s) => s.trim().parse().unwrap_or(0),
@@ -135,12 +136,10 @@ impl Outbox {
             Err(e) => return Err(err(&acked_path)(e)),
         };
         let log_path = dir.join(LOG);
-        let mut log = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&log_path)
-            .map_err(err(&log_path))?;
+        // Events hold what intruders typed at decoys (passwords among them):
+        // the log is private whatever the umask.
+        let mut log = ruse_pki::open_private_append(&log_path)
+            .map_err(|e| err(&log_path)(std::io::Error::other(e.to_string())))?;
         let mut bytes = Vec::new();
         log.seek(SeekFrom::Start(0)).map_err(err(&log_path))?;
         log.read_to_end(&mut bytes).map_err(err(&log_path))?;
@@ -344,7 +343,13 @@ impl Outbox {
             buf.extend_from_slice(&bytes);
         }
         let tmp = self.dir.join(format!("{LOG}.tmp"));
-        let mut file = File::create(&tmp).map_err(self.log_error())?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(self.log_error())?;
         file.write_all(&buf).map_err(self.log_error())?;
         file.sync_all().map_err(self.log_error())?;
         std::fs::rename(&tmp, self.dir.join(LOG)).map_err(self.log_error())?;

@@ -94,6 +94,9 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // Whatever the controller or a library it uses creates (sled's files
+    // among them) is readable by its own user only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     match Cli::parse().command {
         Command::Init {
             data_dir,

@@ -365,10 +365,9 @@ impl Sink {
                     if let Some(dir) = path.parent() {
                         std::fs::create_dir_all(dir)?;
                     }
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)?;
+                    // Incidents name hosts, users and credentials: 0600.
+                    let mut f =
+                        ruse_pki::open_private_append(&path).map_err(std::io::Error::other)?;
                     f.write_all(&line)?;
                     f.sync_data()
                 })

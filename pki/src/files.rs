@@ -62,6 +62,38 @@ fn write_atomic_with(
     result.map_err(io_err(path))
 }
 
+/// Creates `dir` (and its parents) if missing and makes it 0700, so what
+/// is written inside is private whatever the process umask. A directory
+/// the process may not change (a volume an orchestrator mounted, owned by
+/// someone else) keeps its mode; the files made in it are private anyway.
+pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let meta = fs::metadata(dir).map_err(io_err(dir))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        match fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
+            Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
+                return Err(io_err(dir)(e));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` to append, creating it readable and writable by its owner
+/// only (a file the process writes a line at a time: an outbox, an
+/// output's JSON lines).
+pub fn open_private_append(path: &Path) -> Result<fs::File, PkiError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    Ok(file)
+}
+
 /// Writes a secret (a private key, a token) readable by its owner only.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     write_atomic(path, contents, 0o600)
@@ -127,6 +159,22 @@ mod tests {
             read_private_file(&path),
             Err(PkiError::InsecurePermissions { mode: 0o644, .. })
         ));
+    }
+
+    #[test]
+    fn private_dirs_and_appended_files_are_private_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&state.join("a/b")).unwrap();
+        create_private_dir(&state).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700, "an existing directory is narrowed");
+        assert_eq!(mode(&state.join("a/b")), 0o700);
+        let log = state.join("a/b/log");
+        open_private_append(&log).unwrap();
+        assert_eq!(mode(&log), 0o600);
     }
 
     #[test]

@@ -28,8 +28,8 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use ruse_proto::types::{Identity, TrustDomain, UnixMs, hex, random_bytes, unhex};
 
 pub use files::{
-    read_mounted_private_file, read_private_file, write_private_file, write_private_file_with,
-    write_public_file,
+    create_private_dir, open_private_append, read_mounted_private_file, read_private_file,
+    write_private_file, write_private_file_with, write_public_file,
 };
 pub use rustls;
 pub use tls::{

@@ -556,8 +556,7 @@ impl DecoyManager {
         }
         // Services being replaced release their ports first.
         drop(current);
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| DecoyError::Setup(format!("{}: {e}", self.dir.display())))?;
+        ruse_pki::create_private_dir(&self.dir).map_err(|e| DecoyError::Setup(e.to_string()))?;
         let mut result = Ok(());
         for (port, service) in bind {
             match self.start_service(&spec, listen, port, &service).await {

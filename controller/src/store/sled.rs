@@ -75,6 +75,9 @@ impl SledStore {
     /// Opens (creating if needed) the store in `dir`, with a page cache of
     /// `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        // The store holds audit records, events and what intruders typed:
+        // its directory is private whatever the umask.
+        ruse_pki::create_private_dir(dir).map_err(|e| StoreError::Engine(e.to_string().into()))?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
