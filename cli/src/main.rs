@@ -892,11 +892,31 @@ async fn get(
                 Some(s) => UnixMs::now().saturating_sub(parse_duration(&s)?).0,
                 None => 0,
             };
-            let records = client
-                .list_audit(pb::ListAuditRequest { since_ms, limit })
-                .await?
-                .into_inner()
-                .records;
+            // Page by page (the controller bounds each reply), newest
+            // pages first, until `limit` records or the start of the log.
+            let mut records = Vec::new();
+            let mut before_seq = 0;
+            loop {
+                let want = limit.saturating_sub(records.len() as u32);
+                if want == 0 {
+                    break;
+                }
+                let page = client
+                    .list_audit(pb::ListAuditRequest {
+                        since_ms,
+                        limit: want,
+                        before_seq,
+                    })
+                    .await?
+                    .into_inner();
+                let mut page_records = page.records;
+                page_records.append(&mut records);
+                records = page_records;
+                if page.next_before_seq == 0 {
+                    break;
+                }
+                before_seq = page.next_before_seq;
+            }
             let items: Vec<output::Audit> = records.iter().map(output::Audit::from).collect();
             match format {
                 Format::Json | Format::Yaml => output::structured(format, &output::List { items }),

@@ -23,6 +23,7 @@ use crate::incidents::Incidents;
 use crate::metrics::Metrics;
 use crate::outputs::Outputs;
 use crate::ratelimit::FailureLimiter;
+use crate::refusals::{Refusal, Refusals};
 use crate::resources::ManifestError;
 use crate::store::{
     AdminRecord, AgentRecord, AuditRecord, Committer, Store, StoreError, TokenRecord,
@@ -113,6 +114,8 @@ pub struct Core {
     pub deploy: Arc<Deployer>,
     pub events: Events,
     pub metrics: Arc<Metrics>,
+    /// Admin calls refused before the API, not yet audited.
+    pub refusals: Arc<Refusals>,
     /// Serialises token use so `max_uses` holds under concurrency.
     token_lock: AsyncMutex<()>,
     enroll_failures: FailureLimiter,
@@ -161,6 +164,7 @@ impl Core {
             deploy,
             events,
             metrics,
+            refusals: Arc::default(),
             token_lock: AsyncMutex::new(()),
             enroll_failures,
         })
@@ -177,13 +181,36 @@ impl Core {
         self.store.append_audit(AuditRecord {
             seq: 0,
             at: UnixMs::now(),
-            actor: caller.actor(),
+            actor: bounded(caller.actor()),
             peer: caller.peer.to_string(),
             action: entry.action.to_owned(),
-            target: entry.target,
-            result: result.to_owned(),
-            detail: entry.detail,
+            target: bounded(entry.target),
+            result: bounded(result.to_owned()),
+            detail: bounded(entry.detail),
         })?;
+        self.committer.durable().await
+    }
+
+    /// Writes one audit record per source whose admin calls were refused
+    /// before the API since the last summary (see [`crate::refusals`]).
+    pub async fn audit_refusals(&self) -> Result<(), StoreError> {
+        let tallies = self.refusals.drain();
+        if tallies.is_empty() {
+            return Ok(());
+        }
+        for t in tallies {
+            tracing::warn!(source = %t.source, calls = t.count, actor = t.refusal.actor(), "admin calls refused");
+            self.store.append_audit(AuditRecord {
+                seq: 0,
+                at: t.last,
+                actor: t.refusal.actor().to_owned(),
+                peer: t.source.to_string(),
+                action: "refused-calls".to_owned(),
+                target: String::new(),
+                result: format!("refused: {}", t.refusal.message()),
+                detail: t.detail(),
+            })?;
+        }
         self.committer.durable().await
     }
 
@@ -237,10 +264,10 @@ impl Core {
         csr_der: &[u8],
         facts: HostFacts,
     ) -> Result<Enrolled, OpError> {
+        // A valid token enrolls whatever others at the same address did
+        // (a NAT'd site shares one); the limit only decides how failures
+        // are answered and recorded.
         let ip = caller.peer.ip();
-        self.enroll_failures
-            .check(ip)
-            .map_err(OpError::RateLimited)?;
         let result = self.try_enroll(token, csr_der, facts).await;
         match &result {
             Ok(enrolled) => {
@@ -265,6 +292,12 @@ impl Core {
             }
             Err(OpError::Store(_)) => {}
             Err(err) => {
+                if let Err(retry_after) = self.enroll_failures.check(ip) {
+                    // Past the limit: counted, summarised, not audited one
+                    // by one.
+                    self.refusals.record(ip, Refusal::Enrollment, "Enroll");
+                    return Err(OpError::RateLimited(retry_after));
+                }
                 let limited = self.enroll_failures.fail(ip);
                 let detail = if limited {
                     "further failures from this address are refused for a minute"
@@ -609,4 +642,24 @@ impl Core {
         }
         Ok(dirty.len())
     }
+}
+
+/// Longest text kept in one audit field: callers choose targets and
+/// details, and an audit log must not become their storage.
+pub const MAX_AUDIT_FIELD: usize = 512;
+
+/// `text` cut at [`MAX_AUDIT_FIELD`] bytes (on a character boundary), with
+/// how long it was.
+pub fn bounded(mut text: String) -> String {
+    if text.len() <= MAX_AUDIT_FIELD {
+        return text;
+    }
+    let len = text.len();
+    let mut cut = MAX_AUDIT_FIELD;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!("... ({len} bytes)"));
+    text
 }

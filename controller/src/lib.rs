@@ -9,6 +9,7 @@
 //! `dev` (the one-command demo).
 #![forbid(unsafe_code)]
 
+mod admission;
 pub mod api;
 pub mod config;
 pub mod core;
@@ -26,6 +27,7 @@ pub mod matching;
 pub mod metrics;
 pub mod outputs;
 mod ratelimit;
+pub mod refusals;
 pub mod resources;
 pub mod server;
 pub mod stix;
@@ -195,6 +197,7 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let written = self.core.flush_fleet_state().await?;
+        self.core.audit_refusals().await?;
         let store = self.core.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await
@@ -257,6 +260,10 @@ async fn write_fleet_state(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 if let Err(e) = core.flush_fleet_state().await {
                     tracing::error!(error = %e, "writing agent state failed; will retry");
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // Refused anonymous admin calls, summarised per source.
+                if let Err(e) = core.audit_refusals().await {
+                    tracing::error!(error = %e, "writing refused calls to the audit log failed");
                 }
             }
         }

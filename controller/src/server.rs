@@ -1,7 +1,9 @@
 //! Listeners, TLS handshakes, the tonic servers, and graceful shutdown.
 //!
-//! Handshakes run in their own tasks with a timeout and a cap on how many
-//! run at once, so a slow or hostile client never stalls `accept`. The
+//! Handshakes run in their own tasks with a deadline for the first bytes
+//! and one for the whole handshake; [`Admission`] bounds how many are
+//! pending and evicts silent ones first, so neither a slow nor a hostile
+//! client ever stalls `accept` or shuts out anyone else. The
 //! identity in the client certificate is read once, after the handshake,
 //! and travels with the connection as [`ConnInfo`].
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -27,18 +29,46 @@ use ruse_proto::admin::v1::admin_service_server::AdminServiceServer;
 use ruse_proto::agent::v1::agent_service_server::AgentServiceServer;
 use ruse_proto::types::TrustDomain;
 
-use crate::api::{AdminApi, AgentApi, ConnInfo};
+use crate::admission::Admission;
+use crate::api::{AdminApi, AdminGate, AgentApi, ConnInfo};
 use crate::core::Core;
 
-/// Handshakes in progress at once, per listener.
-const MAX_CONCURRENT_HANDSHAKES: usize = 512;
+/// Connections accepted and not yet handed to the gRPC server (silent,
+/// or in their TLS handshake), per listener. Far below the process's file
+/// descriptor limit, so pending connections alone can never exhaust it.
+const MAX_PENDING: usize = 2048;
+/// A source holding more than this share of the pending connections may
+/// lose its oldest handshakes to newcomers.
+const MAX_SOURCE_SHARE: usize = MAX_PENDING / 4;
+/// How long a new connection may stay silent before its first byte (a
+/// real client sends its ClientHello at once).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 /// Concurrent streams one connection may open (an agent needs two).
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How long a connection without a client certificate may live: long
+/// enough to enroll, too short to hold a file descriptor for good.
+const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(60);
 
 /// A TLS connection with what its handshake established.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: ConnInfo,
+    /// When a connection without a client certificate is closed.
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TlsConn {
+    /// An error once an anonymous connection has lived its lifetime (the
+    /// server then closes it); registers the wake-up until then.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let expires = self.expires.as_mut()?;
+        expires.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection without a client certificate outlived its lifetime",
+            )
+        })
+    }
 }
 
 impl std::fmt::Debug for TlsConn {
@@ -60,6 +90,9 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -70,6 +103,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -91,7 +127,8 @@ impl AsyncWrite for TlsConn {
 }
 
 /// Accepts TCP connections, completes TLS handshakes concurrently, and
-/// hands finished connections to tonic.
+/// hands finished connections to tonic. Silent and slow connections are
+/// kept from shutting anyone out by [`Admission`].
 fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -99,13 +136,14 @@ fn accept_tls(
     handshake_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<TlsConn>> {
-    let (tx, rx) = mpsc::channel(MAX_CONCURRENT_HANDSHAKES);
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let (tx, rx) = mpsc::channel(64);
+    let admission = Admission::new(MAX_PENDING, MAX_SOURCE_SHARE);
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
+            tokio::select! {
+                _ = stop.changed() => break,
+                () = admission.room() => {}
+            }
             let (tcp, peer) = tokio::select! {
                 _ = stop.changed() => break,
                 accepted = listener.accept() => match accepted {
@@ -113,42 +151,87 @@ fn accept_tls(
                     Err(e) => {
                         // Out of file descriptors and similar: back off
                         // briefly rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
+                        tracing::warn!(error = %e, pending = admission.pending(), evicted = admission.evicted(), "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
             let _ = tcp.set_nodelay(true);
+            let (ticket, mut evicted) = admission.admit(peer.ip());
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let trust_domain = trust_domain.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let identity = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| chain.first())
-                            .and_then(|leaf| {
-                                ruse_pki::certificate_identity(&trust_domain, leaf).ok()
-                            })
-                            .map(|info| info.identity);
-                        let conn = TlsConn {
-                            inner: tls,
-                            info: ConnInfo { peer, identity },
-                        };
-                        let _ = tx.send(Ok(conn)).await;
+                let handshake = async {
+                    // The first bytes (a ClientHello) come at once from a
+                    // real client; a silent socket is not kept.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => ticket.talking(),
+                        _ => return Err("no first bytes"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-                }
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => Ok(tls),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "tls handshake failed");
+                            Err("handshake failed")
+                        }
+                        Err(_) => Err("handshake timed out"),
+                    }
+                };
+                let tls = tokio::select! {
+                    _ = &mut evicted => Err("evicted to make room"),
+                    result = handshake => result,
+                };
+                drop(ticket);
+                let tls = match tls {
+                    Ok(tls) => tls,
+                    Err(why) => {
+                        tracing::debug!(%peer, why, "connection dropped before its handshake ended");
+                        return;
+                    }
+                };
+                let identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| ruse_pki::certificate_identity(&trust_domain, leaf).ok())
+                    .map(|info| info.identity);
+                // Without a certificate a connection can only enroll (or
+                // ask for health): it gets a lifetime.
+                let expires = identity
+                    .is_none()
+                    .then(|| Box::pin(tokio::time::sleep(ANONYMOUS_LIFETIME)));
+                let conn = TlsConn {
+                    inner: tls,
+                    info: ConnInfo { peer, identity },
+                    expires,
+                };
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Connections the kernel completes and queues for `accept` (capped by
+/// `net.core.somaxconn`). A reconnect storm or a burst of silent sockets
+/// arrives faster than one accept loop takes them; beyond the queue the
+/// kernel drops handshakes and clients wait for its retransmissions.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A running controller's listeners.
@@ -183,9 +266,12 @@ pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<L
     let agent_api = AgentServiceServer::new(AgentApi::new(core.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let admin_api = AdminServiceServer::new(AdminApi::new(core.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let admin_api = AdminGate::new(
+        AdminServiceServer::new(AdminApi::new(core.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        core.refusals.clone(),
+    );
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<AgentServiceServer<AgentApi>>()
@@ -211,12 +297,12 @@ pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<L
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let agent_listener = TcpListener::bind(config.listen).await?;
+    let agent_listener = bind(config.listen)?;
     let agent_addr = agent_listener.local_addr()?;
     let mut tasks = Vec::new();
 
     let admin_addr = if let Some(admin_listen) = config.admin_listen {
-        let admin_listener = TcpListener::bind(admin_listen).await?;
+        let admin_listener = bind(admin_listen)?;
         let admin_addr = admin_listener.local_addr()?;
         let incoming = accept_tls(
             admin_listener,

@@ -336,8 +336,41 @@ async fn repeated_enrollment_failures_are_rate_limited() {
         "{}",
         status.message()
     );
-    // A good token from this address is refused until the window passes, but
-    // the controller keeps serving everyone else.
+    // A legitimate agent behind the same address (a NAT'd site) is not
+    // locked out by someone else's failures: a good token still enrolls.
+    let token = tc.token("", 1, Duration::from_secs(600)).await;
+    client
+        .enroll(agent_pb::EnrollRequest {
+            token,
+            csr_der: key.csr_der().unwrap(),
+            facts: None,
+        })
+        .await
+        .expect("a valid token enrolls from a rate-limited address");
+    // Failures past the limit are summarised in the audit log, not
+    // written one by one.
+    for _ in 0..20 {
+        client.enroll(request()).await.unwrap_err();
+    }
+    let audit = tc
+        .root()
+        .await
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let one_by_one = audit
+        .iter()
+        .filter(|r| r.action == "agent.enroll" && r.result != "ok")
+        .count();
+    assert_eq!(one_by_one, 3, "{audit:#?}");
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.action == "refused-calls" && r.detail.starts_with("21 call(s)")),
+        "{audit:#?}"
+    );
     tc.assert_serving().await;
 }
 

@@ -673,6 +673,11 @@ impl AdminService for AdminApi {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         self.authorize(&request, Role::Viewer, None).await?;
+        // What was refused until now is part of the log the caller sees.
+        self.core
+            .audit_refusals()
+            .await
+            .map_err(|e| status(e.into()))?;
         let req = request.into_inner();
         let limit = match req.limit {
             0 => DEFAULT_AUDIT_LIMIT,
@@ -680,13 +685,20 @@ impl AdminService for AdminApi {
                 .unwrap_or(MAX_AUDIT_LIMIT)
                 .min(MAX_AUDIT_LIMIT),
         };
-        let records = self
+        let before = (req.before_seq > 0).then_some(req.before_seq);
+        let stored = self
             .core
             .store
-            .audit(UnixMs(req.since_ms), limit)
-            .map_err(|e| status(e.into()))?
-            .into_iter()
-            .map(|r| pb::AuditRecord {
+            .audit(UnixMs(req.since_ms), before, limit)
+            .map_err(|e| status(e.into()))?;
+        let full = stored.len() == limit;
+        // Newest first until the reply would pass half the message limit.
+        let budget = self.core.config.max_message_bytes / 2;
+        let mut used = 0;
+        let mut cut_by_size = false;
+        let mut records: Vec<pb::AuditRecord> = Vec::new();
+        for r in stored.into_iter().rev() {
+            let record = pb::AuditRecord {
                 seq: r.seq,
                 at_ms: r.at.0,
                 actor: r.actor,
@@ -695,9 +707,24 @@ impl AdminService for AdminApi {
                 target: r.target,
                 result: r.result,
                 detail: r.detail,
-            })
-            .collect();
-        Ok(Response::new(pb::ListAuditResponse { records }))
+            };
+            used += prost::Message::encoded_len(&record) + 8;
+            if used > budget && !records.is_empty() {
+                cut_by_size = true;
+                break;
+            }
+            records.push(record);
+        }
+        records.reverse();
+        let next_before_seq = if full || cut_by_size {
+            records.first().map_or(0, |r| r.seq)
+        } else {
+            0
+        };
+        Ok(Response::new(pb::ListAuditResponse {
+            records,
+            next_before_seq,
+        }))
     }
 
     async fn label_agent(

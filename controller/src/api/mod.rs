@@ -6,6 +6,7 @@
 
 mod admin;
 mod agent;
+mod gate;
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,7 @@ use crate::core::{Caller, OpError};
 
 pub use admin::AdminApi;
 pub use agent::AgentApi;
+pub use gate::AdminGate;
 
 /// What the handshake established about a connection.
 #[derive(Debug, Clone)]

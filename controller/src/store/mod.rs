@@ -145,8 +145,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Appends to the audit log, assigning `seq`.
     fn append_audit(&self, record: AuditRecord) -> Result<AuditRecord, StoreError>;
-    /// The most recent `limit` records at or after `since`, oldest first.
-    fn audit(&self, since: UnixMs, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The most recent `limit` records at or after `since` and (when
+    /// `before` is set) with a sequence number below it, oldest first.
+    fn audit(
+        &self,
+        since: UnixMs,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 
     fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError>;
     fn put_campaign(&self, record: &CampaignRecord) -> Result<(), StoreError>;

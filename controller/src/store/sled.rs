@@ -260,9 +260,15 @@ impl Store for SledStore {
         Ok(record)
     }
 
-    fn audit(&self, since: UnixMs, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit(
+        &self,
+        since: UnixMs,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.audit.iter().rev() {
+        let end = before.unwrap_or(u64::MAX).to_be_bytes();
+        for kv in self.audit.range(..end).rev() {
             let (k, v) = kv.map_err(engine)?;
             let record: AuditRecord = decode(AUDIT, &k, &v)?;
             if record.at < since || out.len() >= limit {
@@ -698,12 +704,16 @@ mod tests {
                 })
                 .unwrap();
         }
-        let last3 = store.audit(UnixMs(0), 3).unwrap();
+        let last3 = store.audit(UnixMs(0), None, 3).unwrap();
         let actions: Vec<_> = last3.iter().map(|r| r.action.as_str()).collect();
         assert_eq!(actions, ["act7", "act8", "act9"]);
         assert!(last3.windows(2).all(|w| w[0].seq < w[1].seq));
-        let since = store.audit(UnixMs(75), 100).unwrap();
+        let since = store.audit(UnixMs(75), None, 100).unwrap();
         assert_eq!(since.len(), 2);
+        // The page before the last three.
+        let page = store.audit(UnixMs(0), Some(last3[0].seq), 3).unwrap();
+        let actions: Vec<_> = page.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["act4", "act5", "act6"]);
     }
 
     fn instance(id: &str, retired: Option<UnixMs>) -> LureInstance {
