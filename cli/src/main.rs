@@ -241,10 +241,12 @@ struct EventArgs {
     /// Only events of this lure instance.
     #[arg(long)]
     lure: Option<String>,
-    /// Only events of this kind (touch, modify, delete, rename, drift).
+    /// Only events of this kind (touch, modify, delete, rename, drift,
+    /// decoy-login, credential-use, flood, ...).
     #[arg(long)]
     kind: Option<String>,
-    /// Only events observed in this last stretch of time (e.g. 1h, 7d).
+    /// Only events the controller received in this last stretch of time
+    /// (e.g. 1h, 7d).
     #[arg(long)]
     since: Option<String>,
 }
@@ -266,7 +268,15 @@ impl EventArgs {
 #[derive(Subcommand, Debug)]
 enum WatchWhat {
     /// Lure events as they arrive.
-    Events(EventArgs),
+    Events {
+        #[command(flatten)]
+        filter: EventArgs,
+        /// Start after this event cursor (the `cursor` of `-o json`
+        /// output) instead of now: a watch that was interrupted resumes
+        /// without a gap.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
     /// Incidents as they open and change.
     Incidents {
         /// Include drill incidents.
@@ -754,8 +764,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => issue_admin(&mut client, &ctx, &name, &role, ttl, out_dir).await,
         Command::Watch {
-            what: WatchWhat::Events(args),
-        } => watch_events(&mut client, format, &args).await,
+            what: WatchWhat::Events { filter, after },
+        } => watch_events(&mut client, format, &filter, after).await,
         Command::Whoami => {
             let me = client.who_am_i(pb::WhoAmIRequest {}).await?.into_inner();
             println!(
@@ -948,14 +958,32 @@ async fn get(
             }
         }
         GetWhat::Events { filter, limit } => {
-            let events = client
-                .list_events(pb::ListEventsRequest {
-                    filter: Some(filter.filter()?),
-                    limit,
-                })
-                .await?
-                .into_inner()
-                .events;
+            // Page by page (the controller bounds each reply), newest pages
+            // first, until `limit` events or the oldest stored.
+            let filter = filter.filter()?;
+            let mut events = Vec::new();
+            let mut before_cursor = 0;
+            loop {
+                let want = limit.saturating_sub(events.len() as u32);
+                if want == 0 {
+                    break;
+                }
+                let page = client
+                    .list_events(pb::ListEventsRequest {
+                        filter: Some(filter.clone()),
+                        limit: want,
+                        before_cursor,
+                    })
+                    .await?
+                    .into_inner();
+                let mut page_events = page.events;
+                page_events.append(&mut events);
+                events = page_events;
+                if page.next_before_cursor == 0 {
+                    break;
+                }
+                before_cursor = page.next_before_cursor;
+            }
             match format {
                 Format::Json | Format::Yaml => output::structured(
                     format,
@@ -1223,19 +1251,17 @@ async fn get(
 }
 
 /// Prints events as they arrive until interrupted: a table row each, or
-/// one JSON object per line with `-o json`.
+/// one JSON object per line with `-o json`. When the stream breaks (the
+/// controller restarts) it reconnects and resumes after the last event
+/// shown, so nothing is missed or shown twice.
 async fn watch_events(
     client: &mut AdminServiceClient<Channel>,
     format: Format,
     args: &EventArgs,
+    after: u64,
 ) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut stream = client
-        .watch_events(pb::WatchEventsRequest {
-            filter: Some(args.filter()?),
-        })
-        .await?
-        .into_inner();
+    let filter = args.filter()?;
     let wide = format == Format::Wide;
     if matches!(format, Format::Table | Format::Wide) {
         let mut headers = output::EVENT_HEADERS.to_vec();
@@ -1244,27 +1270,59 @@ async fn watch_events(
         }
         println!("{}", headers.join("   "));
     }
-    while let Some(item) = stream.message().await? {
-        if item.missed > 0 {
-            eprintln!(
-                "rusectl: {} events were missed while this watch was reading too slowly; see rusectl get events",
-                item.missed
-            );
+    let mut last = after;
+    let mut retry = std::time::Duration::from_millis(500);
+    loop {
+        let request = pb::WatchEventsRequest {
+            filter: Some(filter.clone()),
+            after_cursor: last,
+        };
+        let mut stream = match client.watch_events(request).await {
+            Ok(s) => s.into_inner(),
+            Err(e) if last > 0 && e.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(std::time::Duration::from_secs(10));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        retry = std::time::Duration::from_millis(500);
+        loop {
+            let item = match stream.message().await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(e) if e.code() == tonic::Code::Unavailable => {
+                    eprintln!("rusectl: {}; resuming after event {last}", e.message());
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if item.missed > 0 {
+                eprintln!(
+                    "rusectl: {} events were deleted by the controller's retention before this watch read them",
+                    item.missed
+                );
+            }
+            let Some(e) = item.event else { continue };
+            last = last.max(e.cursor);
+            let mut out = std::io::stdout().lock();
+            match format {
+                Format::Json => {
+                    writeln!(out, "{}", serde_json::to_string(&output::Event::from(&e))?)?;
+                }
+                Format::Yaml => write!(
+                    out,
+                    "---\n{}",
+                    serde_norway::to_string(&output::Event::from(&e))?
+                )?,
+                _ => writeln!(out, "{}", output::event_row(&e, wide).join("   "))?,
+            }
+            out.flush()?;
         }
-        let Some(e) = item.event else { continue };
-        let mut out = std::io::stdout().lock();
-        match format {
-            Format::Json => writeln!(out, "{}", serde_json::to_string(&output::Event::from(&e))?)?,
-            Format::Yaml => write!(
-                out,
-                "---\n{}",
-                serde_norway::to_string(&output::Event::from(&e))?
-            )?,
-            _ => writeln!(out, "{}", output::event_row(&e, wide).join("   "))?,
+        if last == 0 {
+            bail!("the controller closed the event stream");
         }
-        out.flush()?;
     }
-    bail!("the controller closed the event stream")
 }
 
 fn describe_agent(format: Format, agent: &pb::Agent) -> anyhow::Result<()> {

@@ -530,7 +530,13 @@ pub struct Process {
 #[derive(Debug, Serialize)]
 pub struct Event {
     pub id: String,
+    /// The controller's receive order (`watch events --after` resumes here).
+    pub cursor: u64,
     pub observed: String,
+    /// What the agent said when its clock was outside the accepted skew
+    /// (`observed` is then clamped).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reported_observed: String,
     pub received: String,
     pub agent: String,
     pub kind: String,
@@ -638,7 +644,13 @@ impl From<&pb::LureEvent> for Event {
     fn from(e: &pb::LureEvent) -> Self {
         Event {
             id: e.id.clone(),
+            cursor: e.cursor,
             observed: time(e.observed_ms),
+            reported_observed: if e.reported_observed_ms == 0 {
+                String::new()
+            } else {
+                time(e.reported_observed_ms)
+            },
             received: time(e.received_ms),
             agent: e.agent_id.clone(),
             kind: e.kind.clone(),

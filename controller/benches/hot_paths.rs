@@ -129,6 +129,8 @@ fn stored(agent: &AgentId, lure: usize, at: i64) -> StoredEvent {
         origin_agent: None,
         matched_on: String::new(),
         drill: false,
+        cursor: 0,
+        reported_observed: None,
     }
 }
 

@@ -110,6 +110,28 @@ pub struct ControllerConfig {
     /// How long a drill waits for each step.
     #[serde(with = "duration_str")]
     pub drill_timeout: Duration,
+    /// Events one agent may have stored per second, on average, and in one
+    /// burst. Beyond that its events are counted, summarised every few
+    /// seconds in a `flood` event of its own (which opens an incident) and
+    /// acknowledged, so one agent can neither fill the store nor delay or
+    /// hide anyone else's events.
+    pub agent_events_per_second: u32,
+    pub agent_event_burst: u32,
+    /// Events received longer ago than this are deleted (incidents keep
+    /// their timelines).
+    #[serde(with = "duration_str")]
+    pub event_retention: Duration,
+    /// At most this many events are kept; past it the oldest are deleted
+    /// first.
+    pub max_stored_events: u64,
+    /// An agent's event time further ahead of the controller's clock than
+    /// this, or further behind than `max_clock_behind` (an agent may hold
+    /// events while offline), is clamped into that range and the reported
+    /// time kept beside it.
+    #[serde(with = "duration_str")]
+    pub max_clock_ahead: Duration,
+    #[serde(with = "duration_str")]
+    pub max_clock_behind: Duration,
 }
 
 /// One incident output.
@@ -181,6 +203,12 @@ impl Default for ControllerConfig {
             output_retry_min: Duration::from_secs(1),
             output_retry_max: Duration::from_secs(60),
             drill_timeout: Duration::from_secs(30),
+            agent_events_per_second: 1_000,
+            agent_event_burst: 20_000,
+            event_retention: Duration::from_secs(365 * 86_400),
+            max_stored_events: 50_000_000,
+            max_clock_ahead: Duration::from_secs(300),
+            max_clock_behind: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -300,6 +328,18 @@ impl ControllerConfig {
             self.trust_domain
                 .parse::<ruse_proto::types::TrustDomain>()
                 .map_err(|e| invalid("trust_domain", e.to_string()))?;
+        }
+        if self.agent_events_per_second == 0 || self.agent_event_burst == 0 {
+            return Err(invalid(
+                "agent_events_per_second / agent_event_burst",
+                "must be at least 1",
+            ));
+        }
+        if self.event_retention < Duration::from_secs(3600) || self.max_stored_events < 1_000 {
+            return Err(invalid(
+                "event_retention / max_stored_events",
+                "must be at least 1h / 1000",
+            ));
         }
         if self.incident_window < Duration::from_secs(1) {
             return Err(invalid("incident_window", "must be at least 1s"));

@@ -154,6 +154,7 @@ impl Core {
             incidents,
             outputs,
             drills: Arc::new(Drills::default()),
+            limits: crate::events::EventLimits::of(&config),
         });
         Ok(Core {
             config,

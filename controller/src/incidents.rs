@@ -374,7 +374,7 @@ pub fn event_severity(e: &StoredEvent) -> Option<Severity> {
     Some(match e.kind.as_str() {
         CREDENTIAL_USE | "decoy-login" => Severity::Critical,
         "touch" | "modify" | "delete" | "rename" => Severity::High,
-        "decoy-message" => Severity::Medium,
+        "decoy-message" | crate::events::FLOOD => Severity::Medium,
         "decoy-connection" | "portscan" => Severity::Low,
         _ => return None,
     })
@@ -420,6 +420,12 @@ fn suppressed_by<'a>(
 fn keys(e: &StoredEvent, drill: Option<&str>) -> Vec<String> {
     let prefix = drill.map(|d| format!("drill:{d}:")).unwrap_or_default();
     let mut keys = Vec::new();
+    if e.kind == crate::events::FLOOD {
+        // An agent over its quota is an incident of its own: it says
+        // nothing about which lure or intruder its events were about.
+        keys.push(format!("{prefix}flood:{}", e.agent));
+        return keys;
+    }
     if let Some(d) = &e.decoy {
         keys.push(format!("{prefix}source:{}", d.source_ip));
         if e.kind == CREDENTIAL_USE {
@@ -477,6 +483,9 @@ pub fn summary(e: &StoredEvent, dir: &dyn Directory) -> String {
                     d.source_ip, d.name, d.protocol, d.port
                 ),
             }
+        }
+        None if e.kind == crate::events::FLOOD => {
+            format!("{} on {}", e.detail, dir.hostname(&e.agent))
         }
         None => format!(
             "{} of {} on {}{who}",
@@ -720,6 +729,16 @@ impl Correlator {
             }
         };
         match &e.decoy {
+            None if e.kind == crate::events::FLOOD => {
+                hop(
+                    "host",
+                    dir.hostname(&e.agent),
+                    Some(e.agent.clone()),
+                    "events over its quota".into(),
+                );
+                add_bounded(&mut i.agents, e.agent.clone(), MAX_INDICATORS);
+                i.rules.insert("flood".into());
+            }
             None => {
                 let exe = e.process.as_ref().map(|p| p.exe.clone());
                 hop(
@@ -799,6 +818,17 @@ fn title(i: &Incident, e: &StoredEvent, dir: &dyn Directory) -> String {
     let path = i.path_text();
     if i.rules.contains("credential-use") {
         return format!("{drill}Stolen credential used: {path}");
+    }
+    if i.rules.contains("flood") {
+        let host = i
+            .agents
+            .iter()
+            .next()
+            .map(|a| dir.hostname(a))
+            .unwrap_or_default();
+        return format!(
+            "{drill}Agent {host} sent more events than its quota (a compromised or misbehaving agent?)"
+        );
     }
     if i.severity == Severity::Critical {
         let d = i.decoys.iter().next().cloned().unwrap_or_default();

@@ -166,6 +166,8 @@ impl Controller {
     pub async fn shutdown(mut self) -> Result<(), ControllerError> {
         let grace = self.core.config.shutdown_grace;
         let deadline = tokio::time::Instant::now() + grace;
+        // Watches never end by themselves: end them first.
+        self.core.events.close();
         self.core.fleet.close_all();
         let _ = self.stop.send(true);
         let drained = tokio::time::timeout_at(deadline, async {
@@ -198,6 +200,7 @@ impl Controller {
         }
         let written = self.core.flush_fleet_state().await?;
         self.core.audit_refusals().await?;
+        self.core.events.summarise_floods(true).await?;
         let store = self.core.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await
@@ -264,6 +267,18 @@ async fn write_fleet_state(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 // Refused anonymous admin calls, summarised per source.
                 if let Err(e) = core.audit_refusals().await {
                     tracing::error!(error = %e, "writing refused calls to the audit log failed");
+                }
+                // Agents that stopped flooding get their last summary.
+                if let Err(e) = core.events.summarise_floods(false).await {
+                    tracing::error!(error = %e, "writing event quota summaries failed");
+                }
+                // Retention and the store budget, a bounded step at a time.
+                let trim = {
+                    let core = core.clone();
+                    tokio::task::spawn_blocking(move || core.events.trim()).await
+                };
+                if let Ok(Err(e)) = trim {
+                    tracing::error!(error = %e, "deleting old events failed");
                 }
             }
         }

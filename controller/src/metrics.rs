@@ -16,6 +16,8 @@ pub struct Metrics {
     pub events_persisted: AtomicU64,
     pub events_duplicate: AtomicU64,
     pub events_rejected: AtomicU64,
+    pub events_over_quota: AtomicU64,
+    pub events_trimmed: AtomicU64,
     events_by_kind: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -65,6 +67,18 @@ impl Metrics {
             "ruse_events_rejected_total",
             "Lure events refused (unknown lure, another agent's lure, malformed).",
             self.events_rejected.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "ruse_events_over_quota_total",
+            "Events counted but not stored because their agent was over its quota.",
+            self.events_over_quota.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "ruse_events_trimmed_total",
+            "Stored events deleted by retention or the store budget.",
+            self.events_trimmed.load(Ordering::Relaxed),
         );
         let _ = writeln!(
             out,

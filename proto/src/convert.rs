@@ -487,7 +487,9 @@ fn bounded_to(what: &'static str, s: String, max: usize) -> Result<String, Inval
 
 /// Whether `s` is a ULID as [`crate::types::new_ulid`] makes them.
 pub fn is_ulid(s: &str) -> bool {
+    // 48 bits of time in 50: the first character is at most 7.
     s.len() == 26
+        && s.as_bytes()[0] <= b'7'
         && s.bytes().all(|b| {
             b.is_ascii_digit()
                 || (b.is_ascii_lowercase() && !matches!(b, b'i' | b'l' | b'o' | b'u'))

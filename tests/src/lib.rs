@@ -333,17 +333,30 @@ impl TestController {
     }
 
     /// Every stored event matching `filter` (up to 100 000).
+    /// Every stored event matching `filter` (up to 100,000), oldest first,
+    /// read page by page as `rusectl get events` does.
     pub async fn events(&self, filter: admin_pb::EventFilter) -> Vec<admin_pb::LureEvent> {
-        self.root()
-            .await
-            .list_events(admin_pb::ListEventsRequest {
-                filter: Some(filter),
-                limit: 100_000,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events
+        let mut client = self.root().await;
+        let mut events = Vec::new();
+        let mut before_cursor = 0;
+        loop {
+            let page = client
+                .list_events(admin_pb::ListEventsRequest {
+                    filter: Some(filter.clone()),
+                    limit: 100_000 - events.len() as u32,
+                    before_cursor,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut older = page.events;
+            older.append(&mut events);
+            events = older;
+            if page.next_before_cursor == 0 || events.len() >= 100_000 {
+                return events;
+            }
+            before_cursor = page.next_before_cursor;
+        }
     }
 
     /// A TLS client configuration with a certificate for `identity`.

@@ -201,3 +201,317 @@ async fn refused_calls_cannot_fill_the_audit_log_or_hide_real_entries() {
         "the audit log holds {bytes} bytes of text"
     );
 }
+
+const EXPORTS: &str = "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: \"~/Documents/Exports\"}\n";
+
+/// An agent with the `exports` lure planted; its id and lure id.
+async fn agent_with_lure(tc: &TestController, name: &str) -> (String, String, TestAgent) {
+    let token = tc.token("site=icu", 1, Duration::from_secs(600)).await;
+    let mut agent = tc.spawn_agent(tc.agent_config(name, &token, ""));
+    let id = agent.connected().await;
+    tc.apply(EXPORTS).await;
+    agent.wait_lures(1, Duration::from_secs(10)).await;
+    let lure = tc.lures(&id, false).await[0].id.clone();
+    (id, lure, agent)
+}
+
+fn random_suffix(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    ruse_proto::types::random_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| b"0123456789abcdefghjkmnpqrstvwxyz"[usize::from(b % 32)] as char)
+        .collect()
+}
+
+/// Ids starting `zz` once sorted as newest forever: an attacker's 2,000
+/// such events hid another host's real touch from `get events` and
+/// `--since 10m`, and times of ±2^62 ms made an incident "seen" from the
+/// year -146,136,543. The controller now orders events by when it received
+/// them and clamps times outside the accepted skew, keeping what was said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_choose_neither_where_their_events_sort_nor_when_they_happened() {
+    use ruse_e2e::pb;
+    let tc = TestController::start().await;
+    let (attacker_id, attacker_lure, attacker) = agent_with_lure(&tc, "attacker").await;
+    let (victim_id, victim_lure, victim) = agent_with_lure(&tc, "victim").await;
+
+    // The highest ids a ULID allows (and some beyond it), and absurd times.
+    let mut forged: Vec<_> = (0..2_000)
+        .map(|n| {
+            let mut e = TestAgent::touch_event(&attacker_lure, n);
+            e.id = format!("7zzzzzzz{}", random_suffix(18));
+            e
+        })
+        .collect();
+    forged[0].observed_ms = 1 << 62;
+    forged[1].observed_ms = -(1 << 62);
+    let mut malformed = TestAgent::touch_event(&attacker_lure, 9_999);
+    malformed.id = format!("zz{}", random_suffix(24));
+    forged.push(malformed);
+    attacker.events.record(forged).await.unwrap();
+    eventually(
+        "the forged events are in",
+        Duration::from_secs(20),
+        || async { attacker.events.depth() == 0 },
+    )
+    .await;
+
+    let real = TestAgent::touch_event(&victim_lure, 1);
+    let real_id = real.id.clone();
+    victim.events.record(vec![real]).await.unwrap();
+    eventually("the real touch is in", Duration::from_secs(10), || async {
+        victim.events.depth() == 0
+    })
+    .await;
+
+    let mut root = tc.root().await;
+    let since_10m = pb::EventFilter {
+        since_ms: ruse_proto::types::UnixMs::now().0 - 600_000,
+        ..Default::default()
+    };
+    for filter in [pb::EventFilter::default(), since_10m] {
+        let newest = root
+            .list_events(pb::ListEventsRequest {
+                filter: Some(filter),
+                limit: 40,
+                before_cursor: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert_eq!(
+            newest.last().map(|e| e.id.as_str()),
+            Some(real_id.as_str()),
+            "the last event received is listed last"
+        );
+        assert!(newest.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    }
+
+    let stored = tc
+        .events(pb::EventFilter {
+            agent_id: attacker_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(stored.len(), 2_000, "the malformed id is refused");
+    let now = ruse_proto::types::UnixMs::now().0;
+    let clamped: Vec<_> = stored
+        .iter()
+        .filter(|e| e.reported_observed_ms != 0)
+        .collect();
+    assert_eq!(clamped.len(), 2, "{clamped:#?}");
+    for e in &clamped {
+        assert!(e.reported_observed_ms.abs() == 1 << 62);
+        assert!((now - 31 * 86_400_000..=now + 301_000).contains(&e.observed_ms));
+    }
+    let incidents = root
+        .list_incidents(pb::ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    for i in &incidents {
+        assert!(
+            (now - 31 * 86_400_000..=now + 301_000).contains(&i.first_seen_ms)
+                && (now - 31 * 86_400_000..=now + 301_000).contains(&i.last_seen_ms),
+            "{i:#?}"
+        );
+    }
+    let _ = victim_id;
+    attacker.stop().await.unwrap();
+    victim.stop().await.unwrap();
+}
+
+/// One agent certificate sent 57–76k events a second: the store grew by
+/// 1.8 GB a minute, another agent's events reached `watch` late, the live
+/// watch skipped events, and one agent's query read everyone's events.
+/// Now an agent past its quota is counted and summarised in a `flood`
+/// incident of its own; the others are stored and watched as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_agent_is_summarised_and_hides_nobody() {
+    use ruse_e2e::pb;
+    let tc = TestController::start_with(|c| {
+        c.agent_events_per_second = 100;
+        c.agent_event_burst = 500;
+    })
+    .await;
+    let (flooder_id, flooder_lure, flooder) = agent_with_lure(&tc, "flooder").await;
+    let (victim_id, victim_lure, victim) = agent_with_lure(&tc, "victim").await;
+    let mut root = tc.root().await;
+    let mut watch = root
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    let started = std::time::Instant::now();
+    for batch in 0..20 {
+        let events: Vec<_> = (0..1_000)
+            .map(|n| TestAgent::touch_event(&flooder_lure, batch * 1_000 + n))
+            .collect();
+        flooder.events.record(events).await.unwrap();
+    }
+    let real = TestAgent::touch_event(&victim_lure, 1);
+    let real_id = real.id.clone();
+    victim.events.record(vec![real]).await.unwrap();
+
+    // The victim's event reaches the watch: nothing is hidden.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let item = watch.message().await.unwrap().unwrap();
+            if item.event.is_some_and(|e| e.id == real_id) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the victim's touch reached the watch during the flood");
+
+    eventually(
+        "the flood is acknowledged",
+        Duration::from_secs(30),
+        || async { flooder.events.depth() == 0 },
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs() + 1;
+    let stored = tc
+        .events(pb::EventFilter {
+            agent_id: flooder_id.clone(),
+            ..Default::default()
+        })
+        .await;
+    let touches = stored.iter().filter(|e| e.kind == "touch").count() as u64;
+    assert!(
+        touches <= 500 + 100 * elapsed,
+        "{touches} touches stored in {elapsed}s"
+    );
+    let floods: u64 = stored
+        .iter()
+        .filter(|e| e.kind == "flood")
+        .map(|e| u64::from(e.dropped_before))
+        .sum();
+    assert!(floods > 0, "the excess is summarised");
+    let incidents = root
+        .list_incidents(pb::ListIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert!(
+        incidents
+            .iter()
+            .any(|i| i.title.contains("sent more events than its quota")),
+        "{incidents:#?}"
+    );
+    // Everything the flooder sent is accounted for once the last summary
+    // is written (every 200 ms in tests).
+    eventually(
+        "every event is stored or counted",
+        Duration::from_secs(10),
+        || async {
+            let stored = tc
+                .events(pb::EventFilter {
+                    agent_id: flooder_id.clone(),
+                    ..Default::default()
+                })
+                .await;
+            let touches = stored.iter().filter(|e| e.kind == "touch").count() as u64;
+            let counted: u64 = stored
+                .iter()
+                .filter(|e| e.kind == "flood")
+                .map(|e| u64::from(e.dropped_before))
+                .sum();
+            touches + counted == 20_000
+        },
+    )
+    .await;
+    let of_victim = root
+        .list_events(pb::ListEventsRequest {
+            filter: Some(pb::EventFilter {
+                agent_id: victim_id.clone(),
+                ..Default::default()
+            }),
+            limit: 40,
+            before_cursor: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(of_victim.len(), 1);
+    assert_eq!(of_victim[0].id, real_id);
+    flooder.stop().await.unwrap();
+    victim.stop().await.unwrap();
+}
+
+/// A watcher that stops reading falls behind the live buffer: it used to
+/// be told a count and lose the events. Now it reads them from the store
+/// and gets every one, in order; and a watch that reconnects with the
+/// last cursor it saw resumes with nothing missed or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_reconnecting_watcher_misses_nothing() {
+    use ruse_e2e::pb;
+    let tc = TestController::start().await;
+    let (_, lure, agent) = agent_with_lure(&tc, "busy").await;
+    let mut root = tc.root().await;
+    let mut slow = root
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sent = Vec::new();
+    for batch in 0..12 {
+        let events: Vec<_> = (0..1_000)
+            .map(|n| TestAgent::touch_event(&lure, batch * 1_000 + n))
+            .collect();
+        sent.extend(events.iter().map(|e| e.id.clone()));
+        agent.events.record(events).await.unwrap();
+    }
+    eventually("all stored", Duration::from_secs(30), || async {
+        agent.events.depth() == 0
+    })
+    .await;
+    // Only now does the slow watcher read: far more than the live buffer.
+    let mut seen = Vec::new();
+    let mut cursors = Vec::new();
+    while seen.len() < sent.len() {
+        let item = tokio::time::timeout(Duration::from_secs(10), slow.message())
+            .await
+            .expect("the slow watcher keeps getting events")
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.missed, 0);
+        if let Some(e) = item.event {
+            cursors.push(e.cursor);
+            seen.push(e.id);
+        }
+    }
+    assert_eq!(seen, sent, "every event, once, in the order received");
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]));
+
+    // Resume after the 5,000th.
+    let after = cursors[4_999];
+    let mut resumed = root
+        .watch_events(pb::WatchEventsRequest {
+            filter: None,
+            after_cursor: after,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rest = Vec::new();
+    while rest.len() < sent.len() - 5_000 {
+        let item = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+            .await
+            .expect("the resumed watch catches up")
+            .unwrap()
+            .unwrap();
+        if let Some(e) = item.event {
+            rest.push(e.id);
+        }
+    }
+    assert_eq!(rest, sent[5_000..]);
+    agent.stop().await.unwrap();
+}

@@ -17,7 +17,7 @@ use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, Uni
 use super::{caller, status};
 use crate::core::{AuditEntry, Caller, Core, OpError};
 use crate::deploy::{CampaignStatus, LureView, RolloutAction, RolloutState};
-use crate::events::{EventFilter, StoredEvent};
+use crate::events::{EventFilter, StoredEvent, WatchItem};
 use crate::fleet::AgentView;
 use crate::incidents::{
     Incident, IncidentError, IncidentFilter, Notice, Severity, Status as IncidentStatus,
@@ -321,6 +321,8 @@ fn event_pb(e: &StoredEvent) -> pb::LureEvent {
             .map(ToString::to_string)
             .unwrap_or_default(),
         matched_on: e.matched_on.clone(),
+        cursor: e.cursor,
+        reported_observed_ms: e.reported_observed.map_or(0, |t| t.0),
     }
 }
 
@@ -973,15 +975,37 @@ impl AdminService for AdminApi {
                 .unwrap_or(MAX_EVENT_LIMIT)
                 .min(MAX_EVENT_LIMIT),
         };
-        let events = self
+        let before = (req.before_cursor > 0).then_some(req.before_cursor);
+        let stored = self
             .core
             .events
-            .query(&filter, limit)
-            .map_err(|e| status(e.into()))?
-            .iter()
-            .map(event_pb)
-            .collect();
-        Ok(Response::new(pb::ListEventsResponse { events }))
+            .query(&filter, before, limit)
+            .map_err(|e| status(e.into()))?;
+        let full = stored.len() == limit;
+        // Newest first until the reply would pass half the message limit.
+        let budget = self.core.config.max_message_bytes / 2;
+        let mut used = 0;
+        let mut cut = false;
+        let mut events = Vec::new();
+        for e in stored.iter().rev() {
+            let event = event_pb(e);
+            used += prost::Message::encoded_len(&event) + 8;
+            if used > budget && !events.is_empty() {
+                cut = true;
+                break;
+            }
+            events.push(event);
+        }
+        events.reverse();
+        let next_before_cursor = if full || cut {
+            events.first().map_or(0, |e| e.cursor)
+        } else {
+            0
+        };
+        Ok(Response::new(pb::ListEventsResponse {
+            events,
+            next_before_cursor,
+        }))
     }
 
     type WatchEventsStream = WatchStream;
@@ -991,26 +1015,33 @@ impl AdminService for AdminApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         self.authorize(&request, Role::Viewer, None).await?;
-        let filter = event_filter(request.into_inner().filter)?;
-        let mut live = self.core.events.subscribe();
+        let req = request.into_inner();
+        let filter = event_filter(req.filter)?;
+        let after = (req.after_cursor > 0).then_some(req.after_cursor);
+        let mut watch = self.core.events.watch(filter, after);
+        let core = self.core.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
-            let mut missed = 0u64;
             loop {
-                let event = match live.recv().await {
-                    Ok(e) => e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        missed += n;
-                        continue;
+                let item = match watch.next(&core.events).await {
+                    Ok(Some(WatchItem::Event(e))) => pb::WatchEventsResponse {
+                        event: Some(event_pb(&e)),
+                        missed: 0,
+                    },
+                    Ok(Some(WatchItem::Gap(n))) => pb::WatchEventsResponse {
+                        event: None,
+                        missed: n,
+                    },
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the controller is shutting down")))
+                            .await;
+                        return;
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                if !filter.matches(&event) {
-                    continue;
-                }
-                let item = pb::WatchEventsResponse {
-                    event: Some(event_pb(&event)),
-                    missed: std::mem::take(&mut missed),
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e.into()))).await;
+                        return;
+                    }
                 };
                 if tx.send(Ok(item)).await.is_err() {
                     return;

@@ -78,6 +78,10 @@ struct EventRecord {
     matched_on: String,
     #[prost(bool, tag = "24")]
     drill: bool,
+    #[prost(uint64, tag = "25")]
+    cursor: u64,
+    #[prost(int64, optional, tag = "26")]
+    reported_observed: Option<i64>,
 }
 
 /// `e` in the stored form.
@@ -123,6 +127,10 @@ pub fn encode(e: &StoredEvent) -> Vec<u8> {
     }
     s(23, &e.matched_on, &mut b);
     pbool::encode(24, &e.drill, &mut b);
+    uint64::encode(25, &e.cursor, &mut b);
+    if let Some(t) = e.reported_observed {
+        int64::encode(26, &t.0, &mut b);
+    }
     b
 }
 
@@ -187,6 +195,8 @@ fn from_record(r: EventRecord) -> Result<StoredEvent, String> {
         origin_agent: r.origin_agent.map(agent).transpose()?,
         matched_on: r.matched_on,
         drill: r.drill,
+        cursor: r.cursor,
+        reported_observed: r.reported_observed.map(UnixMs),
     })
 }
 
@@ -245,6 +255,8 @@ mod tests {
             origin_agent: Some("01kb5z8x9q3w4e5r6t7y8v9w0b".parse().unwrap()),
             matched_on: "username+password".into(),
             drill: true,
+            cursor: 1234,
+            reported_observed: Some(UnixMs(1 << 60)),
         }
     }
 
@@ -271,6 +283,8 @@ mod tests {
         bare.seq = 0;
         bare.allowed = false;
         bare.drill = false;
+        bare.cursor = 0;
+        bare.reported_observed = None;
         assert_eq!(decode(&encode(&bare)).unwrap(), bare);
     }
 

@@ -10,7 +10,9 @@
 mod event_record;
 mod lure_record;
 mod sled;
+mod sled_events;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -124,6 +126,18 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// How [`Store::scan_events`] walks the event log.
+#[derive(Debug, Clone, Default)]
+pub struct EventScan {
+    /// Only this agent's events.
+    pub agent: Option<AgentId>,
+    /// Cursors above this one (0: from the first).
+    pub after: u64,
+    /// Cursors below this one (`None`: to the last).
+    pub before: Option<u64>,
+    pub newest_first: bool,
+}
+
 /// The controller's persistent state.
 ///
 /// Methods are synchronous and may block briefly; writes are buffered by the
@@ -215,19 +229,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// batches were deleted.
     fn drop_superseded_lure_batches(&self) -> Result<usize, StoreError>;
 
-    /// Stores an event unless one with its id is already stored; returns
-    /// whether it was stored (atomic per event: a resend after a crash is
-    /// a duplicate, never a second copy).
+    /// Reserves `n` consecutive event cursors (the controller's receive
+    /// order); returns the first. Cursors only grow; one reserved and never
+    /// stored is a harmless gap.
+    fn reserve_event_cursors(&self, n: u64) -> u64;
+    /// Stores an event (its `cursor` reserved) unless one with its id is
+    /// already stored; returns whether it was stored (atomic per event: a
+    /// resend after a crash is a duplicate, never a second copy).
     fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError>;
-    /// Events whose id (a ULID: the agent's observation time first) is at
-    /// or after `from_id`, newest last, at most `limit` of the newest that
-    /// `keep` accepts.
-    fn events(
+    /// Walks stored events in cursor order as `scan` says, until `visit`
+    /// breaks. With an agent, only that agent's events are read.
+    fn scan_events(
         &self,
-        from_id: &str,
-        limit: usize,
-        keep: &mut dyn FnMut(&StoredEvent) -> bool,
-    ) -> Result<Vec<StoredEvent>, StoreError>;
+        scan: &EventScan,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+    /// The oldest and newest stored cursors.
+    fn event_cursors(&self) -> Result<Option<(u64, u64)>, StoreError>;
+    /// Deletes the oldest events while they were received before
+    /// `received_before` or more than `keep_at_most` remain (counted by
+    /// cursors, so gaps count too), at most `max` of them; returns how
+    /// many.
+    fn trim_events(
+        &self,
+        received_before: UnixMs,
+        keep_at_most: u64,
+        max: usize,
+    ) -> Result<usize, StoreError>;
 
     /// A new resource revision, greater than every one before (survives
     /// restarts).

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,8 +19,10 @@ use serde::de::DeserializeOwned;
 
 use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 
+use super::EventScan;
+use super::lure_record;
+use super::sled_events::SledEvents;
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
-use super::{event_record, lure_record};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
 use crate::incidents::{Incident, IncidentHead, TimelineEntry};
@@ -34,7 +37,6 @@ const DECOYS: &str = "decoys";
 const LURES: &str = "lures";
 /// New lure instances, many per record (see [`Store::put_new_lures`]).
 const LURE_BATCHES: &str = "lure_batches";
-const EVENTS: &str = "events";
 const ALLOW_RULES: &str = "allow_rules";
 const SUPPRESSIONS: &str = "suppressions";
 const INCIDENTS: &str = "incidents";
@@ -55,7 +57,7 @@ pub struct SledStore {
     decoys: sled::Tree,
     lures: sled::Tree,
     lure_batches: sled::Tree,
-    events: sled::Tree,
+    events: SledEvents,
     allow_rules: sled::Tree,
     suppressions: sled::Tree,
     incidents: sled::Tree,
@@ -67,7 +69,7 @@ pub struct SledStore {
     pub(crate) fail_lure_writes: std::sync::atomic::AtomicUsize,
 }
 
-fn engine(e: sled::Error) -> StoreError {
+pub(super) fn engine(e: sled::Error) -> StoreError {
     StoreError::Engine(e.to_string().into())
 }
 
@@ -111,7 +113,7 @@ impl SledStore {
             decoys: db.open_tree(DECOYS).map_err(engine)?,
             lures: db.open_tree(LURES).map_err(engine)?,
             lure_batches: db.open_tree(LURE_BATCHES).map_err(engine)?,
-            events: db.open_tree(EVENTS).map_err(engine)?,
+            events: SledEvents::open(&db)?,
             allow_rules: db.open_tree(ALLOW_RULES).map_err(engine)?,
             suppressions: db.open_tree(SUPPRESSIONS).map_err(engine)?,
             incidents: db.open_tree(INCIDENTS).map_err(engine)?,
@@ -163,7 +165,7 @@ fn decode<T: DeserializeOwned>(
 }
 
 /// A record under `key` in `tree` that cannot be read, and why.
-fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
+pub(super) fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
     StoreError::Corrupt {
         tree,
         key: String::from_utf8_lossy(key).into_owned(),
@@ -534,34 +536,33 @@ impl Store for SledStore {
         Ok(dropped)
     }
 
-    fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
-        let bytes = event_record::encode(event);
-        let swapped = self
-            .events
-            .compare_and_swap(event.id.as_bytes(), None::<&[u8]>, Some(bytes))
-            .map_err(engine)?;
-        Ok(swapped.is_ok())
+    fn reserve_event_cursors(&self, n: u64) -> u64 {
+        self.events.reserve(n)
     }
 
-    fn events(
+    fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
+        self.events.insert(event)
+    }
+
+    fn scan_events(
         &self,
-        from_id: &str,
-        limit: usize,
-        keep: &mut dyn FnMut(&StoredEvent) -> bool,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.events.range(from_id.as_bytes()..).rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = kv.map_err(engine)?;
-            let event = event_record::decode(&v).map_err(|reason| corrupt(EVENTS, &k, reason))?;
-            if keep(&event) {
-                out.push(event);
-            }
-        }
-        out.reverse();
-        Ok(out)
+        scan: &EventScan,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.events.scan(scan, visit)
+    }
+
+    fn event_cursors(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        self.events.cursors()
+    }
+
+    fn trim_events(
+        &self,
+        received_before: UnixMs,
+        keep_at_most: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        self.events.trim(received_before, keep_at_most, max)
     }
 
     fn next_revision(&self) -> Result<u64, StoreError> {

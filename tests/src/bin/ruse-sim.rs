@@ -1091,6 +1091,7 @@ async fn touch(
                 since_ms: UnixMs::now().0,
                 ..Default::default()
             }),
+            after_cursor: 0,
         })
         .await?
         .into_inner();
