@@ -127,15 +127,17 @@ data=$work/peer-controller
 "$bin/ruse-controller" init --data-dir "$data" --controller-url https://127.0.0.1:17590 > "$work/peer.init"
 pin=$(grep -o 'sha256:[0-9a-f]*' "$work/peer.init" | head -n1)
 ctx=$data/admin/rusectl.toml
+# Every login attempt is recorded: no per-agent event quota in this race.
+RUSE_AGENT_EVENTS_PER_SECOND=10000000 RUSE_AGENT_EVENT_BURST=10000000 \
 RUSE_LOG_LEVEL=warn "$bin/ruse-controller" serve --data-dir "$data" --listen 127.0.0.1:17590 > "$work/peer-controller.log" 2>&1 &
 ctl_pid=$!
 pids+=("$ctl_pid")
 for _ in $(seq 100); do "$bin/rusectl" --context-file "$ctx" whoami > /dev/null 2>&1 && break; sleep 0.1; done
-"$bin/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 > "$work/peer.token" 2>/dev/null
+"$bin/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 --label decoys=peer > "$work/peer.token" 2>/dev/null
 mkdir -p "$work/peer-agent/root"
 RUSE_LOG_LEVEL=warn "$bin/ruse-agent" run --controller https://127.0.0.1:17590 --ca-pin "$pin" \
     --token-file "$work/peer.token" --state-dir "$work/peer-agent/state" --root "$work/peer-agent/root" \
-    --label decoys=peer > "$work/peer-agent.log" 2>&1 &
+    > "$work/peer-agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
 cat > "$work/peer.yaml" <<YAML

@@ -130,9 +130,9 @@ say "real agent: lure read to rusectl watch, then idle for ${idle}s"
 start_controller agent
 agent_dir=$work/agent-host
 mkdir -p "$agent_dir/root/home/clinician" "$agent_dir/root/etc" "$agent_dir/state"
-"$bin/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 --label role=bench > "$agent_dir/token" 2>/dev/null
+"$bin/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 --label role=bench --label decoys=bench > "$agent_dir/token" 2>/dev/null
 "$bin/ruse-agent" run --controller "$ctl_url" --ca-pin "$pin" --token-file "$agent_dir/token" \
-    --state-dir "$agent_dir/state" --root "$agent_dir/root" --label decoys=bench \
+    --state-dir "$agent_dir/state" --root "$agent_dir/root" \
     > "$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")

@@ -17,11 +17,12 @@ case $proto in http) port=20280; url=http://127.0.0.1:20280/login ;; ftp) port=2
 w=$(mktemp -d /tmp/ruse-flood.XXXXXX); mkdir -p "$w/root"
 "$B/ruse-controller" init --data-dir "$w/ctl" --controller-url https://127.0.0.1:17595 > "$w/init"
 pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1); ctx=$w/ctl/admin/rusectl.toml
+RUSE_AGENT_EVENTS_PER_SECOND=10000000 RUSE_AGENT_EVENT_BURST=10000000 \
 RUSE_LOG_LEVEL=warn "$B/ruse-controller" serve --data-dir "$w/ctl" --listen 127.0.0.1:17595 > "$w/ctl.log" 2>&1 &
 cp=$!; sleep 1.5
-"$B/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 > "$w/token" 2>/dev/null
+"$B/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 --label decoys=peer > "$w/token" 2>/dev/null
 RUSE_LOG_LEVEL=warn ${WRAP:-} "$B/ruse-agent" run --controller https://127.0.0.1:17595 --ca-pin "$pin" \
-    --token-file "$w/token" --state-dir "$w/state" --root "$w/root" --label decoys=peer > "$w/agent.log" 2>&1 &
+    --token-file "$w/token" --state-dir "$w/state" --root "$w/root" > "$w/agent.log" 2>&1 &
 ap=$!
 printf 'kind: Decoy\nname: peer\nselector: {decoys: peer}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {protocol: %s, port: %s, refusal_delay: 0s}\n' "$proto" "$port" > "$w/d.yaml"
 for _ in $(seq 100); do "$B/rusectl" --context-file "$ctx" get agents -o json 2>/dev/null | grep -q '"online"' && break; sleep 0.2; done

@@ -12,9 +12,9 @@ pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1); ctx=$w/ctl/admin/rusectl.
 RUSE_LOG_LEVEL=warn "$B/ruse-controller" serve --data-dir "$w/ctl" --listen 127.0.0.1:17470 > "$w/ctl.log" 2>&1 &
 cp=$!
 sleep 1.5
-"$B/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 --label role=bench > "$w/token" 2>/dev/null
+"$B/rusectl" --context-file "$ctx" token create --ttl 1h --uses 1 --label role=bench --label decoys=bench > "$w/token" 2>/dev/null
 ${WRAP:-} "$B/ruse-agent" run --controller https://127.0.0.1:17470 --ca-pin "$pin" --token-file "$w/token" \
-    --state-dir "$w/state" --root "$w/root" --label decoys=bench > "$w/agent.log" 2>&1 &
+    --state-dir "$w/state" --root "$w/root" > "$w/agent.log" 2>&1 &
 ap=$!
 for _ in $(seq 300); do grep -q 'session open' "$w/agent.log" && break; sleep 0.2; done
 printf 'kind: Decoy\nname: bench-decoy\nselector: {decoys: bench}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices: [{protocol: ssh, port: 22232}]\n' > "$w/d.yaml"

@@ -1340,6 +1340,7 @@ fn describe_agent(format: Format, agent: &pb::Agent) -> anyhow::Result<()> {
     field("Addresses", &view.addresses.join(", "));
     field("Agent version", &view.agent_version);
     field("Labels", &output::labels(&view.labels));
+    field("Reported labels", &output::labels(&view.reported_labels));
     field(
         "Enrolled",
         &format!("{} (token {})", view.enrolled, view.enrolled_with_token),

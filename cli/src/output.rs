@@ -127,7 +127,10 @@ pub struct Agent {
     pub arch: String,
     pub addresses: Vec<String>,
     pub agent_version: String,
+    /// From the token and admins: what selectors match.
     pub labels: BTreeMap<String, String>,
+    /// What the agent says about itself: shown, never matched.
+    pub reported_labels: BTreeMap<String, String>,
     pub enrolled: String,
     pub enrolled_with_token: String,
     pub last_seen: String,
@@ -150,6 +153,7 @@ impl From<&pb::Agent> for Agent {
             addresses: a.addresses.clone(),
             agent_version: a.agent_version.clone(),
             labels: sorted(&a.labels),
+            reported_labels: sorted(&a.reported_labels),
             enrolled: time(a.enrolled_ms),
             enrolled_with_token: a.enrolled_with_token.clone(),
             last_seen: time(a.last_seen_ms),

@@ -206,9 +206,6 @@ pub async fn run(
     apply_demo_campaign(&controller).await?;
     let mut agent_config = AgentConfig::new(url.clone(), pin, agent_dir.clone(), sandbox.clone());
     agent_config.token_file = Some(token_file);
-    // A workstation that also runs the demo decoy (selector decoys=pacs).
-    agent_config.labels = Labels::parse_pairs(["role=workstation,site=dev,decoys=pacs"])
-        .map_err(|e| DevError::Other(e.to_string()))?;
     agent_config.min_backoff = Duration::from_millis(200);
     agent_config.max_backoff = Duration::from_secs(5);
     let (stop_agent, stop_rx) = watch::channel(false);
@@ -234,6 +231,21 @@ pub async fn run(
         controller.shutdown().await?;
         return Err(DevError::AgentTimeout(wait));
     };
+    // A demo agent enrolled by an earlier version got these labels from its
+    // own configuration, which no longer selects anything: set them as an
+    // admin would.
+    let labels = demo_labels()?;
+    if controller
+        .core()
+        .fleet
+        .record(&agent_id)
+        .is_some_and(|r| !r.labels().matches(&labels))
+    {
+        controller
+            .core()
+            .label_agent(&agent_id, &labels, &[])
+            .map_err(|e| DevError::Other(e.to_string()))?;
+    }
     // The demo campaign's waves over one agent finish in a moment.
     let planted = tokio::time::timeout(wait, status.wait_for(|s| s.lures > 0))
         .await
@@ -349,6 +361,13 @@ fn local_admin() -> Result<Caller, DevError> {
 }
 
 /// Creates a single-use token for the demo agent, as the local admin.
+/// The demo agent's labels, stamped by its token: a workstation that also
+/// runs the demo decoy (selector decoys=pacs).
+fn demo_labels() -> Result<Labels, DevError> {
+    Labels::parse_pairs(["env=dev,role=workstation,site=dev,decoys=pacs"])
+        .map_err(|e| DevError::Other(e.to_string()))
+}
+
 async fn write_demo_token(controller: &Controller, path: &Path) -> Result<(), DevError> {
     let core = controller.core();
     let caller = local_admin()?;
@@ -357,7 +376,7 @@ async fn write_demo_token(controller: &Controller, path: &Path) -> Result<(), De
             &caller,
             Some(Duration::from_secs(3600)),
             Some(1),
-            Labels::parse_pairs(["env=dev"]).map_err(|e| DevError::Other(e.to_string()))?,
+            demo_labels()?,
             "ruse-controller dev demo agent".into(),
         )
         .map_err(|e| DevError::Other(e.to_string()))?;

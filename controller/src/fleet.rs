@@ -469,11 +469,8 @@ pub(crate) mod tests_support {
     pub fn record(id: &str, labels: &str) -> AgentRecord {
         AgentRecord {
             id: id.parse().unwrap(),
-            facts: HostFacts {
-                labels: Labels::parse_pairs([labels]).unwrap(),
-                ..HostFacts::default()
-            },
-            token_labels: Labels::new(),
+            facts: HostFacts::default(),
+            token_labels: Labels::parse_pairs([labels]).unwrap(),
             admin_labels: Labels::new(),
             removed_labels: Vec::new(),
             enrolled_at: UnixMs(0),
@@ -603,16 +600,23 @@ mod tests {
             },
         );
         assert_eq!(fleet.hostname_of(&id).as_deref(), Some("ws-07"));
+        // What the agent says about itself is reported, never selected on.
         let now = fleet.record(&id).unwrap().labels();
-        assert_eq!(now.get("site"), Some("er"));
+        assert_eq!(now.get("site"), Some("icu"));
+        assert_eq!(
+            fleet.record(&id).unwrap().reported_labels().get("site"),
+            Some("er")
+        );
         assert_eq!(*member(&fleet).labels, now);
         assert_eq!(*fleet.get(&id).unwrap().labels, now);
         assert_eq!(fleet.labels_of(&id).as_deref(), Some(&now));
         assert_eq!(fleet.hostname_of(&"zz".parse().unwrap()), None);
-        assert!(
+        assert_eq!(
             fleet
                 .list(&Labels::parse_pairs(["site=icu"]).unwrap())
-                .is_empty()
+                .len(),
+            1,
+            "a Hello moves the agent neither into nor out of a selector"
         );
     }
 

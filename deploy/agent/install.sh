@@ -14,7 +14,8 @@
 #   --ca-pin PIN         the CA pin `ruse-controller init` printed
 #   --token-file FILE    a bootstrap token (read, used to enroll, then the
 #                        installed copy is deleted; never printed)
-#   --labels k=v,...     labels for this agent (added to the token's)
+#   --labels k=v,...     labels this agent reports about itself (shown, never
+#                        matched by selectors: the token's and admins' are)
 #   --binary FILE        the ruse-agent binary (default: next to this script,
 #                        else ruse-agent on PATH)
 #   --root DIR           install into DIR instead of / (images, tests):

@@ -59,9 +59,13 @@ impl Range {
             ftp: p[6],
             scan: p[7],
         };
-        let token = tc.token("", 2, Duration::from_secs(600)).await;
-        let mut ws = tc.spawn_agent(tc.agent_config("ws", &token, "role=workstation"));
-        let mut config = tc.agent_config("decoyhost", &token, "role=decoy");
+        // Roles come from the tokens: an agent's own labels select nothing.
+        let ws_token = tc
+            .token("role=workstation", 1, Duration::from_secs(600))
+            .await;
+        let decoy_token = tc.token("role=decoy", 1, Duration::from_secs(600)).await;
+        let mut ws = tc.spawn_agent(tc.agent_config("ws", &ws_token, ""));
+        let mut config = tc.agent_config("decoyhost", &decoy_token, "");
         config.decoy_limits.read_timeout = Duration::from_secs(1);
         config.decoy_limits.lifetime = Duration::from_secs(4);
         let mut decoy = tc.spawn_agent(config);

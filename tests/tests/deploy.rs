@@ -347,10 +347,7 @@ impl Site {
         let manifest = dir.path().join("pilot.yaml");
         std::fs::write(
             &manifest,
-            format!(
-                "kind: Campaign\nname: pilot\nselector: {{role: workstation, ruse.io/arch: {}}}\nlures:\n  - {{template: aws-credentials}}\n  - {{template: pgpass}}\n  - {{template: patient-csv}}\n",
-                std::env::consts::ARCH
-            ),
+            "kind: Campaign\nname: pilot\nselector: {role: workstation}\nlures:\n  - {template: aws-credentials}\n  - {template: pgpass}\n  - {template: patient-csv}\n",
         )
         .unwrap();
         let out = ctl.run(&["apply", "-f", &manifest.display().to_string()]);
@@ -453,7 +450,7 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
     let install = |token: Option<&Path>, pin: &str| {
         install_with(token, pin, &["--labels", "role=workstation,ward=4b"])
     };
-    let (token_path, token) = site.token_file("token", "site=icu");
+    let (token_path, token) = site.token_file("token", "site=icu,role=workstation");
 
     // A malformed label is refused before anything is written.
     let out = install_with(
@@ -518,12 +515,15 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
     let agents = site.agents();
     assert_eq!(agents.len(), 1);
     let id = agents[0]["id"].as_str().unwrap().to_owned();
-    // Labels from the install command, the token and host facts.
+    // Selectable labels from the token; what the install command and host
+    // facts say is reported beside them.
     let labels = &agents[0]["labels"];
     assert_eq!(labels["role"], "workstation");
-    assert_eq!(labels["ward"], "4b");
     assert_eq!(labels["site"], "icu");
-    assert_eq!(labels["ruse.io/arch"], std::env::consts::ARCH);
+    assert!(labels.get("ward").is_none());
+    let reported = &agents[0]["reported_labels"];
+    assert_eq!(reported["ward"], "4b");
+    assert_eq!(reported["ruse.io/arch"], std::env::consts::ARCH);
 
     // Run it as the unit would (but under the temporary root): it plants.
     let root_s = root.display().to_string();

@@ -20,9 +20,14 @@ fn state_of(agents: &[pb::Agent], id: &str) -> Option<pb::AgentState> {
 #[tokio::test]
 async fn two_agents_enroll_with_labels_and_a_revoked_one_is_cut_off() {
     let tc = TestController::start().await;
-    let token = tc.token("site=icu", 2, Duration::from_secs(600)).await;
-    let mut a = tc.spawn_agent(tc.agent_config("a", &token, "role=workstation"));
-    let mut b = tc.spawn_agent(tc.agent_config("b", &token, "role=pacs"));
+    let workstation = tc
+        .token("site=icu,role=workstation", 1, Duration::from_secs(600))
+        .await;
+    let pacs = tc
+        .token("site=icu,role=pacs", 1, Duration::from_secs(600))
+        .await;
+    let mut a = tc.spawn_agent(tc.agent_config("a", &workstation, "room=12"));
+    let mut b = tc.spawn_agent(tc.agent_config("b", &pacs, ""));
     let a_id = a.connected().await;
     let b_id = b.connected().await;
     assert_ne!(a_id, b_id);
@@ -42,8 +47,15 @@ async fn two_agents_enroll_with_labels_and_a_revoked_one_is_cut_off() {
     assert_eq!(
         view.labels.get("role").map(String::as_str),
         Some("workstation"),
+        "token label"
+    );
+    // The agent's own labels are reported, never matched by selectors.
+    assert_eq!(
+        view.reported_labels.get("room").map(String::as_str),
+        Some("12"),
         "agent label"
     );
+    assert!(!view.labels.contains_key("room"));
     assert!(!view.hostname.is_empty());
     assert!(view.cert_not_after_ms > 0);
 

@@ -515,3 +515,86 @@ async fn a_slow_or_reconnecting_watcher_misses_nothing() {
     assert_eq!(rest, sent[5_000..]);
     agent.stop().await.unwrap();
 }
+
+/// An agent could rewrite its own labels in its Hello: one that was not a
+/// decoy host claimed the decoy's labels and its forged `decoy-login`
+/// was believed; one that flipped a label 400 times left 2,800 lure
+/// instances. Only a token's and an admin's labels select now; what an
+/// agent says about itself is reported beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_label_itself_into_a_decoy_or_a_campaign() {
+    use ruse_e2e::pb;
+    use ruse_proto::agent::v1 as agent_pb;
+    let tc = TestController::start().await;
+    tc.apply(
+        "kind: Decoy\nname: pacs\nselector: {role: decoy}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {protocol: portscan, port: 1}\n---\nkind: Campaign\nname: decoy-only\nselector: {role: decoy}\nlures:\n  - {template: pgpass}\n",
+    )
+    .await;
+    let token = tc.token("site=icu", 1, Duration::from_secs(600)).await;
+    let mut config = tc.agent_config("intruder", &token, "role=decoy");
+    config.decoy_limits.read_timeout = Duration::from_secs(1);
+    let mut intruder = tc.spawn_agent(config);
+    let id = intruder.connected().await;
+
+    let view = tc.agent_view(&id).await;
+    assert!(!view.labels.contains_key("role"), "{:?}", view.labels);
+    assert_eq!(
+        view.reported_labels.get("role").map(String::as_str),
+        Some("decoy")
+    );
+    assert!(
+        tc.lures(&id, true).await.is_empty(),
+        "no campaign by its own labels"
+    );
+
+    // A forged login at the decoy is refused, not matched or correlated.
+    let mut forged = TestAgent::touch_event("", 0);
+    forged.kind = "decoy-login".into();
+    forged.decoy = Some(agent_pb::DecoyContact {
+        name: "pacs".into(),
+        protocol: "ssh".into(),
+        port: 22,
+        source_ip: "10.0.0.66".into(),
+        source_port: 4444,
+    });
+    intruder.events.record(vec![forged]).await.unwrap();
+    eventually(
+        "the forged event is answered",
+        Duration::from_secs(10),
+        || async { intruder.events.depth() == 0 },
+    )
+    .await;
+    let mut root = tc.root().await;
+    let events = tc.events(pb::EventFilter::default()).await;
+    assert!(
+        events.iter().all(|e| e.kind != "decoy-login"),
+        "{events:#?}"
+    );
+    let audit = root
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.action == "event.rejected" && r.detail.contains("does not run")),
+        "{audit:#?}"
+    );
+    // An admin's label does select.
+    root.label_agent(pb::LabelAgentRequest {
+        id: id.clone(),
+        set: [("role".to_owned(), "decoy".to_owned())].into(),
+        remove: Vec::new(),
+    })
+    .await
+    .unwrap();
+    eventually(
+        "the admin's label selects",
+        Duration::from_secs(10),
+        || async { tc.lures(&id, false).await.len() == 1 },
+    )
+    .await;
+    intruder.stop().await.unwrap();
+}

@@ -52,9 +52,13 @@ impl Hospital {
     ) -> Hospital {
         let tc = TestController::start_with(adjust).await;
         let ports = free_ports(2);
-        let token = tc.token("", 2, Duration::from_secs(600)).await;
-        let mut ws = tc.spawn_agent(tc.agent_config("ws", &token, "role=workstation"));
-        let mut decoy = tc.spawn_agent(tc.agent_config("decoyhost", &token, "role=decoy"));
+        // Roles come from the tokens: an agent's own labels select nothing.
+        let ws_token = tc
+            .token("role=workstation", 1, Duration::from_secs(600))
+            .await;
+        let decoy_token = tc.token("role=decoy", 1, Duration::from_secs(600)).await;
+        let mut ws = tc.spawn_agent(tc.agent_config("ws", &ws_token, ""));
+        let mut decoy = tc.spawn_agent(tc.agent_config("decoyhost", &decoy_token, ""));
         let ws_id = ws.connected().await;
         let decoy_id = decoy.connected().await;
         tc.apply(&format!(

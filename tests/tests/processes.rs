@@ -46,7 +46,7 @@ fn agents(ctl: &Ctl) -> Vec<Value> {
 fn state(agents: &[Value], hostname_label: &str) -> Option<String> {
     agents
         .iter()
-        .find(|a| a["labels"]["name"] == hostname_label)
+        .find(|a| a["reported_labels"]["name"] == hostname_label)
         .map(|a| a["state"].as_str().unwrap().to_owned())
 }
 
@@ -88,7 +88,10 @@ async fn readme_flow_two_agents_online_then_one_revoked() {
     )
     .await;
     let list = agents(&ctx);
-    let two_id = list.iter().find(|a| a["labels"]["name"] == "two").unwrap()["id"]
+    let two_id = list
+        .iter()
+        .find(|a| a["reported_labels"]["name"] == "two")
+        .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -157,7 +160,7 @@ async fn tokens_agents_revocations_and_audit_survive_kill_9() {
     .await;
     let goes_id = agents(&ctx)
         .iter()
-        .find(|a| a["labels"]["name"] == "goes")
+        .find(|a| a["reported_labels"]["name"] == "goes")
         .unwrap()["id"]
         .as_str()
         .unwrap()
@@ -344,7 +347,14 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
     );
 
     // The shipped example, to one real agent process.
-    let token = ctx.json(&["token", "create", "--label", "site=icu"])["token"]
+    let token = ctx.json(&[
+        "token",
+        "create",
+        "--label",
+        "site=icu",
+        "--label",
+        "role=workstation",
+    ])["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -368,8 +378,6 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
             &state.join("s").display().to_string(),
             "--root",
             &root.display().to_string(),
-            "--label",
-            "role=workstation",
         ],
         &dir.path().join("agent.log"),
     );

@@ -126,7 +126,14 @@ async fn touch_and_flood_scenarios_measure_a_real_agent() {
         spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
     let url = format!("https://{addr}");
     let ctl = Ctl::for_data_dir(&data, &url);
-    let token = ctl.json(&["token", "create", "--label", "role=bench"])["token"]
+    let token = ctl.json(&[
+        "token",
+        "create",
+        "--label",
+        "role=bench",
+        "--label",
+        "decoys=bench",
+    ])["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -147,8 +154,6 @@ async fn touch_and_flood_scenarios_measure_a_real_agent() {
             &host.join("state").display().to_string(),
             "--root",
             &host.join("root").display().to_string(),
-            "--label",
-            "decoys=bench",
         ],
         &dir.path().join("agent.log"),
     );

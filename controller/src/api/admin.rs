@@ -145,6 +145,7 @@ fn token_pb(t: &TokenRecord) -> pb::Token {
 fn agent_pb(view: AgentView) -> pb::Agent {
     let r = view.record;
     let labels = r.labels().to_map();
+    let reported_labels = r.reported_labels().to_map();
     let (revoked_ms, revoked_by, revoke_reason) = match r.revoked {
         Some(rev) => (rev.at.0, rev.by, rev.reason),
         None => (0, String::new(), String::new()),
@@ -168,6 +169,7 @@ fn agent_pb(view: AgentView) -> pb::Agent {
         revoked_ms,
         revoked_by,
         revoke_reason,
+        reported_labels,
     }
 }
 

@@ -49,7 +49,7 @@ pub enum StoreError {
 pub struct AgentRecord {
     pub id: AgentId,
     pub facts: HostFacts,
-    /// Labels stamped by the bootstrap token; they override the agent's own.
+    /// Labels stamped by the bootstrap token.
     pub token_labels: Labels,
     /// Labels set by an admin (`rusectl label agent`); they override both.
     #[serde(default)]
@@ -69,15 +69,21 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
-    /// The labels selectors match against: those derived from host facts,
-    /// overlaid with the agent's own, the token's, then an admin's.
+    /// The labels selectors match against: the token's, overlaid with an
+    /// admin's. Only these decide which campaigns, decoys and allow rules
+    /// an agent gets: an agent cannot give itself another selector's
+    /// lures or make itself a decoy host (whose events are believed).
     pub fn labels(&self) -> Labels {
-        self.facts
-            .fact_labels()
-            .overlaid_with(&self.facts.labels)
-            .overlaid_with(&self.token_labels)
+        self.token_labels
             .overlaid_with(&self.admin_labels)
             .without(&self.removed_labels)
+    }
+
+    /// What the agent says about itself: labels derived from its host facts
+    /// (`ruse.io/hostname|os|arch`) overlaid with the labels of its own
+    /// configuration. Shown, never matched by a selector.
+    pub fn reported_labels(&self) -> Labels {
+        self.facts.fact_labels().overlaid_with(&self.facts.labels)
     }
 }
 
