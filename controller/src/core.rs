@@ -116,6 +116,8 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Admin calls refused before the API, not yet audited.
     pub refusals: Arc<Refusals>,
+    /// Manifests parsed at once (each on a blocking thread).
+    manifest_parses: tokio::sync::Semaphore,
     /// Serialises token use so `max_uses` holds under concurrency.
     token_lock: AsyncMutex<()>,
     enroll_failures: FailureLimiter,
@@ -166,6 +168,7 @@ impl Core {
             events,
             metrics,
             refusals: Arc::default(),
+            manifest_parses: tokio::sync::Semaphore::new(2),
             token_lock: AsyncMutex::new(()),
             enroll_failures,
         })
@@ -213,6 +216,31 @@ impl Core {
             })?;
         }
         self.committer.durable().await
+    }
+
+    /// Parses manifests away from the async threads, two at a time and
+    /// within [`MANIFEST_PARSE_TIMEOUT`], so that a hostile file delays
+    /// nothing but its own apply ([`crate::resources::check_shape`] has
+    /// already bounded what the parser sees).
+    pub async fn parse_manifests(
+        &self,
+        content: String,
+    ) -> Result<Vec<crate::resources::Parsed>, OpError> {
+        crate::resources::check_shape(&content)?;
+        let _permit = self
+            .manifest_parses
+            .acquire()
+            .await
+            .map_err(|_| OpError::Invalid("the controller is shutting down".into()))?;
+        let parsing = tokio::task::spawn_blocking(move || crate::resources::parse(&content));
+        match tokio::time::timeout(MANIFEST_PARSE_TIMEOUT, parsing).await {
+            Ok(Ok(parsed)) => Ok(parsed?),
+            Ok(Err(e)) => Err(OpError::Invalid(format!("manifest parser failed: {e}"))),
+            Err(_) => Err(OpError::Invalid(format!(
+                "the manifest took longer than {}s to parse",
+                MANIFEST_PARSE_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// The role of an admin identity, if it is a known admin.
@@ -644,6 +672,9 @@ impl Core {
         Ok(dirty.len())
     }
 }
+
+/// How long one apply's manifests may take to parse.
+pub const MANIFEST_PARSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Longest text kept in one audit field: callers choose targets and
 /// details, and an audit log must not become their storage.

@@ -38,6 +38,11 @@ use crate::lures::Template;
 pub const MAX_DOCUMENTS: usize = 256;
 /// At most this many lures in one campaign.
 pub const MAX_LURES: usize = 64;
+/// The largest manifest file accepted.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// How deeply a manifest may nest, estimated before parsing (see
+/// [`check_shape`]); real manifests nest four or five levels.
+pub const MAX_NESTING: usize = 64;
 
 /// A validation failure, precise enough to fix the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -446,15 +451,68 @@ impl Parsed {
     }
 }
 
-/// Splits a file into documents and checks each one. Nothing is applied.
-pub fn parse(content: &str) -> Result<Vec<Parsed>, ManifestError> {
-    let whole = |reason: String| ManifestError {
+fn whole(reason: String) -> ManifestError {
+    ManifestError {
         document: 0,
         kind: None,
         name: None,
         field: String::new(),
         reason,
+    }
+}
+
+/// Refuses a file too large or nested too deeply before any YAML parser
+/// sees it: 120 KB of 60,000 nested brackets once took the parser 21 s.
+/// Depth is over-estimated cheaply per line: flow brackets open outside
+/// quotes and comments, plus block indentation, plus a run of `- ` (each
+/// one a nested sequence).
+pub fn check_shape(content: &str) -> Result<(), ManifestError> {
+    if content.len() > MAX_MANIFEST_BYTES {
+        return Err(whole(format!(
+            "the file is {} bytes; at most {MAX_MANIFEST_BYTES} are accepted",
+            content.len()
+        )));
+    }
+    let too_deep = |line: usize| {
+        whole(format!(
+            "line {line} nests deeper than {MAX_NESTING} levels; manifests need a handful"
+        ))
     };
+    let mut flow = 0usize;
+    for (n, line) in content.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+        let mut rest = &line[indent..];
+        let mut dashes = 0;
+        while let Some(r) = rest.strip_prefix("- ") {
+            dashes += 1;
+            rest = r.trim_start_matches(' ');
+        }
+        let mut quote: Option<char> = None;
+        for c in rest.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => flow += 1,
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            if flow > MAX_NESTING {
+                return Err(too_deep(n + 1));
+            }
+        }
+        // One space per level is the least YAML allows.
+        if indent / 2 + dashes + flow > MAX_NESTING || indent > 4 * MAX_NESTING {
+            return Err(too_deep(n + 1));
+        }
+    }
+    Ok(())
+}
+
+/// Splits a file into documents and checks each one. Nothing is applied.
+pub fn parse(content: &str) -> Result<Vec<Parsed>, ManifestError> {
+    check_shape(content)?;
     let mut values = Vec::new();
     for (i, doc) in serde_norway::Deserializer::from_str(content).enumerate() {
         let value = serde_json::Value::deserialize(doc).map_err(|e| ManifestError {
@@ -477,8 +535,49 @@ pub fn parse(content: &str) -> Result<Vec<Parsed>, ManifestError> {
     }
     values
         .into_iter()
-        .map(|(number, value)| parse_document(number, value).map(|doc| Parsed { number, doc }))
+        .map(|(number, value)| {
+            if let Some(field) = hidden_text(&value, "") {
+                return Err(ManifestError {
+                    document: number,
+                    kind: value.get("kind").and_then(|k| k.as_str()).map(str::to_owned),
+                    name: value.get("name").and_then(|k| k.as_str()).map(str::to_owned),
+                    field,
+                    reason: "contains a bidirectional, invisible or control character (text that displays as something it is not)".into(),
+                });
+            }
+            parse_document(number, value).map(|doc| Parsed { number, doc })
+        })
         .collect()
+}
+
+/// The first field (as a path) whose key or text holds a character that
+/// hides how it reads ([`ruse_proto::types::hides_text`]); line breaks and
+/// tabs are allowed in text.
+fn hidden_text(value: &serde_json::Value, at: &str) -> Option<String> {
+    let hides = |s: &str| {
+        s.chars()
+            .any(|c| ruse_proto::types::hides_text(c) && !matches!(c, '\n' | '\r' | '\t'))
+    };
+    match value {
+        serde_json::Value::String(s) if hides(s) => Some(at.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| hidden_text(v, &format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let field = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if hides(k) {
+                Some(field)
+            } else {
+                hidden_text(v, &field)
+            }
+        }),
+        _ => None,
+    }
 }
 
 fn typed<T: DeserializeOwned>(
@@ -661,8 +760,8 @@ fn check_lure_path(path: &str) -> Result<(), String> {
     if path.split('/').any(|c| c == "..") {
         return Err(format!("{path:?} must not contain '..'"));
     }
-    if path.len() > 512 || path.chars().any(char::is_control) {
-        return Err("too long or contains control characters".into());
+    if path.len() > 512 || path.chars().any(ruse_proto::types::hides_text) {
+        return Err("too long, or contains control, bidirectional or invisible characters".into());
     }
     Ok(())
 }
@@ -1038,5 +1137,40 @@ services: [{protocol: ssh, port: 22}, {protocol: dicom, port: 104}]
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
+    }
+
+    #[test]
+    fn deep_or_huge_files_are_refused_before_parsing() {
+        let deep_flow = "[".repeat(60_000);
+        let started = std::time::Instant::now();
+        let err = parse(&deep_flow).unwrap_err();
+        assert!(err.reason.contains("nests deeper"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        let deep_dashes = format!("{}x\n", "- ".repeat(200));
+        assert!(check_shape(&deep_dashes).is_err());
+        let mut deep_block = String::new();
+        for level in 0..300 {
+            deep_block.push_str(&format!("{}k{level}:\n", " ".repeat(level)));
+        }
+        assert!(check_shape(&deep_block).is_err());
+        assert!(check_shape(&"x".repeat(MAX_MANIFEST_BYTES + 1)).is_err());
+        // Brackets in quotes and comments are text.
+        let quoted = format!("name: \"{}\" # {}\n", "[".repeat(500), "{".repeat(500));
+        assert!(check_shape(&quoted).is_ok());
+        // The shipped example passes.
+        let example = include_str!("../../deploy/examples/healthcare-campaign.yaml");
+        assert!(check_shape(example).is_ok());
+    }
+
+    #[test]
+    fn text_that_displays_as_something_else_is_refused() {
+        let spoofed = "kind: Campaign\nname: c\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: \"~/Documents/\u{202E}vsc.exe\"}\n";
+        let err = parse(spoofed).unwrap_err();
+        assert_eq!(err.field, "lures[0].path", "{err}");
+        let described = "kind: Campaign\nname: c\ndescription: \"ok\u{2066}hidden\u{2069}\"\nselector: {site: icu}\nlures:\n  - {template: pgpass}\n";
+        assert_eq!(parse(described).unwrap_err().field, "description");
+        // Line breaks in a description are text, not spoofing.
+        let multiline = "kind: Campaign\nname: c\ndescription: |\n  two\n  lines\nselector: {site: icu}\nlures:\n  - {template: pgpass}\n";
+        assert!(parse(multiline).is_ok());
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::admin::v1 as admin_pb;
 use crate::agent::v1 as agent_pb;
-use crate::types::{InvalidValue, Labels, Role};
+use crate::types::{InvalidValue, Labels, Role, hides_text};
 
 /// At most this many addresses in one agent's host facts.
 pub const MAX_ADDRESSES: usize = 64;
@@ -477,11 +477,11 @@ fn bounded_to(what: &'static str, s: String, max: usize) -> Result<String, Inval
         });
     }
     // Most strings are clean: keep them rather than copy them.
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(hides_text) {
         return Ok(s);
     }
     Ok(s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if hides_text(c) { '?' } else { c })
         .collect())
 }
 

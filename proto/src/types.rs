@@ -743,6 +743,24 @@ pub fn ulid_floor(ms: i64) -> String {
         .collect()
 }
 
+/// Characters that change how text around them is displayed without being
+/// visible themselves: control characters, the bidirectional overrides,
+/// embeddings and isolates (U+202E turns `exe.txt` into what looks like
+/// `txt.exe`), directional marks and zero-width characters. Names, paths
+/// and anything else an intruder or a careless admin writes and a person
+/// later reads must not carry them.
+pub fn hides_text(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+        )
+}
+
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -858,6 +876,18 @@ mod tests {
             "2026-1-1x",
         ] {
             assert!(UnixMs::parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_hiding_characters_are_recognised() {
+        for c in [
+            '\u{202E}', '\u{2066}', '\u{200B}', '\u{200F}', '\u{FEFF}', '\u{1b}', '\n',
+        ] {
+            assert!(hides_text(c), "{c:?}");
+        }
+        for c in ['a', 'é', 'Ж', '漢', ' ', '-'] {
+            assert!(!hides_text(c), "{c:?}");
         }
     }
 

@@ -598,3 +598,35 @@ async fn an_agent_cannot_label_itself_into_a_decoy_or_a_campaign() {
     .await;
     intruder.stop().await.unwrap();
 }
+
+/// 120 KB of 60,000 nested brackets took 21 s to parse on the async
+/// threads: admin calls failed, agents lost their sessions, events came
+/// late. Depth and size are bounded before parsing now, and parsing runs
+/// off the async threads with a time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_manifest_is_refused_at_once_and_freezes_nothing() {
+    use ruse_e2e::pb;
+    let tc = TestController::start().await;
+    let mut root = tc.root().await;
+    let started = std::time::Instant::now();
+    let status = root
+        .apply(pb::ApplyRequest {
+            source: "deep.yaml".into(),
+            content: "[".repeat(60_000) + &"]".repeat(60_000),
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("nests deeper"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    tc.assert_serving().await;
+}

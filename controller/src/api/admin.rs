@@ -781,7 +781,7 @@ impl AdminService for AdminApi {
             .await?;
         let content = request.into_inner().content;
         let outcome = async {
-            let docs = crate::resources::parse(&content)?;
+            let docs = self.core.parse_manifests(content).await?;
             Ok::<_, OpError>(self.core.deploy.apply(&docs, dry_run).await?)
         }
         .await;

@@ -142,10 +142,12 @@ impl Template {
             }
             if value.is_empty()
                 || value.len() > 128
-                || value.chars().any(|c| c.is_control() || c == '/')
+                || value
+                    .chars()
+                    .any(|c| ruse_proto::types::hides_text(c) || c == '/')
             {
                 return Err(format!(
-                    "parameter {key:?}: 1 to 128 characters, no '/' or control characters"
+                    "parameter {key:?}: 1 to 128 characters, no '/', control, bidirectional or invisible characters"
                 ));
             }
             if matches!(key.as_str(), "rows" | "messages" | "patients") {
