@@ -71,7 +71,14 @@ pub struct LureRef {
     pub id: String,
     pub revision: u64,
     pub template: String,
+    /// Programs whose reads of this file are its ordinary use (a block in
+    /// a shared file); `*` for every reader. Empty for whole-file lures.
+    pub ordinary: Arc<[String]>,
 }
+
+/// Where a program must live for its name to vouch for it: a copy of a
+/// dumper named `ssh` in /tmp or a home is not the ssh client.
+const SYSTEM_DIRS: &[&str] = &["/usr/", "/bin/", "/sbin/", "/opt/", "/snap/", "/nix/store/"];
 
 /// What the detector watches and how it judges.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -251,7 +258,12 @@ impl Detector {
         } else {
             "touch"
         };
-        let rule = self.allow_rule(&p);
+        let rule = if kind == "touch" {
+            ordinary_reader(&p)
+        } else {
+            None
+        }
+        .or_else(|| self.allow_rule(&p));
         Some(pb::Event {
             id: new_ulid(),
             seq: 0,
@@ -294,6 +306,24 @@ impl Detector {
             })
             .map(|r| r.name.clone())
     }
+}
+
+/// `ordinary reader (NAME)` when the process that only read a shared file
+/// is one of the programs that read it as a matter of course.
+fn ordinary_reader(p: &Pending) -> Option<String> {
+    if p.lure.ordinary.iter().any(|r| r == "*") {
+        return Some("ordinary reader (every program reads this file)".into());
+    }
+    let exe = &p.process.as_ref()?.exe;
+    if !SYSTEM_DIRS.iter().any(|d| exe.starts_with(d)) {
+        return None;
+    }
+    let name = Path::new(exe).file_name()?.to_str()?;
+    p.lure
+        .ordinary
+        .iter()
+        .any(|r| r == name)
+        .then(|| format!("ordinary reader ({name})"))
 }
 
 /// Where events go: the durable outbox, then the session.
@@ -488,6 +518,25 @@ mod tests {
                 id: "l1".into(),
                 revision: 3,
                 template: "patient-csv".into(),
+                ordinary: Arc::default(),
+            },
+        );
+        files.insert(
+            PathBuf::from("/r/home/a/.ssh/config"),
+            LureRef {
+                id: "l2".into(),
+                revision: 1,
+                template: "ssh-key".into(),
+                ordinary: vec!["ssh".to_owned(), "scp".to_owned()].into(),
+            },
+        );
+        files.insert(
+            PathBuf::from("/r/etc/hosts"),
+            LureRef {
+                id: "l3".into(),
+                revision: 1,
+                template: "hosts-entry".into(),
+                ordinary: vec!["*".to_owned()].into(),
             },
         );
         Watched {
@@ -621,7 +670,7 @@ mod tests {
         let mut p = Pending {
             first: now,
             observed: UnixMs::now(),
-            lure: watched().files.values().next().unwrap().clone(),
+            lure: watched().files[Path::new("/r/home/a/patients.csv")].clone(),
             path: PathBuf::from("/r/home/a/patients.csv"),
             ops: [Op::Open].into(),
             process: Some(pb::Process {
@@ -639,7 +688,7 @@ mod tests {
         p = Pending {
             first: now,
             observed: UnixMs::now(),
-            lure: watched().files.values().next().unwrap().clone(),
+            lure: watched().files[Path::new("/r/home/a/patients.csv")].clone(),
             path: PathBuf::from("/r/home/a/patients.csv"),
             ops: [Op::Open].into(),
             process: Some(pb::Process {
@@ -708,5 +757,65 @@ mod tests {
         let pending = sink.outbox().pending(0, 10).unwrap();
         assert_eq!(pending.len(), 4);
         assert_eq!(pending[0].kind, "touch");
+    }
+
+    #[test]
+    fn reads_of_a_shared_file_by_its_ordinary_programs_are_recorded_not_raised() {
+        let mut d = Detector::new(
+            DetectConfig {
+                per_lure_per_second: 100,
+                ..DetectConfig::default()
+            },
+            Arc::new(SelfActivity::default()),
+        );
+        d.set_watched(Arc::new(watched()));
+        let now = Instant::now();
+        let read_by = |path: &str, exe: &str, pid: i32, op: Op| {
+            [Op::Open, op, Op::Close]
+                .into_iter()
+                .map(|op| Access {
+                    path: PathBuf::from(path),
+                    op,
+                    pid: Some(pid),
+                    process: Some(pb::Process {
+                        pid: pid.unsigned_abs(),
+                        exe: exe.into(),
+                        ..Default::default()
+                    }),
+                    via: Via::Fanotify,
+                })
+                .collect::<Vec<_>>()
+        };
+        let judge = |d: &mut Detector, accesses| {
+            let events = d.observe(accesses, now);
+            assert_eq!(events.len(), 1, "{events:?}");
+            (events[0].allowed, events[0].allow_rule.clone())
+        };
+        let config = "/r/home/a/.ssh/config";
+        assert_eq!(
+            judge(&mut d, read_by(config, "/usr/bin/ssh", 10, Op::Read)),
+            (true, "ordinary reader (ssh)".into())
+        );
+        // Anything else reading it, a copy named ssh outside the system
+        // directories, and any write are raised.
+        for (exe, pid, op) in [
+            ("/usr/bin/cat", 11, Op::Read),
+            ("/usr/bin/grep", 12, Op::Read),
+            ("/tmp/ssh", 13, Op::Read),
+            ("/home/a/bin/ssh", 14, Op::Read),
+            ("/usr/bin/ssh", 15, Op::Modify),
+        ] {
+            assert!(!judge(&mut d, read_by(config, exe, pid, op)).0, "{exe}");
+        }
+        // Everyone reads /etc/hosts.
+        assert!(judge(&mut d, read_by("/r/etc/hosts", "/tmp/x", 16, Op::Read)).0);
+        // A whole-file lure raises on any read.
+        assert!(
+            !judge(
+                &mut d,
+                read_by("/r/home/a/patients.csv", "/usr/bin/ssh", 17, Op::Read)
+            )
+            .0
+        );
     }
 }

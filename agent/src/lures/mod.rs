@@ -49,6 +49,9 @@ pub enum Planted {
         path: PathBuf,
         inserted: Inserted,
         created: bool,
+        /// Programs whose reads of the file are its ordinary use.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        readers: Vec<String>,
     },
 }
 
@@ -200,12 +203,17 @@ impl LureEngine {
                 continue;
             }
             for f in &lure.files {
+                let ordinary = match f {
+                    Planted::Block { readers, .. } => readers.as_slice().into(),
+                    Planted::Whole { .. } => Arc::default(),
+                };
                 files.insert(
                     f.path().to_path_buf(),
                     LureRef {
                         id: id.clone(),
                         revision: lure.revision,
                         template: lure.template.clone(),
+                        ordinary,
                     },
                 );
             }
@@ -584,6 +592,7 @@ fn plant_content(
                         path: target.to_path_buf(),
                         inserted,
                         created: true,
+                        readers: file.ordinary_readers.clone(),
                     })
                 }
                 Err(e) => Err(e.into()),
@@ -594,6 +603,7 @@ fn plant_content(
                         path: target.to_path_buf(),
                         inserted,
                         created: false,
+                        readers: file.ordinary_readers.clone(),
                     })
                 }
             }
@@ -656,6 +666,7 @@ fn unplant(root: &Dir, planted: &Planted) -> Result<(), LureError> {
             path,
             inserted,
             created,
+            ..
         } => {
             let (current, seen) = match fs::read_regular(root, path) {
                 Ok(v) => v,

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 fn file(path: &str, content: &str, mode: pb::PlantMode, perms: u32) -> pb::PlantFile {
     pb::PlantFile {
+        ordinary_readers: Vec::new(),
         path: path.into(),
         content: content.as_bytes().to_vec(),
         mode: mode.into(),

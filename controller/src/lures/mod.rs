@@ -515,10 +515,13 @@ impl Renderer<'_> {
             mode: pb::PlantMode::WholeFile.into(),
             permissions,
             mtime_ms: mtime,
+            ordinary_readers: Vec::new(),
         });
     }
 
-    fn block(&mut self, path: String, content: String, permissions: u32) {
+    /// A block in a shared file, whose `readers` read it as a matter of
+    /// course (see [`readers`]).
+    fn block(&mut self, path: String, content: String, permissions: u32, readers: &[&str]) {
         let mtime = self.mtime();
         self.files.push(pb::PlantFile {
             path,
@@ -526,6 +529,7 @@ impl Renderer<'_> {
             mode: pb::PlantMode::Block.into(),
             permissions,
             mtime_ms: mtime,
+            ordinary_readers: readers.iter().map(|r| (*r).to_owned()).collect(),
         });
     }
 
@@ -552,7 +556,12 @@ impl Renderer<'_> {
                     self.m().key_id,
                     self.m().secret
                 );
-                self.block(self.file_path("~/.aws/credentials"), text, 0o600);
+                self.block(
+                    self.file_path("~/.aws/credentials"),
+                    text,
+                    0o600,
+                    readers::AWS,
+                );
             }
             Template::SshKey => {
                 let (name, address, port) = self
@@ -571,7 +580,7 @@ impl Renderer<'_> {
                 let public = format!("{}\n", self.m().ssh_public_key).into_bytes();
                 self.whole(key_path.clone(), private, 0o600);
                 self.whole(format!("{key_path}.pub"), public, 0o644);
-                self.block("~/.ssh/config".into(), entry, 0o600);
+                self.block("~/.ssh/config".into(), entry, 0o600, readers::SSH_CONFIG);
             }
             Template::SmbCredentials => {
                 let (name, address, _) = self
@@ -597,6 +606,7 @@ impl Renderer<'_> {
                     "~/.config/gtk-3.0/bookmarks".into(),
                     format!("smb://{address}/{share} {share} on {name}\n"),
                     0o644,
+                    readers::EVERY,
                 );
             }
             Template::Pgpass => {
@@ -609,7 +619,7 @@ impl Renderer<'_> {
                     self.m().username,
                     self.m().password
                 );
-                self.block(self.file_path("~/.pgpass"), line, 0o600);
+                self.block(self.file_path("~/.pgpass"), line, 0o600, readers::PGPASS);
             }
             Template::Netrc => {
                 let (_, host, _) = self
@@ -620,7 +630,7 @@ impl Renderer<'_> {
                     self.m().username,
                     self.m().password
                 );
-                self.block(self.file_path("~/.netrc"), entry, 0o600);
+                self.block(self.file_path("~/.netrc"), entry, 0o600, readers::NETRC);
             }
             Template::Kubeconfig => {
                 let (_, host, port) = self
@@ -715,6 +725,7 @@ impl Renderer<'_> {
                     self.file_path("/etc/hosts"),
                     format!("{address}\t{name}.{domain} {name} {alias}\n"),
                     0o644,
+                    readers::EVERY,
                 );
             }
             Template::PatientCsv => {
@@ -889,6 +900,54 @@ impl Renderer<'_> {
         }
         Ok(())
     }
+}
+
+/// Who reads each shared file a block lure goes into as a matter of
+/// course (executable file names). Their reads are recorded, not raised:
+/// for these files the evidence is the use of the credential at a decoy,
+/// or a read by anything else (`cat`, `grep -r`, a script, a dumper).
+/// docs/lures.md lists them per template.
+pub mod readers {
+    /// ~/.ssh/config: read by every ssh invocation, whatever the host.
+    pub const SSH_CONFIG: &[&str] = &["ssh", "scp", "sftp", "sshfs", "autossh"];
+    /// ~/.aws/credentials: the AWS CLI and tools built on its profiles.
+    pub const AWS: &[&str] = &["aws", "aws_completer", "terraform", "aws-vault"];
+    /// ~/.pgpass: libpq's own programs.
+    pub const PGPASS: &[&str] = &[
+        "psql",
+        "pg_dump",
+        "pg_dumpall",
+        "pg_restore",
+        "pg_basebackup",
+        "pg_isready",
+        "pgbench",
+        "createdb",
+        "dropdb",
+        "createuser",
+        "dropuser",
+        "vacuumdb",
+        "reindexdb",
+        "clusterdb",
+    ];
+    /// ~/.netrc: curl, wget, FTP clients and git's HTTP transport.
+    pub const NETRC: &[&str] = &[
+        "curl",
+        "wget",
+        "ftp",
+        "lftp",
+        "ncftp",
+        "git",
+        "git-remote-http",
+        "git-remote-https",
+        "git-remote-ftp",
+        "git-remote-ftps",
+        "fetchmail",
+        "mutt",
+        "neomutt",
+    ];
+    /// Files everything reads (/etc/hosts: every name lookup; GTK
+    /// bookmarks: every file dialog).
+    pub const EVERY: &[&str] = &["*"];
 }
 
 #[cfg(test)]
