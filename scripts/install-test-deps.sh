@@ -6,8 +6,9 @@
 set -euo pipefail
 
 # Debian packages the tests use, as "command:package": the real clients the
-# decoy tests drive (tests/tests/decoys.rs) and the syslog receiver the
-# output tests deliver to (tests/tests/incidents.rs).
+# decoy tests drive (tests/tests/decoys.rs), the syslog receiver the
+# output tests deliver to (tests/tests/incidents.rs), and the programs of a
+# normal workstation day (tests/tests/normal_day.rs).
 DEBIAN=(
     ssh:openssh-client
     sshpass:sshpass
@@ -18,6 +19,15 @@ DEBIAN=(
     rsyslogd:rsyslog
     systemd-analyze:systemd
     dpkg-deb:dpkg
+    # The normal day and the intruder's minute (tests/tests/normal_day.rs):
+    # real consumers of the shared files lures go into, a backup tool and a
+    # desktop indexer. Debian's AWS CLI by path: a pip-installed `aws`
+    # elsewhere on PATH is not the program the test means.
+    /usr/bin/aws:awscli
+    psql:postgresql-client
+    git:git
+    recollindex:recollcmd
+    unshare:util-linux
 )
 
 missing=()

@@ -292,13 +292,16 @@ impl Detector {
             .rules
             .iter()
             .find(|r| {
+                // The executable, or for an interpreter its script (a
+                // Python backup tool is `/usr/bin/borg`, not python3).
+                let matches = |path: &str| match r.process.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => path == r.process,
+                };
                 let process_ok = r.process.is_empty()
-                    || p.process
-                        .as_ref()
-                        .is_some_and(|proc| match r.process.strip_suffix('*') {
-                            Some(prefix) => proc.exe.starts_with(prefix),
-                            None => proc.exe == r.process,
-                        });
+                    || p.process.as_ref().is_some_and(|proc| {
+                        matches(&proc.exe) || program(proc).is_some_and(matches)
+                    });
                 let user_ok =
                     r.user.is_empty() || p.process.as_ref().is_some_and(|proc| proc.user == r.user);
                 let template_ok = r.template.is_empty() || r.template == p.lure.template;
@@ -314,16 +317,40 @@ fn ordinary_reader(p: &Pending) -> Option<String> {
     if p.lure.ordinary.iter().any(|r| r == "*") {
         return Some("ordinary reader (every program reads this file)".into());
     }
-    let exe = &p.process.as_ref()?.exe;
-    if !SYSTEM_DIRS.iter().any(|d| exe.starts_with(d)) {
+    let program = program(p.process.as_ref()?)?;
+    if !SYSTEM_DIRS.iter().any(|d| program.starts_with(d)) {
         return None;
     }
-    let name = Path::new(exe).file_name()?.to_str()?;
+    let name = Path::new(program).file_name()?.to_str()?;
     p.lure
         .ordinary
         .iter()
         .any(|r| r == name)
         .then(|| format!("ordinary reader ({name})"))
+}
+
+/// The program a process runs: its executable, or for an interpreter (the
+/// AWS CLI is Python) the script it was started with, the first argument
+/// that is not an option. `python3 -c ...` and `bash -c ...` have none.
+fn program(p: &pb::Process) -> Option<&str> {
+    let exe = Path::new(&p.exe).file_name()?.to_str()?;
+    let interpreter = ["python", "perl", "ruby", "node", "php"]
+        .iter()
+        .any(|i| exe.starts_with(i))
+        || matches!(exe, "sh" | "bash" | "dash" | "zsh" | "ksh");
+    if !interpreter {
+        return Some(&p.exe);
+    }
+    let mut args = p.cmdline.split(' ').skip(1);
+    loop {
+        let arg = args.next()?;
+        match arg {
+            // Options that take the program text or a module: no script.
+            "-c" | "-m" | "-e" | "-E" => return None,
+            a if a.starts_with('-') => {}
+            script => return Some(script),
+        }
+    }
 }
 
 /// Where events go: the durable outbox, then the session.
@@ -806,6 +833,49 @@ mod tests {
             ("/usr/bin/ssh", 15, Op::Modify),
         ] {
             assert!(!judge(&mut d, read_by(config, exe, pid, op)).0, "{exe}");
+        }
+        // An interpreter counts by its script: the AWS CLI is Python.
+        let with_cmdline = |exe: &str, cmdline: &str, pid: i32| {
+            let mut accesses = read_by(config, exe, pid, Op::Read);
+            for a in &mut accesses {
+                if let Some(p) = &mut a.process {
+                    p.cmdline = cmdline.into();
+                }
+            }
+            accesses
+        };
+        let mut d2 = Detector::new(
+            DetectConfig {
+                per_lure_per_second: 100,
+                ..DetectConfig::default()
+            },
+            Arc::new(SelfActivity::default()),
+        );
+        let mut w = watched();
+        if let Some(l) = w.files.get_mut(Path::new(config)) {
+            l.ordinary = vec!["aws".to_owned()].into();
+        }
+        d2.set_watched(Arc::new(w));
+        assert!(
+            judge(
+                &mut d2,
+                with_cmdline(
+                    "/usr/bin/python3.11",
+                    "/usr/bin/python3 /usr/bin/aws s3 ls",
+                    20
+                )
+            )
+            .0
+        );
+        for (cmdline, pid) in [
+            ("/usr/bin/python3 /tmp/aws", 21),
+            ("/usr/bin/python3 -c import os", 22),
+            ("/usr/bin/python3 /home/a/dump.py", 23),
+        ] {
+            assert!(
+                !judge(&mut d2, with_cmdline("/usr/bin/python3.11", cmdline, pid)).0,
+                "{cmdline}"
+            );
         }
         // Everyone reads /etc/hosts.
         assert!(judge(&mut d, read_by("/r/etc/hosts", "/tmp/x", 16, Op::Read)).0);

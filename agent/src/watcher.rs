@@ -8,6 +8,11 @@
 //! before doing anything else and never waits on the rest of the agent,
 //! and if the agent dies the kernel lets held opens through.
 //!
+//! An access is attributed to a lure by the file's inode, not by the path
+//! the reader used: a read through a bind mount (a container given the
+//! host's /etc/hosts) or a hard link (`ln ~/.pgpass /tmp/x`) is the read of
+//! the lure it is.
+//!
 //! inotify watches each lure's parent directory for deletes and renames of
 //! the lure's name (and, without root, the files themselves, without
 //! process attribution). Marks are on inodes, so [`Watcher::watch`] is
@@ -97,7 +102,12 @@ struct FanotifyReader {
     /// Opens are held for attribution (permission events).
     permission: bool,
     lost: Arc<AtomicU64>,
+    /// Watched files by (device, inode), shared with the thread.
+    inodes: Arc<std::sync::RwLock<Inodes>>,
 }
+
+/// Watched files by (device, inode).
+type Inodes = HashMap<(u64, u64), PathBuf>;
 
 impl FanotifyReader {
     fn start() -> io::Result<Self> {
@@ -112,17 +122,28 @@ impl FanotifyReader {
         let (stop, stop_thread) = UnixStream::pair()?;
         let (tx, rx) = mpsc::channel(ACCESS_BUFFER);
         let lost = Arc::new(AtomicU64::new(0));
+        let inodes = Arc::new(std::sync::RwLock::new(Inodes::new()));
         let thread_group = group.clone();
         let thread_lost = lost.clone();
+        let thread_inodes = inodes.clone();
         std::thread::Builder::new()
             .name("ruse-fanotify".into())
-            .spawn(move || read_loop(&thread_group, &stop_thread, &tx, &thread_lost))?;
+            .spawn(move || {
+                read_loop(
+                    &thread_group,
+                    &stop_thread,
+                    &tx,
+                    &thread_lost,
+                    &thread_inodes,
+                );
+            })?;
         Ok(FanotifyReader {
             group,
             accesses: rx,
             _stop: stop,
             permission,
             lost,
+            inodes,
         })
     }
 
@@ -140,7 +161,13 @@ impl FanotifyReader {
 }
 
 /// The fanotify thread: answers permission events first, then reports.
-fn read_loop(group: &Fanotify, stop: &UnixStream, tx: &mpsc::Sender<Access>, lost: &AtomicU64) {
+fn read_loop(
+    group: &Fanotify,
+    stop: &UnixStream,
+    tx: &mpsc::Sender<Access>,
+    lost: &AtomicU64,
+    inodes: &std::sync::RwLock<Inodes>,
+) {
     let me = i32::try_from(std::process::id()).unwrap_or(-1);
     loop {
         let mut fds = [
@@ -186,8 +213,20 @@ fn read_loop(group: &Fanotify, stop: &UnixStream, tx: &mpsc::Sender<Access>, los
             if pid == me {
                 continue;
             }
-            let Ok(path) = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) else {
-                continue;
+            // The lure's own path, whatever path the reader used.
+            let known = nix::sys::stat::fstat(fd).ok().and_then(|st| {
+                inodes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(st.st_dev, st.st_ino))
+                    .cloned()
+            });
+            let path = match known {
+                Some(path) => path,
+                None => match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+                    Ok(path) => path,
+                    Err(_) => continue,
+                },
             };
             for (flag, op) in [
                 (MaskFlags::FAN_OPEN_PERM, Op::Open),
@@ -349,6 +388,7 @@ impl Watcher {
             let _ = inotify.rm_watch(wd);
         }
         self.names.clear();
+        let mut inodes = Inodes::new();
         for file in files {
             let result = if let Some(fan) = &self.fanotify {
                 fan.group
@@ -380,12 +420,19 @@ impl Watcher {
                 failures.push((file.clone(), e));
                 continue;
             }
+            if let Ok(meta) = std::fs::symlink_metadata(file) {
+                use std::os::unix::fs::MetadataExt;
+                inodes.insert((meta.dev(), meta.ino()), file.clone());
+            }
             if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
                 self.names
                     .entry(dir.to_path_buf())
                     .or_default()
                     .insert(name.to_owned());
             }
+        }
+        if let Some(fan) = &self.fanotify {
+            *fan.inodes.write().unwrap_or_else(|e| e.into_inner()) = inodes;
         }
         for dir in self.names.keys() {
             match inotify.add_watch(

@@ -187,7 +187,9 @@ fn store(c: &mut Criterion) {
                             (store.clone(), committer.clone(), agent.clone());
                         tasks.push(tokio::spawn(async move {
                             for i in 0..PER_WRITER {
-                                store.insert_event(&stored(&agent, w, i as i64)).unwrap();
+                                let mut e = stored(&agent, w, i as i64);
+                                e.cursor = store.reserve_event_cursors(1);
+                                store.insert_events(std::slice::from_ref(&e)).unwrap();
                                 committer.durable().await.unwrap();
                             }
                         }));
@@ -204,7 +206,9 @@ fn store(c: &mut Criterion) {
     group.bench_function("flush_each_event", |b| {
         b.iter(|| {
             for i in 0..64 {
-                store.insert_event(&stored(&agent, i, i as i64)).unwrap();
+                let mut e = stored(&agent, i, i as i64);
+                e.cursor = store.reserve_event_cursors(1);
+                store.insert_events(std::slice::from_ref(&e)).unwrap();
                 store.flush().unwrap();
             }
         })

@@ -322,12 +322,18 @@ impl Events {
         let slot = self
             .publisher
             .reserve(self.store.as_ref(), records.len() as u64);
-        let mut stored = Vec::with_capacity(records.len());
-        for (cursor, mut record) in (slot.first..).zip(records) {
+        let mut drills = Vec::with_capacity(records.len());
+        let mut records = records;
+        for (cursor, record) in (slot.first..).zip(records.iter_mut()) {
             record.cursor = cursor;
-            let drill = self.drills.claim(&record);
+            let drill = self.drills.claim(record);
             record.drill = drill.is_some();
-            if self.store.insert_event(&record)? {
+            drills.push(drill);
+        }
+        let inserted = self.store.insert_events(&records)?;
+        let mut stored = Vec::with_capacity(records.len());
+        for ((record, drill), new) in records.into_iter().zip(drills).zip(inserted) {
+            if new {
                 stored.push((record, drill));
             } else {
                 out.duplicates += 1;

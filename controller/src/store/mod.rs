@@ -239,10 +239,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// order); returns the first. Cursors only grow; one reserved and never
     /// stored is a harmless gap.
     fn reserve_event_cursors(&self, n: u64) -> u64;
-    /// Stores an event (its `cursor` reserved) unless one with its id is
-    /// already stored; returns whether it was stored (atomic per event: a
-    /// resend after a crash is a duplicate, never a second copy).
-    fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError>;
+    /// Stores events (their cursors reserved, increasing), each unless one
+    /// with its id is already stored; returns which were stored (atomic
+    /// per event: a resend after a crash is a duplicate, never a second
+    /// copy).
+    fn insert_events(&self, events: &[StoredEvent]) -> Result<Vec<bool>, StoreError>;
     /// Walks stored events in cursor order as `scan` says, until `visit`
     /// breaks. With an agent, only that agent's events are read.
     fn scan_events(

@@ -540,8 +540,8 @@ impl Store for SledStore {
         self.events.reserve(n)
     }
 
-    fn insert_event(&self, event: &StoredEvent) -> Result<bool, StoreError> {
-        self.events.insert(event)
+    fn insert_events(&self, events: &[StoredEvent]) -> Result<Vec<bool>, StoreError> {
+        self.events.insert(events)
     }
 
     fn scan_events(
