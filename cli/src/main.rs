@@ -1269,6 +1269,8 @@ async fn watch_events(
             headers.extend(output::EVENT_WIDE_HEADERS);
         }
         println!("{}", headers.join("   "));
+        // Piped output (`| tee`) sees the header at once.
+        std::io::stdout().flush()?;
     }
     let mut last = after;
     let mut retry = std::time::Duration::from_millis(500);

@@ -1230,11 +1230,21 @@ impl AdminService for AdminApi {
         self.authorize(&request, Role::Viewer, None).await?;
         let drills = request.get_ref().include_drills;
         let mut live = self.core.events.incidents.subscribe();
+        let mut closing = self.core.events.closing();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let mut missed = 0u64;
             loop {
-                let incident = match live.recv().await {
+                let received = tokio::select! {
+                    () = crate::stopped(&mut closing) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the controller is shutting down")))
+                            .await;
+                        return;
+                    }
+                    received = live.recv() => received,
+                };
+                let incident = match received {
                     Ok(i) => i,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         missed += n;

@@ -218,6 +218,11 @@ impl Events {
         self.closed.send_replace(true);
     }
 
+    /// Turns true when the controller stops: long-lived streams end then.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
     /// Stores a batch from `agent` durably. The caller acknowledges
     /// `through_seq` once this returns (and audits refusals).
     pub async fn ingest(

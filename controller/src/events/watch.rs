@@ -118,7 +118,7 @@ impl EventWatch {
                 continue;
             }
             tokio::select! {
-                _ = self.closed.wait_for(|c| *c) => return Ok(None),
+                () = crate::stopped(&mut self.closed) => return Ok(None),
                 received = self.live.recv() => match received {
                     Ok(e) => {
                         if e.cursor <= self.last {
