@@ -475,6 +475,35 @@ pub async fn enroll_once(config: &AgentConfig) -> Result<(AgentId, bool), AgentE
     }
 }
 
+/// Tells the controller that the agent with the identity in `state_dir` is
+/// being uninstalled; the controller revokes it with `reason`, so its
+/// inventory and rollouts stop waiting for it. Returns the agent's id.
+pub async fn deregister(
+    controller: &ruse_proto::transport::ControllerUrl,
+    dial: &ruse_proto::transport::DialOptions,
+    state_dir: &std::path::Path,
+    reason: &str,
+) -> Result<AgentId, AgentError> {
+    let identity = AgentIdentity::load(state_dir)?.ok_or_else(|| {
+        AgentError::Unreachable(format!("{} holds no agent identity", state_dir.display()))
+    })?;
+    let tls = ruse_pki::client_config(
+        &identity.trust_bundle,
+        vec![identity.cert.clone()],
+        identity.key.to_der(),
+    )?;
+    let channel = ruse_proto::transport::connect(controller, tls, dial)
+        .await
+        .map_err(|e| AgentError::Unreachable(e.to_string()))?;
+    pb::agent_service_client::AgentServiceClient::new(channel)
+        .deregister(pb::DeregisterRequest {
+            reason: reason.to_owned(),
+        })
+        .await
+        .map_err(|s| AgentError::Unreachable(s.message().to_owned()))?;
+    Ok(identity.id)
+}
+
 /// Starts and runs an agent until `shutdown` turns true (returns `Ok`) or a
 /// condition that retrying cannot fix (returns the error).
 pub async fn run(

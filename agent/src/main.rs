@@ -31,6 +31,13 @@ enum Command {
         /// The root the lures were planted under.
         #[arg(long, default_value = "/")]
         root: PathBuf,
+        /// The agent's configuration file: the controller it names is told
+        /// the agent is gone (it revokes it, and rollouts stop waiting).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The controller to tell, when there is no configuration file.
+        #[arg(long)]
+        controller: Option<String>,
     },
 }
 
@@ -114,7 +121,15 @@ fn main() -> ExitCode {
     let (args, enroll_only) = match command {
         Command::Run(args) => (args, false),
         Command::Enroll(args) => (args, true),
-        Command::Uninstall { state_dir, root } => return uninstall(&state_dir, &root),
+        Command::Uninstall {
+            state_dir,
+            root,
+            config,
+            controller,
+        } => {
+            deregister(&state_dir, config.as_deref(), controller);
+            return uninstall(&state_dir, &root);
+        }
     };
     init_logging(args.log_json);
     ruse_agent::limits::raise_fd_limit();
@@ -181,6 +196,53 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         }
     })
+}
+
+/// Tells the controller this agent is going, when it knows which one.
+/// Failing to is not fatal: the lures are removed anyway, and an admin can
+/// remove the agent with `rusectl delete agent ID`.
+fn deregister(
+    state_dir: &std::path::Path,
+    config: Option<&std::path::Path>,
+    controller: Option<String>,
+) {
+    let target = match (config, controller) {
+        (_, Some(url)) => url
+            .parse::<ruse_proto::transport::ControllerUrl>()
+            .map(|url| (url, ruse_proto::transport::DialOptions::default()))
+            .map_err(|e| e.to_string()),
+        (Some(file), None) => AgentConfig::load(
+            Some(file),
+            std::env::vars(),
+            &[("state_dir", state_dir.display().to_string())],
+            &Labels::new(),
+        )
+        .map(|c| (c.controller, c.dial))
+        .map_err(|e| e.to_string()),
+        (None, None) => return,
+    };
+    let result = target.and_then(|(url, dial)| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime
+            .block_on(async {
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(15),
+                    ruse_agent::deregister(&url, &dial, state_dir, "uninstalled"),
+                )
+                .await
+            })
+            .map_err(|_| "the controller did not answer within 15 s".to_owned())?
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(id) => println!("agent {id} deregistered: the controller revoked it"),
+        Err(e) => eprintln!(
+            "ruse-agent: warning: could not tell the controller ({e}); remove the agent there with `rusectl delete agent ID`"
+        ),
+    }
 }
 
 fn uninstall(state_dir: &std::path::Path, root: &std::path::Path) -> ExitCode {

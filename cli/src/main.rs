@@ -188,6 +188,9 @@ enum GetWhat {
         /// Only agents with these labels (k=v,k2=v2).
         #[arg(short = 'l', long = "selector")]
         selector: Vec<String>,
+        /// Deleted (decommissioned) agents too.
+        #[arg(long)]
+        all: bool,
     },
     /// Bootstrap tokens (never their secrets).
     Tokens,
@@ -377,6 +380,14 @@ enum DeleteWhat {
     /// Delete a suppression; what it hid raises incidents again.
     Suppression {
         name: String,
+    },
+    /// Remove a decommissioned machine from the inventory: it is revoked
+    /// and no longer listed (`get agents --all` shows it); its lures and
+    /// events keep naming it.
+    Agent {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -735,6 +746,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Delete {
+            what: DeleteWhat::Agent { id, reason },
+        } => {
+            let id = id.strip_prefix("agent/").unwrap_or(&id).to_owned();
+            let agent = client
+                .delete_agent(pb::DeleteAgentRequest { id, reason })
+                .await?
+                .into_inner();
+            println!(
+                "agent/{} deleted from the inventory (revoked; `rusectl get agents --all` still lists it)",
+                agent.id
+            );
+            Ok(())
+        }
+        Command::Delete {
             what: DeleteWhat::AllowRule { name },
         } => {
             let name = name.strip_prefix("allowrule/").unwrap_or(&name).to_owned();
@@ -790,11 +815,12 @@ async fn get(
     match what {
         GetWhat::Incidents(args) => incidents::list(client, format, args).await,
         GetWhat::Suppressions => incidents::suppressions(client, format).await,
-        GetWhat::Agents { selector } => {
+        GetWhat::Agents { selector, all } => {
             let selector = Labels::parse_pairs(selector.iter().map(String::as_str))?;
             let agents = client
                 .list_agents(pb::ListAgentsRequest {
                     selector: selector.to_map(),
+                    include_deleted: all,
                 })
                 .await?
                 .into_inner()

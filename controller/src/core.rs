@@ -392,6 +392,7 @@ impl Core {
             cert_serial: cert.serial.clone(),
             cert_not_after: cert.not_after,
             revoked: None,
+            deleted: None,
         };
         self.store.put_agent(&agent)?;
         drop(guard);
@@ -482,6 +483,22 @@ impl Core {
         let record = self
             .fleet
             .revoke(id, &caller.actor(), reason)
+            .ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
+        self.store.put_agent(&record)?;
+        self.deploy.request_recompute();
+        Ok(record)
+    }
+
+    /// Removes a decommissioned agent from the inventory (revoking it).
+    pub fn delete_agent(
+        &self,
+        caller: &Caller,
+        id: &AgentId,
+        reason: &str,
+    ) -> Result<AgentRecord, OpError> {
+        let record = self
+            .fleet
+            .delete(id, &caller.actor(), reason)
             .ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
         self.store.put_agent(&record)?;
         self.deploy.request_recompute();

@@ -343,6 +343,19 @@ impl Fleet {
         })
     }
 
+    /// Revokes an agent (if it is not already) and marks it deleted.
+    pub fn delete(&self, id: &AgentId, by: &str, reason: &str) -> Option<AgentRecord> {
+        self.revoke(id, by, reason)?;
+        let record = self.with_entry(id, |e| {
+            e.record.deleted.get_or_insert_with(UnixMs::now);
+            e.record.clone()
+        });
+        if record.is_some() {
+            self.mark_dirty(id);
+        }
+        record
+    }
+
     /// Tells every live session to close (shutdown).
     pub fn close_all(&self) {
         for entry in self.read().values() {
@@ -480,6 +493,7 @@ pub(crate) mod tests_support {
             cert_serial: String::new(),
             cert_not_after: UnixMs(0),
             revoked: None,
+            deleted: None,
         }
     }
 }

@@ -81,8 +81,11 @@ if [ "$action" = uninstall ]; then
         systemctl disable --now ruse-agent.service >/dev/null 2>&1 || true
     fi
     if [ -x "$bin_path" ] && [ -d "$state_dir" ]; then
-        # Lures first, while the agent still knows what it planted.
-        "$bin_path" uninstall --state-dir "$state_dir" --root "${root:-/}" \
+        # Lures first, while the agent still knows what it planted; the
+        # controller named in the config is told the agent is gone.
+        set -- uninstall --state-dir "$state_dir" --root "${root:-/}"
+        [ -f "$conf_path" ] && set -- "$@" --config "$conf_path"
+        "$bin_path" "$@" \
             || die "some lures could not be removed; fix the errors above and run --uninstall again"
     fi
     rm -f "$bin_path" "$unit_path"

@@ -563,6 +563,12 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_same_tree(&before, &snapshot(&root, &[]));
+    // The controller was told: the agent is revoked, so inventories and
+    // rollouts stop waiting for it.
+    assert!(text(&out).contains("deregistered"), "{}", text(&out));
+    let agents = site.agents();
+    assert_eq!(agents[0]["state"], "revoked", "{agents:?}");
+    assert_eq!(agents[0]["revoked"]["reason"], "uninstalled");
     // Running it again is harmless.
     let out = Command::new("sh")
         .arg(&script)

@@ -65,6 +65,7 @@ async fn two_agents_enroll_with_labels_and_a_revoked_one_is_cut_off() {
         .await
         .list_agents(pb::ListAgentsRequest {
             selector: [("role".to_owned(), "pacs".to_owned())].into(),
+            include_deleted: false,
         })
         .await
         .unwrap()
@@ -361,4 +362,71 @@ async fn an_agent_whose_certificate_expired_while_off_enrolls_again() {
     assert_eq!(view.state(), pb::AgentState::Online);
     assert_eq!(view.labels.get("site").map(String::as_str), Some("icu"));
     again.stop().await.unwrap();
+}
+
+/// A machine taken out of service: its agent stays registered as offline,
+/// and a wave of agents that never answer never completes. An admin deletes
+/// it: it is revoked, gone from the inventory (still there with --all),
+/// and rollouts stop waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_agent_leaves_the_inventory_and_rollouts_stop_waiting() {
+    let tc = TestController::start().await;
+    let token = tc
+        .token("role=workstation", 1, Duration::from_secs(600))
+        .await;
+    let mut agent = tc.spawn_agent(tc.agent_config("old-ws", &token, ""));
+    let id = agent.connected().await;
+    let campaign = |template: &str| {
+        format!(
+            "kind: Campaign\nname: ward\nselector: {{role: workstation}}\nlures:\n  - {{template: {template}}}\n"
+        )
+    };
+    tc.apply(&campaign("pgpass")).await;
+    tc.wait_rollout("ward", "completed", Duration::from_secs(10))
+        .await;
+    agent.stop().await.unwrap();
+    // Decommissioned: the next change waits for an agent that never comes.
+    tc.apply(&campaign("netrc")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(tc.campaign("ward").await.rollout_state, "progressing");
+
+    let mut root = tc.root().await;
+    let deleted = root
+        .delete_agent(pb::DeleteAgentRequest {
+            id: id.clone(),
+            reason: "workstation scrapped".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.state(), pb::AgentState::Revoked);
+    assert!(deleted.deleted_ms > 0);
+    tc.wait_rollout("ward", "completed", Duration::from_secs(10))
+        .await;
+    assert!(
+        tc.agents().await.is_empty(),
+        "deleted agents are not listed"
+    );
+    let all = root
+        .list_agents(pb::ListAgentsRequest {
+            selector: Default::default(),
+            include_deleted: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].revoke_reason, "workstation scrapped");
+    let audit = root
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.action == "agent.delete" && r.result == "ok")
+    );
 }

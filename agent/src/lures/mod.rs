@@ -99,6 +99,11 @@ mod spec_bytes {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct StateFile {
     lures: BTreeMap<String, AppliedLure>,
+    /// Directories the agent made for a lure that were not empty when that
+    /// lure went (another lure, rotated in, had files there): removed once
+    /// empty, at the latest by `uninstall`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    leftover_dirs: std::collections::BTreeSet<PathBuf>,
 }
 
 /// Why a lure could not be applied or removed.
@@ -417,6 +422,14 @@ impl LureEngine {
         }
         remove_dirs(&self.root, &lure.created_dirs);
         self.touch_all(lure);
+        let outlived: Vec<PathBuf> = lure
+            .created_dirs
+            .iter()
+            .filter(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+            .cloned()
+            .collect();
+        self.state.leftover_dirs.extend(outlived);
+        self.remove_leftover_dirs();
         match first_error {
             // Keep the record of a lure we could not fully remove.
             Some(e) => Err(e),
@@ -425,6 +438,20 @@ impl LureEngine {
                 Ok(())
             }
         }
+    }
+
+    /// Removes the leftover directories that are empty now, innermost
+    /// first; forgets those that are gone.
+    fn remove_leftover_dirs(&mut self) {
+        if self.state.leftover_dirs.is_empty() {
+            return;
+        }
+        let mut dirs: Vec<PathBuf> = self.state.leftover_dirs.iter().cloned().collect();
+        dirs.sort_by_key(|d| d.components().count());
+        remove_dirs(&self.root, &dirs);
+        self.state
+            .leftover_dirs
+            .retain(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()));
     }
 
     /// Checks every planted file; puts back what was deleted or changed
@@ -500,6 +527,7 @@ impl LureEngine {
                 failures.push((id, e));
             }
         }
+        self.remove_leftover_dirs();
         if let Err(e) = self.save() {
             failures.push(("state".into(), e));
         }

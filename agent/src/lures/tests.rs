@@ -538,3 +538,42 @@ fn a_changed_whole_file_lure_is_never_deleted() {
         "someone's own work\n"
     );
 }
+
+/// A rotation plants the new instance beside the old one, then removes the
+/// old: the directory the old one made is not empty then. Uninstall used to
+/// leave it behind, empty and backdated, in users' homes.
+#[test]
+fn directories_made_by_a_rotated_lure_go_at_uninstall() {
+    let f = fixture();
+    let before = snapshot(&f.root);
+    let mut e = engine(&f);
+    let kube = |id: &str, name: &str| {
+        resource(
+            id,
+            1,
+            vec![file(
+                &format!("~/.kube/{name}.kubeconfig"),
+                "apiVersion: v1\n",
+                pb::PlantMode::WholeFile,
+                0o600,
+            )],
+        )
+    };
+    assert!(e.apply(&[], &[kube("old", "imaging")])[0].result.is_ok());
+    assert!(
+        e.apply(&[], &[kube("new", "imaging-prod")])[0]
+            .result
+            .is_ok()
+    );
+    assert!(e.apply(&["old".into()], &[])[0].result.is_ok());
+    assert!(
+        f.root
+            .join("home/alice/.kube/imaging-prod.kubeconfig")
+            .exists()
+    );
+    // A restart in between: the state file remembers.
+    drop(e);
+    let mut e = engine(&f);
+    assert!(e.uninstall().is_empty());
+    assert_eq!(snapshot(&f.root), before, "no directory left behind");
+}

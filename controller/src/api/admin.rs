@@ -170,6 +170,7 @@ fn agent_pb(view: AgentView) -> pb::Agent {
         revoked_by,
         revoke_reason,
         reported_labels,
+        deleted_ms: r.deleted.map_or(0, |t| t.0),
     }
 }
 
@@ -570,12 +571,14 @@ impl AdminService for AdminApi {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.authorize(&request, Role::Viewer, None).await?;
-        let selector = labels(request.into_inner().selector)?;
+        let req = request.into_inner();
+        let selector = labels(req.selector)?;
         let agents = self
             .core
             .fleet
             .list(&selector)
             .into_iter()
+            .filter(|a| req.include_deleted || a.record.deleted.is_none())
             .map(agent_pb)
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))
@@ -613,6 +616,37 @@ impl AdminService for AdminApi {
             })
             .await?;
         tracing::info!(agent = %record.id, by = %caller.actor(), "agent revoked");
+        let view = self
+            .core
+            .fleet
+            .get(&record.id)
+            .ok_or_else(|| status(OpError::NotFound(format!("agent {}", record.id))))?;
+        Ok(Response::new(agent_pb(view)))
+    }
+
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let req = request.get_ref();
+        let reason: String = req.reason.chars().take(256).collect();
+        let reason = if reason.trim().is_empty() {
+            "deleted (decommissioned)".to_owned()
+        } else {
+            reason
+        };
+        let audit = entry("agent.delete", format!("agent/{}", req.id), reason.clone());
+        let (caller, _, _) = self
+            .authorize(&request, Role::Operator, Some(&audit))
+            .await?;
+        let id = request.get_ref().id.parse::<AgentId>();
+        let record = self
+            .mutate(&caller, audit, async {
+                let id = id.map_err(|e| OpError::Invalid(e.to_string()))?;
+                self.core.delete_agent(&caller, &id, &reason)
+            })
+            .await?;
+        tracing::info!(agent = %record.id, by = %caller.actor(), "agent deleted from the inventory");
         let view = self
             .core
             .fleet

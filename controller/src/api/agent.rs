@@ -100,6 +100,39 @@ impl AgentService for AgentApi {
         }))
     }
 
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let id = require_agent(&request)?;
+        let caller = caller(&request)?;
+        let reason: String = request.get_ref().reason.chars().take(256).collect();
+        let reason = if reason.trim().is_empty() {
+            "uninstalled".to_owned()
+        } else {
+            reason
+        };
+        let result = self
+            .core
+            .revoke_agent(&caller, &id, &reason)
+            .map(|_| "ok".to_owned())
+            .unwrap_or_else(|e| e.to_string());
+        self.core
+            .audit(
+                &caller,
+                AuditEntry {
+                    action: "agent.deregister",
+                    target: format!("agent/{id}"),
+                    detail: reason,
+                },
+                &result,
+            )
+            .await
+            .map_err(|e| status(e.into()))?;
+        tracing::warn!(agent = %id, "agent deregistered itself (uninstalled)");
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
     type SessionStream = SessionStream;
 
     async fn session(

@@ -66,6 +66,10 @@ pub struct AgentRecord {
     pub cert_serial: String,
     pub cert_not_after: UnixMs,
     pub revoked: Option<Revocation>,
+    /// When an admin removed it from the inventory (decommissioned). It is
+    /// revoked too; the record stays for attribution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<UnixMs>,
 }
 
 impl AgentRecord {
