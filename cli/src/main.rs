@@ -1436,6 +1436,8 @@ async fn apply(
         kind: String,
         name: String,
         action: String,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        notes: Vec<String>,
     }
     match format {
         Format::Json | Format::Yaml => output::structured(
@@ -1447,6 +1449,7 @@ async fn apply(
                         kind: r.kind.clone(),
                         name: r.name.clone(),
                         action: r.action.clone(),
+                        notes: r.notes.clone(),
                     })
                     .collect::<Vec<_>>(),
             },
@@ -1455,6 +1458,9 @@ async fn apply(
             let suffix = if dry_run { " (dry run)" } else { "" };
             for r in &results {
                 println!("{}/{} {}{suffix}", r.kind.to_lowercase(), r.name, r.action);
+                for note in &r.notes {
+                    println!("  {note}");
+                }
             }
             Ok(())
         }

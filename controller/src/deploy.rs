@@ -455,6 +455,8 @@ pub struct ApplyResult {
     pub name: String,
     /// created, configured or unchanged.
     pub action: &'static str,
+    /// What a change does beyond the resource itself (a decoy's lures).
+    pub notes: Vec<String>,
 }
 
 /// Why an admin operation on resources failed.
@@ -713,6 +715,7 @@ impl Deployer {
                         kind: "Suppression",
                         name: r.name.clone(),
                         action,
+                        notes: Vec::new(),
                     });
                 }
                 Document::AllowRule(r) => {
@@ -728,6 +731,7 @@ impl Deployer {
                         kind: "AllowRule",
                         name: r.name.clone(),
                         action,
+                        notes: Vec::new(),
                     });
                 }
                 Document::Decoy(d) => {
@@ -740,10 +744,15 @@ impl Deployer {
                         changed_decoys.insert(d.name.clone());
                         decoy_writes.push(d.clone());
                     }
+                    let notes = match decoys.get(&d.name) {
+                        Some(old) if action == "configured" => decoy_change(old, d, &campaigns),
+                        _ => Vec::new(),
+                    };
                     results.push(ApplyResult {
                         kind: "Decoy",
                         name: d.name.clone(),
                         action,
+                        notes,
                     });
                 }
                 Document::Campaign(c) => {
@@ -772,6 +781,7 @@ impl Deployer {
                         kind: "Campaign",
                         name: c.name.clone(),
                         action,
+                        notes: Vec::new(),
                     });
                 }
             }
@@ -1419,6 +1429,13 @@ impl Deployer {
 
     fn settle(&self, agent: &AgentId, nonce: u64, errors: Vec<pb::ResourceError>) {
         let mut st = self.lock();
+        let errors: HashMap<String, String> = errors
+            .into_iter()
+            .map(|e| {
+                let error: String = e.error.chars().take(512).collect();
+                (e.id, name_campaigns(&st.registry, error))
+            })
+            .collect();
         let Some(a) = st.agents.get_mut(agent) else {
             return;
         };
@@ -1426,10 +1443,6 @@ impl Deployer {
             tracing::debug!(agent = %agent, nonce, "acknowledgement for an unknown update ignored");
             return;
         };
-        let errors: HashMap<String, String> = errors
-            .into_iter()
-            .map(|e| (e.id, e.error.chars().take(512).collect()))
-            .collect();
         for (id, revision) in inflight.sent {
             match errors.get(&*id) {
                 None => {
@@ -1810,6 +1823,75 @@ enum Verdict {
     Advance,
     /// Still waiting for answers.
     Wait,
+}
+
+/// What changing decoy `old` into `new` does: the fields that change, and
+/// the live campaigns whose lures point at it (their files on every agent
+/// are rewritten, and the services the old ones named stop).
+fn decoy_change(
+    old: &Decoy,
+    new: &Decoy,
+    campaigns: &BTreeMap<String, CampaignRecord>,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let services = |d: &Decoy| {
+        d.services
+            .iter()
+            .map(|s| format!("{}/{}", s.protocol, s.port))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for (field, before, after) in [
+        ("address", old.address.clone(), new.address.clone()),
+        ("listen", old.listen.clone(), new.listen.clone()),
+        (
+            "selector",
+            old.selector.to_string(),
+            new.selector.to_string(),
+        ),
+        ("services", services(old), services(new)),
+    ] {
+        if before != after {
+            notes.push(format!("{field}: {before} -> {after}"));
+        }
+    }
+    let users: Vec<&str> = campaigns
+        .values()
+        .filter(|c| {
+            c.target
+                .spec
+                .lures
+                .iter()
+                .any(|l| l.decoy.as_deref() == Some(new.name.as_str()))
+        })
+        .map(|c| c.target.spec.name.as_str())
+        .collect();
+    if !users.is_empty() {
+        notes.push(format!(
+            "live lures point at this decoy: campaign {} (their files are rewritten on every agent)",
+            users.join(", campaign ")
+        ));
+    }
+    notes
+}
+
+/// An agent's error that names another lure ("lure ID ... of another
+/// campaign") names that lure's campaign instead.
+fn name_campaigns(registry: &Registry, error: String) -> String {
+    let Some(at) = error.find("by lure ") else {
+        return error;
+    };
+    let id = error[at + 8..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default();
+    match registry.active.get(id) {
+        Some(lure) => error.replace(
+            "of another campaign",
+            &format!("of campaign {}", lure.campaign),
+        ),
+        None => error,
+    }
 }
 
 /// Pauses as soon as the outcome is certain (failures exceed the ratio

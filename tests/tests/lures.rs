@@ -448,3 +448,80 @@ async fn lures_beside_real_files_and_uninstall_leave_them_byte_identical() {
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("config")]);
 }
+
+/// Two campaigns planting the same whole file on one agent (the SSH key
+/// for one decoy): the second used to fail with "a file already exists
+/// there and is not a lure" about the first's lure. It names the campaign
+/// that planted it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_another_campaign_planted_is_named_in_the_error() {
+    let tc = TestController::start().await;
+    let token = tc
+        .token("role=workstation", 1, Duration::from_secs(600))
+        .await;
+    let mut agent = tc.spawn_agent(tc.agent_config("ws", &token, ""));
+    agent.connected().await;
+    let decoy = "kind: Decoy\nname: pacs\nselector: {role: decoy}\naddress: 127.0.0.1\nservices: [{protocol: ssh, port: 22}]\n";
+    let campaign = |name: &str| {
+        format!(
+            "kind: Campaign\nname: {name}\nselector: {{role: workstation}}\nrollout: {{waves: [\"100%\"], max_failure_ratio: 0.5}}\nlures:\n  - {{template: ssh-key, decoy: pacs}}\n"
+        )
+    };
+    tc.apply(&format!("{decoy}---\n{}", campaign("first")))
+        .await;
+    tc.wait_rollout("first", "completed", Duration::from_secs(10))
+        .await;
+    tc.apply(&campaign("second")).await;
+    let paused = tc
+        .wait_rollout("second", "paused", Duration::from_secs(10))
+        .await;
+    let errors = paused.wave_status[0].errors.join("; ");
+    assert!(
+        errors.contains("already planted there by lure") && errors.contains("of campaign first"),
+        "{errors}"
+    );
+    agent.stop().await.unwrap();
+}
+
+/// Applying another Decoy under a live one's name silently reconfigured
+/// it: its services stopped and planted SSH configs pointed elsewhere.
+/// `apply` (and `--dry-run` before it) says what changes and which live
+/// campaigns' lures follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfiguring_a_live_decoy_says_what_changes_and_whose_lures_follow() {
+    use ruse_e2e::pb;
+    let tc = TestController::start().await;
+    let decoy = |address: &str, port: u16| {
+        format!(
+            "kind: Decoy\nname: pacs-archive02\nselector: {{role: decoy}}\naddress: {address}\nservices: [{{protocol: ssh, port: {port}}}]\n"
+        )
+    };
+    tc.apply(&format!(
+        "{}---\nkind: Campaign\nname: ward\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: pacs-archive02}}\n",
+        decoy("127.0.0.1", 2222)
+    ))
+    .await;
+    let results = tc
+        .root()
+        .await
+        .apply(pb::ApplyRequest {
+            source: "docs-example.yaml".into(),
+            content: decoy("10.20.0.15", 22),
+            dry_run: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results[0].action, "configured");
+    let notes = results[0].notes.join("\n");
+    assert!(
+        notes.contains("address: 127.0.0.1 -> 10.20.0.15"),
+        "{notes}"
+    );
+    assert!(notes.contains("services: ssh/2222 -> ssh/22"), "{notes}");
+    assert!(notes.contains("campaign ward"), "{notes}");
+    // A dry run changed nothing.
+    let again = tc.apply(&decoy("127.0.0.1", 2222)).await;
+    assert_eq!(again[0].action, "unchanged");
+}

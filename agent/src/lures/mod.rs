@@ -119,6 +119,14 @@ pub enum LureError {
     Block { path: String, reason: String },
     #[error("cannot save the lure state {path}: {reason}")]
     State { path: String, reason: String },
+    #[error(
+        "{path}: already planted there by lure {other} ({template}) of another campaign; give one of the two another path or file name"
+    )]
+    TakenByLure {
+        path: String,
+        other: String,
+        template: String,
+    },
 }
 
 /// What happened to one resource of an update.
@@ -378,7 +386,10 @@ impl LureEngine {
                 let mut planted_any = false;
                 for (target, owner) in self.targets(&file.path)? {
                     self.activity.touch(&target);
-                    match plant_file(&self.root, &target, file, owner, &mut applied.created_dirs) {
+                    let planted =
+                        plant_file(&self.root, &target, file, owner, &mut applied.created_dirs)
+                            .map_err(|e| self.name_the_owner(e, &target));
+                    match planted {
                         Ok(planted) => {
                             applied.files.push(planted);
                             planted_any = true;
@@ -403,6 +414,27 @@ impl LureEngine {
                 undo(&self.root, &applied);
                 Err(e)
             }
+        }
+    }
+
+    /// A file in the way that is another lure's is named as such: two
+    /// campaigns planting the same whole file on one agent.
+    fn name_the_owner(&self, e: LureError, target: &Path) -> LureError {
+        if !matches!(e, LureError::Fs(FsError::Exists { .. })) {
+            return e;
+        }
+        let owner = self.state.lures.iter().find(|(_, l)| {
+            l.files
+                .iter()
+                .any(|f| matches!(f, Planted::Whole { path, .. } if path == target))
+        });
+        match owner {
+            Some((id, l)) => LureError::TakenByLure {
+                path: target.display().to_string(),
+                other: id.clone(),
+                template: l.template.clone(),
+            },
+            None => e,
         }
     }
 

@@ -837,6 +837,7 @@ impl AdminService for AdminApi {
                     kind: r.kind.into(),
                     name: r.name,
                     action: r.action.into(),
+                    notes: r.notes,
                 })
                 .collect(),
         }))
