@@ -346,6 +346,11 @@ enum TokenAction {
         labels: Vec<String>,
         #[arg(long, default_value = "")]
         description: String,
+        /// Write the secret to this file, readable by you only (0600),
+        /// instead of printing it: `> token` would make it readable by
+        /// everyone your umask lets in.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -663,6 +668,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     uses,
                     labels,
                     description,
+                    output,
                 },
         } => {
             let ttl_ms = match ttl {
@@ -680,6 +686,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             let info = created.info.unwrap_or_default();
+            if let Some(path) = &output {
+                ruse_pki::write_private_file(path, format!("{}\n", created.token).as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!(
+                    "token {} written to {} (mode 0600), valid until {}, {} use(s), labels {}",
+                    info.id,
+                    path.display(),
+                    output::time(info.expires_ms),
+                    info.max_uses,
+                    output::labels(&labels.into_map())
+                );
+                return Ok(());
+            }
             match format {
                 Format::Json | Format::Yaml => output::structured(
                     format,

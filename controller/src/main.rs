@@ -62,6 +62,10 @@ enum Command {
         /// The URL rusectl will dial (default: the one recorded at init).
         #[arg(long)]
         controller: Option<String>,
+        /// Write the context (it holds the admin's private key) to this
+        /// file, readable by you only (0600), instead of printing it.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Run a controller and a demo agent on this machine (data kept in --data-dir).
     Dev {
@@ -108,11 +112,25 @@ fn main() -> ExitCode {
         Command::AdminContext {
             data_dir,
             controller,
+            output,
         } => match admin_context(&data_dir, controller) {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
+            Ok(text) => match output {
+                Some(path) => match ruse_pki::write_private_file(&path, text.as_bytes()) {
+                    Ok(()) => {
+                        eprintln!(
+                            "admin context written to {} (mode 0600): rusectl --context-file {} whoami",
+                            path.display(),
+                            path.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                },
+                None => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+            },
             Err(e) => fail(&e),
         },
         Command::Dev { data_dir, listen } => {

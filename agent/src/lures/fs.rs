@@ -549,11 +549,20 @@ pub fn read_lure(root: &Dir, target: &Path) -> Result<Vec<u8>, FsError> {
     read_open(&mut dir.open_file(&name)?, target, MAX_LURE_FILE).map(|(bytes, _)| bytes)
 }
 
-/// Replaces an existing file's content atomically, keeping its owner, mode
-/// and modification time. Fails if the file changed since `seen` was read.
+/// Replaces an existing file's content (`old`, as read with `seen`)
+/// atomically, keeping its owner, mode and modification time. Fails if the
+/// file changed since it was read.
+///
+/// Where the directory may not be written but the file may (the agent's
+/// unit can make just `/etc/hosts` writable, not `/etc`), there is no
+/// temporary file to rename: the file is changed in place from the first
+/// byte that differs, then cut to length. A block is appended at the end,
+/// so planting only writes after the old content and taking it out again
+/// only truncates: the file's own content is never rewritten.
 pub fn replace_content(
     root: &Dir,
     target: &Path,
+    old: &[u8],
     content: &[u8],
     seen: &Metadata,
 ) -> Result<(), FsError> {
@@ -563,7 +572,18 @@ pub fn replace_content(
         owner: Some(Owner::of(seen)),
         mtime: seen.modified().ok(),
     };
-    let tmp = write_temp(&dir, &name, content, new)?;
+    let tmp = match write_temp(&dir, &name, content, new) {
+        Ok(tmp) => tmp,
+        // The directory is not writable (read-only, or not ours).
+        Err(FsError::Io { source, .. })
+            if [Errno::EROFS, Errno::EACCES, Errno::EPERM]
+                .iter()
+                .any(|e| source.raw_os_error() == Some(*e as i32)) =>
+        {
+            return rewrite_in_place(&dir, &name, target, old, content, seen);
+        }
+        Err(e) => return Err(e),
+    };
     let unchanged = nix::sys::stat::fstatat(
         dir.file.as_fd(),
         name.as_os_str(),
@@ -593,6 +613,49 @@ pub fn replace_content(
         return Err(errno(target)(e));
     }
     dir.sync();
+    Ok(())
+}
+
+/// [`replace_content`] without a temporary file: the file at `name`, still
+/// the one read, is written from the first byte where `old` and `new`
+/// differ, cut to the new length and synced.
+fn rewrite_in_place(
+    dir: &Dir,
+    name: &OsStr,
+    target: &Path,
+    old: &[u8],
+    new: &[u8],
+    seen: &Metadata,
+) -> Result<(), FsError> {
+    use std::os::unix::fs::FileExt;
+    let fd = nix::fcntl::openat(
+        dir.file.as_fd(),
+        name,
+        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| dir.refusal(name, e))?;
+    let file = File::from(fd);
+    let now = file.metadata().map_err(io(target))?;
+    let unchanged = now.is_file()
+        && now.ino() == seen.ino()
+        && now.dev() == seen.dev()
+        && now.len() == seen.len()
+        && now.modified().ok() == seen.modified().ok();
+    if !unchanged {
+        return Err(FsError::Unsuitable {
+            path: target.display().to_string(),
+            reason: "changed while the lure was being written; will retry".into(),
+        });
+    }
+    let same = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    file.write_all_at(&new[same..], same as u64)
+        .and_then(|()| file.set_len(new.len() as u64))
+        .and_then(|()| file.sync_all())
+        .map_err(io(target))?;
+    if let Ok(t) = seen.modified() {
+        let _ = set_times(&file, t);
+    }
     Ok(())
 }
 
@@ -753,16 +816,16 @@ mod tests {
         fs::set_permissions(&target, fs::Permissions::from_mode(0o604)).unwrap();
         let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
         set_mtime(&root, &target, t).unwrap();
-        let (_, seen) = read_regular(&root, &target).unwrap();
-        replace_content(&root, &target, b"after", &seen).unwrap();
+        let (old, seen) = read_regular(&root, &target).unwrap();
+        replace_content(&root, &target, &old, b"after", &seen).unwrap();
         let meta = fs::metadata(&target).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"after");
         assert_eq!(meta.permissions().mode() & 0o777, 0o604);
         assert_eq!(meta.modified().unwrap(), t);
         // A change between read and replace is detected.
-        let (_, seen) = read_regular(&root, &target).unwrap();
+        let (old, seen) = read_regular(&root, &target).unwrap();
         fs::write(&target, b"someone else").unwrap();
-        assert!(replace_content(&root, &target, b"mine", &seen).is_err());
+        assert!(replace_content(&root, &target, &old, b"mine", &seen).is_err());
         assert_eq!(fs::read(&target).unwrap(), b"someone else");
     }
 
@@ -865,5 +928,40 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert!(set_mtime(&root, &root.path().join("home/bob/.aws"), t).is_err());
         assert_eq!(fs::metadata(&precious).unwrap().modified().unwrap(), old);
+    }
+
+    #[test]
+    fn in_place_rewrites_touch_only_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = root_of(dir.path());
+        let hosts = root.path().join("hosts");
+        let original = b"127.0.0.1 localhost\n".to_vec();
+        fs::write(&hosts, &original).unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        set_mtime(&root, &hosts, t).unwrap();
+        let inode = fs::metadata(&hosts).unwrap().ino();
+        let (dir_handle, name) = parent(&root, &hosts).unwrap();
+        // Plant: append.
+        let (old, seen) = read_regular(&root, &hosts).unwrap();
+        let planted = [old.clone(), b"10.0.0.9 pacs\n".to_vec()].concat();
+        rewrite_in_place(&dir_handle, &name, &hosts, &old, &planted, &seen).unwrap();
+        assert_eq!(fs::read(&hosts).unwrap(), planted);
+        // Someone appends after the block; taking the block out rewrites
+        // the tail and keeps theirs.
+        let mut theirs = planted.clone();
+        theirs.extend_from_slice(b"10.1.1.1 printer\n");
+        fs::write(&hosts, &theirs).unwrap();
+        set_mtime(&root, &hosts, t).unwrap();
+        let (old, seen) = read_regular(&root, &hosts).unwrap();
+        let restored = [original.clone(), b"10.1.1.1 printer\n".to_vec()].concat();
+        rewrite_in_place(&dir_handle, &name, &hosts, &old, &restored, &seen).unwrap();
+        assert_eq!(fs::read(&hosts).unwrap(), restored);
+        let meta = fs::metadata(&hosts).unwrap();
+        assert_eq!(meta.ino(), inode, "the same file, changed in place");
+        assert_eq!(meta.modified().unwrap(), t);
+        // A change since it was read is refused.
+        let (old, seen) = read_regular(&root, &hosts).unwrap();
+        fs::write(&hosts, b"rewritten by someone\n").unwrap();
+        assert!(rewrite_in_place(&dir_handle, &name, &hosts, &old, b"x", &seen).is_err());
     }
 }

@@ -658,7 +658,7 @@ fn plant_content(
                 Err(e) => Err(e.into()),
                 Ok((existing, seen)) => {
                     let (content, inserted) = block::insert(&existing, text);
-                    fs::replace_content(root, target, &content, &seen)?;
+                    fs::replace_content(root, target, &existing, &content, &seen)?;
                     Ok(Planted::Block {
                         path: target.to_path_buf(),
                         inserted,
@@ -743,7 +743,7 @@ fn unplant(root: &Dir, planted: &Planted) -> Result<(), LureError> {
                 fs::remove_if_ours(root, path, |bytes| bytes == current.as_slice())?;
                 Ok(())
             } else {
-                fs::replace_content(root, path, &restored, &seen).map_err(LureError::from)
+                fs::replace_content(root, path, &current, &restored, &seen).map_err(LureError::from)
             }
         }
     }
