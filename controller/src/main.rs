@@ -47,6 +47,10 @@ enum Command {
         /// The URL rusectl will use to reach the controller.
         #[arg(long, default_value = "https://127.0.0.1:7443")]
         controller_url: String,
+        /// The URL agents will dial, when it is not the one rusectl uses
+        /// (an admin port, a port-forward): the printed next steps use it.
+        #[arg(long)]
+        agent_url: Option<String>,
         /// Name of the first admin.
         #[arg(long, default_value = "admin")]
         admin_name: String,
@@ -106,8 +110,15 @@ fn main() -> ExitCode {
             data_dir,
             trust_domain,
             controller_url,
+            agent_url,
             admin_name,
-        } => run_init(data_dir, &trust_domain, controller_url, &admin_name),
+        } => run_init(
+            data_dir,
+            &trust_domain,
+            controller_url,
+            agent_url,
+            &admin_name,
+        ),
         Command::Serve(args) => run_serve(args),
         Command::AdminContext {
             data_dir,
@@ -181,6 +192,7 @@ fn run_init(
     data_dir: PathBuf,
     trust_domain: &str,
     controller_url: String,
+    agent_url: Option<String>,
     admin_name: &str,
 ) -> ExitCode {
     let opts = (|| {
@@ -205,6 +217,43 @@ fn run_init(
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
+    let parse = |flag: &str, url: &str| {
+        url.parse::<ruse_proto::transport::ControllerUrl>()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
+    let (admin_url, agent_url) = match (
+        parse("--controller-url", &opts.controller_url),
+        parse(
+            "--agent-url",
+            agent_url.as_deref().unwrap_or(&opts.controller_url),
+        ),
+    ) {
+        (Ok(admin), Ok(agent)) => (admin, agent),
+        (Err(e), _) | (_, Err(e)) => return fail(&e),
+    };
+    // What serve needs so that agents and rusectl reach it where init was
+    // told they would: one port for both, or the admin API on its own.
+    let listen = if admin_url.port() == agent_url.port() {
+        format!(
+            "--listen 0.0.0.0:{port} --server-name {host}\n\
+The admin API answers on the same port (it needs an admin certificate). To keep\n\
+it off the agents' network, give it its own port: add --admin-listen\n\
+127.0.0.1:{next} --server-name 127.0.0.1 and dial https://127.0.0.1:{next}.",
+            port = agent_url.port(),
+            host = agent_url.host(),
+            next = agent_url.port().wrapping_add(1),
+        )
+    } else {
+        format!(
+            "--listen 0.0.0.0:{port} --admin-listen 0.0.0.0:{admin_port} --server-name {host} --server-name {admin_host}\n\
+Agents dial port {port}; the admin API has its own port {admin_port}, which\n\
+refuses any connection without an admin certificate at the handshake.",
+            port = agent_url.port(),
+            admin_port = admin_url.port(),
+            host = agent_url.host(),
+            admin_host = admin_url.host(),
+        )
+    };
     match init::init(&opts) {
         Ok(report) => {
             println!(
@@ -214,13 +263,13 @@ Initialised {data}
   CA pin           {pin}
   admin            {admin} (certificate valid until {until})
   admin files      {dir}
-  rusectl context  {ctx}
+  rusectl context  {ctx} (dials {admin_url})
 
 Start the controller:
-  ruse-controller serve --data-dir {data}
+  ruse-controller serve --data-dir {data} {listen}
 Then:
-  rusectl --context-file {ctx} token create --ttl 1h --uses 10 --label site=icu
-  ruse-agent run --controller {url} --ca-pin {pin} --token-file TOKEN_FILE --state-dir STATE_DIR",
+  rusectl --context-file {ctx} token create --ttl 1h --uses 10 --label site=icu -o token
+  ruse-agent run --controller {agent_url} --ca-pin {pin} --token-file token --state-dir /var/lib/ruse-agent",
                 data = opts.data_dir.display(),
                 ca = report.ca_cert.display(),
                 pin = report.pin,
@@ -228,7 +277,7 @@ Then:
                 until = report.admin_cert_not_after,
                 dir = report.admin_dir.display(),
                 ctx = report.context_file.display(),
-                url = opts.controller_url,
+                admin_url = opts.controller_url,
             );
             ExitCode::SUCCESS
         }
@@ -263,9 +312,13 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     runtime(|| async move {
         let controller = Controller::start(config).await.map_err(|e| e.to_string())?;
         tracing::debug!(fd_limit, "open-file limit");
+        let shared = controller.admin_addr() == controller.agent_addr();
         tracing::info!(
             context = %layout::context_file(&controller.core().config.data_dir).display(),
             pin = %controller.core().ca.pin(),
+            agents = %controller.agent_addr(),
+            admins = %controller.admin_addr(),
+            admin_api = if shared { "on the agent port" } else { "on its own port (admin certificate required at the handshake)" },
             "ready"
         );
         wait_for_signal().await;

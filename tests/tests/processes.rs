@@ -783,3 +783,47 @@ async fn sigterm_with_watchers_connected_exits_within_the_deadline() {
         let _ = w.wait(Duration::from_secs(5));
     }
 }
+
+/// `init`'s next steps used to omit `--listen` and, on Kubernetes (where
+/// rusectl dials the admin port through a port-forward), told agents to
+/// dial the admin port. They follow what init was told now.
+#[test]
+fn init_prints_steps_for_the_ports_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = |data: &str, args: &[&str]| {
+        let out = Command::new(binary("ruse-controller"))
+            .args([
+                "init",
+                "--data-dir",
+                &dir.path().join(data).display().to_string(),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let one_port = init("a", &["--controller-url", "https://ruse.example.org:7443"]);
+    assert!(
+        one_port.contains("--listen 0.0.0.0:7443 --server-name ruse.example.org"),
+        "{one_port}"
+    );
+    assert!(one_port.contains("ruse-agent run --controller https://ruse.example.org:7443"));
+    let two_ports = init(
+        "b",
+        &[
+            "--controller-url",
+            "https://localhost:7444",
+            "--agent-url",
+            "https://ruse.hospital.example:7443",
+        ],
+    );
+    assert!(
+        two_ports.contains("--listen 0.0.0.0:7443 --admin-listen 0.0.0.0:7444"),
+        "{two_ports}"
+    );
+    assert!(
+        two_ports.contains("ruse-agent run --controller https://ruse.hospital.example:7443"),
+        "agents dial the agent port: {two_ports}"
+    );
+}
