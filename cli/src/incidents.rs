@@ -372,25 +372,43 @@ pub async fn watch(client: &mut Client, format: Format, drills: bool) -> anyhow:
     Ok(())
 }
 
-pub async fn export(
-    client: &mut Client,
-    format: &str,
-    since: &Option<String>,
+/// `rusectl export incidents`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Only stix (STIX 2.1 JSON bundle).
+    #[arg(long, default_value = "stix")]
+    format: String,
+    /// Incidents seen in this last stretch of time (e.g. 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Include drill incidents.
+    #[arg(long)]
     drills: bool,
+    /// Keep internal names (hosts, decoys, lures, the attack path, planted
+    /// credentials): for your own tools, not for sharing. By default the
+    /// bundle carries techniques, decoy kinds and the attacker's indicators
+    /// only.
+    #[arg(long)]
+    internal: bool,
+    /// Write here instead of stdout.
+    #[arg(long = "file", short = 'f')]
     file: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    if format != "stix" {
-        bail!("--format {format}: only stix is supported");
+}
+
+pub async fn export(client: &mut Client, args: ExportArgs) -> anyhow::Result<()> {
+    if args.format != "stix" {
+        bail!("--format {}: only stix is supported", args.format);
     }
     let r = client
         .export_incidents(pb::ExportIncidentsRequest {
-            format: format.into(),
-            since_ms: since_ms(since)?,
-            include_drills: drills,
+            format: args.format,
+            since_ms: since_ms(&args.since)?,
+            include_drills: args.drills,
+            include_internal: args.internal,
         })
         .await?
         .into_inner();
-    match file {
+    match args.file {
         Some(path) => {
             std::fs::write(&path, r.content.as_bytes())?;
             eprintln!(

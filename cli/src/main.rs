@@ -161,20 +161,7 @@ enum ResolveWhat {
 
 #[derive(Subcommand, Debug)]
 enum ExportWhat {
-    Incidents {
-        /// Only stix (STIX 2.1 JSON bundle).
-        #[arg(long, default_value = "stix")]
-        format: String,
-        /// Incidents seen in this last stretch of time (e.g. 7d).
-        #[arg(long)]
-        since: Option<String>,
-        /// Include drill incidents.
-        #[arg(long)]
-        drills: bool,
-        /// Write here instead of stdout.
-        #[arg(long = "file", short = 'f')]
-        file: Option<PathBuf>,
-    },
+    Incidents(incidents::ExportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -580,14 +567,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Export {
-            what:
-                ExportWhat::Incidents {
-                    format: export_format,
-                    since,
-                    drills,
-                    file,
-                },
-        } => incidents::export(&mut client, &export_format, &since, drills, file).await,
+            what: ExportWhat::Incidents(args),
+        } => incidents::export(&mut client, args).await,
         Command::Drill { agent, lure } => incidents::drill(&mut client, format, agent, lure).await,
         Command::Delete {
             what: DeleteWhat::Suppression { name },

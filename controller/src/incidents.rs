@@ -184,6 +184,11 @@ pub struct Incident {
     /// Identifiers of credentials used against decoys (usernames, key
     /// fingerprints, AE titles), for indicators.
     pub credentials: BTreeSet<String>,
+    /// What matched a planted lure, as `how: identifier` (`ssh key
+    /// fingerprint: SHA256:...`): the planted credential actually used,
+    /// not whatever else the attacker typed.
+    #[serde(default)]
+    pub matched: BTreeSet<String>,
     /// (decoy, port) pairs a source reached, for the scan rule.
     pub ports: BTreeSet<(String, u16)>,
     pub path: Vec<Hop>,
@@ -224,6 +229,7 @@ pub struct IncidentHead<'a> {
     lures: &'a BTreeSet<String>,
     processes: &'a BTreeSet<String>,
     credentials: &'a BTreeSet<String>,
+    matched: &'a BTreeSet<String>,
     ports: &'a BTreeSet<(String, u16)>,
     path: &'a [Hop],
     techniques: &'a BTreeSet<String>,
@@ -257,6 +263,7 @@ impl<'a> From<&'a Incident> for IncidentHead<'a> {
             lures,
             processes,
             credentials,
+            matched,
             ports,
             path,
             techniques,
@@ -285,6 +292,7 @@ impl<'a> From<&'a Incident> for IncidentHead<'a> {
             lures,
             processes,
             credentials,
+            matched,
             ports,
             path,
             techniques,
@@ -442,6 +450,23 @@ fn keys(e: &StoredEvent, drill: Option<&str>) -> Vec<String> {
         }
     }
     keys
+}
+
+/// `how: identifier` for what of `c` matched a lure in credential-use
+/// event `e`.
+fn matched_identifier(
+    e: &StoredEvent,
+    c: &ruse_proto::convert::PresentedCredential,
+) -> Option<String> {
+    let how = e.matched_on.as_str();
+    let id = match how {
+        "ssh key fingerprint" => &c.key_fingerprint,
+        "calling AE title" => &c.ae_title,
+        "HL7 sending application" => &c.application,
+        "token" => return Some(format!("{how}: (a planted token)")),
+        _ => &c.username,
+    };
+    (!id.is_empty()).then(|| format!("{how}: {id}"))
 }
 
 /// A few words about an event.
@@ -642,6 +667,7 @@ impl Correlator {
                     lures: BTreeSet::new(),
                     processes: BTreeSet::new(),
                     credentials: BTreeSet::new(),
+                    matched: BTreeSet::new(),
                     ports: BTreeSet::new(),
                     path: Vec::new(),
                     techniques: BTreeSet::new(),
@@ -800,6 +826,9 @@ impl Correlator {
                 }
                 if e.kind == CREDENTIAL_USE {
                     i.rules.insert("credential-use".into());
+                    if let Some(id) = e.credential.as_ref().and_then(|c| matched_identifier(e, c)) {
+                        add_bounded(&mut i.matched, id, MAX_INDICATORS);
+                    }
                 }
                 if i.ports.len() >= 3 {
                     i.rules.insert("scan".into());
@@ -1210,7 +1239,8 @@ pub(crate) mod tests_support {
             sources: ["10.9.8.7".to_owned()].into(),
             lures: ["01lure".to_owned()].into(),
             processes: BTreeSet::new(),
-            credentials: ["radiology7".to_owned()].into(),
+            credentials: ["root".to_owned(), "SHA256:abc".to_owned()].into(),
+            matched: ["ssh key fingerprint: SHA256:abc".to_owned()].into(),
             ports: BTreeSet::new(),
             path: vec![
                 Hop {

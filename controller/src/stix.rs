@@ -1,7 +1,14 @@
 //! STIX 2.1 export of incidents, for sharing with a sector ISAC: the
 //! reporting system (identity), each incident, indicators for attacker
-//! addresses and the identifiers of credentials they used, sightings of
-//! those indicators, and attack patterns by MITRE ATT&CK id.
+//! addresses (and, for internal use, the planted credentials that
+//! matched), sightings of those indicators, and attack patterns by MITRE
+//! ATT&CK id.
+//!
+//! Shared outside the hospital, a bundle is [`Sharing::Redacted`]: peers
+//! get what they can act on — techniques, the kinds of decoys touched, the
+//! attacker's addresses, times and counts — and none of the hospital's
+//! internal names (hosts, decoys, lures, the attack path, planted
+//! credentials, the trust domain).
 
 use std::collections::BTreeMap;
 
@@ -58,8 +65,18 @@ fn literal(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\'', "\\'")
 }
 
+/// What a bundle may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// For peers: no internal names (the default).
+    Redacted,
+    /// For the hospital's own tools: everything.
+    Internal,
+}
+
 /// A STIX 2.1 bundle of `incidents`, made at `now` by `producer`.
-pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs) -> Value {
+pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs, sharing: Sharing) -> Value {
+    let redacted = sharing == Sharing::Redacted;
     let created = time(now);
     let common = |kind: &str| -> (String, Value) {
         let id = format!("{kind}--{}", uuid());
@@ -70,7 +87,11 @@ pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs) -> Value {
     };
     let mut objects = Vec::new();
     let (identity, mut o) = common("identity");
-    o["name"] = json!(producer);
+    o["name"] = json!(if redacted {
+        "Ruse deception sensor"
+    } else {
+        producer
+    });
     o["identity_class"] = json!("system");
     o["description"] = json!("Ruse deception platform: every sighting is a use of planted bait.");
     objects.push(o);
@@ -94,12 +115,21 @@ pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs) -> Value {
 
     for i in incidents {
         let (incident_id, mut o) = common("incident");
-        o["name"] = json!(i.title);
+        let title = if redacted {
+            redacted_title(i)
+        } else {
+            i.title.clone()
+        };
+        let path = if redacted {
+            "decoys touched: ".to_owned() + &decoy_kinds(i).join(", ")
+        } else {
+            format!("attack path {}", i.path_text())
+        };
+        o["name"] = json!(title);
         o["description"] = json!(format!(
-            "{} incident ({}), attack path {}; {} events from {} to {}.{}",
+            "{} incident ({}), {path}; {} events from {} to {}.{}",
             i.severity.as_str(),
             i.status.as_str(),
-            i.path_text(),
             i.event_count,
             time(i.first_seen),
             time(i.last_seen),
@@ -121,14 +151,20 @@ pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs) -> Value {
                 format!("[{kind}:value = '{}']", literal(address)),
             ));
         }
-        for login in &i.credentials {
-            if login.starts_with("SHA256:") {
+        // The planted credential that matched, never what else was typed
+        // (an attacker trying `root` did not use a planted `root`); bait
+        // is internal, so only for the hospital's own tools.
+        for matched in i.matched.iter().filter(|_| !redacted) {
+            let Some((how, id)) = matched.split_once(": ") else {
                 continue;
-            }
-            indicators.push((
-                format!("Planted credential identifier used: {login}"),
-                format!("[user-account:account_login = '{}']", literal(login)),
-            ));
+            };
+            let pattern = match how {
+                "ssh key fingerprint" => {
+                    format!("[x-ruse-ssh-key:fingerprint = '{}']", literal(id))
+                }
+                _ => format!("[user-account:account_login = '{}']", literal(id)),
+            };
+            indicators.push((format!("Planted credential used ({how}): {id}"), pattern));
         }
         for (name, pattern) in indicators {
             let (indicator, mut o) = common("indicator");
@@ -144,7 +180,7 @@ pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs) -> Value {
             s["last_seen"] = json!(time(i.last_seen.max(i.first_seen)));
             s["count"] = json!(i.event_count.min(999_999_999));
             s["where_sighted_refs"] = json!([identity]);
-            s["description"] = json!(i.title);
+            s["description"] = json!(title);
             objects.push(s);
             for t in &i.techniques {
                 let (_, mut r) = common("relationship");
@@ -170,6 +206,41 @@ pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs) -> Value {
     json!({"type": "bundle", "id": format!("bundle--{}", uuid()), "objects": objects})
 }
 
+/// A title without internal names: the strongest rule and the decoy kinds.
+fn redacted_title(i: &Incident) -> String {
+    let what = if i.rules.contains("credential-use") {
+        "Planted credential used against a decoy"
+    } else if i.rules.contains("scan") {
+        "Scan across decoy services"
+    } else if !i.decoys.is_empty() {
+        "Contact with a decoy service"
+    } else {
+        "Planted bait touched on an endpoint"
+    };
+    let kinds = decoy_kinds(i);
+    if kinds.is_empty() {
+        what.to_owned()
+    } else {
+        format!("{what} ({})", kinds.join(", "))
+    }
+}
+
+/// The protocols of the decoys an incident reached (`ssh`, `dicom`), not
+/// their names.
+fn decoy_kinds(i: &Incident) -> Vec<String> {
+    let mut kinds: Vec<String> = i
+        .path
+        .iter()
+        .filter(|h| h.kind == "decoy")
+        .filter_map(|h| h.what.rsplit(" on ").next())
+        .filter_map(|p| p.split('/').next())
+        .map(str::to_owned)
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +248,12 @@ mod tests {
     #[test]
     fn every_object_has_the_required_properties() {
         let i = crate::incidents::tests_support::incident();
-        let b = bundle(&[i], "Ruse at General Hospital", UnixMs(1_795_000_000_123));
+        let b = bundle(
+            &[i],
+            "Ruse at General Hospital",
+            UnixMs(1_795_000_000_123),
+            Sharing::Internal,
+        );
         assert_eq!(b["type"], "bundle");
         let objects = b["objects"].as_array().unwrap();
         let ids: Vec<&str> = objects.iter().map(|o| o["id"].as_str().unwrap()).collect();
@@ -207,9 +283,44 @@ mod tests {
             .map(|o| o["pattern"].as_str().unwrap())
             .collect();
         assert!(patterns.contains(&"[ipv4-addr:value = '10.9.8.7']"));
-        assert!(patterns.contains(&"[user-account:account_login = 'radiology7']"));
+        // What matched, not what else the attacker typed.
+        assert!(patterns.contains(&"[x-ruse-ssh-key:fingerprint = 'SHA256:abc']"));
+        assert!(!patterns.iter().any(|p| p.contains("root")), "{patterns:?}");
         assert!(objects.iter().any(|o| o["type"] == "attack-pattern"
             && o["external_references"][0]["external_id"] == "T1078"));
         assert_eq!(literal("a'b\\c"), "a\\'b\\\\c");
+    }
+
+    #[test]
+    fn a_redacted_bundle_keeps_what_peers_need_and_no_internal_names() {
+        let mut i = crate::incidents::tests_support::incident();
+        i.path.push(crate::incidents::Hop {
+            kind: "decoy".into(),
+            name: "pacs-archive02".into(),
+            agent: None,
+            first_seen: UnixMs(2_000),
+            what: "credential-use on ssh/22".into(),
+        });
+        let b = bundle(
+            &[i.clone()],
+            "Ruse (hospital.example)",
+            UnixMs(1_795_000_000_000),
+            Sharing::Redacted,
+        );
+        let text = b.to_string();
+        for internal in [
+            "ws-07",
+            "pacs-archive02",
+            "pacs",
+            "hospital.example",
+            "SHA256:abc",
+            "01lure",
+            i.agents.iter().next().unwrap().as_str(),
+        ] {
+            assert!(!text.contains(internal), "{internal} leaked: {text}");
+        }
+        assert!(text.contains("10.9.8.7"), "the attacker's address is kept");
+        assert!(text.contains("T1078") && text.contains("T1552.004"));
+        assert!(text.contains("Planted credential used against a decoy (ssh)"));
     }
 }

@@ -263,6 +263,7 @@ async fn a_scripted_attack_is_one_incident_with_its_path_and_techniques() {
                 format: "stix".into(),
                 since_ms: 0,
                 include_drills: false,
+                include_internal: false,
             })
             .await
             .unwrap()

@@ -1319,7 +1319,12 @@ impl AdminService for AdminApi {
         let filter = incident_filter("", "", r.since_ms, r.include_drills)?;
         let incidents = self.core.events.incidents.list(&filter, usize::MAX);
         let producer = format!("Ruse ({})", self.core.ca.trust_domain());
-        let bundle = crate::stix::bundle(&incidents, &producer, UnixMs::now());
+        let sharing = if r.include_internal {
+            crate::stix::Sharing::Internal
+        } else {
+            crate::stix::Sharing::Redacted
+        };
+        let bundle = crate::stix::bundle(&incidents, &producer, UnixMs::now(), sharing);
         Ok(Response::new(pb::ExportIncidentsResponse {
             content: serde_json::to_string_pretty(&bundle)
                 .map_err(|e| Status::internal(e.to_string()))?,
