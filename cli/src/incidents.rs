@@ -176,9 +176,12 @@ const HEADERS: &[&str] = &["ID", "SEVERITY", "STATUS", "LAST SEEN", "EVENTS", "T
 /// Filters of `get incidents`.
 #[derive(clap::Args, Debug)]
 pub struct ListArgs {
-    /// open, acknowledged or resolved.
+    /// open, acknowledged or resolved (default: open and acknowledged).
     #[arg(long)]
     pub status: Option<String>,
+    /// Resolved incidents too.
+    #[arg(long, conflicts_with = "status")]
+    pub all: bool,
     /// At least this severe: low, medium, high, critical.
     #[arg(long)]
     pub severity: Option<String>,
@@ -202,7 +205,11 @@ fn since_ms(since: &Option<String>) -> anyhow::Result<i64> {
 pub async fn list(client: &mut Client, format: Format, args: ListArgs) -> anyhow::Result<()> {
     let incidents = client
         .list_incidents(pb::ListIncidentsRequest {
-            status: args.status.unwrap_or_default(),
+            status: match (args.status, args.all) {
+                (Some(s), _) => s,
+                (None, true) => String::new(),
+                (None, false) => "unresolved".into(),
+            },
             min_severity: args.severity.unwrap_or_default(),
             since_ms: since_ms(&args.since)?,
             include_drills: args.drills,

@@ -231,5 +231,20 @@ pub async fn run(
             r.step(&format!("output {name}"), false, why).await;
         }
     }
+    // A rehearsal leaves nothing open: the drill incident is resolved (no
+    // output is told; they saw it opened).
+    let note = if r.passed {
+        "drill passed"
+    } else {
+        "drill failed"
+    };
+    if let Err(e) = core
+        .events
+        .incidents
+        .resolve(&incident_id, "drill", note)
+        .await
+    {
+        tracing::warn!(incident = %incident_id, error = %e, "drill incident not resolved");
+    }
     r.done().await;
 }

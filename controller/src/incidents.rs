@@ -940,7 +940,9 @@ pub struct Changes {
 /// Filters for incident lists.
 #[derive(Debug, Clone, Default)]
 pub struct IncidentFilter {
+    /// One status; with `unresolved`, open or acknowledged.
     pub status: Option<Status>,
+    pub unresolved: bool,
     pub min_severity: Option<Severity>,
     /// Last seen at or after.
     pub since: Option<UnixMs>,
@@ -950,6 +952,7 @@ pub struct IncidentFilter {
 impl IncidentFilter {
     pub fn matches(&self, i: &Incident) -> bool {
         self.status.is_none_or(|s| i.status == s)
+            && (!self.unresolved || i.status != Status::Resolved)
             && self.min_severity.is_none_or(|s| i.severity >= s)
             && self.since.is_none_or(|t| i.last_seen >= t)
             && (self.drills || !i.drill)
@@ -1135,7 +1138,12 @@ impl Incidents {
     /// Open incidents by severity, for metrics.
     pub fn open_by_severity(&self) -> BTreeMap<Severity, u64> {
         let mut out = BTreeMap::new();
-        for i in self.all().values().filter(|i| i.status != Status::Resolved) {
+        // Drills rehearse the response; they are not open business.
+        for i in self
+            .all()
+            .values()
+            .filter(|i| i.status != Status::Resolved && !i.drill)
+        {
             *out.entry(i.severity).or_default() += 1;
         }
         out

@@ -347,6 +347,17 @@ async fn incidents_are_acknowledged_resolved_and_suppressed() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    // `rusectl get incidents` asks for the unresolved ones by default.
+    let unresolved = admin
+        .list_incidents(pb::ListIncidentsRequest {
+            status: "unresolved".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .incidents;
+    assert!(unresolved.iter().all(|x| x.id != i.id), "{unresolved:#?}");
     // After resolution the same activity opens a new incident.
     h.touch(&lure).await;
     h.incident("a new one", |x| x.id != i.id).await;
@@ -739,6 +750,24 @@ async fn a_drill_passes_with_outputs_up_and_names_the_output_that_is_down() {
     assert!(line.contains("\"drill\":true"), "{line}");
     // And they stay out of the default incident list.
     assert!(h.incidents(false).await.is_empty());
+    // A finished drill leaves nothing open: its incident is resolved and
+    // does not count among the open ones.
+    assert_eq!(incident.status, "resolved", "{incident:#?}");
+    let metrics =
+        h.tc.root()
+            .await
+            .get_metrics(pb::GetMetricsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .text;
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("ruse_incidents_open{"))
+            .all(|l| l.ends_with(" 0")),
+        "{metrics}"
+    );
 
     // The Teams receiver goes down: the next drill fails and says where.
     receiver_task.abort();

@@ -428,14 +428,15 @@ fn incident_filter(
     since_ms: i64,
     drills: bool,
 ) -> Result<IncidentFilter, Status> {
+    let unresolved = status == "unresolved";
     let status = match status {
-        "" => None,
+        "" | "unresolved" => None,
         "open" => Some(IncidentStatus::Open),
         "acknowledged" => Some(IncidentStatus::Acknowledged),
         "resolved" => Some(IncidentStatus::Resolved),
         other => {
             return Err(Status::invalid_argument(format!(
-                "status {other:?}: expected open, acknowledged or resolved"
+                "status {other:?}: expected open, acknowledged, resolved or unresolved"
             )));
         }
     };
@@ -454,6 +455,7 @@ fn incident_filter(
     };
     Ok(IncidentFilter {
         status,
+        unresolved,
         min_severity,
         since: (since_ms > 0).then_some(UnixMs(since_ms)),
         drills,
