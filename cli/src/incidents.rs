@@ -429,6 +429,87 @@ pub async fn export(client: &mut Client, args: ExportArgs) -> anyhow::Result<()>
     Ok(())
 }
 
+/// One output, as `get outputs` shows it.
+#[derive(Debug, serde::Serialize)]
+struct OutputView {
+    name: String,
+    kind: String,
+    queued: u32,
+    delivered: u64,
+    failures: u64,
+    last_delivered: String,
+    last_failed: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    last_error: String,
+}
+
+pub async fn outputs(client: &mut Client, format: Format) -> anyhow::Result<()> {
+    let list = client
+        .list_outputs(pb::ListOutputsRequest {})
+        .await?
+        .into_inner()
+        .outputs;
+    let when = |ms: i64| {
+        if ms == 0 {
+            "never".to_owned()
+        } else {
+            output::time(ms)
+        }
+    };
+    let items: Vec<OutputView> = list
+        .into_iter()
+        .map(|o| OutputView {
+            name: o.name,
+            kind: o.kind,
+            queued: o.queued,
+            delivered: o.delivered,
+            failures: o.failures,
+            last_delivered: when(o.last_delivered_ms),
+            last_failed: when(o.last_failed_ms),
+            last_error: o.last_error,
+        })
+        .collect();
+    match format {
+        Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
+        wide => {
+            if items.is_empty() {
+                eprintln!("no outputs are configured ([[outputs]] in the controller's config)");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|o| {
+                    let mut row = vec![
+                        o.name.clone(),
+                        o.kind.clone(),
+                        o.queued.to_string(),
+                        o.last_delivered.clone(),
+                        if o.last_error.is_empty() {
+                            "-".into()
+                        } else {
+                            o.last_error.clone()
+                        },
+                    ];
+                    if wide == Format::Wide {
+                        row.extend([
+                            o.delivered.to_string(),
+                            o.failures.to_string(),
+                            o.last_failed.clone(),
+                        ]);
+                    }
+                    row
+                })
+                .collect();
+            let mut headers = vec!["NAME", "KIND", "QUEUED", "LAST DELIVERY", "LAST ERROR"];
+            if wide == Format::Wide {
+                headers.extend(["DELIVERED", "FAILURES", "LAST FAILURE"]);
+            }
+            output::table(&headers, &rows);
+            Ok(())
+        }
+    }
+}
+
 pub async fn suppressions(client: &mut Client, format: Format) -> anyhow::Result<()> {
     let list = client
         .list_suppressions(pb::ListSuppressionsRequest {})

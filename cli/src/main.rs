@@ -170,6 +170,8 @@ enum GetWhat {
     Incidents(incidents::ListArgs),
     /// Suppressions and how many events each has hidden.
     Suppressions,
+    /// Incident outputs: queue depth, last delivery, last error.
+    Outputs,
     /// Enrolled agents (the device inventory).
     Agents {
         /// Only agents with these labels (k=v,k2=v2).
@@ -815,6 +817,7 @@ async fn get(
     match what {
         GetWhat::Incidents(args) => incidents::list(client, format, args).await,
         GetWhat::Suppressions => incidents::suppressions(client, format).await,
+        GetWhat::Outputs => incidents::outputs(client, format).await,
         GetWhat::Agents { selector, all } => {
             let selector = Labels::parse_pairs(selector.iter().map(String::as_str))?;
             let agents = client

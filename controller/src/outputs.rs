@@ -247,6 +247,16 @@ struct Sink {
     wake: Notify,
     failures: AtomicU64,
     delivered: AtomicU64,
+    /// When the last delivery succeeded, and the last failure and its error
+    /// (cleared by the next success).
+    last: std::sync::Mutex<LastDelivery>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct LastDelivery {
+    delivered: Option<UnixMs>,
+    failed: Option<UnixMs>,
+    error: String,
 }
 
 impl Sink {
@@ -279,6 +289,7 @@ impl Sink {
             wake: Notify::new(),
             failures: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            last: std::sync::Mutex::default(),
         })
     }
 
@@ -471,6 +482,11 @@ pub struct OutputStatus {
     pub queued: usize,
     pub delivered: u64,
     pub failures: u64,
+    /// Since the controller started.
+    pub last_delivered: Option<UnixMs>,
+    pub last_failed: Option<UnixMs>,
+    /// The last failure's error, until a delivery succeeds.
+    pub last_error: String,
 }
 
 impl Outputs {
@@ -533,12 +549,18 @@ impl Outputs {
     pub fn status(&self) -> Vec<OutputStatus> {
         self.sinks
             .iter()
-            .map(|s| OutputStatus {
-                name: s.config.name.clone(),
-                kind: s.config.kind.clone(),
-                queued: self.store.queue_len(&s.queue()).unwrap_or(0),
-                delivered: s.delivered.load(Ordering::Relaxed),
-                failures: s.failures.load(Ordering::Relaxed),
+            .map(|s| {
+                let last = s.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                OutputStatus {
+                    name: s.config.name.clone(),
+                    kind: s.config.kind.clone(),
+                    queued: self.store.queue_len(&s.queue()).unwrap_or(0),
+                    delivered: s.delivered.load(Ordering::Relaxed),
+                    failures: s.failures.load(Ordering::Relaxed),
+                    last_delivered: last.delivered,
+                    last_failed: last.failed,
+                    last_error: last.error,
+                }
             })
             .collect()
     }
@@ -620,6 +642,11 @@ async fn deliver(
                 };
                 attempts.remove(&item.incident);
                 sink.delivered.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
+                    last.delivered = Some(UnixMs::now());
+                    last.error.clear();
+                }
                 let done = store.queue_remove(&sink.queue(), seq).and_then(|()| {
                     incidents
                         .record_delivery(&incident.id, &name, record)
@@ -634,6 +661,11 @@ async fn deliver(
             }
             Err(error) => {
                 sink.failures.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
+                    last.failed = Some(UnixMs::now());
+                    last.error = error.chars().take(512).collect();
+                }
                 tracing::warn!(output = %name, incident = %incident.id, error = %error, retry_in_ms = delay.as_millis() as u64, "incident delivery failed");
                 let record = Delivery {
                     state: "failing".into(),

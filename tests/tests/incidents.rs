@@ -784,6 +784,22 @@ async fn a_drill_passes_with_outputs_up_and_names_the_output_that_is_down() {
         failed[0].detail
     );
     assert!(steps.iter().any(|s| s.step == "output archive" && s.ok));
+    // `rusectl get outputs`: each output's queue, last delivery, last error.
+    let outputs =
+        h.tc.root()
+            .await
+            .list_outputs(pb::ListOutputsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .outputs;
+    let by = |name: &str| outputs.iter().find(|o| o.name == name).unwrap();
+    assert!(by("archive").last_delivered_ms > 0 && by("archive").last_error.is_empty());
+    let teams = by("soc-teams");
+    assert!(
+        teams.queued >= 1 && teams.failures >= 1 && !teams.last_error.is_empty(),
+        "{teams:?}"
+    );
 }
 
 /// A TLS receiver on `port` with a certificate from a test CA (written to

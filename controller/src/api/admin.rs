@@ -626,6 +626,31 @@ impl AdminService for AdminApi {
         Ok(Response::new(agent_pb(view)))
     }
 
+    async fn list_outputs(
+        &self,
+        request: Request<pb::ListOutputsRequest>,
+    ) -> Result<Response<pb::ListOutputsResponse>, Status> {
+        self.authorize(&request, Role::Viewer, None).await?;
+        let outputs = self
+            .core
+            .events
+            .outputs
+            .status()
+            .into_iter()
+            .map(|o| pb::Output {
+                name: o.name,
+                kind: o.kind,
+                queued: count(o.queued),
+                delivered: o.delivered,
+                failures: o.failures,
+                last_delivered_ms: o.last_delivered.map_or(0, |t| t.0),
+                last_failed_ms: o.last_failed.map_or(0, |t| t.0),
+                last_error: o.last_error,
+            })
+            .collect();
+        Ok(Response::new(pb::ListOutputsResponse { outputs }))
+    }
+
     async fn delete_agent(
         &self,
         request: Request<pb::DeleteAgentRequest>,
