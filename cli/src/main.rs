@@ -338,8 +338,8 @@ enum TokenAction {
         /// Write the secret to this file, readable by you only (0600),
         /// instead of printing it: `> token` would make it readable by
         /// everyone your umask lets in.
-        #[arg(long, short = 'o', value_name = "FILE")]
-        output: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
     },
 }
 
@@ -651,7 +651,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     uses,
                     labels,
                     description,
-                    output,
+                    secret_file,
                 },
         } => {
             let ttl_ms = match ttl {
@@ -669,7 +669,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             let info = created.info.unwrap_or_default();
-            if let Some(path) = &output {
+            if let Some(path) = &secret_file {
                 ruse_pki::write_private_file(path, format!("{}\n", created.token).as_bytes())
                     .with_context(|| format!("writing {}", path.display()))?;
                 eprintln!(

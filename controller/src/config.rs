@@ -477,4 +477,44 @@ mod tests {
         expected.metrics_listen = config.metrics_listen;
         assert_eq!(config, expected, "the example shows the defaults");
     }
+
+    /// deploy/examples/controller.toml says each key shows its default
+    /// unless its comment says otherwise: every value that differs from
+    /// the default is one whose comment says so.
+    #[test]
+    fn the_example_config_shows_defaults_or_says_otherwise() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/controller.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let example: toml::Table = text.parse().unwrap();
+        let defaults = serde_json::to_value(ControllerConfig::default()).unwrap();
+        let loaded = ControllerConfig::load(Some(&path), Vec::new(), &[]).unwrap();
+        let loaded = serde_json::to_value(loaded).unwrap();
+        for key in example.keys() {
+            if loaded[key] == defaults[key] {
+                continue;
+            }
+            // The comment lines right above the key.
+            let lines: Vec<&str> = text.lines().collect();
+            let at = lines
+                .iter()
+                .position(|l| {
+                    l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[{key}]]"))
+                })
+                .unwrap();
+            let mut comment: Vec<&str> = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| l.starts_with('#'))
+                .map(|l| l.trim_start_matches('#').trim())
+                .collect();
+            comment.reverse();
+            let comment = comment.join(" ");
+            assert!(
+                comment.contains("Default:") || comment.contains("not the default"),
+                "{key} = {} differs from the default {} and its comment does not say so",
+                loaded[key],
+                defaults[key]
+            );
+        }
+    }
 }

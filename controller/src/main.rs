@@ -268,7 +268,7 @@ Initialised {data}
 Start the controller:
   ruse-controller serve --data-dir {data} {listen}
 Then:
-  rusectl --context-file {ctx} token create --ttl 1h --uses 10 --label site=icu -o token
+  rusectl --context-file {ctx} token create --ttl 1h --uses 10 --label site=icu --secret-file token
   ruse-agent run --controller {agent_url} --ca-pin {pin} --token-file token --state-dir /var/lib/ruse-agent",
                 data = opts.data_dir.display(),
                 ca = report.ca_cert.display(),

@@ -477,9 +477,18 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
             .is_empty(),
         "drills stay out of the default list"
     );
-    let drills = ctx.json(&["get", "incidents", "--drills"]);
+    // A finished drill resolves its incident: it is found with --all.
+    assert!(
+        ctx.json(&["get", "incidents", "--drills"])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a finished drill leaves nothing open"
+    );
+    let drills = ctx.json(&["get", "incidents", "--drills", "--all"]);
     let incident = drills["items"][0].clone();
     assert_eq!(incident["drill"], true);
+    assert_eq!(incident["status"], "resolved");
     let incident_id = incident["id"].as_str().unwrap().to_owned();
     let out = ctx.run(&["describe", "incident", &incident_id]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -487,17 +496,21 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
     for want in ["(DRILL)", "Attack path:", "┌", "Timeline:", "Delivered to:"] {
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
-    let acked = ctx.json(&["ack", "incident", &incident_id]);
-    assert_eq!(acked["status"], "acknowledged");
-    let resolved = ctx.json(&[
+    assert_eq!(incident["resolution"], "drill passed");
+    // Resolving it again is refused plainly.
+    let out = ctx.run(&[
         "resolve",
         "incident",
         &incident_id,
         "--note",
         "quarterly drill",
     ]);
-    assert_eq!(resolved["status"], "resolved");
-    assert_eq!(resolved["resolution"], "quarterly drill");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already resolved"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stix = dir.path().join("incidents.stix.json");
     let out = ctx.run(&[
         "export",
@@ -826,4 +839,65 @@ fn init_prints_steps_for_the_ports_it_was_given() {
         two_ports.contains("ruse-agent run --controller https://ruse.hospital.example:7443"),
         "agents dial the agent port: {two_ports}"
     );
+}
+
+/// Following the docs' own commands used to leave secrets world-readable
+/// (`token create > token`, `admin-context > ruse.toml`). The commands
+/// write them 0600 themselves now.
+#[tokio::test]
+async fn secrets_the_commands_write_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _pin = init_controller(&data);
+    let (mut controller, addr) =
+        spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller.log"));
+    let ctx = Ctl::for_data_dir(&data, &format!("https://{addr}"));
+    let token = dir.path().join("token");
+    let out = ctx.run(&[
+        "token",
+        "create",
+        "--secret-file",
+        &token.display().to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "the secret is not printed");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&token), 0o600);
+    assert!(
+        std::fs::read_to_string(&token)
+            .unwrap()
+            .starts_with("ruse_")
+    );
+    let context = dir.path().join("ruse.toml");
+    let out = Command::new(binary("ruse-controller"))
+        .args(["admin-context", "--data-dir"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&context)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&context), 0o600);
+    // rusectl accepts it as it is.
+    let out = Command::new(binary("rusectl"))
+        .arg("--context-file")
+        .arg(&context)
+        .args(["--controller", &format!("https://{addr}"), "whoami"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(controller.terminate(Duration::from_secs(15)).success());
 }
