@@ -298,6 +298,9 @@ pub struct Wave {
     pub failed: u32,
     pub pending: u32,
     pub offline: u32,
+    /// Offline so long the rollout no longer waits for them.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unreachable: u32,
     pub released: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -358,6 +361,7 @@ impl From<&pb::Campaign> for Campaign {
                     failed: w.failed,
                     pending: w.pending,
                     offline: w.offline,
+                    unreachable: w.unreachable,
                     released: w.released,
                     errors: w.errors.clone(),
                 })
@@ -501,6 +505,12 @@ pub fn rollout_lines(c: &pb::Campaign) -> Vec<String> {
             w.pending,
             w.offline
         ));
+        if w.unreachable > 0 {
+            lines.push(format!(
+                "        {} unreachable (offline too long; not waited for)",
+                w.unreachable
+            ));
+        }
         for e in &w.errors {
             lines.push(format!("        ! {e}"));
         }

@@ -132,6 +132,11 @@ pub struct ControllerConfig {
     pub max_clock_ahead: Duration,
     #[serde(with = "duration_str")]
     pub max_clock_behind: Duration,
+    /// An agent offline longer than this no longer holds up rollouts: it
+    /// is reported as unreachable in `rusectl rollout status` and gets its
+    /// lures when it is back.
+    #[serde(with = "duration_str")]
+    pub rollout_unreachable_after: Duration,
 }
 
 /// One incident output.
@@ -209,6 +214,7 @@ impl Default for ControllerConfig {
             max_stored_events: 50_000_000,
             max_clock_ahead: Duration::from_secs(300),
             max_clock_behind: Duration::from_secs(30 * 86_400),
+            rollout_unreachable_after: Duration::from_secs(86_400),
         }
     }
 }

@@ -137,6 +137,7 @@ impl Core {
             committer.clone(),
             fleet.clone(),
             config.max_message_bytes,
+            config.rollout_unreachable_after,
         )?);
         let enroll_failures =
             FailureLimiter::new(config.enroll_failures_per_minute, Duration::from_secs(60));

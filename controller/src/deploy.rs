@@ -489,6 +489,9 @@ pub struct WaveStatus {
     pub failed: usize,
     pub pending: usize,
     pub offline: usize,
+    /// Offline longer than `rollout_unreachable_after`: reported, not
+    /// waited for, and not counted in `agents`.
+    pub unreachable: usize,
     pub released: bool,
     pub errors: Vec<String>,
 }
@@ -530,6 +533,9 @@ pub struct Deployer {
     ready: AtomicBool,
     /// Rendered bytes per update, at most.
     max_update_bytes: usize,
+    /// Offline longer than this, an agent is unreachable: rollouts report
+    /// it and do not wait for it.
+    unreachable_after: Duration,
     /// One registry chunk is written at a time (see `write_chunk`).
     writing: Arc<Mutex<()>>,
 }
@@ -590,6 +596,7 @@ impl Deployer {
         committer: Committer,
         fleet: Arc<Fleet>,
         max_message_bytes: usize,
+        unreachable_after: Duration,
     ) -> Result<Self, StoreError> {
         let mut state = State::default();
         for record in store.campaigns()? {
@@ -634,6 +641,7 @@ impl Deployer {
             evaluate_needed: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             max_update_bytes: max_message_bytes / 2,
+            unreachable_after,
             writing: Arc::new(Mutex::new(())),
         };
         Ok(deployer)
@@ -1108,6 +1116,13 @@ impl Deployer {
             .map(|a| &a.id)
             .collect();
         let order = self.orders.order(name, &ids);
+        let cutoff = UnixMs::now().saturating_sub(self.unreachable_after);
+        let long_gone: HashSet<&AgentId> = agents
+            .iter()
+            .filter(|a| a.last_seen < cutoff)
+            .map(|a| &a.id)
+            .collect();
+        let unreachable = |id: &AgentId| long_gone.contains(id);
         // Should an apply replace the record meanwhile, this status is of
         // the record read above; evaluation acts only if it is still current.
         let st = self.lock();
@@ -1126,6 +1141,7 @@ impl Deployer {
                 failed: 0,
                 pending: 0,
                 offline: 0,
+                unreachable: 0,
                 released: wave_released,
                 errors: Vec::new(),
             };
@@ -1141,6 +1157,10 @@ impl Deployer {
                         {
                             w.errors.push(format!("{id}: {e}"));
                         }
+                    }
+                    _ if !online && unreachable(id) => {
+                        w.unreachable += 1;
+                        w.agents -= 1;
                     }
                     _ if !online => w.offline += 1,
                     _ => w.pending += 1,
@@ -2219,7 +2239,14 @@ mod tests {
     fn deployer(store: &Arc<SledStore>, agents: Vec<AgentRecord>) -> Deployer {
         let (committer, _task) = Committer::spawn(store.clone());
         let fleet = Arc::new(Fleet::new(agents, Duration::from_secs(60)));
-        Deployer::load(store.clone(), committer, fleet, 4 << 20).unwrap()
+        Deployer::load(
+            store.clone(),
+            committer,
+            fleet,
+            4 << 20,
+            Duration::from_secs(86_400),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -2496,6 +2523,7 @@ mod tests {
             failed,
             pending,
             offline,
+            unreachable: 0,
             released: true,
             errors: Vec::new(),
         }

@@ -109,6 +109,8 @@ pub struct Member {
     pub id: AgentId,
     pub state: AgentState,
     pub labels: Arc<Labels>,
+    /// When it was last seen (sessions and heartbeats).
+    pub last_seen: UnixMs,
 }
 
 /// A started session: its id and the signal that ends it.
@@ -381,6 +383,7 @@ impl Fleet {
                     id: e.record.id.clone(),
                     state: self.state(&e, now),
                     labels: e.labels.clone(),
+                    last_seen: e.record.last_seen,
                 }
             })
             .collect();

@@ -430,3 +430,33 @@ async fn a_deleted_agent_leaves_the_inventory_and_rollouts_stop_waiting() {
             .any(|r| r.action == "agent.delete" && r.result == "ok")
     );
 }
+
+/// A machine switched off for the holidays used to hold up every rollout
+/// whose wave it was alone in. Offline longer than
+/// `rollout_unreachable_after`, it is reported as unreachable and not
+/// waited for; it gets its lures when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_offline_too_long_does_not_hold_up_a_rollout() {
+    let tc = TestController::start_with(|c| {
+        c.rollout_unreachable_after = Duration::from_secs(2);
+    })
+    .await;
+    let token = tc
+        .token("role=workstation", 1, Duration::from_secs(600))
+        .await;
+    let mut agent = tc.spawn_agent(tc.agent_config("laptop", &token, ""));
+    agent.connected().await;
+    let config = agent.config.clone();
+    agent.stop().await.unwrap();
+    tc.apply("kind: Campaign\nname: ward\nselector: {role: workstation}\nlures:\n  - {template: pgpass}\n")
+        .await;
+    let done = tc
+        .wait_rollout("ward", "completed", Duration::from_secs(15))
+        .await;
+    assert_eq!(done.wave_status[0].unreachable, 1, "{done:#?}");
+    // Back from the holidays: it gets its lure.
+    let mut agent = tc.spawn_agent(config);
+    agent.connected().await;
+    agent.wait_lures(1, Duration::from_secs(10)).await;
+    agent.stop().await.unwrap();
+}

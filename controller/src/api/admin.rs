@@ -217,6 +217,7 @@ fn campaign_pb(status: CampaignStatus) -> pb::Campaign {
                 failed: count(w.failed),
                 pending: count(w.pending),
                 offline: count(w.offline),
+                unreachable: count(w.unreachable),
                 released: w.released,
                 errors: w.errors,
             })
