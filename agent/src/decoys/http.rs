@@ -1,6 +1,13 @@
 //! An HTTP(S) login portal styled as a PACS web viewer, with a FHIR
 //! `metadata` endpoint. Logins, Basic credentials and bearer tokens on any
 //! path are captured and refused; nothing is ever granted.
+//!
+//! It answers as the nginx 1.22.1 in front of such an application would
+//! (tests/tests/fidelity.rs compares it with Debian's nginx): header names
+//! in nginx's case and order (`Server`, `Date`, `Content-Type`,
+//! `Content-Length`, `Connection`), nginx's own error pages byte for byte,
+//! and nginx's `400 Bad Request` page for a request line nginx would not
+//! take.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,7 +18,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
-    AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, SERVER, USER_AGENT, WWW_AUTHENTICATE,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, HOST, HeaderValue, SERVER,
+    USER_AGENT, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -151,14 +159,57 @@ fn capability_statement() -> String {
     .to_string()
 }
 
+/// A response with nginx's headers, in nginx's order.
 fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let length = body.len();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = r.headers_mut();
+    h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(std::time::SystemTime::now()))
+    {
+        h.insert(DATE, date);
+    }
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(length));
     r
+}
+
+/// nginx's own page for an error status, byte for byte.
+pub fn nginx_page(status: StatusCode) -> String {
+    let title = match status {
+        StatusCode::UNAUTHORIZED => "401 Authorization Required".to_owned(),
+        s => format!(
+            "{} {}",
+            s.as_u16(),
+            s.canonical_reason().unwrap_or_default()
+        ),
+    };
+    format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>{SERVER_NAME}</center>\r\n</body>\r\n</html>\r\n"
+    )
+}
+
+/// Whether `line` is a request line nginx would parse: a method of
+/// capital letters, a target starting with `/` (or an absolute URL), and
+/// `HTTP/1.x`. Pure, for fuzzing.
+pub fn request_line_ok(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    !method.is_empty()
+        && method.len() <= 16
+        && method
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || *b == b'_' || *b == b'-')
+        && (target.starts_with(b"/")
+            || target.starts_with(b"http://")
+            || target.starts_with(b"https://"))
+        && matches!(version, b"HTTP/1.0" | b"HTTP/1.1")
 }
 
 fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> String {
@@ -273,26 +324,175 @@ async fn handle(
         _ => response(
             StatusCode::NOT_FOUND,
             "text/html",
-            "<html><head><title>404 Not Found</title></head><body><center><h1>404 Not Found</h1></center><hr><center>nginx/1.22.1</center></body></html>\n".into(),
+            nginx_page(StatusCode::NOT_FOUND),
         ),
     })
 }
 
-async fn serve_io<I>(io: I, ctx: Arc<ServiceCtx>, peer: std::net::SocketAddr)
+async fn serve_io<I>(mut io: I, ctx: Arc<ServiceCtx>, peer: std::net::SocketAddr)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let presented = Arc::new(AtomicBool::new(false));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let read_timeout = ctx.limits.read_timeout;
-    let service =
-        hyper::service::service_fn(move |req| handle(req, ctx.clone(), peer, presented.clone()));
+    // The request line first: one nginx would refuse gets nginx's 400
+    // (hyper's own answer to garbage would give the decoy away).
+    let mut first = Vec::with_capacity(512);
+    let line_read = tokio::time::timeout(read_timeout, async {
+        let mut chunk = [0u8; 512];
+        while !first.contains(&b'\n') && first.len() < 8 << 10 {
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            first.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if first.is_empty() || !matches!(line_read, Ok(Ok(()))) {
+        return;
+    }
+    let line = first.split(|b| *b == b'\n').next().unwrap_or_default();
+    if !request_line_ok(line) {
+        let body = nginx_page(StatusCode::BAD_REQUEST);
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\nServer: {SERVER_NAME}\r\nDate: {}\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            body.len()
+        );
+        let _ = io.write_all(format!("{head}{body}").as_bytes()).await;
+        ctx.report(
+            peer,
+            "decoy-message",
+            None,
+            format!(
+                "malformed request line: {}",
+                String::from_utf8_lossy(&line[..line.len().min(120)])
+            ),
+        )
+        .await;
+        return;
+    }
+    // nginx answers an HTTP/1.0 request with HTTP/1.1 (and closes unless
+    // asked not to); hyper would answer HTTP/1.0, which gives it away. The
+    // request is handed on as HTTP/1.1 and remembered as 1.0.
+    let http10 = Arc::new(AtomicBool::new(false));
+    let line_end = line.len();
+    let version_at = line_end - usize::from(line.ends_with(b"\r")) - 8;
+    if first.get(version_at..version_at + 8) == Some(b"HTTP/1.0") {
+        first[version_at + 7] = b'1';
+        http10.store(true, Ordering::Relaxed);
+    }
+    let presented = Arc::new(AtomicBool::new(false));
+    let service = hyper::service::service_fn(move |req| {
+        let (ctx, presented) = (ctx.clone(), presented.clone());
+        let was_http10 = http10.swap(false, Ordering::Relaxed);
+        async move {
+            // nginx names the connection's fate on every response.
+            let keep = keep_alive(&req, was_http10);
+            let mut r = handle(req, ctx, peer, presented).await?;
+            r.headers_mut().insert(
+                CONNECTION,
+                HeaderValue::from_static(if keep { "keep-alive" } else { "close" }),
+            );
+            Ok::<_, Infallible>(r)
+        }
+    });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(read_timeout)
         .max_buf_size(32 << 10)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service)
+        .title_case_headers(true)
+        .serve_connection(TokioIo::new(Rewind::new(first, io)), service)
         .await;
+}
+
+/// Whether the connection stays open after this request (HTTP/1.1 unless
+/// it says `close`; HTTP/1.0 only if it asks).
+fn keep_alive(req: &Request<Incoming>, http10: bool) -> bool {
+    let asked = |v: &str| {
+        req.headers()
+            .get(CONNECTION)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|h| h.split(',').any(|t| t.trim().eq_ignore_ascii_case(v)))
+    };
+    if http10 || req.version() == hyper::Version::HTTP_10 {
+        asked("keep-alive")
+    } else {
+        !asked("close")
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind<I> {
+    read: Vec<u8>,
+    at: usize,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    fn new(read: Vec<u8>, inner: I) -> Self {
+        Rewind { read, at: 0, inner }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at < self.read.len() {
+            let n = (self.read.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.read[at..at + n]);
+            self.at += n;
+            if self.at == self.read.len() {
+                self.read = Vec::new();
+                self.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A plain connection whose write half is closed by closing the socket
@@ -411,6 +611,33 @@ fn tls_config(ctx: &ServiceCtx) -> Result<Arc<rustls::ServerConfig>, DecoyError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_lines_nginx_takes_and_refuses() {
+        for ok in [
+            &b"GET / HTTP/1.1\r"[..],
+            b"POST /login HTTP/1.0",
+            b"GET http://pacs/x HTTP/1.1",
+            b"PROPFIND /dav HTTP/1.1",
+        ] {
+            assert!(request_line_ok(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"FOO"[..],
+            b"get / HTTP/1.1",
+            b"GET / HTTP/2.0",
+            b"GET  / HTTP/1.1",
+            b"GET index.html HTTP/1.1",
+            b"\x16\x03\x01\x02",
+            b"",
+        ] {
+            assert!(!request_line_ok(bad), "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(
+            nginx_page(StatusCode::NOT_FOUND)
+                .starts_with("<html>\r\n<head><title>404 Not Found</title></head>")
+        );
+    }
 
     #[test]
     fn forms_and_authorization_decode() {
