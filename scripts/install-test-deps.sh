@@ -7,8 +7,9 @@ set -euo pipefail
 
 # Debian packages the tests use, as "command:package": the real clients the
 # decoy tests drive (tests/tests/decoys.rs), the syslog receiver the
-# output tests deliver to (tests/tests/incidents.rs), and the programs of a
-# normal workstation day (tests/tests/normal_day.rs).
+# output tests deliver to (tests/tests/incidents.rs), the programs of a
+# normal workstation day (tests/tests/normal_day.rs), and the real servers
+# the decoys are compared with (tests/tests/fidelity.rs).
 DEBIAN=(
     ssh:openssh-client
     sshpass:sshpass
@@ -28,6 +29,10 @@ DEBIAN=(
     git:git
     recollindex:recollcmd
     unshare:util-linux
+    # The servers decoys imitate, by path (they live in sbin). The tests
+    # start their own on free ports; the packages' services are not started.
+    /usr/sbin/nginx:nginx-light
+    /usr/sbin/vsftpd:vsftpd
 )
 
 missing=()
@@ -42,8 +47,23 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
         echo "==> installing Debian packages: ${missing[*]}"
+        # Daemons installed for the fidelity tests must not start as
+        # services on this machine: a policy-rc.d refusing every start
+        # (Debian's documented hook) while apt runs, unless one is there.
+        policy=/usr/sbin/policy-rc.d
+        ours=false
+        if ! [ -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 0755 "$policy"
+            ours=true
+            trap 'rm -f "$policy"' EXIT
+        fi
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        if $ours; then
+            rm -f "$policy"
+            trap - EXIT
+        fi
     else
         echo "==> missing Debian packages (tests that need them will fail under CI=true): ${missing[*]}"
     fi

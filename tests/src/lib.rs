@@ -97,7 +97,7 @@ where
     }
 }
 
-/// Whether this process may use fanotify (root). Under `CI=true` a test
+/// Whether this process is root (fanotify, real daemons). Under `CI=true` a test
 /// that needs root fails without it; elsewhere it says why it is skipped.
 pub fn require_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -105,10 +105,10 @@ pub fn require_root(test: &str) -> bool {
     }
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root (fanotify); CI runs as root"
+        "{test} needs root (fanotify, real daemons); CI runs as root"
     );
     eprintln!(
-        "SKIPPED {test}: needs root for fanotify attribution (run as root, or under CI=true to make this a failure)"
+        "SKIPPED {test}: needs root (fanotify attribution, real daemons); run as root, or under CI=true this is a failure"
     );
     false
 }

@@ -71,8 +71,10 @@ impl Range {
         let mut decoy = tc.spawn_agent(config);
         let ws_id = ws.connected().await;
         let decoy_id = decoy.connected().await;
+        // FTP refuses after 300 ms here: vsftpd's ~3 s would come close
+        // to the 4 s connection lifetime this range sets.
         let manifest = format!(
-            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}}}\n  - {{protocol: portscan, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n",
+            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n",
             ports.ssh,
             ports.http,
             ports.https,

@@ -15,9 +15,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ruse_e2e::{TestAgent, TestController, free_ports, require_tool};
+use ruse_e2e::{TestAgent, TestController, free_ports, require_root, require_tool};
 
 /// What a client reads from one request on a fresh connection.
 fn ask(port: u16, request: &[u8]) -> Vec<u8> {
@@ -116,12 +116,13 @@ fn nginx(dir: &Path, port: u16) -> Daemon {
 }
 
 /// A real agent running one decoy service; returns it (keep it alive).
-async fn decoy(tc: &TestController, protocol: &str, port: u16) -> TestAgent {
+/// `refusal_delay` is given only where the test compares no timing.
+async fn decoy(tc: &TestController, protocol: &str, port: u16, extra: &str) -> TestAgent {
     let token = tc.token("role=decoy", 1, Duration::from_secs(600)).await;
     let mut agent = tc.spawn_agent(tc.agent_config("decoy", &token, ""));
     agent.connected().await;
     tc.apply(&format!(
-        "kind: Decoy\nname: pacs-web\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices: [{{protocol: {protocol}, port: {port}, refusal_delay: 0s}}]\n"
+        "kind: Decoy\nname: pacs-web\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices: [{{protocol: {protocol}, port: {port}{extra}}}]\n"
     ))
     .await;
     tokio::time::timeout(
@@ -144,7 +145,7 @@ async fn the_http_decoy_answers_as_nginx_does() {
     let ports = free_ports(2);
     let _nginx = nginx(dir.path(), ports[0]);
     let tc = TestController::start().await;
-    let agent = decoy(&tc, "http", ports[1]).await;
+    let agent = decoy(&tc, "http", ports[1], ", refusal_delay: 0s").await;
     let (real, fake) = (ports[0], ports[1]);
 
     let cases: &[(&str, &[u8], bool)] = &[
@@ -195,5 +196,231 @@ async fn the_http_decoy_answers_as_nginx_does() {
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
+    drop(agent);
+}
+
+/// Debian's vsftpd on `port` with the package's own configuration, moved
+/// to a free port, kept in the foreground and logging under `dir`.
+fn vsftpd(dir: &Path, port: u16) -> Daemon {
+    let packaged = std::fs::read_to_string("/etc/vsftpd.conf").unwrap();
+    let own = [
+        "listen",
+        "listen_ipv6",
+        "secure_chroot_dir",
+        "xferlog_file",
+        "vsftpd_log_file",
+    ];
+    let mut conf: Vec<String> = packaged
+        .lines()
+        .filter(|l| {
+            let key = l.split('=').next().unwrap_or_default().trim();
+            !own.contains(&key)
+        })
+        .map(str::to_owned)
+        .collect();
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    conf.extend([
+        "listen=YES".to_owned(),
+        "listen_ipv6=NO".to_owned(),
+        "listen_address=127.0.0.1".to_owned(),
+        format!("listen_port={port}"),
+        "background=NO".to_owned(),
+        format!("secure_chroot_dir={}", empty.display()),
+        format!("xferlog_file={}", dir.join("xfer.log").display()),
+        format!("vsftpd_log_file={}", dir.join("vsftpd.log").display()),
+    ]);
+    let path = dir.join("vsftpd.conf");
+    std::fs::write(&path, conf.join("\n") + "\n").unwrap();
+    let child = Command::new("vsftpd")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    Daemon(child)
+}
+
+/// One FTP session: the greeting, then per line sent what came back
+/// (`<nothing>` when the server said nothing, `<closed>` when it hung up;
+/// the session stops there), and how long each refused login took.
+fn ftp_session(port: u16, lines: &[&str]) -> (Vec<String>, Vec<Duration>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut transcript = vec![ftp_reply(&mut s, Duration::from_secs(3)).0];
+    let mut waits = Vec::new();
+    for line in lines {
+        if s.write_all(format!("{line}\r\n").as_bytes()).is_err() {
+            transcript.push(format!("{} -> <closed>", shown(line)));
+            break;
+        }
+        let patience = if line.starts_with("PASS") {
+            Duration::from_secs(6)
+        } else {
+            Duration::from_millis(500)
+        };
+        let (reply, waited) = ftp_reply(&mut s, patience);
+        if reply.starts_with("530 Login incorrect.") {
+            waits.push(waited);
+        }
+        let closed = reply.ends_with("<closed>");
+        transcript.push(format!("{} -> {reply}", shown(line)));
+        if closed {
+            break;
+        }
+    }
+    (transcript, waits)
+}
+
+/// A line as the transcript shows it: quoted, a long one shortened.
+fn shown(line: &str) -> String {
+    match line.char_indices().nth(40) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", &line[..end], line.len()),
+        None => format!("{line:?}"),
+    }
+}
+
+/// Reads one FTP reply (through the last line of a multi-line one).
+/// Also says how long the first byte took.
+fn ftp_reply(s: &mut TcpStream, patience: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let mut first = None;
+    s.set_read_timeout(Some(patience)).unwrap();
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte) {
+            Ok(0) => {
+                out.extend_from_slice(b"<closed>");
+                break;
+            }
+            Ok(_) => {
+                first.get_or_insert_with(|| start.elapsed());
+                out.push(byte[0]);
+            }
+            Err(_) if out.is_empty() => {
+                out.extend_from_slice(b"<nothing>");
+                break;
+            }
+            Err(_) => break,
+        }
+        if out.ends_with(b"\r\n") {
+            let text = String::from_utf8_lossy(&out);
+            let last = text.trim_end().rsplit("\r\n").next().unwrap_or_default();
+            if last.len() >= 4 && last.as_bytes()[3] == b' ' {
+                // The reply is complete; a hang-up right after it belongs
+                // to it (vsftpd closes after the last allowed failure).
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                if let Ok(0) = s.read(&mut byte) {
+                    out.extend_from_slice(b"<closed>");
+                }
+                break;
+            }
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        first.unwrap_or_else(|| start.elapsed()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ftp_decoy_answers_as_vsftpd_does() {
+    let test = "the_ftp_decoy_answers_as_vsftpd_does";
+    // vsftpd checks passwords through PAM, which takes root.
+    if !(require_root(test) && require_tool(test, "vsftpd")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let _vsftpd = vsftpd(dir.path(), ports[0]);
+    let tc = TestController::start().await;
+    let agent = decoy(&tc, "ftp", ports[1], "").await;
+
+    let sessions: Vec<Vec<&str>> = vec![
+        // What a scanner asks before logging in.
+        vec![
+            "SYST",
+            "NOOP",
+            "FEAT",
+            "HELP",
+            "OPTS UTF8 ON",
+            "OPTS UTF8 OFF",
+            "PWD",
+            "",
+            "  ",
+            "AUTH TLS",
+            "PBSZ 0",
+            "PROT P",
+            "EPSV",
+            "PASV",
+            "LIST",
+            "QUIT",
+        ],
+        // Logins out of order, then one refused.
+        vec![
+            "PASS early",
+            "user",
+            "PASS x",
+            "USER a",
+            "USER pacs",
+            "PASS wrong",
+            "STAT",
+        ],
+        // Three failures end the session.
+        vec![
+            "USER pacs",
+            "PASS one",
+            "USER pacs",
+            "PASS two",
+            "USER pacs",
+            "PASS three",
+            "USER pacs",
+        ],
+        // A line longer than vsftpd reads.
+        vec![&*Box::leak("N".repeat(5000).into_boxed_str()), "NOOP"],
+    ];
+    let mut differences = Vec::new();
+    let mut waits = (Vec::new(), Vec::new());
+    // Every session against both servers at once: the refusals wait.
+    let (real, fake) = (ports[0], ports[1]);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let running: Vec<_> = sessions
+            .iter()
+            .map(|lines| {
+                (
+                    scope.spawn(|| ftp_session(real, lines)),
+                    scope.spawn(|| ftp_session(fake, lines)),
+                )
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|(a, b)| (a.join().unwrap(), b.join().unwrap()))
+            .collect()
+    });
+    for (a, b) in results {
+        if a.0 != b.0 {
+            differences.push(format!(
+                "vsftpd:\n  {}\ndecoy:\n  {}",
+                a.0.join("\n  "),
+                b.0.join("\n  ")
+            ));
+        }
+        waits.0.extend(a.1);
+        waits.1.extend(b.1);
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    // A refusal takes as long: PAM's 2 s (jittered) and vsftpd's 1 s.
+    for wait in waits.0.iter().chain(&waits.1) {
+        assert!(
+            (Duration::from_millis(2_400)..Duration::from_millis(4_500)).contains(wait),
+            "refusal waits: vsftpd {:?}, decoy {:?}",
+            waits.0,
+            waits.1
+        );
+    }
+    eprintln!("refusal waits: vsftpd {:?}, decoy {:?}", waits.0, waits.1);
     drop(agent);
 }
