@@ -3,11 +3,12 @@
 //! and so the host the credential was stolen from.
 //!
 //! Strongest evidence first: an SSH key fingerprint, a username with its
-//! password, a token or access key, a DICOM calling AE title, a username
-//! alone (NTLM presents no password), a hosts-entry alias in an HTTP Host
-//! header. Lure usernames, AE titles and aliases carry random tails, so a
-//! collision with a real account is unlikely; a password that matches no
-//! lure is never stored in clear (see [`redact`]).
+//! password (or, for NTLM, a response only the password could compute), a
+//! token or access key, a DICOM calling AE title, a username alone, a
+//! hosts-entry alias in an HTTP Host header. Lure usernames, AE titles and
+//! aliases carry 40 random bits, so neither a collision with a real account
+//! nor a forger's guess is likely; a password that matches no lure is
+//! never stored in clear (see [`redact`]), an NTLM response never at all.
 
 // Seeded fast hashing (see deploy.rs); every lure ever made is indexed here.
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use crate::lures::Template;
 pub enum MatchedOn {
     SshKey,
     UsernamePassword,
+    /// An NTLMv2 response computed from the planted password.
+    NtlmResponse,
     Token,
     AeTitle,
     Username,
@@ -36,6 +39,7 @@ impl MatchedOn {
         match self {
             MatchedOn::SshKey => "ssh key fingerprint",
             MatchedOn::UsernamePassword => "username and password",
+            MatchedOn::NtlmResponse => "username and NTLMv2 response",
             MatchedOn::Token => "token",
             MatchedOn::AeTitle => "calling AE title",
             MatchedOn::Username => "username",
@@ -126,6 +130,9 @@ impl CredentialIndex {
                     if !c.password.is_empty() {
                         out.push((id.clone(), MatchedOn::UsernamePassword));
                     }
+                    if !c.ntlm_response.is_empty() {
+                        out.push((id.clone(), MatchedOn::NtlmResponse));
+                    }
                     out.push((id.clone(), MatchedOn::Username));
                 }
             }
@@ -167,6 +174,10 @@ pub fn confirm(lure: &LureInstance, c: &PresentedCredential, on: MatchedOn) -> b
     let m = &lure.material;
     match on {
         MatchedOn::UsernamePassword => !m.password.is_empty() && m.password == c.password,
+        MatchedOn::NtlmResponse => {
+            !m.password.is_empty()
+                && ntlmv2_proves(&m.password, &c.username, &c.domain, &c.ntlm_response)
+        }
         MatchedOn::SshKey
         | MatchedOn::Token
         | MatchedOn::AeTitle
@@ -174,6 +185,37 @@ pub fn confirm(lure: &LureInstance, c: &PresentedCredential, on: MatchedOn) -> b
         | MatchedOn::HostAlias
         | MatchedOn::Hl7Application => true,
     }
+}
+
+/// Whether `response` (the server challenge, then the client's NTLMv2
+/// response: NTProofStr and blob) was computed from `password` for `user`
+/// in `domain`, as they appeared in the AUTHENTICATE message (MS-NLMP
+/// 3.3.2: NTOWFv2 = HMAC-MD5(MD4(password), UPPER(user) + domain), the
+/// proof = HMAC-MD5(NTOWFv2, challenge + blob)).
+pub fn ntlmv2_proves(password: &str, user: &str, domain: &str, response: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    use md4::{Digest, Md4};
+    type HmacMd5 = Hmac<md5::Md5>;
+
+    if response.len() <= 8 + 16 {
+        return false;
+    }
+    let (challenge, rest) = response.split_at(8);
+    let (proof, blob) = rest.split_at(16);
+    let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().flat_map(u16::to_le_bytes).collect() };
+    let nt_hash = Md4::digest(utf16(password));
+    let Ok(mut owf) = HmacMd5::new_from_slice(&nt_hash) else {
+        return false;
+    };
+    owf.update(&utf16(&(user.to_uppercase() + domain)));
+    let key = owf.finalize().into_bytes();
+    let Ok(mut mac) = HmacMd5::new_from_slice(&key) else {
+        return false;
+    };
+    mac.update(challenge);
+    mac.update(blob);
+    // Constant time: a forger learns nothing from how long a no takes.
+    mac.verify_slice(proof).is_ok()
 }
 
 /// A password that matched no lure, as stored: its length and a short
@@ -285,6 +327,70 @@ mod tests {
             vec![("kube".into(), MatchedOn::Token)]
         );
         assert!(index.candidates(&PresentedCredential::default()).is_empty());
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// MS-NLMP 4.2.4: user "User", domain "Domain", password "Password",
+    /// server challenge 0123456789abcdef, client challenge aa..aa, time 0,
+    /// the server's names as target information.
+    fn nlmp_response() -> Vec<u8> {
+        let av = "02000c0044006f006d00610069006e0001000c0053006500720076006500720000000000";
+        let blob = format!(
+            "0101000000000000{}{}00000000{av}00000000",
+            "00".repeat(8),
+            "aa".repeat(8)
+        );
+        unhex(&format!(
+            "0123456789abcdef68cd0ab851e51c96aabc927bebef6a1c{blob}"
+        ))
+    }
+
+    #[test]
+    fn ntlmv2_responses_are_checked_against_the_password() {
+        let r = nlmp_response();
+        assert!(ntlmv2_proves("Password", "User", "Domain", &r));
+        // The user name is case-insensitive, the domain is not (as sent).
+        assert!(ntlmv2_proves("Password", "user", "Domain", &r));
+        assert!(!ntlmv2_proves("Password", "User", "DOMAIN", &r));
+        assert!(!ntlmv2_proves("password", "User", "Domain", &r));
+        assert!(!ntlmv2_proves("Password", "Other", "Domain", &r));
+        let mut other_challenge = r.clone();
+        other_challenge[0] ^= 1;
+        assert!(!ntlmv2_proves(
+            "Password",
+            "User",
+            "Domain",
+            &other_challenge
+        ));
+        assert!(!ntlmv2_proves("Password", "User", "Domain", &r[..24]));
+        assert!(!ntlmv2_proves("Password", "User", "Domain", &[]));
+
+        let mut index = CredentialIndex::default();
+        let smb = lure("smb", Template::SmbCredentials, |m| {
+            m.username = "User".into();
+            m.password = "Password".into();
+        });
+        index.add(&smb);
+        let c = PresentedCredential {
+            username: "User".into(),
+            domain: "Domain".into(),
+            ntlm_response: r,
+            ..Default::default()
+        };
+        let found = index.candidates(&c);
+        assert_eq!(found[0], ("smb".into(), MatchedOn::NtlmResponse));
+        assert!(confirm(&smb, &c, MatchedOn::NtlmResponse));
+        let guessed = PresentedCredential {
+            domain: "Elsewhere".into(),
+            ..c
+        };
+        assert!(!confirm(&smb, &guessed, MatchedOn::NtlmResponse));
     }
 
     #[test]

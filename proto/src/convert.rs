@@ -332,6 +332,11 @@ pub struct PresentedCredential {
     pub host: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub application: String,
+    /// NTLM server challenge and NTLMv2 response (see the proto). Used
+    /// for matching only: never stored or shown, since it lets anyone
+    /// crack the password offline, a real user's included.
+    #[serde(skip)]
+    pub ntlm_response: Vec<u8>,
 }
 
 impl PresentedCredential {
@@ -387,6 +392,15 @@ impl TryFrom<agent_pb::Credential> for PresentedCredential {
             client: bounded_to("client", c.client, 256)?,
             host: bounded_to("host", c.host, 256)?,
             application: bounded_to("application", c.application, 64)?,
+            ntlm_response: if c.ntlm_response.len() > MAX_NTLM_RESPONSE {
+                return Err(InvalidValue::Invalid {
+                    what: "NTLM response",
+                    value: format!("{} bytes", c.ntlm_response.len()),
+                    reason: "too long",
+                });
+            } else {
+                c.ntlm_response
+            },
         })
     }
 }
@@ -406,6 +420,8 @@ impl From<&PresentedCredential> for agent_pb::Credential {
             client: c.client.clone(),
             host: c.host.clone(),
             application: c.application.clone(),
+            // Matching only: never stored, shown or sent on.
+            ntlm_response: Vec::new(),
         }
     }
 }
@@ -467,6 +483,9 @@ pub struct ReportedEvent {
     pub decoy: Option<DecoyContact>,
     pub credential: Option<PresentedCredential>,
 }
+
+/// The challenge and the longest NTLMv2 response an agent keeps.
+pub const MAX_NTLM_RESPONSE: usize = 8 + 1024;
 
 fn bounded_to(what: &'static str, s: String, max: usize) -> Result<String, InvalidValue> {
     if s.len() > max {

@@ -468,6 +468,22 @@ async fn smbclient_with_the_planted_smbcredentials_is_attributed() {
     assert_eq!(c.username.to_lowercase(), user.to_lowercase());
     assert_eq!(c.domain, "HOSPITAL");
     assert!(!c.workstation.is_empty(), "{c:?}");
+    // The NTLMv2 response proves the planted password (checked at the
+    // controller, never stored; the admin API has no field for it).
+    assert_eq!(e.matched_on, "username and NTLMv2 response");
+
+    // The planted user with another password: still the stolen name, but
+    // only the name matched.
+    let out = run(Command::new("smbclient")
+        .arg("//127.0.0.1/PACS_Archive")
+        .args(["-p", &r.ports.smb.to_string(), "-U"])
+        .arg(format!("HOSPITAL/{user}%not-the-password"))
+        .args(["-c", "ls"]));
+    assert!(!out.status.success());
+    let e = r
+        .event("credential-use", |e| e.matched_on == "username")
+        .await;
+    r.assert_credential_use(&e, "smb-credentials", "smb").await;
 
     let out = run(Command::new("smbclient").arg("//127.0.0.1/C$").args([
         "-p",

@@ -187,6 +187,12 @@ fn bounded(c: pb::Credential) -> pb::Credential {
         client: truncate(c.client, 256),
         host: truncate(c.host, 256),
         application: truncate(c.application, 64),
+        // A cut response proves nothing: drop one that is too long.
+        ntlm_response: if c.ntlm_response.len() <= ruse_proto::convert::MAX_NTLM_RESPONSE {
+            c.ntlm_response
+        } else {
+            Vec::new()
+        },
     }
 }
 

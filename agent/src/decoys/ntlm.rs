@@ -170,7 +170,15 @@ pub struct Authenticate {
     pub anonymous: bool,
     /// The NT response is NTLMv2 (longer than 24 bytes).
     pub ntlmv2: bool,
+    /// The NTLMv2 response (proof and blob), at most [`MAX_NT_RESPONSE`]
+    /// bytes; empty for NTLMv1 or a longer one. With the server challenge
+    /// it proves a password without revealing it.
+    pub nt_response: Vec<u8>,
 }
+
+/// Longest NTLMv2 response kept: the proof, the blob's fixed part and the
+/// target information a client echoes (a few hundred bytes in practice).
+pub const MAX_NT_RESPONSE: usize = 1024;
 
 /// Reads user, domain and workstation from an AUTHENTICATE.
 pub fn authenticate(msg: &[u8]) -> Option<Authenticate> {
@@ -203,6 +211,11 @@ pub fn authenticate(msg: &[u8]) -> Option<Authenticate> {
         workstation: text(field(44)?),
         anonymous: user.is_empty() && nt.is_empty() && lm.len() <= 1,
         ntlmv2: nt.len() > 24,
+        nt_response: if (25..=MAX_NT_RESPONSE).contains(&nt.len()) {
+            nt.to_vec()
+        } else {
+            Vec::new()
+        },
         user,
     })
 }

@@ -432,6 +432,12 @@ pub async fn serve(mut conn: Conn) {
                 c.username = a.user.clone();
                 c.domain = a.domain.clone();
                 c.workstation = a.workstation.clone();
+                if !a.nt_response.is_empty() {
+                    // The challenge this connection sent, then the
+                    // response: the controller checks it against the
+                    // planted password.
+                    c.ntlm_response = [&session.challenge[..], &a.nt_response].concat();
+                }
                 let what = if a.anonymous {
                     "anonymous NTLM logon".to_owned()
                 } else {

@@ -226,6 +226,10 @@ pub enum LureError {
     Render { template: Template, reason: String },
 }
 
+/// Random characters (5 bits each) in usernames, AE titles, HL7
+/// applications and host aliases: 40 bits. AE titles stay within DICOM's
+/// 16 characters (6-letter prefixes).
+const MATCHED_TAIL: usize = 8;
 const LOWER_ALNUM: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
 const UPPER_ALNUM: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 const PASSWORD: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789!#%+=";
@@ -305,7 +309,10 @@ impl Material {
     pub fn generate(template: Template) -> Result<Self, LureError> {
         let seed = seed();
         let mut rng = Rng::new(seed);
-        let tail = secret_string(LOWER_ALNUM, 4);
+        // Every identifier a decoy matches on carries 40 random bits: a
+        // compromised decoy host that forges logins to blame a host must
+        // guess among 2^40 per prefix, 35 years at its event quota.
+        let tail = secret_string(LOWER_ALNUM, MATCHED_TAIL);
         let mut m = Material {
             seed,
             ..Material::default()
@@ -362,7 +369,11 @@ impl Material {
                 m.secret = secret_string(BASE64ISH, 32);
                 if template == Template::Hl7Interface {
                     const APPS: &[&str] = &["ADTHUB", "REGFEED", "PASADT"];
-                    m.application = format!("{}{}", rng.pick(APPS), secret_string(UPPER_ALNUM, 3));
+                    m.application = format!(
+                        "{}{}",
+                        rng.pick(APPS),
+                        secret_string(UPPER_ALNUM, MATCHED_TAIL)
+                    );
                 }
             }
             Template::Netrc => {
@@ -375,7 +386,11 @@ impl Material {
             }
             Template::PacsConfig => {
                 const PREFIXES: &[&str] = &["RADWS", "READRM", "CTCONS", "MRVIEW", "ORVIEW"];
-                m.ae_title = format!("{}{}", rng.pick(PREFIXES), secret_string(UPPER_ALNUM, 4));
+                m.ae_title = format!(
+                    "{}{}",
+                    rng.pick(PREFIXES),
+                    secret_string(UPPER_ALNUM, MATCHED_TAIL)
+                );
             }
             Template::PasswordsXlsx => {
                 m.username = format!("pacs.admin{tail}");
@@ -389,7 +404,11 @@ impl Material {
             }
             Template::Hl7Adt => {
                 const APPS: &[&str] = &["REGADT", "PASADT", "ADTHUB"];
-                m.application = format!("{}{}", rng.pick(APPS), secret_string(UPPER_ALNUM, 3));
+                m.application = format!(
+                    "{}{}",
+                    rng.pick(APPS),
+                    secret_string(UPPER_ALNUM, MATCHED_TAIL)
+                );
             }
             Template::PatientCsv | Template::DicomStudy | Template::FhirBundle => {}
         }

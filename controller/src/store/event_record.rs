@@ -251,6 +251,7 @@ mod tests {
                 client: "c".into(),
                 host: "h".into(),
                 application: "a".into(),
+                ntlm_response: Vec::new(),
             }),
             origin_agent: Some("01kb5z8x9q3w4e5r6t7y8v9w0b".parse().unwrap()),
             matched_on: "username+password".into(),
