@@ -330,10 +330,14 @@ pub fn nearest_dir(root: &Dir, dir: &Path) -> Option<Dir> {
 /// Creates the missing directories above `target`, owned by `owner`
 /// (0700 for the private ones: `.ssh`, `.aws`, `.kube`, `.gnupg`).
 /// Returns them, outermost first, so removal can undo exactly this.
+///
+/// `before` is told each directory's path before it is made (the planting
+/// journal records it); its error stops the walk.
 pub fn create_parents(
     root: &Dir,
     target: &Path,
     owner: Option<Owner>,
+    before: &mut dyn FnMut(&Path) -> std::io::Result<()>,
 ) -> Result<Vec<PathBuf>, FsError> {
     let rel = relative(root, target)?;
     let Some(parent) = rel.parent() else {
@@ -344,9 +348,13 @@ pub fn create_parents(
     for component in parent.components() {
         let name = component.as_os_str();
         let next = match dir.child(name) {
-            Err(e) if e.is_not_found() => make_dir(&dir, name, owner).inspect(|child| {
-                created.push(child.path.clone());
-            }),
+            Err(e) if e.is_not_found() => {
+                let path = dir.path.join(name);
+                before(&path)
+                    .map_err(io(&path))
+                    .and_then(|()| make_dir(&dir, name, owner))
+                    .inspect(|child| created.push(child.path.clone()))
+            }
             other => other,
         };
         dir = match next {
@@ -426,6 +434,68 @@ fn temp_name(name: &OsStr) -> OsString {
     tmp.push(name);
     tmp.push(format!(".{}.tmp", hex(&rnd)));
     tmp
+}
+
+/// Whether `candidate` is a name [`temp_name`] gives for `name`.
+fn is_temp_of(candidate: &[u8], name: &[u8]) -> bool {
+    candidate
+        .strip_prefix(b".")
+        .and_then(|r| r.strip_prefix(name))
+        .and_then(|r| r.strip_prefix(b"."))
+        .and_then(|r| r.strip_suffix(b".tmp"))
+        .is_some_and(|h| h.len() == 12 && h.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Deletes the temporary files a crash left beside `target` (regular
+/// files named as [`temp_name`] names them, with 48 random bits no one
+/// else picks); returns how many.
+pub fn remove_temps(root: &Dir, target: &Path) -> usize {
+    let Ok((dir, name)) = parent(root, target) else {
+        return 0;
+    };
+    let Ok(Some(listing)) = dir
+        .file
+        .try_clone()
+        .ok()
+        .map(|f| nix::dir::Dir::from_fd(OwnedFd::from(f)))
+        .transpose()
+    else {
+        return 0;
+    };
+    let temps: Vec<OsString> = listing
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| is_temp_of(e.file_name().to_bytes(), name.as_encoded_bytes()))
+        .map(|e| {
+            use std::os::unix::ffi::OsStrExt;
+            OsStr::from_bytes(e.file_name().to_bytes()).to_owned()
+        })
+        .collect();
+    let mut removed = 0;
+    for temp in temps {
+        let regular = nix::sys::stat::fstatat(
+            dir.file.as_fd(),
+            temp.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
+        });
+        if regular
+            && nix::unistd::unlinkat(
+                dir.file.as_fd(),
+                temp.as_os_str(),
+                UnlinkatFlags::NoRemoveDir,
+            )
+            .is_ok()
+        {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        dir.sync();
+    }
+    removed
 }
 
 /// The attributes a new file gets.
@@ -878,7 +948,7 @@ mod tests {
         let root = root_of(dir.path());
         let base = root.path().to_path_buf();
         let target = base.join("home/bob/.ssh/config");
-        let created = create_parents(&root, &target, None).unwrap();
+        let created = create_parents(&root, &target, None, &mut |_| Ok(())).unwrap();
         assert_eq!(
             created,
             vec![
@@ -909,7 +979,7 @@ mod tests {
         let root = root_of(&dir.path().join("root"));
         let target = root.path().join("home/bob/Documents/Exports/patients.csv");
         assert!(matches!(
-            create_parents(&root, &target, None),
+            create_parents(&root, &target, None, &mut |_| Ok(())),
             Err(FsError::OutsideRoot { .. })
         ));
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);

@@ -12,14 +12,20 @@
 //! - **The local state is written after every change**, atomically, so
 //!   `uninstall` can always remove everything the agent planted — and
 //!   nothing else.
+//! - **A crash never leaves a lure half-planted.** Each file is written
+//!   whole (a temporary file moved into place), and every directory and
+//!   file is announced in the planting journal before it is made; at the
+//!   next start what the saved state does not record is undone
+//!   ([`journal`]).
 
 pub mod block;
 pub mod fs;
 mod homes;
+mod journal;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -29,6 +35,7 @@ use ruse_proto::agent::v1 as pb;
 use self::block::Inserted;
 use self::fs::{Dir, FsError, NewFile, Owner, Removal};
 pub use self::homes::HomeDirs;
+use self::journal::{Intent, Journal};
 use crate::detect::{LureRef, SelfActivity, Watched};
 
 const STATE_FILE: &str = "lures.json";
@@ -164,6 +171,8 @@ pub struct LureEngine {
     /// Where the engine records the paths it touches, so its own work never
     /// raises events.
     activity: Arc<SelfActivity>,
+    /// What is being planted since the last save.
+    journal: Mutex<Journal>,
 }
 
 impl LureEngine {
@@ -180,13 +189,78 @@ impl LureEngine {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::default(),
             Err(e) => return Err(LureError::Fs(fs::io(&state_path)(e))),
         };
-        Ok(LureEngine {
+        let (journal, unfinished) = Journal::open(state_dir)?;
+        let engine = LureEngine {
             root,
             homes,
             state_path,
             state,
             activity: Arc::new(SelfActivity::default()),
-        })
+            journal: Mutex::new(journal),
+        };
+        engine.recover(&unfinished);
+        engine.journal().clear()?;
+        Ok(engine)
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.journal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Undoes what a run that ended mid-update planted without saving it
+    /// (see [`journal`]), newest first, and deletes temporary files it
+    /// left. What the saved state records stays.
+    fn recover(&self, unfinished: &[Intent]) {
+        if unfinished.is_empty() {
+            return;
+        }
+        let recorded = |lure: &str, revision: u64, has: &dyn Fn(&AppliedLure) -> bool| {
+            self.state
+                .lures
+                .get(lure)
+                .is_some_and(|l| l.revision == revision && has(l))
+        };
+        let (mut undone, mut temps) = (0, 0);
+        for intent in unfinished.iter().rev() {
+            match intent {
+                Intent::File {
+                    lure,
+                    revision,
+                    planted,
+                } => {
+                    self.activity.touch(planted.path());
+                    temps += fs::remove_temps(&self.root, planted.path());
+                    if recorded(lure, *revision, &|l| l.files.contains(planted)) {
+                        continue;
+                    }
+                    match unplant(&self.root, planted) {
+                        Ok(()) => undone += 1,
+                        Err(e) => tracing::warn!(
+                            path = %planted.path().display(),
+                            error = %e,
+                            "an unfinished lure file could not be undone"
+                        ),
+                    }
+                }
+                Intent::Dir {
+                    lure,
+                    revision,
+                    path,
+                } => {
+                    if !recorded(lure, *revision, &|l| l.created_dirs.contains(path)) {
+                        remove_dirs(&self.root, std::slice::from_ref(path));
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            steps = unfinished.len(),
+            files_undone = undone,
+            temporary_files = temps,
+            "undid the planting an earlier run left unfinished"
+        );
     }
 
     /// The record of paths this engine touches (shared with the detector).
@@ -251,6 +325,7 @@ impl LureEngine {
         &self.state.lures
     }
 
+    /// Saves the state; the journal is emptied once it is on disk.
     fn save(&self) -> Result<(), LureError> {
         // Streamed: a thousand lures are megabytes of JSON, which as one
         // buffer would stay in the allocator after the save.
@@ -260,7 +335,8 @@ impl LureEngine {
         .map_err(|e| LureError::State {
             path: self.state_path.display().to_string(),
             reason: e.to_string(),
-        })
+        })?;
+        self.journal().clear()
     }
 
     /// Applies an update: removals first, then changed resources. Every
@@ -332,7 +408,7 @@ impl LureEngine {
         }
         let spec = pb::LureSpec::decode(resource.body.as_slice())
             .map_err(|e| LureError::Spec(e.to_string()))?;
-        let applied = self.plant(&spec, &resource.body, resource.revision)?;
+        let applied = self.plant(&resource.id, &spec, &resource.body, resource.revision)?;
         self.state.lures.insert(resource.id.clone(), applied);
         Ok(())
     }
@@ -367,10 +443,16 @@ impl LureEngine {
     /// home takes it.
     fn plant(
         &self,
+        id: &str,
         spec: &pb::LureSpec,
         body: &[u8],
         revision: u64,
     ) -> Result<AppliedLure, LureError> {
+        let journal = Intents {
+            engine: self,
+            lure: id,
+            revision,
+        };
         let mut applied = AppliedLure {
             revision,
             kind: LURE.into(),
@@ -386,9 +468,15 @@ impl LureEngine {
                 let mut planted_any = false;
                 for (target, owner) in self.targets(&file.path)? {
                     self.activity.touch(&target);
-                    let planted =
-                        plant_file(&self.root, &target, file, owner, &mut applied.created_dirs)
-                            .map_err(|e| self.name_the_owner(e, &target));
+                    let planted = plant_file(
+                        &self.root,
+                        &target,
+                        file,
+                        owner,
+                        &mut applied.created_dirs,
+                        &journal,
+                    )
+                    .map_err(|e| self.name_the_owner(e, &target));
                     match planted {
                         Ok(planted) => {
                             applied.files.push(planted);
@@ -537,7 +625,7 @@ impl LureEngine {
         }
         let spec = pb::LureSpec::decode(lure.spec.as_slice())
             .map_err(|e| LureError::Spec(e.to_string()))?;
-        let mut fresh = self.plant(&spec, &lure.spec, lure.revision)?;
+        let mut fresh = self.plant(id, &spec, &lure.spec, lure.revision)?;
         // Keep the directories created the first time.
         for dir in &lure.created_dirs {
             if !fresh.created_dirs.contains(dir) {
@@ -594,12 +682,41 @@ impl Drop for KeepDirTime {
     }
 }
 
+/// Announces one lure's steps in the journal before they are taken.
+struct Intents<'a> {
+    engine: &'a LureEngine,
+    lure: &'a str,
+    revision: u64,
+}
+
+impl Intents<'_> {
+    fn dir(&self, path: &Path) -> std::io::Result<()> {
+        self.engine
+            .journal()
+            .record(&Intent::Dir {
+                lure: self.lure.to_owned(),
+                revision: self.revision,
+                path: path.to_path_buf(),
+            })
+            .map_err(std::io::Error::other)
+    }
+
+    fn file(&self, planted: &Planted) -> Result<(), LureError> {
+        self.engine.journal().record(&Intent::File {
+            lure: self.lure.to_owned(),
+            revision: self.revision,
+            planted: planted.clone(),
+        })
+    }
+}
+
 fn plant_file(
     root: &Dir,
     target: &Path,
     file: &pb::PlantFile,
     owner: Option<Owner>,
     created_dirs: &mut Vec<PathBuf>,
+    journal: &Intents<'_>,
 ) -> Result<Planted, LureError> {
     let mtime = fs::system_time(file.mtime_ms);
     let mode = if file.permissions == 0 {
@@ -609,8 +726,8 @@ fn plant_file(
     };
     let owner = owner.or_else(|| parent_owner(root, target));
     let _keep = KeepDirTime::above(root, target);
-    let created = fs::create_parents(root, target, owner)?;
-    let planted = plant_content(root, target, file, NewFile { mode, owner, mtime });
+    let created = fs::create_parents(root, target, owner, &mut |dir| journal.dir(dir))?;
+    let planted = plant_content(root, target, file, NewFile { mode, owner, mtime }, journal);
     if planted.is_err() {
         fs::remove_created_dirs(root, &created);
         return planted;
@@ -631,14 +748,17 @@ fn plant_content(
     target: &Path,
     file: &pb::PlantFile,
     new: NewFile,
+    journal: &Intents<'_>,
 ) -> Result<Planted, LureError> {
     match file.mode() {
         pb::PlantMode::WholeFile => {
-            fs::create_new(root, target, &file.content, new)?;
-            Ok(Planted::Whole {
+            let planted = Planted::Whole {
                 path: target.to_path_buf(),
                 sha256: fs::sha256_hex(&file.content),
-            })
+            };
+            journal.file(&planted)?;
+            fs::create_new(root, target, &file.content, new)?;
+            Ok(planted)
         }
         pb::PlantMode::Block => {
             let text = std::str::from_utf8(&file.content).map_err(|_| {
@@ -647,24 +767,28 @@ fn plant_content(
             match fs::read_regular(root, target) {
                 Err(e) if e.is_not_found() => {
                     let (content, inserted) = block::insert(b"", text);
-                    fs::create_new(root, target, &content, new)?;
-                    Ok(Planted::Block {
+                    let planted = Planted::Block {
                         path: target.to_path_buf(),
                         inserted,
                         created: true,
                         readers: file.ordinary_readers.clone(),
-                    })
+                    };
+                    journal.file(&planted)?;
+                    fs::create_new(root, target, &content, new)?;
+                    Ok(planted)
                 }
                 Err(e) => Err(e.into()),
                 Ok((existing, seen)) => {
                     let (content, inserted) = block::insert(&existing, text);
-                    fs::replace_content(root, target, &existing, &content, &seen)?;
-                    Ok(Planted::Block {
+                    let planted = Planted::Block {
                         path: target.to_path_buf(),
                         inserted,
                         created: false,
                         readers: file.ordinary_readers.clone(),
-                    })
+                    };
+                    journal.file(&planted)?;
+                    fs::replace_content(root, target, &existing, &content, &seen)?;
+                    Ok(planted)
                 }
             }
         }
@@ -706,9 +830,11 @@ fn unreachable(path: &Path, e: &FsError) -> Result<(), LureError> {
     Ok(())
 }
 
-/// Takes one planted file out again.
+/// Takes one planted file out again, with any temporary file an earlier
+/// run that ended mid-write left beside it.
 fn unplant(root: &Dir, planted: &Planted) -> Result<(), LureError> {
     let _keep = KeepDirTime::above(root, planted.path());
+    fs::remove_temps(root, planted.path());
     match planted {
         Planted::Whole { path, sha256 } => {
             match fs::remove_if_ours(root, path, |bytes| fs::sha256_hex(bytes) == *sha256) {
@@ -734,10 +860,18 @@ fn unplant(root: &Dir, planted: &Planted) -> Result<(), LureError> {
                 Err(e @ FsError::OutsideRoot { .. }) => return unreachable(path, &e),
                 Err(e) => return Err(e.into()),
             };
-            let restored = block::remove(&current, inserted).map_err(|e| LureError::Block {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            let restored = match block::remove(&current, inserted) {
+                Ok(restored) => restored,
+                // Nothing of the lure is left (someone took the block out,
+                // or a run ended before writing it): removed already.
+                Err(block::BlockError::Missing) => return Ok(()),
+                Err(e) => {
+                    return Err(LureError::Block {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
             if *created && restored.is_empty() {
                 // The file holds the block and nothing else: it is ours.
                 fs::remove_if_ours(root, path, |bytes| bytes == current.as_slice())?;

@@ -577,3 +577,131 @@ fn directories_made_by_a_rotated_lure_go_at_uninstall() {
     assert!(e.uninstall().is_empty());
     assert_eq!(snapshot(&f.root), before, "no directory left behind");
 }
+
+#[test]
+fn a_run_that_ends_before_saving_leaves_nothing_behind_at_the_next_start() {
+    let f = fixture();
+    let ssh_config = f.root.join("home/alice/.ssh/config");
+    std::fs::write(&ssh_config, "Host real\n  HostName 10.1.1.1").unwrap();
+    let before = snapshot(&f.root);
+    let mut e = engine(&f);
+    // The save fails (a directory where the state file goes): the files
+    // are planted, the state never records them, as after a kill -9
+    // between planting and saving.
+    let state_file = f.state.join(STATE_FILE);
+    std::fs::create_dir(&state_file).unwrap();
+    let outcomes = e.apply(
+        &[],
+        &[resource(
+            "lure-1",
+            1,
+            vec![
+                file(
+                    "~/.config/pacs/viewer/nodes.ini",
+                    "[Node]\nAETitle=RADWS7K2M9QX\n",
+                    pb::PlantMode::WholeFile,
+                    0o600,
+                ),
+                file(
+                    "~/.ssh/config",
+                    "Host pacs-bkp\n  User svc\n",
+                    pb::PlantMode::Block,
+                    0o600,
+                ),
+            ],
+        )],
+    );
+    assert!(matches!(outcomes[0].result, Err(LureError::State { .. })));
+    let planted = f.root.join("home/bob/.config/pacs/viewer/nodes.ini");
+    assert!(planted.exists());
+    assert!(
+        std::fs::read_to_string(&ssh_config)
+            .unwrap()
+            .contains("pacs-bkp")
+    );
+    // A temporary file the crash left mid-write.
+    let temp = f
+        .root
+        .join("home/alice/.config/pacs/viewer/.nodes.ini.0123456789ab.tmp");
+    std::fs::write(&temp, "[Node]\n").unwrap();
+    // Not ours: a user's file with a similar name stays.
+    let users = f.root.join("home/alice/.ssh/.config.backup.tmp");
+    std::fs::write(&users, "mine").unwrap();
+    drop(e);
+    std::fs::remove_dir(&state_file).unwrap();
+
+    let e = engine(&f);
+    assert!(e.lures().is_empty());
+    std::fs::remove_file(&users).unwrap();
+    assert_eq!(
+        snapshot(&f.root),
+        before,
+        "files, blocks, directories and temporary files undone"
+    );
+    // The journal is empty again.
+    assert_eq!(
+        std::fs::metadata(f.state.join("planting.journal"))
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn what_the_state_recorded_survives_the_recovery() {
+    let f = fixture();
+    let mut e = engine(&f);
+    let lure = resource(
+        "lure-1",
+        1,
+        vec![file(
+            "/etc/pacs.ini",
+            "[pacs]\n",
+            pb::PlantMode::WholeFile,
+            0o644,
+        )],
+    );
+    assert!(e.apply(&[], &[lure]).iter().all(|o| o.result.is_ok()));
+    // A journal that still names the file (the crash came after the
+    // save, before the journal was emptied).
+    let journal = f.state.join("planting.journal");
+    let planted = e.lures()["lure-1"].files[0].clone();
+    let line = serde_json::to_string(&Intent::File {
+        lure: "lure-1".into(),
+        revision: 1,
+        planted,
+    })
+    .unwrap();
+    std::fs::write(&journal, format!("{line}\n")).unwrap();
+    drop(e);
+    let e = engine(&f);
+    assert_eq!(e.lures().len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(f.root.join("etc/pacs.ini")).unwrap(),
+        "[pacs]\n"
+    );
+}
+
+#[test]
+fn removing_a_block_someone_already_took_out_succeeds() {
+    let f = fixture();
+    let ssh_config = f.root.join("home/alice/.ssh/config");
+    std::fs::write(&ssh_config, "Host real\n").unwrap();
+    let mut e = engine(&f);
+    let lure = resource(
+        "lure-1",
+        1,
+        vec![file(
+            "~/.ssh/config",
+            "Host pacs\n",
+            pb::PlantMode::Block,
+            0o600,
+        )],
+    );
+    assert!(e.apply(&[], &[lure]).iter().all(|o| o.result.is_ok()));
+    std::fs::write(&ssh_config, "Host real\n").unwrap();
+    let outcomes = e.apply(&["lure-1".into()], &[]);
+    assert!(outcomes[0].result.is_ok(), "{:?}", outcomes[0].result);
+    assert!(e.lures().is_empty());
+    assert_eq!(std::fs::read_to_string(&ssh_config).unwrap(), "Host real\n");
+}
