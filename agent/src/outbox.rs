@@ -17,6 +17,13 @@
 //! duplicates. Emptying the log only after its acknowledgement is on disk
 //! keeps sequence numbers from going back.
 //!
+//! When the disk refuses a write (full, or failing), the events are held
+//! in memory instead (at most [`MAX_HELD`]), sent like the others, and
+//! written out as soon as a write succeeds again: a full disk on the
+//! endpoint delays nothing and loses nothing unless the agent stops before
+//! the disk has room. A write that failed halfway is cut off the log
+//! first, so no partial record sits between whole ones.
+//!
 //! When the outbox is full, the oldest events of the lowest severity go
 //! first (allowed readers, then drift, then touches); what was dropped is
 //! counted and reported in heartbeats. Dropped and acknowledged records
@@ -25,7 +32,7 @@
 //! dropped event may therefore come back after a crash and be dropped, or
 //! sent, again: never fewer events, only more.)
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -41,6 +48,12 @@ const ACKED: &str = "outbox.acked";
 const MAX_RECORD: usize = 64 << 10;
 /// Acknowledged bytes at the head of the log before it is compacted.
 const COMPACT_AFTER: u64 = 4 << 20;
+/// Events held in memory while the disk refuses writes; beyond this they
+/// are dropped and counted.
+pub const MAX_HELD: usize = 10_000;
+/// The offset of an entry held in memory, not in the log.
+const HELD: u64 = u64::MAX;
+
 /// How stale `outbox.acked` may get while events stay in the log.
 pub const ACKED_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -111,6 +124,9 @@ pub struct Outbox {
     live: u64,
     capacity: usize,
     dropped: u64,
+    /// Records (as they would be in the log) of entries whose offset is
+    /// [`HELD`]: the disk refused them.
+    held: BTreeMap<u64, Vec<u8>>,
 }
 
 fn check(bytes: &[u8]) -> u32 {
@@ -199,6 +215,7 @@ impl Outbox {
             live,
             capacity: capacity.max(1),
             dropped: 0,
+            held: BTreeMap::new(),
         };
         if outbox.index.is_empty() && outbox.end > 0 {
             outbox.truncate()?;
@@ -242,10 +259,15 @@ impl Outbox {
 
     /// Gives each event its sequence number, writes them, and syncs. Events
     /// are durable when this returns.
+    ///
+    /// If the disk refuses the write, the events are held in memory (see
+    /// the module comment) and this still succeeds; it fails only when
+    /// even memory is full, and then drops and counts them.
     pub fn append(&mut self, events: &mut [pb::Event]) -> Result<(), OutboxError> {
         if events.is_empty() {
             return Ok(());
         }
+        self.write_held();
         let mut buf = Vec::new();
         let mut entries = Vec::new();
         for event in events.iter_mut() {
@@ -267,15 +289,102 @@ impl Outbox {
             buf.extend_from_slice(&check(&body).to_le_bytes());
             buf.extend_from_slice(&body);
         }
-        self.log.write_all(&buf).map_err(self.log_error())?;
-        self.log.sync_data().map_err(self.log_error())?;
-        self.end += buf.len() as u64;
-        self.live += entries.iter().map(|e| u64::from(e.len)).sum::<u64>();
-        self.index.extend(entries);
+        let written = if self.held.is_empty() {
+            self.write_at_end(&buf)
+        } else {
+            // Keep the order: nothing after held events reaches the log
+            // before they do.
+            Err(std::io::Error::other("earlier events are held"))
+        };
+        match written {
+            Ok(()) => {
+                self.live += entries.iter().map(|e| u64::from(e.len)).sum::<u64>();
+                self.index.extend(entries);
+            }
+            Err(e) => self.hold(entries, &buf, &e)?,
+        }
         if self.index.len() > self.capacity {
             self.shed()?;
         }
         Ok(())
+    }
+
+    /// Appends `buf` to the log and syncs it; on failure the log is cut
+    /// back to where it ended, so no partial record stays.
+    fn write_at_end(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self.log.write_all(buf).and_then(|()| self.log.sync_data()) {
+            Ok(()) => {
+                self.end += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.log.set_len(self.end);
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps records the disk refused (`entries`, their bytes in `buf`
+    /// from offset `self.end` on) in memory.
+    fn hold(
+        &mut self,
+        entries: Vec<Entry>,
+        buf: &[u8],
+        why: &std::io::Error,
+    ) -> Result<(), OutboxError> {
+        if self.held.is_empty() {
+            tracing::error!(
+                path = %self.dir.join(LOG).display(),
+                error = %why,
+                "the outbox cannot be written: events are held in memory and sent, and written out once the disk takes them (lost if the agent stops first)"
+            );
+        }
+        let room = MAX_HELD.saturating_sub(self.held.len());
+        let refused = entries.len().saturating_sub(room);
+        for e in entries.into_iter().take(room) {
+            let at = (e.offset - self.end) as usize;
+            self.held
+                .insert(e.seq, buf[at..at + e.len as usize].to_vec());
+            self.index.push_back(Entry { offset: HELD, ..e });
+        }
+        if refused > 0 {
+            self.dropped += refused as u64;
+            return Err(OutboxError {
+                path: self.dir.join(LOG).display().to_string(),
+                source: std::io::Error::other(format!(
+                    "{refused} events dropped: the disk refuses writes ({why}) and {MAX_HELD} are already held in memory"
+                )),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the events held in memory to the log, if the disk takes
+    /// them now.
+    fn write_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let mut placed = Vec::with_capacity(self.held.len());
+        for (seq, record) in &self.held {
+            placed.push((*seq, self.end + buf.len() as u64));
+            buf.extend_from_slice(record);
+        }
+        if self.write_at_end(&buf).is_err() {
+            return;
+        }
+        for (seq, offset) in placed {
+            if let Ok(i) = self.index.binary_search_by_key(&seq, |e| e.seq) {
+                self.index[i].offset = offset;
+                self.live += u64::from(self.index[i].len);
+            }
+        }
+        tracing::info!(
+            events = self.held.len(),
+            "the outbox is writable again: held events written"
+        );
+        self.held.clear();
     }
 
     /// Drops the oldest events of the lowest severity until within
@@ -308,10 +417,15 @@ impl Outbox {
         }
         victims.sort_unstable();
         let mut freed = 0;
+        let held = &mut self.held;
         self.index.retain(|e| {
             let keep = victims.binary_search(&e.seq).is_err();
             if !keep {
-                freed += u64::from(e.len);
+                if e.offset == HELD {
+                    held.remove(&e.seq);
+                } else {
+                    freed += u64::from(e.len);
+                }
             }
             keep
         });
@@ -335,6 +449,10 @@ impl Outbox {
         let mut buf = Vec::new();
         let mut index = VecDeque::with_capacity(keep.len());
         for e in keep {
+            if e.offset == HELD {
+                index.push_back(e);
+                continue;
+            }
             let bytes = self.read_record(&e)?;
             index.push_back(Entry {
                 offset: buf.len() as u64,
@@ -391,6 +509,18 @@ impl Outbox {
         let mut run: Vec<Entry> = Vec::new();
         let mut bytes = Vec::new();
         for e in self.index.range(first..).take(limit) {
+            if e.offset == HELD {
+                self.decode_run(&run, &mut bytes, &mut out)?;
+                run.clear();
+                if let Some(event) = self
+                    .held
+                    .get(&e.seq)
+                    .and_then(|r| pb::Event::decode(r.get(8..)?).ok())
+                {
+                    out.push(event);
+                }
+                continue;
+            }
             if run
                 .last()
                 .is_some_and(|l| l.offset + u64::from(l.len) != e.offset)
@@ -438,7 +568,11 @@ impl Outbox {
         let through = through.min(self.next_seq.saturating_sub(1));
         self.acked = through;
         while let Some(e) = self.index.front().filter(|e| e.seq <= through) {
-            self.live -= u64::from(e.len);
+            if e.offset == HELD {
+                self.held.remove(&e.seq);
+            } else {
+                self.live -= u64::from(e.len);
+            }
             self.index.pop_front();
         }
         if self.index.is_empty() {
@@ -501,6 +635,58 @@ mod tests {
 
     fn ids(events: &[pb::Event]) -> Vec<String> {
         events.iter().map(|e| e.id.clone()).collect()
+    }
+
+    #[test]
+    fn events_the_disk_refuses_are_held_sent_in_order_and_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), 100).unwrap();
+        o.append(&mut (0..3).map(|n| event(n, "touch", false)).collect::<Vec<_>>())
+            .unwrap();
+        // The disk refuses writes (a read-only handle fails every write
+        // as a full disk would).
+        let writable = std::mem::replace(&mut o.log, File::open(dir.path().join(LOG)).unwrap());
+        o.append(&mut (3..5).map(|n| event(n, "touch", false)).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(o.depth(), 5);
+        assert_eq!(o.held.len(), 2);
+        let all = ids(&o.pending(0, 10).unwrap());
+        assert_eq!(all, (0..5).map(|n| format!("ev{n:06}")).collect::<Vec<_>>());
+        // Acknowledging a held event forgets it.
+        o.ack(4).unwrap();
+        assert_eq!(ids(&o.pending(0, 10).unwrap()), vec!["ev000004"]);
+
+        // Writable again: the held event goes to the log before the next.
+        o.log = writable;
+        o.append(&mut [event(5, "touch", false)]).unwrap();
+        assert!(o.held.is_empty());
+        assert_eq!(
+            ids(&o.pending(0, 10).unwrap()),
+            vec!["ev000004", "ev000005"]
+        );
+        drop(o);
+        let o = Outbox::open(dir.path(), 100).unwrap();
+        assert_eq!(
+            ids(&o.pending(0, 10).unwrap()),
+            vec!["ev000004", "ev000005"]
+        );
+    }
+
+    #[test]
+    fn memory_holds_at_most_max_held_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = Outbox::open(dir.path(), 2 * MAX_HELD).unwrap();
+        o.log = {
+            o.append(&mut [event(0, "touch", false)]).unwrap();
+            File::open(dir.path().join(LOG)).unwrap()
+        };
+        let mut many: Vec<_> = (1..=MAX_HELD as u32 + 5)
+            .map(|n| event(n, "touch", false))
+            .collect();
+        let e = o.append(&mut many).unwrap_err();
+        assert!(e.to_string().contains("5 events dropped"), "{e}");
+        assert_eq!(o.held.len(), MAX_HELD);
+        assert_eq!(o.dropped, 5);
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct ControllerConfig {
     pub enroll_failures_per_minute: u32,
     /// sled page cache.
     pub store_cache_mb: u64,
+    /// Disk space kept free under the data directory: a file of this size
+    /// is kept there, and below a quarter of it free, writes are refused
+    /// (and the file deleted so buffered writes land) until there is room
+    /// again. 0 turns the guard off.
+    pub disk_reserve_mb: u64,
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `ruse_controller=debug`).
     pub log_level: String,
@@ -196,6 +201,7 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(10),
             enroll_failures_per_minute: 10,
             store_cache_mb: 64,
+            disk_reserve_mb: 64,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             incident_window: Duration::from_secs(3600),
@@ -322,6 +328,9 @@ impl ControllerConfig {
         }
         if self.token_uses == 0 {
             return Err(invalid("token_uses", "must be at least 1"));
+        }
+        if self.disk_reserve_mb > 16 << 10 {
+            return Err(invalid("disk_reserve_mb", "must be at most 16384 (16 GiB)"));
         }
         if self.enroll_failures_per_minute == 0 {
             return Err(invalid("enroll_failures_per_minute", "must be at least 1"));

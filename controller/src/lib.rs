@@ -96,10 +96,16 @@ impl Controller {
         )?;
         let store_dir = layout::store(&config.data_dir);
         let cache = config.store_cache_mb.saturating_mul(1 << 20);
+        let (data_dir, reserve) = (
+            config.data_dir.clone(),
+            config.disk_reserve_mb.saturating_mul(1 << 20),
+        );
         let store: Arc<dyn Store> = Arc::new(
-            tokio::task::spawn_blocking(move || SledStore::open(&store_dir, cache))
-                .await
-                .map_err(|e| StoreError::Engine(e.to_string().into()))??,
+            tokio::task::spawn_blocking(move || {
+                SledStore::open(&store_dir, cache).map(|s| s.with_disk_reserve(&data_dir, reserve))
+            })
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string().into()))??,
         );
         let outputs = outputs::Outputs::new(&config.outputs, store.clone())
             .map_err(ControllerError::Outputs)?;

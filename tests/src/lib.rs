@@ -199,6 +199,8 @@ pub fn fast_config(data_dir: &Path) -> ControllerConfig {
         offline_after: Duration::from_millis(1500),
         state_flush_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(3),
+        // Dozens of controllers run at once: a small disk reserve each.
+        disk_reserve_mb: 4,
         ..ControllerConfig::default()
     }
 }

@@ -1,7 +1,8 @@
 //! Faults nobody plans for: an agent killed in the middle of planting or
-//! removing a campaign, ... Each test injects the fault into real
-//! processes and checks what a user would: what is on the endpoint's disk,
-//! what the controller's registry says, that nothing is lost.
+//! removing a campaign, a full disk under the controller's store. Each
+//! test injects the fault into real processes (or a real filesystem) and
+//! checks what a user would: what is on the endpoint's disk, what the
+//! controller's registry says, that nothing is lost or duplicated.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ruse_e2e::process::{Proc, spawn};
-use ruse_e2e::{TestController, eventually};
+use ruse_e2e::{TestAgent, TestController, eventually, require_root, require_tool};
 use ruse_proto::admin::v1 as pb;
 
 /// Every file and directory under `root`: content and mode.
@@ -294,4 +295,220 @@ async fn kill_9_while_planting_or_removing_leaves_the_old_or_the_new_state() {
     );
     assert_old_or_new("removing", &planted, &at_kill, &before);
     assert!(registry(&tc, &id).await.is_empty());
+}
+
+/// A tmpfs of `size` mounted at a new directory, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills what is left with one file; returns it.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        // Whatever a 64 KiB write could not take.
+        while f.write_all(&block[..512]).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Copies a directory tree, keeping modes (the CA key stays 0600).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_controller_refuses_clearly_and_loses_nothing() {
+    let test = "a_full_disk_under_the_controller_refuses_clearly_and_loses_nothing";
+    if !(require_root(test) && require_tool(test, "mount")) {
+        return;
+    }
+    let disk = SmallDisk::mount("48m");
+    let data = disk.path().join("data");
+    let mut tc = TestController::start_with(|c| {
+        copy_tree(&c.data_dir, &data);
+        c.data_dir = data.clone();
+        c.disk_reserve_mb = 8;
+    })
+    .await;
+    let token = tc.token("site=icu", 1, Duration::from_secs(600)).await;
+    let mut agent = tc.spawn_agent(tc.agent_config("ward", &token, ""));
+    let id = agent.connected().await;
+    tc.apply(
+        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n",
+    )
+    .await;
+    agent.wait_lures(1, Duration::from_secs(10)).await;
+    let lure = tc.lures(&id, false).await[0].id.clone();
+    let filter = pb::EventFilter {
+        agent_id: id.clone(),
+        kind: "touch".into(),
+        ..Default::default()
+    };
+
+    let filler = disk.fill();
+    let mut sent = std::collections::HashSet::new();
+    for batch in 0..5 {
+        let events: Vec<_> = (0..200)
+            .map(|n| TestAgent::touch_event(&lure, batch * 200 + n))
+            .collect();
+        sent.extend(events.iter().map(|e| e.id.clone()));
+        agent.events.record(events).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An admin change cannot be stored: refused with the reason.
+    let refused = tc
+        .root()
+        .await
+        .apply(pb::ApplyRequest {
+            source: "test".into(),
+            content: "kind: Campaign\nname: more\nselector: {site: icu}\nlures:\n  - {template: pgpass}\n".into(),
+            dry_run: false,
+        })
+        .await;
+    let status = refused.expect_err("an apply on a full disk is refused");
+    assert!(
+        status.message().contains("space"),
+        "{:?}: {}",
+        status.code(),
+        status.message()
+    );
+    // The controller still answers, and the events wait in the outbox.
+    tc.assert_serving().await;
+    let stored_while_full = tc.events(filter.clone()).await.len();
+    assert!(
+        agent.events.depth() > 0,
+        "the agent keeps what was not stored"
+    );
+
+    // Space comes back: everything arrives, once.
+    std::fs::remove_file(&filler).unwrap();
+    eventually("the outbox drained", Duration::from_secs(60), || async {
+        agent.events.depth() == 0
+    })
+    .await;
+    let stored = tc.events(filter.clone()).await;
+    let ids: std::collections::HashSet<_> = stored.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(stored.len(), 1000, "exactly once");
+    assert_eq!(ids, sent);
+    eprintln!(
+        "disk full: {stored_while_full} of 1000 events stored while full, all 1000 once space returned"
+    );
+    // And the store is whole after a restart.
+    tc.apply("kind: Campaign\nname: more\nselector: {site: icu}\nlures:\n  - {template: pgpass}\n")
+        .await;
+    tc.restart().await;
+    assert_eq!(tc.events(filter).await.len(), 1000);
+    assert_eq!(tc.lures(&id, false).await.len(), 2);
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_agent_delays_and_loses_no_event() {
+    let test = "a_full_disk_under_the_agent_delays_and_loses_no_event";
+    if !(require_root(test) && require_tool(test, "mount")) {
+        return;
+    }
+    let tc = TestController::start().await;
+    let disk = SmallDisk::mount("16m");
+    let token = tc.token("site=icu", 1, Duration::from_secs(600)).await;
+    let mut config = tc.agent_config("ward", &token, "");
+    config.state_dir = disk.path().join("state");
+    let mut agent = tc.spawn_agent(config.clone());
+    let id = agent.connected().await;
+    tc.apply(
+        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n",
+    )
+    .await;
+    agent.wait_lures(1, Duration::from_secs(10)).await;
+    let lure = tc.lures(&id, false).await[0].id.clone();
+    let filter = pb::EventFilter {
+        agent_id: id.clone(),
+        kind: "touch".into(),
+        ..Default::default()
+    };
+
+    let filler = disk.fill();
+    let mut sent = std::collections::HashSet::new();
+    let events: Vec<_> = (0..300).map(|n| TestAgent::touch_event(&lure, n)).collect();
+    sent.extend(events.iter().map(|e| e.id.clone()));
+    agent.events.record(events).await.unwrap();
+    // Sent from memory while the disk is full: the alert is not delayed.
+    eventually(
+        "300 events stored while the agent's disk is full",
+        Duration::from_secs(20),
+        || async { tc.events(filter.clone()).await.len() == 300 },
+    )
+    .await;
+
+    std::fs::remove_file(&filler).unwrap();
+    let events: Vec<_> = (300..400)
+        .map(|n| TestAgent::touch_event(&lure, n))
+        .collect();
+    sent.extend(events.iter().map(|e| e.id.clone()));
+    agent.events.record(events).await.unwrap();
+    eventually("the outbox drained", Duration::from_secs(20), || async {
+        agent.events.depth() == 0
+    })
+    .await;
+    agent.stop().await.unwrap();
+
+    // A restart sends nothing twice and finds an outbox it can read.
+    let mut agent = tc.spawn_agent(config);
+    agent.connected().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored = tc.events(filter).await;
+    let ids: std::collections::HashSet<_> = stored.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(stored.len(), 400, "exactly once");
+    assert_eq!(ids, sent);
+    assert_eq!(agent.events.depth(), 0);
+    agent.stop().await.unwrap();
 }

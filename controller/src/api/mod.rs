@@ -17,6 +17,7 @@ use ruse_proto::errors;
 use ruse_proto::types::Identity;
 
 use crate::core::{Caller, OpError};
+use crate::store::StoreError;
 
 pub use admin::AdminApi;
 pub use agent::AgentApi;
@@ -75,6 +76,10 @@ pub fn status(err: OpError) -> Status {
         OpError::Invalid(_) | OpError::Manifest(_) => Status::invalid_argument(message),
         OpError::Conflict(_) => Status::failed_precondition(message),
         OpError::Pki(_) => Status::invalid_argument(message),
+        OpError::Store(e @ StoreError::Full(_)) => {
+            tracing::error!(error = %e, "store failure");
+            Status::resource_exhausted(e.to_string())
+        }
         OpError::Store(e) => {
             tracing::error!(error = %e, "store failure");
             Status::new(

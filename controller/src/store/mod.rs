@@ -11,6 +11,7 @@ mod event_record;
 mod lure_record;
 mod sled;
 mod sled_events;
+pub mod space;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -42,6 +43,11 @@ pub enum StoreError {
     },
     #[error("the store is shutting down")]
     Closed,
+    /// The disk under the data directory has no space left.
+    #[error(
+        "the controller's data directory is out of disk space ({0}); free space there: nothing already stored is lost, and agents keep their events until they can be stored"
+    )]
+    Full(Arc<str>),
 }
 
 /// An enrolled agent as persisted.

@@ -22,6 +22,7 @@ use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 use super::EventScan;
 use super::lure_record;
 use super::sled_events::SledEvents;
+use super::space::DiskSpace;
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
 use crate::deploy::{CampaignRecord, LureInstance};
 use crate::events::StoredEvent;
@@ -67,10 +68,20 @@ pub struct SledStore {
     /// `put_new_lures`) fail.
     #[cfg(test)]
     pub(crate) fail_lure_writes: std::sync::atomic::AtomicUsize,
+    /// Refuses writes before the disk fills (see [`DiskSpace`]).
+    space: Option<DiskSpace>,
 }
 
 pub(super) fn engine(e: sled::Error) -> StoreError {
-    StoreError::Engine(e.to_string().into())
+    match &e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(nix::libc::ENOSPC) =>
+        {
+            StoreError::Full(io.to_string().into())
+        }
+        _ => StoreError::Engine(e.to_string().into()),
+    }
 }
 
 impl SledStore {
@@ -121,8 +132,20 @@ impl SledStore {
             counters: db.open_tree(COUNTERS).map_err(engine)?,
             #[cfg(test)]
             fail_lure_writes: std::sync::atomic::AtomicUsize::new(0),
+            space: None,
             db,
         })
+    }
+
+    /// Keeps `reserve` bytes free on `data_dir`'s disk: writes are refused
+    /// before sled could run out of space (see [`DiskSpace`]).
+    pub fn with_disk_reserve(mut self, data_dir: &Path, reserve: u64) -> Self {
+        self.space = Some(DiskSpace::new(data_dir, reserve));
+        self
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        self.space.as_ref().map_or(Ok(()), DiskSpace::check)
     }
 
     fn get<T: DeserializeOwned>(
@@ -217,6 +240,7 @@ impl Store for SledStore {
     }
 
     fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.agents, record.id.as_str(), record)
     }
 
@@ -229,10 +253,12 @@ impl Store for SledStore {
     }
 
     fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.tokens, record.id.as_str(), record)
     }
 
     fn delete_token(&self, id: &TokenId) -> Result<bool, StoreError> {
+        self.writable()?;
         Ok(self
             .tokens
             .remove(id.as_str().as_bytes())
@@ -249,10 +275,12 @@ impl Store for SledStore {
     }
 
     fn put_admin(&self, record: &AdminRecord) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.admins, record.name.as_str(), record)
     }
 
     fn append_audit(&self, mut record: AuditRecord) -> Result<AuditRecord, StoreError> {
+        self.writable()?;
         record.seq = self.db.generate_id().map_err(engine)?;
         let bytes = serde_json::to_vec(&record)
             .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
@@ -287,10 +315,12 @@ impl Store for SledStore {
     }
 
     fn put_campaign(&self, record: &CampaignRecord) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.campaigns, &record.target.spec.name, record)
     }
 
     fn delete_campaign(&self, name: &str) -> Result<(), StoreError> {
+        self.writable()?;
         self.campaigns.remove(name.as_bytes()).map_err(engine)?;
         Ok(())
     }
@@ -300,10 +330,12 @@ impl Store for SledStore {
     }
 
     fn put_decoy(&self, decoy: &Decoy) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.decoys, &decoy.name, decoy)
     }
 
     fn delete_decoy(&self, name: &str) -> Result<(), StoreError> {
+        self.writable()?;
         self.decoys.remove(name.as_bytes()).map_err(engine)?;
         Ok(())
     }
@@ -313,10 +345,12 @@ impl Store for SledStore {
     }
 
     fn put_allow_rule(&self, rule: &AllowRule) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.allow_rules, &rule.name, rule)
     }
 
     fn delete_allow_rule(&self, name: &str) -> Result<(), StoreError> {
+        self.writable()?;
         self.allow_rules.remove(name.as_bytes()).map_err(engine)?;
         Ok(())
     }
@@ -326,10 +360,12 @@ impl Store for SledStore {
     }
 
     fn put_suppression(&self, rule: &Suppression) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.suppressions, &rule.name, rule)
     }
 
     fn delete_suppression(&self, name: &str) -> Result<(), StoreError> {
+        self.writable()?;
         self.suppressions.remove(name.as_bytes()).map_err(engine)?;
         Ok(())
     }
@@ -359,10 +395,12 @@ impl Store for SledStore {
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.writable()?;
         Self::put(&self.incidents, &incident.id, &IncidentHead::from(incident))
     }
 
     fn put_timeline(&self, incident: &str, entries: &[&TimelineEntry]) -> Result<(), StoreError> {
+        self.writable()?;
         // One record per call (a batch's entries): small inserts cost sled
         // more than the bytes do.
         let Some(first) = entries.iter().min_by_key(|e| (e.at, e.event_id.as_str())) else {
@@ -396,6 +434,7 @@ impl Store for SledStore {
     }
 
     fn put_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        self.writable()?;
         self.counters
             .insert(name.as_bytes(), &value.to_be_bytes())
             .map_err(engine)?;
@@ -403,6 +442,7 @@ impl Store for SledStore {
     }
 
     fn queue_push(&self, queue: &str, item: &[u8]) -> Result<u64, StoreError> {
+        self.writable()?;
         let tree = self.queue(queue)?;
         let seq = self.db.generate_id().map_err(engine)? + 1;
         tree.insert(seq.to_be_bytes(), item).map_err(engine)?;
@@ -426,6 +466,7 @@ impl Store for SledStore {
     }
 
     fn queue_remove(&self, queue: &str, seq: u64) -> Result<(), StoreError> {
+        self.writable()?;
         self.queue(queue)?
             .remove(seq.to_be_bytes())
             .map_err(engine)?;
@@ -481,6 +522,7 @@ impl Store for SledStore {
     }
 
     fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError> {
+        self.writable()?;
         self.lures
             .insert(lure.id.as_bytes(), lure_record::encode(lure))
             .map_err(engine)?;
@@ -488,6 +530,7 @@ impl Store for SledStore {
     }
 
     fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
+        self.writable()?;
         self.injected_lure_write_failure()?;
         let mut batch = sled::Batch::default();
         for lure in lures {
@@ -497,6 +540,7 @@ impl Store for SledStore {
     }
 
     fn put_new_lures(&self, lures: &[Arc<LureInstance>]) -> Result<(), StoreError> {
+        self.writable()?;
         self.injected_lure_write_failure()?;
         if lures.is_empty() {
             return Ok(());
@@ -510,6 +554,7 @@ impl Store for SledStore {
     }
 
     fn drop_superseded_lure_batches(&self) -> Result<usize, StoreError> {
+        self.writable()?;
         let mut dropped = 0;
         for kv in self.lure_batches.iter() {
             let (k, v) = kv.map_err(engine)?;
@@ -541,6 +586,7 @@ impl Store for SledStore {
     }
 
     fn insert_events(&self, events: &[StoredEvent]) -> Result<Vec<bool>, StoreError> {
+        self.writable()?;
         self.events.insert(events)
     }
 
@@ -562,10 +608,12 @@ impl Store for SledStore {
         keep_at_most: u64,
         max: usize,
     ) -> Result<usize, StoreError> {
+        self.writable()?;
         self.events.trim(received_before, keep_at_most, max)
     }
 
     fn next_revision(&self) -> Result<u64, StoreError> {
+        self.writable()?;
         // generate_id is monotonic across restarts; +1 keeps revisions > 0.
         Ok(self.db.generate_id().map_err(engine)? + 1)
     }
