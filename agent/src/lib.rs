@@ -246,6 +246,10 @@ pub enum AgentError {
     Decoys(#[from] decoys::DecoyError),
     #[error("cannot enroll: {0}")]
     Unreachable(String),
+    /// A certificate was refused for its validity period: the clocks of
+    /// this host and the controller disagree.
+    #[error("cannot enroll: {0}")]
+    Clock(String),
 }
 
 /// What the agent is doing, for the embedding program and tests.
@@ -316,6 +320,10 @@ enum Failure {
     RetryAfter(Duration),
     /// The certificate is no longer accepted because it expired: enroll again.
     Expired,
+    /// A certificate was refused for its validity period although it is
+    /// current by the other side's clock: one of the clocks is wrong. Back
+    /// off and try again (a clock put right fixes it).
+    Clock(String),
 }
 
 impl From<StateError> for Failure {
@@ -472,6 +480,7 @@ pub async fn enroll_once(config: &AgentConfig) -> Result<(AgentId, bool), AgentE
         Err(Failure::Expired) => Err(AgentError::Unreachable(
             "the new certificate is already expired; check the clocks".into(),
         )),
+        Err(Failure::Clock(reason)) => Err(AgentError::Clock(reason)),
     }
 }
 
@@ -608,6 +617,12 @@ async fn handle_failure(
                 retry_in_ms = wait.as_millis() as u64,
                 "controller asked to retry later"
             );
+            wait
+        }
+        Failure::Clock(reason) => {
+            let wait = backoff.next();
+            tracing::error!(error = %reason, retry_in_ms = wait.as_millis() as u64, "the clocks of this host and the controller disagree");
+            status.send_modify(|s| s.last_error = Some(reason));
             wait
         }
         Failure::Expired => Duration::ZERO,

@@ -103,8 +103,22 @@ fn classify_tls(err: &rustls::Error, phase: Phase<'_>) -> Failure {
             E::AlertReceived(AlertDescription::CertificateRevoked),
             Phase::Enrolled { identity, .. },
         ) => Failure::Fatal(AgentError::Revoked(identity.id.clone())),
+        (
+            E::AlertReceived(AlertDescription::CertificateExpired),
+            Phase::Enrolled { identity, .. },
+        ) if !identity.expired(UnixMs::now()) => Failure::Clock(format!(
+            "the controller refused this agent's certificate as expired, but it is valid until {} by this host's clock ({}): the controller's clock is probably ahead; retrying",
+            identity.not_after.rfc3339(),
+            UnixMs::now().rfc3339()
+        )),
         (E::AlertReceived(AlertDescription::CertificateExpired), Phase::Enrolled { .. }) => {
             Failure::Expired
+        }
+        (E::InvalidCertificate(e), _)
+            if let Some(text) =
+                ruse_pki::validity_error_text(e, "the controller's certificate", "this host") =>
+        {
+            Failure::Clock(text)
         }
         (
             E::AlertReceived(

@@ -126,6 +126,48 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// A handshake that failed because one side judged the other's
+/// certificate outside its validity period: a clock is wrong somewhere.
+fn clock_trouble(e: &io::Error, peer: SocketAddr) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match tls {
+        rustls::Error::InvalidCertificate(c) => ruse_pki::validity_error_text(
+            c,
+            &format!("the certificate of the client at {peer}"),
+            "this controller",
+        ),
+        // rustls, OpenSSL and Go send it for "not yet valid" too.
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateExpired) => {
+            Some(format!(
+                "the client at {peer} refused this controller's certificate as expired or not yet valid: its clock (or this host's) is probably wrong"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Clock warnings, at most one a minute (a client with a wrong clock
+/// retries for as long as it runs), with how many were left out.
+#[derive(Debug, Default)]
+struct ClockWarnings {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    left_out: std::sync::atomic::AtomicU64,
+}
+
+impl ClockWarnings {
+    fn warn(&self, text: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            self.left_out
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let left_out = self.left_out.swap(0, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(similar_left_out = left_out, "{text}");
+    }
+}
+
 /// Accepts TCP connections, completes TLS handshakes concurrently, and
 /// hands finished connections to tonic. Silent and slow connections are
 /// kept from shutting anyone out by [`Admission`].
@@ -138,6 +180,7 @@ fn accept_tls(
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(64);
     let admission = Admission::new(MAX_PENDING, MAX_SOURCE_SHARE);
+    let clock_warnings = Arc::new(ClockWarnings::default());
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -160,6 +203,7 @@ fn accept_tls(
             let _ = tcp.set_nodelay(true);
             let (ticket, mut evicted) = admission.admit(peer.ip());
             let acceptor = acceptor.clone();
+            let clock_warnings = clock_warnings.clone();
             let tx = tx.clone();
             let trust_domain = trust_domain.clone();
             tokio::spawn(async move {
@@ -174,7 +218,10 @@ fn accept_tls(
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => Ok(tls),
                         Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "tls handshake failed");
+                            match clock_trouble(&e, peer) {
+                                Some(text) => clock_warnings.warn(&text),
+                                None => tracing::debug!(%peer, error = %e, "tls handshake failed"),
+                            }
                             Err("handshake failed")
                         }
                         Err(_) => Err("handshake timed out"),

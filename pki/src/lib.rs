@@ -35,6 +35,7 @@ pub use rustls;
 pub use tls::{
     ClientAuth, Denylist, NoDenylist, ServerCert, anonymous_client_config, client_config,
     pinned_client_config, plain_client_config, plain_server_config, server_config,
+    validity_error_text,
 };
 
 /// Things that go wrong with keys and certificates.

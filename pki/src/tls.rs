@@ -374,3 +374,46 @@ impl ServerCertVerifier for PinnedCaVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+/// When a certificate was refused for its validity period, what a person
+/// needs to know: the period, the clock that judged it, and that a wrong
+/// clock is the likely cause. `whose` names the certificate ("the
+/// controller's certificate"), `clock` the host that judged ("this host").
+/// `None` for any other refusal.
+pub fn validity_error_text(e: &CertificateError, whose: &str, clock: &str) -> Option<String> {
+    use CertificateError as C;
+    use ruse_proto::types::{UnixMs, format_duration};
+    let at = |t: UnixTime| {
+        UnixMs(
+            i64::try_from(t.as_secs())
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
+        )
+    };
+    let apart = |a: UnixTime, b: UnixTime| {
+        format_duration(std::time::Duration::from_secs(
+            a.as_secs().abs_diff(b.as_secs()),
+        ))
+    };
+    Some(match e {
+        C::ExpiredContext { time, not_after } => format!(
+            "{whose} expired at {} by the clock of {clock} ({}, {} later): if it is current, {clock}'s clock is ahead; set it right (NTP)",
+            at(*not_after).rfc3339(),
+            at(*time).rfc3339(),
+            apart(*time, *not_after)
+        ),
+        C::NotValidYetContext { time, not_before } => format!(
+            "{whose} is valid only from {} by the clock of {clock} ({}, {} earlier): {clock}'s clock is probably behind; set it right (NTP)",
+            at(*not_before).rfc3339(),
+            at(*time).rfc3339(),
+            apart(*time, *not_before)
+        ),
+        C::Expired => {
+            format!("{whose} has expired by the clock of {clock}: check that clock (NTP)")
+        }
+        C::NotValidYet => {
+            format!("{whose} is not valid yet by the clock of {clock}: check that clock (NTP)")
+        }
+        _ => return None,
+    })
+}

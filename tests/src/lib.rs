@@ -274,6 +274,14 @@ impl TestController {
         }
     }
 
+    /// What the controller process has logged so far.
+    pub fn log_text(&self) -> String {
+        self.process
+            .as_ref()
+            .expect("not a process controller")
+            .log_text()
+    }
+
     /// `kill -9` of the controller process.
     pub fn kill9(&mut self) {
         self.process

@@ -77,8 +77,14 @@ impl Proc {
         }
     }
 
+    /// What the process wrote: its log, and the copy of its standard
+    /// output where that was read separately (the controller's JSON logs).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if let Ok(stdout) = std::fs::read_to_string(self.log.with_extension("stdout")) {
+            text.push_str(&stdout);
+        }
+        text
     }
 }
 

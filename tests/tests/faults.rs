@@ -1,5 +1,6 @@
 //! Faults nobody plans for: an agent killed in the middle of planting or
-//! removing a campaign, a full disk under the controller's store. Each
+//! removing a campaign, a full disk under the controller's store or the
+//! agent's outbox, an endpoint whose clock is years off. Each
 //! test injects the fault into real processes (or a real filesystem) and
 //! checks what a user would: what is on the endpoint's disk, what the
 //! controller's registry says, that nothing is lost or duplicated.
@@ -511,4 +512,382 @@ async fn a_full_disk_under_the_agent_delays_and_loses_no_event() {
     assert_eq!(ids, sent);
     assert_eq!(agent.events.depth(), 0);
     agent.stop().await.unwrap();
+}
+
+/// `ruse-agent ARGS` with its clock moved by `offset` (libfaketime, as
+/// `faketime -f +800d`); monotonic time is left alone.
+fn skewed_agent(offset: &str, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("faketime");
+    cmd.env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .args(["-f", offset])
+        .arg(ruse_e2e::process::binary("ruse-agent"))
+        .args(args);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_years_off_is_named_on_both_sides_and_the_agent_keeps_trying() {
+    let test = "a_clock_years_off_is_named_on_both_sides_and_the_agent_keeps_trying";
+    if !require_tool(test, "faketime") {
+        return;
+    }
+    let tc = TestController::start_process().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("home/u")).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(
+        &token,
+        tc.token("site=icu", 2, Duration::from_secs(600)).await,
+    )
+    .unwrap();
+    let (url, pin) = (tc.url().to_string(), tc.pin.to_string());
+    let args = |state: &Path| -> Vec<String> {
+        vec![
+            "--controller".into(),
+            url.clone(),
+            "--ca-pin".into(),
+            pin.clone(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--root".into(),
+            root.display().to_string(),
+        ]
+    };
+
+    // Enrolling with a clock two years ahead, or behind: refused, and the
+    // message says why (it used to blame the CA pin).
+    for (offset, says) in [
+        ("+800d", "this host's clock is ahead"),
+        ("-800d", "this host's clock is probably behind"),
+    ] {
+        let state = dir.path().join(format!("state{offset}"));
+        let mut a = vec!["enroll".to_owned()];
+        a.extend(args(&state));
+        let out = skewed_agent(offset, &a.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(says), "{offset}: {stderr}");
+        assert!(!stderr.contains("--ca-pin"), "{offset}: {stderr}");
+    }
+
+    // An enrolled agent whose clock then jumps ahead keeps running and
+    // says so, and so does the controller.
+    let state = dir.path().join("state");
+    let mut a = vec!["enroll".to_owned()];
+    a.extend(args(&state));
+    let out = std::process::Command::new(ruse_e2e::process::binary("ruse-agent"))
+        .args(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut r = vec!["run".to_owned()];
+    r.extend(args(&state));
+    let log = dir.path().join("skewed-run.log");
+    let mut run = skewed_agent("+800d", &r.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("skewed-run.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let named = loop {
+        let agent_says = std::fs::read_to_string(&log).unwrap_or_default()
+            + &std::fs::read_to_string(dir.path().join("skewed-run.err")).unwrap_or_default();
+        let controller_says = tc.log_text();
+        if agent_says.contains("the clocks of this host and the controller disagree")
+            && controller_says
+                .contains("refused this controller's certificate as expired or not yet valid")
+        {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            eprintln!("agent:\n{agent_says}\ncontroller:\n{controller_says}");
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(named, "both sides name the clock");
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the agent kept running (a clock put right lets it reconnect)"
+    );
+    let _ = run.kill();
+    let _ = run.wait();
+}
+
+/// What the link between the agents and the controller does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    /// Nothing passes; bytes in flight wait (as TCP retransmits them) and
+    /// new connections get no answer.
+    Partitioned,
+    /// 300 ms per chunk, 32 KiB/s each way per connection.
+    Slow,
+    /// Every connection is cut (RST) after 0.2–2 s.
+    Flaky,
+}
+
+/// A TCP proxy between agents and the controller that can fail.
+struct FaultyLink {
+    addr: std::net::SocketAddr,
+    mode: tokio::sync::watch::Sender<Link>,
+    /// When each connection was accepted.
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+impl FaultyLink {
+    async fn start(upstream: std::net::SocketAddr) -> FaultyLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, rx) = tokio::sync::watch::channel(Link::Up);
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                log.lock().unwrap().push(Instant::now());
+                tokio::spawn(Self::carry(client, upstream, rx.clone()));
+            }
+        });
+        FaultyLink {
+            addr,
+            mode,
+            accepted,
+        }
+    }
+
+    fn set(&self, link: Link) {
+        self.mode.send_replace(link);
+    }
+
+    fn accepted_between(&self, from: Instant, to: Instant) -> usize {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t >= from && **t < to)
+            .count()
+    }
+
+    async fn carry(
+        client: tokio::net::TcpStream,
+        upstream: std::net::SocketAddr,
+        mut mode: tokio::sync::watch::Receiver<Link>,
+    ) {
+        // A partition answers no new connection until it heals.
+        let _ = mode.wait_for(|m| *m != Link::Partitioned).await;
+        let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+            return;
+        };
+        let lifetime = {
+            let mut b = [0u8; 2];
+            ruse_proto::types::random_bytes(&mut b);
+            Duration::from_millis(200 + u64::from(u16::from_le_bytes(b)) % 1800)
+        };
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        let born = Instant::now();
+        let mut watch = mode.clone();
+        tokio::select! {
+            () = Self::pump(cr, sw, mode.clone()) => {}
+            () = Self::pump(sr, cw, mode.clone()) => {}
+            // Flaky: cut at the connection's lifetime.
+            () = async {
+                loop {
+                    if *watch.borrow_and_update() == Link::Flaky {
+                        let left = lifetime.saturating_sub(born.elapsed());
+                        tokio::time::sleep(left).await;
+                        if *watch.borrow() == Link::Flaky {
+                            return;
+                        }
+                    } else if watch.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            } => {}
+        }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut mode: tokio::sync::watch::Receiver<Link>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            if mode.wait_for(|m| *m != Link::Partitioned).await.is_err() {
+                return;
+            }
+            let slow = *mode.borrow() == Link::Slow;
+            let cap = if slow { 4 << 10 } else { buf.len() };
+            let n = match from.read(&mut buf[..cap]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Bytes read as the partition began wait for it to end.
+            if mode.wait_for(|m| *m != Link::Partitioned).await.is_err() {
+                return;
+            }
+            if *mode.borrow() == Link::Slow {
+                // 300 ms latency, then 32 KiB/s.
+                tokio::time::sleep(
+                    Duration::from_millis(300) + Duration::from_micros(n as u64 * 30),
+                )
+                .await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_slow_and_flaky_links_lose_and_duplicate_nothing() {
+    const AGENTS: usize = 12;
+    const PARTITION: Duration = Duration::from_secs(90);
+    let tc = TestController::start().await;
+    let link = FaultyLink::start(tc.config.listen).await;
+    let token = tc
+        .token("site=icu", AGENTS as u32, Duration::from_secs(600))
+        .await;
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let mut config = tc.agent_config(&format!("ward{i}"), &token, "");
+        config.controller = ruse_proto::transport::ControllerUrl::from_addr(link.addr);
+        // The production keepalive (a dead link is noticed within 80 s)
+        // and a shorter ceiling on the backoff than production's 60 s.
+        config.dial = Default::default();
+        config.min_backoff = Duration::from_millis(500);
+        config.max_backoff = Duration::from_secs(10);
+        agents.push(tc.spawn_agent(config));
+    }
+    let mut ids = Vec::new();
+    for a in &mut agents {
+        ids.push(a.connected().await);
+    }
+    tc.apply(
+        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n",
+    )
+    .await;
+    for a in &mut agents {
+        a.wait_lures(1, Duration::from_secs(20)).await;
+    }
+    let mut lures = Vec::new();
+    for id in &ids {
+        lures.push(tc.lures(id, false).await[0].id.clone());
+    }
+    let mut sent: Vec<std::collections::HashSet<String>> = vec![Default::default(); AGENTS];
+    let mut n = 0;
+    let mut record = |agents: &[TestAgent], count: usize| {
+        let mut batches = Vec::new();
+        for (i, lure) in lures.iter().enumerate() {
+            let events: Vec<_> = (0..count)
+                .map(|_| {
+                    n += 1;
+                    TestAgent::touch_event(lure, n)
+                })
+                .collect();
+            sent[i].extend(events.iter().map(|e| e.id.clone()));
+            batches.push((i, events));
+        }
+        let sinks: Vec<_> = agents.iter().map(|a| a.events.clone()).collect();
+        async move {
+            for (i, events) in batches {
+                sinks[i].record(events).await.unwrap();
+            }
+        }
+    };
+
+    // A partition of a minute and a half: events wait in the outboxes, a
+    // campaign changed meanwhile reaches every agent afterwards.
+    let cut = Instant::now();
+    link.set(Link::Partitioned);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    record(&agents, 50).await;
+    tc.apply(
+        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n  - {template: pgpass}\n",
+    )
+    .await;
+    tokio::time::sleep(PARTITION.saturating_sub(cut.elapsed())).await;
+    let healed = Instant::now();
+    let tries = link.accepted_between(cut, healed);
+    link.set(Link::Up);
+    let mut back = Vec::new();
+    for a in &mut agents {
+        a.wait_lures(2, Duration::from_secs(60)).await;
+        back.push(healed.elapsed());
+    }
+    eventually("the outboxes drained", Duration::from_secs(60), || async {
+        agents.iter().all(|a| a.events.depth() == 0)
+    })
+    .await;
+    back.sort();
+    eprintln!(
+        "partition of {PARTITION:?}: {tries} connection attempts from {AGENTS} agents during it; all back with the new campaign {:?} after the heal (first {:?})",
+        back[AGENTS - 1],
+        back[0]
+    );
+    // No hammering: backoff with jitter bounds the attempts.
+    assert!(
+        tries <= AGENTS * 15,
+        "{tries} connection attempts in {PARTITION:?}"
+    );
+    // Back soon after the heal: a wait never exceeds the backoff ceiling
+    // plus one connect timeout. (Reconnection herds are the reconnect
+    // storm benchmark's subject: 10,000 agents at once.)
+    assert!(
+        back[AGENTS - 1] <= Duration::from_secs(25),
+        "back {back:?} after the heal"
+    );
+
+    // A slow link, then a flaky one, each with events flowing.
+    for (mode, events) in [(Link::Slow, 100), (Link::Flaky, 100)] {
+        link.set(mode);
+        record(&agents, events).await;
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let accepted = link.accepted_between(healed, Instant::now());
+        link.set(Link::Up);
+        let up = Instant::now();
+        eventually(
+            &format!("the outboxes drained after {mode:?}"),
+            Duration::from_secs(60),
+            || async { agents.iter().all(|a| a.events.depth() == 0) },
+        )
+        .await;
+        eprintln!(
+            "{mode:?} link for 15 s: {accepted} connections so far after the partition; outboxes empty {:?} after it ended",
+            up.elapsed()
+        );
+    }
+
+    // Every event once, none lost.
+    for (i, id) in ids.iter().enumerate() {
+        let stored = tc
+            .events(pb::EventFilter {
+                agent_id: id.clone(),
+                kind: "touch".into(),
+                ..Default::default()
+            })
+            .await;
+        let got: std::collections::HashSet<_> = stored.iter().map(|e| e.id.clone()).collect();
+        assert_eq!(
+            stored.len(),
+            sent[i].len(),
+            "agent {i}: duplicates or losses"
+        );
+        assert_eq!(got, sent[i], "agent {i}");
+    }
+    for a in agents {
+        a.stop().await.unwrap();
+    }
 }
