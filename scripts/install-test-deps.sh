@@ -33,6 +33,7 @@ DEBIAN=(
     # start their own on free ports; the packages' services are not started.
     /usr/sbin/nginx:nginx-light
     /usr/sbin/vsftpd:vsftpd
+    /usr/sbin/sshd:openssh-server
     # An endpoint whose clock is years off (tests/tests/faults.rs).
     faketime:faketime
 )

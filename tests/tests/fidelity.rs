@@ -424,3 +424,225 @@ async fn the_ftp_decoy_answers_as_vsftpd_does() {
     eprintln!("refusal waits: vsftpd {:?}, decoy {:?}", waits.0, waits.1);
     drop(agent);
 }
+
+/// Debian's sshd on `port` with the package's configuration and a host
+/// key of each type Debian makes at installation (RSA, ECDSA, Ed25519).
+fn sshd(dir: &Path, port: u16) -> Daemon {
+    let mut keys = Vec::new();
+    for kind in ["rsa", "ecdsa", "ed25519"] {
+        let key = dir.join(format!("ssh_host_{kind}_key"));
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", kind, "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(made.success(), "ssh-keygen -t {kind}");
+        keys.push(key);
+    }
+    // The privilege separation directory the package's service makes.
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let mut cmd = Command::new("/usr/sbin/sshd");
+    cmd.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"])
+        .args(["-o", &format!("Port={port}")])
+        .args(["-o", "ListenAddress=127.0.0.1"])
+        .args(["-o", &format!("PidFile={}", dir.join("sshd.pid").display())]);
+    for key in &keys {
+        cmd.arg("-h").arg(key);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    Daemon(child)
+}
+
+/// What OpenSSH's client reports of a server (`ssh -vv`): its version,
+/// the lists of its first KEXINIT, and the authentication methods it
+/// offers.
+fn ssh_view(port: u16) -> std::collections::BTreeMap<String, String> {
+    let out = Command::new("ssh")
+        .args(["-vv", "-F", "/dev/null", "-o", "BatchMode=yes"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "PreferredAuthentications=none"])
+        .args(["-p", &port.to_string(), "pacs@127.0.0.1", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let mut view = std::collections::BTreeMap::new();
+    let mut in_server_proposal = false;
+    for line in log.lines() {
+        let line = line.trim_end();
+        if let Some(v) = line.split_once("remote software version ") {
+            view.insert("version".to_owned(), v.1.to_owned());
+        } else if line.ends_with("peer server KEXINIT proposal") {
+            in_server_proposal = true;
+        } else if let Some(methods) =
+            line.strip_prefix("debug1: Authentications that can continue: ")
+        {
+            view.insert("methods".to_owned(), methods.to_owned());
+        } else if in_server_proposal {
+            match line
+                .strip_prefix("debug2: ")
+                .and_then(|l| l.split_once(": "))
+            {
+                Some((name, value))
+                    if !name.starts_with("first_kex") && !name.starts_with("reserved") =>
+                {
+                    view.insert(name.to_owned(), value.to_owned());
+                }
+                _ => in_server_proposal = false,
+            }
+        }
+    }
+    assert!(view.contains_key("KEX algorithms"), "ssh -vv said:\n{log}");
+    view
+}
+
+/// What a client that does not speak SSH reads before the server hangs
+/// up.
+fn ssh_reply(port: u16, sent: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(sent).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => {
+                out.extend_from_slice(format!("<{e}>").as_bytes());
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How long a refused password login takes, connection included.
+fn ssh_password_refusal(port: u16) -> Duration {
+    let start = Instant::now();
+    let out = Command::new("sshpass")
+        .args(["-p", "Winter2026!"])
+        .args(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no"])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PreferredAuthentications=password",
+        ])
+        .args(["-o", "NumberOfPasswordPrompts=1"])
+        .args(["-p", &port.to_string(), "pacs@127.0.0.1", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied (publickey,password)"),
+        "port {port}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssh_decoy_answers_as_openssh_does() {
+    let test = "the_ssh_decoy_answers_as_openssh_does";
+    // sshd runs as root (privilege separation, PAM).
+    if !(require_root(test)
+        && require_tool(test, "sshd")
+        && require_tool(test, "ssh")
+        && require_tool(test, "sshpass"))
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let (real, fake) = (ports[0], ports[1]);
+    let _sshd = sshd(dir.path(), real);
+    let tc = TestController::start().await;
+    let agent = decoy(&tc, "ssh", fake, "").await;
+
+    let (a, b) = (ssh_view(real), ssh_view(fake));
+    let mut differences = Vec::new();
+    for (name, value) in &a {
+        let theirs = b.get(name).map(String::as_str).unwrap_or("<none>");
+        // The Debian revision moves with security updates; the decoy names
+        // one of them.
+        let (value, theirs) = if name == "version" {
+            (
+                value.rsplit_once("deb12u").map_or(value.as_str(), |v| v.0),
+                theirs.rsplit_once("deb12u").map_or(theirs, |v| v.0),
+            )
+        } else {
+            (value.as_str(), theirs)
+        };
+        // What russh cannot do: the post-quantum sntrup761 key exchange
+        // and the UMAC MACs. The decoy leaves them out; it offers nothing
+        // OpenSSH does not.
+        let missing: &[&str] = match name.as_str() {
+            "KEX algorithms" => &[
+                "sntrup761x25519-sha512",
+                "sntrup761x25519-sha512@openssh.com",
+            ],
+            n if n.starts_with("MACs") => &[
+                "umac-64-etm@openssh.com",
+                "umac-128-etm@openssh.com",
+                "umac-64@openssh.com",
+                "umac-128@openssh.com",
+            ],
+            _ => &[],
+        };
+        let expected: Vec<&str> = value.split(',').filter(|v| !missing.contains(v)).collect();
+        if expected.join(",") != theirs {
+            differences.push(format!("{name}:\n  sshd:  {value}\n  decoy: {theirs}"));
+        }
+    }
+    for (request, what) in [
+        (&b"GET / HTTP/1.0\r\n\r\n"[..], "an HTTP request"),
+        (b"SSH-1.5-scanner\r\n", "SSH 1"),
+        (b"\r\n\r\n", "empty lines"),
+    ] {
+        let (x, y) = (ssh_reply(real, request), ssh_reply(fake, request));
+        let strip = |s: &str| s.replace(a["version"].as_str(), "<version>");
+        let (x, y) = (strip(&x), y.replace(b["version"].as_str(), "<version>"));
+        if x != y {
+            differences.push(format!("{what}:\n  sshd:  {x:?}\n  decoy: {y:?}"));
+        }
+    }
+    eprintln!("sshd ({real}): {a:#?}");
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+
+    // A refused password takes as long (PAM's 2 s delay): three logins
+    // to each, one to each at a time (sshd answers later when several
+    // wait on PAM at once).
+    let waits: Vec<(Duration, Duration)> = (0..3)
+        .map(|_| {
+            std::thread::scope(|scope| {
+                let x = scope.spawn(|| ssh_password_refusal(real));
+                let y = scope.spawn(|| ssh_password_refusal(fake));
+                (x.join().unwrap(), y.join().unwrap())
+            })
+        })
+        .collect();
+    eprintln!("password refusals (sshd, decoy): {waits:?}");
+    let mut sshd_waits: Vec<_> = waits.iter().map(|w| w.0).collect();
+    sshd_waits.sort();
+    let typical = sshd_waits[1];
+    for (_, decoy) in &waits {
+        assert!(
+            decoy.abs_diff(typical) < Duration::from_millis(400),
+            "password refusals (sshd, decoy): {waits:?}"
+        );
+    }
+    drop(agent);
+}
