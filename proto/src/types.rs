@@ -761,6 +761,19 @@ pub fn hides_text(c: char) -> bool {
         )
 }
 
+/// The AE title a DICOM decoy answers to: its name in capitals without
+/// hyphens, at most 16 characters. The `pacs-config` lure names it as the
+/// archive's; the decoy refuses associations called to any other, as an
+/// archive does.
+pub fn dicom_ae_title(decoy: &str) -> String {
+    decoy
+        .to_uppercase()
+        .replace('-', "")
+        .chars()
+        .take(16)
+        .collect()
+}
+
 /// Lowercase hexadecimal.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -535,11 +535,13 @@ async fn echoscu_with_the_planted_ae_title_is_attributed() {
         (calling.as_str(), called.as_str())
     );
 
+    // A stranger is reported; called to the archive's AE title it is
+    // accepted, called to another it is rejected, as an archive does.
     let out = run(Command::new("echoscu").args([
         "-aet",
         "STRANGER",
         "-aec",
-        "ANYPACS",
+        &called,
         "127.0.0.1",
         &r.ports.dicom.to_string(),
     ]));
@@ -555,6 +557,34 @@ async fn echoscu_with_the_planted_ae_title_is_attributed() {
     assert!(
         e.detail.contains("1.2.840.10008.1.1"),
         "presentation contexts: {}",
+        e.detail
+    );
+    let out = run(Command::new("echoscu").args([
+        "-aet",
+        "SCANNER",
+        "-aec",
+        "ANY-SCP",
+        "127.0.0.1",
+        &r.ports.dicom.to_string(),
+    ]));
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Called AE Title Not Recognized"),
+        "echoscu: {said}"
+    );
+    let e = r
+        .event("decoy-login", |e| {
+            e.credential
+                .as_ref()
+                .is_some_and(|c| c.ae_title == "SCANNER")
+        })
+        .await;
+    assert!(
+        e.detail
+            .ends_with("rejected: called AE title not recognized"),
+        "{}",
         e.detail
     );
 }
@@ -698,7 +728,7 @@ fn associate_rq(calling: &str) -> Vec<u8> {
     let pdu = dicom_ul::Pdu::AssociationRQ(AssociationRQ {
         protocol_version: 1,
         calling_ae_title: calling.into(),
-        called_ae_title: "ANY-SCP".into(),
+        called_ae_title: ruse_proto::types::dicom_ae_title(DECOY),
         application_context_name: "1.2.840.10008.3.1.1.1".into(),
         presentation_contexts: vec![PresentationContextProposed {
             id: 1,

@@ -8,9 +8,10 @@
 
 use dicom_ul::Pdu;
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRQ, PDataValue,
-    PDataValueType, PresentationContextResult, PresentationContextResultReason, UserIdentityType,
-    UserVariableItem,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationAC, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderASCEReason, AssociationRJServiceUserReason, AssociationRJSource,
+    AssociationRQ, PDataValue, PDataValueType, PresentationContextResult,
+    PresentationContextResultReason, UserIdentityType, UserVariableItem,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -18,6 +19,8 @@ use super::{Conn, credential};
 
 /// Largest PDU accepted (header excluded).
 pub const MAX_PDU: u32 = 64 << 10;
+/// The largest PDU the archive says it receives: dcm4che's default.
+const ADVERTISED_MAX_PDU: u32 = 16_378;
 /// Largest command set gathered from fragments.
 const MAX_COMMAND: usize = 16 << 10;
 /// PDUs one association may exchange.
@@ -122,41 +125,76 @@ pub fn echo_response(rq: &Command) -> Vec<u8> {
     out
 }
 
-/// The A-ASSOCIATE-AC accepting every proposed context for which a
-/// little-endian transfer syntax was offered.
-pub fn accept(rq: &AssociationRQ) -> AssociationAC {
+/// Whether an archive supports `abstract_syntax`: Verification, the
+/// storage SOP classes and query/retrieve. Anything else (a UID a scanner
+/// made up) is refused as a real archive refuses it.
+fn supported(abstract_syntax: &str) -> bool {
+    abstract_syntax == VERIFICATION
+        || ["1.2.840.10008.5.1.4.1.1.", "1.2.840.10008.5.1.4.1.2."]
+            .iter()
+            .any(|prefix| abstract_syntax.starts_with(prefix))
+}
+
+/// How the archive answers an association request called to `called`
+/// (its own AE title), as an archive does (PS3.8 §9.3.4): a request
+/// called to another AE title, or of a protocol version without bit 0,
+/// is rejected; otherwise it is accepted with each proposed context for
+/// which it supports the abstract syntax and a little-endian transfer
+/// syntax was offered.
+pub fn answer(rq: &AssociationRQ, called: &str) -> Result<AssociationAC, AssociationRJ> {
+    if rq.protocol_version & 1 == 0 {
+        return Err(AssociationRJ {
+            result: AssociationRJResult::Permanent,
+            source: AssociationRJSource::ServiceProviderASCE(
+                AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported,
+            ),
+        });
+    }
+    if rq.called_ae_title.trim_matches([' ', '\0']) != called {
+        return Err(AssociationRJ {
+            result: AssociationRJResult::Permanent,
+            source: AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized,
+            ),
+        });
+    }
     let presentation_contexts = rq
         .presentation_contexts
         .iter()
         .map(|pc| {
-            let ts = [IMPLICIT_LE, EXPLICIT_LE].into_iter().find(|ts| {
-                pc.transfer_syntaxes
-                    .iter()
-                    .any(|t| t.trim_end_matches('\0') == *ts)
-            });
+            // The first little-endian syntax in the proposer's order, as
+            // dcm4che and dcmtk choose.
+            let ts = pc
+                .transfer_syntaxes
+                .iter()
+                .map(|t| t.trim_end_matches('\0'))
+                .find(|t| [IMPLICIT_LE, EXPLICIT_LE].contains(t));
+            let reason = if !supported(pc.abstract_syntax.trim_end_matches('\0')) {
+                PresentationContextResultReason::AbstractSyntaxNotSupported
+            } else if ts.is_some() {
+                PresentationContextResultReason::Acceptance
+            } else {
+                PresentationContextResultReason::TransferSyntaxesNotSupported
+            };
             PresentationContextResult {
                 id: pc.id,
-                reason: if ts.is_some() {
-                    PresentationContextResultReason::Acceptance
-                } else {
-                    PresentationContextResultReason::TransferSyntaxesNotSupported
-                },
+                reason,
                 transfer_syntax: ts.unwrap_or(IMPLICIT_LE).to_owned(),
             }
         })
         .collect();
-    AssociationAC {
+    Ok(AssociationAC {
         protocol_version: 1,
         calling_ae_title: rq.calling_ae_title.clone(),
         called_ae_title: rq.called_ae_title.clone(),
         application_context_name: APPLICATION_CONTEXT.into(),
         presentation_contexts,
         user_variables: vec![
-            UserVariableItem::MaxLength(MAX_PDU),
+            UserVariableItem::MaxLength(ADVERTISED_MAX_PDU),
             UserVariableItem::ImplementationClassUID(IMPLEMENTATION_CLASS.into()),
             UserVariableItem::ImplementationVersionName(IMPLEMENTATION_VERSION.into()),
         ],
-    }
+    })
 }
 
 /// The credential an association request presents.
@@ -275,12 +313,21 @@ pub async fn serve(mut conn: Conn) {
         .take(8)
         .map(|pc| pc.abstract_syntax.trim_end_matches('\0').to_owned())
         .collect();
+    let answer = answer(&rq, &ruse_proto::types::dicom_ae_title(&ctx.decoy));
+    let outcome = match &answer {
+        Ok(_) => String::new(),
+        Err(rj) => match &rj.source {
+            AssociationRJSource::ServiceUser(reason) => format!("; rejected: {reason}"),
+            AssociationRJSource::ServiceProviderASCE(reason) => format!("; rejected: {reason}"),
+            AssociationRJSource::ServiceProviderPresentation(_) => "; rejected".into(),
+        },
+    };
     ctx.report(
         peer,
         "decoy-login",
         Some(presented(&rq)),
         format!(
-            "A-ASSOCIATE-RQ from {:?} to {:?}, {} presentation context(s): {}",
+            "A-ASSOCIATE-RQ from {:?} to {:?}, {} presentation context(s): {}{outcome}",
             rq.calling_ae_title.trim(),
             rq.called_ae_title.trim(),
             rq.presentation_contexts.len(),
@@ -288,7 +335,14 @@ pub async fn serve(mut conn: Conn) {
         ),
     )
     .await;
-    let ac = accept(&rq);
+    let ac = match answer {
+        Ok(ac) => ac,
+        Err(rj) => {
+            send(&mut conn, &Pdu::AssociationRJ(rj)).await;
+            let _ = conn.stream.shutdown().await;
+            return;
+        }
+    };
     let accepted: Vec<u8> = ac
         .presentation_contexts
         .iter()
@@ -418,21 +472,48 @@ mod tests {
                     abstract_syntax: "1.2.840.10008.5.1.4.1.1.2".into(),
                     transfer_syntaxes: vec!["1.2.840.10008.1.2.4.50".into()],
                 },
+                dicom_ul::pdu::PresentationContextProposed {
+                    id: 5,
+                    abstract_syntax: "1.2.3.4.5".into(),
+                    transfer_syntaxes: vec![IMPLICIT_LE.into()],
+                },
             ],
             user_variables: vec![UserVariableItem::MaxLength(16384)],
         };
         let c = presented(&rq);
         assert_eq!(c.ae_title, "MODALITY01");
         assert_eq!(c.called_ae_title, "PACS");
-        let ac = accept(&rq);
+        let ac = answer(&rq, "PACS").unwrap();
         assert_eq!(
             ac.presentation_contexts[0].reason,
             PresentationContextResultReason::Acceptance
         );
-        assert_eq!(ac.presentation_contexts[0].transfer_syntax, IMPLICIT_LE);
+        assert_eq!(ac.presentation_contexts[0].transfer_syntax, EXPLICIT_LE);
         assert_eq!(
             ac.presentation_contexts[1].reason,
             PresentationContextResultReason::TransferSyntaxesNotSupported
+        );
+        assert_eq!(
+            ac.presentation_contexts[2].reason,
+            PresentationContextResultReason::AbstractSyntaxNotSupported
+        );
+        // Called to another AE title, or with protocol version 2: rejected.
+        let rj = answer(&rq, "PACS2").unwrap_err();
+        assert_eq!(
+            rj.source,
+            AssociationRJSource::ServiceUser(
+                AssociationRJServiceUserReason::CalledAETitleNotRecognized
+            )
+        );
+        let v2 = AssociationRQ {
+            protocol_version: 2,
+            ..rq.clone()
+        };
+        assert_eq!(
+            answer(&v2, "PACS").unwrap_err().source,
+            AssociationRJSource::ServiceProviderASCE(
+                AssociationRJServiceProviderASCEReason::ProtocolVersionNotSupported
+            )
         );
         // The request survives the library's writer and reader.
         let bytes = encode(&Pdu::AssociationRQ(rq.clone())).unwrap();

@@ -634,7 +634,7 @@ async fn handler_for(protocol: &str, ctx: &Arc<ServiceCtx>) -> Result<Handler, D
         "dicom" => Arc::new(|c| Box::pin(dicom::serve(c))),
         "http" => http::handler(ctx, false)?,
         "https" => http::handler(ctx, true)?,
-        "ssh" => ssh::handler(ctx)?,
+        "ssh" => ssh::handler(ctx).await?,
         other => return Err(DecoyError::Spec(format!("unknown protocol {other:?}"))),
     })
 }

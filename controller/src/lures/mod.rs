@@ -687,12 +687,7 @@ impl Renderer<'_> {
                 let (name, address, port) = self
                     .decoy("dicom", 104)
                     .ok_or_else(|| self.err("needs a decoy"))?;
-                let called: String = name
-                    .to_uppercase()
-                    .replace('-', "")
-                    .chars()
-                    .take(16)
-                    .collect();
+                let called = ruse_proto::types::dicom_ae_title(&name);
                 let text = format!(
                     "; DICOM network nodes\n[Local]\nAETitle={ae}\nPort=11112\n\n[Node:{called}]\nDescription=Radiology long-term archive\nAETitle={called}\nHost={address}\nPort={port}\nCallingAETitle={ae}\nTLS=false\nQueryRetrieve=CMOVE\n",
                     ae = self.m().ae_title
