@@ -34,6 +34,8 @@ DEBIAN=(
     /usr/sbin/nginx:nginx-light
     /usr/sbin/vsftpd:vsftpd
     /usr/sbin/sshd:openssh-server
+    /usr/sbin/smbd:samba
+    dcmqrscp:dcmtk
     # An endpoint whose clock is years off (tests/tests/faults.rs).
     faketime:faketime
 )

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use ruse_agent::decoys::{ntlm, smb};
 
 fuzz_target!(|data: &[u8]| {
-    let mut session = smb::Session::new(ntlm::Names::new("files01", "files01.radiology.example.org"), [7; 32], 0);
+    let mut session = smb::Session::new(ntlm::Names::new("files01", "files01.radiology.example.org"), [7; 64], 0);
     let mut starts: Vec<usize> = data
         .windows(4)
         .enumerate()

@@ -853,3 +853,331 @@ async fn the_dicom_decoy_answers_associations_as_an_archive_does() {
     assert!(differences.is_empty(), "{}", differences.join("\n"));
     drop(agent);
 }
+
+/// Debian's Samba on `port` as a standalone file server, everything it
+/// keeps under `dir`.
+fn samba(dir: &Path, port: u16) -> Daemon {
+    for sub in [
+        "private", "lock", "state", "cache", "pid", "log", "share", "ncalrpc",
+    ] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let d = dir.display();
+    let conf = dir.join("smb.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\n  server role = standalone server\n  smb ports = {port}\n  interfaces = 127.0.0.1\n  bind interfaces only = yes\n  disable netbios = yes\n  private dir = {d}/private\n  lock directory = {d}/lock\n  state directory = {d}/state\n  cache directory = {d}/cache\n  pid directory = {d}/pid\n  ncalrpc dir = {d}/ncalrpc\n  log file = {d}/log/log.%m\n[share]\n  path = {d}/share\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("smbd")
+        .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port);
+    Daemon(child)
+}
+
+/// An SMB2 request header (credits 1, process id 0xFEFF) and `body`.
+fn smb2(command: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = b"\xfeSMB".to_vec();
+    out.extend_from_slice(&64u16.to_le_bytes());
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&command.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&[0; 16]);
+    out.extend_from_slice(&0xfeffu32.to_le_bytes());
+    out.extend_from_slice(&[0; 28]);
+    out.extend_from_slice(body);
+    out
+}
+
+/// An SMB2 NEGOTIATE offering `dialects`, with a preauthentication
+/// context (if `preauth`) and an encryption context offering `ciphers`
+/// (if any).
+fn smb2_negotiate(dialects: &[u16], preauth: bool, ciphers: &[u16]) -> Vec<u8> {
+    let mut contexts: Vec<(u16, Vec<u8>)> = Vec::new();
+    if preauth {
+        let mut d = vec![1, 0, 32, 0, 1, 0];
+        d.extend_from_slice(&[0x5a; 32]);
+        contexts.push((1, d));
+    }
+    if !ciphers.is_empty() {
+        let mut d = (ciphers.len() as u16).to_le_bytes().to_vec();
+        for c in ciphers {
+            d.extend_from_slice(&c.to_le_bytes());
+        }
+        contexts.push((2, d));
+    }
+    let at = (64 + 36 + 2 * dialects.len()).next_multiple_of(8);
+    let mut body = 36u16.to_le_bytes().to_vec();
+    body.extend_from_slice(&(dialects.len() as u16).to_le_bytes());
+    body.extend_from_slice(&1u16.to_le_bytes()); // signing enabled
+    body.extend_from_slice(&[0; 2]);
+    body.extend_from_slice(&0x7fu32.to_le_bytes());
+    body.extend_from_slice(&[0x11; 16]);
+    let offset = if contexts.is_empty() { 0 } else { at as u32 };
+    body.extend_from_slice(&offset.to_le_bytes());
+    body.extend_from_slice(&(contexts.len() as u16).to_le_bytes());
+    body.extend_from_slice(&[0; 2]);
+    for d in dialects {
+        body.extend_from_slice(&d.to_le_bytes());
+    }
+    let mut msg = smb2(0, &body);
+    for (kind, data) in contexts {
+        msg.resize(msg.len().next_multiple_of(8), 0);
+        msg.extend_from_slice(&kind.to_le_bytes());
+        msg.extend_from_slice(&(data.len() as u16).to_le_bytes());
+        msg.extend_from_slice(&[0; 4]);
+        msg.extend_from_slice(&data);
+    }
+    msg
+}
+
+/// An SMB1 NEGOTIATE offering `dialects`, as a multi-protocol client
+/// sends it.
+fn smb1_negotiate(dialects: &[&str]) -> Vec<u8> {
+    let mut msg = b"\xffSMB\x72".to_vec();
+    msg.extend_from_slice(&[0; 4]);
+    msg.push(0x18);
+    msg.extend_from_slice(&0xc853u16.to_le_bytes());
+    msg.extend_from_slice(&[0; 14]);
+    msg.extend_from_slice(&0xfeffu16.to_le_bytes());
+    msg.extend_from_slice(&[0; 4]);
+    msg.push(0);
+    let names: Vec<u8> = dialects
+        .iter()
+        .flat_map(|d| [&[2u8][..], d.as_bytes(), &[0]].concat())
+        .collect();
+    msg.extend_from_slice(&(names.len() as u16).to_le_bytes());
+    msg.extend_from_slice(&names);
+    msg
+}
+
+/// What comes back for `msg` on a fresh connection, NetBIOS framing
+/// removed; None if the server hung up.
+fn smb_ask(port: u16, msg: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut framed = (msg.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(msg);
+    s.write_all(&framed).ok()?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).ok()?;
+    let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut reply).ok()?;
+    Some(reply)
+}
+
+/// What fingerprinting reads in an SMB reply: for a NEGOTIATE response
+/// its status, security mode, dialect, capabilities, sizes, security
+/// blob and negotiate contexts (the salt, server GUID and times are
+/// random or now); SMB1 replies whole.
+fn smb_shown(reply: &Option<Vec<u8>>) -> String {
+    let Some(r) = reply else {
+        return "<closed>".into();
+    };
+    let u16_at = |at: usize| r.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |at: usize| {
+        r.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if r.starts_with(b"\xffSMB") {
+        return format!("SMB1 {}", hex(r));
+    }
+    let status = u32_at(8).unwrap_or(0);
+    if status != 0 || r.len() < 128 {
+        return format!("status {status:#010x}");
+    }
+    let blob_at = usize::from(u16_at(64 + 56).unwrap_or(0));
+    let blob_len = usize::from(u16_at(64 + 58).unwrap_or(0));
+    let mut shown = format!(
+        "security mode {:#x}, dialect {:#06x}, capabilities {:#x}, sizes {}/{}/{}, blob {}",
+        u16_at(64 + 2).unwrap_or(0),
+        u16_at(64 + 4).unwrap_or(0),
+        u32_at(64 + 24).unwrap_or(0),
+        u32_at(64 + 28).unwrap_or(0),
+        u32_at(64 + 32).unwrap_or(0),
+        u32_at(64 + 36).unwrap_or(0),
+        hex(r.get(blob_at..blob_at + blob_len).unwrap_or_default()),
+    );
+    let mut at = u32_at(64 + 60).unwrap_or(0) as usize;
+    for _ in 0..u16_at(64 + 6).unwrap_or(0) {
+        let kind = u16_at(at).unwrap_or(0);
+        let len = usize::from(u16_at(at + 2).unwrap_or(0));
+        let data = r.get(at + 8..at + 8 + len).unwrap_or_default();
+        // The preauthentication salt is random: its length is shown.
+        let data = if kind == 1 {
+            format!(
+                "{} + {} bytes of salt",
+                hex(&data[..6.min(data.len())]),
+                len.saturating_sub(6)
+            )
+        } else {
+            hex(data)
+        };
+        shown += &format!(", context {kind}: {data}");
+        at = (at + 8 + len).next_multiple_of(8);
+    }
+    shown
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smb_decoy_negotiates_as_samba_does() {
+    let test = "the_smb_decoy_negotiates_as_samba_does";
+    // smbd runs as root.
+    if !(require_root(test) && require_tool(test, "smbd")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let (real, fake) = (ports[0], ports[1]);
+    let _smbd = samba(dir.path(), real);
+    let tc = TestController::start().await;
+    let agent = decoy(&tc, "smb", fake, "").await;
+
+    let all = [0x0202, 0x0210, 0x0300, 0x0302, 0x0311];
+    let probes: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "2.0.2 to 3.1.1, CCM before GCM",
+            smb2_negotiate(&all, true, &[1, 2]),
+        ),
+        (
+            "2.0.2 to 3.1.1, no encryption context",
+            smb2_negotiate(&all, true, &[]),
+        ),
+        (
+            "3.1.1 without preauthentication",
+            smb2_negotiate(&[0x0311], false, &[2]),
+        ),
+        ("2.0.2 to 3.0.2", smb2_negotiate(&all[..4], false, &[])),
+        ("2.1", smb2_negotiate(&[0x0210], false, &[])),
+        ("2.0.2", smb2_negotiate(&[0x0202], false, &[])),
+        (
+            "unknown dialects",
+            smb2_negotiate(&[0x0100, 0x0200], false, &[]),
+        ),
+        (
+            "SMB1 offering SMB2",
+            smb1_negotiate(&["NT LM 0.12", "SMB 2.002", "SMB 2.???"]),
+        ),
+        (
+            "SMB1 offering 2.0.2",
+            smb1_negotiate(&["NT LM 0.12", "SMB 2.002"]),
+        ),
+        (
+            "SMB1 only",
+            smb1_negotiate(&["PC NETWORK PROGRAM 1.0", "NT LM 0.12"]),
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (what, msg) in &probes {
+        let (a, b) = (
+            smb_shown(&smb_ask(real, msg)),
+            smb_shown(&smb_ask(fake, msg)),
+        );
+        eprintln!("{what}: smbd {a}");
+        if a != b {
+            differences.push(format!("{what}:\n  smbd:  {a}\n  decoy: {b}"));
+        }
+    }
+
+    // The NTLM CHALLENGE a login gets: its flags (for a Windows client's
+    // NEGOTIATE), version and the kinds of its target information, in
+    // order (the names themselves are the host's).
+    let challenge = |port: u16| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut exchange = |msg: Vec<u8>| -> Vec<u8> {
+            let mut framed = (msg.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(&msg);
+            s.write_all(&framed).unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).unwrap();
+            let mut reply = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut reply).unwrap();
+            reply
+        };
+        exchange(smb2_negotiate(&all[..4], false, &[]));
+        let mut ntlm = b"NTLMSSP\0".to_vec();
+        ntlm.extend_from_slice(&1u32.to_le_bytes());
+        ntlm.extend_from_slice(&0xe208_8297u32.to_le_bytes());
+        ntlm.extend_from_slice(&[0; 16]);
+        let mut body = 25u16.to_le_bytes().to_vec();
+        body.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        body.extend_from_slice(&88u16.to_le_bytes());
+        body.extend_from_slice(&(ntlm.len() as u16).to_le_bytes());
+        body.extend_from_slice(&[0; 8]);
+        body.extend_from_slice(&ntlm);
+        let mut setup = smb2(1, &body);
+        // Message ids follow on: the NEGOTIATE was 0.
+        setup[24..32].copy_from_slice(&1u64.to_le_bytes());
+        let reply = exchange(setup);
+        let Some(at) = reply.windows(8).position(|w| w == b"NTLMSSP\0") else {
+            return format!("no NTLM challenge: {}", smb_shown(&Some(reply)));
+        };
+        let m = &reply[at..];
+        let u16_at = |i: usize| u16::from_le_bytes([m[i], m[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+        let (info_len, info_at) = (usize::from(u16_at(40)), u32_at(44) as usize);
+        let mut kinds = Vec::new();
+        let mut i = info_at;
+        while i + 4 <= info_at + info_len {
+            kinds.push(u16_at(i));
+            i += 4 + usize::from(u16_at(i + 2));
+        }
+        format!(
+            "status {:#010x}, flags {:#010x}, version {}, target information {kinds:?}",
+            u32::from_le_bytes([reply[8], reply[9], reply[10], reply[11]]),
+            u32_at(20),
+            hex(&m[48..56]),
+        )
+    };
+    let (a, b) = (challenge(real), challenge(fake));
+    eprintln!("NTLM challenge: smbd {a}");
+    if a != b {
+        differences.push(format!("NTLM challenge:\n  smbd:  {a}\n  decoy: {b}"));
+    }
+
+    // A real client with a wrong password: the dialect it settles on and
+    // what it is told.
+    let smbclient = |port: u16| {
+        let out = Command::new("smbclient")
+            .args([
+                "-L",
+                "//127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "pacs%Winter2026!",
+                "-d",
+                "3",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        text.lines()
+            .filter(|l| l.contains("negotiated dialect") || l.contains("NT_STATUS"))
+            .map(|l| l.trim().to_owned())
+            .collect::<Vec<_>>()
+    };
+    if require_tool(test, "smbclient") {
+        let (a, b) = (smbclient(real), smbclient(fake));
+        eprintln!("smbclient against smbd: {a:?}");
+        if a != b {
+            differences.push(format!("smbclient:\n  smbd:  {a:?}\n  decoy: {b:?}"));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    drop(agent);
+}

@@ -131,9 +131,9 @@ pub fn challenge(
     let mut info = Vec::new();
     av_pair(&mut info, 2, &utf16(&names.domain));
     av_pair(&mut info, 1, &utf16(&names.computer));
-    if !names.dns_domain.is_empty() {
-        av_pair(&mut info, 4, &utf16(&names.dns_domain));
-    }
+    // Samba names the DNS domain even when it is empty (a standalone
+    // server).
+    av_pair(&mut info, 4, &utf16(&names.dns_domain));
     av_pair(&mut info, 3, &utf16(&names.dns_computer));
     if !names.dns_domain.is_empty() {
         av_pair(&mut info, 5, &utf16(&names.dns_domain));
@@ -153,8 +153,8 @@ pub fn challenge(
     out.extend_from_slice(&(info.len() as u16).to_le_bytes());
     out.extend_from_slice(&(info.len() as u16).to_le_bytes());
     out.extend_from_slice(&((HEADER + target.len()) as u32).to_le_bytes());
-    // Windows Server 2019 (10.0.17763), NTLM revision 15.
-    out.extend_from_slice(&[10, 0, 0x63, 0x45, 0, 0, 0, 15]);
+    // What Samba 4.17 says it is: 6.1.0 (build 0), NTLM revision 15.
+    out.extend_from_slice(&[6, 1, 0, 0, 0, 0, 0, 15]);
     out.extend_from_slice(&target);
     out.extend_from_slice(&info);
     out

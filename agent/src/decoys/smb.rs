@@ -1,4 +1,5 @@
-//! An SMB2 file server far enough to capture who logs in ([MS-SMB2]):
+//! An SMB2 file server far enough to capture who logs in ([MS-SMB2]), as
+//! Debian 12's Samba 4.17 answers (tests/tests/fidelity.rs compares them):
 //! NEGOTIATE (also reached from an SMB1 negotiate that offers SMB2),
 //! SESSION_SETUP with SPNEGO/NTLMSSP to the AUTHENTICATE message, whose
 //! user, domain and workstation are reported, then STATUS_LOGON_FAILURE.
@@ -21,15 +22,26 @@ const STATUS_MORE_PROCESSING_REQUIRED: u32 = 0xC000_0016;
 const STATUS_LOGON_FAILURE: u32 = 0xC000_006D;
 const STATUS_ACCESS_DENIED: u32 = 0xC000_0022;
 const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
+const STATUS_NOT_SUPPORTED: u32 = 0xC000_00BB;
 
 const NEGOTIATE: u16 = 0;
 const SESSION_SETUP: u16 = 1;
 const LOGOFF: u16 = 2;
 
-/// Dialects the server speaks, best first. 3.1.1 is not offered: it needs
-/// negotiate contexts and preauthentication hashing, and a server that
-/// stops at 3.0.2 is ordinary.
-const DIALECTS: [u16; 4] = [0x0302, 0x0300, 0x0210, 0x0202];
+/// Dialects the server speaks, best first. For 3.1.1 the negotiate
+/// contexts are answered (preauthentication integrity, encryption); the
+/// preauthentication hash itself is needed only to derive the keys of a
+/// session that logs in, and none does.
+const DIALECTS: [u16; 5] = [0x0311, 0x0302, 0x0300, 0x0210, 0x0202];
+const SMB311: u16 = 0x0311;
+
+/// Negotiate context types ([MS-SMB2] 2.2.3.1).
+const PREAUTH_INTEGRITY: u16 = 1;
+const ENCRYPTION: u16 = 2;
+const SHA512: u16 = 1;
+/// Ciphers the server chooses from, best first (AES-128-GCM, AES-128-CCM),
+/// as Samba does.
+const CIPHERS: [u16; 2] = [2, 1];
 
 /// SPNEGO and NTLMSSP object identifiers, DER-encoded.
 const SPNEGO_OID: [u8; 6] = [0x2b, 0x06, 0x01, 0x05, 0x05, 0x02];
@@ -57,6 +69,8 @@ pub struct Session {
     session_id: u64,
     filetime: u64,
     dialect: Option<u16>,
+    /// The preauthentication integrity salt of a 3.1.1 NEGOTIATE response.
+    salt: [u8; 32],
     /// Set once the connection must end after the reply.
     pub done: bool,
 }
@@ -75,11 +89,19 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The SPNEGO NegTokenInit offering NTLMSSP, as in a NEGOTIATE response.
+/// The SPNEGO NegTokenInit2 offering NTLMSSP, as in a NEGOTIATE response:
+/// with the `negHints` Windows sends and Samba copies.
 pub fn neg_token_init() -> Vec<u8> {
     let mech = der(0x06, &NTLMSSP_OID);
-    let mech_types = der(0xa0, &der(0x30, &mech));
-    let init = der(0xa0, &der(0x30, &mech_types));
+    let mut fields = der(0xa0, &der(0x30, &mech));
+    fields.extend(der(
+        0xa3,
+        &der(
+            0x30,
+            &der(0xa0, &der(0x1b, b"not_defined_in_RFC4178@please_ignore")),
+        ),
+    ));
+    let init = der(0xa0, &der(0x30, &fields));
     let mut inner = der(0x06, &SPNEGO_OID);
     inner.extend_from_slice(&init);
     der(0x60, &inner)
@@ -131,6 +153,24 @@ pub fn header(msg: &[u8]) -> Option<Header> {
     })
 }
 
+/// The negotiate contexts of an SMB2 NEGOTIATE request ([MS-SMB2]
+/// 2.2.3.1): type and data of each (at most 16), or None if they do not
+/// fit in the message.
+pub fn negotiate_contexts(msg: &[u8]) -> Option<Vec<(u16, &[u8])>> {
+    let body = msg.get(64..)?;
+    let mut at = usize::try_from(u32_at(body, 28)?).ok()?;
+    let count = usize::from(u16_at(body, 32)?);
+    let mut contexts = Vec::new();
+    for _ in 0..count.min(16) {
+        let kind = u16_at(msg, at)?;
+        let len = usize::from(u16_at(msg, at.checked_add(2)?)?);
+        let start = at.checked_add(8)?;
+        contexts.push((kind, msg.get(start..start.checked_add(len)?)?));
+        at = start.checked_add(len)?.checked_next_multiple_of(8)?;
+    }
+    Some(contexts)
+}
+
 /// The dialects of an SMB2 NEGOTIATE request.
 pub fn negotiate_dialects(msg: &[u8]) -> Option<Vec<u16>> {
     let body = msg.get(64..)?;
@@ -174,14 +214,17 @@ pub fn security_buffer(msg: &[u8]) -> Option<&[u8]> {
 }
 
 impl Session {
-    /// A fresh connection; `random` seeds the GUID, challenge and session id.
-    pub fn new(names: ntlm::Names, random: [u8; 32], filetime: u64) -> Session {
+    /// A fresh connection; `random` seeds the GUID, challenge, session id
+    /// and preauthentication salt.
+    pub fn new(names: ntlm::Names, random: [u8; 64], filetime: u64) -> Session {
         let mut server_guid = [0; 16];
         server_guid.copy_from_slice(&random[..16]);
         let mut challenge = [0; 8];
         challenge.copy_from_slice(&random[16..24]);
         let mut id = [0; 8];
-        id.copy_from_slice(&random[24..]);
+        id.copy_from_slice(&random[24..32]);
+        let mut salt = [0; 32];
+        salt.copy_from_slice(&random[32..]);
         Session {
             names,
             server_guid,
@@ -189,6 +232,7 @@ impl Session {
             session_id: u64::from_le_bytes(id) | 1,
             filetime,
             dialect: None,
+            salt,
             done: false,
         }
     }
@@ -205,17 +249,18 @@ impl Session {
         match h.command {
             NEGOTIATE => match negotiate_dialects(msg) {
                 Some(offered) => match DIALECTS.into_iter().find(|d| offered.contains(d)) {
+                    Some(SMB311) => self.negotiate_311(msg, &h),
                     Some(d) => {
                         self.dialect = Some(d);
                         (
-                            Some(self.negotiate_response(&h, d)),
+                            Some(self.negotiate_response(&h, d, &[])),
                             Some(Seen::Negotiated(d)),
                         )
                     }
                     None => {
                         self.done = true;
                         (
-                            Some(self.error(&h, STATUS_INVALID_PARAMETER, 0)),
+                            Some(self.error(&h, STATUS_NOT_SUPPORTED, 0)),
                             Some(Seen::Refused(format!("dialects {offered:04x?}"))),
                         )
                     }
@@ -262,7 +307,7 @@ impl Session {
             };
             self.dialect = (d == 0x0202).then_some(d);
             return (
-                Some(self.negotiate_response(&h, d)),
+                Some(self.negotiate_response(&h, d, &[])),
                 Some(Seen::Negotiated(d)),
             );
         }
@@ -270,7 +315,10 @@ impl Session {
         let mut out = msg.get(..32).map(<[u8]>::to_vec).unwrap_or_default();
         out.resize(32, 0);
         out[5..9].copy_from_slice(&0u32.to_le_bytes());
-        out[9] |= 0x80; // reply
+        // Flags: reply, case-insensitive paths; flags2: Unicode, NT status,
+        // extended security, long names, extended attributes (as Samba).
+        out[9] = 0x88;
+        out[10..12].copy_from_slice(&0xc013u16.to_le_bytes());
         out.extend_from_slice(&[1, 0xff, 0xff, 0, 0]);
         self.done = true;
         (Some(out), Some(Seen::Smb1Only))
@@ -303,25 +351,95 @@ impl Session {
         out
     }
 
-    fn negotiate_response(&self, h: &Header, dialect: u16) -> Vec<u8> {
+    /// Answers a NEGOTIATE that chose 3.1.1: a preauthentication context
+    /// with SHA-512 is required ([MS-SMB2] 3.3.5.4), an encryption context
+    /// gets the best cipher both sides have.
+    fn negotiate_311(&mut self, msg: &[u8], h: &Header) -> (Option<Vec<u8>>, Option<Seen>) {
+        let contexts = negotiate_contexts(msg).unwrap_or_default();
+        let sha512 = contexts.iter().any(|(kind, data)| {
+            *kind == PREAUTH_INTEGRITY
+                && u16_at(data, 0).is_some_and(|n| {
+                    (0..usize::from(n).min(8)).any(|i| u16_at(data, 4 + 2 * i) == Some(SHA512))
+                })
+        });
+        if !sha512 {
+            self.done = true;
+            return (
+                Some(self.error(h, STATUS_INVALID_PARAMETER, 0)),
+                Some(Seen::Refused(
+                    "3.1.1 without SHA-512 preauthentication".into(),
+                )),
+            );
+        }
+        let mut preauth = Vec::with_capacity(38);
+        preauth.extend_from_slice(&1u16.to_le_bytes());
+        preauth.extend_from_slice(&32u16.to_le_bytes());
+        preauth.extend_from_slice(&SHA512.to_le_bytes());
+        preauth.extend_from_slice(&self.salt);
+        let mut answers = vec![(PREAUTH_INTEGRITY, preauth)];
+        if let Some((_, data)) = contexts.iter().find(|(kind, _)| *kind == ENCRYPTION) {
+            let offered: Vec<u16> = (0..usize::from(u16_at(data, 0).unwrap_or(0)).min(8))
+                .filter_map(|i| u16_at(data, 2 + 2 * i))
+                .collect();
+            let chosen = CIPHERS
+                .into_iter()
+                .find(|c| offered.contains(c))
+                .unwrap_or(0);
+            let mut enc = 1u16.to_le_bytes().to_vec();
+            enc.extend_from_slice(&chosen.to_le_bytes());
+            answers.push((ENCRYPTION, enc));
+        }
+        self.dialect = Some(SMB311);
+        (
+            Some(self.negotiate_response(h, SMB311, &answers)),
+            Some(Seen::Negotiated(SMB311)),
+        )
+    }
+
+    /// A NEGOTIATE response as Samba 4.17 gives it: capabilities and
+    /// sizes by dialect, and for 3.1.1 the negotiate contexts after the
+    /// security buffer.
+    fn negotiate_response(&self, h: &Header, dialect: u16, contexts: &[(u16, Vec<u8>)]) -> Vec<u8> {
         let token = neg_token_init();
         let mut out = self.reply_header(h, STATUS_SUCCESS, 0);
         out.extend_from_slice(&65u16.to_le_bytes());
         out.extend_from_slice(&1u16.to_le_bytes()); // signing enabled
         out.extend_from_slice(&dialect.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&(contexts.len() as u16).to_le_bytes());
         out.extend_from_slice(&self.server_guid);
-        let caps: u32 = if dialect >= 0x0210 { 0x7 } else { 0x1 }; // DFS, leasing, large MTU
+        // DFS; from 2.1 leasing and large MTU; from 3.0 also multichannel
+        // and encryption, which 3.1.1 leaves to its context when the
+        // client sent one.
+        let caps: u32 = match dialect {
+            0x0202 => 0x01,
+            0x0210 | 0x02FF => 0x07,
+            SMB311 if contexts.iter().any(|(kind, _)| *kind == ENCRYPTION) => 0x0f,
+            _ => 0x4f,
+        };
         out.extend_from_slice(&caps.to_le_bytes());
+        let max: u32 = if dialect == 0x0202 { 65_536 } else { 8_388_608 };
         for _ in 0..3 {
-            out.extend_from_slice(&8_388_608u32.to_le_bytes());
+            out.extend_from_slice(&max.to_le_bytes());
         }
         out.extend_from_slice(&self.filetime.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());
         out.extend_from_slice(&128u16.to_le_bytes());
         out.extend_from_slice(&(token.len() as u16).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        let contexts_at = (128 + token.len()).next_multiple_of(8);
+        let offset = if contexts.is_empty() { 0 } else { contexts_at };
+        out.extend_from_slice(&(offset as u32).to_le_bytes());
         out.extend_from_slice(&token);
+        for (i, (kind, data)) in contexts.iter().enumerate() {
+            if i == 0 {
+                out.resize(contexts_at, 0);
+            } else {
+                out.resize(out.len().next_multiple_of(8), 0);
+            }
+            out.extend_from_slice(&kind.to_le_bytes());
+            out.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            out.extend_from_slice(data);
+        }
         out
     }
 
@@ -404,7 +522,7 @@ fn filetime_now() -> u64 {
 pub async fn serve(mut conn: Conn) {
     let ctx = conn.ctx.clone();
     let peer = conn.peer;
-    let mut random = [0u8; 32];
+    let mut random = [0u8; 64];
     if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
         return;
     }
@@ -520,6 +638,78 @@ mod tests {
         request(NEGOTIATE, 0, &body)
     }
 
+    /// A NEGOTIATE offering 2.0.2 to 3.1.1 with a preauthentication
+    /// context (when `preauth`) and an encryption context offering
+    /// `ciphers`.
+    fn negotiate_311(preauth: bool, ciphers: &[u16]) -> Vec<u8> {
+        let dialects = [0x0202u16, 0x0210, 0x0300, 0x0302, 0x0311];
+        let mut contexts: Vec<(u16, Vec<u8>)> = Vec::new();
+        if preauth {
+            let mut d = vec![1, 0, 32, 0, 1, 0];
+            d.extend_from_slice(&[9; 32]);
+            contexts.push((PREAUTH_INTEGRITY, d));
+        }
+        let mut d = (ciphers.len() as u16).to_le_bytes().to_vec();
+        for c in ciphers {
+            d.extend_from_slice(&c.to_le_bytes());
+        }
+        contexts.push((ENCRYPTION, d));
+        let fixed = 64 + 36 + 2 * dialects.len();
+        let at = fixed.next_multiple_of(8);
+        let mut body = 36u16.to_le_bytes().to_vec();
+        body.extend_from_slice(&(dialects.len() as u16).to_le_bytes());
+        body.extend_from_slice(&[0; 24]);
+        body.extend_from_slice(&(at as u32).to_le_bytes());
+        body.extend_from_slice(&(contexts.len() as u16).to_le_bytes());
+        body.extend_from_slice(&[0; 2]);
+        for d in dialects {
+            body.extend_from_slice(&d.to_le_bytes());
+        }
+        let mut msg = request(NEGOTIATE, 0, &body);
+        for (kind, data) in contexts {
+            msg.resize(msg.len().next_multiple_of(8), 0);
+            msg.extend_from_slice(&kind.to_le_bytes());
+            msg.extend_from_slice(&(data.len() as u16).to_le_bytes());
+            msg.extend_from_slice(&[0; 4]);
+            msg.extend_from_slice(&data);
+        }
+        msg
+    }
+
+    #[test]
+    fn smb_311_answers_its_negotiate_contexts() {
+        let mut s = session();
+        let (reply, seen) = s.handle(&negotiate_311(true, &[1, 2]));
+        assert_eq!(seen, Some(Seen::Negotiated(0x0311)));
+        let reply = reply.unwrap();
+        assert_eq!(u16_at(&reply, 64 + 4), Some(0x0311));
+        let contexts = {
+            // The response's count and offset sit where the request's do
+            // not: count at body+6, offset at body+60.
+            let count = usize::from(u16_at(&reply, 64 + 6).unwrap());
+            let mut at = u32_at(&reply, 64 + 60).unwrap() as usize;
+            let mut out = Vec::new();
+            for _ in 0..count {
+                let kind = u16_at(&reply, at).unwrap();
+                let len = usize::from(u16_at(&reply, at + 2).unwrap());
+                out.push((kind, reply[at + 8..at + 8 + len].to_vec()));
+                at = (at + 8 + len).next_multiple_of(8);
+            }
+            out
+        };
+        assert_eq!(contexts.len(), 2);
+        assert_eq!(contexts[0].0, PREAUTH_INTEGRITY);
+        assert_eq!(&contexts[0].1[..6], &[1, 0, 32, 0, 1, 0]);
+        assert_eq!(&contexts[0].1[6..], &[7; 32]);
+        // AES-128-GCM is preferred to CCM whatever the client's order.
+        assert_eq!(contexts[1], (ENCRYPTION, vec![1, 0, 2, 0]));
+        // 3.1.1 without the required preauthentication context.
+        let mut s = session();
+        let (reply, _) = s.handle(&negotiate_311(false, &[2]));
+        assert_eq!(status(&reply.unwrap()), STATUS_INVALID_PARAMETER);
+        assert!(s.done);
+    }
+
     fn session_setup(blob: &[u8]) -> Vec<u8> {
         let mut body = 25u16.to_le_bytes().to_vec();
         body.extend_from_slice(&[0; 10]);
@@ -535,13 +725,13 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::new(ntlm::Names::new("files01", "127.0.0.1"), [7; 32], 0)
+        Session::new(ntlm::Names::new("files01", "127.0.0.1"), [7; 64], 0)
     }
 
     #[test]
     fn full_logon_is_captured_and_refused() {
         let mut s = session();
-        let (reply, seen) = s.handle(&negotiate(&[0x0202, 0x0210, 0x0300, 0x0302, 0x0311]));
+        let (reply, seen) = s.handle(&negotiate(&[0x0202, 0x0210, 0x0300, 0x0302]));
         assert_eq!(seen, Some(Seen::Negotiated(0x0302)));
         let reply = reply.unwrap();
         assert_eq!(status(&reply), STATUS_SUCCESS);
