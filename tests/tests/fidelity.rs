@@ -458,20 +458,45 @@ fn sshd(dir: &Path, port: u16) -> Daemon {
     Daemon(child)
 }
 
+/// `ssh`'s arguments for a login as pacs on `port` with `options`, no
+/// configuration read and the host key neither checked nor kept.
+fn ssh_args(port: u16, options: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+    ]
+    .into_iter()
+    .chain(options.iter().copied())
+    .map(str::to_owned)
+    .collect();
+    args.extend([
+        "-p".to_owned(),
+        port.to_string(),
+        "pacs@127.0.0.1".to_owned(),
+        "true".to_owned(),
+    ]);
+    args
+}
+
 /// What OpenSSH's client reports of a server (`ssh -vv`): its version,
 /// the lists of its first KEXINIT, and the authentication methods it
 /// offers.
 fn ssh_view(port: u16) -> std::collections::BTreeMap<String, String> {
     let out = Command::new("ssh")
-        .args(["-vv", "-F", "/dev/null", "-o", "BatchMode=yes"])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "PreferredAuthentications=none"])
-        .args(["-p", &port.to_string(), "pacs@127.0.0.1", "true"])
+        .args(ssh_args(
+            port,
+            &[
+                "-vv",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "PreferredAuthentications=none",
+            ],
+        ))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -532,16 +557,16 @@ fn ssh_reply(port: u16, sent: &[u8]) -> String {
 fn ssh_password_refusal(port: u16) -> Duration {
     let start = Instant::now();
     let out = Command::new("sshpass")
-        .args(["-p", "Winter2026!"])
-        .args(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no"])
-        .args([
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "PreferredAuthentications=password",
-        ])
-        .args(["-o", "NumberOfPasswordPrompts=1"])
-        .args(["-p", &port.to_string(), "pacs@127.0.0.1", "true"])
+        .args(["-p", "Winter2026!", "ssh"])
+        .args(ssh_args(
+            port,
+            &[
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+            ],
+        ))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -560,15 +585,10 @@ fn ssh_password_refusal(port: u16) -> Duration {
 fn ssh_connection_time(port: u16) -> Duration {
     let start = Instant::now();
     let out = Command::new("ssh")
-        .args(["-F", "/dev/null", "-o", "BatchMode=yes"])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "PreferredAuthentications=none"])
-        .args(["-p", &port.to_string(), "pacs@127.0.0.1", "true"])
+        .args(ssh_args(
+            port,
+            &["-o", "BatchMode=yes", "-o", "PreferredAuthentications=none"],
+        ))
         .stdin(Stdio::null())
         .output()
         .unwrap();
