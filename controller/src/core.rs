@@ -481,13 +481,7 @@ impl Core {
         id: &AgentId,
         reason: &str,
     ) -> Result<AgentRecord, OpError> {
-        let record = self
-            .fleet
-            .revoke(id, &caller.actor(), reason)
-            .ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
-        self.store.put_agent(&record)?;
-        self.deploy.request_recompute();
-        Ok(record)
+        self.retire_agent(id, self.fleet.revoke(id, &caller.actor(), reason))
     }
 
     /// Removes a decommissioned agent from the inventory (revoking it).
@@ -497,10 +491,16 @@ impl Core {
         id: &AgentId,
         reason: &str,
     ) -> Result<AgentRecord, OpError> {
-        let record = self
-            .fleet
-            .delete(id, &caller.actor(), reason)
-            .ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
+        self.retire_agent(id, self.fleet.delete(id, &caller.actor(), reason))
+    }
+
+    /// Stores what revoking or deleting `id` made of it; its lures go.
+    fn retire_agent(
+        &self,
+        id: &AgentId,
+        record: Option<AgentRecord>,
+    ) -> Result<AgentRecord, OpError> {
+        let record = record.ok_or_else(|| OpError::NotFound(format!("agent {id}")))?;
         self.store.put_agent(&record)?;
         self.deploy.request_recompute();
         Ok(record)

@@ -383,17 +383,8 @@ async fn a_full_disk_under_the_controller_refuses_clearly_and_loses_nothing() {
     let token = tc.token("site=icu", 1, Duration::from_secs(600)).await;
     let mut agent = tc.spawn_agent(tc.agent_config("ward", &token, ""));
     let id = agent.connected().await;
-    tc.apply(
-        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n",
-    )
-    .await;
-    agent.wait_lures(1, Duration::from_secs(10)).await;
-    let lure = tc.lures(&id, false).await[0].id.clone();
-    let filter = pb::EventFilter {
-        agent_id: id.clone(),
-        kind: "touch".into(),
-        ..Default::default()
-    };
+    let lure = exports_lure(&tc, &mut agent, &id).await;
+    let filter = touches_of(&id);
 
     let filler = disk.fill();
     let mut sent = std::collections::HashSet::new();
@@ -465,17 +456,8 @@ async fn a_full_disk_under_the_agent_delays_and_loses_no_event() {
     config.state_dir = disk.path().join("state");
     let mut agent = tc.spawn_agent(config.clone());
     let id = agent.connected().await;
-    tc.apply(
-        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n",
-    )
-    .await;
-    agent.wait_lures(1, Duration::from_secs(10)).await;
-    let lure = tc.lures(&id, false).await[0].id.clone();
-    let filter = pb::EventFilter {
-        agent_id: id.clone(),
-        kind: "touch".into(),
-        ..Default::default()
-    };
+    let lure = exports_lure(&tc, &mut agent, &id).await;
+    let filter = touches_of(&id);
 
     let filler = disk.fill();
     let mut sent = std::collections::HashSet::new();
@@ -621,6 +603,25 @@ async fn a_clock_years_off_is_named_on_both_sides_and_the_agent_keeps_trying() {
     );
     let _ = run.kill();
     let _ = run.wait();
+}
+
+/// One patient-export lure for every agent labelled site=icu.
+const EXPORTS: &str = "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n";
+
+/// Plants [`EXPORTS`] on `agent` (agent `id`) and returns its lure's id.
+async fn exports_lure(tc: &TestController, agent: &mut TestAgent, id: &str) -> String {
+    tc.apply(EXPORTS).await;
+    agent.wait_lures(1, Duration::from_secs(10)).await;
+    tc.lures(id, false).await[0].id.clone()
+}
+
+/// The touch events of agent `id`.
+fn touches_of(id: &str) -> pb::EventFilter {
+    pb::EventFilter {
+        agent_id: id.to_owned(),
+        kind: "touch".into(),
+        ..Default::default()
+    }
 }
 
 /// What the link between the agents and the controller does.
@@ -775,10 +776,7 @@ async fn partitions_slow_and_flaky_links_lose_and_duplicate_nothing() {
     for a in &mut agents {
         ids.push(a.connected().await);
     }
-    tc.apply(
-        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: '~/Documents/Exports'}\n",
-    )
-    .await;
+    tc.apply(EXPORTS).await;
     for a in &mut agents {
         a.wait_lures(1, Duration::from_secs(20)).await;
     }
@@ -872,13 +870,7 @@ async fn partitions_slow_and_flaky_links_lose_and_duplicate_nothing() {
 
     // Every event once, none lost.
     for (i, id) in ids.iter().enumerate() {
-        let stored = tc
-            .events(pb::EventFilter {
-                agent_id: id.clone(),
-                kind: "touch".into(),
-                ..Default::default()
-            })
-            .await;
+        let stored = tc.events(touches_of(id)).await;
         let got: std::collections::HashSet<_> = stored.iter().map(|e| e.id.clone()).collect();
         assert_eq!(
             stored.len(),

@@ -23,7 +23,7 @@ use crate::incidents::{
     Incident, IncidentError, IncidentFilter, Notice, Severity, Status as IncidentStatus,
 };
 use crate::resources::Decoy;
-use crate::store::TokenRecord;
+use crate::store::{AgentRecord, TokenRecord};
 
 /// Audit records returned when the request sets no limit.
 const DEFAULT_AUDIT_LIMIT: usize = 100;
@@ -102,6 +102,36 @@ impl AdminApi {
             .await
             .map_err(|e| status(e.into()))?;
         outcome.map_err(status)
+    }
+
+    /// Revokes or deletes agent `id` (`action` names it in the audit log)
+    /// and answers with what the fleet now shows of it.
+    async fn retire_agent<T>(
+        &self,
+        request: &Request<T>,
+        id: &str,
+        action: &'static str,
+        reason: String,
+        op: fn(&Core, &Caller, &AgentId, &str) -> Result<AgentRecord, OpError>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        let audit = entry(action, format!("agent/{id}"), reason.clone());
+        let (caller, _, _) = self
+            .authorize(request, Role::Operator, Some(&audit))
+            .await?;
+        let id = id.parse::<AgentId>();
+        let record = self
+            .mutate(&caller, audit, async {
+                let id = id.map_err(|e| OpError::Invalid(e.to_string()))?;
+                op(&self.core, &caller, &id, &reason)
+            })
+            .await?;
+        tracing::info!(agent = %record.id, by = %caller.actor(), action, "agent retired");
+        let view = self
+            .core
+            .fleet
+            .get(&record.id)
+            .ok_or_else(|| status(OpError::NotFound(format!("agent {}", record.id))))?;
+        Ok(Response::new(agent_pb(view)))
     }
 }
 
@@ -607,24 +637,14 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::Agent>, Status> {
         let req = request.get_ref();
         let reason: String = req.reason.chars().take(256).collect();
-        let audit = entry("agent.revoke", format!("agent/{}", req.id), reason.clone());
-        let (caller, _, _) = self
-            .authorize(&request, Role::Operator, Some(&audit))
-            .await?;
-        let id = request.get_ref().id.parse::<AgentId>();
-        let record = self
-            .mutate(&caller, audit, async {
-                let id = id.map_err(|e| OpError::Invalid(e.to_string()))?;
-                self.core.revoke_agent(&caller, &id, &reason)
-            })
-            .await?;
-        tracing::info!(agent = %record.id, by = %caller.actor(), "agent revoked");
-        let view = self
-            .core
-            .fleet
-            .get(&record.id)
-            .ok_or_else(|| status(OpError::NotFound(format!("agent {}", record.id))))?;
-        Ok(Response::new(agent_pb(view)))
+        self.retire_agent(
+            &request,
+            &req.id,
+            "agent.revoke",
+            reason,
+            Core::revoke_agent,
+        )
+        .await
     }
 
     async fn list_outputs(
@@ -663,24 +683,14 @@ impl AdminService for AdminApi {
         } else {
             reason
         };
-        let audit = entry("agent.delete", format!("agent/{}", req.id), reason.clone());
-        let (caller, _, _) = self
-            .authorize(&request, Role::Operator, Some(&audit))
-            .await?;
-        let id = request.get_ref().id.parse::<AgentId>();
-        let record = self
-            .mutate(&caller, audit, async {
-                let id = id.map_err(|e| OpError::Invalid(e.to_string()))?;
-                self.core.delete_agent(&caller, &id, &reason)
-            })
-            .await?;
-        tracing::info!(agent = %record.id, by = %caller.actor(), "agent deleted from the inventory");
-        let view = self
-            .core
-            .fleet
-            .get(&record.id)
-            .ok_or_else(|| status(OpError::NotFound(format!("agent {}", record.id))))?;
-        Ok(Response::new(agent_pb(view)))
+        self.retire_agent(
+            &request,
+            &req.id,
+            "agent.delete",
+            reason,
+            Core::delete_agent,
+        )
+        .await
     }
 
     async fn issue_admin(
