@@ -901,3 +901,186 @@ async fn secrets_the_commands_write_are_private() {
     );
     assert!(controller.terminate(Duration::from_secs(15)).success());
 }
+
+/// The commands of README.md's "Run it for real" block, continuation lines
+/// joined, comments left out.
+fn readme_commands() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let section = &readme[readme
+        .find("## Run it for real")
+        .expect("README has its Run it for real section")..];
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+/// README's "Run it for real", run as written, one command after the
+/// other through `sh`, with only what a machine of the test suite needs
+/// changed: paths under a temporary directory instead of /var/lib,
+/// `localhost` and a free port instead of ruse.example.org:7443 (and
+/// 127.0.0.1 instead of 0.0.0.0), the pin and the agent's id where the
+/// README has placeholders, the agent given a scratch `--root` (it would
+/// plant into this machine's homes), and the two commands that run until
+/// stopped (`serve`, `ruse-agent run`) and the live `watch` started in
+/// the background. `cargo build` and `export PATH` are the suite's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_run_it_for_real_runs_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().to_path_buf();
+    let port = ruse_e2e::free_ports(1)[0];
+    let root = work.join("endpoint");
+    std::fs::create_dir_all(root.join("home/clinician")).unwrap();
+    std::fs::create_dir_all(root.join("root")).unwrap();
+    let bin_dir = binary("rusectl").parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/");
+    let substitute = |command: &str| {
+        command
+            .replace(
+                "/var/lib/ruse-agent",
+                &work.join("agent").display().to_string(),
+            )
+            .replace("/var/lib/ruse", &work.join("ruse").display().to_string())
+            .replace("0.0.0.0:7443", &format!("127.0.0.1:{port}"))
+            .replace("ruse.example.org:7443", &format!("localhost:{port}"))
+            .replace("ruse.example.org", "localhost")
+            .replace("deploy/examples/", &examples.display().to_string())
+    };
+    let mut env: Vec<(String, String)> = vec![("PATH".into(), path)];
+    let sh = |command: &str, env: &[(String, String)]| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(command)
+            .current_dir(&work)
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let mut pin = String::new();
+    let mut agent_id = String::new();
+    let mut background: Vec<std::process::Child> = Vec::new();
+    let mut ran = Vec::new();
+    for command in readme_commands() {
+        if command.starts_with("cargo build") || command.starts_with("export PATH=") {
+            continue;
+        }
+        let mut command = substitute(&command)
+            .replace("sha256:<pin from init>", &pin)
+            .replace("<id>", &agent_id);
+        if let Some(assignment) = command.strip_prefix("export ") {
+            let (k, v) = assignment.split_once('=').unwrap();
+            env.push((k.to_owned(), v.to_owned()));
+            continue;
+        }
+        let long_running = command.starts_with("ruse-controller serve")
+            || command.starts_with("ruse-agent run")
+            || command.starts_with("rusectl watch");
+        if command.starts_with("ruse-agent run") {
+            command += &format!(" --root {}", root.display());
+        }
+        if long_running {
+            let log = work.join(format!("background-{}.log", background.len()));
+            let file = std::fs::File::create(&log).unwrap();
+            let child = sh(&command, &env)
+                .stdout(file.try_clone().unwrap())
+                .stderr(file)
+                .spawn()
+                .unwrap();
+            background.push(child);
+            if command.starts_with("ruse-controller serve") {
+                eventually(
+                    "the controller listens",
+                    Duration::from_secs(20),
+                    || async { std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() },
+                )
+                .await;
+            } else if command.starts_with("ruse-agent run") {
+                let online = || {
+                    let out = sh("rusectl get agents -o json", &env).output().unwrap();
+                    let list: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                    list["items"]
+                        .as_array()
+                        .and_then(|a| a.first())
+                        .filter(|a| a["state"] == "online")
+                        .and_then(|a| a["id"].as_str().map(str::to_owned))
+                };
+                eventually("the agent is online", Duration::from_secs(30), || async {
+                    online().is_some()
+                })
+                .await;
+                agent_id = online().unwrap();
+            } else {
+                // The live watch prints its header and waits for events.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let text = std::fs::read_to_string(&log).unwrap();
+                assert!(text.contains("KIND"), "{command}: {text}");
+            }
+            ran.push(command);
+            continue;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(120), async {
+            sh(&command, &env).output().unwrap()
+        })
+        .await
+        .expect("finishes");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "`{command}` failed:\n{text}");
+        if command.starts_with("ruse-controller init") {
+            pin = text
+                .split_whitespace()
+                .find(|w| w.starts_with("sha256:"))
+                .expect("init prints the CA pin")
+                .to_owned();
+        }
+        ran.push(command);
+    }
+    for mut child in background {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let joined = ran.join("\n");
+    for step in [
+        "init",
+        "serve",
+        "token create",
+        "ruse-agent run",
+        "apply",
+        "rollout status",
+        "watch events",
+        "label agent",
+        "revoke agent",
+        "get audit",
+    ] {
+        assert!(
+            joined.contains(step),
+            "the README's `{step}` ran:\n{joined}"
+        );
+    }
+    assert!(!agent_id.is_empty());
+}
