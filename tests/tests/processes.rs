@@ -1084,3 +1084,81 @@ async fn readme_run_it_for_real_runs_as_written() {
     }
     assert!(!agent_id.is_empty());
 }
+
+/// README's one command: `ruse-controller dev` plants the demo campaign
+/// into its sandbox, a read of the honeyfile it names reaches `rusectl`,
+/// it stops on SIGTERM, and a second run keeps the agent's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_plants_the_demo_and_a_read_honeyfile_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ruse-dev");
+    let port = ruse_e2e::free_ports(1)[0];
+    let start = |n: usize| {
+        let log = dir.path().join(format!("dev-{n}.log"));
+        let proc = spawn(
+            "ruse-controller",
+            &[
+                "dev",
+                "--data-dir",
+                &data.display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+            &log,
+        );
+        (proc, log)
+    };
+    let banner_line = |log: &Path, prefix: &str| -> Option<String> {
+        std::fs::read_to_string(log)
+            .ok()?
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_owned()))
+    };
+
+    let (mut dev, log) = start(1);
+    eventually("dev prints its banner", Duration::from_secs(60), || async {
+        banner_line(&log, "Press Ctrl-C").is_some()
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let agent_id = banner_line(&log, "demo agent")
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no demo agent in:\n{text}"));
+    let honeyfile = banner_line(&log, "trip one")
+        .and_then(|l| l.strip_prefix("cat ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("no honeyfile in:\n{text}"));
+    let planted: usize = banner_line(&log, "lures planted")
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(planted >= 10, "{text}");
+
+    let url = format!("https://127.0.0.1:{port}");
+    let ctl = Ctl::for_data_dir(&data, &url);
+    let agents = ctl.json(&["get", "agents"]);
+    assert_eq!(agents["items"][0]["id"], agent_id.as_str());
+    assert_eq!(agents["items"][0]["state"], "online");
+
+    // Trip it as the banner says.
+    let read = Command::new("cat").arg(&honeyfile).output().unwrap();
+    assert!(read.status.success());
+    eventually("the read is an event", Duration::from_secs(20), || async {
+        let events = ctl.json(&["get", "events", "--kind", "touch"]);
+        events["items"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+
+    let status = dev.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", dev.log_text());
+
+    // The data directory is kept: the same agent comes back.
+    let (mut again, log) = start(2);
+    eventually("dev starts again", Duration::from_secs(60), || async {
+        banner_line(&log, "Press Ctrl-C").is_some()
+    })
+    .await;
+    let second = banner_line(&log, "demo agent")
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned));
+    assert_eq!(second.as_deref(), Some(agent_id.as_str()));
+    let status = again.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{}", again.log_text());
+}
