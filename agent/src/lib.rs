@@ -15,7 +15,6 @@ pub mod detect;
 mod enroll;
 pub mod facts;
 pub mod identity;
-pub mod limits;
 pub mod lures;
 pub mod outbox;
 mod session;

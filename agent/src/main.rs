@@ -132,7 +132,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(args.log_json);
-    ruse_agent::limits::raise_fd_limit();
+    ruse_proto::limits::raise_fd_limit();
     let labels = match Labels::parse_pairs(args.labels.iter().map(String::as_str)) {
         Ok(l) => l,
         Err(e) => return fail(&e),

@@ -1,18 +1,16 @@
-//! `ruse-controller dev`: a controller and one agent on this machine, in
-//! one process, with nothing to set up. The data directory is kept between
-//! runs, so the agent keeps its identity.
+//! `ruse-controller dev`: a controller and one agent on this machine with
+//! nothing to set up. The agent is the `ruse-agent` binary beside this one,
+//! run as a child process (the controller does not link the agent). The
+//! data directory is kept between runs, so the agent keeps its identity.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use ruse_agent::{AgentConfig, AgentError, AgentStatus};
 use ruse_pki::CaPin;
 use ruse_proto::transport::ControllerUrl;
-use ruse_proto::types::{Identity, Labels};
+use ruse_proto::types::{AgentId, Identity, Labels};
 
 use crate::config::ControllerConfig;
 use crate::core::{AuditEntry, Caller};
@@ -32,8 +30,8 @@ pub enum DevError {
     Controller(#[from] ControllerError),
     #[error(transparent)]
     Init(#[from] init::InitError),
-    #[error("the demo agent stopped: {0}")]
-    Agent(#[from] AgentError),
+    #[error("the demo agent stopped ({0}); see its log above")]
+    Agent(String),
     #[error("the demo agent did not connect within {0:?}; see the log above")]
     AgentTimeout(Duration),
     #[error("{0}")]
@@ -204,32 +202,39 @@ pub async fn run(
             .map_err(|e| DevError::Other(format!("{}: {e}", dir.display())))?;
     }
     apply_demo_campaign(&controller).await?;
-    let mut agent_config = AgentConfig::new(url.clone(), pin, agent_dir.clone(), sandbox.clone());
-    agent_config.token_file = Some(token_file);
-    agent_config.min_backoff = Duration::from_millis(200);
-    agent_config.max_backoff = Duration::from_secs(5);
-    let (stop_agent, stop_rx) = watch::channel(false);
-    let (status_tx, mut status) = watch::channel(AgentStatus::default());
-    let mut agent = tokio::spawn(ruse_agent::run(agent_config, stop_rx, status_tx));
-
-    let wait = Duration::from_secs(20);
-    let connected = tokio::select! {
-        r = tokio::time::timeout(wait, status.wait_for(|s| s.connected)) => match r {
-            Ok(Ok(s)) => s.agent_id.clone(),
-            _ => None,
-        },
-        finished = &mut agent => {
+    let mut agent = match spawn_agent(&url, &pin, &agent_dir, &token_file, &sandbox) {
+        Ok(child) => child,
+        Err(e) => {
             controller.shutdown().await?;
-            return match finished {
-                Ok(Err(e)) => Err(e.into()),
-                _ => Err(DevError::AgentTimeout(wait)),
-            };
+            return Err(e);
         }
     };
-    let Some(agent_id) = connected else {
-        let _ = stop_agent.send(true);
-        controller.shutdown().await?;
-        return Err(DevError::AgentTimeout(wait));
+
+    let wait = Duration::from_secs(20);
+    let trust_domain = controller.core().ca.trust_domain().clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    let agent_id = loop {
+        if let Ok(Some(status)) = agent.try_wait() {
+            controller.shutdown().await?;
+            return Err(DevError::Agent(status.to_string()));
+        }
+        if let Some(id) = enrolled_as(&agent_dir, &trust_domain)
+            && controller.core().fleet.get(&id).is_some_and(|v| {
+                matches!(
+                    v.state,
+                    ruse_proto::convert::AgentState::Online
+                        | ruse_proto::convert::AgentState::Degraded
+                )
+            })
+        {
+            break id;
+        }
+        if tokio::time::Instant::now() > deadline {
+            stop_agent(&mut agent).await;
+            controller.shutdown().await?;
+            return Err(DevError::AgentTimeout(wait));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // A demo agent enrolled by an earlier version got these labels from its
     // own configuration, which no longer selects anything: set them as an
@@ -247,12 +252,19 @@ pub async fn run(
             .map_err(|e| DevError::Other(e.to_string()))?;
     }
     // The demo campaign's waves over one agent finish in a moment.
-    let planted = tokio::time::timeout(wait, status.wait_for(|s| s.lures > 0))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|s| s.lures)
-        .unwrap_or(0);
+    let applied = || {
+        controller
+            .core()
+            .deploy
+            .lures(Some(&agent_id), None, false)
+            .map(|lures| lures.iter().filter(|l| l.state == "applied").count())
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    while applied() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let planted = applied();
     let honeyfile = first_file(&sandbox.join("home/clinician/Documents/Exports"));
     let decoy = controller
         .core()
@@ -262,14 +274,23 @@ pub async fn run(
         .find(|d| d.name == "pacs-archive02");
     let decoy_services = match &decoy {
         Some(d) => {
-            let want = d.services.len();
-            tokio::time::timeout(
-                Duration::from_secs(5),
-                status.wait_for(|s| s.decoy_services >= want),
-            )
-            .await
-            .ok();
-            status.borrow().decoy_services
+            // Listening is what counts: a connect to each service's port.
+            let host = if d.listen.is_empty() {
+                &d.address
+            } else {
+                &d.listen
+            };
+            let listening = || {
+                d.services
+                    .iter()
+                    .filter(|s| std::net::TcpStream::connect((host.as_str(), s.port)).is_ok())
+                    .count()
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while listening() < d.services.len() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            listening()
         }
         None => 0,
     };
@@ -292,16 +313,81 @@ pub async fn run(
 
     tokio::select! {
         () = shutdown => {}
-        finished = &mut agent => {
-            if let Ok(Err(e)) = finished {
-                tracing::error!(error = %e, "demo agent stopped");
-            }
+        status = agent.wait() => {
+            tracing::error!(status = ?status, "demo agent stopped");
         }
     }
-    let _ = stop_agent.send(true);
-    let _ = agent.await;
+    stop_agent(&mut agent).await;
     controller.shutdown().await?;
     Ok(())
+}
+
+/// Starts the demo agent: the `ruse-agent` beside this binary, its output
+/// going where this process's goes.
+fn spawn_agent(
+    url: &ControllerUrl,
+    pin: &CaPin,
+    state: &Path,
+    token_file: &Path,
+    sandbox: &Path,
+) -> Result<tokio::process::Child, DevError> {
+    let exe = std::env::current_exe().map_err(|e| DevError::Other(e.to_string()))?;
+    let binary = exe.with_file_name(format!("ruse-agent{}", std::env::consts::EXE_SUFFIX));
+    if !binary.exists() {
+        return Err(DevError::Other(format!(
+            "the demo agent runs {}, which is not there: build it beside ruse-controller (cargo build --release builds both)",
+            binary.display()
+        )));
+    }
+    let mut cmd = tokio::process::Command::new(&binary);
+    cmd.arg("run")
+        .arg("--controller")
+        .arg(url.to_string())
+        .arg("--ca-pin")
+        .arg(pin.to_string())
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--root")
+        .arg(sandbox)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if token_file.exists() {
+        cmd.arg("--token-file").arg(token_file);
+    }
+    cmd.spawn()
+        .map_err(|e| DevError::Other(format!("{}: {e}", binary.display())))
+}
+
+/// The agent the certificate in `state` names, once it has enrolled.
+fn enrolled_as(state: &Path, trust_domain: &ruse_proto::types::TrustDomain) -> Option<AgentId> {
+    let pem = ruse_pki::read_private_file(&state.join("agent.pem")).ok()?;
+    let cert = ruse_pki::pem_decode_certificates(&pem, "agent certificate")
+        .ok()?
+        .into_iter()
+        .next()?;
+    match ruse_pki::certificate_identity(trust_domain, &cert)
+        .ok()?
+        .identity
+    {
+        Identity::Agent(id) => Some(id),
+        _ => None,
+    }
+}
+
+/// Asks the demo agent to stop (SIGTERM) and waits for it.
+async fn stop_agent(agent: &mut tokio::process::Child) {
+    if let Some(pid) = agent.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(10), agent.wait())
+        .await
+        .is_err()
+    {
+        let _ = agent.kill().await;
+    }
 }
 
 /// The first regular file in `dir`, if any.

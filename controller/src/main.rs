@@ -308,7 +308,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         config.server_names = args.server_names;
     }
     init_logging(config.log_format, &config.log_level);
-    let fd_limit = ruse_agent::limits::raise_fd_limit();
+    let fd_limit = ruse_proto::limits::raise_fd_limit();
     runtime(|| async move {
         let controller = Controller::start(config).await.map_err(|e| e.to_string())?;
         tracing::debug!(fd_limit, "open-file limit");

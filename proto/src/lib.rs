@@ -28,5 +28,6 @@ pub mod codec;
 pub mod context;
 pub mod convert;
 pub mod errors;
+pub mod limits;
 pub mod transport;
 pub mod types;

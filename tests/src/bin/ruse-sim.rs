@@ -509,7 +509,7 @@ async fn main() -> anyhow::Result<()> {
     let hold = parse_duration(&args.hold)?;
     let ingest_for = parse_duration(&args.duration)?;
     let url: ControllerUrl = args.controller.parse()?;
-    let fd_limit = ruse_agent::limits::raise_fd_limit();
+    let fd_limit = ruse_proto::limits::raise_fd_limit();
     let run = new_ulid()[..10].to_lowercase();
     let mut summary = Summary::default();
     if args.scenarios == [Scenario::Flood] {
