@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use ruse_proto::types::duration_str;
 
+pub use crate::outputs::OutputConfig;
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -142,40 +144,6 @@ pub struct ControllerConfig {
     /// lures when it is back.
     #[serde(with = "duration_str")]
     pub rollout_unreachable_after: Duration,
-}
-
-/// One incident output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputConfig {
-    /// Shown in `rusectl describe incident` and drills.
-    pub name: String,
-    /// `syslog`, `webhook` or `file`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// syslog: `host:port`.
-    #[serde(default)]
-    pub address: Option<String>,
-    /// syslog: `udp`, `tcp` or `tls` (RFC 5424 with a CEF payload).
-    #[serde(default)]
-    pub transport: Option<String>,
-    /// syslog over TLS and HTTPS webhooks: CA certificates (PEM) to trust
-    /// instead of the built-in roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// webhook: `http://` or `https://` URL.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// webhook: `json` (the incident), `slack` or `teams`.
-    #[serde(default)]
-    pub format: Option<String>,
-    /// file: JSON lines appended here.
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// Only incidents at least this severe (`low`, `medium`, `high`,
-    /// `critical`); default `low`.
-    #[serde(default)]
-    pub min_severity: Option<String>,
 }
 
 impl Default for ControllerConfig {

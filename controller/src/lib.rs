@@ -117,7 +117,10 @@ impl Controller {
         let (stop, stop_rx) = watch::channel(false);
         let listeners = server::serve(core.clone(), stop_rx.clone()).await?;
         let metrics_server = match core.config.metrics_listen {
-            Some(addr) => Some(metrics::serve(core.clone(), addr, stop_rx.clone()).await?),
+            Some(addr) => {
+                let core = core.clone();
+                Some(metrics::serve(move || core.render_metrics(), addr, stop_rx.clone()).await?)
+            }
             None => None,
         };
         let output_workers = core.events.outputs.start(

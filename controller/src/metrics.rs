@@ -123,15 +123,18 @@ fn escape(v: &str) -> String {
 }
 
 /// Serves `GET /metrics` (plain HTTP, Prometheus text format) on `addr`
-/// until `stop` turns true. Returns the bound address.
+/// until `stop` turns true, each scrape answered with what `render` returns
+/// (the controller passes `Core::render_metrics`; this module knows no
+/// more of it). Returns the bound address.
 pub async fn serve(
-    core: std::sync::Arc<crate::core::Core>,
+    render: impl Fn() -> String + Send + Sync + 'static,
     addr: std::net::SocketAddr,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "metrics served at /metrics");
+    let render = std::sync::Arc::new(render);
     let task = tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -145,16 +148,16 @@ pub async fn serve(
                 },
                 () = crate::stopped(&mut stop) => return,
             };
-            let core = core.clone();
+            let render = render.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
-                        let core = core.clone();
+                        let render = render.clone();
                         async move {
                             let (status, body) = if req.uri().path() == "/metrics"
                                 && req.method() == hyper::Method::GET
                             {
-                                (hyper::StatusCode::OK, core.render_metrics())
+                                (hyper::StatusCode::OK, render())
                             } else {
                                 (
                                     hyper::StatusCode::NOT_FOUND,

@@ -22,9 +22,42 @@ use tokio::sync::{Notify, watch};
 
 use ruse_proto::types::UnixMs;
 
-use crate::config::OutputConfig;
 use crate::incidents::{Delivery, Incident, Incidents, Notice, Severity};
 use crate::store::{Committer, Store, StoreError};
+
+/// One incident output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Shown in `rusectl describe incident` and drills.
+    pub name: String,
+    /// `syslog`, `webhook` or `file`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// syslog: `host:port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// syslog: `udp`, `tcp` or `tls` (RFC 5424 with a CEF payload).
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// syslog over TLS and HTTPS webhooks: CA certificates (PEM) to trust
+    /// instead of the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// webhook: `http://` or `https://` URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// webhook: `json` (the incident), `slack` or `teams`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// file: JSON lines appended here.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Only incidents at least this severe (`low`, `medium`, `high`,
+    /// `critical`); default `low`.
+    #[serde(default)]
+    pub min_severity: Option<String>,
+}
 
 /// Checks one output's settings.
 pub fn check(o: &OutputConfig) -> Result<(), String> {
