@@ -14,7 +14,7 @@ use ruse_proto::convert::AgentState;
 use ruse_proto::types::AgentId;
 
 use crate::core::{Core, OpError};
-use crate::lures::Template;
+use crate::template::Template;
 
 /// The lure to trip: the one asked for (it must be applied on the agent),
 /// or one of the agent's applied lures, honeyfiles first.

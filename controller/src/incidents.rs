@@ -30,8 +30,8 @@ use ruse_proto::convert::CREDENTIAL_USE;
 use ruse_proto::types::{AgentId, UnixMs, new_ulid};
 
 use crate::events::StoredEvent;
-use crate::lures::Template;
 use crate::resources::Suppression;
+use crate::template::Template;
 
 /// How urgent an incident is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

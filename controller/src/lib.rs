@@ -32,6 +32,7 @@ pub mod resources;
 pub mod server;
 pub mod stix;
 pub mod store;
+pub mod template;
 pub mod tokens;
 
 use std::net::SocketAddr;

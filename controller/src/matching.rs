@@ -18,7 +18,7 @@ use foldhash::HashMap;
 use ruse_proto::convert::PresentedCredential;
 
 use crate::deploy::LureInstance;
-use crate::lures::Template;
+use crate::template::Template;
 
 /// What matched, for the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

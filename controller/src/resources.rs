@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use ruse_proto::types::{Labels, UnixMs, parse_duration};
 
-use crate::lures::Template;
+use crate::template::Template;
 
 /// At most this many documents in one apply.
 pub const MAX_DOCUMENTS: usize = 256;

@@ -1,5 +1,7 @@
 //! Tests of the catalogue: rendering, material, and what each template plants.
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::resources::ServiceManifest;
 use ruse_proto::types::Labels;

@@ -771,7 +771,7 @@ mod tests {
             agent: "a1".parse().unwrap(),
             campaign: "c".into(),
             slot: "pgpass".into(),
-            template: crate::lures::Template::Pgpass,
+            template: crate::template::Template::Pgpass,
             epoch: 0,
             material: crate::lures::Material::default(),
             created: UnixMs(1),
