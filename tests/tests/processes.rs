@@ -1006,7 +1006,9 @@ async fn readme_run_it_for_real_runs_as_written() {
         if long_running {
             let log = work.join(format!("background-{}.log", background.len()));
             let file = std::fs::File::create(&log).unwrap();
-            let child = sh(&command, &env)
+            // `exec`: the shell becomes the program, so stopping the child
+            // stops the program, not just the shell around it.
+            let child = sh(&format!("exec {command}"), &env)
                 .stdout(file.try_clone().unwrap())
                 .stderr(file)
                 .spawn()
