@@ -104,6 +104,17 @@ impl AdminApi {
         outcome.map_err(status)
     }
 
+    /// What the fleet now shows of agent `id`, as the answer to a call
+    /// that changed it.
+    fn agent_reply(&self, id: &AgentId) -> Result<Response<pb::Agent>, Status> {
+        let view = self
+            .core
+            .fleet
+            .get(id)
+            .ok_or_else(|| status(OpError::NotFound(format!("agent {id}"))))?;
+        Ok(Response::new(agent_pb(view)))
+    }
+
     /// Revokes or deletes agent `id` (`action` names it in the audit log)
     /// and answers with what the fleet now shows of it.
     async fn retire_agent<T>(
@@ -126,12 +137,7 @@ impl AdminApi {
             })
             .await?;
         tracing::info!(agent = %record.id, by = %caller.actor(), action, "agent retired");
-        let view = self
-            .core
-            .fleet
-            .get(&record.id)
-            .ok_or_else(|| status(OpError::NotFound(format!("agent {}", record.id))))?;
-        Ok(Response::new(agent_pb(view)))
+        self.agent_reply(&record.id)
     }
 }
 
@@ -825,12 +831,7 @@ impl AdminService for AdminApi {
                 self.core.label_agent(&id, &set, &remove)
             })
             .await?;
-        let view = self
-            .core
-            .fleet
-            .get(&record.id)
-            .ok_or_else(|| status(OpError::NotFound(format!("agent {}", record.id))))?;
-        Ok(Response::new(agent_pb(view)))
+        self.agent_reply(&record.id)
     }
 
     async fn apply(
