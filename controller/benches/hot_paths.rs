@@ -14,10 +14,10 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 
-use ruse_controller::deploy::LureInstance;
-use ruse_controller::events::StoredEvent;
 use ruse_controller::incidents::{Correlator, Directory};
 use ruse_controller::lures::{Material, Template};
+use ruse_controller::model::LureInstance;
+use ruse_controller::model::StoredEvent;
 use ruse_controller::store::{Committer, SledStore, Store};
 use ruse_proto::agent::v1 as pb;
 use ruse_proto::convert::EventProcess;

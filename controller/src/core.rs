@@ -21,13 +21,12 @@ use crate::events::{EventDeps, Events};
 use crate::fleet::Fleet;
 use crate::incidents::Incidents;
 use crate::metrics::Metrics;
+use crate::model::{AdminRecord, AgentRecord, AuditRecord, TokenRecord};
 use crate::outputs::Outputs;
 use crate::ratelimit::FailureLimiter;
 use crate::refusals::{Refusal, Refusals};
 use crate::resources::ManifestError;
-use crate::store::{
-    AdminRecord, AgentRecord, AuditRecord, Committer, Store, StoreError, TokenRecord,
-};
+use crate::store::{Committer, Store, StoreError};
 use crate::tokens::{self, NewToken, TokenSpec, Unusable};
 
 /// Who is calling, as established by the TLS handshake.
@@ -589,7 +588,7 @@ impl Core {
             limited,
         ));
         let open = self.events.incidents.open_by_severity();
-        for severity in crate::incidents::Severity::ALL {
+        for severity in crate::model::Severity::ALL {
             gauges.push((
                 "ruse_incidents_open",
                 "Incidents not yet resolved, by severity.",

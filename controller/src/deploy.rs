@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prost::Message;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 
 use ruse_proto::agent::v1 as pb;
@@ -37,81 +36,14 @@ use ruse_proto::convert::{AgentState, PresentedCredential};
 use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
 
 use crate::fleet::{Fleet, Member};
-use crate::lures::{self, Material, RenderInput, Template};
+use crate::lures::{self, RenderInput};
 use crate::matching::{self, CredentialIndex, MatchedOn};
-use crate::resources::{
-    AllowRule, Campaign, Decoy, Document, LureSlot, ManifestError, Parsed, Suppression,
+use crate::model::{
+    AllowRule, Campaign, CampaignRecord, Decoy, Generation, LureInstance, LureSlot, Material,
+    RolloutState, SlotVersion, Suppression, Template,
 };
+use crate::resources::{Document, ManifestError, Parsed};
 use crate::store::{Committer, Store, StoreError};
-
-/// A lure instance: one slot of one campaign on one agent, for one
-/// rotation epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LureInstance {
-    /// Shared, not copied, by every index and desired set that names it.
-    pub id: Arc<str>,
-    pub agent: AgentId,
-    pub campaign: String,
-    pub slot: String,
-    pub template: Template,
-    pub epoch: u32,
-    pub material: Material,
-    pub created: UnixMs,
-    pub retired: Option<UnixMs>,
-}
-
-/// The revision of one slot in a generation, and what it was computed from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SlotVersion {
-    pub revision: u64,
-    /// SHA-256 of the slot and its decoy: equal fingerprints render equally.
-    pub fingerprint: String,
-}
-
-/// A campaign's spec at one point, with its rotation epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Generation {
-    pub number: u64,
-    pub spec: Campaign,
-    pub epoch: u32,
-    pub slots: BTreeMap<String, SlotVersion>,
-}
-
-/// Where a campaign's rollout stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum RolloutState {
-    Progressing,
-    Paused { reason: String, by_failure: bool },
-    Completed,
-    Aborted { by: String },
-}
-
-impl RolloutState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            RolloutState::Progressing => "progressing",
-            RolloutState::Paused { .. } => "paused",
-            RolloutState::Completed => "completed",
-            RolloutState::Aborted { .. } => "aborted",
-        }
-    }
-}
-
-/// A campaign as persisted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CampaignRecord {
-    pub target: Generation,
-    /// The generation of the last completed rollout, kept by agents outside
-    /// the released waves.
-    pub stable: Option<Generation>,
-    pub rollout: RolloutState,
-    /// Index of the last released wave.
-    pub wave: usize,
-    pub created: UnixMs,
-    pub updated: UnixMs,
-    pub last_rotated: UnixMs,
-}
 
 impl CampaignRecord {
     /// How many of `n` matching agents have been released the target.
@@ -2233,7 +2165,8 @@ mod tests {
     use super::*;
 
     use crate::fleet::tests_support::record as agent_record;
-    use crate::store::{AgentRecord, SledStore};
+    use crate::model::AgentRecord;
+    use crate::store::SledStore;
 
     /// A deployer over `store` for a fleet of `agents`, with its committer.
     fn deployer(store: &Arc<SledStore>, agents: Vec<AgentRecord>) -> Deployer {

@@ -55,7 +55,7 @@ pub struct DevInfo {
     pub honeyfile: Option<PathBuf>,
     pub lures: usize,
     /// The demo decoy.
-    pub decoy: Option<crate::resources::Decoy>,
+    pub decoy: Option<crate::model::Decoy>,
     /// Decoy services the demo agent has listening.
     pub decoy_services: usize,
     /// The planted SSH key that leads to the decoy.
@@ -64,7 +64,7 @@ pub struct DevInfo {
 
 impl DevInfo {
     fn decoy_lines(&self) -> String {
-        let Some(crate::resources::Decoy {
+        let Some(crate::model::Decoy {
             name,
             address,
             services,

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tonic::Status;
 
-use ruse_proto::admin::v1 as pb;
 use ruse_proto::convert::AgentState;
 use ruse_proto::types::AgentId;
 
 use crate::core::{Core, OpError};
-use crate::template::Template;
+use crate::model::Template;
 
 /// The lure to trip: the one asked for (it must be applied on the agent),
 /// or one of the agent's applied lures, honeyfiles first.
@@ -51,8 +49,21 @@ pub fn pick_lure(core: &Core, agent: &AgentId, asked: &str) -> Result<String, Op
         })
 }
 
+/// One step of a drill as `rusectl drill` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub step: String,
+    pub ok: bool,
+    pub elapsed_ms: u64,
+    pub detail: String,
+    /// The last step: `passed` is the drill's verdict.
+    pub done: bool,
+    pub passed: bool,
+    pub incident_id: String,
+}
+
 struct Reporter {
-    tx: mpsc::Sender<Result<pb::DrillStep, Status>>,
+    tx: mpsc::Sender<Step>,
     started: Instant,
     incident: String,
     passed: bool,
@@ -63,7 +74,7 @@ impl Reporter {
         self.passed &= ok;
         let _ = self
             .tx
-            .send(Ok(pb::DrillStep {
+            .send(Step {
                 step: step.into(),
                 ok,
                 elapsed_ms: self.started.elapsed().as_millis() as u64,
@@ -71,14 +82,14 @@ impl Reporter {
                 done: false,
                 passed: false,
                 incident_id: self.incident.clone(),
-            }))
+            })
             .await;
     }
 
     async fn done(self) {
         let _ = self
             .tx
-            .send(Ok(pb::DrillStep {
+            .send(Step {
                 step: if self.passed {
                     "drill passed"
                 } else {
@@ -91,18 +102,13 @@ impl Reporter {
                 done: true,
                 passed: self.passed,
                 incident_id: self.incident,
-            }))
+            })
             .await;
     }
 }
 
 /// Runs the drill, streaming its steps to `tx`.
-pub async fn run(
-    core: Arc<Core>,
-    agent: AgentId,
-    lure: String,
-    tx: mpsc::Sender<Result<pb::DrillStep, Status>>,
-) {
+pub async fn run(core: Arc<Core>, agent: AgentId, lure: String, tx: mpsc::Sender<Step>) {
     let timeout = core.config.drill_timeout;
     let mut r = Reporter {
         tx,
@@ -184,7 +190,7 @@ pub async fn run(
         .incidents
         .get(&incident_id)
         .map(|i| i.severity)
-        .unwrap_or(crate::incidents::Severity::Low);
+        .unwrap_or(crate::model::Severity::Low);
     r.step(
         "incident opened",
         true,

@@ -12,10 +12,9 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use ruse_proto::agent::v1 as pb;
 use ruse_proto::types::{AgentId, UnixMs, new_ulid};
 
-use crate::events::StoredEvent;
+use crate::model::StoredEvent;
 
 /// A drill's event, once seen, and the incident it went into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,12 +33,19 @@ struct Pending {
     claim: watch::Sender<Option<Claim>>,
 }
 
+/// A drill for an agent's session to send: read this lure now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directive {
+    pub id: String,
+    pub lure_id: String,
+}
+
 /// Drills in progress.
 #[derive(Debug, Default)]
 pub struct Drills {
     pending: Mutex<HashMap<String, Pending>>,
     /// Directives waiting for the agent's session to send them.
-    directives: Mutex<HashMap<AgentId, Vec<pb::Drill>>>,
+    directives: Mutex<HashMap<AgentId, Vec<Directive>>>,
 }
 
 /// Events observed this long before the drill began still count (agent
@@ -70,7 +76,7 @@ impl Drills {
             .unwrap_or_else(|e| e.into_inner())
             .entry(agent.clone())
             .or_default()
-            .push(pb::Drill {
+            .push(Directive {
                 id: id.clone(),
                 lure_id: lure.to_owned(),
             });
@@ -78,7 +84,7 @@ impl Drills {
     }
 
     /// Directives for `agent`'s session to send now.
-    pub fn take_directives(&self, agent: &AgentId) -> Vec<pb::Drill> {
+    pub fn take_directives(&self, agent: &AgentId) -> Vec<Directive> {
         self.directives
             .lock()
             .unwrap_or_else(|e| e.into_inner())

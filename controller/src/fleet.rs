@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use ruse_proto::convert::{AgentState, HostFacts};
 use ruse_proto::types::{AgentId, Identity, Labels, UnixMs};
 
-use crate::store::{AgentRecord, Revocation};
+use crate::model::{AgentRecord, Revocation};
 
 /// Why the controller ends a session.
 #[derive(Debug, Clone, PartialEq, Eq)]

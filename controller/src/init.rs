@@ -9,7 +9,8 @@ use ruse_proto::context::ContextFile;
 use ruse_proto::types::{AdminName, Identity, Role, TrustDomain, UnixMs};
 
 use crate::layout;
-use crate::store::{AdminRecord, SledStore, Store, StoreError};
+use crate::model::AdminRecord;
+use crate::store::{SledStore, Store, StoreError};
 
 /// What `init` needs to know.
 #[derive(Debug, Clone)]

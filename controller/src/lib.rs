@@ -9,7 +9,6 @@
 //! `dev` (the one-command demo).
 #![forbid(unsafe_code)]
 
-mod admission;
 pub mod api;
 pub mod config;
 pub mod core;
@@ -25,14 +24,14 @@ pub mod layout;
 pub mod lures;
 pub mod matching;
 pub mod metrics;
+pub mod model;
 pub mod outputs;
 mod ratelimit;
 pub mod refusals;
 pub mod resources;
-pub mod server;
 pub mod stix;
 pub mod store;
-pub mod template;
+
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -67,7 +66,7 @@ pub enum ControllerError {
 #[derive(Debug)]
 pub struct Controller {
     core: Arc<Core>,
-    listeners: server::Listeners,
+    listeners: api::server::Listeners,
     metrics_server: Option<(SocketAddr, JoinHandle<()>)>,
     stop: watch::Sender<bool>,
     state_writer: JoinHandle<()>,
@@ -116,7 +115,7 @@ impl Controller {
         // Desired lure sets exist before any agent can say Hello.
         core.deploy.prepare().await?;
         let (stop, stop_rx) = watch::channel(false);
-        let listeners = server::serve(core.clone(), stop_rx.clone()).await?;
+        let listeners = api::server::serve(core.clone(), stop_rx.clone()).await?;
         let metrics_server = match core.config.metrics_listen {
             Some(addr) => {
                 let core = core.clone();

@@ -17,8 +17,8 @@ use foldhash::HashMap;
 
 use ruse_proto::convert::PresentedCredential;
 
-use crate::deploy::LureInstance;
-use crate::template::Template;
+use crate::model::LureInstance;
+use crate::model::Template;
 
 /// What matched, for the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,7 +22,8 @@ use tokio::sync::{Notify, watch};
 
 use ruse_proto::types::UnixMs;
 
-use crate::incidents::{Delivery, Incident, Incidents, Notice, Severity};
+use crate::incidents::{Incidents, Notice};
+use crate::model::{Delivery, Incident, Severity};
 use crate::store::{Committer, Store, StoreError};
 
 /// One incident output.

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use ruse_proto::types::{UnixMs, random_bytes};
 
-use crate::incidents::Incident;
+use crate::model::Incident;
 
 /// ATT&CK technique names for the ids incidents carry.
 pub fn technique_name(id: &str) -> &'static str {
@@ -294,7 +294,7 @@ mod tests {
     #[test]
     fn a_redacted_bundle_keeps_what_peers_need_and_no_internal_names() {
         let mut i = crate::incidents::tests_support::incident();
-        i.path.push(crate::incidents::Hop {
+        i.path.push(crate::model::Hop {
             kind: "decoy".into(),
             name: "pacs-archive02".into(),
             agent: None,

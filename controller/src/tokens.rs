@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ruse_proto::types::{Labels, TokenId, UnixMs, hex, random_bytes};
 
-use crate::store::TokenRecord;
+use crate::model::TokenRecord;
 
 const PREFIX: &str = "ruse_";
 /// Length of a token id in hexadecimal digits (see `TokenId::generate`).

@@ -16,14 +16,14 @@ use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, Uni
 
 use super::{caller, status};
 use crate::core::{AuditEntry, Caller, Core, OpError};
-use crate::deploy::{CampaignStatus, LureView, RolloutAction, RolloutState};
-use crate::events::{EventFilter, StoredEvent, WatchItem};
+use crate::deploy::{CampaignStatus, LureView, RolloutAction};
+use crate::events::{EventFilter, WatchItem};
 use crate::fleet::AgentView;
-use crate::incidents::{
-    Incident, IncidentError, IncidentFilter, Notice, Severity, Status as IncidentStatus,
+use crate::incidents::{IncidentError, IncidentFilter, Notice};
+use crate::model::{
+    AgentRecord, Decoy, Incident, RolloutState, Severity, Status as IncidentStatus, StoredEvent,
+    TokenRecord,
 };
-use crate::resources::Decoy;
-use crate::store::{AgentRecord, TokenRecord};
 
 /// Audit records returned when the request sets no limit.
 const DEFAULT_AUDIT_LIMIT: usize = 100;
@@ -1435,8 +1435,20 @@ impl AdminService for AdminApi {
             .map_err(|e| status(e.into()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(crate::drill_run::run(self.core.clone(), agent, lure, tx));
-        Ok(Response::new(Box::pin(
+        let steps = tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            |s: crate::drill_run::Step| {
+                Ok(pb::DrillStep {
+                    step: s.step,
+                    ok: s.ok,
+                    elapsed_ms: s.elapsed_ms,
+                    detail: s.detail,
+                    done: s.done,
+                    passed: s.passed,
+                    incident_id: s.incident_id,
+                })
+            },
+        );
+        Ok(Response::new(Box::pin(steps)))
     }
 }

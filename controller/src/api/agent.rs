@@ -263,7 +263,10 @@ impl Session {
                     for drill in self.core.events.drills.take_directives(&self.id) {
                         let message = pb::ControllerMessage {
                             msg: Some(pb::controller_message::Msg::Directive(pb::Directive {
-                                kind: Some(pb::directive::Kind::Drill(drill)),
+                                kind: Some(pb::directive::Kind::Drill(pb::Drill {
+                                    id: drill.id,
+                                    lure_id: drill.lure_id,
+                                })),
                             })),
                         };
                         if self.tx.send(Ok(message)).await.is_err() {
@@ -341,5 +344,21 @@ impl Session {
             Msg::Events(batch) => self.ingest(batch.events).await?,
         }
         Ok(())
+    }
+}
+
+/// Events arrive as the protocol's messages and are converted (bounded and
+/// checked by `ReportedEvent::try_from`) only once admitted.
+impl crate::events::Incoming for pb::Event {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn into_kind(self) -> String {
+        self.kind
+    }
+
+    fn into_event(self) -> Result<ruse_proto::convert::ReportedEvent, String> {
+        ruse_proto::convert::ReportedEvent::try_from(self).map_err(|e| e.to_string())
     }
 }

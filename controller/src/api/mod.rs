@@ -5,8 +5,10 @@
 //! in a message can change who it is.
 
 mod admin;
+mod admission;
 mod agent;
 mod gate;
+pub mod server;
 
 use std::net::SocketAddr;
 

@@ -27,12 +27,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-use ruse_proto::agent::v1 as pb;
-use ruse_proto::convert::{
-    CREDENTIAL_USE, DecoyContact, EventProcess, PresentedCredential, ReportedEvent,
-};
+use ruse_proto::convert::{CREDENTIAL_USE, ReportedEvent};
 use ruse_proto::types::{AgentId, UnixMs, new_ulid};
 
 use crate::deploy::Deployer;
@@ -41,6 +36,7 @@ use crate::fleet::Fleet;
 use crate::incidents::Incidents;
 use crate::matching::{self, MatchedOn};
 use crate::metrics::Metrics;
+use crate::model::{FLOOD, StoredEvent};
 use crate::outputs::Outputs;
 use crate::store::{Committer, EventScan, Store, StoreError};
 
@@ -48,56 +44,13 @@ use self::publish::Publisher;
 use self::quota::{Excess, Quota};
 pub use self::watch::{EventWatch, WatchItem};
 
-/// The kind of the controller's summary of an agent's events over quota.
-pub const FLOOD: &str = "flood";
-
-/// An event as stored and shown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredEvent {
-    pub id: String,
-    /// Where the controller's receive order put it (assigned at ingest):
-    /// the order of listings and the position a watch resumes from.
-    #[serde(default)]
-    pub cursor: u64,
-    pub agent: AgentId,
-    pub seq: u64,
-    pub lure_id: String,
-    pub lure_revision: u64,
-    /// From the registry, not from the agent.
-    pub template: String,
-    pub campaign: String,
-    pub kind: String,
-    pub path: String,
-    pub process: Option<EventProcess>,
-    pub operations: Vec<String>,
-    pub attribution: String,
-    pub allowed: bool,
-    pub allow_rule: String,
-    pub dropped_before: u32,
-    pub detail: String,
-    pub observed: UnixMs,
-    pub received: UnixMs,
-    /// The time the agent reported when it was outside the accepted skew
-    /// of the controller's clock (`observed` was then clamped).
-    #[serde(default)]
-    pub reported_observed: Option<UnixMs>,
-    /// The agent's address when it reported this.
-    pub peer: String,
-    /// For events from decoy services: which decoy, and who connected.
-    #[serde(default)]
-    pub decoy: Option<DecoyContact>,
-    /// What the client presented (a password matching no lure redacted).
-    #[serde(default)]
-    pub credential: Option<PresentedCredential>,
-    /// For credential-use events: the agent the lure was planted on.
-    #[serde(default)]
-    pub origin_agent: Option<AgentId>,
-    /// For credential-use events: what matched.
-    #[serde(default)]
-    pub matched_on: String,
-    /// Caused by an incident-response drill, not an intruder.
-    #[serde(default)]
-    pub drill: bool,
+/// An event as it arrives from an agent, converted only once admitted
+/// (events over the agent's quota are counted by kind, never converted).
+/// The protocol edge implements it for its message.
+pub trait Incoming {
+    fn seq(&self) -> u64;
+    fn into_kind(self) -> String;
+    fn into_event(self) -> Result<ReportedEvent, String>;
 }
 
 /// The outcome of one batch.
@@ -229,7 +182,7 @@ impl Events {
         &self,
         agent: &AgentId,
         peer: &str,
-        batch: Vec<pb::Event>,
+        batch: Vec<impl Incoming>,
     ) -> Result<Ingested, StoreError> {
         let mut out = Ingested::default();
         let received = UnixMs::now();
@@ -239,12 +192,12 @@ impl Events {
         let mut records = Vec::with_capacity(admitted);
         let mut over = Vec::new();
         for (n, raw) in batch.into_iter().enumerate() {
-            out.through_seq = out.through_seq.max(raw.seq);
+            out.through_seq = out.through_seq.max(raw.seq());
             if n >= admitted {
-                over.push(raw.kind);
+                over.push(raw.into_kind());
                 continue;
             }
-            let event = match ReportedEvent::try_from(raw) {
+            let event = match raw.into_event() {
                 Ok(e) => e,
                 Err(e) => {
                     out.rejected.push(format!("malformed event: {e}"));

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 
-use super::StoredEvent;
+use crate::model::StoredEvent;
 use crate::store::Store;
 
 /// Live events buffered per watcher; one that falls further behind reads

@@ -15,45 +15,12 @@ mod xlsx;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use ruse_proto::agent::v1 as pb;
 use ruse_proto::types::{UnixMs, random_bytes};
 
 use self::fake::{Patient, Rng};
-use crate::resources::{Decoy, LureSlot};
-pub use crate::template::Template;
-
-/// What makes one lure instance unique: its credentials and the seed of its
-/// fake content. Kept in the registry forever, so a stolen credential is
-/// attributed even after the lure was rotated away.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Material {
-    pub seed: u64,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub username: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub password: String,
-    /// Access key id (AWS).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub key_id: String,
-    /// Secret key or bearer token.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub secret: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub ssh_private_key: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub ssh_public_key: String,
-    /// `SHA256:…` of the SSH public key, as OpenSSH prints it.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub fingerprint: String,
-    /// DICOM calling AE title.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub ae_title: String,
-    /// HL7 sending application (MSH-3) of the lure's messages.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub application: String,
-}
+use crate::model::{Decoy, LureSlot};
+pub use crate::model::{Material, Template};
 
 /// Why material or a rendering failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::resources::ServiceManifest;
+use crate::model::ServiceManifest;
 use ruse_proto::types::Labels;
 
 #[test]

@@ -23,7 +23,7 @@ use ruse_proto::agent::v1 as pb;
 use ruse_proto::convert::{DecoyContact, EventProcess, PresentedCredential};
 use ruse_proto::types::{AgentId, UnixMs};
 
-use crate::events::StoredEvent;
+use crate::model::StoredEvent;
 
 /// First byte of a record in this form (JSON records start with `{`).
 const VERSION: u8 = 1;

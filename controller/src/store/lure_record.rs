@@ -22,8 +22,8 @@ use prost::encoding::{WireType, encode_key, encode_varint, fixed64, int64, uint3
 use ruse_proto::types::{AgentId, UnixMs};
 
 use super::event_record::text;
-use crate::deploy::LureInstance;
-use crate::lures::{Material, Template};
+use crate::model::LureInstance;
+use crate::model::{Material, Template};
 
 /// First byte of a record in this form (JSON starts with `[` or `{`).
 const VERSION: u8 = 1;

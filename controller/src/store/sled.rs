@@ -24,10 +24,10 @@ use super::lure_record;
 use super::sled_events::SledEvents;
 use super::space::DiskSpace;
 use super::{AdminRecord, AgentRecord, AuditRecord, Store, StoreError, TokenRecord};
-use crate::deploy::{CampaignRecord, LureInstance};
-use crate::events::StoredEvent;
-use crate::incidents::{Incident, IncidentHead, TimelineEntry};
-use crate::resources::{AllowRule, Decoy, Suppression};
+use crate::model::StoredEvent;
+use crate::model::{AllowRule, Decoy, Suppression};
+use crate::model::{CampaignRecord, LureInstance};
+use crate::model::{Incident, IncidentHead, TimelineEntry};
 
 const AGENTS: &str = "agents";
 const TOKENS: &str = "tokens";
@@ -771,7 +771,7 @@ mod tests {
             agent: "a1".parse().unwrap(),
             campaign: "c".into(),
             slot: "pgpass".into(),
-            template: crate::template::Template::Pgpass,
+            template: crate::model::Template::Pgpass,
             epoch: 0,
             material: crate::lures::Material::default(),
             created: UnixMs(1),

@@ -27,7 +27,7 @@ use ruse_proto::types::UnixMs;
 use super::event_record;
 use super::sled::{corrupt, engine};
 use super::{EventScan, StoreError};
-use crate::events::StoredEvent;
+use crate::model::StoredEvent;
 
 const LOG: &str = "event_log";
 const IDS: &str = "event_ids";

@@ -29,7 +29,7 @@ use ruse_proto::admin::v1::admin_service_server::AdminServiceServer;
 use ruse_proto::agent::v1::agent_service_server::AgentServiceServer;
 use ruse_proto::types::TrustDomain;
 
-use crate::admission::Admission;
+use super::admission::Admission;
 use crate::api::{AdminApi, AdminGate, AgentApi, ConnInfo};
 use crate::core::Core;
 

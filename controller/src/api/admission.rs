@@ -8,7 +8,7 @@
 //!   at once and tracked here until its handshake ends;
 //! - at most `cap` connections are pending per listener (far below the
 //!   file-descriptor limit), and a silent one is dropped after a few
-//!   seconds ([`crate::server`] sets that deadline);
+//!   seconds ([`super::server`] sets that deadline);
 //! - when the cap is reached, room is made by evicting the oldest *silent*
 //!   connection of the source that holds the most pending ones; failing
 //!   that, the oldest handshake of a source holding more than its `share`.
