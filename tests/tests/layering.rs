@@ -299,7 +299,8 @@ const PROTOBUF_NOT_YET_AT_THE_EDGE: &[&str] = &[
     "controller/src/lures/mod.rs",
     // The push protocol (pb::Update, Resource, ResourceError) and the
     // encoded decoy and allow-rule bodies whose bytes give revisions.
-    "controller/src/deploy.rs",
+    "controller/src/deploy/plan.rs",
+    "controller/src/deploy/push.rs",
     // Event records encoded with the agent protocol's messages.
     "controller/src/store/event_record.rs",
     // The agent: lure specs, decoy specs and events are the wire's types
