@@ -19,9 +19,9 @@ use crate::deploy::{DeployError, Deployer};
 use crate::drills::Drills;
 use crate::events::{EventDeps, Events};
 use crate::fleet::Fleet;
-use crate::incidents::Incidents;
+use crate::incidents::{IncidentError, Incidents, Notice};
 use crate::metrics::Metrics;
-use crate::model::{AdminRecord, AgentRecord, AuditRecord, TokenRecord};
+use crate::model::{AdminRecord, AgentRecord, AuditRecord, Incident, TokenRecord};
 use crate::outputs::Outputs;
 use crate::ratelimit::FailureLimiter;
 use crate::refusals::{Refusal, Refusals};
@@ -87,6 +87,16 @@ impl From<DeployError> for OpError {
     }
 }
 
+impl From<IncidentError> for OpError {
+    fn from(e: IncidentError) -> Self {
+        match e {
+            IncidentError::NotFound(id) => OpError::NotFound(format!("incident {id}")),
+            IncidentError::Resolved(_) => OpError::Conflict(e.to_string()),
+            IncidentError::Store(s) => OpError::Store(s),
+        }
+    }
+}
+
 /// A successful enrollment.
 #[derive(Debug)]
 pub struct Enrolled {
@@ -123,6 +133,26 @@ pub struct Core {
 }
 
 impl Core {
+    /// Resolves an incident and tells the outputs it is closed.
+    pub async fn resolve_incident(
+        &self,
+        id: &str,
+        by: &str,
+        note: &str,
+    ) -> Result<Incident, IncidentError> {
+        let incidents = &self.events.incidents;
+        let resolved = incidents.resolve(id, by, note).await?;
+        let queued = self
+            .events
+            .outputs
+            .enqueue(&[(resolved.id.clone(), Notice::Resolved)], incidents);
+        if let Err(e) = queued {
+            tracing::error!(incident = %resolved.id, error = %e, "cannot queue the resolution for outputs");
+        }
+        self.events.outputs.wake();
+        Ok(resolved)
+    }
+
     pub fn new(
         config: ControllerConfig,
         ca: CertificateAuthority,
