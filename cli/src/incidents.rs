@@ -663,3 +663,69 @@ pub async fn drill(
     }
     Ok(())
 }
+
+/// `incident/ID` or `ID`.
+fn incident_id(s: &str) -> String {
+    s.strip_prefix("incident/").unwrap_or(s).to_owned()
+}
+
+/// `rusectl describe incident ID`.
+pub async fn show(client: &mut Client, format: Format, id: &str) -> anyhow::Result<()> {
+    let i = client
+        .get_incident(pb::GetIncidentRequest {
+            id: incident_id(id),
+        })
+        .await?
+        .into_inner();
+    describe(format, &i)
+}
+
+/// `rusectl ack incident ID`.
+pub async fn ack(client: &mut Client, format: Format, id: &str) -> anyhow::Result<()> {
+    let i = client
+        .ack_incident(pb::AckIncidentRequest {
+            id: incident_id(id),
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json | Format::Yaml => output::structured(format, &Incident::from(&i)),
+        _ => {
+            println!("incident/{} acknowledged by {}", i.id, i.acknowledged_by);
+            Ok(())
+        }
+    }
+}
+
+/// `rusectl resolve incident ID --note …`.
+pub async fn resolve(
+    client: &mut Client,
+    format: Format,
+    id: &str,
+    note: String,
+) -> anyhow::Result<()> {
+    let i = client
+        .resolve_incident(pb::ResolveIncidentRequest {
+            id: incident_id(id),
+            note,
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json | Format::Yaml => output::structured(format, &Incident::from(&i)),
+        _ => {
+            println!("incident/{} resolved by {}", i.id, i.resolved_by);
+            Ok(())
+        }
+    }
+}
+
+/// `rusectl delete suppression NAME`.
+pub async fn delete_suppression(client: &mut Client, name: &str) -> anyhow::Result<()> {
+    let name = name.strip_prefix("suppression/").unwrap_or(name).to_owned();
+    client
+        .delete_suppression(pb::DeleteSuppressionRequest { name: name.clone() })
+        .await?;
+    println!("suppression/{name} deleted");
+    Ok(())
+}
