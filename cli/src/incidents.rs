@@ -13,6 +13,7 @@ use ruse_proto::admin::v1 as pb;
 use ruse_proto::admin::v1::admin_service_client::AdminServiceClient;
 use ruse_proto::types::{UnixMs, parse_duration};
 
+use crate::listing::{self, Listed};
 use crate::output::{self, Format};
 
 type Client = AdminServiceClient<Channel>;
@@ -143,35 +144,13 @@ impl From<&pb::Incident> for Incident {
     }
 }
 
-fn path_line(i: &pb::Incident) -> String {
+pub fn path_line(i: &pb::Incident) -> String {
     i.path
         .iter()
         .map(|h| h.name.clone())
         .collect::<Vec<_>>()
         .join(" → ")
 }
-
-fn row(i: &pb::Incident, wide: bool) -> Vec<String> {
-    let mut row = vec![
-        i.id.clone(),
-        i.severity.to_uppercase(),
-        if i.drill {
-            format!("{} (drill)", i.status)
-        } else {
-            i.status.clone()
-        },
-        output::age(i.last_seen_ms),
-        i.event_count.to_string(),
-        i.title.clone(),
-    ];
-    if wide {
-        row.push(path_line(i));
-        row.push(i.techniques.join(","));
-    }
-    row
-}
-
-const HEADERS: &[&str] = &["ID", "SEVERITY", "STATUS", "LAST SEEN", "EVENTS", "TITLE"];
 
 /// Filters of `get incidents`.
 #[derive(clap::Args, Debug)]
@@ -218,24 +197,7 @@ pub async fn list(client: &mut Client, format: Format, args: ListArgs) -> anyhow
         .await?
         .into_inner()
         .incidents;
-    match format {
-        Format::Json | Format::Yaml => output::structured(
-            format,
-            &output::List {
-                items: incidents.iter().map(Incident::from).collect::<Vec<_>>(),
-            },
-        ),
-        Format::Table | Format::Wide => {
-            let wide = format == Format::Wide;
-            let rows: Vec<Vec<String>> = incidents.iter().map(|i| row(i, wide)).collect();
-            let mut headers = HEADERS.to_vec();
-            if wide {
-                headers.extend(["ATTACK PATH", "ATT&CK"]);
-            }
-            output::table(&headers, &rows);
-            Ok(())
-        }
-    }
+    listing::print(format, &incidents)
 }
 
 /// The attack path as boxes and arrows, one hop per line.
@@ -353,11 +315,7 @@ pub async fn watch(client: &mut Client, format: Format, drills: bool) -> anyhow:
         .into_inner();
     let wide = format == Format::Wide;
     if matches!(format, Format::Table | Format::Wide) {
-        let mut headers = HEADERS.to_vec();
-        if wide {
-            headers.extend(["ATTACK PATH", "ATT&CK"]);
-        }
-        println!("{}", headers.join("\t"));
+        println!("{}", <pb::Incident as Listed>::columns(wide).join("\t"));
     }
     while let Some(item) = stream.message().await? {
         if item.missed > 0 {
@@ -373,7 +331,7 @@ pub async fn watch(client: &mut Client, format: Format, drills: bool) -> anyhow:
                 output::structured(format, &Incident::from(&i))?;
                 println!("---");
             }
-            _ => println!("{}", row(&i, wide).join("\t")),
+            _ => println!("{}", i.cells(wide).join("\t")),
         }
     }
     Ok(())
@@ -429,158 +387,26 @@ pub async fn export(client: &mut Client, args: ExportArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-/// One output, as `get outputs` shows it.
-#[derive(Debug, serde::Serialize)]
-struct OutputView {
-    name: String,
-    kind: String,
-    queued: u32,
-    delivered: u64,
-    failures: u64,
-    last_delivered: String,
-    last_failed: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    last_error: String,
-}
-
 pub async fn outputs(client: &mut Client, format: Format) -> anyhow::Result<()> {
-    let list = client
+    let outputs = client
         .list_outputs(pb::ListOutputsRequest {})
         .await?
         .into_inner()
         .outputs;
-    let when = |ms: i64| {
-        if ms == 0 {
-            "never".to_owned()
-        } else {
-            output::time(ms)
-        }
-    };
-    let items: Vec<OutputView> = list
-        .into_iter()
-        .map(|o| OutputView {
-            name: o.name,
-            kind: o.kind,
-            queued: o.queued,
-            delivered: o.delivered,
-            failures: o.failures,
-            last_delivered: when(o.last_delivered_ms),
-            last_failed: when(o.last_failed_ms),
-            last_error: o.last_error,
-        })
-        .collect();
-    match format {
-        Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
-        wide => {
-            if items.is_empty() {
-                eprintln!("no outputs are configured ([[outputs]] in the controller's config)");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|o| {
-                    let mut row = vec![
-                        o.name.clone(),
-                        o.kind.clone(),
-                        o.queued.to_string(),
-                        o.last_delivered.clone(),
-                        if o.last_error.is_empty() {
-                            "-".into()
-                        } else {
-                            o.last_error.clone()
-                        },
-                    ];
-                    if wide == Format::Wide {
-                        row.extend([
-                            o.delivered.to_string(),
-                            o.failures.to_string(),
-                            o.last_failed.clone(),
-                        ]);
-                    }
-                    row
-                })
-                .collect();
-            let mut headers = vec!["NAME", "KIND", "QUEUED", "LAST DELIVERY", "LAST ERROR"];
-            if wide == Format::Wide {
-                headers.extend(["DELIVERED", "FAILURES", "LAST FAILURE"]);
-            }
-            output::table(&headers, &rows);
-            Ok(())
-        }
+    if outputs.is_empty() && matches!(format, Format::Table | Format::Wide) {
+        eprintln!("no outputs are configured ([[outputs]] in the controller's config)");
+        return Ok(());
     }
+    listing::print(format, &outputs)
 }
 
 pub async fn suppressions(client: &mut Client, format: Format) -> anyhow::Result<()> {
-    let list = client
+    let suppressions = client
         .list_suppressions(pb::ListSuppressionsRequest {})
         .await?
         .into_inner()
         .suppressions;
-    #[derive(Serialize)]
-    struct Item {
-        name: String,
-        selector: BTreeMap<String, String>,
-        source: String,
-        process: String,
-        template: String,
-        expires: String,
-        suppressed: u64,
-    }
-    let items: Vec<Item> = list
-        .iter()
-        .map(|s| Item {
-            name: s.name.clone(),
-            selector: s.selector.clone().into_iter().collect(),
-            source: s.source.clone(),
-            process: s.process.clone(),
-            template: s.template.clone(),
-            expires: if s.expires_ms > 0 {
-                output::time(s.expires_ms)
-            } else {
-                "never".into()
-            },
-            suppressed: s.suppressed,
-        })
-        .collect();
-    match format {
-        Format::Json | Format::Yaml => output::structured(format, &output::List { items }),
-        _ => {
-            let any = |s: &str| {
-                if s.is_empty() {
-                    "*".to_owned()
-                } else {
-                    s.to_owned()
-                }
-            };
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.name.clone(),
-                        any(&s.source),
-                        any(&s.process),
-                        any(&s.template),
-                        output::labels(&s.selector),
-                        s.expires.clone(),
-                        s.suppressed.to_string(),
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "NAME",
-                    "SOURCE",
-                    "PROCESS",
-                    "TEMPLATE",
-                    "SELECTOR",
-                    "EXPIRES",
-                    "SUPPRESSED",
-                ],
-                &rows,
-            );
-            Ok(())
-        }
-    }
+    listing::print(format, &suppressions)
 }
 
 /// Runs a drill, printing each step as it happens; fails if any step did.

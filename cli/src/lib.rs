@@ -18,6 +18,7 @@ mod context;
 mod events;
 mod get;
 mod incidents;
+mod listing;
 mod output;
 
 use std::process::ExitCode;

@@ -8,6 +8,10 @@
 //! The clients (`ssh`, `sshpass`, `curl`, `smbclient`, `echoscu`, `lftp`,
 //! `python3`) are installed by scripts/install-test-deps.sh; without one a
 //! test says it is skipped, and under `CI=true` it fails.
+//!
+//! Longer than our ~800 lines on purpose: one test binary per area: every
+//! binary links the whole workspace, so splitting this one would add a link
+//! step to every CI run; the tests share its real-client helpers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

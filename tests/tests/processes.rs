@@ -1,5 +1,9 @@
 //! The real binaries, as a user runs them: `ruse-controller init` and
 //! `serve`, `rusectl`, `ruse-agent` processes; `kill -9` of the controller.
+//!
+//! Longer than our ~800 lines on purpose: one test binary per area: every
+//! binary links the whole workspace, so splitting this one would add a link
+//! step to every CI run; the tests share its process helpers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -29,6 +29,10 @@
 //!   machine and generator allow.
 //!
 //! Every wait is bounded (`--timeout`); the program stops by itself.
+//!
+//! Longer than our ~800 lines on purpose: a benchmark program whose scenarios
+//! (push, ingest, storm, flood) share its simulated-agent machinery; it is
+//! read scenario by scenario.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
