@@ -343,7 +343,7 @@ impl ControllerConfig {
                     format!("two outputs are named {:?}", o.name),
                 ));
             }
-            crate::outputs::check(o)
+            crate::outputs::Output::try_from(o)
                 .map_err(|reason| invalid("outputs", format!("output {:?}: {reason}", o.name)))?;
         }
         if let Some(admin) = self.admin_listen
@@ -454,7 +454,7 @@ mod tests {
         // Outputs and the metrics address are examples, not defaults.
         assert_eq!(config.outputs.len(), 3);
         for o in &config.outputs {
-            crate::outputs::check(o).unwrap();
+            crate::outputs::Output::try_from(o).unwrap();
         }
         expected.outputs = config.outputs.clone();
         expected.metrics_listen = config.metrics_listen;

@@ -59,7 +59,7 @@ pub enum ControllerError {
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
     #[error("outputs: {0}")]
-    Outputs(String),
+    Outputs(#[from] outputs::OutputConfigError),
 }
 
 /// A running controller.
@@ -107,8 +107,7 @@ impl Controller {
             .await
             .map_err(|e| StoreError::Engine(e.to_string().into()))??,
         );
-        let outputs = outputs::Outputs::new(&config.outputs, store.clone())
-            .map_err(ControllerError::Outputs)?;
+        let outputs = outputs::Outputs::new(&config.outputs, store.clone())?;
         let (committer, committer_task) = Committer::spawn(store.clone());
         let core = Arc::new(Core::new(config, ca, store, committer, outputs)?);
         core.bootstrap_admin().await?;

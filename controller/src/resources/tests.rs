@@ -6,9 +6,9 @@ name: icu-workstations
 selector: {site: icu, role: workstation}
 lures:
   - template: ssh-key
-decoy: pacs-archive02
+    decoy: pacs-archive02
   - template: patient-csv
-path: "~/Documents/Exports"
+    path: "~/Documents/Exports"
 rollout: {waves: ["5%", "25%", "100%"], max_failure_ratio: 0.1}
 rotate_every: 30d
 ---

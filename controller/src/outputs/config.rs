@@ -1,0 +1,223 @@
+//! Output settings: the configuration file's form ([`OutputConfig`],
+//! strings as an operator writes them) and the checked, typed form the
+//! controller uses ([`Output`]).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Severity;
+
+/// One incident output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Shown in `rusectl describe incident` and drills.
+    pub name: String,
+    /// `syslog`, `webhook` or `file`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// syslog: `host:port`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// syslog: `udp`, `tcp` or `tls` (RFC 5424 with a CEF payload).
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// syslog over TLS and HTTPS webhooks: CA certificates (PEM) to trust
+    /// instead of the built-in roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// webhook: `http://` or `https://` URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// webhook: `json` (the incident), `slack` or `teams`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// file: JSON lines appended here.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Only incidents at least this severe (`low`, `medium`, `high`,
+    /// `critical`); default `low`.
+    #[serde(default)]
+    pub min_severity: Option<String>,
+}
+
+/// Why an output's settings are wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OutputConfigError(String);
+
+impl From<&str> for OutputConfigError {
+    fn from(s: &str) -> Self {
+        OutputConfigError(s.to_owned())
+    }
+}
+
+impl From<String> for OutputConfigError {
+    fn from(s: String) -> Self {
+        OutputConfigError(s)
+    }
+}
+
+/// An output as the controller uses it: checked once, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub name: String,
+    pub target: Target,
+    pub min_severity: Severity,
+}
+
+/// Where an output sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// RFC 5424 with a CEF payload to `host:port`.
+    Syslog {
+        address: String,
+        transport: Transport,
+    },
+    Webhook {
+        url: hyper::Uri,
+        format: WebhookFormat,
+        /// CA certificates for an `https` URL.
+        ca_file: Option<PathBuf>,
+    },
+    /// JSON lines appended to a file.
+    File { path: PathBuf },
+}
+
+/// How syslog messages travel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    /// With the receiver's CA certificates.
+    Tls {
+        ca_file: PathBuf,
+    },
+}
+
+/// What a webhook body looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// The incident as JSON.
+    Json,
+    Slack,
+    Teams,
+}
+
+impl Target {
+    /// `syslog`, `webhook` or `file`, as the configuration names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Syslog { .. } => "syslog",
+            Target::Webhook { .. } => "webhook",
+            Target::File { .. } => "file",
+        }
+    }
+
+    /// The CA certificates a TLS connection of this output trusts.
+    pub fn ca_file(&self) -> Option<&PathBuf> {
+        match self {
+            Target::Syslog {
+                transport: Transport::Tls { ca_file },
+                ..
+            } => Some(ca_file),
+            Target::Webhook { ca_file, .. } => ca_file.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl TryFrom<&OutputConfig> for Output {
+    type Error = OutputConfigError;
+
+    fn try_from(o: &OutputConfig) -> Result<Output, OutputConfigError> {
+        if o.name.is_empty()
+            || o.name.len() > 63
+            || !o
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err("name: 1 to 63 letters, digits, - or _".into());
+        }
+        let min_severity = match &o.min_severity {
+            Some(s) => parse_severity(s)?,
+            None => Severity::Low,
+        };
+        let target = match o.kind.as_str() {
+            "syslog" => {
+                let address = o
+                    .address
+                    .clone()
+                    .ok_or("syslog needs address = \"host:port\"")?;
+                if !address.contains(':') {
+                    return Err(format!("address {address:?} needs a port").into());
+                }
+                let transport = match o.transport.as_deref().unwrap_or("udp") {
+                    "udp" => Transport::Udp,
+                    "tcp" => Transport::Tcp,
+                    "tls" => Transport::Tls {
+                        ca_file: o
+                            .ca_file
+                            .clone()
+                            .ok_or("syslog over TLS needs ca_file (the receiver's CA)")?,
+                    },
+                    other => {
+                        return Err(format!("transport {other:?}: expected udp, tcp or tls").into());
+                    }
+                };
+                Target::Syslog { address, transport }
+            }
+            "webhook" => {
+                let url = o.url.as_deref().ok_or("webhook needs url")?;
+                let uri: hyper::Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
+                match uri.scheme_str() {
+                    Some("http") => {}
+                    Some("https") => {
+                        if o.ca_file.is_none() {
+                            return Err("an https webhook needs ca_file (the receiver's CA)".into());
+                        }
+                    }
+                    _ => return Err(format!("url {url:?} must be http:// or https://").into()),
+                }
+                if uri.host().is_none() {
+                    return Err(format!("url {url:?} has no host").into());
+                }
+                let format = match o.format.as_deref().unwrap_or("json") {
+                    "json" => WebhookFormat::Json,
+                    "slack" => WebhookFormat::Slack,
+                    "teams" => WebhookFormat::Teams,
+                    other => {
+                        return Err(
+                            format!("format {other:?}: expected json, slack or teams").into()
+                        );
+                    }
+                };
+                Target::Webhook {
+                    url: uri,
+                    format,
+                    ca_file: o.ca_file.clone(),
+                }
+            }
+            "file" => Target::File {
+                path: o.path.clone().ok_or("file needs path")?,
+            },
+            other => {
+                return Err(format!("type {other:?}: expected syslog, webhook or file").into());
+            }
+        };
+        Ok(Output {
+            name: o.name.clone(),
+            target,
+            min_severity,
+        })
+    }
+}
+
+fn parse_severity(s: &str) -> Result<Severity, OutputConfigError> {
+    Severity::ALL
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| format!("min_severity {s:?}: expected low, medium, high or critical").into())
+}

@@ -1,0 +1,270 @@
+//! Incident outputs: syslog (RFC 5424 with a CEF payload, over UDP, TCP or
+//! TLS), JSON webhooks (generic, Slack, Microsoft Teams) and a JSON lines
+//! file.
+//!
+//! Every output has a durable queue in the store. An incident's notice
+//! (opened, escalated, resolved) is queued in the same commit as the
+//! events that caused it, so it is delivered even if the output was down,
+//! or the controller restarted, when the incident opened. A worker per
+//! output delivers the incident's current state, oldest notice first,
+//! retrying with doubling delays; where each incident went is recorded on
+//! the incident (`rusectl describe incident`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, watch};
+
+use ruse_proto::types::UnixMs;
+
+use crate::incidents::{Incidents, Notice};
+use crate::model::{Delivery, Incident, Severity};
+use crate::store::{Committer, Store, StoreError};
+
+mod config;
+mod format;
+mod sink;
+
+pub use self::config::{Output, OutputConfig, OutputConfigError, Target, Transport, WebhookFormat};
+pub use self::format::{cef, syslog_message, webhook_body};
+use self::sink::Sink;
+
+/// A queued notice.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Queued {
+    incident: String,
+    notice: Notice,
+}
+
+/// The outputs and their delivery workers.
+#[derive(Debug)]
+pub struct Outputs {
+    sinks: Vec<Arc<Sink>>,
+    store: Arc<dyn Store>,
+}
+
+/// An output's state, for metrics and drills.
+#[derive(Debug, Clone)]
+pub struct OutputStatus {
+    pub name: String,
+    pub kind: String,
+    pub queued: usize,
+    pub delivered: u64,
+    pub failures: u64,
+    /// Since the controller started.
+    pub last_delivered: Option<UnixMs>,
+    pub last_failed: Option<UnixMs>,
+    /// The last failure's error, until a delivery succeeds.
+    pub last_error: String,
+}
+
+impl Outputs {
+    /// Builds the outputs (checking CA files and the like).
+    pub fn new(
+        configs: &[OutputConfig],
+        store: Arc<dyn Store>,
+    ) -> Result<Outputs, OutputConfigError> {
+        let sinks = configs
+            .iter()
+            .map(|c| {
+                Output::try_from(c)
+                    .and_then(Sink::new)
+                    .map(Arc::new)
+                    .map_err(|e| format!("output {:?}: {e}", c.name).into())
+            })
+            .collect::<Result<_, OutputConfigError>>()?;
+        Ok(Outputs { sinks, store })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.sinks.iter().map(|s| s.output.name.clone()).collect()
+    }
+
+    /// Outputs an incident of `severity` goes to.
+    pub fn for_severity(&self, severity: Severity) -> Vec<String> {
+        self.sinks
+            .iter()
+            .filter(|s| severity >= s.output.min_severity)
+            .map(|s| s.output.name.clone())
+            .collect()
+    }
+
+    /// Queues notices (before the commit that makes them durable).
+    /// Returns the (incident, output) pairs queued.
+    pub fn enqueue(
+        &self,
+        notices: &[(String, Notice)],
+        incidents: &Incidents,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut queued = Vec::new();
+        for (id, notice) in notices {
+            let Some(i) = incidents.get(id) else { continue };
+            for sink in self
+                .sinks
+                .iter()
+                .filter(|s| i.severity >= s.output.min_severity)
+            {
+                let item = serde_json::to_vec(&Queued {
+                    incident: id.clone(),
+                    notice: *notice,
+                })
+                .map_err(|e| StoreError::Engine(e.to_string().into()))?;
+                self.store.queue_push(&sink.queue(), &item)?;
+                queued.push((id.clone(), sink.output.name.clone()));
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Wakes the workers after queued notices became durable.
+    pub fn wake(&self) {
+        for s in &self.sinks {
+            s.wake.notify_one();
+        }
+    }
+
+    pub fn status(&self) -> Vec<OutputStatus> {
+        self.sinks
+            .iter()
+            .map(|s| {
+                let last = s.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                OutputStatus {
+                    name: s.output.name.clone(),
+                    kind: s.output.target.kind().to_owned(),
+                    queued: self.store.queue_len(&s.queue()).unwrap_or(0),
+                    delivered: s.delivered.load(Ordering::Relaxed),
+                    failures: s.failures.load(Ordering::Relaxed),
+                    last_delivered: last.delivered,
+                    last_failed: last.failed,
+                    last_error: last.error,
+                }
+            })
+            .collect()
+    }
+
+    /// Starts one delivery worker per output; they stop when `stop` turns
+    /// true.
+    pub fn start(
+        self: &Arc<Self>,
+        incidents: Arc<Incidents>,
+        committer: Committer,
+        retry: (Duration, Duration),
+        stop: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.sinks
+            .iter()
+            .map(|sink| {
+                tokio::spawn(deliver(
+                    sink.clone(),
+                    self.store.clone(),
+                    incidents.clone(),
+                    committer.clone(),
+                    retry,
+                    stop.clone(),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// One output's worker: oldest notice first, retried until delivered.
+async fn deliver(
+    sink: Arc<Sink>,
+    store: Arc<dyn Store>,
+    incidents: Arc<Incidents>,
+    committer: Committer,
+    (retry_min, retry_max): (Duration, Duration),
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = sink.output.name.clone();
+    let mut delay = retry_min;
+    let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let next = match store.queue_peek(&sink.queue(), 1) {
+            Ok(items) => items.into_iter().next(),
+            Err(e) => {
+                tracing::error!(output = %name, error = %e, "cannot read the output queue");
+                None
+            }
+        };
+        let Some((seq, bytes)) = next else {
+            tokio::select! {
+                () = sink.wake.notified() => {}
+                () = crate::stopped(&mut stop) => return,
+            }
+            continue;
+        };
+        let Ok(item) = serde_json::from_slice::<Queued>(&bytes) else {
+            tracing::error!(output = %name, seq, "dropping an unreadable queue entry");
+            let _ = store.queue_remove(&sink.queue(), seq);
+            continue;
+        };
+        let Some(incident) = incidents.get(&item.incident) else {
+            let _ = store.queue_remove(&sink.queue(), seq);
+            continue;
+        };
+        let tries = attempts.entry(item.incident.clone()).or_default();
+        *tries += 1;
+        match sink.send(&incident, item.notice).await {
+            Ok(()) => {
+                let record = Delivery {
+                    state: "delivered".into(),
+                    attempts: *tries,
+                    last_error: String::new(),
+                    delivered: Some(UnixMs::now()),
+                    version: incident.version,
+                };
+                attempts.remove(&item.incident);
+                sink.delivered.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
+                    last.delivered = Some(UnixMs::now());
+                    last.error.clear();
+                }
+                let done = store.queue_remove(&sink.queue(), seq).and_then(|()| {
+                    incidents
+                        .record_delivery(&incident.id, &name, record)
+                        .map(|_| ())
+                });
+                if let Err(e) = done {
+                    tracing::error!(output = %name, error = %e, "cannot record a delivery");
+                }
+                let _ = committer.durable().await;
+                tracing::info!(output = %name, incident = %incident.id, notice = item.notice.as_str(), "incident delivered");
+                delay = retry_min;
+            }
+            Err(error) => {
+                sink.failures.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
+                    last.failed = Some(UnixMs::now());
+                    last.error = error.chars().take(512).collect();
+                }
+                tracing::warn!(output = %name, incident = %incident.id, error = %error, retry_in_ms = delay.as_millis() as u64, "incident delivery failed");
+                let record = Delivery {
+                    state: "failing".into(),
+                    attempts: *tries,
+                    last_error: error,
+                    delivered: incident.deliveries.get(&name).and_then(|d| d.delivered),
+                    version: incident.deliveries.get(&name).map_or(0, |d| d.version),
+                };
+                let _ = incidents.record_delivery(&incident.id, &name, record);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = crate::stopped(&mut stop) => return,
+                }
+                delay = (delay * 2).min(retry_max);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
