@@ -29,5 +29,6 @@ pub mod context;
 pub mod convert;
 pub mod errors;
 pub mod limits;
+pub mod spec;
 pub mod transport;
 pub mod types;

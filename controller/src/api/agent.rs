@@ -274,7 +274,7 @@ impl Session {
                         }
                     }
                     if let Some(update) = self.core.deploy.next_update(&self.id) {
-                        let message = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Update(update)) };
+                        let message = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Update(update.into())) };
                         if self.tx.send(Ok(message)).await.is_err() {
                             break None;
                         }
@@ -339,7 +339,11 @@ impl Session {
                     first = %nack.errors.first().map(|e| e.error.as_str()).unwrap_or(""),
                     "agent refused lures"
                 );
-                self.core.deploy.nacked(&self.id, nack.nonce, nack.errors);
+                self.core.deploy.nacked(
+                    &self.id,
+                    nack.nonce,
+                    nack.errors.into_iter().map(Into::into).collect(),
+                );
             }
             Msg::Events(batch) => self.ingest(batch.events).await?,
         }

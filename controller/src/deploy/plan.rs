@@ -2,9 +2,7 @@
 //! decoys and allow rules, and a pass that writes new instances durably
 //! (in chunks) before any is pushed.
 
-use prost::Message;
-
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::spec::{self, encode_allow_rules};
 
 use super::*;
 
@@ -27,7 +25,7 @@ pub(super) enum Payload {
         decoy: Option<Arc<Decoy>>,
         lure: Arc<LureInstance>,
     },
-    AllowRules(Arc<Vec<pb::AllowRule>>),
+    AllowRules(Arc<Vec<spec::AllowRule>>),
     /// An encoded `DecoySpec`.
     Decoy(Arc<Vec<u8>>),
 }
@@ -404,7 +402,7 @@ impl Plan {
             .decoys
             .iter()
             .map(|(name, decoy)| {
-                let body = Arc::new(decoy_spec(decoy).encode_to_vec());
+                let body = Arc::new(decoy_spec(decoy).encode());
                 let revision = content_revision(&body);
                 let decoy = decoy.clone();
                 (
@@ -516,11 +514,11 @@ pub(super) fn desire(
     }
     // Allow rules: one resource with the rules matching the agent; its
     // revision is derived from the rules, so any change is a new revision.
-    let rules: Vec<pb::AllowRule> = plan
+    let rules: Vec<spec::AllowRule> = plan
         .allow_rules
         .iter()
         .filter(|r| agent.labels.matches(&r.selector))
-        .map(|r| pb::AllowRule {
+        .map(|r| spec::AllowRule {
             name: r.name.clone(),
             process: r.process.clone(),
             user: r.user.clone(),
@@ -528,10 +526,7 @@ pub(super) fn desire(
         })
         .collect();
     if !rules.is_empty() {
-        let body = pb::AllowRules {
-            rules: rules.clone(),
-        }
-        .encode_to_vec();
+        let body = encode_allow_rules(&rules);
         desired.insert(
             Arc::from(ALLOW_RULES_ID),
             Desired {

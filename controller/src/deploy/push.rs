@@ -3,9 +3,9 @@
 //! and how acks and nacks settle it. Also the encoded bodies of decoys
 //! and allow rules, whose bytes give their revisions.
 
-use prost::Message;
-
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::spec::{
+    DecoyService, DecoySpec, Resource, ResourceError, Update, encode_allow_rules,
+};
 
 use super::*;
 
@@ -18,17 +18,17 @@ pub fn decoy_resource_id(name: &str) -> String {
 pub const DECOY_KIND: &str = "decoy";
 
 /// The spec an agent runs for `decoy`.
-pub fn decoy_spec(decoy: &Decoy) -> pb::DecoySpec {
-    pb::DecoySpec {
+pub fn decoy_spec(decoy: &Decoy) -> DecoySpec {
+    DecoySpec {
         name: decoy.name.clone(),
         address: decoy.address.clone(),
         listen: decoy.listen.clone(),
         services: decoy
             .services
             .iter()
-            .map(|s| pb::DecoyService {
+            .map(|s| DecoyService {
                 protocol: s.protocol.clone(),
-                port: u32::from(s.port),
+                port: s.port,
                 refusal_delay_ms: s
                     .refusal_delay()
                     .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
@@ -115,7 +115,7 @@ impl Deployer {
 
     /// The next update for `agent`, if it has none in flight and something
     /// differs. Renders outside the lock.
-    pub fn next_update(&self, agent: &AgentId) -> Option<pb::Update> {
+    pub fn next_update(&self, agent: &AgentId) -> Option<Update> {
         if !self.ready.load(Ordering::Acquire) {
             return None;
         }
@@ -174,15 +174,9 @@ impl Deployer {
                     decoy: decoy.as_deref(),
                     created: lure.created,
                 })
-                .map(|spec| (lures_kind(), spec.encode_to_vec()))
+                .map(|spec| (lures_kind(), spec.encode()))
                 .map_err(|e| e.to_string()),
-                Payload::AllowRules(rules) => Ok((
-                    ALLOW_RULES_ID,
-                    pb::AllowRules {
-                        rules: rules.to_vec(),
-                    }
-                    .encode_to_vec(),
-                )),
+                Payload::AllowRules(rules) => Ok((ALLOW_RULES_ID, encode_allow_rules(rules))),
                 Payload::Decoy(body) => Ok((DECOY_KIND, body.to_vec())),
             };
             match rendered {
@@ -191,7 +185,7 @@ impl Deployer {
                         break;
                     }
                     bytes += body.len();
-                    resources.push(pb::Resource {
+                    resources.push(Resource {
                         id: id.to_string(),
                         revision: desired.revision,
                         kind: kind.into(),
@@ -226,7 +220,7 @@ impl Deployer {
             // The session restarted meanwhile.
             _ => return None,
         }
-        Some(pb::Update {
+        Some(Update {
             nonce,
             resources,
             removed,
@@ -239,11 +233,11 @@ impl Deployer {
     }
 
     /// The agent could not apply some resources of the update.
-    pub fn nacked(&self, agent: &AgentId, nonce: u64, errors: Vec<pb::ResourceError>) {
+    pub fn nacked(&self, agent: &AgentId, nonce: u64, errors: Vec<ResourceError>) {
         self.settle(agent, nonce, errors);
     }
 
-    pub(super) fn settle(&self, agent: &AgentId, nonce: u64, errors: Vec<pb::ResourceError>) {
+    pub(super) fn settle(&self, agent: &AgentId, nonce: u64, errors: Vec<ResourceError>) {
         let mut st = self.lock();
         let errors: HashMap<String, String> = errors
             .into_iter()

@@ -15,7 +15,7 @@ mod xlsx;
 
 use std::time::Duration;
 
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::spec::{LureSpec, PlantFile, PlantMode};
 use ruse_proto::types::{UnixMs, random_bytes};
 
 use self::fake::{Patient, Rng};
@@ -250,7 +250,7 @@ pub struct RenderInput<'a> {
 }
 
 /// Renders a lure instance to the files the agent plants.
-pub fn render(input: RenderInput<'_>) -> Result<pb::LureSpec, LureError> {
+pub fn render(input: RenderInput<'_>) -> Result<LureSpec, LureError> {
     let template = input.slot.template;
     let mut r = Renderer {
         input,
@@ -258,7 +258,7 @@ pub fn render(input: RenderInput<'_>) -> Result<pb::LureSpec, LureError> {
         files: Vec::new(),
     };
     r.render()?;
-    Ok(pb::LureSpec {
+    Ok(LureSpec {
         template: template.to_string(),
         files: r.files,
     })
@@ -267,7 +267,7 @@ pub fn render(input: RenderInput<'_>) -> Result<pb::LureSpec, LureError> {
 struct Renderer<'a> {
     input: RenderInput<'a>,
     rng: Rng,
-    files: Vec<pb::PlantFile>,
+    files: Vec<PlantFile>,
 }
 
 impl Renderer<'_> {
@@ -333,10 +333,10 @@ impl Renderer<'_> {
 
     fn whole(&mut self, path: String, content: Vec<u8>, permissions: u32) {
         let mtime = self.mtime();
-        self.files.push(pb::PlantFile {
+        self.files.push(PlantFile {
             path,
             content,
-            mode: pb::PlantMode::WholeFile.into(),
+            mode: PlantMode::WholeFile,
             permissions,
             mtime_ms: mtime,
             ordinary_readers: Vec::new(),
@@ -347,10 +347,10 @@ impl Renderer<'_> {
     /// course (see [`readers`]).
     fn block(&mut self, path: String, content: String, permissions: u32, readers: &[&str]) {
         let mtime = self.mtime();
-        self.files.push(pb::PlantFile {
+        self.files.push(PlantFile {
             path,
             content: content.into_bytes(),
-            mode: pb::PlantMode::Block.into(),
+            mode: PlantMode::Block,
             permissions,
             mtime_ms: mtime,
             ordinary_readers: readers.iter().map(|r| (*r).to_owned()).collect(),

@@ -64,7 +64,7 @@ fn decoy() -> Decoy {
     }
 }
 
-fn rendered(template: Template) -> (Material, pb::LureSpec) {
+fn rendered(template: Template) -> (Material, LureSpec) {
     let material = Material::generate(template).unwrap();
     let d = decoy();
     let s = slot(template);
@@ -92,7 +92,7 @@ fn every_template_renders_deterministically_and_uniquely() {
             created: UnixMs(1_795_000_000_000),
         })
         .unwrap();
-        let digest = |s: &pb::LureSpec| {
+        let digest = |s: &LureSpec| {
             s.files
                 .iter()
                 .map(|f| format!("{}:{}", f.path, sha(&f.content)))
@@ -161,7 +161,7 @@ fn credentials_point_at_the_decoy_and_carry_the_instance_material() {
             m.username
         )
     );
-    assert_eq!(spec.files[0].mode(), pb::PlantMode::Block);
+    assert_eq!(spec.files[0].mode, PlantMode::Block);
 
     let (m, spec) = rendered(Template::AwsCredentials);
     let text = String::from_utf8(spec.files[0].content.clone()).unwrap();

@@ -9,9 +9,11 @@
 //!
 //! Encoding writes straight from the borrowed event (no owned copy of its
 //! top-level strings; the nested process, decoy and credential are
-//! converted to their protobuf types first); decoding goes through
-//! [`EventRecord`], whose tags are the contract. A test round-trips an
-//! event with every field set.
+//! converted to their record messages first); decoding goes through
+//! [`EventRecord`], whose tags are the contract. The nested messages are
+//! the store's own, not the agent protocol's: their tags were the
+//! protocol's when this form was introduced and stay so even if the
+//! protocol changes. A test round-trips an event with every field set.
 
 use prost::Message;
 use prost::bytes::BufMut;
@@ -19,7 +21,6 @@ use prost::encoding::{
     WireType, bool as pbool, encode_key, encode_varint, int64, message, uint32, uint64,
 };
 
-use ruse_proto::agent::v1 as pb;
 use ruse_proto::convert::{DecoyContact, EventProcess, PresentedCredential};
 use ruse_proto::types::{AgentId, UnixMs};
 
@@ -49,7 +50,7 @@ struct EventRecord {
     #[prost(string, tag = "9")]
     path: String,
     #[prost(message, optional, tag = "10")]
-    process: Option<pb::Process>,
+    process: Option<ProcessRecord>,
     #[prost(string, repeated, tag = "11")]
     operations: Vec<String>,
     #[prost(string, tag = "12")]
@@ -69,9 +70,9 @@ struct EventRecord {
     #[prost(string, tag = "19")]
     peer: String,
     #[prost(message, optional, tag = "20")]
-    decoy: Option<pb::DecoyContact>,
+    decoy: Option<DecoyRecord>,
     #[prost(message, optional, tag = "21")]
-    credential: Option<pb::Credential>,
+    credential: Option<CredentialRecord>,
     #[prost(string, optional, tag = "22")]
     origin_agent: Option<String>,
     #[prost(string, tag = "23")]
@@ -82,6 +83,141 @@ struct EventRecord {
     cursor: u64,
     #[prost(int64, optional, tag = "26")]
     reported_observed: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ProcessRecord {
+    #[prost(uint32, tag = "1")]
+    pid: u32,
+    #[prost(string, tag = "2")]
+    exe: String,
+    #[prost(uint32, tag = "3")]
+    uid: u32,
+    #[prost(string, tag = "4")]
+    user: String,
+    #[prost(string, tag = "5")]
+    cmdline: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DecoyRecord {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(string, tag = "2")]
+    protocol: String,
+    #[prost(uint32, tag = "3")]
+    port: u32,
+    #[prost(string, tag = "4")]
+    source_ip: String,
+    #[prost(uint32, tag = "5")]
+    source_port: u32,
+}
+
+/// What a client presented; never an NTLM response (matching only).
+#[derive(Clone, PartialEq, Message)]
+struct CredentialRecord {
+    #[prost(string, tag = "1")]
+    username: String,
+    #[prost(string, tag = "2")]
+    password: String,
+    #[prost(string, tag = "3")]
+    key_fingerprint: String,
+    #[prost(string, tag = "4")]
+    key_type: String,
+    #[prost(string, tag = "5")]
+    ae_title: String,
+    #[prost(string, tag = "6")]
+    called_ae_title: String,
+    #[prost(string, tag = "7")]
+    token: String,
+    #[prost(string, tag = "8")]
+    domain: String,
+    #[prost(string, tag = "9")]
+    workstation: String,
+    #[prost(string, tag = "10")]
+    client: String,
+    #[prost(string, tag = "11")]
+    host: String,
+    #[prost(string, tag = "12")]
+    application: String,
+}
+
+impl From<&EventProcess> for ProcessRecord {
+    fn from(p: &EventProcess) -> Self {
+        ProcessRecord {
+            pid: p.pid,
+            exe: p.exe.clone(),
+            uid: p.uid,
+            user: p.user.clone(),
+            cmdline: p.cmdline.clone(),
+        }
+    }
+}
+
+impl From<&DecoyContact> for DecoyRecord {
+    fn from(d: &DecoyContact) -> Self {
+        DecoyRecord {
+            name: d.name.clone(),
+            protocol: d.protocol.clone(),
+            port: u32::from(d.port),
+            source_ip: d.source_ip.clone(),
+            source_port: u32::from(d.source_port),
+        }
+    }
+}
+
+impl TryFrom<DecoyRecord> for DecoyContact {
+    type Error = String;
+
+    fn try_from(d: DecoyRecord) -> Result<Self, String> {
+        let port = |p: u32| u16::try_from(p).map_err(|_| format!("decoy port {p} is not a port"));
+        Ok(DecoyContact {
+            name: d.name,
+            protocol: d.protocol,
+            port: port(d.port)?,
+            source_ip: d.source_ip,
+            source_port: port(d.source_port)?,
+        })
+    }
+}
+
+impl From<&PresentedCredential> for CredentialRecord {
+    fn from(c: &PresentedCredential) -> Self {
+        CredentialRecord {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            key_fingerprint: c.key_fingerprint.clone(),
+            key_type: c.key_type.clone(),
+            ae_title: c.ae_title.clone(),
+            called_ae_title: c.called_ae_title.clone(),
+            token: c.token.clone(),
+            domain: c.domain.clone(),
+            workstation: c.workstation.clone(),
+            client: c.client.clone(),
+            host: c.host.clone(),
+            application: c.application.clone(),
+        }
+    }
+}
+
+impl From<CredentialRecord> for PresentedCredential {
+    fn from(c: CredentialRecord) -> Self {
+        PresentedCredential {
+            username: c.username,
+            password: c.password,
+            key_fingerprint: c.key_fingerprint,
+            key_type: c.key_type,
+            ae_title: c.ae_title,
+            called_ae_title: c.called_ae_title,
+            token: c.token,
+            domain: c.domain,
+            workstation: c.workstation,
+            client: c.client,
+            host: c.host,
+            application: c.application,
+            ntlm_response: Vec::new(),
+        }
+    }
 }
 
 /// `e` in the stored form.
@@ -103,7 +239,7 @@ pub fn encode(e: &StoredEvent) -> Vec<u8> {
     s(8, &e.kind, &mut b);
     s(9, &e.path, &mut b);
     if let Some(p) = &e.process {
-        message::encode(10, &pb::Process::from(p), &mut b);
+        message::encode(10, &ProcessRecord::from(p), &mut b);
     }
     for op in &e.operations {
         text(11, op, &mut b);
@@ -117,10 +253,10 @@ pub fn encode(e: &StoredEvent) -> Vec<u8> {
     int64::encode(18, &e.received.0, &mut b);
     s(19, &e.peer, &mut b);
     if let Some(d) = &e.decoy {
-        message::encode(20, &pb::DecoyContact::from(d), &mut b);
+        message::encode(20, &DecoyRecord::from(d), &mut b);
     }
     if let Some(c) = &e.credential {
-        message::encode(21, &pb::Credential::from(c), &mut b);
+        message::encode(21, &CredentialRecord::from(c), &mut b);
     }
     if let Some(a) = &e.origin_agent {
         text(22, a.as_str(), &mut b);
@@ -182,16 +318,8 @@ fn from_record(r: EventRecord) -> Result<StoredEvent, String> {
         observed: UnixMs(r.observed),
         received: UnixMs(r.received),
         peer: r.peer,
-        decoy: r
-            .decoy
-            .map(DecoyContact::try_from)
-            .transpose()
-            .map_err(|e| e.to_string())?,
-        credential: r
-            .credential
-            .map(PresentedCredential::try_from)
-            .transpose()
-            .map_err(|e| e.to_string())?,
+        decoy: r.decoy.map(DecoyContact::try_from).transpose()?,
+        credential: r.credential.map(PresentedCredential::from),
         origin_agent: r.origin_agent.map(agent).transpose()?,
         matched_on: r.matched_on,
         drill: r.drill,
@@ -259,6 +387,29 @@ mod tests {
             cursor: 1234,
             reported_observed: Some(UnixMs(1 << 60)),
         }
+    }
+
+    #[test]
+    fn nested_records_are_byte_for_byte_what_earlier_versions_wrote() {
+        // Earlier versions encoded these with the agent protocol's
+        // messages; stored events must read back the same.
+        use ruse_proto::agent::v1 as pb;
+        let e = full();
+        let p = e.process.as_ref().unwrap();
+        assert_eq!(
+            ProcessRecord::from(p).encode_to_vec(),
+            pb::Process::from(p).encode_to_vec()
+        );
+        let d = e.decoy.as_ref().unwrap();
+        assert_eq!(
+            DecoyRecord::from(d).encode_to_vec(),
+            pb::DecoyContact::from(d).encode_to_vec()
+        );
+        let c = e.credential.as_ref().unwrap();
+        assert_eq!(
+            CredentialRecord::from(c).encode_to_vec(),
+            pb::Credential::from(c).encode_to_vec()
+        );
     }
 
     #[test]

@@ -1,0 +1,242 @@
+//! What the controller assigns to an agent, as both sides' code uses it:
+//! lure specs (the files to plant), decoy specs and allow rules, and the
+//! update that carries them. On the wire they are the agent protocol's
+//! messages; this is the one place that converts, so neither the
+//! controller's domain nor the agent's names a generated type.
+//!
+//! A resource's body travels as bytes inside the update (`Resource.body`):
+//! [`LureSpec::encode`] and friends give those bytes, and the controller
+//! derives revisions from them (equal bytes, equal revision).
+
+use prost::Message;
+
+use crate::agent::v1 as pb;
+
+/// How a lure file is planted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantMode {
+    /// A file of its own, never planted over an existing file.
+    WholeFile,
+    /// Text appended to a file (created if absent), removed byte-exactly.
+    Block,
+}
+
+/// One file of a lure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlantFile {
+    /// Absolute (under the agent's root), or `~/…` for every target
+    /// user's home directory.
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: PlantMode,
+    /// Unix permission bits for files the agent creates.
+    pub permissions: u32,
+    /// Modification time given to files the agent creates; 0 leaves it.
+    pub mtime_ms: i64,
+    /// Programs whose reads of a shared file are its ordinary use
+    /// (`*`: every reader).
+    pub ordinary_readers: Vec<String>,
+}
+
+/// A rendered lure: what an agent plants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LureSpec {
+    pub template: String,
+    pub files: Vec<PlantFile>,
+}
+
+/// One service of a decoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecoyService {
+    pub protocol: String,
+    pub port: u16,
+    /// How long a refused login waits; `None`: the protocol's usual delay.
+    pub refusal_delay_ms: Option<u32>,
+}
+
+/// A decoy an agent runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecoySpec {
+    pub name: String,
+    /// The address lures point at.
+    pub address: String,
+    /// The local address to bind; empty: every address.
+    pub listen: String,
+    pub services: Vec<DecoyService>,
+}
+
+/// A known benign reader an agent records instead of raising.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    pub name: String,
+    /// Executable path; a trailing `*` matches a prefix. Empty: any.
+    pub process: String,
+    pub user: String,
+    pub template: String,
+}
+
+/// One resource of an update: its id, revision, kind and encoded body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub id: String,
+    pub revision: u64,
+    pub kind: String,
+    pub body: Vec<u8>,
+}
+
+/// What the controller pushes to an agent in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub nonce: u64,
+    pub resources: Vec<Resource>,
+    /// Ids of resources the agent removes.
+    pub removed: Vec<String>,
+}
+
+/// A resource the agent could not apply, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceError {
+    pub id: String,
+    pub revision: u64,
+    pub error: String,
+}
+
+impl From<&PlantFile> for pb::PlantFile {
+    fn from(f: &PlantFile) -> Self {
+        pb::PlantFile {
+            path: f.path.clone(),
+            content: f.content.clone(),
+            mode: match f.mode {
+                PlantMode::WholeFile => pb::PlantMode::WholeFile,
+                PlantMode::Block => pb::PlantMode::Block,
+            }
+            .into(),
+            permissions: f.permissions,
+            mtime_ms: f.mtime_ms,
+            ordinary_readers: f.ordinary_readers.clone(),
+        }
+    }
+}
+
+impl LureSpec {
+    /// The bytes of `Resource.body` for this lure.
+    pub fn encode(&self) -> Vec<u8> {
+        pb::LureSpec {
+            template: self.template.clone(),
+            files: self.files.iter().map(pb::PlantFile::from).collect(),
+        }
+        .encode_to_vec()
+    }
+}
+
+impl DecoySpec {
+    /// The bytes of `Resource.body` for this decoy.
+    pub fn encode(&self) -> Vec<u8> {
+        pb::DecoySpec {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            listen: self.listen.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|s| pb::DecoyService {
+                    protocol: s.protocol.clone(),
+                    port: u32::from(s.port),
+                    refusal_delay_ms: s.refusal_delay_ms,
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+}
+
+/// The bytes of `Resource.body` for an agent's allow rules.
+pub fn encode_allow_rules(rules: &[AllowRule]) -> Vec<u8> {
+    pb::AllowRules {
+        rules: rules
+            .iter()
+            .map(|r| pb::AllowRule {
+                name: r.name.clone(),
+                process: r.process.clone(),
+                user: r.user.clone(),
+                template: r.template.clone(),
+            })
+            .collect(),
+    }
+    .encode_to_vec()
+}
+
+impl From<Update> for pb::Update {
+    fn from(u: Update) -> Self {
+        pb::Update {
+            nonce: u.nonce,
+            resources: u
+                .resources
+                .into_iter()
+                .map(|r| pb::Resource {
+                    id: r.id,
+                    revision: r.revision,
+                    kind: r.kind,
+                    body: r.body,
+                })
+                .collect(),
+            removed: u.removed,
+        }
+    }
+}
+
+impl From<pb::ResourceError> for ResourceError {
+    fn from(e: pb::ResourceError) -> Self {
+        ResourceError {
+            id: e.id,
+            revision: e.revision,
+            error: e.error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_the_protocol_messages() {
+        let lure = LureSpec {
+            template: "pgpass".into(),
+            files: vec![PlantFile {
+                path: "~/.pgpass".into(),
+                content: b"db:5432:*:u:p\n".to_vec(),
+                mode: PlantMode::Block,
+                permissions: 0o600,
+                mtime_ms: 7,
+                ordinary_readers: vec!["psql".into()],
+            }],
+        };
+        let decoded = pb::LureSpec::decode(lure.encode().as_slice()).expect("a LureSpec");
+        assert_eq!(decoded.template, "pgpass");
+        assert_eq!(decoded.files[0].mode(), pb::PlantMode::Block);
+        assert_eq!(decoded.files[0].ordinary_readers, ["psql"]);
+        let decoy = DecoySpec {
+            name: "pacs".into(),
+            address: "10.0.0.5".into(),
+            listen: String::new(),
+            services: vec![DecoyService {
+                protocol: "ssh".into(),
+                port: 22,
+                refusal_delay_ms: Some(300),
+            }],
+        };
+        let decoded = pb::DecoySpec::decode(decoy.encode().as_slice()).expect("a DecoySpec");
+        assert_eq!(decoded.services[0].port, 22);
+        assert_eq!(decoded.services[0].refusal_delay_ms, Some(300));
+        let rules = [AllowRule {
+            name: "backup".into(),
+            process: "/usr/bin/restic".into(),
+            user: String::new(),
+            template: String::new(),
+        }];
+        let decoded =
+            pb::AllowRules::decode(encode_allow_rules(&rules).as_slice()).expect("AllowRules");
+        assert_eq!(decoded.rules[0].process, "/usr/bin/restic");
+    }
+}
