@@ -2,11 +2,13 @@
 //! controller (store, CA, listeners) in the current tokio runtime, so the
 //! binary, `dev` mode and tests all run the same thing.
 //!
-//! Code map: `config` (layered settings), `init` (CA and first admin),
-//! `store` (the `Store` trait; sled only in `store/sled.rs`), `core` (state
-//! and operations, gRPC-free), `fleet` (agents in memory, sessions, derived
-//! state), `api` (the gRPC edge), `server` (TLS listeners, shutdown),
-//! `dev` (the one-command demo).
+//! Layers (ARCHITECTURE.md): `api` (the gRPC edge, with the TLS
+//! listeners in `api/server.rs`) → `core` and the services (`deploy`,
+//! `events`, `incidents`, `outputs`, `fleet`, `drills`, `lures`,
+//! `resources`, `tokens`) → `model` (records and shared vocabulary) ←
+//! `store` (the `Store` trait; sled only in `store/sled.rs`). Also
+//! `config` (layered settings), `init` (CA and first admin) and `dev`
+//! (the one-command demo).
 #![forbid(unsafe_code)]
 
 pub mod api;

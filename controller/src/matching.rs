@@ -10,7 +10,7 @@
 //! nor a forger's guess is likely; a password that matches no lure is
 //! never stored in clear (see [`redact`]), an NTLM response never at all.
 
-// Seeded fast hashing (see deploy.rs); every lure ever made is indexed here.
+// Seeded fast hashing (see deploy/mod.rs); every lure ever made is indexed here.
 use std::sync::Arc;
 
 use foldhash::HashMap;

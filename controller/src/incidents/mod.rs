@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-// Seeded fast hashing (see deploy.rs): every ingested batch looks up the
+// Seeded fast hashing (see deploy/mod.rs): every ingested batch looks up the
 // correlation index per event and checks each touched incident's timeline
 // (up to 500 entries) against the batch's event ids; with SipHash that
 // check alone was 3.6 % of the controller's samples at saturation (perf).
