@@ -57,6 +57,7 @@ mod rollout;
 use self::plan::{Desired, Payload, decoy_change, name_campaigns, slot_fingerprint};
 pub use self::push::{ALLOW_RULES_ID, DECOY_KIND, decoy_resource_id, decoy_spec};
 use self::push::{Inflight, content_revision};
+pub use self::registry::BatchLookup;
 use self::registry::Registry;
 pub use self::rollout::{CampaignStatus, RolloutAction, WaveStatus, rollout_order, rotation_due};
 use self::rollout::{OrderCache, next_record};

@@ -2,6 +2,8 @@
 //! and what event ingest asks of it (lure ownership, credential matches,
 //! which decoys an agent runs, allow rules and suppressions).
 
+use ruse_proto::convert::ReportedEvent;
+
 use super::*;
 
 /// One agent's active instances: campaign → slot → instances.
@@ -119,29 +121,101 @@ impl Deployer {
         }
         Ok(self.store.lure(id)?.map(Arc::new))
     }
+}
 
-    /// The lure instance (active or retired) whose material `presented`
-    /// carries, with what matched; strongest evidence first.
-    pub fn match_credential(
-        &self,
-        presented: &PresentedCredential,
-    ) -> Result<Option<(Arc<LureInstance>, MatchedOn)>, StoreError> {
-        let candidates = self.lock().registry.credentials.candidates(presented);
-        for (id, on) in candidates {
-            if let Some(lure) = self.lure_owner(&id)?
-                && matching::confirm(&lure, presented, on)
-            {
-                return Ok(Some((lure, on)));
-            }
-        }
-        Ok(None)
+/// What event ingest needs from the registry about one agent's batch,
+/// looked up under one lock (and the store only for instances no longer
+/// in memory): which lures exist and whose they are, which decoys the
+/// agent runs, which planted credentials each decoy event may carry, and
+/// the suppressions.
+#[derive(Debug, Default)]
+pub struct BatchLookup {
+    owners: HashMap<Arc<str>, Arc<LureInstance>>,
+    decoys: HashSet<String>,
+    /// Per presented credential (by event id): the candidate lures and
+    /// what would match, strongest first.
+    candidates: HashMap<String, Vec<(Arc<str>, MatchedOn)>>,
+    pub suppressions: Vec<Suppression>,
+}
+
+impl BatchLookup {
+    /// The registry entry of a lure, active or retired.
+    pub fn owner(&self, lure_id: &str) -> Option<&Arc<LureInstance>> {
+        self.owners.get(lure_id)
     }
 
-    /// Whether `agent` runs (or was last told to run) decoy `name`.
-    pub fn runs_decoy(&self, agent: &AgentId, name: &str) -> bool {
-        let id = decoy_resource_id(name);
-        self.lock().agents.get(agent).is_some_and(|a| {
-            a.desired.contains_key(id.as_str()) || a.applied.contains_key(id.as_str())
+    /// Whether the agent runs (or was last told to run) decoy `name`.
+    pub fn runs_decoy(&self, name: &str) -> bool {
+        self.decoys.contains(name)
+    }
+
+    /// The lure instance whose material event `event_id`'s credential
+    /// carries, with what matched; strongest evidence first.
+    pub fn credential(
+        &self,
+        event_id: &str,
+        presented: &PresentedCredential,
+    ) -> Option<(Arc<LureInstance>, MatchedOn)> {
+        self.candidates.get(event_id)?.iter().find_map(|(id, on)| {
+            let lure = self.owners.get(id)?;
+            matching::confirm(lure, presented, *on).then(|| (lure.clone(), *on))
         })
+    }
+}
+
+impl Deployer {
+    /// Everything ingest asks about `events` from `agent`, in one pass.
+    pub fn lookup(
+        &self,
+        agent: &AgentId,
+        events: &[ReportedEvent],
+    ) -> Result<BatchLookup, StoreError> {
+        let mut out = BatchLookup::default();
+        let mut missing: Vec<Arc<str>> = Vec::new();
+        {
+            let st = self.lock();
+            let runs = st.agents.get(agent);
+            let mut want = |id: Arc<str>, out: &mut BatchLookup| {
+                if out.owners.contains_key(&id) {
+                    return;
+                }
+                match st.registry.active.get(&id).or_else(|| st.retiring.get(&id)) {
+                    Some(l) => {
+                        out.owners.insert(id, l.clone());
+                    }
+                    None => missing.push(id),
+                }
+            };
+            for e in events {
+                match &e.decoy {
+                    Some(d) => {
+                        let id = decoy_resource_id(&d.name);
+                        if runs.is_some_and(|a| {
+                            a.desired.contains_key(id.as_str())
+                                || a.applied.contains_key(id.as_str())
+                        }) {
+                            out.decoys.insert(d.name.clone());
+                        }
+                        if let Some(c) = &e.credential {
+                            let found = st.registry.credentials.candidates(c);
+                            for (id, _) in &found {
+                                want(id.clone(), &mut out);
+                            }
+                            out.candidates.insert(e.id.clone(), found);
+                        }
+                    }
+                    None => want(Arc::from(e.lure_id.as_str()), &mut out),
+                }
+            }
+            out.suppressions = st.suppressions.values().map(|s| (**s).clone()).collect();
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        for id in missing {
+            if let Some(lure) = self.store.lure(&id)? {
+                out.owners.insert(id, Arc::new(lure));
+            }
+        }
+        Ok(out)
     }
 }

@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 use ruse_proto::convert::{CREDENTIAL_USE, ReportedEvent};
 use ruse_proto::types::{AgentId, UnixMs, new_ulid};
 
-use crate::deploy::Deployer;
+use crate::deploy::{BatchLookup, Deployer};
 use crate::drills::Drills;
 use crate::fleet::Fleet;
 use crate::incidents::Incidents;
 use crate::matching::{self, MatchedOn};
 use crate::metrics::Metrics;
-use crate::model::{FLOOD, StoredEvent};
+use crate::model::{FLOOD, StoredEvent, Suppression};
 use crate::outputs::Outputs;
 use crate::store::{Committer, EventScan, Store, StoreError};
 
@@ -189,7 +189,7 @@ impl Events {
         Metrics::add(&self.metrics.events_received, batch.len() as u64);
         // The quota first: what is over it costs a count, nothing more.
         let admitted = self.quota.take(agent, batch.len(), Instant::now());
-        let mut records = Vec::with_capacity(admitted);
+        let mut events = Vec::with_capacity(admitted);
         let mut over = Vec::new();
         for (n, raw) in batch.into_iter().enumerate() {
             out.through_seq = out.through_seq.max(raw.seq());
@@ -197,24 +197,26 @@ impl Events {
                 over.push(raw.into_kind());
                 continue;
             }
-            let event = match raw.into_event() {
-                Ok(e) => e,
-                Err(e) => {
-                    out.rejected.push(format!("malformed event: {e}"));
-                    continue;
-                }
-            };
+            match raw.into_event() {
+                Ok(e) => events.push(e),
+                Err(e) => out.rejected.push(format!("malformed event: {e}")),
+            }
+        }
+        // One look at the registry for the whole batch.
+        let lookup = self.deploy.lookup(agent, &events)?;
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
             let record = if let Some(decoy) = &event.decoy {
-                if !self.deploy.runs_decoy(agent, &decoy.name) {
+                if !lookup.runs_decoy(&decoy.name) {
                     out.rejected.push(format!(
                         "event {} comes from decoy {}, which this agent does not run",
                         event.id, decoy.name
                     ));
                     continue;
                 }
-                self.decoy_event(agent, peer, received, event)?
+                decoy_event(agent, peer, received, event, &lookup)
             } else {
-                let Some(lure) = self.deploy.lure_owner(&event.lure_id)? else {
+                let Some(lure) = lookup.owner(&event.lure_id) else {
                     out.rejected.push(format!(
                         "event {} names lure {}, which does not exist",
                         event.id, event.lure_id
@@ -246,7 +248,9 @@ impl Events {
             // every few seconds.
             records.extend(self.flood_summaries(Instant::now(), false, Some(agent)));
         }
-        let stored = self.store_and_publish(records, &mut out).await?;
+        let stored = self
+            .store_and_publish(records, &mut out, &lookup.suppressions)
+            .await?;
         Metrics::add(&self.metrics.events_duplicate, out.duplicates as u64);
         Metrics::add(&self.metrics.events_rejected, out.rejected.len() as u64);
         log_batch(&stored);
@@ -273,6 +277,7 @@ impl Events {
         &self,
         records: Vec<StoredEvent>,
         out: &mut Ingested,
+        suppressions: &[Suppression],
     ) -> Result<Vec<Arc<StoredEvent>>, StoreError> {
         if records.is_empty() {
             return Ok(Vec::new());
@@ -302,9 +307,9 @@ impl Events {
             return Ok(Vec::new());
         }
         // Incidents and their output notices commit with the events.
-        let changes =
-            self.incidents
-                .correlate(&stored, &self.deploy.suppressions(), self.fleet.as_ref())?;
+        let changes = self
+            .incidents
+            .correlate(&stored, suppressions, self.fleet.as_ref())?;
         self.outputs.enqueue(&changes.notices, &self.incidents)?;
         self.committer.durable().await?;
         self.incidents.publish(&changes);
@@ -346,7 +351,10 @@ impl Events {
             return Ok(());
         }
         let mut out = Ingested::default();
-        let stored = self.store_and_publish(records, &mut out).await?;
+        let suppressions = self.deploy.suppressions();
+        let stored = self
+            .store_and_publish(records, &mut out, &suppressions)
+            .await?;
         log_batch(&stored);
         Ok(())
     }
@@ -368,41 +376,6 @@ impl Events {
             );
         }
         Ok(deleted)
-    }
-
-    /// A decoy event as stored: matched against the lure registry, and
-    /// with an unmatched password redacted.
-    fn decoy_event(
-        &self,
-        agent: &AgentId,
-        peer: &str,
-        received: UnixMs,
-        event: ReportedEvent,
-    ) -> Result<StoredEvent, StoreError> {
-        let matched = match &event.credential {
-            Some(c) => self.deploy.match_credential(c)?,
-            None => None,
-        };
-        let mut credential = event.credential.clone();
-        if matched
-            .as_ref()
-            .is_none_or(|(_, on)| *on != MatchedOn::UsernamePassword)
-            && let Some(c) = &mut credential
-        {
-            c.password = matching::redact(&c.password);
-        }
-        let mut record = stored_event(agent, peer, received, event, String::new(), String::new());
-        record.credential = credential;
-        if let Some((lure, on)) = matched {
-            record.kind = CREDENTIAL_USE.into();
-            record.lure_id = lure.id.to_string();
-            record.lure_revision = 0;
-            record.template = lure.template.to_string();
-            record.campaign = lure.campaign.clone();
-            record.origin_agent = Some(lure.agent.clone());
-            record.matched_on = on.as_str().into();
-        }
-        Ok(record)
     }
 
     /// Stored events matching `filter`, newest `limit` (received before
@@ -440,6 +413,42 @@ impl Events {
         out.reverse();
         Ok(out)
     }
+}
+
+/// A decoy event as stored: a credential matching a planted lure makes it
+/// a `credential-use` naming the lure and the agent it was planted on;
+/// an unmatched password is redacted.
+fn decoy_event(
+    agent: &AgentId,
+    peer: &str,
+    received: UnixMs,
+    event: ReportedEvent,
+    lookup: &BatchLookup,
+) -> StoredEvent {
+    let matched = match &event.credential {
+        Some(c) => lookup.credential(&event.id, c),
+        None => None,
+    };
+    let mut credential = event.credential.clone();
+    if matched
+        .as_ref()
+        .is_none_or(|(_, on)| *on != MatchedOn::UsernamePassword)
+        && let Some(c) = &mut credential
+    {
+        c.password = matching::redact(&c.password);
+    }
+    let mut record = stored_event(agent, peer, received, event, String::new(), String::new());
+    record.credential = credential;
+    if let Some((lure, on)) = matched {
+        record.kind = CREDENTIAL_USE.into();
+        record.lure_id = lure.id.to_string();
+        record.lure_revision = 0;
+        record.template = lure.template.to_string();
+        record.campaign = lure.campaign.clone();
+        record.origin_agent = Some(lure.agent.clone());
+        record.matched_on = on.as_str().into();
+    }
+    record
 }
 
 /// Logs are for people: decoy contacts and stolen-credential use one line
