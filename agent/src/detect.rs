@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::convert::EventProcess;
+use ruse_proto::event::AgentEvent;
+use ruse_proto::spec::AllowRule;
 use ruse_proto::types::{UnixMs, new_ulid};
 
 use crate::outbox::{Outbox, OutboxError};
@@ -84,7 +86,7 @@ const SYSTEM_DIRS: &[&str] = &["/usr/", "/bin/", "/sbin/", "/opt/", "/snap/", "/
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Watched {
     pub files: HashMap<PathBuf, LureRef>,
-    pub rules: Vec<pb::AllowRule>,
+    pub rules: Vec<AllowRule>,
 }
 
 /// Detector settings.
@@ -110,7 +112,7 @@ struct Pending {
     lure: LureRef,
     path: PathBuf,
     ops: BTreeSet<Op>,
-    process: Option<pb::Process>,
+    process: Option<EventProcess>,
     via: Via,
 }
 
@@ -161,7 +163,7 @@ impl Detector {
     }
 
     /// Takes in accesses; returns the events they complete.
-    pub fn observe(&mut self, accesses: Vec<Access>, now: Instant) -> Vec<pb::Event> {
+    pub fn observe(&mut self, accesses: Vec<Access>, now: Instant) -> Vec<AgentEvent> {
         let mut done = Vec::new();
         for access in accesses {
             if access.pid == Some(self.me) {
@@ -198,7 +200,7 @@ impl Detector {
     }
 
     /// Events whose coalescing window has passed.
-    pub fn flush_due(&mut self, now: Instant) -> Vec<pb::Event> {
+    pub fn flush_due(&mut self, now: Instant) -> Vec<AgentEvent> {
         let due: Vec<_> = self
             .pending
             .iter()
@@ -217,7 +219,7 @@ impl Detector {
     }
 
     /// Everything pending, now (at shutdown).
-    pub fn flush_all(&mut self, now: Instant) -> Vec<pb::Event> {
+    pub fn flush_all(&mut self, now: Instant) -> Vec<AgentEvent> {
         let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         pending
             .into_iter()
@@ -233,7 +235,7 @@ impl Detector {
             .min()
     }
 
-    fn emit(&mut self, p: Pending, now: Instant) -> Option<pb::Event> {
+    fn emit(&mut self, p: Pending, now: Instant) -> Option<AgentEvent> {
         let rate = self.rates.entry(p.lure.id.clone()).or_default();
         let fresh = rate
             .window
@@ -264,7 +266,7 @@ impl Detector {
             None
         }
         .or_else(|| self.allow_rule(&p));
-        Some(pb::Event {
+        Some(AgentEvent {
             id: new_ulid(),
             seq: 0,
             lure_id: p.lure.id,
@@ -332,7 +334,7 @@ fn ordinary_reader(p: &Pending) -> Option<String> {
 /// The program a process runs: its executable, or for an interpreter (the
 /// AWS CLI is Python) the script it was started with, the first argument
 /// that is not an option. `python3 -c ...` and `bash -c ...` have none.
-fn program(p: &pb::Process) -> Option<&str> {
+fn program(p: &EventProcess) -> Option<&str> {
     let exe = Path::new(&p.exe).file_name()?.to_str()?;
     let interpreter = ["python", "perl", "ruby", "node", "php"]
         .iter()
@@ -386,7 +388,8 @@ impl EventSink {
     }
 
     /// Records events durably (synced to disk) and wakes the session.
-    pub async fn record(&self, mut events: Vec<pb::Event>) -> Result<(), OutboxError> {
+    pub async fn record<E: Into<AgentEvent>>(&self, events: Vec<E>) -> Result<(), OutboxError> {
+        let mut events: Vec<AgentEvent> = events.into_iter().map(Into::into).collect();
         if events.is_empty() {
             return Ok(());
         }
@@ -407,11 +410,12 @@ impl EventSink {
     /// waiting up to `patience` for acknowledgements to make it. Unlike
     /// [`EventSink::record`] this never sheds older events: events that
     /// still do not fit are not recorded, and their number is returned.
-    pub async fn record_when_room(
+    pub async fn record_when_room<E: Into<AgentEvent>>(
         &self,
-        mut events: Vec<pb::Event>,
+        events: Vec<E>,
         patience: Duration,
     ) -> Result<usize, OutboxError> {
+        let mut events: Vec<AgentEvent> = events.into_iter().map(Into::into).collect();
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             if events.is_empty() {

@@ -12,12 +12,12 @@
 pub mod config;
 pub mod decoys;
 pub mod detect;
-mod enroll;
+
 pub mod facts;
 pub mod identity;
 pub mod lures;
 pub mod outbox;
-mod session;
+mod protocol;
 pub mod watcher;
 
 use std::sync::{Arc, Mutex};
@@ -26,13 +26,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use ruse_pki::PkiError;
+use ruse_proto::event::AgentEvent;
 use ruse_proto::types::{AgentId, UnixMs, random_bytes};
 
 pub use config::AgentConfig;
 use detect::{Detector, EventSink, Watched};
 use identity::{AgentIdentity, StateError};
 use lures::{HomeDirs, LureEngine};
-use ruse_proto::agent::v1 as pb;
+use protocol::{enroll, session};
 
 /// The planting engine, shared by the sessions of one agent process.
 pub(crate) type SharedEngine = Arc<Mutex<LureEngine>>;
@@ -138,7 +139,7 @@ pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
                 d.path.display()
             ));
         }
-        events.push(pb::Event {
+        events.push(AgentEvent {
             id: ruse_proto::types::new_ulid(),
             lure_id: d.lure_id.clone(),
             lure_revision: revision,
@@ -169,10 +170,17 @@ pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
 /// Programs a drill reads a lure with, first found wins.
 const DRILL_READERS: &[&str] = &["/usr/bin/cat", "/bin/cat"];
 
+/// A drill the controller asked for: read this lure now.
+#[derive(Debug, Clone)]
+pub(crate) struct Drill {
+    pub id: String,
+    pub lure_id: String,
+}
+
 /// Trips a lure for real: another process reads one of its files, so the
 /// watcher reports the read exactly as it would an intruder's (the agent's
 /// own reads are never reported). The controller recognises the event.
-pub(crate) fn drill(shared: &Shared, drill: &pb::Drill) {
+pub(crate) fn drill(shared: &Shared, drill: &Drill) {
     let file = lock(&shared.engine)
         .lures()
         .get(&drill.lure_id)
@@ -503,12 +511,7 @@ pub async fn deregister(
     let channel = ruse_proto::transport::connect(controller, tls, dial)
         .await
         .map_err(|e| AgentError::Unreachable(e.to_string()))?;
-    pb::agent_service_client::AgentServiceClient::new(channel)
-        .deregister(pb::DeregisterRequest {
-            reason: reason.to_owned(),
-        })
-        .await
-        .map_err(|s| AgentError::Unreachable(s.message().to_owned()))?;
+    enroll::deregister(channel, reason).await?;
     Ok(identity.id)
 }
 

@@ -38,9 +38,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use prost::Message;
-
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::event::AgentEvent;
 
 const LOG: &str = "outbox.log";
 const ACKED: &str = "outbox.acked";
@@ -69,7 +67,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    pub fn of(event: &pb::Event) -> Self {
+    pub fn of(event: &AgentEvent) -> Self {
         if event.allowed {
             Severity::Allowed
         } else if event.kind == "drift" {
@@ -182,7 +180,7 @@ impl Outbox {
             if check(body) != sum {
                 break;
             }
-            let Ok(event) = pb::Event::decode(body) else {
+            let Ok(event) = AgentEvent::decode(body) else {
                 break;
             };
             next_seq = next_seq.max(event.seq + 1);
@@ -263,7 +261,7 @@ impl Outbox {
     /// If the disk refuses the write, the events are held in memory (see
     /// the module comment) and this still succeeds; it fails only when
     /// even memory is full, and then drops and counts them.
-    pub fn append(&mut self, events: &mut [pb::Event]) -> Result<(), OutboxError> {
+    pub fn append(&mut self, events: &mut [AgentEvent]) -> Result<(), OutboxError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -273,7 +271,7 @@ impl Outbox {
         for event in events.iter_mut() {
             event.seq = self.next_seq;
             self.next_seq += 1;
-            let body = event.encode_to_vec();
+            let body = event.encode();
             if body.len() > MAX_RECORD {
                 tracing::warn!(lure = %event.lure_id, bytes = body.len(), "event too large; not recorded");
                 continue;
@@ -503,7 +501,7 @@ impl Outbox {
 
     /// Up to `limit` unacknowledged events with `seq > after`, in order.
     /// Records that lie back to back in the log are read with one call.
-    pub fn pending(&self, after: u64, limit: usize) -> Result<Vec<pb::Event>, OutboxError> {
+    pub fn pending(&self, after: u64, limit: usize) -> Result<Vec<AgentEvent>, OutboxError> {
         let first = self.index.partition_point(|e| e.seq <= after);
         let mut out = Vec::new();
         let mut run: Vec<Entry> = Vec::new();
@@ -515,7 +513,7 @@ impl Outbox {
                 if let Some(event) = self
                     .held
                     .get(&e.seq)
-                    .and_then(|r| pb::Event::decode(r.get(8..)?).ok())
+                    .and_then(|r| AgentEvent::decode(r.get(8..)?).ok())
                 {
                     out.push(event);
                 }
@@ -539,7 +537,7 @@ impl Outbox {
         &self,
         run: &[Entry],
         bytes: &mut Vec<u8>,
-        out: &mut Vec<pb::Event>,
+        out: &mut Vec<AgentEvent>,
     ) -> Result<(), OutboxError> {
         let (Some(first), Some(last)) = (run.first(), run.last()) else {
             return Ok(());
@@ -553,7 +551,7 @@ impl Outbox {
         for e in run {
             let at = (e.offset - first.offset) as usize;
             let body = &bytes[at + 8..at + e.len as usize];
-            if let Ok(event) = pb::Event::decode(body) {
+            if let Ok(event) = AgentEvent::decode(body) {
                 out.push(event);
             }
         }

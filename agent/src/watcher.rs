@@ -38,7 +38,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags as InoInit, Inotify, WatchDescr
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::convert::EventProcess;
 
 /// What was done to a watched file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -81,7 +81,7 @@ pub struct Access {
     /// The accessing process, when known.
     pub pid: Option<i32>,
     /// Who it is, read while it was held at open.
-    pub process: Option<pb::Process>,
+    pub process: Option<EventProcess>,
     pub via: Via,
 }
 
@@ -263,7 +263,7 @@ fn read_loop(
 }
 
 /// Who a process is, from /proc (`None` once it is gone).
-pub fn process_info(pid: i32) -> Option<pb::Process> {
+pub fn process_info(pid: i32) -> Option<EventProcess> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     let uid = std::fs::read_to_string(dir.join("status"))
         .ok()
@@ -292,7 +292,7 @@ pub fn process_info(pid: i32) -> Option<pb::Process> {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_default();
-    Some(pb::Process {
+    Some(EventProcess {
         pid: u32::try_from(pid).unwrap_or(0),
         exe,
         uid,

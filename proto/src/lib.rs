@@ -28,6 +28,7 @@ pub mod codec;
 pub mod context;
 pub mod convert;
 pub mod errors;
+pub mod event;
 pub mod limits;
 pub mod spec;
 pub mod transport;

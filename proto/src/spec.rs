@@ -195,6 +195,132 @@ impl From<pb::ResourceError> for ResourceError {
     }
 }
 
+/// A resource body or update the agent could not take in.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("not an encoded {what}: {error}")]
+    Decode {
+        what: &'static str,
+        error: prost::DecodeError,
+    },
+    #[error("{what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+}
+
+fn decode<M: Message + Default>(what: &'static str, bytes: &[u8]) -> Result<M, SpecError> {
+    M::decode(bytes).map_err(|error| SpecError::Decode { what, error })
+}
+
+impl TryFrom<pb::PlantFile> for PlantFile {
+    type Error = SpecError;
+
+    fn try_from(f: pb::PlantFile) -> Result<Self, SpecError> {
+        let mode = match f.mode() {
+            pb::PlantMode::WholeFile => PlantMode::WholeFile,
+            pb::PlantMode::Block => PlantMode::Block,
+            pb::PlantMode::Unspecified => {
+                return Err(SpecError::Invalid {
+                    what: "lure file",
+                    reason: format!("{}: no plant mode", f.path),
+                });
+            }
+        };
+        Ok(PlantFile {
+            path: f.path,
+            content: f.content,
+            mode,
+            permissions: f.permissions,
+            mtime_ms: f.mtime_ms,
+            ordinary_readers: f.ordinary_readers,
+        })
+    }
+}
+
+impl LureSpec {
+    /// A lure from a `Resource.body`.
+    pub fn decode(bytes: &[u8]) -> Result<LureSpec, SpecError> {
+        let spec: pb::LureSpec = decode("lure spec", bytes)?;
+        Ok(LureSpec {
+            template: spec.template,
+            files: spec
+                .files
+                .into_iter()
+                .map(PlantFile::try_from)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl DecoySpec {
+    /// A decoy from a `Resource.body`.
+    pub fn decode(bytes: &[u8]) -> Result<DecoySpec, SpecError> {
+        let spec: pb::DecoySpec = decode("decoy spec", bytes)?;
+        Ok(DecoySpec {
+            name: spec.name,
+            address: spec.address,
+            listen: spec.listen,
+            services: spec
+                .services
+                .into_iter()
+                .map(|s| {
+                    Ok(DecoyService {
+                        port: u16::try_from(s.port).map_err(|_| SpecError::Invalid {
+                            what: "decoy service",
+                            reason: format!("{}: port {} is not a port", s.protocol, s.port),
+                        })?,
+                        protocol: s.protocol,
+                        refusal_delay_ms: s.refusal_delay_ms,
+                    })
+                })
+                .collect::<Result<_, SpecError>>()?,
+        })
+    }
+}
+
+/// An agent's allow rules from a `Resource.body`.
+pub fn decode_allow_rules(bytes: &[u8]) -> Result<Vec<AllowRule>, SpecError> {
+    let rules: pb::AllowRules = decode("allow rules", bytes)?;
+    Ok(rules
+        .rules
+        .into_iter()
+        .map(|r| AllowRule {
+            name: r.name,
+            process: r.process,
+            user: r.user,
+            template: r.template,
+        })
+        .collect())
+}
+
+impl From<pb::Update> for Update {
+    fn from(u: pb::Update) -> Self {
+        Update {
+            nonce: u.nonce,
+            resources: u
+                .resources
+                .into_iter()
+                .map(|r| Resource {
+                    id: r.id,
+                    revision: r.revision,
+                    kind: r.kind,
+                    body: r.body,
+                })
+                .collect(),
+            removed: u.removed,
+        }
+    }
+}
+
+impl From<ResourceError> for pb::ResourceError {
+    fn from(e: ResourceError) -> Self {
+        pb::ResourceError {
+            id: e.id,
+            revision: e.revision,
+            error: e.error,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +338,7 @@ mod tests {
                 ordinary_readers: vec!["psql".into()],
             }],
         };
+        assert_eq!(LureSpec::decode(&lure.encode()).expect("decodes"), lure);
         let decoded = pb::LureSpec::decode(lure.encode().as_slice()).expect("a LureSpec");
         assert_eq!(decoded.template, "pgpass");
         assert_eq!(decoded.files[0].mode(), pb::PlantMode::Block);
@@ -226,6 +353,7 @@ mod tests {
                 refusal_delay_ms: Some(300),
             }],
         };
+        assert_eq!(DecoySpec::decode(&decoy.encode()).expect("decodes"), decoy);
         let decoded = pb::DecoySpec::decode(decoy.encode().as_slice()).expect("a DecoySpec");
         assert_eq!(decoded.services[0].port, 22);
         assert_eq!(decoded.services[0].refusal_delay_ms, Some(300));
@@ -238,5 +366,14 @@ mod tests {
         let decoded =
             pb::AllowRules::decode(encode_allow_rules(&rules).as_slice()).expect("AllowRules");
         assert_eq!(decoded.rules[0].process, "/usr/bin/restic");
+        assert_eq!(
+            decode_allow_rules(&encode_allow_rules(&rules)).unwrap(),
+            rules
+        );
+        let unplantable = pb::LureSpec {
+            template: "x".into(),
+            files: vec![pb::PlantFile::default()],
+        };
+        assert!(LureSpec::decode(&unplantable.encode_to_vec()).is_err());
     }
 }

@@ -291,27 +291,6 @@ fn the_controller_modules_import_no_cycle() {
     );
 }
 
-/// Files outside the edges that still name protobuf types or tonic, one
-/// line each with what has to move. This list only shrinks: a file on it
-/// that no longer needs it fails the test as surely as a new one.
-const PROTOBUF_NOT_YET_AT_THE_EDGE: &[&str] = &[
-    // The agent: lure specs, decoy specs and events are the wire's types
-    // throughout; the protocol module is `session.rs`.
-    "agent/src/enroll.rs",
-    "agent/src/watcher.rs",
-    "agent/src/outbox.rs",
-    "agent/src/lures/mod.rs",
-    "agent/src/lures/plant.rs",
-    "agent/src/lib.rs",
-    "agent/src/decoys/ssh.rs",
-    "agent/src/decoys/mod.rs",
-    "agent/src/decoys/http.rs",
-    "agent/src/decoys/dicom.rs",
-    "agent/src/decoys/ftp.rs",
-    "agent/src/decoys/hl7.rs",
-    "agent/src/detect.rs",
-];
-
 #[test]
 fn protobuf_stays_at_the_edges() {
     // The protocol's messages and tonic; `prost` alone is an encoding
@@ -321,7 +300,7 @@ fn protobuf_stays_at_the_edges() {
     let mut found = BTreeSet::new();
     for (krate, edges) in [
         ("controller", &["api/", "main.rs"][..]),
-        ("agent", &["session.rs", "main.rs"][..]),
+        ("agent", &["protocol/", "main.rs"][..]),
     ] {
         let src = workspace().join(krate).join("src");
         for file in sources(&src) {
@@ -334,19 +313,9 @@ fn protobuf_stays_at_the_edges() {
             }
         }
     }
-    let listed: BTreeSet<String> = PROTOBUF_NOT_YET_AT_THE_EDGE
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-    let new: Vec<_> = found.difference(&listed).collect();
-    let moved: Vec<_> = listed.difference(&found).collect();
     assert!(
-        new.is_empty(),
-        "protobuf or tonic outside the edges (controller: api/; agent: session.rs) in {new:?}: convert at the edge instead"
-    );
-    assert!(
-        moved.is_empty(),
-        "{moved:?} no longer name protobuf: take them off PROTOBUF_NOT_YET_AT_THE_EDGE"
+        found.is_empty(),
+        "protobuf or tonic outside the edges (controller: api/; agent: protocol/) in {found:?}: convert at the edge instead (ruse_proto::convert, spec, event)"
     );
 }
 

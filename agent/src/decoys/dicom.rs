@@ -13,6 +13,7 @@ use dicom_ul::pdu::{
     AssociationRQ, PDataValue, PDataValueType, PresentationContextResult,
     PresentationContextResultReason, UserIdentityType, UserVariableItem,
 };
+use ruse_proto::convert::PresentedCredential;
 use tokio::io::AsyncWriteExt;
 
 use super::{Conn, credential};
@@ -198,7 +199,7 @@ pub fn answer(rq: &AssociationRQ, called: &str) -> Result<AssociationAC, Associa
 }
 
 /// The credential an association request presents.
-pub fn presented(rq: &AssociationRQ) -> ruse_proto::agent::v1::Credential {
+pub fn presented(rq: &AssociationRQ) -> PresentedCredential {
     let mut c = credential();
     c.ae_title = rq.calling_ae_title.trim().chars().take(16).collect();
     c.called_ae_title = rq.called_ae_title.trim().chars().take(16).collect();

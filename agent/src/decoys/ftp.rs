@@ -5,6 +5,7 @@
 //! before a refusal (PAM's and its own), and the connection closed after
 //! the third failed login. `tests/tests/fidelity.rs` compares the two.
 
+use ruse_proto::convert::PresentedCredential;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -113,7 +114,7 @@ pub async fn serve(mut conn: Conn) {
                 ctx.report(
                     peer,
                     "decoy-login",
-                    Some(ruse_proto::agent::v1::Credential {
+                    Some(PresentedCredential {
                         username: name,
                         password,
                         ..credential()

@@ -2,6 +2,7 @@
 //! message type and sending application and facility, and answers each
 //! with a well-formed ACK (MSA|AA).
 
+use ruse_proto::convert::PresentedCredential;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Conn;
@@ -156,7 +157,7 @@ pub async fn serve(mut conn: Conn) {
         ctx.report(
             peer,
             "decoy-message",
-            Some(ruse_proto::agent::v1::Credential {
+            Some(PresentedCredential {
                 application: header.sending_application.clone(),
                 ..Default::default()
             }),

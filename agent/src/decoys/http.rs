@@ -24,7 +24,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::convert::PresentedCredential;
 
 use super::{Conn, DecoyError, Handler, ServiceCtx};
 
@@ -240,7 +240,7 @@ async fn handle(
         ctx.report(
             peer,
             "decoy-login",
-            Some(pb::Credential {
+            Some(PresentedCredential {
                 username: p.username.clone(),
                 password: p.password.clone(),
                 token: p.token.clone(),
@@ -300,7 +300,7 @@ async fn handle(
     }
     if !presented_any.swap(true, Ordering::Relaxed) {
         // The Host header can name a hosts-entry lure's alias.
-        let seen = pb::Credential {
+        let seen = PresentedCredential {
             client: client.clone(),
             host: host.clone(),
             ..Default::default()

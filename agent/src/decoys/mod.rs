@@ -24,14 +24,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::convert::{DecoyContact, PresentedCredential};
+use ruse_proto::event::AgentEvent;
+use ruse_proto::spec::{DecoyService, DecoySpec, Resource};
 use ruse_proto::types::{UnixMs, new_ulid};
 
 use crate::detect::EventSink;
@@ -105,7 +106,7 @@ pub struct ServiceCtx {
     /// The decoy's `refusal_delay`, if set; otherwise each protocol waits
     /// as the server it imitates does.
     pub refusal_delay: Option<Duration>,
-    reporter: mpsc::Sender<pb::Event>,
+    reporter: mpsc::Sender<AgentEvent>,
     /// Shared with the agent's rate-limited counter (reported in heartbeats).
     lost: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -128,22 +129,22 @@ impl ServiceCtx {
         &self,
         peer: SocketAddr,
         kind: &str,
-        credential: Option<pb::Credential>,
+        credential: Option<PresentedCredential>,
         detail: String,
     ) {
         let credential = credential.map(bounded);
-        let event = pb::Event {
+        let event = AgentEvent {
             id: new_ulid(),
             kind: kind.into(),
             observed_ms: UnixMs::now().0,
             attribution: "decoy".into(),
             detail: truncate(detail, 512),
-            decoy: Some(pb::DecoyContact {
+            decoy: Some(DecoyContact {
                 name: self.decoy.clone(),
                 protocol: self.protocol.clone(),
-                port: u32::from(self.port),
+                port: self.port,
                 source_ip: peer.ip().to_string(),
-                source_port: u32::from(peer.port()),
+                source_port: peer.port(),
             }),
             credential,
             ..Default::default()
@@ -155,8 +156,8 @@ impl ServiceCtx {
 }
 
 /// A credential with only the fields a service saw.
-pub fn credential() -> pb::Credential {
-    pb::Credential::default()
+pub fn credential() -> PresentedCredential {
+    PresentedCredential::default()
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
@@ -173,8 +174,8 @@ pub fn truncate(mut s: String, max: usize) -> String {
 
 /// A credential within the sizes the controller accepts: whatever an
 /// attacker sends, the event is never refused for its size.
-fn bounded(c: pb::Credential) -> pb::Credential {
-    pb::Credential {
+fn bounded(c: PresentedCredential) -> PresentedCredential {
+    PresentedCredential {
         username: truncate(c.username, 256),
         password: truncate(c.password, 256),
         key_fingerprint: truncate(c.key_fingerprint, 128),
@@ -332,7 +333,7 @@ impl Conn {
 /// A running service.
 #[derive(Debug)]
 struct Running {
-    spec: pb::DecoyService,
+    spec: DecoyService,
     accept: JoinHandle<()>,
 }
 
@@ -369,7 +370,7 @@ pub struct DecoyManager {
     applied: BTreeMap<String, Applied>,
     /// By resource id, then port.
     running: HashMap<String, HashMap<u16, Running>>,
-    reporter: mpsc::Sender<pb::Event>,
+    reporter: mpsc::Sender<AgentEvent>,
     limits: Limits,
     lost: Arc<std::sync::atomic::AtomicU64>,
     /// Decoys that could not start, for the heartbeat.
@@ -478,7 +479,7 @@ impl DecoyManager {
     pub async fn apply(
         &mut self,
         removed: &[String],
-        resources: &[pb::Resource],
+        resources: &[Resource],
     ) -> Vec<(String, u64, Result<(), DecoyError>)> {
         let mut out = Vec::new();
         for id in removed {
@@ -532,7 +533,7 @@ impl DecoyManager {
     /// unchanged keep running; every port is bound before anything is
     /// replaced.
     async fn start(&mut self, id: &str, body: &[u8]) -> Result<(), DecoyError> {
-        let spec = pb::DecoySpec::decode(body).map_err(|e| DecoyError::Spec(e.to_string()))?;
+        let spec = DecoySpec::decode(body).map_err(|e| DecoyError::Spec(e.to_string()))?;
         let listen: IpAddr = if spec.listen.is_empty() {
             IpAddr::from([0, 0, 0, 0])
         } else {
@@ -544,8 +545,7 @@ impl DecoyManager {
         let mut keep = HashMap::new();
         let mut bind = Vec::new();
         for service in &spec.services {
-            let port = u16::try_from(service.port)
-                .map_err(|_| DecoyError::Spec(format!("port {}", service.port)))?;
+            let port = service.port;
             match current.get(&port) {
                 Some(r) if r.spec == *service => {}
                 _ => bind.push((port, service.clone())),
@@ -553,8 +553,8 @@ impl DecoyManager {
         }
         let mut current = current;
         for service in &spec.services {
-            if let Ok(port) = u16::try_from(service.port)
-                && current.get(&port).is_some_and(|r| r.spec == *service)
+            let port = service.port;
+            if current.get(&port).is_some_and(|r| r.spec == *service)
                 && let Some(r) = current.remove(&port)
             {
                 keep.insert(port, r);
@@ -589,10 +589,10 @@ impl DecoyManager {
     /// Binds one service's port and starts accepting.
     async fn start_service(
         &self,
-        spec: &pb::DecoySpec,
+        spec: &DecoySpec,
         listen: IpAddr,
         port: u16,
-        service: &pb::DecoyService,
+        service: &DecoyService,
     ) -> Result<JoinHandle<()>, DecoyError> {
         let addr = SocketAddr::new(listen, port);
         let listener = TcpListener::bind(addr)
@@ -684,7 +684,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<ServiceCtx>, handler: Handl
 
 /// Records decoy events in batches (one outbox sync per batch).
 async fn record_events(
-    mut events: mpsc::Receiver<pb::Event>,
+    mut events: mpsc::Receiver<AgentEvent>,
     sink: EventSink,
     lost: Arc<std::sync::atomic::AtomicU64>,
 ) {

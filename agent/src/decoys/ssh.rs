@@ -15,7 +15,7 @@ use russh::{MethodKind, MethodSet, Preferred, SshId, cipher, compression, kex, m
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::convert::PresentedCredential;
 use ruse_proto::types::random_bytes;
 
 use super::{Conn, DecoyError, Handler, ServiceCtx};
@@ -120,7 +120,7 @@ struct Decoy {
 }
 
 impl Decoy {
-    async fn report(&self, credential: pb::Credential, how: &str) {
+    async fn report(&self, credential: PresentedCredential, how: &str) {
         self.presented.store(true, Ordering::Relaxed);
         self.ctx
             .report(self.peer, "decoy-login", Some(credential), how.into())
@@ -133,7 +133,7 @@ impl SshHandler for Decoy {
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
         self.report(
-            pb::Credential {
+            PresentedCredential {
                 username: user.chars().take(256).collect(),
                 password: password.chars().take(256).collect(),
                 ..Default::default()
@@ -151,7 +151,7 @@ impl SshHandler for Decoy {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         self.report(
-            pb::Credential {
+            PresentedCredential {
                 username: user.chars().take(256).collect(),
                 key_fingerprint: offer.public_key.fingerprint(HashAlg::Sha256).to_string(),
                 key_type: offer.algorithm.as_str().to_owned(),
@@ -169,7 +169,7 @@ impl SshHandler for Decoy {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         self.report(
-            pb::Credential {
+            PresentedCredential {
                 username: user.chars().take(256).collect(),
                 key_fingerprint: key.public_key.fingerprint(HashAlg::Sha256).to_string(),
                 key_type: key.algorithm.as_str().to_owned(),

@@ -31,7 +31,7 @@ fn watched() -> Watched {
     );
     Watched {
         files,
-        rules: vec![pb::AllowRule {
+        rules: vec![AllowRule {
             name: "backup".into(),
             process: "/usr/bin/rest*".into(),
             user: String::new(),
@@ -163,7 +163,7 @@ fn allow_rules_mark_known_readers() {
         lure: watched().files[Path::new("/r/home/a/patients.csv")].clone(),
         path: PathBuf::from("/r/home/a/patients.csv"),
         ops: [Op::Open].into(),
-        process: Some(pb::Process {
+        process: Some(EventProcess {
             pid: 1,
             exe: "/usr/bin/restic".into(),
             uid: 0,
@@ -181,7 +181,7 @@ fn allow_rules_mark_known_readers() {
         lure: watched().files[Path::new("/r/home/a/patients.csv")].clone(),
         path: PathBuf::from("/r/home/a/patients.csv"),
         ops: [Op::Open].into(),
-        process: Some(pb::Process {
+        process: Some(EventProcess {
             exe: "/usr/bin/cat".into(),
             ..Default::default()
         }),
@@ -190,9 +190,9 @@ fn allow_rules_mark_known_readers() {
     assert!(!d.emit(p, now).unwrap().allowed);
 }
 
-fn decoy_events(n: usize) -> Vec<pb::Event> {
+fn decoy_events(n: usize) -> Vec<AgentEvent> {
     (0..n)
-        .map(|i| pb::Event {
+        .map(|i| AgentEvent {
             id: format!("e{i}"),
             kind: "decoy-login".into(),
             ..Default::default()
@@ -267,7 +267,7 @@ fn reads_of_a_shared_file_by_its_ordinary_programs_are_recorded_not_raised() {
                 path: PathBuf::from(path),
                 op,
                 pid: Some(pid),
-                process: Some(pb::Process {
+                process: Some(EventProcess {
                     pid: pid.unsigned_abs(),
                     exe: exe.into(),
                     ..Default::default()

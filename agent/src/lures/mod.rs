@@ -28,10 +28,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use ruse_proto::agent::v1 as pb;
+use ruse_proto::spec::{LureSpec, PlantFile, PlantMode, Resource, decode_allow_rules};
 
 use self::block::Inserted;
 use self::fs::{Dir, FsError, NewFile, Owner, Removal};
@@ -286,8 +285,8 @@ impl LureEngine {
         let mut rules = Vec::new();
         for (id, lure) in &self.state.lures {
             if lure.kind == ALLOW_RULES {
-                if let Ok(r) = pb::AllowRules::decode(lure.spec.as_slice()) {
-                    rules = r.rules;
+                if let Ok(r) = decode_allow_rules(lure.spec.as_slice()) {
+                    rules = r;
                 }
                 continue;
             }
@@ -343,7 +342,7 @@ impl LureEngine {
 
     /// Applies an update: removals first, then changed resources. Every
     /// resource gets an outcome; the state is saved once at the end.
-    pub fn apply(&mut self, removed: &[String], resources: &[pb::Resource]) -> Vec<Outcome> {
+    pub fn apply(&mut self, removed: &[String], resources: &[Resource]) -> Vec<Outcome> {
         let mut outcomes = Vec::new();
         for id in removed {
             let revision = self.state.lures.get(id).map_or(0, |l| l.revision);
@@ -384,9 +383,8 @@ impl LureEngine {
         outcomes
     }
 
-    fn apply_rules(&mut self, resource: &pb::Resource) -> Result<(), LureError> {
-        pb::AllowRules::decode(resource.body.as_slice())
-            .map_err(|e| LureError::Spec(e.to_string()))?;
+    fn apply_rules(&mut self, resource: &Resource) -> Result<(), LureError> {
+        decode_allow_rules(resource.body.as_slice()).map_err(|e| LureError::Spec(e.to_string()))?;
         self.state.lures.insert(
             resource.id.clone(),
             AppliedLure {
@@ -401,14 +399,14 @@ impl LureEngine {
         Ok(())
     }
 
-    fn apply_one(&mut self, resource: &pb::Resource) -> Result<(), LureError> {
+    fn apply_one(&mut self, resource: &Resource) -> Result<(), LureError> {
         if let Some(existing) = self.state.lures.get(&resource.id) {
             if existing.revision == resource.revision && existing.spec == resource.body {
                 return Ok(());
             }
             self.remove(&resource.id)?;
         }
-        let spec = pb::LureSpec::decode(resource.body.as_slice())
+        let spec = LureSpec::decode(resource.body.as_slice())
             .map_err(|e| LureError::Spec(e.to_string()))?;
         let applied = self.plant(&resource.id, &spec, &resource.body, resource.revision)?;
         self.state.lures.insert(resource.id.clone(), applied);
@@ -446,7 +444,7 @@ impl LureEngine {
     fn plant(
         &self,
         id: &str,
-        spec: &pb::LureSpec,
+        spec: &LureSpec,
         body: &[u8],
         revision: u64,
     ) -> Result<AppliedLure, LureError> {
@@ -625,8 +623,8 @@ impl LureEngine {
             // changed, or one behind a link, stays where it is.
             let _ = unplant(&self.root, planted);
         }
-        let spec = pb::LureSpec::decode(lure.spec.as_slice())
-            .map_err(|e| LureError::Spec(e.to_string()))?;
+        let spec =
+            LureSpec::decode(lure.spec.as_slice()).map_err(|e| LureError::Spec(e.to_string()))?;
         let mut fresh = self.plant(id, &spec, &lure.spec, lure.revision)?;
         // Keep the directories created the first time.
         for dir in &lure.created_dirs {

@@ -62,7 +62,7 @@ impl Intents<'_> {
 pub(super) fn plant_file(
     root: &Dir,
     target: &Path,
-    file: &pb::PlantFile,
+    file: &PlantFile,
     owner: Option<Owner>,
     created_dirs: &mut Vec<PathBuf>,
     journal: &Intents<'_>,
@@ -95,12 +95,12 @@ pub(super) fn plant_file(
 pub(super) fn plant_content(
     root: &Dir,
     target: &Path,
-    file: &pb::PlantFile,
+    file: &PlantFile,
     new: NewFile,
     journal: &Intents<'_>,
 ) -> Result<Planted, LureError> {
-    match file.mode() {
-        pb::PlantMode::WholeFile => {
+    match file.mode {
+        PlantMode::WholeFile => {
             let planted = Planted::Whole {
                 path: target.to_path_buf(),
                 sha256: fs::sha256_hex(&file.content),
@@ -109,7 +109,7 @@ pub(super) fn plant_content(
             fs::create_new(root, target, &file.content, new)?;
             Ok(planted)
         }
-        pb::PlantMode::Block => {
+        PlantMode::Block => {
             let text = std::str::from_utf8(&file.content).map_err(|_| {
                 LureError::Spec(format!("block for {} is not UTF-8 text", file.path))
             })?;
@@ -140,9 +140,6 @@ pub(super) fn plant_content(
                     Ok(planted)
                 }
             }
-        }
-        pb::PlantMode::Unspecified => {
-            Err(LureError::Spec(format!("no plant mode for {}", file.path)))
         }
     }
 }

@@ -4,27 +4,27 @@
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 
-fn file(path: &str, content: &str, mode: pb::PlantMode, perms: u32) -> pb::PlantFile {
-    pb::PlantFile {
+fn file(path: &str, content: &str, mode: PlantMode, perms: u32) -> PlantFile {
+    PlantFile {
         ordinary_readers: Vec::new(),
         path: path.into(),
         content: content.as_bytes().to_vec(),
-        mode: mode.into(),
+        mode,
         permissions: perms,
         mtime_ms: 1_700_000_000_000,
     }
 }
 
-fn resource(id: &str, revision: u64, files: Vec<pb::PlantFile>) -> pb::Resource {
-    pb::Resource {
+fn resource(id: &str, revision: u64, files: Vec<PlantFile>) -> Resource {
+    Resource {
         id: id.into(),
         revision,
         kind: "lure".into(),
-        body: pb::LureSpec {
+        body: LureSpec {
             template: "test".into(),
             files,
         }
-        .encode_to_vec(),
+        .encode(),
     }
 }
 
@@ -89,16 +89,11 @@ fn plants_in_every_home_and_uninstall_restores_everything_exactly() {
                 "ssh",
                 1,
                 vec![
-                    file(
-                        "~/.ssh/id_pacs",
-                        "PRIVATE KEY",
-                        pb::PlantMode::WholeFile,
-                        0o600,
-                    ),
+                    file("~/.ssh/id_pacs", "PRIVATE KEY", PlantMode::WholeFile, 0o600),
                     file(
                         "~/.ssh/config",
                         "Host pacs\n  User svc_7f3k\n",
-                        pb::PlantMode::Block,
+                        PlantMode::Block,
                         0o600,
                     ),
                 ],
@@ -109,7 +104,7 @@ fn plants_in_every_home_and_uninstall_restores_everything_exactly() {
                 vec![file(
                     "/etc/hosts",
                     "10.9.9.9 pacs-archive02\n",
-                    pb::PlantMode::Block,
+                    PlantMode::Block,
                     0o644,
                 )],
             ),
@@ -181,13 +176,8 @@ fn a_whole_file_lure_never_replaces_a_real_file_and_partial_plants_are_undone() 
             "xlsx",
             3,
             vec![
-                file(
-                    "~/Documents/notes.txt",
-                    "lure",
-                    pb::PlantMode::WholeFile,
-                    0o644,
-                ),
-                file("~/passwords.xlsx", "lure", pb::PlantMode::WholeFile, 0o644),
+                file("~/Documents/notes.txt", "lure", PlantMode::WholeFile, 0o644),
+                file("~/passwords.xlsx", "lure", PlantMode::WholeFile, 0o644),
             ],
         )],
     );
@@ -212,7 +202,7 @@ fn reapplying_the_same_revision_touches_nothing() {
         vec![file(
             "~/.aws/credentials",
             "[x]\nk = v\n",
-            pb::PlantMode::Block,
+            PlantMode::Block,
             0o600,
         )],
     );
@@ -233,7 +223,7 @@ fn reapplying_the_same_revision_touches_nothing() {
         vec![file(
             "~/.aws/credentials",
             "[y]\nk = w\n",
-            pb::PlantMode::Block,
+            PlantMode::Block,
             0o600,
         )],
     );
@@ -256,10 +246,10 @@ fn drift_is_detected_and_repaired() {
             file(
                 "~/Documents/patients.csv",
                 "mrn,name\n1,A\n",
-                pb::PlantMode::WholeFile,
+                PlantMode::WholeFile,
                 0o644,
             ),
-            file("/etc/hosts", "10.9.9.9 pacs\n", pb::PlantMode::Block, 0o644),
+            file("/etc/hosts", "10.9.9.9 pacs\n", PlantMode::Block, 0o644),
         ],
     );
     assert!(e.apply(&[], &[r])[0].result.is_ok());
@@ -310,7 +300,7 @@ fn a_block_keeps_the_files_owner_and_mode() {
         vec![file(
             "~/.pgpass",
             "pacs:5432:pacs:svc:pw\n",
-            pb::PlantMode::Block,
+            PlantMode::Block,
             0o644,
         )],
     );
@@ -348,7 +338,7 @@ fn listings_do_not_give_lures_away() {
         vec![file(
             "~/.aws/credentials",
             "[x]\nk = v\n",
-            pb::PlantMode::Block,
+            PlantMode::Block,
             0o600,
         )],
     );
@@ -375,19 +365,19 @@ fn refuses_paths_that_escape_and_unknown_kinds() {
             resource(
                 "up",
                 1,
-                vec![file("/../../etc/x", "x", pb::PlantMode::WholeFile, 0)],
+                vec![file("/../../etc/x", "x", PlantMode::WholeFile, 0)],
             ),
             resource(
                 "link",
                 1,
-                vec![file("/etc/link/evil", "x", pb::PlantMode::WholeFile, 0)],
+                vec![file("/etc/link/evil", "x", PlantMode::WholeFile, 0)],
             ),
             resource(
                 "rel",
                 1,
-                vec![file("relative/x", "x", pb::PlantMode::WholeFile, 0)],
+                vec![file("relative/x", "x", PlantMode::WholeFile, 0)],
             ),
-            pb::Resource {
+            Resource {
                 id: "d".into(),
                 revision: 1,
                 kind: "decoy".into(),
@@ -422,7 +412,7 @@ fn a_link_planted_after_the_lure_is_never_followed() {
         vec![file(
             "~/projects/ehr-integration/.env",
             env,
-            pb::PlantMode::WholeFile,
+            PlantMode::WholeFile,
             0o600,
         )],
     );
@@ -474,10 +464,10 @@ fn one_refusing_home_leaves_the_lure_in_the_others() {
                 file(
                     "~/Dokumente/Export/patienten.csv",
                     "mrn\n",
-                    pb::PlantMode::WholeFile,
+                    PlantMode::WholeFile,
                     0o644,
                 ),
-                file("~/passwords.xlsx", "lure", pb::PlantMode::WholeFile, 0o644),
+                file("~/passwords.xlsx", "lure", PlantMode::WholeFile, 0o644),
             ],
         )],
     );
@@ -522,7 +512,7 @@ fn a_changed_whole_file_lure_is_never_deleted() {
         vec![file(
             "/etc/patients.csv",
             "mrn,name\n",
-            pb::PlantMode::WholeFile,
+            PlantMode::WholeFile,
             0o644,
         )],
     );
@@ -554,7 +544,7 @@ fn directories_made_by_a_rotated_lure_go_at_uninstall() {
             vec![file(
                 &format!("~/.kube/{name}.kubeconfig"),
                 "apiVersion: v1\n",
-                pb::PlantMode::WholeFile,
+                PlantMode::WholeFile,
                 0o600,
             )],
         )
@@ -599,13 +589,13 @@ fn a_run_that_ends_before_saving_leaves_nothing_behind_at_the_next_start() {
                 file(
                     "~/.config/pacs/viewer/nodes.ini",
                     "[Node]\nAETitle=RADWS7K2M9QX\n",
-                    pb::PlantMode::WholeFile,
+                    PlantMode::WholeFile,
                     0o600,
                 ),
                 file(
                     "~/.ssh/config",
                     "Host pacs-bkp\n  User svc\n",
-                    pb::PlantMode::Block,
+                    PlantMode::Block,
                     0o600,
                 ),
             ],
@@ -657,7 +647,7 @@ fn what_the_state_recorded_survives_the_recovery() {
         vec![file(
             "/etc/pacs.ini",
             "[pacs]\n",
-            pb::PlantMode::WholeFile,
+            PlantMode::WholeFile,
             0o644,
         )],
     );
@@ -694,7 +684,7 @@ fn removing_a_block_someone_already_took_out_succeeds() {
         vec![file(
             "~/.ssh/config",
             "Host pacs\n",
-            pb::PlantMode::Block,
+            PlantMode::Block,
             0o600,
         )],
     );

@@ -1,7 +1,7 @@
 use super::*;
 
-fn event(n: u32, kind: &str, allowed: bool) -> pb::Event {
-    pb::Event {
+fn event(n: u32, kind: &str, allowed: bool) -> AgentEvent {
+    AgentEvent {
         id: format!("ev{n:06}"),
         kind: kind.into(),
         lure_id: "lure".into(),
@@ -11,7 +11,7 @@ fn event(n: u32, kind: &str, allowed: bool) -> pb::Event {
     }
 }
 
-fn ids(events: &[pb::Event]) -> Vec<String> {
+fn ids(events: &[AgentEvent]) -> Vec<String> {
     events.iter().map(|e| e.id.clone()).collect()
 }
 
@@ -146,7 +146,7 @@ fn the_log_is_compacted_only_once_acknowledged_bytes_outweigh_pending_ones() {
     let mut o = Outbox::open(dir.path(), 1_000).unwrap();
     // 200 records of ~50 KB: ~10 MB.
     let mut batch: Vec<_> = (0..200)
-        .map(|n| pb::Event {
+        .map(|n| AgentEvent {
             detail: "x".repeat(50_000),
             ..event(n, "decoy-login", false)
         })
@@ -245,7 +245,7 @@ fn a_full_outbox_does_not_rewrite_its_log_on_every_append() {
     let mut before = 0;
     // ~50 KB each: 20 fit in ~1 MB; 200 appended one at a time.
     for n in 0..200 {
-        let mut one = [pb::Event {
+        let mut one = [AgentEvent {
             detail: "x".repeat(50_000),
             ..event(n, "touch", false)
         }];

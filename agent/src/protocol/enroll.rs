@@ -8,8 +8,8 @@ use ruse_proto::agent::v1 as pb;
 use ruse_proto::agent::v1::agent_service_client::AgentServiceClient;
 use ruse_proto::transport;
 
+use super::session::{Phase, classify_status, classify_transport};
 use crate::identity::AgentIdentity;
-use crate::session::{Phase, classify_status, classify_transport};
 use crate::{AgentConfig, AgentError, Failure, facts};
 
 /// Enrolls and saves the new identity. The token is read here and never
@@ -67,4 +67,18 @@ pub(crate) async fn enroll(config: &AgentConfig) -> Result<AgentIdentity, Failur
     }
     identity.save(&config.state_dir)?;
     Ok(identity)
+}
+
+/// Tells the controller this agent is gone (its lures are already removed).
+pub(crate) async fn deregister(
+    channel: tonic::transport::Channel,
+    reason: &str,
+) -> Result<(), AgentError> {
+    AgentServiceClient::new(channel)
+        .deregister(pb::DeregisterRequest {
+            reason: reason.to_owned(),
+        })
+        .await
+        .map_err(|s| AgentError::Unreachable(s.message().to_owned()))?;
+    Ok(())
 }

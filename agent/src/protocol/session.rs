@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use ruse_pki::PrivateKey;
 use ruse_proto::agent::v1 as pb;
 use ruse_proto::agent::v1::agent_service_client::AgentServiceClient;
+use ruse_proto::spec;
 use ruse_proto::types::UnixMs;
 use ruse_proto::{errors, transport};
 
@@ -276,7 +277,7 @@ pub(crate) async fn run_once(
                                 return Err(Failure::RetryAfter(Duration::from_millis(r.millis)));
                             }
                             Some(pb::directive::Kind::Drill(drill)) => {
-                                crate::drill(shared, &drill);
+                                crate::drill(shared, &crate::Drill { id: drill.id, lure_id: drill.lure_id });
                             }
                             Some(pb::directive::Kind::ReportFullState(_)) | None => {}
                         },
@@ -392,7 +393,7 @@ async fn send_events(
         };
         if tx
             .send(message(pb::agent_message::Msg::Events(pb::EventBatch {
-                events: batch,
+                events: batch.into_iter().map(pb::Event::from).collect(),
             })))
             .await
             .is_err()
@@ -406,12 +407,13 @@ async fn send_events(
 /// Applies an update off the async threads and builds the Ack or Nack.
 /// Decoy resources go to the decoy manager, the rest to the planting engine.
 async fn apply_update(shared: &Shared, update: pb::Update) -> pb::AgentMessage {
+    let update = spec::Update::from(update);
     let nonce = update.nonce;
     let (decoy_removed, removed): (Vec<String>, Vec<String>) = update
         .removed
         .into_iter()
         .partition(|id| DecoyManager::owns(id));
-    let (decoy_resources, resources): (Vec<pb::Resource>, Vec<pb::Resource>) = update
+    let (decoy_resources, resources): (Vec<spec::Resource>, Vec<spec::Resource>) = update
         .resources
         .into_iter()
         .partition(|r| r.kind == crate::decoys::DECOY);
@@ -420,10 +422,10 @@ async fn apply_update(shared: &Shared, update: pb::Update) -> pb::AgentMessage {
         tokio::task::spawn_blocking(move || crate::lock(&engine).apply(&removed, &resources))
             .await
             .unwrap_or_default();
-    let mut errors: Vec<pb::ResourceError> = outcomes
+    let mut errors: Vec<spec::ResourceError> = outcomes
         .into_iter()
         .filter_map(|o| {
-            o.result.err().map(|e| pb::ResourceError {
+            o.result.err().map(|e| spec::ResourceError {
                 id: o.id,
                 revision: o.revision,
                 error: e.to_string(),
@@ -438,7 +440,7 @@ async fn apply_update(shared: &Shared, update: pb::Update) -> pb::AgentMessage {
             .apply(&decoy_removed, &decoy_resources)
             .await;
         errors.extend(outcomes.into_iter().filter_map(|(id, revision, r)| {
-            r.err().map(|e| pb::ResourceError {
+            r.err().map(|e| spec::ResourceError {
                 id,
                 revision,
                 error: e.to_string(),
@@ -449,7 +451,10 @@ async fn apply_update(shared: &Shared, update: pb::Update) -> pb::AgentMessage {
         message(pb::agent_message::Msg::Ack(pb::Ack { nonce }))
     } else {
         tracing::warn!(nonce, failed = errors.len(), first = %errors[0].error, "update partly refused");
-        message(pb::agent_message::Msg::Nack(pb::Nack { nonce, errors }))
+        message(pb::agent_message::Msg::Nack(pb::Nack {
+            nonce,
+            errors: errors.into_iter().map(pb::ResourceError::from).collect(),
+        }))
     }
 }
 
