@@ -6,7 +6,11 @@ use std::path::PathBuf;
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["ruse/agent/v1/agent.proto", "ruse/admin/v1/admin.proto"];
+const PROTOS: &[&str] = &[
+    "ruse/common/v1/common.proto",
+    "ruse/agent/v1/agent.proto",
+    "ruse/admin/v1/admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -171,13 +171,7 @@ pub(super) fn event_pb(e: &StoredEvent) -> pb::LureEvent {
         campaign: e.campaign.clone(),
         kind: e.kind.clone(),
         path: e.path.clone(),
-        process: e.process.as_ref().map(|p| pb::EventProcess {
-            pid: p.pid,
-            exe: p.exe.clone(),
-            uid: p.uid,
-            user: p.user.clone(),
-            cmdline: p.cmdline.clone(),
-        }),
+        process: e.process.as_ref().map(Into::into),
         operations: e.operations.clone(),
         attribution: e.attribution.clone(),
         allowed: e.allowed,
@@ -188,27 +182,9 @@ pub(super) fn event_pb(e: &StoredEvent) -> pb::LureEvent {
         received_ms: e.received.0,
         peer: e.peer.clone(),
         seq: e.seq,
-        decoy: e.decoy.as_ref().map(|d| pb::DecoyContact {
-            name: d.name.clone(),
-            protocol: d.protocol.clone(),
-            port: u32::from(d.port),
-            source_ip: d.source_ip.clone(),
-            source_port: u32::from(d.source_port),
-        }),
-        credential: e.credential.as_ref().map(|c| pb::PresentedCredential {
-            username: c.username.clone(),
-            password: c.password.clone(),
-            key_fingerprint: c.key_fingerprint.clone(),
-            key_type: c.key_type.clone(),
-            ae_title: c.ae_title.clone(),
-            called_ae_title: c.called_ae_title.clone(),
-            token: c.token.clone(),
-            domain: c.domain.clone(),
-            workstation: c.workstation.clone(),
-            client: c.client.clone(),
-            host: c.host.clone(),
-            application: c.application.clone(),
-        }),
+        decoy: e.decoy.as_ref().map(Into::into),
+        // The NTLM response is never shown (the conversion leaves it out).
+        credential: e.credential.as_ref().map(Into::into),
         origin_agent_id: e
             .origin_agent
             .as_ref()
