@@ -25,7 +25,7 @@ use ruse_proto::spec::AllowRule;
 use ruse_proto::types::{UnixMs, new_ulid};
 
 use crate::outbox::{Outbox, OutboxError};
-use crate::watcher::{Access, Op, Via, Watcher, process_info};
+use crate::platform::{Access, FileWatcher, Native, Op, Platform, Via};
 
 /// Paths the agent itself touched recently (for inotify, which reports no
 /// process).
@@ -182,7 +182,7 @@ impl Detector {
                 process: access
                     .process
                     .clone()
-                    .or_else(|| access.pid.and_then(process_info)),
+                    .or_else(|| access.pid.and_then(Native::process)),
                 lure,
                 path: access.path.clone(),
                 ops: BTreeSet::new(),
@@ -477,8 +477,8 @@ impl EventSink {
 
 /// Runs the watcher and detector until `stop`, re-watching whenever
 /// `watched` changes; publishes each set on `marked` once it is watched.
-pub async fn run(
-    mut watcher: Watcher,
+pub async fn run<W: FileWatcher>(
+    mut watcher: W,
     mut detector: Detector,
     sink: EventSink,
     mut watched: watch::Receiver<Arc<Watched>>,

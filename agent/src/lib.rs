@@ -13,12 +13,11 @@ pub mod config;
 pub mod decoys;
 pub mod detect;
 
-pub mod facts;
 pub mod identity;
 pub mod lures;
 pub mod outbox;
+pub mod platform;
 mod protocol;
-pub mod watcher;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +32,7 @@ pub use config::AgentConfig;
 use detect::{Detector, EventSink, Watched};
 use identity::{AgentIdentity, StateError};
 use lures::{HomeDirs, LureEngine};
+use platform::{Native, Platform};
 use protocol::{enroll, session};
 
 /// The planting engine, shared by the sessions of one agent process.
@@ -382,7 +382,7 @@ impl Agent {
             &config.state_dir.join("outbox"),
             config.outbox_capacity,
         )?);
-        let watcher = watcher::Watcher::new().map_err(AgentError::Watch)?;
+        let watcher = Native::watcher().map_err(AgentError::Watch)?;
         let watcher_mode = watcher.mode();
         let detector = Detector::new(config.detect, activity);
         let rate_limited = detector.rate_limited_counter();

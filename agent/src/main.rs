@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
+use ruse_agent::platform::{Native, Platform};
 use ruse_agent::{AgentConfig, AgentStatus};
 use ruse_proto::types::Labels;
 
@@ -187,7 +188,7 @@ fn main() -> ExitCode {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (status_tx, _status_rx) = watch::channel(AgentStatus::default());
         tokio::spawn(async move {
-            wait_for_signal().await;
+            <Native as Platform>::stop_requested().await;
             tracing::info!("stopping");
             let _ = stop_tx.send(true);
         });
@@ -271,21 +272,6 @@ fn uninstall(state_dir: &std::path::Path, root: &std::path::Path) -> ExitCode {
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("ruse-agent: error: {e}");
     ExitCode::FAILURE
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn init_logging(json: bool) {

@@ -10,7 +10,8 @@ use ruse_proto::transport;
 
 use super::session::{Phase, classify_status, classify_transport};
 use crate::identity::AgentIdentity;
-use crate::{AgentConfig, AgentError, Failure, facts};
+use crate::platform::{Native, Platform};
+use crate::{AgentConfig, AgentError, Failure};
 
 /// Enrolls and saves the new identity. The token is read here and never
 /// logged.
@@ -38,7 +39,7 @@ pub(crate) async fn enroll(config: &AgentConfig) -> Result<AgentIdentity, Failur
         .enroll(pb::EnrollRequest {
             token,
             csr_der,
-            facts: Some(facts::gather(&config.labels).into()),
+            facts: Some(Native::host_facts(&config.labels).into()),
         })
         .await
         .map_err(|s| classify_status(&s, Phase::Enrolling))?

@@ -20,7 +20,8 @@ use ruse_proto::{errors, transport};
 
 use crate::decoys::DecoyManager;
 use crate::identity::AgentIdentity;
-use crate::{AgentConfig, AgentError, AgentStatus, Failure, Shared, facts, random_fraction};
+use crate::platform::{Native, Platform};
+use crate::{AgentConfig, AgentError, AgentStatus, Failure, Shared, random_fraction};
 
 /// Until the controller says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
@@ -189,7 +190,7 @@ pub(crate) async fn run_once(
     let hello = pb::Hello {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         capabilities: Vec::new(),
-        facts: Some(facts::gather(&config.labels).into()),
+        facts: Some(Native::host_facts(&config.labels).into()),
         applied: {
             let mut applied = crate::lock(&shared.engine).applied();
             applied.extend(shared.decoys.lock().await.applied());

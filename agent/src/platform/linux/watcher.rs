@@ -40,50 +40,7 @@ use tokio::sync::mpsc;
 
 use ruse_proto::convert::EventProcess;
 
-/// What was done to a watched file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Op {
-    Open,
-    Read,
-    Modify,
-    Close,
-    Delete,
-    Rename,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Open => "open",
-            Op::Read => "read",
-            Op::Modify => "modify",
-            Op::Close => "close",
-            Op::Delete => "delete",
-            Op::Rename => "rename",
-        }
-    }
-}
-
-/// How an access was observed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// With the accessing process.
-    Fanotify,
-    /// Without process attribution.
-    Inotify,
-}
-
-/// One observed access.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Access {
-    pub path: PathBuf,
-    pub op: Op,
-    /// The accessing process, when known.
-    pub pid: Option<i32>,
-    /// Who it is, read while it was held at open.
-    pub process: Option<EventProcess>,
-    pub via: Via,
-}
+use crate::platform::{Access, FileWatcher, Op, Via};
 
 fn io_err(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
@@ -533,4 +490,22 @@ fn read_inotify(
         }));
     }
     Ok(Some(out))
+}
+
+impl FileWatcher for Watcher {
+    fn mode(&self) -> &'static str {
+        Watcher::mode(self)
+    }
+
+    fn lost(&self) -> u64 {
+        Watcher::lost(self)
+    }
+
+    fn watch(&mut self, files: &[PathBuf]) -> Vec<(PathBuf, io::Error)> {
+        Watcher::watch(self, files)
+    }
+
+    fn next(&mut self) -> impl Future<Output = io::Result<Vec<Access>>> + Send {
+        Watcher::next(self)
+    }
 }
