@@ -362,7 +362,9 @@ impl crate::events::Incoming for pb::Event {
         self.kind
     }
 
-    fn into_event(self) -> Result<ruse_proto::convert::ReportedEvent, String> {
-        ruse_proto::convert::ReportedEvent::try_from(self).map_err(|e| e.to_string())
+    fn into_event(
+        self,
+    ) -> Result<ruse_proto::convert::ReportedEvent, ruse_proto::types::InvalidValue> {
+        ruse_proto::convert::ReportedEvent::try_from(self)
     }
 }

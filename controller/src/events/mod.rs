@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ruse_proto::convert::{CREDENTIAL_USE, ReportedEvent};
-use ruse_proto::types::{AgentId, UnixMs, new_ulid};
+use ruse_proto::types::{AgentId, InvalidValue, UnixMs, new_ulid};
 
 use crate::deploy::{BatchLookup, Deployer};
 use crate::drills::Drills;
@@ -50,7 +50,7 @@ pub use self::watch::{EventWatch, WatchItem};
 pub trait Incoming {
     fn seq(&self) -> u64;
     fn into_kind(self) -> String;
-    fn into_event(self) -> Result<ReportedEvent, String>;
+    fn into_event(self) -> Result<ReportedEvent, InvalidValue>;
 }
 
 /// The outcome of one batch.
