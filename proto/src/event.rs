@@ -81,20 +81,11 @@ impl From<AgentEvent> for pb::Event {
             template: e.template,
             detail: e.detail,
             decoy: e.decoy.as_ref().map(pb::DecoyContact::from),
+            // The one conversion, plus the NTLM response it leaves out:
+            // an agent sends it to its controller to match.
             credential: e.credential.map(|c| pb::Credential {
-                username: c.username,
-                password: c.password,
-                key_fingerprint: c.key_fingerprint,
-                key_type: c.key_type,
-                ae_title: c.ae_title,
-                called_ae_title: c.called_ae_title,
-                token: c.token,
-                domain: c.domain,
-                workstation: c.workstation,
-                client: c.client,
-                host: c.host,
-                application: c.application,
-                ntlm_response: c.ntlm_response,
+                ntlm_response: c.ntlm_response.clone(),
+                ..pb::Credential::from(&c)
             }),
         }
     }
