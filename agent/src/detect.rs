@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use ruse_proto::convert::EventProcess;
 use ruse_proto::event::AgentEvent;
 use ruse_proto::spec::AllowRule;
 use ruse_proto::types::{UnixMs, new_ulid};
 
-use crate::outbox::{Outbox, OutboxError};
+use crate::outbox::EventSink;
 use crate::platform::{Access, FileWatcher, Native, Op, Platform, Via};
 
 /// Paths the agent itself touched recently (for inotify, which reports no
@@ -352,126 +352,6 @@ fn program(p: &EventProcess) -> Option<&str> {
             a if a.starts_with('-') => {}
             script => return Some(script),
         }
-    }
-}
-
-/// Where events go: the durable outbox, then the session.
-#[derive(Debug, Clone)]
-pub struct EventSink {
-    outbox: Arc<Mutex<Outbox>>,
-    notify: Arc<Notify>,
-    /// Woken whenever acknowledgements make room in the outbox.
-    room: Arc<Notify>,
-}
-
-impl EventSink {
-    pub fn new(outbox: Outbox) -> Self {
-        EventSink {
-            outbox: Arc::new(Mutex::new(outbox)),
-            notify: Arc::new(Notify::new()),
-            room: Arc::new(Notify::new()),
-        }
-    }
-
-    pub(crate) fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Events recorded and not yet acknowledged by the controller.
-    pub fn depth(&self) -> usize {
-        self.outbox().depth()
-    }
-
-    /// Woken whenever events are recorded.
-    pub fn notify(&self) -> &Arc<Notify> {
-        &self.notify
-    }
-
-    /// Records events durably (synced to disk) and wakes the session.
-    pub async fn record<E: Into<AgentEvent>>(&self, events: Vec<E>) -> Result<(), OutboxError> {
-        let mut events: Vec<AgentEvent> = events.into_iter().map(Into::into).collect();
-        if events.is_empty() {
-            return Ok(());
-        }
-        let outbox = self.outbox.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            outbox
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&mut events)
-        })
-        .await
-        .unwrap_or_else(|e| Err(OutboxError::other(e.to_string())));
-        self.notify.notify_one();
-        result
-    }
-
-    /// Records events only where the outbox has room for all of them,
-    /// waiting up to `patience` for acknowledgements to make it. Unlike
-    /// [`EventSink::record`] this never sheds older events: events that
-    /// still do not fit are not recorded, and their number is returned.
-    pub async fn record_when_room<E: Into<AgentEvent>>(
-        &self,
-        events: Vec<E>,
-        patience: Duration,
-    ) -> Result<usize, OutboxError> {
-        let mut events: Vec<AgentEvent> = events.into_iter().map(Into::into).collect();
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            if events.is_empty() {
-                return Ok(0);
-            }
-            // Registered before the check, so an ack in between still wakes us.
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            let outbox = self.outbox.clone();
-            let expired = tokio::time::Instant::now() >= deadline;
-            let (result, rest) = tokio::task::spawn_blocking(move || {
-                let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
-                let free = outbox.capacity().saturating_sub(outbox.depth());
-                if free >= events.len() {
-                    (outbox.append(&mut events), Vec::new())
-                } else if expired {
-                    let rest = events.split_off(free);
-                    (outbox.append(&mut events), rest)
-                } else {
-                    (Ok(()), events)
-                }
-            })
-            .await
-            .unwrap_or_else(|e| (Err(OutboxError::other(e.to_string())), Vec::new()));
-            result?;
-            if rest.is_empty() {
-                self.notify.notify_one();
-                return Ok(0);
-            }
-            if expired {
-                self.notify.notify_one();
-                return Ok(rest.len());
-            }
-            events = rest;
-            // Nothing fitted: wait for an acknowledgement or the deadline.
-            let _ = tokio::time::timeout_at(deadline, room).await;
-        }
-    }
-
-    /// The controller has every event through `through`: forgets them and
-    /// wakes writers waiting for room. Returns the events newly
-    /// acknowledged and the outbox depth after.
-    pub async fn ack(&self, through: u64) -> Result<(u64, usize), OutboxError> {
-        let outbox = self.outbox.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
-            let before = outbox.acked();
-            outbox
-                .ack(through)
-                .map(|()| (outbox.acked() - before, outbox.depth()))
-        })
-        .await
-        .unwrap_or_else(|e| Err(OutboxError::other(e.to_string())));
-        self.room.notify_waiters();
-        result
     }
 }
 

@@ -29,9 +29,10 @@ use ruse_proto::event::AgentEvent;
 use ruse_proto::types::{AgentId, UnixMs, random_bytes};
 
 pub use config::AgentConfig;
-use detect::{Detector, EventSink, Watched};
+use detect::{Detector, Watched};
 use identity::{AgentIdentity, StateError};
 use lures::{HomeDirs, LureEngine};
+use outbox::EventSink;
 use platform::{Native, Platform};
 use protocol::{enroll, session};
 
@@ -448,7 +449,7 @@ impl Agent {
         status.send_modify(|s| {
             s.decoy_services = decoy_services;
             s.lures = lock(&shared.engine).applied().len();
-            s.outbox_depth = shared.sink.outbox().depth();
+            s.outbox_depth = shared.sink.depth();
         });
         let result = run_sessions(
             &config,

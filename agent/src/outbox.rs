@@ -38,6 +38,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
 use ruse_proto::event::AgentEvent;
 
 const LOG: &str = "outbox.log";
@@ -53,7 +58,7 @@ pub const MAX_HELD: usize = 10_000;
 const HELD: u64 = u64::MAX;
 
 /// How stale `outbox.acked` may get while events stay in the log.
-pub const ACKED_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+pub const ACKED_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// How much an event matters, for the drop policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -613,6 +618,142 @@ impl Drop for Outbox {
         if let Err(e) = self.write_acked() {
             tracing::warn!(error = %e, "cannot record the last acknowledgements; they will be sent again");
         }
+    }
+}
+
+/// Where events go: the durable outbox, then the session.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    outbox: Arc<Mutex<Outbox>>,
+    notify: Arc<Notify>,
+    /// Woken whenever acknowledgements make room in the outbox.
+    room: Arc<Notify>,
+}
+
+impl EventSink {
+    pub fn new(outbox: Outbox) -> Self {
+        EventSink {
+            outbox: Arc::new(Mutex::new(outbox)),
+            notify: Arc::new(Notify::new()),
+            room: Arc::new(Notify::new()),
+        }
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The highest sequence the controller has acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.outbox().acked()
+    }
+
+    /// Events waiting (recorded, not acknowledged) and events dropped.
+    pub fn backlog(&self) -> (usize, u64) {
+        let o = self.outbox();
+        (o.depth(), o.dropped())
+    }
+
+    /// Up to `limit` recorded events after sequence `after`, oldest first.
+    pub fn pending(&self, after: u64, limit: usize) -> Result<Vec<AgentEvent>, OutboxError> {
+        self.outbox().pending(after, limit)
+    }
+
+    /// Events recorded and not yet acknowledged by the controller.
+    pub fn depth(&self) -> usize {
+        self.outbox().depth()
+    }
+
+    /// Woken whenever events are recorded.
+    pub fn notify(&self) -> &Arc<Notify> {
+        &self.notify
+    }
+
+    /// Records events durably (synced to disk) and wakes the session.
+    pub async fn record<E: Into<AgentEvent>>(&self, events: Vec<E>) -> Result<(), OutboxError> {
+        let mut events: Vec<AgentEvent> = events.into_iter().map(Into::into).collect();
+        if events.is_empty() {
+            return Ok(());
+        }
+        let outbox = self.outbox.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&mut events)
+        })
+        .await
+        .unwrap_or_else(|e| Err(OutboxError::other(e.to_string())));
+        self.notify.notify_one();
+        result
+    }
+
+    /// Records events only where the outbox has room for all of them,
+    /// waiting up to `patience` for acknowledgements to make it. Unlike
+    /// [`EventSink::record`] this never sheds older events: events that
+    /// still do not fit are not recorded, and their number is returned.
+    pub async fn record_when_room<E: Into<AgentEvent>>(
+        &self,
+        events: Vec<E>,
+        patience: Duration,
+    ) -> Result<usize, OutboxError> {
+        let mut events: Vec<AgentEvent> = events.into_iter().map(Into::into).collect();
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if events.is_empty() {
+                return Ok(0);
+            }
+            // Registered before the check, so an ack in between still wakes us.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            let outbox = self.outbox.clone();
+            let expired = tokio::time::Instant::now() >= deadline;
+            let (result, rest) = tokio::task::spawn_blocking(move || {
+                let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
+                let free = outbox.capacity().saturating_sub(outbox.depth());
+                if free >= events.len() {
+                    (outbox.append(&mut events), Vec::new())
+                } else if expired {
+                    let rest = events.split_off(free);
+                    (outbox.append(&mut events), rest)
+                } else {
+                    (Ok(()), events)
+                }
+            })
+            .await
+            .unwrap_or_else(|e| (Err(OutboxError::other(e.to_string())), Vec::new()));
+            result?;
+            if rest.is_empty() {
+                self.notify.notify_one();
+                return Ok(0);
+            }
+            if expired {
+                self.notify.notify_one();
+                return Ok(rest.len());
+            }
+            events = rest;
+            // Nothing fitted: wait for an acknowledgement or the deadline.
+            let _ = tokio::time::timeout_at(deadline, room).await;
+        }
+    }
+
+    /// The controller has every event through `through`: forgets them and
+    /// wakes writers waiting for room. Returns the events newly
+    /// acknowledged and the outbox depth after.
+    pub async fn ack(&self, through: u64) -> Result<(u64, usize), OutboxError> {
+        let outbox = self.outbox.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut outbox = outbox.lock().unwrap_or_else(|e| e.into_inner());
+            let before = outbox.acked();
+            outbox
+                .ack(through)
+                .map(|()| (outbox.acked() - before, outbox.depth()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(OutboxError::other(e.to_string())));
+        self.room.notify_waiters();
+        result
     }
 }
 

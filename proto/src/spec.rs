@@ -101,11 +101,11 @@ pub struct ResourceError {
     pub error: String,
 }
 
-impl From<&PlantFile> for pb::PlantFile {
-    fn from(f: &PlantFile) -> Self {
+impl From<PlantFile> for pb::PlantFile {
+    fn from(f: PlantFile) -> Self {
         pb::PlantFile {
-            path: f.path.clone(),
-            content: f.content.clone(),
+            path: f.path,
+            content: f.content,
             mode: match f.mode {
                 PlantMode::WholeFile => pb::PlantMode::WholeFile,
                 PlantMode::Block => pb::PlantMode::Block,
@@ -113,17 +113,19 @@ impl From<&PlantFile> for pb::PlantFile {
             .into(),
             permissions: f.permissions,
             mtime_ms: f.mtime_ms,
-            ordinary_readers: f.ordinary_readers.clone(),
+            ordinary_readers: f.ordinary_readers,
         }
     }
 }
 
 impl LureSpec {
-    /// The bytes of `Resource.body` for this lure.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The bytes of `Resource.body` for this lure. Consumes the spec: a
+    /// campaign push renders and encodes every lure of every agent once,
+    /// and the files' contents are moved, not copied.
+    pub fn encode(self) -> Vec<u8> {
         pb::LureSpec {
-            template: self.template.clone(),
-            files: self.files.iter().map(pb::PlantFile::from).collect(),
+            template: self.template,
+            files: self.files.into_iter().map(pb::PlantFile::from).collect(),
         }
         .encode_to_vec()
     }
@@ -338,7 +340,10 @@ mod tests {
                 ordinary_readers: vec!["psql".into()],
             }],
         };
-        assert_eq!(LureSpec::decode(&lure.encode()).expect("decodes"), lure);
+        assert_eq!(
+            LureSpec::decode(&lure.clone().encode()).expect("decodes"),
+            lure
+        );
         let decoded = pb::LureSpec::decode(lure.encode().as_slice()).expect("a LureSpec");
         assert_eq!(decoded.template, "pgpass");
         assert_eq!(decoded.files[0].mode(), pb::PlantMode::Block);

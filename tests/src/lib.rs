@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use ruse_agent::detect::EventSink;
+use ruse_agent::outbox::EventSink;
 use ruse_agent::{AgentConfig, AgentError, AgentStatus};
 use ruse_controller::Controller;
 use ruse_controller::config::ControllerConfig;

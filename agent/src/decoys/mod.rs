@@ -35,7 +35,7 @@ use ruse_proto::event::AgentEvent;
 use ruse_proto::spec::{DecoyService, DecoySpec, Resource};
 use ruse_proto::types::{UnixMs, new_ulid};
 
-use crate::detect::EventSink;
+use crate::outbox::EventSink;
 
 /// Resource kind of decoys.
 pub const DECOY: &str = "decoy";

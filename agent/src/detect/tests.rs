@@ -1,4 +1,5 @@
 use super::*;
+use crate::outbox::Outbox;
 
 fn watched() -> Watched {
     let mut files = HashMap::new();
@@ -243,8 +244,8 @@ async fn decoy_events_wait_for_room_and_never_push_older_events_out() {
         .await
         .unwrap();
     assert_eq!(refused, 3);
-    assert_eq!(sink.outbox().dropped(), 0);
-    let pending = sink.outbox().pending(0, 10).unwrap();
+    assert_eq!(sink.backlog().1, 0);
+    let pending = sink.pending(0, 10).unwrap();
     assert_eq!(pending.len(), 4);
     assert_eq!(pending[0].kind, "touch");
 }

@@ -214,7 +214,7 @@ pub(crate) async fn run_once(
 
     let mut heartbeat = heartbeat_timer(DEFAULT_HEARTBEAT);
     let mut last_verify = Instant::now();
-    let mut flight = InFlight::new(shared.sink.outbox().acked());
+    let mut flight = InFlight::new(shared.sink.acked());
     if !send_events(shared, &tx, &mut flight).await {
         return Ok(End::Closed {
             lasted: started.elapsed(),
@@ -245,10 +245,8 @@ pub(crate) async fn run_once(
                     last_verify = Instant::now();
                 }
                 let degraded = !problems.is_empty();
-                let (outbox_depth, outbox_dropped) = {
-                    let o = shared.sink.outbox();
-                    (o.depth() as u64, o.dropped())
-                };
+                let (depth, outbox_dropped) = shared.sink.backlog();
+                let outbox_depth = depth as u64;
                 let beat = pb::Heartbeat {
                     status: if degraded { pb::HealthStatus::Degraded } else { pb::HealthStatus::Ok }.into(),
                     problems: problems.clone(),
@@ -376,17 +374,14 @@ async fn send_events(
     flight: &mut InFlight,
 ) -> bool {
     loop {
-        let batch = {
-            let outbox = shared.sink.outbox();
-            if !flight.room(outbox.acked()) {
+        if !flight.room(shared.sink.acked()) {
+            return true;
+        }
+        let batch = match shared.sink.pending(flight.sent_through, EVENTS_PER_BATCH) {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
                 return true;
-            }
-            match outbox.pending(flight.sent_through, EVENTS_PER_BATCH) {
-                Ok(events) => events,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the outbox");
-                    return true;
-                }
             }
         };
         let Some(last) = batch.last().map(|e| e.seq) else {
