@@ -30,10 +30,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use ruse_proto::spec::{LureSpec, PlantFile, PlantMode, Resource, decode_allow_rules};
+use ruse_proto::spec::{LureSpec, Resource, decode_allow_rules};
 
 use self::block::Inserted;
-use self::fs::{Dir, FsError, NewFile, Owner, Removal};
+use self::fs::{Dir, FsError, Owner};
 pub use self::homes::HomeDirs;
 use self::journal::{Intent, Journal};
 use self::plant::{Intents, check, plant_file, remove_dirs, undo, unplant};

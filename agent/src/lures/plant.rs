@@ -2,7 +2,13 @@
 //! moved into place, blocks appended), checking them for drift, and
 //! removing or undoing them byte-exactly.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use ruse_proto::spec::{PlantFile, PlantMode};
+
+use super::fs::{Dir, FsError, NewFile, Owner, Removal};
+use super::journal::Intent;
+use super::{AppliedLure, DriftKind, LureEngine, LureError, Planted, block, fs};
 
 /// Keeps a directory's modification time across changes inside it, so a
 /// lure does not show up as "modified today" in a listing. Holds the

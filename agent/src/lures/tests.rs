@@ -2,6 +2,7 @@
 //! local user may plant.
 
 use super::*;
+use ruse_proto::spec::{PlantFile, PlantMode};
 use std::os::unix::fs::PermissionsExt;
 
 fn file(path: &str, content: &str, mode: PlantMode, perms: u32) -> PlantFile {

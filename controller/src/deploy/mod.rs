@@ -36,15 +36,12 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex as AsyncMutex, Notify, watch};
 
-use ruse_proto::convert::{AgentState, PresentedCredential};
-use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
+use ruse_proto::types::{AgentId, UnixMs};
 
-use crate::fleet::{Fleet, Member};
-use crate::lures::{self, RenderInput};
-use crate::matching::{self, CredentialIndex, MatchedOn};
+use crate::fleet::Fleet;
 use crate::model::{
-    AllowRule, Campaign, CampaignRecord, Decoy, Generation, LureInstance, LureSlot, Material,
-    RolloutState, SlotVersion, Suppression, Template,
+    AllowRule, Campaign, CampaignRecord, Decoy, Generation, LureInstance, SlotVersion, Suppression,
+    Template,
 };
 use crate::resources::{Document, ManifestError, Parsed};
 use crate::store::{Committer, Store, StoreError};
@@ -54,9 +51,9 @@ mod push;
 mod registry;
 mod rollout;
 
-use self::plan::{Desired, Payload, decoy_change, name_campaigns, slot_fingerprint};
+use self::plan::{Desired, decoy_change, slot_fingerprint};
+use self::push::Inflight;
 pub use self::push::{ALLOW_RULES_ID, DECOY_KIND, decoy_resource_id, decoy_spec};
-use self::push::{Inflight, content_revision};
 pub use self::registry::BatchLookup;
 use self::registry::Registry;
 pub use self::rollout::{CampaignStatus, RolloutAction, WaveStatus, rollout_order, rotation_due};

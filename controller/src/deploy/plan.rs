@@ -2,9 +2,27 @@
 //! decoys and allow rules, and a pass that writes new instances durably
 //! (in chunks) before any is pushed.
 
-use ruse_proto::spec::{self, encode_allow_rules};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use super::*;
+use foldhash::{HashSet, HashSetExt};
+
+use ruse_proto::convert::AgentState;
+use ruse_proto::spec::{self, encode_allow_rules};
+use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
+
+use super::push::content_revision;
+use super::push::{ALLOW_RULES_ID, decoy_resource_id, decoy_spec};
+use super::registry::Registry;
+use super::rollout::OrderCache;
+use super::{AgentLures, Deployer, State, lock_state};
+use crate::fleet::Member;
+use crate::model::{
+    AllowRule, CampaignRecord, Decoy, Generation, LureInstance, LureSlot, Material,
+};
+use crate::store::StoreError;
 
 /// What an agent should have under one resource id.
 #[derive(Debug, Clone)]

@@ -3,11 +3,21 @@
 //! and how acks and nacks settle it. Also the encoded bodies of decoys
 //! and allow rules, whose bytes give their revisions.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use foldhash::HashMap;
+use tokio::sync::Notify;
+
 use ruse_proto::spec::{
     DecoyService, DecoySpec, Resource, ResourceError, Update, encode_allow_rules,
 };
+use ruse_proto::types::AgentId;
 
-use super::*;
+use super::plan::{Payload, name_campaigns};
+use super::{Deployer, State, lures_kind};
+use crate::lures::{self, RenderInput};
+use crate::model::Decoy;
 
 /// The resource id of a decoy on the agents that run it.
 pub fn decoy_resource_id(name: &str) -> String {

@@ -2,9 +2,19 @@
 //! and what event ingest asks of it (lure ownership, credential matches,
 //! which decoys an agent runs, allow rules and suppressions).
 
-use ruse_proto::convert::ReportedEvent;
+use std::sync::Arc;
 
-use super::*;
+use foldhash::{HashMap, HashSet};
+
+use ruse_proto::convert::PresentedCredential;
+use ruse_proto::convert::ReportedEvent;
+use ruse_proto::types::AgentId;
+
+use super::Deployer;
+use super::push::decoy_resource_id;
+use crate::matching::{self, CredentialIndex, MatchedOn};
+use crate::model::{AllowRule, Decoy, LureInstance, Suppression, Template};
+use crate::store::StoreError;
 
 /// One agent's active instances: campaign → slot → instances.
 pub(super) type CampaignSlots = HashMap<String, HashMap<String, Vec<Arc<LureInstance>>>>;

@@ -1,7 +1,17 @@
 //! Rollouts: the order in which a campaign reaches agents, waves and
 //! their verdicts, pause/resume/abort, rotation, and the status views.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use foldhash::{HashMap, HashSet};
+
+use ruse_proto::convert::AgentState;
+use ruse_proto::types::{AgentId, UnixMs};
+
+use super::{DeployError, Deployer};
+use crate::model::{CampaignRecord, Generation, RolloutState};
+use crate::store::StoreError;
 
 impl CampaignRecord {
     /// How many of `n` matching agents have been released the target.

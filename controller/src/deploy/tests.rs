@@ -1,6 +1,7 @@
 use super::plan::{AGENTS_PER_LOCK, REGISTRY_CHUNK};
 use super::rollout::{Verdict, verdict, wave_size};
 use super::*;
+use crate::model::{Material, RolloutState};
 
 use crate::fleet::tests_support::record as agent_record;
 use crate::model::AgentRecord;

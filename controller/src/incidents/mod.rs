@@ -19,24 +19,11 @@
 //! (techniques, severities, titles), `storage.rs` the incidents kept in
 //! the store with their deliveries, queries and watch.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
-
-// Seeded fast hashing (see deploy/mod.rs): every ingested batch looks up the
-// correlation index per event and checks each touched incident's timeline
-// (up to 500 entries) against the batch's event ids; with SipHash that
-// check alone was 3.6 % of the controller's samples at saturation (perf).
-use foldhash::{HashMap, HashMapExt};
-
 use serde::{Deserialize, Serialize};
 
-use ruse_proto::convert::CREDENTIAL_USE;
-use ruse_proto::types::{AgentId, UnixMs, new_ulid};
+use ruse_proto::types::{AgentId, UnixMs};
 
-use crate::model::{
-    Delivery, Hop, Incident, MAX_INDICATORS, MAX_TIMELINE, Severity, Status, StoredEvent,
-    Suppression, Template, Timeline, TimelineEntry,
-};
+use crate::model::{Incident, Severity, Status};
 
 mod correlate;
 mod present;
@@ -44,7 +31,6 @@ mod storage;
 
 pub use self::correlate::Correlator;
 pub use self::present::{event_severity, summary, techniques};
-use self::present::{matched_identifier, title};
 pub use self::storage::Incidents;
 
 /// How an event relates to incidents.
@@ -147,7 +133,12 @@ pub enum IncidentError {
 
 #[cfg(test)]
 pub(crate) mod tests_support {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use ruse_proto::types::new_ulid;
+
     use super::*;
+    use crate::model::{Hop, Timeline};
 
     /// A critical incident with a path, for output tests.
     pub fn incident() -> Incident {

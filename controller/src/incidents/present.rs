@@ -1,7 +1,10 @@
 //! How incidents and events read: ATT&CK techniques, severities, one-line
 //! summaries and titles.
 
-use super::*;
+use ruse_proto::convert::CREDENTIAL_USE;
+
+use super::Directory;
+use crate::model::{Incident, Severity, StoredEvent, Template};
 
 /// Templates whose reading is the signal (documents, not credentials).
 pub(super) fn is_honeyfile(template: &str) -> bool {

@@ -1,7 +1,16 @@
 //! Incidents kept: the correlator over the store, status changes, output
 //! deliveries, queries and the live watch.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use foldhash::{HashMap, HashMapExt};
+
+use ruse_proto::types::UnixMs;
+
+use super::correlate::Correlator;
+use super::{Changes, Directory, IncidentError, IncidentFilter, Notice, Outcome};
+use crate::model::{Delivery, Incident, Severity, Status, StoredEvent, Suppression, TimelineEntry};
 
 /// Incidents: correlation, storage, lifecycle and the live watch.
 #[derive(Debug)]

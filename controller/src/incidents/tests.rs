@@ -1,5 +1,11 @@
 use super::correlate::MAX_KEYS;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ruse_proto::convert::CREDENTIAL_USE;
+
 use super::*;
+use crate::model::{MAX_INDICATORS, MAX_TIMELINE, StoredEvent, Suppression};
 use ruse_proto::convert::{DecoyContact, EventProcess, PresentedCredential};
 use ruse_proto::types::Labels;
 

@@ -1,7 +1,11 @@
 //! What an output sends: the CEF payload, the RFC 5424 syslog message,
 //! webhook bodies (JSON, Slack, Teams).
 
-use super::*;
+use ruse_proto::types::UnixMs;
+
+use super::config::WebhookFormat;
+use crate::incidents::Notice;
+use crate::model::{Incident, Severity};
 
 /// Escapes a CEF header field.
 fn cef_header(s: &str) -> String {

@@ -12,17 +12,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use ruse_proto::types::UnixMs;
 
 use crate::incidents::{Incidents, Notice};
-use crate::model::{Delivery, Incident, Severity};
+use crate::model::{Delivery, Severity};
 use crate::store::{Committer, Store, StoreError};
 
 mod config;

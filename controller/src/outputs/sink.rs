@@ -1,7 +1,19 @@
 //! One configured output, ready to send: syslog over UDP, TCP or TLS,
 //! webhooks over HTTP or HTTPS, a JSON lines file.
 
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+
+use ruse_proto::types::UnixMs;
+
+use super::config::{Output, OutputConfigError, Target, Transport};
+use super::format::{syslog_message, webhook_body};
+use crate::incidents::Notice;
+use crate::model::Incident;
 
 /// Why a delivery failed.
 type SendError = String;

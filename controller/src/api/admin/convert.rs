@@ -1,7 +1,20 @@
 //! Domain types to and from the admin protocol's messages: one conversion
 //! each, bounded where the input comes from a client.
 
-use super::*;
+use std::time::Duration;
+
+use tonic::Status;
+
+use ruse_proto::admin::v1 as pb;
+use ruse_proto::types::{Labels, UnixMs};
+
+use crate::deploy::{CampaignStatus, LureView};
+use crate::events::EventFilter;
+use crate::fleet::AgentView;
+use crate::incidents::IncidentFilter;
+use crate::model::{
+    Decoy, Incident, RolloutState, Severity, Status as IncidentStatus, StoredEvent, TokenRecord,
+};
 
 pub(super) fn optional_ms(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))

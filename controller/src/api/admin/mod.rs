@@ -11,24 +11,18 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
 use ruse_proto::admin::v1 as pb;
 use ruse_proto::admin::v1::admin_service_server::AdminService;
-use ruse_proto::types::{AdminName, AgentId, Identity, Labels, Role, TokenId, UnixMs};
+use ruse_proto::types::{AdminName, AgentId, Identity, Role, TokenId, UnixMs};
 
 use super::{caller, status};
 use crate::core::{AuditEntry, Caller, Core, OpError};
-use crate::deploy::{CampaignStatus, LureView, RolloutAction};
-use crate::events::{EventFilter, WatchItem};
-use crate::fleet::AgentView;
-use crate::incidents::IncidentFilter;
-use crate::model::{
-    AgentRecord, Decoy, Incident, RolloutState, Severity, Status as IncidentStatus, StoredEvent,
-    TokenRecord,
-};
+use crate::deploy::RolloutAction;
+use crate::events::WatchItem;
+use crate::model::AgentRecord;
 
 mod convert;
 
