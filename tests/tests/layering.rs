@@ -292,6 +292,23 @@ fn the_controller_modules_import_no_cycle() {
 }
 
 #[test]
+fn the_agent_modules_import_no_cycle_and_the_platform_sits_below() {
+    let graph = import_graph(&workspace().join("agent/src"));
+    let found = cycles(&graph);
+    assert!(
+        found.is_empty(),
+        "import cycles among the agent's modules: {found:?}\ngraph: {graph:#?}"
+    );
+    // The platform seam is what other platforms replace: it may use the
+    // shared types of ruse-proto, never the agent's own modules.
+    assert!(
+        graph["platform"].is_empty(),
+        "agent/src/platform imports {:?}; a platform implementation must not depend on the rest of the agent",
+        graph["platform"]
+    );
+}
+
+#[test]
 fn protobuf_stays_at_the_edges() {
     // The protocol's messages and tonic; `prost` alone is an encoding
     // library the store may use for its own records.
