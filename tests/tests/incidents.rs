@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -541,6 +542,128 @@ async fn a_real_rsyslogd_receives_the_cef_message_over_udp_and_tcp() {
         },
     )
     .await;
+}
+
+/// One LEEF 2.0 event read strictly, as IBM's description of the format
+/// has it: `LEEF:2.0|Vendor|Product|Version|EventID|Delimiter|attributes`,
+/// the delimiter one character or its hex code (`x5E`, `0x5E`; tab when
+/// empty), attributes `key=value` split on it, keys of letters and digits,
+/// none twice. Returns the five header fields after the version and the
+/// attributes.
+fn parse_leef(payload: &str) -> Result<(Vec<String>, BTreeMap<String, String>), String> {
+    let rest = payload
+        .strip_prefix("LEEF:2.0|")
+        .ok_or_else(|| format!("not LEEF 2.0: {payload}"))?;
+    let fields: Vec<&str> = rest.splitn(6, '|').collect();
+    let [vendor, product, version, event_id, delimiter, attributes] = fields[..] else {
+        return Err(format!("a LEEF 2.0 header has six fields: {payload}"));
+    };
+    for (what, v) in [
+        ("vendor", vendor),
+        ("product", product),
+        ("version", version),
+        ("event id", event_id),
+    ] {
+        if v.is_empty() {
+            return Err(format!("empty {what}: {payload}"));
+        }
+    }
+    let delimiter = match delimiter {
+        "" => '\t',
+        d if d.chars().count() == 1 => d.chars().next().unwrap(),
+        d => {
+            let hex = d.strip_prefix("0x").or_else(|| d.strip_prefix('x'));
+            let code = hex
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("delimiter {d:?} is neither a character nor a hex code"))?;
+            char::from_u32(code).ok_or_else(|| format!("delimiter {d:?}"))?
+        }
+    };
+    let mut attrs = BTreeMap::new();
+    for pair in attributes.split(delimiter) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("attribute {pair:?} has no '='"))?;
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!("attribute key {key:?}"));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!("control character in {key}"));
+        }
+        if attrs.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(format!("key {key} twice"));
+        }
+    }
+    let header = [vendor, product, version, event_id, &delimiter.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    Ok((header, attrs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_rsyslogd_receives_leef_that_a_strict_parser_reads_back() {
+    if !require_tool("a_real_rsyslogd_receives_leef", "rsyslogd") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let (rsyslogd, received) = start_rsyslogd(dir.path(), ports[0], ports[1]);
+    let leef = |o: OutputConfig| OutputConfig {
+        format: Some("leef".into()),
+        ..o
+    };
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            leef(syslog("qradar-udp", "udp", ports[0])),
+            leef(syslog("qradar-tcp", "tcp", ports[1])),
+        ];
+        c.output_retry_min = Duration::from_millis(100);
+        c.output_retry_max = Duration::from_millis(500);
+    })
+    .await;
+    h.touch(&h.lure("patient-csv").await).await;
+    let i = h.incident("for the touch", |_| true).await;
+    let start = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&received).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&i.id)).collect();
+        if lines.iter().any(|l| l.starts_with("imudp"))
+            && lines.iter().any(|l| l.starts_with("imtcp"))
+        {
+            break text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rsyslogd did not receive both messages; it has:\n{text}\nstderr: {}",
+            std::fs::read_to_string(dir.path().join("rsyslogd.err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop(rsyslogd);
+    for line in text.lines().filter(|l| l.contains(&i.id)) {
+        assert!(line.contains(" <35>1 20"), "RFC 5424 header: {line}");
+        let payload = &line[line.find("LEEF:").expect("a LEEF payload")..];
+        let (header, attrs) = parse_leef(payload).unwrap_or_else(|e| panic!("{e}\n{line}"));
+        assert_eq!(header[..2], ["Ruse", "Ruse"], "{line}");
+        assert_eq!(header[3], "incident-opened", "{line}");
+        assert_eq!(attrs["incidentId"], i.id);
+        assert_eq!(attrs["sev"], "8", "a high incident: {line}");
+        assert_eq!(attrs["devTimeFormat"], "yyyy-MM-dd'T'HH:mm:ss.SSSZ");
+        let t = &attrs["devTime"];
+        let shape: String = t
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect();
+        assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.ddd+dddd", "devTime {t}");
+        assert_eq!(attrs["cat"], "deception");
+        assert!(attrs["mitreTechniques"].contains("T1005"), "{line}");
+        assert!(
+            attrs.contains_key("identHostName"),
+            "the host the lure was on: {line}"
+        );
+        assert_eq!(attrs["msg"], i.title);
+    }
 }
 
 /// A webhook receiver on `port`: every request body goes to the channel.

@@ -30,7 +30,8 @@ pub struct OutputConfig {
     /// webhook: `http://` or `https://` URL.
     #[serde(default)]
     pub url: Option<String>,
-    /// webhook: `json` (the incident), `slack` or `teams`.
+    /// webhook: `json` (the incident), `slack` or `teams`; syslog: `cef`
+    /// (default) or `leef` (IBM QRadar's LEEF 2.0).
     #[serde(default)]
     pub format: Option<String>,
     /// file: JSON lines appended here.
@@ -70,10 +71,11 @@ pub struct Output {
 /// Where an output sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// RFC 5424 with a CEF payload to `host:port`.
+    /// RFC 5424 with a CEF or LEEF payload to `host:port`.
     Syslog {
         address: String,
         transport: Transport,
+        format: SyslogFormat,
     },
     Webhook {
         url: hyper::Uri,
@@ -94,6 +96,15 @@ pub enum Transport {
     Tls {
         ca_file: PathBuf,
     },
+}
+
+/// The payload of a syslog message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyslogFormat {
+    /// ArcSight's Common Event Format.
+    Cef,
+    /// IBM QRadar's Log Event Extended Format, version 2.0.
+    Leef,
 }
 
 /// What a webhook body looks like.
@@ -167,7 +178,18 @@ impl TryFrom<&OutputConfig> for Output {
                         return Err(format!("transport {other:?}: expected udp, tcp or tls").into());
                     }
                 };
-                Target::Syslog { address, transport }
+                let format = match o.format.as_deref().unwrap_or("cef") {
+                    "cef" => SyslogFormat::Cef,
+                    "leef" => SyslogFormat::Leef,
+                    other => {
+                        return Err(format!("format {other:?}: expected cef or leef").into());
+                    }
+                };
+                Target::Syslog {
+                    address,
+                    transport,
+                    format,
+                }
             }
             "webhook" => {
                 let url = o.url.as_deref().ok_or("webhook needs url")?;

@@ -1,9 +1,18 @@
-//! What an output sends: the CEF payload, the RFC 5424 syslog message,
-//! webhook bodies (JSON, Slack, Teams).
+//! What an output sends: the CEF and LEEF payloads, the RFC 5424 syslog
+//! message, webhook bodies (JSON, Slack, Teams).
+//!
+//! One severity mapping for every format (docs/incidents.md):
+//!
+//! | incident | CEF severity | LEEF `sev` | syslog severity |
+//! |----------|--------------|------------|-----------------|
+//! | low      | 3            | 3          | 5 (notice)      |
+//! | medium   | 5            | 5          | 4 (warning)     |
+//! | high     | 8            | 8          | 3 (error)       |
+//! | critical | 10           | 10         | 2 (critical)    |
 
 use ruse_proto::types::UnixMs;
 
-use super::config::WebhookFormat;
+use super::config::{SyslogFormat, WebhookFormat};
 use crate::incidents::Notice;
 use crate::model::{Incident, Severity};
 
@@ -74,8 +83,99 @@ pub fn cef(i: &Incident, notice: Notice) -> String {
     )
 }
 
-/// An RFC 5424 message carrying the CEF payload.
-pub fn syslog_message(i: &Incident, notice: Notice, hostname: &str) -> String {
+/// The LEEF attribute delimiter, announced in the header. A caret, not
+/// LEEF 1.0's tab: syslog relays such as rsyslog escape control characters
+/// by default, which would break a tab-separated payload on the way.
+const LEEF_DELIMITER: char = '^';
+
+/// A LEEF attribute value: LEEF has no escape for its delimiter, so a
+/// caret (or a line break, which would end the syslog message) in what an
+/// attacker typed becomes a space. The incident id finds the exact text.
+fn leef_value(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c == LEEF_DELIMITER || c.is_control() {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `devTime` as `yyyy-MM-dd'T'HH:mm:ss.SSSZ` (the `devTimeFormat` sent
+/// with it), in UTC.
+fn leef_time(t: UnixMs) -> String {
+    let seconds = t.rfc3339();
+    format!(
+        "{}.{:03}+0000",
+        seconds.trim_end_matches('Z'),
+        t.0.rem_euclid(1000)
+    )
+}
+
+/// The LEEF 2.0 payload for an incident notice (IBM QRadar). QRadar's
+/// own keys where one fits — `devTime`, `sev`, `cat`, `src`, `dst`,
+/// `usrName`, `identHostName` — and Ruse's as the CEF payload names them.
+pub fn leef(i: &Incident, notice: Notice) -> String {
+    let mut attrs: Vec<(&str, String)> = vec![
+        ("devTime", leef_time(i.last_seen)),
+        ("devTimeFormat", "yyyy-MM-dd'T'HH:mm:ss.SSSZ".into()),
+        ("sev", i.severity.cef().to_string()),
+        ("cat", if i.drill { "drill" } else { "deception" }.into()),
+    ];
+    if let Some(src) = i.sources.iter().next() {
+        attrs.push(("src", src.clone()));
+    }
+    if let Some(d) = i.decoys.iter().next() {
+        attrs.push(("dst", d.clone()));
+    }
+    if let Some(c) = i.credentials.iter().next() {
+        attrs.push(("usrName", c.clone()));
+    }
+    if let Some(h) = i.path.iter().find(|h| h.kind == "host") {
+        attrs.push(("identHostName", h.name.clone()));
+    }
+    attrs.extend([
+        ("incidentId", i.id.clone()),
+        ("severity", i.severity.as_str().into()),
+        ("status", i.status.as_str().into()),
+        ("drill", i.drill.to_string()),
+        ("eventCount", i.event_count.to_string()),
+        ("firstSeen", leef_time(i.first_seen)),
+        ("attackPath", i.path_text()),
+        (
+            "mitreTechniques",
+            i.techniques.iter().cloned().collect::<Vec<_>>().join(","),
+        ),
+        (
+            "lures",
+            i.lures.iter().cloned().collect::<Vec<_>>().join(","),
+        ),
+    ]);
+    if let Some(p) = i.processes.iter().next() {
+        attrs.push(("process", p.clone()));
+    }
+    attrs.push(("msg", i.title.clone()));
+    let body = attrs
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", leef_value(&v)))
+        .collect::<Vec<_>>()
+        .join(&LEEF_DELIMITER.to_string());
+    format!(
+        "LEEF:2.0|Ruse|Ruse|{}|incident-{}|{LEEF_DELIMITER}|{body}",
+        env!("CARGO_PKG_VERSION"),
+        notice.as_str(),
+    )
+}
+
+/// An RFC 5424 message carrying the CEF or LEEF payload.
+pub fn syslog_message(
+    i: &Incident,
+    notice: Notice,
+    hostname: &str,
+    format: SyslogFormat,
+) -> String {
     // Facility 4 (security/authorization); severity by incident severity.
     let level = match i.severity {
         Severity::Critical => 2,
@@ -94,7 +194,10 @@ pub fn syslog_message(i: &Incident, notice: Notice, hostname: &str) -> String {
         UnixMs::now().rfc3339(),
         if host.is_empty() { "-".into() } else { host },
         std::process::id(),
-        cef(i, notice)
+        match format {
+            SyslogFormat::Cef => cef(i, notice),
+            SyslogFormat::Leef => leef(i, notice),
+        }
     )
 }
 

@@ -28,8 +28,10 @@ mod config;
 mod format;
 mod sink;
 
-pub use self::config::{Output, OutputConfig, OutputConfigError, Target, Transport, WebhookFormat};
-pub use self::format::{cef, syslog_message, webhook_body};
+pub use self::config::{
+    Output, OutputConfig, OutputConfigError, SyslogFormat, Target, Transport, WebhookFormat,
+};
+pub use self::format::{cef, leef, syslog_message, webhook_body};
 use self::sink::Sink;
 
 /// A queued notice.

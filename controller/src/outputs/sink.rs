@@ -78,9 +78,13 @@ impl Sink {
 
     async fn send_inner(&self, i: &Incident, notice: Notice) -> Result<(), SendError> {
         match &self.output.target {
-            Target::Syslog { address, transport } => {
+            Target::Syslog {
+                address,
+                transport,
+                format,
+            } => {
                 let address = address.as_str();
-                let message = syslog_message(i, notice, &self.hostname);
+                let message = syslog_message(i, notice, &self.hostname, *format);
                 match transport {
                     Transport::Udp => {
                         let target = tokio::net::lookup_host(&address)

@@ -32,6 +32,7 @@ fn settings_are_checked() {
             target: Target::Syslog {
                 address: "127.0.0.1:514".into(),
                 transport: Transport::Udp,
+                format: SyslogFormat::Cef,
             },
             min_severity: Severity::Low,
         })
@@ -77,7 +78,7 @@ fn cef_escapes_and_names_the_incident() {
     assert!(line.contains("|incident-opened|a\\|b=c\\\\d|10|"), "{line}");
     assert!(line.contains("msg=a|b\\=c\\\\d"), "{line}");
     assert!(line.contains(&format!("cs1={}", i.id)));
-    let msg = syslog_message(&i, Notice::Opened, "ctl");
+    let msg = syslog_message(&i, Notice::Opened, "ctl", SyslogFormat::Cef);
     assert!(msg.starts_with("<34>1 "), "{msg}");
     assert!(msg.contains(" ctl ruse-controller "));
 }
@@ -93,4 +94,77 @@ fn webhook_shapes() {
     let json = webhook_body(&i, Notice::Resolved, WebhookFormat::Json);
     assert_eq!(json["incident"]["id"], i.id);
     assert_eq!(json["notice"], "resolved");
+}
+
+#[test]
+fn syslog_formats_are_cef_or_leef() {
+    let syslog = OutputConfig {
+        address: Some("127.0.0.1:514".into()),
+        ..output("syslog")
+    };
+    let leef = OutputConfig {
+        format: Some("leef".into()),
+        ..syslog.clone()
+    };
+    assert!(matches!(
+        check(&leef).unwrap().target,
+        Target::Syslog {
+            format: SyslogFormat::Leef,
+            ..
+        }
+    ));
+    let bogus = OutputConfig {
+        format: Some("json".into()),
+        ..syslog
+    };
+    assert!(
+        check(&bogus)
+            .unwrap_err()
+            .to_string()
+            .contains("expected cef or leef")
+    );
+}
+
+#[test]
+fn leef_has_a_2_0_header_one_delimiter_and_qradar_keys() {
+    let mut i = crate::incidents::tests_support::incident();
+    i.title = "caret^in\ntitle = yes".into();
+    i.credentials = ["ad^min".to_owned()].into();
+    i.sources = ["10.9.8.7".to_owned()].into();
+    let line = leef(&i, Notice::Opened);
+    let mut header = line.splitn(7, '|');
+    assert_eq!(header.next(), Some("LEEF:2.0"));
+    assert_eq!(header.next(), Some("Ruse"));
+    assert_eq!(header.next(), Some("Ruse"));
+    assert_eq!(header.next(), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(header.next(), Some("incident-opened"));
+    assert_eq!(header.next(), Some("^"));
+    let attrs: Vec<(&str, &str)> = header
+        .next()
+        .unwrap()
+        .split('^')
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    let get = |k: &str| attrs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    assert_eq!(get("sev"), Some("10"), "critical is 10, as in CEF");
+    assert_eq!(get("devTimeFormat"), Some("yyyy-MM-dd'T'HH:mm:ss.SSSZ"));
+    let t = get("devTime").unwrap();
+    assert_eq!(t.len(), "2026-12-03T21:30:00.000+0000".len(), "{t}");
+    assert!(t.ends_with("+0000") && t.as_bytes()[10] == b'T', "{t}");
+    assert_eq!(get("src"), Some("10.9.8.7"));
+    assert_eq!(
+        get("usrName"),
+        Some("ad min"),
+        "a caret in a value becomes a space"
+    );
+    assert_eq!(get("msg"), Some("caret in title = yes"));
+    assert_eq!(get("incidentId"), Some(i.id.as_str()));
+    let keys: Vec<&str> = attrs.iter().map(|(k, _)| *k).collect();
+    let mut unique = keys.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), keys.len(), "no key twice: {keys:?}");
+    let msg = syslog_message(&i, Notice::Resolved, "ctl", SyslogFormat::Leef);
+    assert!(msg.contains(" incident - LEEF:2.0|Ruse|Ruse|"), "{msg}");
+    assert!(!msg.contains('\n'));
 }
