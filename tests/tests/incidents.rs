@@ -463,6 +463,7 @@ fn syslog(name: &str, transport: &str, port: u16) -> OutputConfig {
         transport: Some(transport.into()),
         ca_file: None,
         url: None,
+        url_file: None,
         format: None,
         path: None,
         min_severity: None,
@@ -477,6 +478,7 @@ fn webhook(name: &str, port: u16, format: &str) -> OutputConfig {
         transport: None,
         ca_file: None,
         url: Some(format!("http://127.0.0.1:{port}/hooks/ruse")),
+        url_file: None,
         format: Some(format.into()),
         path: None,
         min_severity: None,
@@ -998,6 +1000,7 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
             OutputConfig {
                 ca_file: Some(hook_ca.clone()),
                 url: Some(format!("https://127.0.0.1:{}/services/hook", ports[1])),
+                url_file: None,
                 ..webhook("slack", 0, "slack")
             },
         ];

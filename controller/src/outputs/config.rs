@@ -27,9 +27,15 @@ pub struct OutputConfig {
     /// instead of the built-in roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// webhook: `http://` or `https://` URL.
+    /// webhook: `http://` or `https://` URL. Chat and ticket webhooks
+    /// carry their secret in the URL: errors, logs and `rusectl` show only
+    /// its scheme, host and port.
     #[serde(default)]
     pub url: Option<String>,
+    /// webhook: a file holding the URL instead (a mounted Kubernetes
+    /// Secret), read when the configuration is checked.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// webhook: `json` (the incident), `slack` or `teams`; syslog: `cef`
     /// (default) or `leef` (IBM QRadar's LEEF 2.0).
     #[serde(default)]
@@ -192,8 +198,19 @@ impl TryFrom<&OutputConfig> for Output {
                 }
             }
             "webhook" => {
-                let url = o.url.as_deref().ok_or("webhook needs url")?;
-                let uri: hyper::Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
+                let url = match (&o.url, &o.url_file) {
+                    (Some(url), None) => url.clone(),
+                    (None, Some(path)) => std::fs::read_to_string(path)
+                        .map_err(|e| format!("url_file {}: {e}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                    (Some(_), Some(_)) => return Err("webhook: url or url_file, not both".into()),
+                    (None, None) => return Err("webhook needs url (or url_file)".into()),
+                };
+                // Never echo the URL: its path may be the webhook's secret.
+                let uri: hyper::Uri = url
+                    .parse()
+                    .map_err(|e| format!("the webhook url is not a URL ({e})"))?;
                 match uri.scheme_str() {
                     Some("http") => {}
                     Some("https") => {
@@ -201,10 +218,16 @@ impl TryFrom<&OutputConfig> for Output {
                             return Err("an https webhook needs ca_file (the receiver's CA)".into());
                         }
                     }
-                    _ => return Err(format!("url {url:?} must be http:// or https://").into()),
+                    other => {
+                        return Err(format!(
+                            "the webhook url must be http:// or https://, not {}",
+                            other.map_or("a relative URL".to_owned(), |s| format!("{s}://"))
+                        )
+                        .into());
+                    }
                 }
                 if uri.host().is_none() {
-                    return Err(format!("url {url:?} has no host").into());
+                    return Err("the webhook url has no host".into());
                 }
                 let format = match o.format.as_deref().unwrap_or("json") {
                     "json" => WebhookFormat::Json,
@@ -235,6 +258,17 @@ impl TryFrom<&OutputConfig> for Output {
             min_severity,
         })
     }
+}
+
+/// `scheme://host[:port]` of a URL (no user information, path or query):
+/// what errors may show of a webhook.
+pub(super) fn origin(uri: &hyper::Uri) -> String {
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.host().unwrap_or_default()
+    )
 }
 
 fn parse_severity(s: &str) -> Result<Severity, OutputConfigError> {

@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 
 use ruse_proto::types::UnixMs;
 
-use super::config::{Output, OutputConfigError, Target, Transport};
+use super::config::{Output, OutputConfigError, Target, Transport, origin};
 use super::format::{syslog_message, webhook_body};
 use crate::incidents::Notice;
 use crate::model::Incident;
@@ -192,9 +192,11 @@ impl Sink {
             .await
             .map_err(|e| format!("{address}: {e}"))?;
         let request = hyper::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+            // host[:port] only: a URL's user information is not a Host.
             .header(
                 hyper::header::HOST,
-                uri.authority().map_or(host.as_str(), |a| a.as_str()),
+                uri.port_u16()
+                    .map_or_else(|| host.clone(), |p| format!("{host}:{p}")),
             )
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(
@@ -214,7 +216,7 @@ impl Sink {
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("{url} answered {status}"))
+            Err(format!("{} answered {status}", origin(url)))
         }
     }
 }

@@ -8,6 +8,7 @@ fn output(kind: &str) -> OutputConfig {
         transport: None,
         ca_file: None,
         url: None,
+        url_file: None,
         format: None,
         path: None,
         min_severity: None,
@@ -44,11 +45,13 @@ fn settings_are_checked() {
     assert!(check(&tls).unwrap_err().to_string().contains("ca_file"));
     let hook = OutputConfig {
         url: Some("ftp://x/".into()),
+        url_file: None,
         ..output("webhook")
     };
     assert!(check(&hook).is_err());
     let hook = OutputConfig {
         url: Some("http://127.0.0.1:9/hook".into()),
+        url_file: None,
         format: Some("teams".into()),
         ..output("webhook")
     };
@@ -167,4 +170,72 @@ fn leef_has_a_2_0_header_one_delimiter_and_qradar_keys() {
     let msg = syslog_message(&i, Notice::Resolved, "ctl", SyslogFormat::Leef);
     assert!(msg.contains(" incident - LEEF:2.0|Ruse|Ruse|"), "{msg}");
     assert!(!msg.contains('\n'));
+}
+
+#[test]
+fn webhook_urls_stay_out_of_errors_and_may_come_from_a_file() {
+    let secret = "T000/B000/XoXSeCrEt";
+    let hook = |url: &str| OutputConfig {
+        url: Some(url.into()),
+        ..output("webhook")
+    };
+    for bad in [
+        format!("ftp://hooks.example.org/{secret}"),
+        format!("hooks.example.org/{secret}"),
+        format!("http://[::1/{secret}"),
+    ] {
+        let e = check(&hook(&bad)).unwrap_err().to_string();
+        assert!(!e.contains("XoXSeCrEt"), "{bad} → {e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("teams-url");
+    std::fs::write(&file, format!("  http://127.0.0.1:9/{secret}\n")).unwrap();
+    let from_file = OutputConfig {
+        url_file: Some(file.clone()),
+        ..output("webhook")
+    };
+    let Target::Webhook { url, .. } = check(&from_file).unwrap().target else {
+        panic!("a webhook")
+    };
+    assert_eq!(url.path(), format!("/{secret}"));
+    let both = OutputConfig {
+        url: Some("http://127.0.0.1:9/x".into()),
+        ..from_file.clone()
+    };
+    assert!(check(&both).unwrap_err().to_string().contains("not both"));
+    let missing = OutputConfig {
+        url_file: Some(dir.path().join("absent")),
+        ..output("webhook")
+    };
+    assert!(check(&missing).unwrap_err().to_string().contains("absent"));
+}
+
+#[tokio::test]
+async fn a_refused_delivery_names_the_receiver_not_the_webhook_secret() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    });
+    let config = OutputConfig {
+        url: Some(format!(
+            "http://bot:pa55w0rd@127.0.0.1:{port}/hooks/XoXSeCrEt?token=t0kEn"
+        )),
+        ..output("webhook")
+    };
+    let sink = Sink::new(check(&config).unwrap()).unwrap();
+    let i = crate::incidents::tests_support::incident();
+    let error = sink.send(&i, Notice::Opened).await.unwrap_err();
+    server.await.unwrap();
+    assert!(error.contains("answered 500"), "{error}");
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+    for secret in ["XoXSeCrEt", "t0kEn", "pa55w0rd", "bot"] {
+        assert!(!error.contains(secret), "{error}");
+    }
 }
