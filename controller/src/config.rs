@@ -452,7 +452,7 @@ mod tests {
         };
         expected.listen = config.listen;
         // Outputs and the metrics address are examples, not defaults.
-        assert_eq!(config.outputs.len(), 3);
+        assert_eq!(config.outputs.len(), 4);
         for o in &config.outputs {
             crate::outputs::Output::try_from(o).unwrap();
         }

@@ -464,6 +464,12 @@ fn syslog(name: &str, transport: &str, port: u16) -> OutputConfig {
         ca_file: None,
         url: None,
         url_file: None,
+        token: None,
+        token_file: None,
+        index: None,
+        source: None,
+        sourcetype: None,
+        ack: None,
         format: None,
         path: None,
         min_severity: None,
@@ -479,6 +485,12 @@ fn webhook(name: &str, port: u16, format: &str) -> OutputConfig {
         ca_file: None,
         url: Some(format!("http://127.0.0.1:{port}/hooks/ruse")),
         url_file: None,
+        token: None,
+        token_file: None,
+        index: None,
+        source: None,
+        sourcetype: None,
+        ack: None,
         format: Some(format.into()),
         path: None,
         min_severity: None,
@@ -666,6 +678,340 @@ async fn a_real_rsyslogd_receives_leef_that_a_strict_parser_reads_back() {
         );
         assert_eq!(attrs["msg"], i.title);
     }
+}
+
+/// A batch accepted and not yet indexed: how often its ack was asked for,
+/// and its events.
+type Pending = (u32, Vec<serde_json::Value>);
+
+/// What a strict Splunk HTTP Event Collector has indexed, and how many
+/// event requests it saw.
+#[derive(Default)]
+struct HecState {
+    /// Per channel: the next ack id, and batches not yet indexed with how
+    /// often their ack was asked for.
+    channels: BTreeMap<String, (u64, BTreeMap<u64, Pending>)>,
+    indexed: Vec<serde_json::Value>,
+    event_requests: usize,
+    busy: usize,
+}
+
+type Hec = std::sync::Arc<std::sync::Mutex<HecState>>;
+
+/// A Splunk HTTP Event Collector on `port`, strict as Splunk's
+/// documentation describes it: `POST /services/collector/event` and
+/// `/services/collector/ack` only; `Authorization: Splunk <token>`
+/// (401 code 2 without, 403 code 4 with another); a GUID channel in
+/// `X-Splunk-Request-Channel` (400 code 10 without); one or more JSON
+/// events, each with `event`, a numeric `time`, only HEC's keys and
+/// string-valued indexed `fields` (400 code 12 / 6 / 15 otherwise);
+/// `{"ackId": N}` per request, and an event is indexed only when its ack
+/// is asked for a second time. The first `busy` event requests get 503
+/// code 9 (back-pressure).
+async fn hec_receiver(
+    port: u16,
+    token: &'static str,
+    busy: usize,
+) -> (Hec, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let state: Hec = std::sync::Arc::new(std::sync::Mutex::new(HecState {
+        busy,
+        ..HecState::default()
+    }));
+    let shared = state.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let state = shared.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let (head, body) = loop {
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    break (head, buf[end + 4..end + 4 + len].to_vec());
+                };
+                let (status, reply) = hec_answer(&state, token, &head, &body);
+                let reply = reply.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = s.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (state, task)
+}
+
+fn hec_answer(
+    state: &Hec,
+    token: &str,
+    head: &str,
+    body: &[u8],
+) -> (&'static str, serde_json::Value) {
+    use serde_json::json;
+    let fail = |status, text: &str, code: i64| (status, json!({"text": text, "code": code}));
+    let mut lines = head.lines();
+    let request = lines.next().unwrap_or_default();
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let path = match request.split(' ').collect::<Vec<_>>()[..] {
+        ["POST", path, "HTTP/1.1"] => path,
+        _ => return fail("400 Bad Request", "Invalid request", 6),
+    };
+    if path != "/services/collector/event" && path != "/services/collector/ack" {
+        return fail(
+            "404 Not Found",
+            "The requested URL was not found on this server.",
+            404,
+        );
+    }
+    match headers.get("authorization") {
+        None => return fail("401 Unauthorized", "Token is required", 2),
+        Some(a) if *a != format!("Splunk {token}") => {
+            return fail("403 Forbidden", "Invalid token", 4);
+        }
+        Some(_) => {}
+    }
+    let Some(channel) = headers.get("x-splunk-request-channel").cloned() else {
+        return fail("400 Bad Request", "Data channel is missing", 10);
+    };
+    let guid = channel.len() == 36
+        && channel.char_indices().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    if !guid {
+        return fail("400 Bad Request", "Invalid data channel", 11);
+    }
+    let mut st = state.lock().unwrap();
+    if path == "/services/collector/ack" {
+        let Ok(query) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return fail("400 Bad Request", "Invalid data format", 6);
+        };
+        let Some(ids) = query["acks"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_u64()).collect::<Option<Vec<u64>>>())
+        else {
+            return fail("400 Bad Request", "Invalid data format", 6);
+        };
+        let Some(ids) = ids else {
+            return fail("400 Bad Request", "Invalid data format", 6);
+        };
+        let mut acks = serde_json::Map::new();
+        for id in ids {
+            let (_, pending) = st.channels.entry(channel.clone()).or_default();
+            let indexed = match pending.get_mut(&id) {
+                Some((asked, _)) if *asked == 0 => {
+                    *asked += 1;
+                    false
+                }
+                Some(_) => {
+                    let (_, events) = pending.remove(&id).unwrap();
+                    st.indexed.extend(events);
+                    true
+                }
+                None => false,
+            };
+            acks.insert(id.to_string(), indexed.into());
+        }
+        return ("200 OK", json!({ "acks": acks }));
+    }
+    st.event_requests += 1;
+    if st.busy > 0 {
+        st.busy -= 1;
+        return fail("503 Service Unavailable", "Server is busy", 9);
+    }
+    let mut events = Vec::new();
+    for event in serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>() {
+        let Ok(event) = event else {
+            return fail("400 Bad Request", "Invalid data format", 6);
+        };
+        let Some(fields) = event.as_object() else {
+            return fail("400 Bad Request", "Invalid data format", 6);
+        };
+        let allowed = [
+            "time",
+            "host",
+            "source",
+            "sourcetype",
+            "index",
+            "event",
+            "fields",
+        ];
+        if fields.keys().any(|k| !allowed.contains(&k.as_str())) {
+            return fail("400 Bad Request", "Invalid data format", 6);
+        }
+        match event.get("event") {
+            None | Some(serde_json::Value::Null) => {
+                return fail("400 Bad Request", "Event field is required", 12);
+            }
+            Some(serde_json::Value::String(s)) if s.is_empty() => {
+                return fail("400 Bad Request", "Event field cannot be blank", 13);
+            }
+            _ => {}
+        }
+        if event.get("time").is_some_and(|t| !t.is_number()) {
+            return fail("400 Bad Request", "Invalid data format", 6);
+        }
+        let indexed_ok = event.get("fields").is_none_or(|f| {
+            f.as_object().is_some_and(|m| {
+                m.values().all(|v| {
+                    v.is_string()
+                        || v.as_array()
+                            .is_some_and(|a| a.iter().all(|x| x.is_string()))
+                })
+            })
+        });
+        if !indexed_ok {
+            return fail("400 Bad Request", "Error in handling indexed fields", 15);
+        }
+        events.push(event);
+    }
+    if events.is_empty() {
+        return fail("400 Bad Request", "No data", 5);
+    }
+    let (next, pending) = st.channels.entry(channel).or_default();
+    let id = *next;
+    *next += 1;
+    pending.insert(id, (0, events));
+    ("200 OK", json!({"text": "Success", "code": 0, "ackId": id}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_indexes_each_incident_once_after_back_pressure_and_a_bad_token_is_named() {
+    const TOKEN: &str = "8f1c2b7e-5d4a-4c3b-9e2f-1a0b9c8d7e6f";
+    let port = free_ports(1)[0];
+    let (hec, server) = hec_receiver(port, TOKEN, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("hec-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let output = |name: &str| OutputConfig {
+        name: name.into(),
+        kind: "splunk-hec".into(),
+        address: None,
+        transport: None,
+        ca_file: None,
+        url: Some(format!("http://127.0.0.1:{port}")),
+        url_file: None,
+        token: None,
+        token_file: None,
+        index: Some("deception".into()),
+        source: None,
+        sourcetype: None,
+        ack: None,
+        format: None,
+        path: None,
+        min_severity: None,
+    };
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            OutputConfig {
+                token_file: Some(token_file.clone()),
+                ..output("splunk")
+            },
+            OutputConfig {
+                token: Some("not-the-token".into()),
+                ..output("splunk-wrong-token")
+            },
+        ];
+        c.output_retry_min = Duration::from_millis(100);
+        c.output_retry_max = Duration::from_millis(400);
+    })
+    .await;
+    h.touch(&h.lure("patient-csv").await).await;
+    let i = h.incident("for the touch", |_| true).await;
+    eventually(
+        "the incident indexed and delivered",
+        Duration::from_secs(20),
+        || async {
+            let i = h.incident_by_id(&i.id).await;
+            i.deliveries
+                .iter()
+                .any(|d| d.output == "splunk" && d.state == "delivered")
+        },
+    )
+    .await;
+    eventually(
+        "the wrong token named as such",
+        Duration::from_secs(10),
+        || async {
+            let i = h.incident_by_id(&i.id).await;
+            i.deliveries.iter().any(|d| {
+                d.output == "splunk-wrong-token"
+                    && d.state == "failing"
+                    && d.last_error.contains("Invalid token (code 4)")
+                    && !d.last_error.contains("not-the-token")
+            })
+        },
+    )
+    .await;
+    let st = hec.lock().unwrap();
+    assert!(
+        st.event_requests >= 3,
+        "two refused as busy, then accepted: {}",
+        st.event_requests
+    );
+    let mine: Vec<&serde_json::Value> = st
+        .indexed
+        .iter()
+        .filter(|e| e["fields"]["incident_id"] == i.id.as_str())
+        .collect();
+    assert!(!mine.is_empty(), "indexed: {:?}", st.indexed);
+    let mut versions: Vec<&str> = mine
+        .iter()
+        .map(|e| e["fields"]["version"].as_str().unwrap())
+        .collect();
+    let n = versions.len();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), n, "each version indexed once: {mine:?}");
+    for e in mine {
+        assert!(e["time"].as_f64().unwrap() > 1.7e9, "{e}");
+        assert_eq!(e["index"], "deception");
+        assert_eq!(e["source"], "ruse");
+        assert_eq!(e["sourcetype"], "ruse:incident");
+        assert_eq!(e["event"]["incident"]["id"], i.id.as_str());
+        assert_eq!(e["fields"]["severity"], "high");
+    }
+    drop(st);
+    server.abort();
 }
 
 /// A webhook receiver on `port`: every request body goes to the channel.
@@ -1001,6 +1347,12 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
                 ca_file: Some(hook_ca.clone()),
                 url: Some(format!("https://127.0.0.1:{}/services/hook", ports[1])),
                 url_file: None,
+                token: None,
+                token_file: None,
+                index: None,
+                source: None,
+                sourcetype: None,
+                ack: None,
                 ..webhook("slack", 0, "slack")
             },
         ];

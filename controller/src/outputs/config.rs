@@ -47,6 +47,40 @@ pub struct OutputConfig {
     /// `critical`); default `low`.
     #[serde(default)]
     pub min_severity: Option<String>,
+    /// splunk-hec: the HTTP Event Collector token, or a file holding it
+    /// (`token_file`, a mounted Secret). Never logged or shown.
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// splunk-hec: the index (default: the token's), `source` (default
+    /// `ruse`) and `sourcetype` (default `ruse:incident`).
+    #[serde(default)]
+    pub index: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub sourcetype: Option<String>,
+    /// splunk-hec: wait for indexer acknowledgement before a notice leaves
+    /// the queue (default true; the token must have it enabled).
+    #[serde(default)]
+    pub ack: Option<bool>,
+}
+
+/// A secret from the configuration: shown as `<redacted>` by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Why an output's settings are wrong.
@@ -91,6 +125,17 @@ pub enum Target {
     },
     /// JSON lines appended to a file.
     File { path: PathBuf },
+    /// Splunk's HTTP Event Collector at `url` (its base, such as
+    /// `https://splunk:8088`).
+    SplunkHec {
+        url: hyper::Uri,
+        token: Secret,
+        index: Option<String>,
+        source: String,
+        sourcetype: String,
+        ca_file: Option<PathBuf>,
+        ack: bool,
+    },
 }
 
 /// How syslog messages travel.
@@ -129,6 +174,7 @@ impl Target {
             Target::Syslog { .. } => "syslog",
             Target::Webhook { .. } => "webhook",
             Target::File { .. } => "file",
+            Target::SplunkHec { .. } => "splunk-hec",
         }
     }
 
@@ -139,7 +185,7 @@ impl Target {
                 transport: Transport::Tls { ca_file },
                 ..
             } => Some(ca_file),
-            Target::Webhook { ca_file, .. } => ca_file.as_ref(),
+            Target::Webhook { ca_file, .. } | Target::SplunkHec { ca_file, .. } => ca_file.as_ref(),
             _ => None,
         }
     }
@@ -198,37 +244,7 @@ impl TryFrom<&OutputConfig> for Output {
                 }
             }
             "webhook" => {
-                let url = match (&o.url, &o.url_file) {
-                    (Some(url), None) => url.clone(),
-                    (None, Some(path)) => std::fs::read_to_string(path)
-                        .map_err(|e| format!("url_file {}: {e}", path.display()))?
-                        .trim()
-                        .to_owned(),
-                    (Some(_), Some(_)) => return Err("webhook: url or url_file, not both".into()),
-                    (None, None) => return Err("webhook needs url (or url_file)".into()),
-                };
-                // Never echo the URL: its path may be the webhook's secret.
-                let uri: hyper::Uri = url
-                    .parse()
-                    .map_err(|e| format!("the webhook url is not a URL ({e})"))?;
-                match uri.scheme_str() {
-                    Some("http") => {}
-                    Some("https") => {
-                        if o.ca_file.is_none() {
-                            return Err("an https webhook needs ca_file (the receiver's CA)".into());
-                        }
-                    }
-                    other => {
-                        return Err(format!(
-                            "the webhook url must be http:// or https://, not {}",
-                            other.map_or("a relative URL".to_owned(), |s| format!("{s}://"))
-                        )
-                        .into());
-                    }
-                }
-                if uri.host().is_none() {
-                    return Err("the webhook url has no host".into());
-                }
+                let uri = http_url(o, "webhook")?;
                 let format = match o.format.as_deref().unwrap_or("json") {
                     "json" => WebhookFormat::Json,
                     "slack" => WebhookFormat::Slack,
@@ -245,11 +261,43 @@ impl TryFrom<&OutputConfig> for Output {
                     ca_file: o.ca_file.clone(),
                 }
             }
+            "splunk-hec" => {
+                let url = http_url(o, "splunk-hec")?;
+                let token = match (&o.token, &o.token_file) {
+                    (Some(t), None) => t.clone(),
+                    (None, Some(path)) => std::fs::read_to_string(path)
+                        .map_err(|e| format!("token_file {}: {e}", path.display()))?
+                        .trim()
+                        .to_owned(),
+                    (Some(_), Some(_)) => {
+                        return Err("splunk-hec: token or token_file, not both".into());
+                    }
+                    (None, None) => return Err("splunk-hec needs token (or token_file)".into()),
+                };
+                if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+                    return Err("splunk-hec: the token is empty or not one word".into());
+                }
+                Target::SplunkHec {
+                    url,
+                    token: Secret(token),
+                    index: o.index.clone(),
+                    source: o.source.clone().unwrap_or_else(|| "ruse".into()),
+                    sourcetype: o
+                        .sourcetype
+                        .clone()
+                        .unwrap_or_else(|| "ruse:incident".into()),
+                    ca_file: o.ca_file.clone(),
+                    ack: o.ack.unwrap_or(true),
+                }
+            }
             "file" => Target::File {
                 path: o.path.clone().ok_or("file needs path")?,
             },
             other => {
-                return Err(format!("type {other:?}: expected syslog, webhook or file").into());
+                return Err(format!(
+                    "type {other:?}: expected syslog, webhook, splunk-hec or file"
+                )
+                .into());
             }
         };
         Ok(Output {
@@ -258,6 +306,43 @@ impl TryFrom<&OutputConfig> for Output {
             min_severity,
         })
     }
+}
+
+/// The `url` (or `url_file`) of an HTTP output, checked. Never echoes
+/// the URL: a webhook's path may be its secret.
+fn http_url(o: &OutputConfig, kind: &str) -> Result<hyper::Uri, OutputConfigError> {
+    let url = match (&o.url, &o.url_file) {
+        (Some(url), None) => url.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("url_file {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        (Some(_), Some(_)) => return Err(format!("{kind}: url or url_file, not both").into()),
+        (None, None) => return Err(format!("{kind} needs url (or url_file)").into()),
+    };
+    // Never echo the URL: its path may be the webhook's secret.
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("the {kind} url is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            if o.ca_file.is_none() {
+                return Err(format!("an https {kind} needs ca_file (the receiver's CA)").into());
+            }
+        }
+        other => {
+            return Err(format!(
+                "the {kind} url must be http:// or https://, not {}",
+                other.map_or("a relative URL".to_owned(), |s| format!("{s}://"))
+            )
+            .into());
+        }
+    }
+    if uri.host().is_none() {
+        return Err(format!("the {kind} url has no host").into());
+    }
+    Ok(uri)
 }
 
 /// `scheme://host[:port]` of a URL (no user information, path or query):

@@ -201,6 +201,44 @@ pub fn syslog_message(
     )
 }
 
+/// One event for Splunk's HTTP Event Collector: the incident as a webhook
+/// sends it, with HEC's metadata (`time` in seconds with milliseconds)
+/// and indexed `fields` a search can use without parsing the event.
+pub fn hec_event(
+    i: &Incident,
+    notice: Notice,
+    hostname: &str,
+    index: Option<&str>,
+    source: &str,
+    sourcetype: &str,
+) -> serde_json::Value {
+    let mut event = serde_json::json!({
+        "time": i.last_seen.0 as f64 / 1000.0,
+        "host": hostname,
+        "source": source,
+        "sourcetype": sourcetype,
+        "event": {
+            "source": "ruse",
+            "notice": notice.as_str(),
+            "drill": i.drill,
+            "incident": i,
+        },
+        "fields": {
+            "incident_id": i.id,
+            "version": i.version.to_string(),
+            "notice": notice.as_str(),
+            "severity": i.severity.as_str(),
+            "status": i.status.as_str(),
+            "drill": i.drill.to_string(),
+            "mitre_technique": i.techniques.iter().cloned().collect::<Vec<_>>(),
+        },
+    });
+    if let Some(index) = index {
+        event["index"] = index.into();
+    }
+    event
+}
+
 /// The JSON body a webhook receives.
 pub fn webhook_body(i: &Incident, notice: Notice, format: WebhookFormat) -> serde_json::Value {
     let drill = if i.drill { "[DRILL] " } else { "" };

@@ -31,7 +31,7 @@ mod sink;
 pub use self::config::{
     Output, OutputConfig, OutputConfigError, SyslogFormat, Target, Transport, WebhookFormat,
 };
-pub use self::format::{cef, leef, syslog_message, webhook_body};
+pub use self::format::{cef, hec_event, leef, syslog_message, webhook_body};
 use self::sink::Sink;
 
 /// A queued notice.

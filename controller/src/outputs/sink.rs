@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use ruse_proto::types::UnixMs;
 
 use super::config::{Output, OutputConfigError, Target, Transport, origin};
-use super::format::{syslog_message, webhook_body};
+use super::format::{hec_event, syslog_message, webhook_body};
 use crate::incidents::Notice;
 use crate::model::Incident;
 
@@ -24,6 +24,8 @@ pub(super) struct Sink {
     pub(super) output: Output,
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     pub(super) hostname: String,
+    /// This sink's HEC channel, a GUID (acknowledgements are per channel).
+    pub(super) channel: String,
     pub(super) wake: Notify,
     pub(super) failures: AtomicU64,
     pub(super) delivered: AtomicU64,
@@ -56,6 +58,7 @@ impl Sink {
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default(),
+            channel: guid(),
             output,
             wake: Notify::new(),
             failures: AtomicU64::new(0),
@@ -133,8 +136,53 @@ impl Sink {
             }
             Target::Webhook { url, format, .. } => {
                 let body = webhook_body(i, notice, *format);
-                self.post(url, &serde_json::to_vec(&body).map_err(|e| e.to_string())?)
-                    .await
+                let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+                let (status, _) = self.request(url, &[], &body).await?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("{} answered {status}", origin(url)))
+                }
+            }
+            Target::SplunkHec {
+                url,
+                token,
+                index,
+                source,
+                sourcetype,
+                ack,
+                ..
+            } => {
+                let event = hec_event(
+                    i,
+                    notice,
+                    &self.hostname,
+                    index.as_deref(),
+                    source,
+                    sourcetype,
+                );
+                let auth = format!("Splunk {}", token.expose());
+                let headers = [
+                    ("authorization", auth.as_str()),
+                    ("x-splunk-request-channel", self.channel.as_str()),
+                ];
+                let endpoint = with_path(url, "/services/collector/event")?;
+                let body = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
+                let (status, reply) = self.request(&endpoint, &headers, &body).await?;
+                let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+                if !status.is_success() {
+                    return Err(hec_error(url, status, &reply));
+                }
+                if !*ack {
+                    return Ok(());
+                }
+                let id = reply["ackId"].as_u64().ok_or_else(|| {
+                    format!(
+                        "{} gave no ackId: enable indexer acknowledgement on the token, or set ack = false",
+                        origin(url)
+                    )
+                })?;
+                self.await_ack(url, &headers, id).await
             }
             Target::File { path } => {
                 let path = path.clone();
@@ -182,8 +230,50 @@ impl Sink {
             .map_err(|e| format!("TLS to {address}: {e}"))
     }
 
-    async fn post(&self, uri: &hyper::Uri, body: &[u8]) -> Result<(), SendError> {
-        let url = uri;
+    /// Polls the collector's acknowledgement endpoint until `id` is
+    /// indexed: only then does the notice leave the queue. A notice still
+    /// unacknowledged after [`HEC_ACK_WAIT`] is retried, and may then be
+    /// indexed twice (Splunk's is at-least-once): its `incident_id` and
+    /// `version` fields identify it.
+    async fn await_ack(
+        &self,
+        url: &hyper::Uri,
+        headers: &[(&str, &str)],
+        id: u64,
+    ) -> Result<(), SendError> {
+        let endpoint = with_path(url, "/services/collector/ack")?;
+        let query =
+            serde_json::to_vec(&serde_json::json!({ "acks": [id] })).map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + HEC_ACK_WAIT;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let (status, reply) = self.request(&endpoint, headers, &query).await?;
+            let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+            if !status.is_success() {
+                return Err(hec_error(url, status, &reply));
+            }
+            if reply["acks"][id.to_string()].as_bool() == Some(true) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return Err(format!(
+                    "{} did not acknowledge event {id} as indexed within {HEC_ACK_WAIT:?}",
+                    origin(url)
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One POST of a JSON body with extra `headers`; the status and (up to
+    /// 64 KiB of) the reply.
+    async fn request(
+        &self,
+        uri: &hyper::Uri,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(hyper::StatusCode, bytes::Bytes), SendError> {
         let https = uri.scheme_str() == Some("https");
         let host = uri.host().unwrap_or_default().to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
@@ -207,16 +297,19 @@ impl Sink {
                 body,
             )))
             .map_err(|e| e.to_string())?;
-        let status = if https {
+        let mut request = request;
+        for (name, value) in headers {
+            let header = hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("header name {name}"))?;
+            let value = hyper::header::HeaderValue::from_str(value)
+                .map_err(|_| format!("header {name} is not a valid value"))?;
+            request.headers_mut().insert(header, value);
+        }
+        if https {
             let tls = self.tls_connect(stream, &address).await?;
-            send_request(tls, request).await?
+            send_request(tls, request).await
         } else {
-            send_request(stream, request).await?
-        };
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("{} answered {status}", origin(url)))
+            send_request(stream, request).await
         }
     }
 }
@@ -224,19 +317,74 @@ impl Sink {
 async fn send_request<S>(
     io: S,
     request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
-) -> Result<hyper::StatusCode, SendError>
+) -> Result<(hyper::StatusCode, bytes::Bytes), SendError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use http_body_util::BodyExt;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string());
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_REPLY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the reply: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+    .await;
     driver.abort();
-    Ok(response?.status())
+    result
+}
+
+/// The most of a receiver's reply read.
+const MAX_REPLY: usize = 64 * 1024;
+
+/// How long a collector may take to acknowledge an event as indexed.
+pub(super) const HEC_ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// `base` with `path` (the collector's endpoints live under its base URL).
+fn with_path(base: &hyper::Uri, path: &str) -> Result<hyper::Uri, SendError> {
+    let prefix = base.path().trim_end_matches('/');
+    hyper::Uri::builder()
+        .scheme(base.scheme_str().unwrap_or("http"))
+        .authority(base.authority().map_or("", |a| a.as_str()))
+        .path_and_query(format!("{prefix}{path}"))
+        .build()
+        .map_err(|e| format!("{}: {e}", origin(base)))
+}
+
+/// A collector's refusal in words: its status, and its `text` and `code`
+/// (503 code 9 is back-pressure, retried like any failure).
+fn hec_error(url: &hyper::Uri, status: hyper::StatusCode, reply: &serde_json::Value) -> SendError {
+    match (reply["text"].as_str(), reply["code"].as_i64()) {
+        (Some(text), Some(code)) => {
+            let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+            format!("{} answered {status}: {text} (code {code})", origin(url))
+        }
+        _ => format!("{} answered {status}", origin(url)),
+    }
+}
+
+/// A random GUID, as HEC channels are named.
+fn guid() -> String {
+    let mut b = [0u8; 16];
+    ruse_proto::types::random_bytes(&mut b);
+    let h = ruse_proto::types::hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }

@@ -9,6 +9,12 @@ fn output(kind: &str) -> OutputConfig {
         ca_file: None,
         url: None,
         url_file: None,
+        token: None,
+        token_file: None,
+        index: None,
+        source: None,
+        sourcetype: None,
+        ack: None,
         format: None,
         path: None,
         min_severity: None,
@@ -46,12 +52,24 @@ fn settings_are_checked() {
     let hook = OutputConfig {
         url: Some("ftp://x/".into()),
         url_file: None,
+        token: None,
+        token_file: None,
+        index: None,
+        source: None,
+        sourcetype: None,
+        ack: None,
         ..output("webhook")
     };
     assert!(check(&hook).is_err());
     let hook = OutputConfig {
         url: Some("http://127.0.0.1:9/hook".into()),
         url_file: None,
+        token: None,
+        token_file: None,
+        index: None,
+        source: None,
+        sourcetype: None,
+        ack: None,
         format: Some("teams".into()),
         ..output("webhook")
     };
@@ -238,4 +256,66 @@ async fn a_refused_delivery_names_the_receiver_not_the_webhook_secret() {
     for secret in ["XoXSeCrEt", "t0kEn", "pa55w0rd", "bot"] {
         assert!(!error.contains(secret), "{error}");
     }
+}
+
+#[test]
+fn splunk_hec_settings_are_checked_and_the_token_never_printed() {
+    let hec = |token: Option<&str>| OutputConfig {
+        url: Some("https://splunk.example.org:8088".into()),
+        ca_file: Some("/etc/ruse/splunk-ca.pem".into()),
+        token: token.map(str::to_owned),
+        ..output("splunk-hec")
+    };
+    let checked = check(&hec(Some("s3cr3t-hec-token"))).unwrap();
+    let Target::SplunkHec {
+        source,
+        sourcetype,
+        ack,
+        index,
+        ..
+    } = &checked.target
+    else {
+        panic!("a splunk-hec output")
+    };
+    assert_eq!(
+        (source.as_str(), sourcetype.as_str()),
+        ("ruse", "ruse:incident")
+    );
+    assert!(*ack, "indexer acknowledgement by default");
+    assert_eq!(*index, None);
+    assert_eq!(checked.target.kind(), "splunk-hec");
+    assert!(!format!("{checked:?}").contains("s3cr3t"), "{checked:?}");
+    assert!(check(&hec(None)).unwrap_err().to_string().contains("token"));
+    assert!(check(&hec(Some("two words"))).is_err());
+    let no_ca = OutputConfig {
+        ca_file: None,
+        ..hec(Some("t"))
+    };
+    assert!(check(&no_ca).unwrap_err().to_string().contains("ca_file"));
+}
+
+#[test]
+fn hec_events_carry_the_metadata_and_string_indexed_fields() {
+    let i = crate::incidents::tests_support::incident();
+    let e = hec_event(
+        &i,
+        Notice::Opened,
+        "ctl",
+        Some("deception"),
+        "ruse",
+        "ruse:incident",
+    );
+    assert_eq!(e["time"].as_f64(), Some(i.last_seen.0 as f64 / 1000.0));
+    assert_eq!(e["index"], "deception");
+    assert_eq!(e["event"]["incident"]["id"], i.id.as_str());
+    for (k, v) in e["fields"].as_object().unwrap() {
+        assert!(
+            v.is_string()
+                || v.as_array()
+                    .is_some_and(|a| a.iter().all(|x| x.is_string())),
+            "indexed field {k} must be text: {v}"
+        );
+    }
+    let e = hec_event(&i, Notice::Opened, "ctl", None, "ruse", "ruse:incident");
+    assert!(e.get("index").is_none(), "no index: the token's default");
 }
