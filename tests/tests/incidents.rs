@@ -455,6 +455,28 @@ fn start_rsyslogd(dir: &Path, udp: u16, tcp: u16) -> (Rsyslogd, PathBuf) {
     (Rsyslogd(child), out)
 }
 
+/// What rsyslogd wrote once it has received the incident `id` over both
+/// UDP and TCP. rsyslogd may take a moment to listen; the outputs retry
+/// until it does.
+async fn received_over_udp_and_tcp(dir: &Path, received: &Path, id: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(received).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains(id)).collect();
+        if lines.iter().any(|l| l.starts_with("imudp"))
+            && lines.iter().any(|l| l.starts_with("imtcp"))
+        {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "rsyslogd did not receive both messages; it has:\n{text}\nstderr: {}",
+            std::fs::read_to_string(dir.join("rsyslogd.err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn syslog(name: &str, transport: &str, port: u16) -> OutputConfig {
     OutputConfig {
         name: name.into(),
@@ -516,23 +538,7 @@ async fn a_real_rsyslogd_receives_the_cef_message_over_udp_and_tcp() {
     .await;
     h.touch(&h.lure("patient-csv").await).await;
     let i = h.incident("for the touch", |_| true).await;
-    // rsyslogd may take a moment to listen; the outputs retry until it does.
-    let start = Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&received).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&i.id)).collect();
-        if lines.iter().any(|l| l.starts_with("imudp"))
-            && lines.iter().any(|l| l.starts_with("imtcp"))
-        {
-            break text;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "rsyslogd did not receive both messages; it has:\n{text}\nstderr: {}",
-            std::fs::read_to_string(dir.path().join("rsyslogd.err")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = received_over_udp_and_tcp(dir.path(), &received, &i.id).await;
     drop(rsyslogd);
     for line in text.lines().filter(|l| l.contains(&i.id)) {
         assert!(line.contains("CEF:0|Ruse|Ruse|"), "{line}");
@@ -638,22 +644,7 @@ async fn a_real_rsyslogd_receives_leef_that_a_strict_parser_reads_back() {
     .await;
     h.touch(&h.lure("patient-csv").await).await;
     let i = h.incident("for the touch", |_| true).await;
-    let start = Instant::now();
-    let text = loop {
-        let text = std::fs::read_to_string(&received).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().filter(|l| l.contains(&i.id)).collect();
-        if lines.iter().any(|l| l.starts_with("imudp"))
-            && lines.iter().any(|l| l.starts_with("imtcp"))
-        {
-            break text;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "rsyslogd did not receive both messages; it has:\n{text}\nstderr: {}",
-            std::fs::read_to_string(dir.path().join("rsyslogd.err")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = received_over_udp_and_tcp(dir.path(), &received, &i.id).await;
     drop(rsyslogd);
     for line in text.lines().filter(|l| l.contains(&i.id)) {
         assert!(line.contains(" <35>1 20"), "RFC 5424 header: {line}");
