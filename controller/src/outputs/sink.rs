@@ -72,7 +72,7 @@ impl Sink {
     }
 
     pub(super) async fn send(&self, i: &Incident, notice: Notice) -> Result<(), SendError> {
-        let timeout = Duration::from_secs(10);
+        let timeout = deadline(&self.output.target);
         match tokio::time::timeout(timeout, self.send_inner(i, notice)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
@@ -350,6 +350,16 @@ const MAX_REPLY: usize = 64 * 1024;
 
 /// How long a collector may take to acknowledge an event as indexed.
 pub(super) const HEC_ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// How long one delivery may take: an answer within 10 s, and for a
+/// collector whose acknowledgement is awaited, its indexing on top.
+pub(super) fn deadline(target: &Target) -> Duration {
+    let answer = Duration::from_secs(10);
+    match target {
+        Target::SplunkHec { ack: true, .. } => answer + HEC_ACK_WAIT,
+        _ => answer,
+    }
+}
 
 /// `base` with `path` (the collector's endpoints live under its base URL).
 fn with_path(base: &hyper::Uri, path: &str) -> Result<hyper::Uri, SendError> {

@@ -319,3 +319,21 @@ fn hec_events_carry_the_metadata_and_string_indexed_fields() {
     let e = hec_event(&i, Notice::Opened, "ctl", None, "ruse", "ruse:incident");
     assert!(e.get("index").is_none(), "no index: the token's default");
 }
+
+#[test]
+fn a_collector_gets_its_indexing_time_before_a_delivery_gives_up() {
+    let hec = |ack: Option<bool>| OutputConfig {
+        url: Some("http://127.0.0.1:9".into()),
+        token: Some("t".into()),
+        ack,
+        ..output("splunk-hec")
+    };
+    let waits = |c: &OutputConfig| sink::deadline(&check(c).unwrap().target);
+    assert!(waits(&hec(None)) > sink::HEC_ACK_WAIT);
+    assert_eq!(waits(&hec(Some(false))), Duration::from_secs(10));
+    let file = OutputConfig {
+        path: Some("/tmp/x".into()),
+        ..output("file")
+    };
+    assert_eq!(waits(&file), Duration::from_secs(10));
+}
