@@ -483,18 +483,7 @@ fn syslog(name: &str, transport: &str, port: u16) -> OutputConfig {
         kind: "syslog".into(),
         address: Some(format!("127.0.0.1:{port}")),
         transport: Some(transport.into()),
-        ca_file: None,
-        url: None,
-        url_file: None,
-        token: None,
-        token_file: None,
-        index: None,
-        source: None,
-        sourcetype: None,
-        ack: None,
-        format: None,
-        path: None,
-        min_severity: None,
+        ..OutputConfig::default()
     }
 }
 
@@ -502,20 +491,9 @@ fn webhook(name: &str, port: u16, format: &str) -> OutputConfig {
     OutputConfig {
         name: name.into(),
         kind: "webhook".into(),
-        address: None,
-        transport: None,
-        ca_file: None,
         url: Some(format!("http://127.0.0.1:{port}/hooks/ruse")),
-        url_file: None,
-        token: None,
-        token_file: None,
-        index: None,
-        source: None,
-        sourcetype: None,
-        ack: None,
         format: Some(format.into()),
-        path: None,
-        min_severity: None,
+        ..OutputConfig::default()
     }
 }
 
@@ -719,38 +697,8 @@ async fn hec_receiver(
             };
             let state = shared.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                let (head, body) = loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + len {
-                        let Ok(n) = s.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    break (head, buf[end + 4..end + 4 + len].to_vec());
+                let Some((head, body)) = read_request(&mut s).await else {
+                    return;
                 };
                 let (status, reply) = hec_answer(&state, token, &head, &body);
                 let reply = reply.to_string();
@@ -916,20 +864,9 @@ async fn splunk_hec_indexes_each_incident_once_after_back_pressure_and_a_bad_tok
     let output = |name: &str| OutputConfig {
         name: name.into(),
         kind: "splunk-hec".into(),
-        address: None,
-        transport: None,
-        ca_file: None,
         url: Some(format!("http://127.0.0.1:{port}")),
-        url_file: None,
-        token: None,
-        token_file: None,
         index: Some("deception".into()),
-        source: None,
-        sourcetype: None,
-        ack: None,
-        format: None,
-        path: None,
-        min_severity: None,
+        ..OutputConfig::default()
     };
     let h = Hospital::start(|c| {
         c.outputs = vec![
@@ -1005,6 +942,35 @@ async fn splunk_hec_indexes_each_incident_once_after_back_pressure_and_a_bad_tok
     server.abort();
 }
 
+/// One HTTP/1.1 request from `s`: its head (request line and headers)
+/// and its body of `Content-Length` bytes; `None` if the peer goes away.
+async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if buf.len() >= end + 4 + len {
+            return Some((head, buf[end + 4..end + 4 + len].to_vec()));
+        }
+    }
+}
+
 /// A webhook receiver on `port`: every request body goes to the channel.
 async fn receiver(
     port: u16,
@@ -1023,28 +989,8 @@ async fn receiver(
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let body = loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break buf[end + 4..end + 4 + len].to_vec();
-                    }
+                let Some((_, body)) = read_request(&mut s).await else {
+                    return;
                 };
                 let _ = s
                     .write_all(
@@ -1337,13 +1283,6 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
             OutputConfig {
                 ca_file: Some(hook_ca.clone()),
                 url: Some(format!("https://127.0.0.1:{}/services/hook", ports[1])),
-                url_file: None,
-                token: None,
-                token_file: None,
-                index: None,
-                source: None,
-                sourcetype: None,
-                ack: None,
                 ..webhook("slack", 0, "slack")
             },
         ];

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Severity;
 
 /// One incident output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
     /// Shown in `rusectl describe incident` and drills.

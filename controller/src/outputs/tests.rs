@@ -4,20 +4,7 @@ fn output(kind: &str) -> OutputConfig {
     OutputConfig {
         name: "o".into(),
         kind: kind.into(),
-        address: None,
-        transport: None,
-        ca_file: None,
-        url: None,
-        url_file: None,
-        token: None,
-        token_file: None,
-        index: None,
-        source: None,
-        sourcetype: None,
-        ack: None,
-        format: None,
-        path: None,
-        min_severity: None,
+        ..OutputConfig::default()
     }
 }
 
@@ -51,25 +38,11 @@ fn settings_are_checked() {
     assert!(check(&tls).unwrap_err().to_string().contains("ca_file"));
     let hook = OutputConfig {
         url: Some("ftp://x/".into()),
-        url_file: None,
-        token: None,
-        token_file: None,
-        index: None,
-        source: None,
-        sourcetype: None,
-        ack: None,
         ..output("webhook")
     };
     assert!(check(&hook).is_err());
     let hook = OutputConfig {
         url: Some("http://127.0.0.1:9/hook".into()),
-        url_file: None,
-        token: None,
-        token_file: None,
-        index: None,
-        source: None,
-        sourcetype: None,
-        ack: None,
         format: Some("teams".into()),
         ..output("webhook")
     };
