@@ -38,6 +38,12 @@ DEBIAN=(
     dcmqrscp:dcmtk
     # An endpoint whose clock is years off (tests/tests/faults.rs).
     faketime:faketime
+    # The PostgreSQL store's tests make a throw-away cluster each
+    # (tests/src/postgres.rs: initdb and postgres as the postgres user,
+    # via setpriv). Debian's package would also make and start a default
+    # cluster; the policy-rc.d below keeps it stopped.
+    /usr/lib/postgresql/15/bin/initdb:postgresql-15
+    setpriv:util-linux
 )
 
 missing=()

@@ -188,7 +188,7 @@ fn store(c: &mut Criterion) {
                         tasks.push(tokio::spawn(async move {
                             for i in 0..PER_WRITER {
                                 let mut e = stored(&agent, w, i as i64);
-                                e.cursor = store.reserve_event_cursors(1);
+                                e.cursor = store.reserve_event_cursors(1).unwrap();
                                 store.insert_events(std::slice::from_ref(&e)).unwrap();
                                 committer.durable().await.unwrap();
                             }
@@ -207,7 +207,7 @@ fn store(c: &mut Criterion) {
         b.iter(|| {
             for i in 0..64 {
                 let mut e = stored(&agent, i, i as i64);
-                e.cursor = store.reserve_event_cursors(1);
+                e.cursor = store.reserve_event_cursors(1).unwrap();
                 store.insert_events(std::slice::from_ref(&e)).unwrap();
                 store.flush().unwrap();
             }

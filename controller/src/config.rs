@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use ruse_proto::types::duration_str;
 
 pub use crate::outputs::OutputConfig;
+pub use crate::store::StoreLocation;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +24,17 @@ pub use crate::outputs::OutputConfig;
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A PostgreSQL URL. It may hold a password: its `Debug` form hides it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::store::redact_url(&self.0))
+    }
 }
 
 /// Everything `ruse-controller serve` can be told.
@@ -76,6 +88,14 @@ pub struct ControllerConfig {
     pub shutdown_grace: Duration,
     /// Failed enrollments allowed per source address per minute.
     pub enroll_failures_per_minute: u32,
+    /// The PostgreSQL store that controller replicas share
+    /// (`postgres://user:password@host:5432/ruse?sslmode=require`; with TLS
+    /// the server's certificate and name are always verified). Unset: the
+    /// embedded store in `data_dir`.
+    pub store_url: Option<StoreUrl>,
+    /// CAs (PEM) that sign the database's certificate; default the system
+    /// bundle.
+    pub store_ca_file: Option<PathBuf>,
     /// sled page cache.
     pub store_cache_mb: u64,
     /// Disk space kept free under the data directory: a file of this size
@@ -168,6 +188,8 @@ impl Default for ControllerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             enroll_failures_per_minute: 10,
+            store_url: None,
+            store_ca_file: None,
             store_cache_mb: 64,
             disk_reserve_mb: 64,
             log_format: LogFormat::Text,
@@ -353,6 +375,25 @@ impl ControllerConfig {
             return Err(invalid("admin_listen", "must differ from listen"));
         }
         Ok(self)
+    }
+
+    /// Where the store is: PostgreSQL when `store_url` is set, else sled
+    /// under the data directory.
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.store_url {
+            Some(url) => StoreLocation::Postgres(crate::store::PgOptions {
+                url: url.0.clone(),
+                ca_file: self.store_ca_file.clone(),
+            }),
+            None => StoreLocation::Sled {
+                dir: crate::layout::store(&self.data_dir),
+                cache_bytes: self.store_cache_mb.saturating_mul(1 << 20),
+                disk_reserve: Some((
+                    self.data_dir.clone(),
+                    self.disk_reserve_mb.saturating_mul(1 << 20),
+                )),
+            },
+        }
     }
 
     pub fn ca_cert_path(&self) -> PathBuf {

@@ -177,6 +177,7 @@ pub async fn run(
                 .parse()
                 .map_err(|e| DevError::Other(format!("{e}")))?,
             admin_cert_ttl: Duration::from_secs(365 * 86_400),
+            store: None,
         })?;
         tracing::info!(data_dir = %data_dir.display(), pin = %report.pin, "initialised a new dev data directory");
     }

@@ -10,7 +10,7 @@ use ruse_proto::types::{AdminName, Identity, Role, TrustDomain, UnixMs};
 
 use crate::layout;
 use crate::model::AdminRecord;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{PgOptions, PgStore, SledStore, Store, StoreError};
 
 /// What `init` needs to know.
 #[derive(Debug, Clone)]
@@ -21,6 +21,9 @@ pub struct InitOptions {
     pub controller_url: String,
     pub admin_name: AdminName,
     pub admin_cert_ttl: Duration,
+    /// The PostgreSQL store the first admin is written to; `None`: the
+    /// embedded store in `data_dir`.
+    pub store: Option<PgOptions>,
 }
 
 /// What `init` made, for the caller to print.
@@ -78,7 +81,10 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, InitError> {
     // Key first: a CA certificate without its key would look initialised.
     write_private_file(&layout::ca_key(&opts.data_dir), ca.key_pem().as_bytes())?;
 
-    let store = SledStore::open(&layout::store(&opts.data_dir), 16 << 20)?;
+    let store: Box<dyn Store> = match &opts.store {
+        Some(options) => Box::new(PgStore::open(options)?),
+        None => Box::new(SledStore::open(&layout::store(&opts.data_dir), 16 << 20)?),
+    };
     store.put_admin(&AdminRecord {
         name: opts.admin_name.clone(),
         role: Role::Admin,
@@ -161,6 +167,7 @@ mod tests {
             controller_url: "https://127.0.0.1:7443".into(),
             admin_name: "admin".parse().unwrap(),
             admin_cert_ttl: Duration::from_secs(3600),
+            store: None,
         };
         let report = init(&opts).unwrap();
         let ca = load_ca(&report.ca_cert, &layout::ca_key(&opts.data_dir)).unwrap();

@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ControllerConfig;
 use crate::core::Core;
-use crate::store::{Committer, SledStore, Store, StoreError};
+use crate::store::{Committer, Store, StoreError};
 
 /// Why the controller could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -96,19 +96,10 @@ impl Controller {
             &config.ca_key_path(),
             config.ca_key_file.is_some(),
         )?;
-        let store_dir = layout::store(&config.data_dir);
-        let cache = config.store_cache_mb.saturating_mul(1 << 20);
-        let (data_dir, reserve) = (
-            config.data_dir.clone(),
-            config.disk_reserve_mb.saturating_mul(1 << 20),
-        );
-        let store: Arc<dyn Store> = Arc::new(
-            tokio::task::spawn_blocking(move || {
-                SledStore::open(&store_dir, cache).map(|s| s.with_disk_reserve(&data_dir, reserve))
-            })
+        let location = config.store_location();
+        let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || location.open())
             .await
-            .map_err(|e| StoreError::Engine(e.to_string().into()))??,
-        );
+            .map_err(|e| StoreError::Engine(e.to_string().into()))??;
         let outputs = outputs::Outputs::new(&config.outputs, store.clone())?;
         let (committer, committer_task) = Committer::spawn(store.clone());
         let core = Arc::new(Core::new(config, ca, store, committer, outputs)?);
@@ -253,6 +244,10 @@ fn init_on_first_start(config: &ControllerConfig) -> Result<(), ControllerError>
         controller_url: format!("https://{host}:{}", config.listen.port()),
         admin_name: admin.parse().map_err(|e| invalid("bootstrap_admin", &e))?,
         admin_cert_ttl: config.admin_cert_ttl,
+        store: match config.store_location() {
+            config::StoreLocation::Postgres(options) => Some(options),
+            config::StoreLocation::Sled { .. } => None,
+        },
     })?;
     tracing::warn!(
         data_dir = %config.data_dir.display(),

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use ruse_controller::config::{ControllerConfig, LogFormat};
+use ruse_controller::config::{ControllerConfig, LogFormat, StoreLocation};
 use ruse_controller::dev::{self, DevOptions};
 use ruse_controller::init::{self, InitOptions};
+use ruse_controller::store::{self, PgOptions};
 use ruse_controller::{Controller, layout};
 
 // mimalloc rather than glibc's malloc: a campaign pass allocates and frees
@@ -54,6 +55,17 @@ enum Command {
         /// Name of the first admin.
         #[arg(long, default_value = "admin")]
         admin_name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Bring a PostgreSQL store's schema to this version (`serve` also
+    /// does this at start; run it alone before upgrading replicas).
+    Migrate {
+        /// TOML configuration file (its `store_url` and `store_ca_file`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Serve agents and admins.
     Serve(ServeArgs),
@@ -80,6 +92,27 @@ enum Command {
     },
 }
 
+/// Where a PostgreSQL store is (unset: the embedded store in the data
+/// directory).
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// PostgreSQL URL (`postgres://user:password@host:5432/ruse?sslmode=require`).
+    #[arg(long, env = "RUSE_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
+    /// CAs (PEM) that sign the database's certificate (default: the system bundle).
+    #[arg(long, env = "RUSE_STORE_CA_FILE")]
+    store_ca_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn options(self) -> Option<PgOptions> {
+        self.store_url.map(|url| PgOptions {
+            url,
+            ca_file: self.store_ca_file,
+        })
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// TOML configuration file; `RUSE_*` environment variables and flags override it.
@@ -99,6 +132,10 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// The PostgreSQL store (default: `store_url` of the configuration, or
+    /// the embedded store in the data directory).
+    #[arg(long)]
+    store_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -112,14 +149,17 @@ fn main() -> ExitCode {
             controller_url,
             agent_url,
             admin_name,
+            store,
         } => run_init(
             data_dir,
             &trust_domain,
             controller_url,
             agent_url,
             &admin_name,
+            store,
         ),
         Command::Serve(args) => run_serve(args),
+        Command::Migrate { config, store } => run_migrate(config, store),
         Command::AdminContext {
             data_dir,
             controller,
@@ -194,6 +234,7 @@ fn run_init(
     controller_url: String,
     agent_url: Option<String>,
     admin_name: &str,
+    store: StoreArgs,
 ) -> ExitCode {
     let opts = (|| {
         Ok::<_, String>(InitOptions {
@@ -210,6 +251,7 @@ fn run_init(
                 controller_url
             },
             admin_cert_ttl: ControllerConfig::default().admin_cert_ttl,
+            store: store.options(),
             data_dir,
         })
     })();
@@ -285,6 +327,47 @@ Then:
     }
 }
 
+fn run_migrate(config: Option<PathBuf>, store: StoreArgs) -> ExitCode {
+    init_logging(LogFormat::Text, "warn");
+    let options = match store.options() {
+        Some(options) => options,
+        None => match ControllerConfig::load(config.as_deref(), std::env::vars(), &[]) {
+            Ok(c) => match c.store_location() {
+                StoreLocation::Postgres(options) => options,
+                StoreLocation::Sled { .. } => {
+                    return fail(
+                        &"no PostgreSQL store to migrate: give --store-url, RUSE_STORE_URL or \
+                          store_url in --config (the embedded store migrates itself)",
+                    );
+                }
+            },
+            Err(e) => return fail(&e),
+        },
+    };
+    match store::migrate(&options) {
+        Ok(m) if m.applied.is_empty() => {
+            println!(
+                "{}: schema already at version {}",
+                store::redact_url(&options.url),
+                m.from
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(m) => {
+            let applied: Vec<String> = m.applied.iter().map(i32::to_string).collect();
+            println!(
+                "{}: schema migrated from version {} to {} (applied {})",
+                store::redact_url(&options.url),
+                m.from,
+                store::schema_version(),
+                applied.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 fn run_serve(args: ServeArgs) -> ExitCode {
     let mut overrides: Vec<(&str, String)> = Vec::new();
     if let Some(d) = &args.data_dir {
@@ -298,6 +381,9 @@ fn run_serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(f) = &args.log_format {
         overrides.push(("log_format", f.clone()));
+    }
+    if let Some(url) = &args.store_url {
+        overrides.push(("store_url", url.clone()));
     }
     let mut config =
         match ControllerConfig::load(args.config.as_deref(), std::env::vars(), &overrides) {

@@ -301,6 +301,19 @@ pub fn plain_client_config(
     Ok(Arc::new(config))
 }
 
+/// A client for the controller's PostgreSQL store: no certificate (the
+/// database authenticates the controller by password), trusts only `ca`,
+/// no ALPN (PostgreSQL before 17 negotiates none).
+pub fn database_client_config(
+    ca: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, PkiError> {
+    Ok(Arc::new(
+        client_builder()?
+            .with_root_certificates(roots(ca)?)
+            .with_no_client_auth(),
+    ))
+}
+
 /// A client without a certificate that trusts a server whose chain contains
 /// a CA with this pin, and whose leaf that CA signed for the name dialled.
 /// Used once, for enrollment.

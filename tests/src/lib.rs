@@ -11,6 +11,7 @@
 )]
 
 pub mod floor;
+pub mod postgres;
 pub mod process;
 
 use std::future::Future;
@@ -26,8 +27,9 @@ use tonic::transport::Channel;
 use ruse_agent::outbox::EventSink;
 use ruse_agent::{AgentConfig, AgentError, AgentStatus};
 use ruse_controller::Controller;
-use ruse_controller::config::ControllerConfig;
+use ruse_controller::config::{ControllerConfig, StoreUrl};
 use ruse_controller::init::{self, InitOptions};
+use ruse_controller::store::PgOptions;
 use ruse_pki::rustls::ClientConfig;
 use ruse_pki::{CaPin, CertificateAuthority, PrivateKey};
 use ruse_proto::admin::v1 as admin_pb;
@@ -207,12 +209,19 @@ pub fn fast_config(data_dir: &Path) -> ControllerConfig {
 
 /// An initialised data directory: CA, first admin `root`.
 pub fn init_data_dir(data_dir: &Path) -> CaPin {
+    init_data_dir_on(data_dir, None)
+}
+
+/// An initialised data directory whose first admin, `root`, is in `store`
+/// (PostgreSQL) or, without one, in the embedded store.
+pub fn init_data_dir_on(data_dir: &Path, store: Option<PgOptions>) -> CaPin {
     init::init(&InitOptions {
         data_dir: data_dir.to_owned(),
         trust_domain: TRUST_DOMAIN.parse().unwrap(),
         controller_url: "https://127.0.0.1:7443".into(),
         admin_name: "root".parse().unwrap(),
         admin_cert_ttl: Duration::from_secs(3600),
+        store,
     })
     .unwrap()
     .pin
@@ -235,10 +244,23 @@ impl TestController {
 
     /// Starts with [`fast_config`] changed by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut ControllerConfig)) -> Self {
+        Self::start_on(None, adjust).await
+    }
+
+    /// Starts on the PostgreSQL store `store` (the embedded one without),
+    /// with [`fast_config`] changed by `adjust`.
+    pub async fn start_on(
+        store: Option<PgOptions>,
+        adjust: impl FnOnce(&mut ControllerConfig),
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let pin = init_data_dir(&data);
+        let pin = init_data_dir_on(&data, store.clone());
         let mut config = fast_config(&data);
+        if let Some(store) = store {
+            config.store_url = Some(StoreUrl(store.url));
+            config.store_ca_file = store.ca_file;
+        }
         adjust(&mut config);
         let controller = Controller::start(config.clone()).await.unwrap();
         // Keep the port across restarts.

@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use ruse_controller::config::OutputConfig;
+use ruse_controller::store::PgOptions;
+use ruse_e2e::postgres::Postgres;
 use ruse_e2e::{
     TestAgent, TestController, eventually, free_ports, pb, planted_files, require_tool,
 };
@@ -55,7 +57,15 @@ impl Hospital {
     async fn start(
         adjust: impl FnOnce(&mut ruse_controller::config::ControllerConfig),
     ) -> Hospital {
-        let tc = TestController::start_with(adjust).await;
+        Self::start_on(None, adjust).await
+    }
+
+    /// On the PostgreSQL store `store` (the embedded one without).
+    async fn start_on(
+        store: Option<PgOptions>,
+        adjust: impl FnOnce(&mut ruse_controller::config::ControllerConfig),
+    ) -> Hospital {
+        let tc = TestController::start_on(store, adjust).await;
         let ports = free_ports(2);
         // Roles come from the tokens: an agent's own labels select nothing.
         let ws_token = tc
@@ -180,7 +190,63 @@ async fn a_scripted_attack_is_one_incident_with_its_path_and_techniques() {
     if !require_tool("a_scripted_attack_is_one_incident", "ssh") {
         return;
     }
-    let h = Hospital::start(|_| {}).await;
+    scripted_attack(Hospital::start(|_| {}).await).await;
+}
+
+/// The same attack with the controller on PostgreSQL; then the controller
+/// restarts and the incident, its timeline and the lures behind it are
+/// still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_scripted_attack_is_one_incident_that_survives_a_restart() {
+    let test = "on_postgresql_a_scripted_attack_is_one_incident";
+    if !require_tool(test, "ssh") {
+        return;
+    }
+    let Some(pg) = Postgres::start(test) else {
+        return;
+    };
+    pg.database("ruse");
+    let mut h = Hospital::start_on(Some(pg.options("ruse")), |_| {}).await;
+    let before = scripted_attack_steps(&h).await;
+    h.tc.restart().await;
+    let after = h.incident_by_id(&before.id).await;
+    assert_eq!(after.path, before.path);
+    assert_eq!(after.techniques, before.techniques);
+    assert_eq!(after.event_count, before.event_count);
+    assert_eq!(after.timeline.len(), before.timeline.len());
+    assert!(after.lures.contains(&h.lure("ssh-key").await));
+    // Every record kind is in PostgreSQL's tables, not a local file.
+    for (table, at_least) in [
+        ("agents", 2),
+        ("events", 4),
+        ("incidents", 1),
+        ("incident_timeline", 1),
+        ("lures", 2),
+        ("campaigns", 1),
+        ("decoys", 1),
+        ("audit", 3),
+    ] {
+        let n: u64 = pg
+            .psql("ruse", &format!("SELECT count(*) FROM {table}"))
+            .parse()
+            .unwrap();
+        assert!(n >= at_least, "{table}: {n} rows");
+    }
+    assert!(
+        !h.tc.data_dir().join("store").exists(),
+        "no embedded store was made"
+    );
+}
+
+async fn scripted_attack(h: Hospital) {
+    let i = scripted_attack_steps(&h).await;
+    assert_eq!(i.severity, "critical");
+    stix_export_is_valid(&h).await;
+}
+
+/// Reads a honeyfile, uses the planted SSH key at the decoy and touches
+/// its DICOM service; checks the one incident this makes and returns it.
+async fn scripted_attack_steps(h: &Hospital) -> pb::Incident {
     // 1. Read a honeyfile on A.
     let out = Command::new("cat").arg(h.honeyfile()).output().unwrap();
     assert!(out.status.success());
@@ -259,8 +325,12 @@ async fn a_scripted_attack_is_one_incident_with_its_path_and_techniques() {
     assert!(i.sources == ["127.0.0.2"], "{:?}", i.sources);
     assert!(i.credentials.iter().any(|c| c == "ATTACKER"));
     assert!(i.event_count >= 4, "{}", i.event_count);
+    i
+}
 
-    // The STIX export parses and has what STIX 2.1 requires.
+/// The STIX export of the attack's incident parses and has what STIX 2.1
+/// requires.
+async fn stix_export_is_valid(h: &Hospital) {
     let export =
         h.tc.root()
             .await

@@ -284,7 +284,7 @@ impl Events {
         }
         let slot = self
             .publisher
-            .reserve(self.store.as_ref(), records.len() as u64);
+            .reserve(self.store.as_ref(), records.len() as u64)?;
         let mut drills = Vec::with_capacity(records.len());
         let mut records = records;
         for (cursor, record) in (slot.first..).zip(records.iter_mut()) {

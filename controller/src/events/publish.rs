@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 use crate::model::StoredEvent;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Live events buffered per watcher; one that falls further behind reads
 /// the rest from the store.
@@ -66,15 +66,15 @@ impl Publisher {
     }
 
     /// Reserves `n` cursors for a batch (in the store, in order).
-    pub(super) fn reserve(&self, store: &dyn Store, n: u64) -> Slot<'_> {
+    pub(super) fn reserve(&self, store: &dyn Store, n: u64) -> Result<Slot<'_>, StoreError> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let first = store.reserve_event_cursors(n);
+        let first = store.reserve_event_cursors(n)?;
         pending.insert(first, (first + n.saturating_sub(1), None));
-        Slot {
+        Ok(Slot {
             publisher: self,
             first,
             done: false,
-        }
+        })
     }
 
     fn complete(&self, first: u64, events: Vec<Arc<StoredEvent>>) {

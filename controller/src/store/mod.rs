@@ -4,11 +4,12 @@
 //! - **A write is durable only after a flush.** Writers call the store's
 //!   write methods, then [`Committer::durable`], and only then acknowledge
 //!   anything (to an agent or an admin).
-//! - **sled appears only in `sled.rs`.** Another engine implements [`Store`]
-//!   without touching callers.
+//! - **Each engine appears only in its own module**: sled in `sled.rs` and
+//!   `sled_events.rs`, PostgreSQL in `postgres/`. Callers see [`Store`].
 
 mod event_record;
 mod lure_record;
+mod postgres;
 mod sled;
 mod sled_events;
 pub mod space;
@@ -25,6 +26,9 @@ use crate::model::{
     LureInstance, StoredEvent, Suppression, TimelineEntry, TokenRecord,
 };
 
+pub use self::postgres::{
+    Migrated, PgOptions, PgStore, migrate, redact as redact_url, schema_version,
+};
 pub use self::sled::SledStore;
 
 /// A storage failure. Cloneable so one flush failure can be reported to
@@ -46,6 +50,41 @@ pub enum StoreError {
         "the controller's data directory is out of disk space ({0}); free space there: nothing already stored is lost, and agents keep their events until they can be stored"
     )]
     Full(Arc<str>),
+}
+
+/// Which store to open, and where.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// The embedded store in `dir`, keeping `disk_reserve` (the data
+    /// directory and a byte count) free.
+    Sled {
+        dir: std::path::PathBuf,
+        cache_bytes: u64,
+        disk_reserve: Option<(std::path::PathBuf, u64)>,
+    },
+    /// A PostgreSQL database (migrated to this controller's schema when
+    /// opened).
+    Postgres(PgOptions),
+}
+
+impl StoreLocation {
+    /// Opens the store. Blocks (a migration may take a while).
+    pub fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreLocation::Sled {
+                dir,
+                cache_bytes,
+                disk_reserve,
+            } => {
+                let store = SledStore::open(dir, *cache_bytes)?;
+                match disk_reserve {
+                    Some((data_dir, bytes)) => Arc::new(store.with_disk_reserve(data_dir, *bytes)),
+                    None => Arc::new(store),
+                }
+            }
+            StoreLocation::Postgres(options) => Arc::new(PgStore::open(options)?),
+        })
+    }
 }
 
 /// How [`Store::scan_events`] walks the event log.
@@ -154,14 +193,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Reserves `n` consecutive event cursors (the controller's receive
     /// order); returns the first. Cursors only grow; one reserved and never
     /// stored is a harmless gap.
-    fn reserve_event_cursors(&self, n: u64) -> u64;
+    fn reserve_event_cursors(&self, n: u64) -> Result<u64, StoreError>;
     /// Stores events (their cursors reserved, increasing), each unless one
     /// with its id is already stored; returns which were stored (atomic
     /// per event: a resend after a crash is a duplicate, never a second
     /// copy).
     fn insert_events(&self, events: &[StoredEvent]) -> Result<Vec<bool>, StoreError>;
     /// Walks stored events in cursor order as `scan` says, until `visit`
-    /// breaks. With an agent, only that agent's events are read.
+    /// breaks. With an agent, only that agent's events are read. Events
+    /// and trims not yet flushed may or may not be seen (events are shown
+    /// only once durable anyway).
     fn scan_events(
         &self,
         scan: &EventScan,

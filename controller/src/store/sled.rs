@@ -581,8 +581,8 @@ impl Store for SledStore {
         Ok(dropped)
     }
 
-    fn reserve_event_cursors(&self, n: u64) -> u64 {
-        self.events.reserve(n)
+    fn reserve_event_cursors(&self, n: u64) -> Result<u64, StoreError> {
+        Ok(self.events.reserve(n))
     }
 
     fn insert_events(&self, events: &[StoredEvent]) -> Result<Vec<bool>, StoreError> {

@@ -322,7 +322,7 @@ mod tests {
     }
 
     fn insert(store: &SledStore, mut e: StoredEvent) -> bool {
-        e.cursor = store.reserve_event_cursors(1);
+        e.cursor = store.reserve_event_cursors(1).unwrap();
         store.insert_events(std::slice::from_ref(&e)).unwrap()[0]
     }
 
@@ -476,7 +476,7 @@ mod tests {
         let store = SledStore::open(dir.path(), 1 << 20).unwrap();
         let a: AgentId = "01kb5z8x9q3w4e5r6t7y8v9w0a".parse().unwrap();
         let b: AgentId = "01kb5z8x9q3w4e5r6t7y8v9w0b".parse().unwrap();
-        let first = store.reserve_event_cursors(6);
+        let first = store.reserve_event_cursors(6).unwrap();
         let mut batch: Vec<_> = [(&a, "a1"), (&b, "b1"), (&a, "a2"), (&b, "b2"), (&a, "a3")]
             .iter()
             .map(|(agent, id)| event(agent, &format!("01kb5z8x9q3w4e5r6t7y8v9{id}x"), 1))

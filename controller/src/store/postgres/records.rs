@@ -1,0 +1,562 @@
+//! The [`Store`] calls as SQL.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use tokio_postgres::Row;
+use tokio_postgres::types::{ToSql, Type};
+
+use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
+
+use super::{CURSOR_BLOCK, PgStore, SCAN_PAGE, decode, to_i64, to_u64};
+use crate::model::{
+    AdminRecord, AgentRecord, AllowRule, AuditRecord, CampaignRecord, Decoy, Incident,
+    IncidentHead, LureInstance, StoredEvent, Suppression, TimelineEntry, TokenRecord,
+};
+use crate::store::{EventScan, Store, StoreError, event_record, lure_record};
+
+impl Store for PgStore {
+    fn agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError> {
+        self.get("agents", id.as_str())
+    }
+
+    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.all("agents")
+    }
+
+    fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        self.put("agents", record.id.as_str(), record)
+    }
+
+    fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        self.get("tokens", id.as_str())
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.all("tokens")
+    }
+
+    fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        self.put("tokens", record.id.as_str(), record)
+    }
+
+    fn delete_token(&self, id: &TokenId) -> Result<bool, StoreError> {
+        self.delete("tokens", id.as_str())
+    }
+
+    fn admin(&self, name: &AdminName) -> Result<Option<AdminRecord>, StoreError> {
+        self.get("admins", name.as_str())
+    }
+
+    fn admins(&self) -> Result<Vec<AdminRecord>, StoreError> {
+        self.all("admins")
+    }
+
+    fn put_admin(&self, record: &AdminRecord) -> Result<(), StoreError> {
+        self.put("admins", record.name.as_str(), record)
+    }
+
+    fn append_audit(&self, mut record: AuditRecord) -> Result<AuditRecord, StoreError> {
+        // The record's own `seq` is the column's; it is set when read.
+        let json = serde_json::to_string(&record)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        let at = record.at.0;
+        let seq: i64 = self.in_tx(true, move |c| async move {
+            let row = c
+                .query_typed_one(
+                    "INSERT INTO audit (at, record) VALUES ($1, $2::jsonb) RETURNING seq",
+                    &[(&at, Type::INT8), (&json, Type::TEXT)],
+                )
+                .await?;
+            Ok(row.get(0))
+        })?;
+        record.seq = to_u64(seq);
+        Ok(record)
+    }
+
+    fn audit(
+        &self,
+        since: UnixMs,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let before = before.map_or(i64::MAX, to_i64);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let since = since.0;
+        let rows = self.in_tx(false, move |c| async move {
+            c.query_typed(
+                "SELECT seq, record::text FROM audit WHERE seq < $1 AND at >= $2 \
+                 ORDER BY seq DESC LIMIT $3",
+                &[
+                    (&before, Type::INT8),
+                    (&since, Type::INT8),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await
+        })?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                let mut record: AuditRecord = decode("audit", &seq.to_string(), r.get(1))?;
+                record.seq = to_u64(seq);
+                Ok(record)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn campaigns(&self) -> Result<Vec<CampaignRecord>, StoreError> {
+        self.all("campaigns")
+    }
+
+    fn put_campaign(&self, record: &CampaignRecord) -> Result<(), StoreError> {
+        self.put("campaigns", &record.target.spec.name, record)
+    }
+
+    fn delete_campaign(&self, name: &str) -> Result<(), StoreError> {
+        self.delete("campaigns", name).map(drop)
+    }
+
+    fn decoys(&self) -> Result<Vec<Decoy>, StoreError> {
+        self.all("decoys")
+    }
+
+    fn put_decoy(&self, decoy: &Decoy) -> Result<(), StoreError> {
+        self.put("decoys", &decoy.name, decoy)
+    }
+
+    fn delete_decoy(&self, name: &str) -> Result<(), StoreError> {
+        self.delete("decoys", name).map(drop)
+    }
+
+    fn allow_rules(&self) -> Result<Vec<AllowRule>, StoreError> {
+        self.all("allow_rules")
+    }
+
+    fn put_allow_rule(&self, rule: &AllowRule) -> Result<(), StoreError> {
+        self.put("allow_rules", &rule.name, rule)
+    }
+
+    fn delete_allow_rule(&self, name: &str) -> Result<(), StoreError> {
+        self.delete("allow_rules", name).map(drop)
+    }
+
+    fn suppressions(&self) -> Result<Vec<Suppression>, StoreError> {
+        self.all("suppressions")
+    }
+
+    fn put_suppression(&self, rule: &Suppression) -> Result<(), StoreError> {
+        self.put("suppressions", &rule.name, rule)
+    }
+
+    fn delete_suppression(&self, name: &str) -> Result<(), StoreError> {
+        self.delete("suppressions", name).map(drop)
+    }
+
+    fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
+        let mut all: Vec<Incident> = self.all("incidents")?;
+        let rows = self.in_tx(false, move |c| async move {
+            c.query_typed(
+                "SELECT incident, entries::text FROM incident_timeline ORDER BY incident, at, event_id",
+                &[],
+            )
+            .await
+        })?;
+        let mut timelines: HashMap<String, Vec<Arc<TimelineEntry>>> = HashMap::new();
+        for r in &rows {
+            let incident: String = r.get(0);
+            let entries: Vec<Arc<TimelineEntry>> =
+                decode("incident_timeline", &incident, r.get(1))?;
+            timelines.entry(incident).or_default().extend(entries);
+        }
+        for i in &mut all {
+            let mut entries = timelines.remove(&i.id).unwrap_or_default();
+            // Batches may overlap in time.
+            entries.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+            i.timeline = Arc::new(entries);
+        }
+        Ok(all)
+    }
+
+    fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
+        self.put("incidents", &incident.id, &IncidentHead::from(incident))
+    }
+
+    fn put_timeline(&self, incident: &str, entries: &[&TimelineEntry]) -> Result<(), StoreError> {
+        let Some(first) = entries.iter().min_by_key(|e| (e.at, e.event_id.as_str())) else {
+            return Ok(());
+        };
+        let json = serde_json::to_string(entries)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        let (incident, at, event_id) = (incident.to_owned(), first.at.0, first.event_id.clone());
+        self.write(move |c| async move {
+            c.execute_typed(
+                "INSERT INTO incident_timeline (incident, at, event_id, entries) \
+                 VALUES ($1, $2, $3, $4::jsonb) \
+                 ON CONFLICT (incident, at, event_id) DO UPDATE SET entries = excluded.entries",
+                &[
+                    (&incident, Type::TEXT),
+                    (&at, Type::INT8),
+                    (&event_id, Type::TEXT),
+                    (&json, Type::TEXT),
+                ],
+            )
+            .await
+        })
+    }
+
+    fn counters(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self.in_tx(false, move |c| async move {
+            c.query_typed("SELECT name, value FROM counters ORDER BY name", &[])
+                .await
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), to_u64(r.get(1))))
+            .collect())
+    }
+
+    fn put_counter(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        let (name, value) = (name.to_owned(), to_i64(value));
+        self.write(move |c| async move {
+            c.execute_typed(
+                "INSERT INTO counters (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[(&name, Type::TEXT), (&value, Type::INT8)],
+            )
+            .await
+        })
+    }
+
+    fn queue_push(&self, queue: &str, item: &[u8]) -> Result<u64, StoreError> {
+        let (queue, item) = (queue.to_owned(), item.to_vec());
+        let seq: i64 = self.in_tx(true, move |c| async move {
+            let row = c
+                .query_typed_one(
+                    "INSERT INTO output_queue (queue, item) VALUES ($1, $2) RETURNING seq",
+                    &[(&queue, Type::TEXT), (&item, Type::BYTEA)],
+                )
+                .await?;
+            Ok(row.get(0))
+        })?;
+        Ok(to_u64(seq))
+    }
+
+    fn queue_peek(&self, queue: &str, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let queue = queue.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.in_tx(false, move |c| async move {
+            c.query_typed(
+                "SELECT seq, item FROM output_queue WHERE queue = $1 ORDER BY seq LIMIT $2",
+                &[(&queue, Type::TEXT), (&limit, Type::INT8)],
+            )
+            .await
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (to_u64(r.get(0)), r.get::<_, Vec<u8>>(1)))
+            .collect())
+    }
+
+    fn queue_remove(&self, queue: &str, seq: u64) -> Result<(), StoreError> {
+        let (queue, seq) = (queue.to_owned(), to_i64(seq));
+        self.write(move |c| async move {
+            c.execute_typed(
+                "DELETE FROM output_queue WHERE queue = $1 AND seq = $2",
+                &[(&queue, Type::TEXT), (&seq, Type::INT8)],
+            )
+            .await
+        })
+    }
+
+    fn queue_len(&self, queue: &str) -> Result<usize, StoreError> {
+        let queue = queue.to_owned();
+        let n: i64 = self.in_tx(false, move |c| async move {
+            let row = c
+                .query_typed_one(
+                    "SELECT count(*) FROM output_queue WHERE queue = $1",
+                    &[(&queue, Type::TEXT)],
+                )
+                .await?;
+            Ok(row.get(0))
+        })?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    fn lures(&self) -> Result<Vec<LureInstance>, StoreError> {
+        let rows = self.in_tx(false, move |c| async move {
+            c.query_typed("SELECT id, record FROM lures ORDER BY id", &[])
+                .await
+        })?;
+        rows.iter()
+            .map(|r| {
+                lure_record::decode(r.get(1)).map_err(|reason| StoreError::Corrupt {
+                    tree: "lures",
+                    key: r.get(0),
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError> {
+        let key = id.to_owned();
+        let row = self.in_tx(false, move |c| async move {
+            c.query_typed_opt(
+                "SELECT record FROM lures WHERE id = $1",
+                &[(&key, Type::TEXT)],
+            )
+            .await
+        })?;
+        row.map(|r| {
+            lure_record::decode(r.get(0)).map_err(|reason| StoreError::Corrupt {
+                tree: "lures",
+                key: id.to_owned(),
+                reason,
+            })
+        })
+        .transpose()
+    }
+
+    fn put_lure(&self, lure: &LureInstance) -> Result<(), StoreError> {
+        self.put_lures(std::slice::from_ref(lure))
+    }
+
+    fn put_lures(&self, lures: &[LureInstance]) -> Result<(), StoreError> {
+        // The last write of an id wins, as one upsert cannot touch a row
+        // twice.
+        let mut seen = HashSet::new();
+        let (mut ids, mut records) = (Vec::new(), Vec::new());
+        for lure in lures.iter().rev() {
+            if seen.insert(lure.id.clone()) {
+                ids.push(lure.id.to_string());
+                records.push(lure_record::encode(lure));
+            }
+        }
+        self.write(move |c| async move {
+            c.execute_typed(
+                "INSERT INTO lures (id, record) SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                &[(&ids, Type::TEXT_ARRAY), (&records, Type::BYTEA_ARRAY)],
+            )
+            .await
+        })
+    }
+
+    fn put_new_lures(&self, lures: &[Arc<LureInstance>]) -> Result<(), StoreError> {
+        if lures.is_empty() {
+            return Ok(());
+        }
+        // A row each (one statement): an instance's later record, its
+        // retirement, replaces it; a second write of a new instance (a
+        // pass repeated after a failed commit) changes nothing.
+        let ids: Vec<String> = lures.iter().map(|l| l.id.to_string()).collect();
+        let records: Vec<Vec<u8>> = lures.iter().map(|l| lure_record::encode(l)).collect();
+        self.write(move |c| async move {
+            c.execute_typed(
+                "INSERT INTO lures (id, record) SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                 ON CONFLICT (id) DO NOTHING",
+                &[(&ids, Type::TEXT_ARRAY), (&records, Type::BYTEA_ARRAY)],
+            )
+            .await
+        })
+    }
+
+    fn drop_superseded_lure_batches(&self) -> Result<usize, StoreError> {
+        // New instances are rows of their own here: there are no batches.
+        Ok(0)
+    }
+
+    fn reserve_event_cursors(&self, n: u64) -> Result<u64, StoreError> {
+        let mut block = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        if block.1 - block.0 < n {
+            let take = to_i64(n.max(CURSOR_BLOCK));
+            let last: i64 = self.auto(move |c| async move {
+                let row = c
+                    .query_typed_one(
+                        "UPDATE cursor_blocks SET last = last + $1 WHERE name = 'events' RETURNING last",
+                        &[(&take, Type::INT8)],
+                    )
+                    .await?;
+                Ok(row.get(0))
+            })?;
+            let end = to_u64(last) + 1;
+            *block = (end - to_u64(take), end);
+        }
+        let first = block.0;
+        block.0 += n;
+        Ok(first)
+    }
+
+    fn insert_events(&self, events: &[StoredEvent]) -> Result<Vec<bool>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = events.len();
+        let (mut cursors, mut ids, mut agents, mut lures, mut kinds, mut received, mut records) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for e in events {
+            cursors.push(to_i64(e.cursor));
+            ids.push(e.id.clone());
+            agents.push(e.agent.as_str().to_owned());
+            lures.push(e.lure_id.clone());
+            kinds.push(e.kind.clone());
+            received.push(e.received.0);
+            records.push(event_record::encode(e));
+        }
+        let order = cursors.clone();
+        let stored: Vec<Row> = self.in_tx(true, move |c| async move {
+            let params: [(&(dyn ToSql + Sync), Type); 7] = [
+                (&cursors, Type::INT8_ARRAY),
+                (&ids, Type::TEXT_ARRAY),
+                (&agents, Type::TEXT_ARRAY),
+                (&lures, Type::TEXT_ARRAY),
+                (&kinds, Type::TEXT_ARRAY),
+                (&received, Type::INT8_ARRAY),
+                (&records, Type::BYTEA_ARRAY),
+            ];
+            c.query_typed(
+                "INSERT INTO events (cursor, id, agent, lure, kind, received, record) \
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::int8[], $7::bytea[]) \
+                 ON CONFLICT DO NOTHING RETURNING cursor",
+                &params,
+            )
+            .await
+        })?;
+        let stored: HashSet<i64> = stored.iter().map(|r| r.get(0)).collect();
+        Ok(order.iter().map(|c| stored.contains(c)).collect())
+    }
+
+    fn scan_events(
+        &self,
+        scan: &EventScan,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        // Committed events only: events are published once durable.
+        let mut lo = to_i64(scan.after);
+        let mut hi = scan.before.map_or(i64::MAX, to_i64);
+        let agent = scan.agent.as_ref().map(|a| a.as_str().to_owned());
+        let sql = match (scan.agent.is_some(), scan.newest_first) {
+            (false, false) => {
+                "SELECT cursor, record FROM events WHERE cursor > $1 AND cursor < $2 \
+                 ORDER BY cursor LIMIT $3"
+            }
+            (false, true) => {
+                "SELECT cursor, record FROM events WHERE cursor > $1 AND cursor < $2 \
+                 ORDER BY cursor DESC LIMIT $3"
+            }
+            (true, false) => {
+                "SELECT cursor, record FROM events WHERE agent = $4 AND cursor > $1 \
+                 AND cursor < $2 ORDER BY cursor LIMIT $3"
+            }
+            (true, true) => {
+                "SELECT cursor, record FROM events WHERE agent = $4 AND cursor > $1 \
+                 AND cursor < $2 ORDER BY cursor DESC LIMIT $3"
+            }
+        };
+        while lo.saturating_add(1) < hi {
+            let agent = agent.clone();
+            let rows = self.auto(move |c| async move {
+                let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+                    (&lo, Type::INT8),
+                    (&hi, Type::INT8),
+                    (&SCAN_PAGE, Type::INT8),
+                ];
+                if let Some(agent) = &agent {
+                    params.push((agent, Type::TEXT));
+                }
+                c.query_typed(sql, &params).await
+            })?;
+            let full = rows.len() as i64 == SCAN_PAGE;
+            for r in &rows {
+                let cursor: i64 = r.get(0);
+                let event =
+                    event_record::decode(r.get(1)).map_err(|reason| StoreError::Corrupt {
+                        tree: "events",
+                        key: cursor.to_string(),
+                        reason,
+                    })?;
+                if scan.newest_first {
+                    hi = cursor;
+                } else {
+                    lo = cursor;
+                }
+                if visit(event).is_break() {
+                    return Ok(());
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn event_cursors(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let row = self.auto(move |c| async move {
+            c.query_typed_one("SELECT min(cursor), max(cursor) FROM events", &[])
+                .await
+        })?;
+        let (first, last): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        Ok(first.zip(last).map(|(a, b)| (to_u64(a), to_u64(b))))
+    }
+
+    fn trim_events(
+        &self,
+        received_before: UnixMs,
+        keep_at_most: u64,
+        max: usize,
+    ) -> Result<usize, StoreError> {
+        // The oldest events, up to the first received at or after the
+        // cutoff (receive order is cursor order, give or take clock steps
+        // between controllers) or within the newest `keep_at_most` cursors.
+        let before = received_before.0;
+        let keep = to_i64(keep_at_most);
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let n = self.in_tx(true, move |c| async move {
+            c.execute_typed(
+                "WITH bound AS (SELECT greatest( \
+                     coalesce((SELECT cursor FROM events WHERE received >= $1 \
+                               ORDER BY received LIMIT 1), 9223372036854775807), \
+                     coalesce((SELECT max(cursor) FROM events), 0) - $2 + 1) AS c) \
+                 DELETE FROM events WHERE cursor IN ( \
+                     SELECT cursor FROM events, bound WHERE cursor < bound.c \
+                     ORDER BY cursor LIMIT $3)",
+                &[
+                    (&before, Type::INT8),
+                    (&keep, Type::INT8),
+                    (&max, Type::INT8),
+                ],
+            )
+            .await
+        })?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    fn next_revision(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.auto(move |c| async move {
+            let row = c
+                .query_typed_one("SELECT nextval('revisions')", &[])
+                .await?;
+            Ok(row.get(0))
+        })?;
+        Ok(to_u64(n))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        self.call(async move { shared.flush().await })
+    }
+}

@@ -1,0 +1,189 @@
+//! The two connections of a store: the writer, holding the open
+//! transaction that [`Shared::flush`] commits, and an autocommit one.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock, Weak};
+
+use tokio_postgres::Client;
+
+use super::connect::{Connector, db};
+use super::{CALL_TIMEOUT, COMMIT_EVERY};
+use crate::store::StoreError;
+
+#[derive(Debug, Default)]
+pub(super) struct Writer {
+    client: Option<Arc<Client>>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) connector: Connector,
+    pub(super) writer: tokio::sync::Mutex<Writer>,
+    pub(super) auto: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Set when uncommitted writes were lost; every call fails after.
+    pub(super) failed: OnceLock<Arc<str>>,
+}
+
+pub(super) type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+impl Shared {
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(why) => Err(StoreError::Engine(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// The writer connection broke (or a statement could not be undone):
+    /// with uncommitted writes on it, the store fails for good.
+    fn lost(&self, w: &mut Writer, e: StoreError) -> StoreError {
+        w.client = None;
+        if w.dirty {
+            let why: Arc<str> = format!(
+                "the database connection broke with uncommitted writes ({e}); they are lost, \
+                 so this controller refuses further work: restart it (agents resend what \
+                 was not acknowledged)"
+            )
+            .into();
+            tracing::error!("{why}");
+            let _ = self.failed.set(why.clone());
+            return StoreError::Engine(why);
+        }
+        e
+    }
+
+    async fn writer_client(&self, w: &mut Writer) -> Result<Arc<Client>, StoreError> {
+        if let Some(c) = &w.client
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        if w.client.is_some() {
+            // Closed between calls.
+            let e = StoreError::Engine("database connection closed".into());
+            let e = self.lost(w, e);
+            self.check()?;
+            drop(e);
+        }
+        let client = self.connector.connect().await?;
+        client.batch_execute("BEGIN").await.map_err(db)?;
+        let client = Arc::new(client);
+        w.client = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `op` on the writer connection inside a savepoint.
+    pub(super) async fn in_tx<T, F, Fut>(&self, write: bool, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = PgResult<T>>,
+    {
+        self.check()?;
+        let mut w = self.writer.lock().await;
+        let client = self.writer_client(&mut w).await?;
+        let run = async {
+            // Pipelined: the savepoint and the operation's first statement
+            // go in one round trip.
+            let (savepoint, result) =
+                tokio::join!(client.batch_execute("SAVEPOINT op"), op(client.clone()));
+            savepoint?;
+            Ok::<_, tokio_postgres::Error>(result)
+        };
+        let result = match tokio::time::timeout(CALL_TIMEOUT, run).await {
+            Err(_) => {
+                let e = StoreError::Engine("the database did not answer in 30 s".into());
+                return Err(self.lost(&mut w, e));
+            }
+            Ok(Err(e)) => return Err(self.lost(&mut w, db(e))),
+            Ok(Ok(result)) => result,
+        };
+        match result {
+            Ok(value) => {
+                if let Err(e) = client.batch_execute("RELEASE SAVEPOINT op").await {
+                    return Err(self.lost(&mut w, db(e)));
+                }
+                w.dirty |= write;
+                Ok(value)
+            }
+            Err(e) => {
+                let undo = client
+                    .batch_execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")
+                    .await;
+                match undo {
+                    Ok(()) => Err(db(e)),
+                    Err(_) => Err(self.lost(&mut w, db(e))),
+                }
+            }
+        }
+    }
+
+    /// Runs `op` on the autocommit connection.
+    pub(super) async fn auto<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = PgResult<T>>,
+    {
+        self.check()?;
+        let client = {
+            let mut auto = self.auto.lock().await;
+            match auto.as_ref() {
+                Some(c) if !c.is_closed() => c.clone(),
+                _ => {
+                    let c = self.connector.connect().await?;
+                    // Cursor blocks need not wait for the disk: an event
+                    // using one commits after it, and that commit makes
+                    // the block durable too.
+                    c.batch_execute("SET synchronous_commit = off")
+                        .await
+                        .map_err(db)?;
+                    let c = Arc::new(c);
+                    *auto = Some(c.clone());
+                    c
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, op(client)).await {
+            Ok(result) => result.map_err(db),
+            Err(_) => Err(StoreError::Engine(
+                "the database did not answer in 30 s".into(),
+            )),
+        }
+    }
+
+    pub(super) async fn flush(&self) -> Result<(), StoreError> {
+        self.check()?;
+        let mut w = self.writer.lock().await;
+        if !w.dirty {
+            return Ok(());
+        }
+        let Some(client) = w.client.clone() else {
+            let e = StoreError::Engine("database connection closed".into());
+            return Err(self.lost(&mut w, e));
+        };
+        match client.batch_execute("COMMIT; BEGIN").await {
+            Ok(()) => {
+                w.dirty = false;
+                Ok(())
+            }
+            Err(e) => Err(self.lost(&mut w, db(e))),
+        }
+    }
+}
+
+pub(super) async fn commit_regularly(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(COMMIT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.failed.get().is_some() {
+            return;
+        }
+        if let Err(e) = shared.flush().await {
+            tracing::warn!(error = %e, "store: periodic commit failed");
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The store contract (`ruse_controller::store::Store`), checked on both
+//! engines: every test in `contract` runs once on sled and once on a real
+//! PostgreSQL 15 cluster made for it. Then what only the PostgreSQL store
+//! has: migrations under a lock, group commit visible to other
+//! controllers only once flushed, and what a database crash does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use ruse_controller::model::{
+    AdminRecord, AuditRecord, Incident, LureInstance, StoredEvent, TimelineEntry, TokenRecord,
+};
+use ruse_controller::store::{EventScan, PgOptions, PgStore, SledStore, Store};
+use ruse_e2e::postgres::Postgres;
+use ruse_proto::types::{AgentId, UnixMs};
+
+/// Opens (and reopens) one store of one engine.
+trait Engine {
+    fn open(&mut self) -> Arc<dyn Store>;
+}
+
+struct Sled(tempfile::TempDir);
+
+impl Engine for Sled {
+    fn open(&mut self) -> Arc<dyn Store> {
+        Arc::new(SledStore::open(self.0.path(), 1 << 20).unwrap())
+    }
+}
+
+struct Pg(Postgres);
+
+impl Engine for Pg {
+    fn open(&mut self) -> Arc<dyn Store> {
+        Arc::new(PgStore::open(&self.0.options("ruse")).unwrap())
+    }
+}
+
+fn postgres(test: &str) -> Option<Pg> {
+    let pg = Postgres::start(test)?;
+    pg.database("ruse");
+    Some(Pg(pg))
+}
+
+/// Each named function of `contract` as a test on each engine.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sled {
+            $(#[test]
+            fn $name() {
+                super::contract::$name(&mut super::Sled(tempfile::tempdir().unwrap()));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                if let Some(mut pg) = super::postgres(stringify!($name)) {
+                    super::contract::$name(&mut pg);
+                }
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    records_round_trip_and_survive_reopen,
+    audit_is_ordered_and_bounded,
+    incidents_keep_their_timelines_in_time_order,
+    output_queues_are_fifo_per_output,
+    the_lure_registry_keeps_each_instance_in_its_latest_version,
+    events_are_stored_once_and_walked_in_cursor_order,
+    old_events_and_those_past_the_budget_are_trimmed,
+);
+
+fn token(id: &str) -> TokenRecord {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "secret_sha256": "00", "created_at": 1, "expires_at": 2,
+        "max_uses": 3, "uses": 0, "labels": {"site": "icu"},
+        "created_by": "admin/root", "description": "ward tablets",
+    }))
+    .unwrap()
+}
+
+fn event(agent: &AgentId, id: &str, received: i64) -> StoredEvent {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "agent": agent, "seq": 1, "lure_id": "l1", "lure_revision": 1,
+        "template": "patient-csv", "campaign": "exports", "kind": "touch",
+        "path": "/home/n/Documents/export.csv", "process": null, "operations": ["read"],
+        "attribution": "fanotify", "allowed": false, "allow_rule": "",
+        "dropped_before": 0, "detail": "", "observed": received, "received": received,
+        "peer": "127.0.0.1:5000",
+    }))
+    .unwrap()
+}
+
+fn instance(id: &str, retired: Option<i64>) -> LureInstance {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "agent": AgentId::generate(), "campaign": "exports", "slot": "pgpass",
+        "template": "pgpass", "epoch": 0, "material": {"seed": 7}, "created": 1, "retired": retired,
+    }))
+    .unwrap()
+}
+
+fn entry(event_id: &str, at: i64) -> TimelineEntry {
+    TimelineEntry {
+        event_id: event_id.into(),
+        at: UnixMs(at),
+        agent: "a1".parse().unwrap(),
+        kind: "touch".into(),
+        summary: format!("read {event_id}"),
+    }
+}
+
+/// Ids of the events `scan` walks, at most `limit`.
+fn scanned(store: &dyn Store, scan: &EventScan, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    store
+        .scan_events(scan, &mut |e| {
+            ids.push(e.id);
+            if ids.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    ids
+}
+
+/// Stores `events` under fresh cursors; which were new.
+fn insert(store: &dyn Store, mut events: Vec<StoredEvent>) -> Vec<bool> {
+    let first = store.reserve_event_cursors(events.len() as u64).unwrap();
+    for (cursor, e) in (first..).zip(events.iter_mut()) {
+        e.cursor = cursor;
+    }
+    store.insert_events(&events).unwrap()
+}
+
+mod contract {
+    use super::*;
+
+    pub fn records_round_trip_and_survive_reopen(engine: &mut dyn Engine) {
+        let revision;
+        {
+            let store = engine.open();
+            store.put_token(&token("t1")).unwrap();
+            store.put_token(&token("t2")).unwrap();
+            store
+                .put_admin(&AdminRecord {
+                    name: "alice".parse().unwrap(),
+                    role: ruse_proto::types::Role::Viewer,
+                    issued_at: UnixMs(5),
+                    issued_by: "admin/root".into(),
+                })
+                .unwrap();
+            store.put_counter("suppressed:nightly-backup", 7).unwrap();
+            store.put_counter("suppressed:nightly-backup", 9).unwrap();
+            let a = store.next_revision().unwrap();
+            revision = store.next_revision().unwrap();
+            assert!(revision > a && a > 0);
+            store.flush().unwrap();
+        }
+        let store = engine.open();
+        assert_eq!(
+            store.token(&"t1".parse().unwrap()).unwrap(),
+            Some(token("t1"))
+        );
+        assert_eq!(store.tokens().unwrap().len(), 2);
+        assert!(store.delete_token(&"t1".parse().unwrap()).unwrap());
+        assert!(!store.delete_token(&"t1".parse().unwrap()).unwrap());
+        assert_eq!(store.token(&"t1".parse().unwrap()).unwrap(), None);
+        let admins = store.admins().unwrap();
+        assert_eq!(admins.len(), 1);
+        assert_eq!(admins[0].name.as_str(), "alice");
+        assert_eq!(
+            store.counters().unwrap(),
+            [("suppressed:nightly-backup".to_owned(), 9)]
+        );
+        assert!(
+            store.next_revision().unwrap() > revision,
+            "revisions only grow"
+        );
+    }
+
+    pub fn audit_is_ordered_and_bounded(engine: &mut dyn Engine) {
+        let store = engine.open();
+        let mut seqs = Vec::new();
+        for at in [10, 20, 30, 40, 50] {
+            let r = store
+                .append_audit(AuditRecord {
+                    seq: 0,
+                    at: UnixMs(at),
+                    actor: "admin/root".into(),
+                    peer: "127.0.0.1".into(),
+                    action: "token.create".into(),
+                    target: format!("t{at}"),
+                    result: "ok".into(),
+                    detail: String::new(),
+                })
+                .unwrap();
+            seqs.push(r.seq);
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        let targets = |records: Vec<AuditRecord>| -> Vec<String> {
+            records.into_iter().map(|r| r.target).collect()
+        };
+        assert_eq!(
+            targets(store.audit(UnixMs(20), None, 10).unwrap()),
+            ["t20", "t30", "t40", "t50"]
+        );
+        assert_eq!(
+            targets(store.audit(UnixMs(0), None, 2).unwrap()),
+            ["t40", "t50"]
+        );
+        let page = store.audit(UnixMs(0), Some(seqs[3]), 2).unwrap();
+        assert_eq!(page[0].seq, seqs[1]);
+        assert_eq!(targets(page), ["t20", "t30"]);
+    }
+
+    pub fn incidents_keep_their_timelines_in_time_order(engine: &mut dyn Engine) {
+        let a: AgentId = "a1".parse().unwrap();
+        let mut incident: Incident = serde_json::from_value(serde_json::json!({
+            "id": "01incident", "title": "Honeyfile read on ws-07", "severity": "high",
+            "status": "open", "drill": false, "first_seen": 1000, "last_seen": 2000,
+            "created": 2000, "updated": 2000, "version": 2, "event_count": 3,
+            "agents": [a], "decoys": [], "sources": [], "lures": ["l1"], "processes": [],
+            "credentials": [], "ports": [], "path": [], "techniques": ["T1005"],
+            "rules": [], "keys": [],
+        }))
+        .unwrap_or_else(|e| panic!("incident fixture: {e}"));
+        let (e1, e2, e0) = (entry("e1", 1_000), entry("e2", 2_000), entry("e0", -5));
+        {
+            let store = engine.open();
+            store.put_incident(&incident).unwrap();
+            store.put_timeline(&incident.id, &[&e1]).unwrap();
+            // A later batch reaching back in time.
+            store.put_timeline(&incident.id, &[&e2, &e0]).unwrap();
+            incident.status = serde_json::from_value(serde_json::json!("resolved")).unwrap();
+            store.put_incident(&incident).unwrap();
+            store.flush().unwrap();
+        }
+        let store = engine.open();
+        let all = store.incidents().unwrap();
+        assert_eq!(all.len(), 1);
+        let ids: Vec<&str> = all[0]
+            .timeline
+            .iter()
+            .map(|t| t.event_id.as_str())
+            .collect();
+        assert_eq!(ids, ["e0", "e1", "e2"]);
+        assert_eq!(all[0].status, incident.status);
+        assert_eq!(all[0].title, incident.title);
+    }
+
+    pub fn output_queues_are_fifo_per_output(engine: &mut dyn Engine) {
+        let store = engine.open();
+        let s1 = store.queue_push("siem", b"one").unwrap();
+        let s2 = store.queue_push("siem", b"two").unwrap();
+        store.queue_push("mail", b"other").unwrap();
+        let s3 = store.queue_push("siem", b"three").unwrap();
+        assert!(s1 < s2 && s2 < s3);
+        assert_eq!(store.queue_len("siem").unwrap(), 3);
+        let peeked = store.queue_peek("siem", 2).unwrap();
+        assert_eq!(peeked, [(s1, b"one".to_vec()), (s2, b"two".to_vec())]);
+        store.queue_remove("siem", s1).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = engine.open();
+        assert_eq!(store.queue_peek("siem", 10).unwrap().len(), 2);
+        assert_eq!(store.queue_peek("mail", 10).unwrap()[0].1, b"other");
+        assert_eq!(store.queue_len("nowhere").unwrap(), 0);
+    }
+
+    pub fn the_lure_registry_keeps_each_instance_in_its_latest_version(engine: &mut dyn Engine) {
+        let store = engine.open();
+        let batch: Vec<Arc<LureInstance>> = ["l1", "l2", "l3"]
+            .iter()
+            .map(|id| Arc::new(instance(id, None)))
+            .collect();
+        store.put_new_lures(&batch).unwrap();
+        store.put_lure(&instance("l2", Some(99))).unwrap();
+        // The same pass written again (its first commit failed): the
+        // retirement stays.
+        store.put_new_lures(&batch[1..2]).unwrap();
+        store
+            .put_lures(&[instance("l4", Some(5)), instance("l3", Some(7))])
+            .unwrap();
+        store.drop_superseded_lure_batches().unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = engine.open();
+        let mut all: Vec<(String, Option<UnixMs>)> = store
+            .lures()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.id.to_string(), l.retired))
+            .collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("l1".to_owned(), None),
+                ("l2".to_owned(), Some(UnixMs(99))),
+                ("l3".to_owned(), Some(UnixMs(7))),
+                ("l4".to_owned(), Some(UnixMs(5))),
+            ]
+        );
+        assert_eq!(store.lure("l2").unwrap().unwrap().retired, Some(UnixMs(99)));
+        assert!(store.lure("nope").unwrap().is_none());
+    }
+
+    pub fn events_are_stored_once_and_walked_in_cursor_order(engine: &mut dyn Engine) {
+        let (a, b) = (AgentId::generate(), AgentId::generate());
+        {
+            let store = engine.open();
+            assert_eq!(store.event_cursors().unwrap(), None);
+            // Ids sort opposite to arrival: arrival decides.
+            let stored = insert(
+                store.as_ref(),
+                vec![
+                    event(&a, "zz-first", 1),
+                    event(&b, "mm-second", 2),
+                    event(&a, "aa-third", 3),
+                    event(&a, "zz-first", 4),
+                ],
+            );
+            assert_eq!(stored, [true, true, true, false]);
+            assert_eq!(
+                insert(store.as_ref(), vec![event(&b, "bb-fourth", 5)]),
+                [true]
+            );
+            store.flush().unwrap();
+        }
+        let store = engine.open();
+        // A resend after a restart is a duplicate.
+        assert_eq!(
+            insert(store.as_ref(), vec![event(&b, "mm-second", 6)]),
+            [false]
+        );
+        let all = EventScan::default();
+        assert_eq!(
+            scanned(store.as_ref(), &all, 10),
+            ["zz-first", "mm-second", "aa-third", "bb-fourth"]
+        );
+        let newest = EventScan {
+            newest_first: true,
+            ..EventScan::default()
+        };
+        assert_eq!(
+            scanned(store.as_ref(), &newest, 2),
+            ["bb-fourth", "aa-third"]
+        );
+        let of_a = EventScan {
+            agent: Some(a.clone()),
+            ..EventScan::default()
+        };
+        assert_eq!(scanned(store.as_ref(), &of_a, 10), ["zz-first", "aa-third"]);
+        let (first, last) = store.event_cursors().unwrap().unwrap();
+        assert!(first < last);
+        let mut cursors = Vec::new();
+        store
+            .scan_events(&all, &mut |e| {
+                cursors.push(e.cursor);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(cursors.first(), Some(&first));
+        assert_eq!(cursors.last(), Some(&last));
+        let window = EventScan {
+            after: cursors[0],
+            before: Some(cursors[3]),
+            ..EventScan::default()
+        };
+        assert_eq!(
+            scanned(store.as_ref(), &window, 10),
+            ["mm-second", "aa-third"]
+        );
+        let window_of_b = EventScan {
+            agent: Some(b),
+            newest_first: true,
+            ..window
+        };
+        assert_eq!(scanned(store.as_ref(), &window_of_b, 10), ["mm-second"]);
+        // More than one page of a long scan.
+        let many: Vec<StoredEvent> = (0..1_200)
+            .map(|i| event(&a, &format!("bulk-{i:05}"), 10 + i))
+            .collect();
+        assert!(insert(store.as_ref(), many).iter().all(|new| *new));
+        store.flush().unwrap();
+        let bulk = scanned(store.as_ref(), &of_a, 5_000);
+        assert_eq!(bulk.len(), 1_202);
+        assert_eq!(bulk[1_201], "bulk-01199");
+    }
+
+    pub fn old_events_and_those_past_the_budget_are_trimmed(engine: &mut dyn Engine) {
+        let store = engine.open();
+        let a = AgentId::generate();
+        let events: Vec<StoredEvent> = (0..20)
+            .map(|i| event(&a, &format!("e{i:02}"), 1_000 + i * 10))
+            .collect();
+        insert(store.as_ref(), events);
+        store.flush().unwrap();
+        // Received before 1050: e00..e04, at most 3 per call.
+        assert_eq!(store.trim_events(UnixMs(1_050), 1_000, 3).unwrap(), 3);
+        assert_eq!(store.trim_events(UnixMs(1_050), 1_000, 100).unwrap(), 2);
+        assert_eq!(store.trim_events(UnixMs(1_050), 1_000, 100).unwrap(), 0);
+        // Keep at most 10 (counted by cursors).
+        assert_eq!(store.trim_events(UnixMs(0), 10, 100).unwrap(), 5);
+        store.flush().unwrap();
+        let left = scanned(store.as_ref(), &EventScan::default(), 100);
+        assert_eq!(left.len(), 10);
+        assert_eq!(left[0], "e10");
+    }
+}
+
+#[test]
+fn replicas_starting_together_migrate_the_schema_once() {
+    let Some(pg) = Postgres::start("replicas_starting_together_migrate_the_schema_once") else {
+        return;
+    };
+    pg.database("ruse");
+    let options = pg.options("ruse");
+    let stores: Vec<_> = (0..3)
+        .map(|_| {
+            let options = options.clone();
+            std::thread::spawn(move || PgStore::open(&options).map(drop))
+        })
+        .collect();
+    for s in stores {
+        s.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        pg.psql("ruse", "SELECT count(*), max(version) FROM ruse_schema"),
+        format!("1|{}", ruse_controller::store::schema_version())
+    );
+    let m = ruse_controller::store::migrate(&options).unwrap();
+    assert!(m.applied.is_empty());
+    // A database a newer controller migrated is refused, not written.
+    pg.psql(
+        "ruse",
+        "INSERT INTO ruse_schema (version, name) VALUES (999, 'future')",
+    );
+    let e = PgStore::open(&options).unwrap_err().to_string();
+    assert!(
+        e.contains("version 999, newer than this controller's"),
+        "{e}"
+    );
+}
+
+#[test]
+fn writes_reach_other_controllers_only_once_flushed_and_a_failed_one_undoes_only_itself() {
+    let Some(pg) = Postgres::start("writes_reach_other_controllers_only_once_flushed") else {
+        return;
+    };
+    pg.database("ruse");
+    let (one, two) = (
+        PgStore::open(&pg.options("ruse")).unwrap(),
+        PgStore::open(&pg.options("ruse")).unwrap(),
+    );
+    one.put_token(&token("t1")).unwrap();
+    assert!(one.token(&"t1".parse().unwrap()).unwrap().is_some());
+    assert!(two.token(&"t1".parse().unwrap()).unwrap().is_none());
+    // PostgreSQL text cannot hold NUL: this write fails, alone.
+    assert!(one.put_counter("bad\0name", 1).is_err());
+    one.put_token(&token("t2")).unwrap();
+    one.flush().unwrap();
+    assert_eq!(two.tokens().unwrap().len(), 2);
+    // Cursors from two controllers never collide.
+    let (x, y) = (
+        one.reserve_event_cursors(10).unwrap(),
+        two.reserve_event_cursors(10).unwrap(),
+    );
+    assert!(x + 10 <= y || y + 10 <= x, "{x} and {y}");
+}
+
+#[test]
+fn a_database_crash_with_nothing_uncommitted_is_survived_and_with_writes_in_flight_is_fatal() {
+    let Some(mut pg) = Postgres::start("a_database_crash") else {
+        return;
+    };
+    pg.database("ruse");
+    let store = PgStore::open(&pg.options("ruse")).unwrap();
+    store.put_token(&token("t1")).unwrap();
+    store.flush().unwrap();
+    pg.crash_and_restart();
+    // Nothing was lost: the store reconnects.
+    assert!(store.token(&"t1".parse().unwrap()).unwrap().is_some());
+    store.put_token(&token("t2")).unwrap();
+    pg.crash_and_restart();
+    // t2 died with the transaction: no flush may call it durable.
+    let e = store.flush().unwrap_err().to_string();
+    assert!(e.contains("restart it"), "{e}");
+    assert!(store.tokens().is_err(), "the store refuses work after");
+    let fresh = PgStore::open(&pg.options("ruse")).unwrap();
+    let ids: Vec<String> = fresh
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert_eq!(ids, ["t1"]);
+}
+
+#[test]
+fn ruse_controller_migrate_brings_a_database_to_this_version_and_says_so() {
+    let Some(pg) = Postgres::start("ruse_controller_migrate") else {
+        return;
+    };
+    let url = pg.database("ruse").replace("ruse@", "ruse:not-a-secret@");
+    let migrate = |args: &[&str]| {
+        let out = std::process::Command::new(ruse_e2e::process::binary("ruse-controller"))
+            .arg("migrate")
+            .args(args)
+            .env_remove("RUSE_STORE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = migrate(&["--store-url", &url]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("schema migrated from version 0 to 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("not-a-secret"),
+        "the password is never printed: {text}"
+    );
+    let (ok, text) = migrate(&["--store-url", &url]);
+    assert!(ok && text.contains("schema already at version 1"), "{text}");
+    // Nothing to migrate without a database; an unreachable one is named.
+    let (ok, text) = migrate(&[]);
+    assert!(
+        !ok && text.contains("no PostgreSQL store to migrate"),
+        "{text}"
+    );
+    let closed = ruse_e2e::free_ports(1)[0];
+    let (ok, text) = migrate(&[
+        "--store-url",
+        &format!("postgres://ruse:not-a-secret@127.0.0.1:{closed}/ruse?sslmode=disable"),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("cannot connect to the database postgres://ruse:***@127.0.0.1"),
+        "{text}"
+    );
+    assert!(!text.contains("not-a-secret"), "{text}");
+}
+
+#[test]
+fn tls_to_the_database_verifies_its_certificate_and_name() {
+    let ca = ruse_pki::CertificateAuthority::generate("db.test".parse().unwrap()).unwrap();
+    let (chain, key) = ca
+        .issue_server(&["localhost".into()], std::time::Duration::from_secs(3600))
+        .unwrap();
+    let chain_pem: String = chain
+        .iter()
+        .map(|c| ruse_pki::pem_encode("CERTIFICATE", c))
+        .collect();
+    let Some(pg) = Postgres::start_tls("tls_to_the_database", &chain_pem, &key.to_pem()) else {
+        return;
+    };
+    pg.database("ruse");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let options = |host: &str, mode: &str, ca_file: &std::path::Path| PgOptions {
+        url: format!("postgres://ruse@{host}:{}/ruse?sslmode={mode}", pg.port),
+        ca_file: Some(ca_file.to_owned()),
+    };
+    // libpq's strictest mode is accepted as written.
+    let store = PgStore::open(&options("localhost", "verify-full", &ca_file)).unwrap();
+    store.put_token(&token("t1")).unwrap();
+    store.flush().unwrap();
+    assert_eq!(
+        pg.psql(
+            "ruse",
+            "SELECT count(*) > 0 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'ruse-controller'"
+        ),
+        "t"
+    );
+    // The certificate names localhost, not 127.0.0.1.
+    let e = PgStore::open(&options("127.0.0.1", "require", &ca_file))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificate"), "{e}");
+    // Another CA's certificate is refused.
+    let other = ruse_pki::CertificateAuthority::generate("other.test".parse().unwrap()).unwrap();
+    let other_file = dir.path().join("other-ca.pem");
+    std::fs::write(&other_file, other.cert_pem()).unwrap();
+    let e = PgStore::open(&options("localhost", "require", &other_file))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificate"), "{e}");
+}
