@@ -483,6 +483,33 @@ mod tests {
     }
 
     #[test]
+    fn the_store_url_comes_from_the_environment_and_its_password_is_never_shown() {
+        let config = ControllerConfig::load(
+            None,
+            env(&[("RUSE_STORE_URL", "postgres://ruse:hunter2@db:5432/ruse")]),
+            &[],
+        )
+        .unwrap();
+        match config.store_location() {
+            StoreLocation::Postgres(options) => {
+                assert_eq!(options.url, "postgres://ruse:hunter2@db:5432/ruse");
+            }
+            other => panic!("{other:?}"),
+        }
+        let shown = format!("{config:?} {:?}", config.store_location());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://ruse:***@db:5432/ruse"),
+            "{shown}"
+        );
+        let embedded = ControllerConfig::load(None, env(&[]), &[]).unwrap();
+        assert!(matches!(
+            embedded.store_location(),
+            StoreLocation::Sled { .. }
+        ));
+    }
+
+    #[test]
     fn the_example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/controller.toml");
         let config = ControllerConfig::load(Some(&path), env(&[]), &[]).unwrap();

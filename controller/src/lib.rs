@@ -142,6 +142,18 @@ impl Controller {
         })
     }
 
+    /// Returns (with the reason) once the store refuses all work for good;
+    /// never returns while it works.
+    pub async fn store_broken(&self) -> Arc<str> {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if let Some(why) = self.core.store.broken() {
+                return why;
+            }
+        }
+    }
+
     /// Where Prometheus scrapes, when `metrics_listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_server.as_ref().map(|(addr, _)| *addr)

@@ -407,7 +407,14 @@ fn run_serve(args: ServeArgs) -> ExitCode {
             admin_api = if shared { "on the agent port" } else { "on its own port (admin certificate required at the handshake)" },
             "ready"
         );
-        wait_for_signal().await;
+        tokio::select! {
+            () = wait_for_signal() => {}
+            why = controller.store_broken() => {
+                // What was not committed is lost: exit, so the supervisor
+                // restarts the controller and agents resend.
+                return Err(format!("the store failed: {why}"));
+            }
+        }
         tracing::info!("shutting down");
         controller.shutdown().await.map_err(|e| e.to_string())
     })

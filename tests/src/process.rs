@@ -118,6 +118,16 @@ pub fn spawn(name: &str, args: &[&str], log: &Path) -> Proc {
 /// `ruse-controller serve` with JSON logs; returns once it is serving, with
 /// the agent address it bound.
 pub fn spawn_controller(data_dir: &Path, listen: &str, log: &Path) -> (Proc, SocketAddr) {
+    spawn_controller_with(data_dir, listen, log, &[])
+}
+
+/// [`spawn_controller`] with more environment (`RUSE_STORE_URL`, …).
+pub fn spawn_controller_with(
+    data_dir: &Path,
+    listen: &str,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr) {
     let stderr = std::fs::File::create(log).expect("log file");
     let mut child = Command::new(binary("ruse-controller"))
         .args([
@@ -134,6 +144,7 @@ pub fn spawn_controller(data_dir: &Path, listen: &str, log: &Path) -> (Proc, Soc
         .env("RUSE_HEARTBEAT_INTERVAL", "200ms")
         .env("RUSE_OFFLINE_AFTER", "2s")
         .env("RUSE_STATE_FLUSH_INTERVAL", "200ms")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)

@@ -599,3 +599,62 @@ fn tls_to_the_database_verifies_its_certificate_and_name() {
         .to_string();
     assert!(e.contains("certificate"), "{e}");
 }
+
+#[test]
+fn a_serve_process_on_postgresql_rides_out_a_database_restart() {
+    let Some(mut pg) = Postgres::start("a_serve_process_on_postgresql") else {
+        return;
+    };
+    let url = pg.database("ruse");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = std::process::Command::new(ruse_e2e::process::binary("ruse-controller"))
+        .args(["init", "--trust-domain", "ruse.test", "--data-dir"])
+        .arg(&data)
+        .args(["--store-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The first admin is in the database, not in a local store.
+    assert_eq!(pg.psql("ruse", "SELECT name FROM admins"), "admin");
+    assert!(!data.join("store").exists());
+    let (mut controller, addr) = ruse_e2e::process::spawn_controller_with(
+        &data,
+        "127.0.0.1:0",
+        &dir.path().join("controller.log"),
+        &[("RUSE_STORE_URL", &url)],
+    );
+    let ctl = ruse_e2e::process::Ctl::for_data_dir(&data, &format!("https://{addr}"));
+    let token = |description: &str| {
+        ctl.run(&["token", "create", "--description", description])
+            .status
+            .success()
+    };
+    assert!(token("before"), "{}", controller.log_text());
+    pg.crash_and_restart();
+    // Nothing was uncommitted: the controller reconnects and serves on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !token("after") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token after the database came back: {}",
+            controller.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        pg.psql("ruse", "SELECT count(*) FROM tokens"),
+        "2",
+        "both tokens are in the database"
+    );
+    assert!(
+        controller
+            .wait(std::time::Duration::from_millis(10))
+            .is_none()
+    );
+    controller.terminate(std::time::Duration::from_secs(10));
+}

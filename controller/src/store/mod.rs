@@ -227,6 +227,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Makes every write made before this call durable. Blocks.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Why the store refuses all work for good, if it does (the PostgreSQL
+    /// store after losing uncommitted writes): the process should exit so
+    /// its supervisor restarts it.
+    fn broken(&self) -> Option<Arc<str>> {
+        None
+    }
 }
 
 type FlushWaiter = oneshot::Sender<Result<(), StoreError>>;

@@ -555,6 +555,10 @@ impl Store for PgStore {
         Ok(to_u64(n))
     }
 
+    fn broken(&self) -> Option<Arc<str>> {
+        self.shared.failed.get().cloned()
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let shared = self.shared.clone();
         self.call(async move { shared.flush().await })
