@@ -280,12 +280,25 @@ impl TestController {
     /// A controller as a separate `ruse-controller serve` process (for
     /// `kill -9`).
     pub async fn start_process() -> Self {
+        Self::start_process_on(None).await
+    }
+
+    /// [`TestController::start_process`] on the PostgreSQL store `store`
+    /// (the embedded one without).
+    pub async fn start_process_on(store: Option<PgOptions>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let pin = init_data_dir(&data);
+        let pin = init_data_dir_on(&data, store.clone());
         let mut config = fast_config(&data);
-        let (proc, addr) =
-            process::spawn_controller(&data, "127.0.0.1:0", &dir.path().join("controller-0.log"));
+        if let Some(store) = store {
+            config.store_url = Some(StoreUrl(store.url));
+        }
+        let (proc, addr) = process::spawn_controller_with(
+            &data,
+            "127.0.0.1:0",
+            &dir.path().join("controller-0.log"),
+            &Self::process_env(&config),
+        );
         config.listen = addr;
         TestController {
             dir,
@@ -315,9 +328,22 @@ impl TestController {
     /// Starts the controller process again on the same port and data.
     pub fn restart_process(&mut self, attempt: usize) {
         let log = self.dir.path().join(format!("controller-{attempt}.log"));
-        let (proc, _) =
-            process::spawn_controller(&self.config.data_dir, &self.config.listen.to_string(), &log);
+        let (proc, _) = process::spawn_controller_with(
+            &self.config.data_dir,
+            &self.config.listen.to_string(),
+            &log,
+            &Self::process_env(&self.config),
+        );
         self.process = Some(proc);
+    }
+
+    /// The environment a controller process gets from `config`: its store.
+    fn process_env(config: &ControllerConfig) -> Vec<(&'static str, &str)> {
+        config
+            .store_url
+            .iter()
+            .map(|url| ("RUSE_STORE_URL", url.0.as_str()))
+            .collect()
     }
 
     pub fn controller(&self) -> &Controller {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ruse_e2e::postgres::Postgres;
 use ruse_e2e::{
     TestAgent, TestController, consistently, eventually, pb, planted_files, require_root,
 };
@@ -256,7 +257,26 @@ async fn ten_thousand_events_made_while_the_controller_is_down_arrive_exactly_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_controller_during_a_stream_loses_and_duplicates_nothing() {
-    let mut tc = TestController::start_process().await;
+    kill_9_during_a_stream(TestController::start_process().await).await;
+}
+
+/// The same on PostgreSQL: an event is acknowledged only once the
+/// transaction holding it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_kill_9_of_the_controller_during_a_stream_loses_and_duplicates_nothing() {
+    let Some(pg) = Postgres::start("on_postgresql_kill_9_of_the_controller_during_a_stream") else {
+        return;
+    };
+    pg.database("ruse");
+    let tc = TestController::start_process_on(Some(pg.options("ruse"))).await;
+    kill_9_during_a_stream(tc).await;
+    assert_eq!(
+        pg.psql("ruse", "SELECT count(*) FROM events WHERE kind = 'touch'"),
+        "3000"
+    );
+}
+
+async fn kill_9_during_a_stream(mut tc: TestController) {
     let (id, mut agent) = agent_with_lure(&tc, "stream").await;
     tc.apply(CAMPAIGN).await;
     agent.wait_lures(1, Duration::from_secs(10)).await;
