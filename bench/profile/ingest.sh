@@ -4,13 +4,44 @@
 # controller for PERF_SECONDS once ingest is under way (PDELAY, default 16 s
 # after the simulator starts). perf data: /tmp/perf-ingest.data
 # usage: ingest.sh [N=1000] [RATE=25000] [SECONDS=20] [PERF_SECONDS=0]
+#
+# STORE=postgres runs the controller on a throw-away PostgreSQL 15 cluster
+# (initdb under a temporary directory, as the postgres user when run as
+# root, on 127.0.0.1:17470) instead of sled, and also prints the CPU the
+# database's processes used over the whole simulator run.
 set -u
 n=${1:-1000}; rate=${2:-25000}; secs=${3:-20}; ps=${4:-0}
 B=${B:?set B to a directory of release binaries}
 w=$(mktemp -d /tmp/ruse-ingest.XXXXXX)
-"$B/ruse-controller" init --data-dir "$w/ctl" > "$w/init"
+store_args=()
+pg=
+if [ "${STORE:-sled}" = postgres ]; then
+    P=/usr/lib/postgresql/15/bin
+    as_pg=()
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres "$w"
+        as_pg=(setpriv --reuid postgres --regid postgres --init-groups --)
+    fi
+    "${as_pg[@]}" "$P/initdb" -D "$w/pg" -A trust -U ruse --no-sync -E UTF8 --locale=C > "$w/initdb.log"
+    "${as_pg[@]}" "$P/postgres" -D "$w/pg" -p 17470 -k "$w" -c listen_addresses=127.0.0.1 > "$w/pg.log" 2>&1 &
+    pg=$!
+    for _ in $(seq 100); do "$P/pg_isready" -q -h 127.0.0.1 -p 17470 && break; sleep 0.1; done
+    psql -X -q -h 127.0.0.1 -p 17470 -U ruse -d postgres -c "CREATE DATABASE ruse"
+    store_args=(--store-url "postgres://ruse@127.0.0.1:17470/ruse?sslmode=disable")
+fi
+# CPU seconds used so far by the database server and its backends.
+pg_cpu() {
+    local hz total=0 pid
+    hz=$(getconf CLK_TCK)
+    for pid in "$pg" $(pgrep -P "$pg"); do
+        [ -r "/proc/$pid/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    awk -v t="$total" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }'
+}
+"$B/ruse-controller" init --data-dir "$w/ctl" "${store_args[@]}" > "$w/init"
 pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1)
-RUSE_LOG_LEVEL=warn "$B/ruse-controller" serve --data-dir "$w/ctl" --listen 127.0.0.1:17460 > "$w/ctl.log" 2>&1 &
+RUSE_LOG_LEVEL=warn "$B/ruse-controller" serve --data-dir "$w/ctl" --listen 127.0.0.1:17460 "${store_args[@]}" > "$w/ctl.log" 2>&1 &
 cp=$!
 sleep 1.5
 pp=
@@ -18,10 +49,17 @@ if [ "$ps" != 0 ]; then
     (sleep "${PDELAY:-16}"; perf record -F 199 --call-graph dwarf,32768 -o /tmp/perf-ingest.data -p "$cp" -- sleep "$ps" > "$w/perf.log" 2>&1) &
     pp=$!
 fi
+[ -n "$pg" ] && before=$(pg_cpu)
 timeout 900 "$B/ruse-sim" --controller https://127.0.0.1:17460 --admin https://127.0.0.1:17460 --ca-pin "$pin" \
     --context-file "$w/ctl/admin/rusectl.toml" -n "$n" --lures 10 --rate "$rate" --batch 100 \
     --duration "${secs}s" --hold 5s --sources 16 --concurrency 128 --controller-pid "$cp" \
     --scenarios connect,push,ingest 2>&1 | grep -E '^(connect|push|ingest) '
+if [ -n "$pg" ]; then
+    used=$(awk -v a="$(pg_cpu)" -v b="$before" 'BEGIN { printf "%.2f", a - b }')
+    stored=$(psql -X -q -A -t -h 127.0.0.1 -p 17470 -U ruse -d ruse -c "SELECT count(*) FROM events")
+    echo "postgres CPU over the whole run (connect, push, ingest): ${used} s; events stored: ${stored}"
+fi
 [ -n "$pp" ] && wait "$pp"
 kill "$cp"; wait "$cp"
+if [ -n "$pg" ]; then kill -QUIT "$pg"; wait "$pg"; fi
 rm -rf "$w"
