@@ -69,6 +69,25 @@ enum Command {
     },
     /// Serve agents and admins.
     Serve(ServeArgs),
+    /// Copy an installation's embedded store into an empty PostgreSQL
+    /// database and check the counts (stop the controller first).
+    MigrateStore {
+        /// The data directory whose store (`DIR/store`) is copied; it is
+        /// left as it was.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The PostgreSQL URL (`postgres://user:password@host:5432/ruse?sslmode=require`).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "RUSE_STORE_URL",
+            hide_env_values = true
+        )]
+        to: String,
+        /// CAs (PEM) that sign the database's certificate (default: the system bundle).
+        #[arg(long, env = "RUSE_STORE_CA_FILE")]
+        store_ca_file: Option<PathBuf>,
+    },
     /// Print the first admin's rusectl context, credentials inline (for a
     /// controller that created its CA on first start, e.g. on Kubernetes:
     /// `kubectl exec … -- ruse-controller admin-context > ruse.toml`).
@@ -160,6 +179,17 @@ fn main() -> ExitCode {
         ),
         Command::Serve(args) => run_serve(args),
         Command::Migrate { config, store } => run_migrate(config, store),
+        Command::MigrateStore {
+            from,
+            to,
+            store_ca_file,
+        } => run_migrate_store(
+            &from,
+            &PgOptions {
+                url: to,
+                ca_file: store_ca_file,
+            },
+        ),
         Command::AdminContext {
             data_dir,
             controller,
@@ -361,6 +391,53 @@ fn run_migrate(config: Option<PathBuf>, store: StoreArgs) -> ExitCode {
                 m.from,
                 store::schema_version(),
                 applied.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn run_migrate_store(from: &std::path::Path, to: &PgOptions) -> ExitCode {
+    init_logging(LogFormat::Text, "warn");
+    let dir = layout::store(from);
+    if !dir.is_dir() {
+        return fail(&format!(
+            "{} holds no embedded store (looked for {})",
+            from.display(),
+            dir.display()
+        ));
+    }
+    let source = match store::SledStore::open(&dir, 64 << 20) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(&format!(
+                "{}: {e} (is a controller still running on it? stop it first)",
+                dir.display()
+            ));
+        }
+    };
+    let target = match store::PgStore::open(to) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    eprintln!(
+        "copying {} into {}",
+        dir.display(),
+        store::redact_url(&to.url)
+    );
+    let copied = store::copy_store(&source, &target, |kind, n| eprintln!("  {kind}: {n}"));
+    match copied {
+        Ok(copied) => {
+            println!("copied and verified:");
+            for (kind, n) in &copied {
+                println!("  {kind:<18} {n}");
+            }
+            println!(
+                "Next: serve with store_url (or RUSE_STORE_URL) set to this database and the same \
+                 data directory (its CA and admin credentials). {} is left as it was: keep it \
+                 until the controller runs well on PostgreSQL.",
+                dir.display()
             );
             ExitCode::SUCCESS
         }

@@ -22,11 +22,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use ruse_controller::config::OutputConfig;
-use ruse_controller::store::PgOptions;
+use ruse_controller::store::{EventScan, PgOptions, PgStore, SledStore, Store};
 use ruse_e2e::postgres::Postgres;
 use ruse_e2e::{
     TestAgent, TestController, eventually, free_ports, pb, planted_files, require_tool,
 };
+use ruse_proto::types::UnixMs;
 
 const DECOY: &str = "pacs-archive02";
 
@@ -1411,6 +1412,163 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
         i.deliveries
             .iter()
             .any(|d| d.state == "failing" && d.last_error.contains("TLS"))
+    })
+    .await;
+}
+
+/// Every record of `store`, each kind sorted, as JSON: two stores hold
+/// the same installation when these are equal. Audit sequence numbers are
+/// left out (the target numbers its log anew, in the same order).
+fn everything(store: &dyn Store, queues: &[String]) -> Vec<(String, serde_json::Value)> {
+    use serde_json::{Value, json, to_value};
+    fn sorted(mut v: Vec<Value>) -> Value {
+        v.sort_by_key(|x| x.to_string());
+        Value::Array(v)
+    }
+    let mut events = Vec::new();
+    store
+        .scan_events(&EventScan::default(), &mut |e| {
+            events.push(to_value(&e).unwrap());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    let audit: Vec<Value> = store
+        .audit(UnixMs(i64::MIN), None, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|mut r| {
+            r.seq = 0;
+            to_value(r).unwrap()
+        })
+        .collect();
+    let queued: Vec<Value> = queues
+        .iter()
+        .map(|q| {
+            let items: Vec<Vec<u8>> = store
+                .queue_peek(q, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(_, item)| item)
+                .collect();
+            json!({ "queue": q, "items": items })
+        })
+        .collect();
+    // Each record as JSON, sorted.
+    macro_rules! rows {
+        ($records:expr) => {
+            sorted($records.into_iter().map(|r| to_value(r).unwrap()).collect())
+        };
+    }
+    vec![
+        ("admins".into(), rows!(store.admins().unwrap())),
+        ("agents".into(), rows!(store.agents().unwrap())),
+        ("tokens".into(), rows!(store.tokens().unwrap())),
+        ("campaigns".into(), rows!(store.campaigns().unwrap())),
+        ("decoys".into(), rows!(store.decoys().unwrap())),
+        ("allow rules".into(), rows!(store.allow_rules().unwrap())),
+        ("suppressions".into(), rows!(store.suppressions().unwrap())),
+        (
+            "counters".into(),
+            to_value(store.counters().unwrap()).unwrap(),
+        ),
+        ("lures".into(), rows!(store.lures().unwrap())),
+        ("incidents".into(), rows!(store.incidents().unwrap())),
+        ("audit".into(), Value::Array(audit)),
+        ("queues".into(), Value::Array(queued)),
+        ("events".into(), Value::Array(events)),
+    ]
+}
+
+/// `ruse-controller migrate-store` moves a whole sled installation — an
+/// attack's incident, its events and the lure registry, agents, tokens,
+/// admins, audit, campaigns, decoys, rules and a queued notice for an
+/// output that is down — into PostgreSQL; both stores then hold the same
+/// records, and a controller on PostgreSQL carries on with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_moves_a_whole_installation_into_postgresql() {
+    let test = "migrate_store_moves_a_whole_installation_into_postgresql";
+    let Some(pg) = Postgres::start(test) else {
+        return;
+    };
+    let url = pg.database("ruse");
+    let down = free_ports(1)[0];
+    let mut h = Hospital::start(|c| {
+        c.outputs = vec![webhook("soc-webhook", down, "json")];
+    })
+    .await;
+    h.tc.apply(
+        "kind: AllowRule\nname: nightly-backup\nprocess: /usr/bin/tar\n---\nkind: Suppression\nname: it-scanner\nsource: 127.0.0.3/32\nexpires: 2099-01-01\n",
+    )
+    .await;
+    h.tc.token("site=er", 3, Duration::from_secs(600)).await;
+    h.touch(&h.lure("patient-csv").await).await;
+    let incident = h.incident("for the touch", |_| true).await;
+    eventually(
+        "a notice queued for the output that is down",
+        Duration::from_secs(10),
+        || async {
+            let i = h.incident_by_id(&incident.id).await;
+            i.deliveries.iter().any(|d| d.attempts >= 1)
+        },
+    )
+    .await;
+    h.tc.stop().await;
+    let data = h.tc.data_dir().to_owned();
+
+    let out = Command::new(ruse_e2e::process::binary("ruse-controller"))
+        .args(["migrate-store", "--from"])
+        .arg(&data)
+        .args(["--to", &url])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("copied and verified"), "{text}");
+    for kind in [
+        "events",
+        "lure instances",
+        "incidents",
+        "queued notices",
+        "audit records",
+    ] {
+        assert!(text.contains(kind), "{kind} missing from {text}");
+    }
+
+    {
+        let sled = SledStore::open(&data.join("store"), 1 << 20).unwrap();
+        let queues = sled.queue_names();
+        assert!(!queues.is_empty());
+        let pg_store = PgStore::open(&pg.options("ruse")).unwrap();
+        let (a, b) = (everything(&sled, &queues), everything(&pg_store, &queues));
+        for ((kind, x), (_, y)) in a.iter().zip(&b) {
+            assert_eq!(x, y, "{kind} differ");
+            assert!(
+                kind == "allow rules"
+                    || kind == "counters"
+                    || x.as_array().is_none_or(|v| !v.is_empty()),
+                "no {kind} to compare"
+            );
+        }
+    }
+    // Again, into a database that already holds an installation: refused.
+    let again = Command::new(ruse_e2e::process::binary("ruse-controller"))
+        .args(["migrate-store", "--from"])
+        .arg(&data)
+        .args(["--to", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a Ruse installation"));
+
+    // The same data directory (CA, admins) on PostgreSQL carries on.
+    h.tc.config.store_url = Some(ruse_controller::config::StoreUrl(url.clone()));
+    h.tc.start_again().await;
+    let after = h.incident_by_id(&incident.id).await;
+    assert_eq!(after.timeline.len(), incident.timeline.len());
+    h.touch(&h.lure("patient-csv").await).await;
+    h.incident("with the touch after the move", |i| {
+        i.id == incident.id && i.event_count > after.event_count
     })
     .await;
 }

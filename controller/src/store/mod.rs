@@ -7,6 +7,7 @@
 //! - **Each engine appears only in its own module**: sled in `sled.rs` and
 //!   `sled_events.rs`, PostgreSQL in `postgres/`. Callers see [`Store`].
 
+mod copy;
 mod event_record;
 mod lure_record;
 mod postgres;
@@ -26,6 +27,7 @@ use crate::model::{
     LureInstance, StoredEvent, Suppression, TimelineEntry, TokenRecord,
 };
 
+pub use self::copy::{Copied, copy_store};
 pub use self::postgres::{
     Migrated, PgOptions, PgStore, migrate, redact as redact_url, schema_version,
 };

@@ -228,6 +228,20 @@ impl SledStore {
     fn queue(&self, name: &str) -> Result<sled::Tree, StoreError> {
         self.db.open_tree(format!("queue:{name}")).map_err(engine)
     }
+
+    /// The names of every output queue ever written, empty ones too.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|name| {
+                std::str::from_utf8(name)
+                    .ok()?
+                    .strip_prefix("queue:")
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
 }
 
 impl Store for SledStore {

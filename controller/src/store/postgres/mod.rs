@@ -218,6 +218,44 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// Whether the database holds no installation yet (no admin, agent,
+    /// token, lure or event).
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let row = self.in_tx(false, move |c| async move {
+            c.query_typed_one(
+                "SELECT NOT (EXISTS (SELECT 1 FROM admins) OR EXISTS (SELECT 1 FROM agents) \
+                 OR EXISTS (SELECT 1 FROM tokens) OR EXISTS (SELECT 1 FROM lures) \
+                 OR EXISTS (SELECT 1 FROM events))",
+                &[],
+            )
+            .await
+        })?;
+        Ok(row.get(0))
+    }
+
+    /// Makes later revisions and event cursors greater than `revision` and
+    /// `cursor` (records copied from another store keep theirs).
+    pub fn raise_floors(&self, revision: u64, cursor: u64) -> Result<(), StoreError> {
+        let (revision, cursor) = (to_i64(revision.max(1)), to_i64(cursor));
+        self.auto(move |c| async move {
+            c.query_typed(
+                "SELECT setval('revisions', greatest((SELECT last_value FROM revisions), $1))",
+                &[(&revision, Type::INT8)],
+            )
+            .await?;
+            c.execute_typed(
+                "UPDATE cursor_blocks SET last = greatest(last, $1) WHERE name = 'events'",
+                &[(&cursor, Type::INT8)],
+            )
+            .await
+        })?;
+        // Cursors already taken from the database are below the floor now.
+        *self.cursors.lock().unwrap_or_else(|e| e.into_inner()) = (0, 0);
+        Ok(())
+    }
+}
+
 impl Drop for PgStore {
     fn drop(&mut self) {
         // As sled does when closed: what was written is kept.
