@@ -390,7 +390,7 @@ impl Core {
         let (token_id, secret) = tokens::parse(token).ok_or(OpError::TokenInvalid)?;
         let now = UnixMs::now();
         let guard = self.token_lock.lock().await;
-        let mut record = self.store.token(&token_id)?.ok_or(OpError::TokenInvalid)?;
+        let record = self.store.token(&token_id)?.ok_or(OpError::TokenInvalid)?;
         if !tokens::secret_matches(&record, secret) {
             return Err(OpError::TokenInvalid);
         }
@@ -407,8 +407,12 @@ impl Core {
                 self.config.agent_cert_ttl,
             )
             .map_err(|e| OpError::Invalid(e.to_string()))?;
-        record.uses += 1;
-        self.store.put_token(&record)?;
+        // Counted where every controller sharing the store sees it: the
+        // checks above read a copy another controller may be using too.
+        let record = self
+            .store
+            .use_token(&token_id)?
+            .ok_or_else(|| OpError::TokenExhausted(token_id.clone()))?;
         let agent = AgentRecord {
             id,
             facts,
@@ -697,6 +701,23 @@ impl Core {
 
     /// Writes agent records whose last-seen or facts changed. Called
     /// periodically and at shutdown.
+    /// Takes in agents that another controller sharing the store enrolled
+    /// or changed: `Some(id)` for one, `None` for all.
+    pub fn agents_changed(&self, id: Option<&AgentId>) -> Result<(), StoreError> {
+        let records = match id {
+            Some(id) => self.store.agent(id)?.into_iter().collect(),
+            None => self.store.agents()?,
+        };
+        let mut changed = false;
+        for record in records {
+            changed |= self.fleet.merge_stored(record);
+        }
+        if changed {
+            self.deploy.request_recompute();
+        }
+        Ok(())
+    }
+
     pub async fn flush_fleet_state(&self) -> Result<usize, StoreError> {
         let dirty = self.fleet.take_dirty();
         if dirty.is_empty() {
@@ -704,7 +725,7 @@ impl Core {
         }
         let written = (|| {
             for record in &dirty {
-                self.store.put_agent(record)?;
+                self.store.put_agent_state(record)?;
             }
             Ok::<_, StoreError>(())
         })();

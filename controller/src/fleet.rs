@@ -345,6 +345,52 @@ impl Fleet {
         })
     }
 
+    /// Takes in an agent's record as another controller sharing the store
+    /// wrote it: a new agent is added; of a known one, what admins change
+    /// is taken (labels; a revocation, which closes a live session here;
+    /// a deletion). Revocation and deletion are never undone this way.
+    /// Returns whether anything changed.
+    pub fn merge_stored(&self, stored: AgentRecord) -> bool {
+        let known = self.with_entry(&stored.id, |e| {
+            let mut changed = false;
+            let r = &mut e.record;
+            if (&r.token_labels, &r.admin_labels, &r.removed_labels)
+                != (
+                    &stored.token_labels,
+                    &stored.admin_labels,
+                    &stored.removed_labels,
+                )
+            {
+                r.token_labels = stored.token_labels.clone();
+                r.admin_labels = stored.admin_labels.clone();
+                r.removed_labels = stored.removed_labels.clone();
+                e.relabel();
+                changed = true;
+            }
+            if e.record.revoked.is_none() && stored.revoked.is_some() {
+                e.record.revoked = stored.revoked.clone();
+                if let Some(mut session) = e.session.take()
+                    && let Some(close) = session.close.take()
+                {
+                    let _ = close.send(CloseReason::Revoked);
+                }
+                changed = true;
+            }
+            if e.record.deleted.is_none() && stored.deleted.is_some() {
+                e.record.deleted = stored.deleted;
+                changed = true;
+            }
+            changed
+        });
+        match known {
+            Some(changed) => changed,
+            None => {
+                self.insert(stored);
+                true
+            }
+        }
+    }
+
     /// Revokes an agent (if it is not already) and marks it deleted.
     pub fn delete(&self, id: &AgentId, by: &str, reason: &str) -> Option<AgentRecord> {
         self.revoke(id, by, reason)?;
@@ -635,6 +681,39 @@ mod tests {
             1,
             "a Hello moves the agent neither into nor out of a selector"
         );
+    }
+
+    #[test]
+    fn records_another_controller_stored_are_taken_in_and_a_revocation_closes_the_session() {
+        use ruse_pki::Denylist;
+        let fleet = Fleet::new(vec![record("a", "site=icu")], Duration::from_secs(60));
+        let id: AgentId = "a".parse().unwrap();
+        let mut ticket = fleet.begin_session(&id, peer()).unwrap();
+        let mut stored = fleet.record(&id).unwrap();
+        stored.last_seen = UnixMs(1);
+        assert!(
+            !fleet.merge_stored(stored.clone()),
+            "nothing an admin sets changed"
+        );
+        stored.admin_labels = Labels::parse_pairs(["ward=3"]).unwrap();
+        assert!(fleet.merge_stored(stored.clone()));
+        assert_eq!(fleet.labels_of(&id).unwrap().get("ward"), Some("3"));
+        assert!(ticket.closed.try_recv().is_err(), "still connected");
+        stored.revoked = Some(Revocation {
+            at: UnixMs(5),
+            by: "admin/root".into(),
+            reason: "laptop stolen".into(),
+        });
+        assert!(fleet.merge_stored(stored.clone()));
+        assert!(matches!(ticket.closed.try_recv(), Ok(CloseReason::Revoked)));
+        assert!(fleet.is_denied(&Identity::Agent(id.clone())));
+        // An older copy does not undo it.
+        stored.revoked = None;
+        assert!(!fleet.merge_stored(stored));
+        assert!(fleet.is_denied(&Identity::Agent(id)));
+        // An agent enrolled elsewhere is added.
+        assert!(fleet.merge_stored(record("b", "")));
+        assert_eq!(fleet.len(), 2);
     }
 
     #[test]

@@ -122,6 +122,9 @@ impl Controller {
             stop_rx.clone(),
         );
         let state_writer = tokio::spawn(write_fleet_state(core.clone(), stop_rx.clone()));
+        if let Some(changes) = core.store.changes() {
+            tokio::spawn(follow_changes(core.clone(), changes, stop_rx.clone()));
+        }
         let deploy_worker = tokio::spawn(core.deploy.clone().run(stop_rx));
         tracing::info!(
             agent_addr = %listeners.agent_addr,
@@ -298,6 +301,34 @@ async fn write_fleet_state(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                     tracing::error!(error = %e, "deleting old events failed");
                 }
             }
+        }
+    }
+}
+
+/// Takes in what other controllers sharing the store changed.
+async fn follow_changes(
+    core: Arc<Core>,
+    mut changes: tokio::sync::broadcast::Receiver<store::Change>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let change = tokio::select! {
+            () = stopped(&mut stop) => return,
+            change = changes.recv() => change,
+        };
+        let result = match change {
+            Ok(store::Change::Record { table, key }) if table == "agents" => match key.parse() {
+                Ok(id) => core.agents_changed(Some(&id)),
+                Err(_) => Ok(()),
+            },
+            Ok(store::Change::Record { .. }) => Ok(()),
+            // Missed some: take in everything.
+            Ok(store::Change::Resync) | Err(RecvError::Lagged(_)) => core.agents_changed(None),
+            Err(RecvError::Closed) => return,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "taking in another controller's change failed");
         }
     }
 }

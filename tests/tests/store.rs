@@ -10,7 +10,8 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use ruse_controller::model::{
-    AdminRecord, AuditRecord, Incident, LureInstance, StoredEvent, TimelineEntry, TokenRecord,
+    AdminRecord, AgentRecord, AuditRecord, Incident, LureInstance, StoredEvent, TimelineEntry,
+    TokenRecord,
 };
 use ruse_controller::store::{EventScan, PgOptions, PgStore, SledStore, Store};
 use ruse_e2e::postgres::Postgres;
@@ -71,6 +72,7 @@ on_both_engines!(
     the_lure_registry_keeps_each_instance_in_its_latest_version,
     events_are_stored_once_and_walked_in_cursor_order,
     old_events_and_those_past_the_budget_are_trimmed,
+    a_token_is_used_at_most_its_uses,
 );
 
 fn token(id: &str) -> TokenRecord {
@@ -139,6 +141,19 @@ fn insert(store: &dyn Store, mut events: Vec<StoredEvent>) -> Vec<bool> {
 
 mod contract {
     use super::*;
+
+    pub fn a_token_is_used_at_most_its_uses(engine: &mut dyn Engine) {
+        let store = engine.open();
+        let mut t = token("t1");
+        t.max_uses = 2;
+        store.put_token(&t).unwrap();
+        let id = "t1".parse().unwrap();
+        assert_eq!(store.use_token(&id).unwrap().unwrap().uses, 1);
+        assert_eq!(store.use_token(&id).unwrap().unwrap().uses, 2);
+        assert!(store.use_token(&id).unwrap().is_none());
+        assert_eq!(store.token(&id).unwrap().unwrap().uses, 2);
+        assert!(store.use_token(&"nope".parse().unwrap()).unwrap().is_none());
+    }
 
     pub fn records_round_trip_and_survive_reopen(engine: &mut dyn Engine) {
         let revision;
@@ -415,6 +430,47 @@ mod contract {
 }
 
 #[test]
+fn session_state_written_by_one_controller_keeps_what_another_set() {
+    let Some(pg) = Postgres::start("session_state_written_by_one_controller") else {
+        return;
+    };
+    pg.database("ruse");
+    let (a, b) = (
+        PgStore::open(&pg.options("ruse")).unwrap(),
+        PgStore::open(&pg.options("ruse")).unwrap(),
+    );
+    let mut record: AgentRecord = serde_json::from_value(serde_json::json!({
+        "id": AgentId::generate(), "facts": {"hostname": "ws-07", "os": "linux", "kernel": "6.1",
+        "arch": "x86_64", "addresses": [], "agent_version": "0.1.0", "labels": {}},
+        "token_labels": {"site": "icu"}, "enrolled_at": 1, "enrolled_with": "t1",
+        "last_seen": 1, "last_peer": "10.0.0.7:5000", "cert_serial": "01",
+        "cert_not_after": 9, "revoked": null,
+    }))
+    .unwrap();
+    b.put_agent(&record).unwrap();
+    b.flush().unwrap();
+    // A revokes and relabels; B, holding the session, then writes its
+    // older copy's session state.
+    let mut revoked = record.clone();
+    revoked.revoked = Some(
+        serde_json::from_value(serde_json::json!({
+            "at": 5, "by": "admin/root", "reason": "laptop stolen"
+        }))
+        .unwrap(),
+    );
+    revoked.admin_labels = ruse_proto::types::Labels::parse_pairs(["ward=3"]).unwrap();
+    a.put_agent(&revoked).unwrap();
+    a.flush().unwrap();
+    record.last_seen = UnixMs(77);
+    b.put_agent_state(&record).unwrap();
+    b.flush().unwrap();
+    let stored = a.agent(&record.id).unwrap().unwrap();
+    assert_eq!(stored.last_seen, UnixMs(77));
+    assert!(stored.revoked.is_some(), "the revocation stays");
+    assert_eq!(stored.admin_labels, revoked.admin_labels);
+}
+
+#[test]
 fn replicas_starting_together_migrate_the_schema_once() {
     let Some(pg) = Postgres::start("replicas_starting_together_migrate_the_schema_once") else {
         return;
@@ -432,7 +488,7 @@ fn replicas_starting_together_migrate_the_schema_once() {
     }
     assert_eq!(
         pg.psql("ruse", "SELECT count(*), max(version) FROM ruse_schema"),
-        format!("1|{}", ruse_controller::store::schema_version())
+        format!("{0}|{0}", ruse_controller::store::schema_version())
     );
     let m = ruse_controller::store::migrate(&options).unwrap();
     assert!(m.applied.is_empty());
@@ -524,7 +580,10 @@ fn ruse_controller_migrate_brings_a_database_to_this_version_and_says_so() {
     let (ok, text) = migrate(&["--store-url", &url]);
     assert!(ok, "{text}");
     assert!(
-        text.contains("schema migrated from version 0 to 1"),
+        text.contains(&format!(
+            "schema migrated from version 0 to {}",
+            ruse_controller::store::schema_version()
+        )),
         "{text}"
     );
     assert!(
@@ -532,7 +591,13 @@ fn ruse_controller_migrate_brings_a_database_to_this_version_and_says_so() {
         "the password is never printed: {text}"
     );
     let (ok, text) = migrate(&["--store-url", &url]);
-    assert!(ok && text.contains("schema already at version 1"), "{text}");
+    assert!(
+        ok && text.contains(&format!(
+            "schema already at version {}",
+            ruse_controller::store::schema_version()
+        )),
+        "{text}"
+    );
     // Nothing to migrate without a database; an unreachable one is named.
     let (ok, text) = migrate(&[]);
     assert!(
@@ -657,4 +722,114 @@ fn a_serve_process_on_postgresql_rides_out_a_database_restart() {
             .is_none()
     );
     controller.terminate(std::time::Duration::from_secs(10));
+}
+
+/// Controllers sharing one PostgreSQL database (replicas) agree on what
+/// matters for trust: a token with five uses enrols exactly five agents
+/// however the attempts spread over three replicas, and a revocation made
+/// on one replica closes the agent's live session on another within a
+/// second and refuses its next handshake there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_token_uses_and_revocations() {
+    use ruse_e2e::{TestController, pb};
+    use ruse_proto::transport::ControllerUrl;
+    use std::time::{Duration, Instant};
+
+    let Some(pg) = Postgres::start("replicas_share_token_uses_and_revocations") else {
+        return;
+    };
+    pg.database("ruse");
+    let a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut config = a.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        replicas.push(ruse_controller::Controller::start(config).await.unwrap());
+    }
+    let urls: Vec<ControllerUrl> = std::iter::once(a.url())
+        .chain(
+            replicas
+                .iter()
+                .map(|c| ControllerUrl::from_addr(c.agent_addr())),
+        )
+        .collect();
+
+    // Fifteen agents, five at each replica, one token good for five.
+    let token = a.token("site=icu", 5, Duration::from_secs(600)).await;
+    let mut agents = Vec::new();
+    for n in 0..15 {
+        let mut config = a.agent_config(&format!("ws-{n}"), &token, "");
+        config.controller = urls[n % 3].clone();
+        agents.push(a.spawn_agent(config));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let connected = agents
+            .iter()
+            .filter(|g| g.status.borrow().connected)
+            .count();
+        let stored: usize = pg
+            .psql("ruse", "SELECT count(*) FROM agents")
+            .parse()
+            .unwrap();
+        assert!(
+            stored <= 5,
+            "{stored} agents enrolled with a five-use token"
+        );
+        if connected == 5 && stored == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{connected} agents connected, {stored} stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The others were refused for good, on whichever replica they tried.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        agents
+            .iter()
+            .filter(|g| g.status.borrow().connected)
+            .count(),
+        5
+    );
+    assert_eq!(pg.psql("ruse", "SELECT record->>'uses' FROM tokens"), "5");
+
+    // An agent whose session is on a replica other than A, revoked on A.
+    let (n, agent) = agents
+        .iter_mut()
+        .enumerate()
+        .find(|(n, g)| n % 3 != 0 && g.status.borrow().connected)
+        .expect("an agent connected to another replica");
+    let id = agent.status.borrow().agent_id.clone().unwrap().to_string();
+    let revoked = Instant::now();
+    a.root()
+        .await
+        .revoke_agent(pb::RevokeAgentRequest {
+            id: id.clone(),
+            reason: "laptop stolen".into(),
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        agent.status.wait_for(|s| !s.connected),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!("agent {n}'s session on its replica survived the revocation for 1 s")
+    })
+    .unwrap();
+    let cut = revoked.elapsed();
+    // Its next handshake, on that replica, is refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !agent.status.borrow().connected,
+        "reconnected after revocation"
+    );
+    eprintln!("revocation on A closed the session on another replica after {cut:?}");
+    for r in replicas {
+        r.shutdown().await.unwrap();
+    }
 }

@@ -54,6 +54,17 @@ pub enum StoreError {
     Full(Arc<str>),
 }
 
+/// A committed change to a store that several controllers share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The record `key` of `table` was written or deleted (by any
+    /// controller, this one too).
+    Record { table: String, key: String },
+    /// Changes may have been missed (the feed reconnected): reload what
+    /// you follow.
+    Resync,
+}
+
 /// Which store to open, and where.
 #[derive(Debug, Clone)]
 pub enum StoreLocation {
@@ -109,8 +120,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn agent(&self, id: &AgentId) -> Result<Option<AgentRecord>, StoreError>;
     fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
     fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError>;
+    /// Writes what an agent's sessions change (last seen, address, host
+    /// facts, certificate) and keeps what admins set (labels, revocation,
+    /// deletion) as stored: the controller holding the agent's session
+    /// writes this often, and must not undo another controller's
+    /// revocation or labels with its older copy.
+    fn put_agent_state(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        self.put_agent(record)
+    }
 
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
+    /// Counts one use of a token if it has uses left; returns its record
+    /// after, or `None` if it had none left (or does not exist). Atomic
+    /// across every controller sharing the store (PostgreSQL: one
+    /// `UPDATE … WHERE uses < max_uses`), so `max_uses` holds across
+    /// replicas; within one controller, uses are serialised by the caller.
+    fn use_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        let Some(mut record) = self.token(id)? else {
+            return Ok(None);
+        };
+        if record.uses >= record.max_uses {
+            return Ok(None);
+        }
+        record.uses += 1;
+        self.put_token(&record)?;
+        Ok(Some(record))
+    }
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     fn put_token(&self, record: &TokenRecord) -> Result<(), StoreError>;
     /// Returns whether the token existed.
@@ -229,6 +264,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Makes every write made before this call durable. Blocks.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Committed changes made by every controller sharing this store;
+    /// `None` when only this controller writes it (sled).
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 
     /// Why the store refuses all work for good, if it does (the PostgreSQL
     /// store after losing uncommitted writes): the process should exit so

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config};
+use tokio_postgres::{Client, Config, Socket};
+
+/// A database connection, TLS or not.
+pub(super) type Connection = tokio_postgres::Connection<Socket, tls::RustlsStream<Socket>>;
 
 use super::tls;
 use crate::store::StoreError;
@@ -149,7 +152,18 @@ impl Connector {
     }
 
     pub(super) async fn connect(&self) -> Result<Client, StoreError> {
-        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(|e| {
+        let (client, connection) = self.connect_parts().await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "database connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A client and the connection that drives it (the caller polls it).
+    pub(super) async fn connect_parts(&self) -> Result<(Client, Connection), StoreError> {
+        self.config.connect(self.tls.clone()).await.map_err(|e| {
             let why = match e.as_db_error() {
                 Some(d) => d.message().to_owned(),
                 None => with_causes(&e),
@@ -157,13 +171,7 @@ impl Connector {
             StoreError::Engine(
                 format!("cannot connect to the database {}: {why}", self.target).into(),
             )
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "database connection closed");
-            }
-        });
-        Ok(client)
+        })
     }
 }
 

@@ -23,6 +23,7 @@
 //! own, as sled's calls block on the disk.
 
 mod connect;
+mod listen;
 mod records;
 mod schema;
 mod session;
@@ -64,6 +65,8 @@ pub struct PgStore {
     /// Event cursors taken from the database and not yet handed out:
     /// next and end.
     cursors: Mutex<(u64, u64)>,
+    /// Committed changes of every controller (see `listen.rs`).
+    changes: tokio::sync::broadcast::Sender<super::Change>,
 }
 
 fn runtime() -> Result<Runtime, StoreError> {
@@ -90,7 +93,7 @@ impl PgStore {
         let runtime = runtime()?;
         let handle = runtime.handle().clone();
         let shared = Arc::new(Shared {
-            connector: Connector::new(options)?,
+            connector: Arc::new(Connector::new(options)?),
             writer: tokio::sync::Mutex::new(Writer::default()),
             auto: tokio::sync::Mutex::new(None),
             failed: OnceLock::new(),
@@ -100,6 +103,7 @@ impl PgStore {
             handle,
             shared,
             cursors: Mutex::new((0, 0)),
+            changes: tokio::sync::broadcast::channel(4096).0,
         };
         let s = store.shared.clone();
         let migrated = store.call(async move {
@@ -115,6 +119,10 @@ impl PgStore {
         store
             .handle
             .spawn(commit_regularly(Arc::downgrade(&store.shared)));
+        store.handle.spawn(listen::follow(
+            store.shared.connector.clone(),
+            store.changes.clone(),
+        ));
         Ok(store)
     }
 

@@ -29,8 +29,40 @@ impl Store for PgStore {
         self.put("agents", record.id.as_str(), record)
     }
 
+    fn put_agent_state(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        let id = record.id.as_str().to_owned();
+        self.write(move |c| async move {
+            c.execute_typed(
+                "INSERT INTO agents (id, record) VALUES ($1, $2::jsonb) \
+                 ON CONFLICT (id) DO UPDATE SET record = agents.record || \
+                 (excluded.record - 'token_labels' - 'admin_labels' - 'removed_labels' \
+                  - 'revoked' - 'deleted')",
+                &[(&id, Type::TEXT), (&json, Type::TEXT)],
+            )
+            .await
+        })
+    }
+
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
         self.get("tokens", id.as_str())
+    }
+
+    fn use_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        let key = id.as_str().to_owned();
+        let row = self.in_tx(true, move |c| async move {
+            c.query_typed_opt(
+                "UPDATE tokens SET record = jsonb_set(record, '{uses}', \
+                 to_jsonb((record->>'uses')::bigint + 1)) \
+                 WHERE id = $1 AND (record->>'uses')::bigint < (record->>'max_uses')::bigint \
+                 RETURNING record::text",
+                &[(&key, Type::TEXT)],
+            )
+            .await
+        })?;
+        row.map(|r| decode("tokens", id.as_str(), r.get(0)))
+            .transpose()
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
@@ -553,6 +585,10 @@ impl Store for PgStore {
             Ok(row.get(0))
         })?;
         Ok(to_u64(n))
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<crate::store::Change>> {
+        Some(self.changes.subscribe())
     }
 
     fn broken(&self) -> Option<Arc<str>> {

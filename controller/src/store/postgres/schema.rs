@@ -13,11 +13,18 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "changes",
+        sql: include_str!("migrations/0002_changes.sql"),
+    },
+];
 
 /// The advisory lock migrations run under ("ruse" and 1).
 const LOCK: i64 = 0x7275_7365_0000_0001;

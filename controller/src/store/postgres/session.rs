@@ -18,7 +18,7 @@ pub(super) struct Writer {
 
 #[derive(Debug)]
 pub(super) struct Shared {
-    pub(super) connector: Connector,
+    pub(super) connector: Arc<Connector>,
     pub(super) writer: tokio::sync::Mutex<Writer>,
     pub(super) auto: tokio::sync::Mutex<Option<Arc<Client>>>,
     /// Set when uncommitted writes were lost; every call fails after.
