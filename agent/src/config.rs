@@ -79,6 +79,11 @@ impl Default for AgentFileConfig {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub controller: ControllerUrl,
+    /// Other replicas of the controller, tried in turn after `controller`
+    /// when a session cannot be opened or ends (`controller =
+    /// "https://a:7443,https://b:7443"` in the file or on the command
+    /// line).
+    pub other_controllers: Vec<ControllerUrl>,
     pub ca_pin: CaPin,
     /// Needed only to enroll (first start, or after the certificate expired).
     pub token_file: Option<PathBuf>,
@@ -93,6 +98,19 @@ pub struct AgentConfig {
     pub dial: DialOptions,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+}
+
+impl AgentConfig {
+    /// This configuration dialling the `n`th controller address (counting
+    /// `controller` first, wrapping).
+    pub fn dialling(&self, n: usize) -> AgentConfig {
+        let mut config = self.clone();
+        let i = n % (1 + self.other_controllers.len());
+        if i > 0 {
+            config.controller = self.other_controllers[i - 1].clone();
+        }
+        config
+    }
 }
 
 /// Why a configuration was not accepted.
@@ -122,6 +140,7 @@ impl AgentConfig {
         let d = AgentFileConfig::default();
         AgentConfig {
             controller,
+            other_controllers: Vec::new(),
             ca_pin,
             token_file: None,
             state_dir,
@@ -190,11 +209,24 @@ impl AgentConfig {
     }
 
     fn validate(raw: AgentFileConfig, flag_labels: &Labels) -> Result<Self, ConfigError> {
-        let controller = raw
+        let mut controllers = raw
             .controller
             .ok_or_else(|| invalid("controller", "required (--controller https://HOST:PORT)"))?
-            .parse::<ControllerUrl>()
-            .map_err(|e| invalid("controller", e))?;
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                url.parse::<ControllerUrl>()
+                    .map_err(|e| invalid("controller", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if controllers.is_empty() {
+            return Err(invalid(
+                "controller",
+                "required (--controller https://HOST:PORT)",
+            ));
+        }
+        let controller = controllers.remove(0);
         let ca_pin = raw
             .ca_pin
             .ok_or_else(|| {
@@ -233,6 +265,7 @@ impl AgentConfig {
         }
         Ok(AgentConfig {
             controller,
+            other_controllers: controllers,
             ca_pin,
             token_file: raw.token_file,
             state_dir: raw.state_dir,
@@ -265,6 +298,38 @@ mod tests {
     use super::*;
 
     const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn several_controllers_are_dialled_in_turn() {
+        let config = AgentConfig::load(
+            None,
+            Vec::new(),
+            &[
+                ("controller", "https://a:1, https://b:2,https://c:3".into()),
+                ("ca_pin", PIN.into()),
+            ],
+            &Labels::new(),
+        )
+        .unwrap();
+        let dialled: Vec<String> = (0..4)
+            .map(|n| config.dialling(n).controller.to_string())
+            .collect();
+        assert_eq!(
+            dialled,
+            ["https://a:1", "https://b:2", "https://c:3", "https://a:1"]
+        );
+        let err = AgentConfig::load(
+            None,
+            Vec::new(),
+            &[
+                ("controller", "https://a:1,ftp://b".into()),
+                ("ca_pin", PIN.into()),
+            ],
+            &Labels::new(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("controller"), "{err}");
+    }
 
     #[test]
     fn flags_override_file_and_labels_merge() {

@@ -535,6 +535,9 @@ async fn run_sessions(
     backoff: &mut Backoff,
 ) -> Result<(), AgentError> {
     let mut problems = Some(problems);
+    // Which controller address is dialled: the next one after a failure
+    // or a session's end (replicas; one address wraps to itself).
+    let mut dial = 0usize;
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -545,13 +548,14 @@ async fn run_sessions(
                 if let Some(old) = found {
                     tracing::warn!(agent = %old.id, "certificate expired; enrolling again");
                 }
-                match enroll::enroll(config).await {
+                match enroll::enroll(&config.dialling(dial)).await {
                     Ok(identity) => {
                         tracing::info!(agent = %identity.id, "enrolled");
                         backoff.reset();
                         identity
                     }
                     Err(failure) => {
+                        dial += 1;
                         if !handle_failure(failure, backoff, shutdown, status).await? {
                             return Ok(());
                         }
@@ -563,7 +567,7 @@ async fn run_sessions(
         status.send_modify(|s| s.agent_id = Some(identity.id.clone()));
         loop {
             let outcome = session::run_once(
-                config,
+                &config.dialling(dial),
                 &mut identity,
                 shared,
                 problems.take().unwrap_or_default(),
@@ -579,6 +583,7 @@ async fn run_sessions(
                     backoff.reset();
                 }
                 Ok(session::End::Closed { lasted }) => {
+                    dial += 1;
                     if lasted > Duration::from_secs(30) {
                         backoff.reset();
                     }
@@ -588,6 +593,7 @@ async fn run_sessions(
                 }
                 Err(Failure::Expired) => break,
                 Err(failure) => {
+                    dial += 1;
                     if !handle_failure(failure, backoff, shutdown, status).await? {
                         return Ok(());
                     }

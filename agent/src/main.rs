@@ -47,7 +47,8 @@ struct RunArgs {
     /// TOML configuration file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The controller, https://HOST:PORT.
+    /// The controller, https://HOST:PORT; replicas as a comma-separated
+    /// list, tried in turn.
     #[arg(long)]
     controller: Option<String>,
     /// The controller CA's pin, sha256:… (printed by `ruse-controller init`).
@@ -208,7 +209,12 @@ fn deregister(
     controller: Option<String>,
 ) {
     let target = match (config, controller) {
+        // The first of a replica list.
         (_, Some(url)) => url
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim()
             .parse::<ruse_proto::transport::ControllerUrl>()
             .map(|url| (url, ruse_proto::transport::DialOptions::default()))
             .map_err(|e| e.to_string()),

@@ -2,7 +2,12 @@
 //! engines: every test in `contract` runs once on sled and once on a real
 //! PostgreSQL 15 cluster made for it. Then what only the PostgreSQL store
 //! has: migrations under a lock, group commit visible to other
-//! controllers only once flushed, and what a database crash does.
+//! controllers only once flushed, and what a database crash does; then
+//! controllers sharing one database (replicas).
+//!
+//! Longer than our ~800 lines on purpose: one test binary per area: every
+//! binary links the whole workspace, so splitting this one would add a link
+//! step to every CI run; the tests share its fixtures.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +19,7 @@ use ruse_controller::model::{
     TokenRecord,
 };
 use ruse_controller::store::{EventScan, PgOptions, PgStore, SledStore, Store};
+use ruse_e2e::TestController;
 use ruse_e2e::postgres::Postgres;
 use ruse_proto::types::{AgentId, UnixMs};
 
@@ -731,7 +737,7 @@ fn a_serve_process_on_postgresql_rides_out_a_database_restart() {
 /// second and refuses its next handshake there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_token_uses_and_revocations() {
-    use ruse_e2e::{TestController, pb};
+    use ruse_e2e::pb;
     use ruse_proto::transport::ControllerUrl;
     use std::time::{Duration, Instant};
 
@@ -832,4 +838,65 @@ async fn replicas_share_token_uses_and_revocations() {
     for r in replicas {
         r.shutdown().await.unwrap();
     }
+}
+
+/// An agent given two controller replicas moves to the second when its
+/// controller stops, and what it records then is stored through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_moves_to_another_replica_when_its_controller_stops() {
+    use ruse_e2e::TestAgent;
+    use ruse_proto::transport::ControllerUrl;
+    use std::time::Duration;
+
+    let Some(pg) = Postgres::start("an_agent_moves_to_another_replica") else {
+        return;
+    };
+    pg.database("ruse");
+    let mut a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
+    let token = a.token("site=icu", 1, Duration::from_secs(600)).await;
+    let mut config = a.agent_config("ws", &token, "");
+    let mut b_config = a.config.clone();
+    b_config.listen = ruse_e2e::free_ports(1)
+        .first()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .unwrap();
+    config.other_controllers = vec![ControllerUrl::from_addr(b_config.listen)];
+    let mut agent = a.spawn_agent(config);
+    let id = agent.connected().await;
+    a.apply("kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: \"~/Documents/Exports\"}\n")
+        .await;
+    agent.wait_lures(1, Duration::from_secs(10)).await;
+    let lure = a.lures(&id, false).await[0].id.clone();
+
+    // B starts once the lures exist, A stops: the agent moves to B.
+    let b = ruse_controller::Controller::start(b_config).await.unwrap();
+    a.stop().await;
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        agent.status.wait_for(|s| s.connected && s.sessions >= 2),
+    )
+    .await
+    .expect("the agent did not reach the other replica within 10 s")
+    .unwrap();
+    agent
+        .events
+        .record(vec![TestAgent::touch_event(&lure, 1)])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = pg.psql(
+            "ruse",
+            &format!("SELECT count(*) FROM events WHERE agent = '{id}' AND kind = 'touch'"),
+        );
+        if n == "1" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} touch events stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.shutdown().await.unwrap();
 }
