@@ -322,9 +322,14 @@ async fn follow_changes(
                 Ok(id) => core.agents_changed(Some(&id)),
                 Err(_) => Ok(()),
             },
-            Ok(store::Change::Record { .. }) => Ok(()),
+            Ok(store::Change::Record { table, .. }) => core.deploy.reload(&table),
             // Missed some: take in everything.
-            Ok(store::Change::Resync) | Err(RecvError::Lagged(_)) => core.agents_changed(None),
+            Ok(store::Change::Resync) | Err(RecvError::Lagged(_)) => {
+                ["decoys", "allow_rules", "suppressions"]
+                    .iter()
+                    .try_for_each(|t| core.deploy.reload(t))
+                    .and_then(|()| core.agents_changed(None))
+            }
             Err(RecvError::Closed) => return,
         };
         if let Err(e) = result {

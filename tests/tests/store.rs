@@ -732,9 +732,10 @@ fn a_serve_process_on_postgresql_rides_out_a_database_restart() {
 
 /// Controllers sharing one PostgreSQL database (replicas) agree on what
 /// matters for trust: a token with five uses enrols exactly five agents
-/// however the attempts spread over three replicas, and a revocation made
-/// on one replica closes the agent's live session on another within a
-/// second and refuses its next handshake there.
+/// however the attempts spread over three replicas, a revocation made on
+/// one replica closes the agent's live session on another within a second
+/// and refuses its next handshake there, and allow rules and suppressions
+/// applied on one are applied by all within a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_token_uses_and_revocations() {
     use ruse_e2e::pb;
@@ -835,6 +836,28 @@ async fn replicas_share_token_uses_and_revocations() {
         "reconnected after revocation"
     );
     eprintln!("revocation on A closed the session on another replica after {cut:?}");
+
+    // Rules applied through A are what every replica applies.
+    a.apply(
+        "kind: AllowRule\nname: nightly-backup\nprocess: /usr/bin/tar\n---\nkind: Suppression\nname: it-scanner\nsource: 127.0.0.3/32\nexpires: 2099-01-01\n",
+    )
+    .await;
+    let applied = Instant::now();
+    for r in &replicas {
+        loop {
+            let deploy = &r.core().deploy;
+            let rules: Vec<String> = deploy.allow_rules().into_iter().map(|r| r.name).collect();
+            let hidden: Vec<String> = deploy.suppressions().into_iter().map(|r| r.name).collect();
+            if rules == ["nightly-backup"] && hidden == ["it-scanner"] {
+                break;
+            }
+            assert!(
+                applied.elapsed() < Duration::from_secs(1),
+                "a replica has rules {rules:?} and suppressions {hidden:?} a second after the apply"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     for r in replicas {
         r.shutdown().await.unwrap();
     }

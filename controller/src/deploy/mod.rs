@@ -610,6 +610,40 @@ impl Deployer {
         Ok(())
     }
 
+    /// Takes in the decoys, allow rules or suppressions (`table`, as the
+    /// store names it) as stored, after another controller sharing the
+    /// store changed them.
+    pub fn reload(&self, table: &str) -> Result<(), StoreError> {
+        fn by_name<T>(items: Vec<T>, name: fn(&T) -> &str) -> BTreeMap<String, Arc<T>> {
+            items
+                .into_iter()
+                .map(|t| (name(&t).to_owned(), Arc::new(t)))
+                .collect()
+        }
+        let changed = match table {
+            "decoys" => {
+                let stored = by_name(self.store.decoys()?, |d| &d.name);
+                let mut st = self.lock();
+                std::mem::replace(&mut st.decoys, stored) != st.decoys
+            }
+            "allow_rules" => {
+                let stored = by_name(self.store.allow_rules()?, |r| &r.name);
+                let mut st = self.lock();
+                std::mem::replace(&mut st.allow_rules, stored) != st.allow_rules
+            }
+            "suppressions" => {
+                let stored = by_name(self.store.suppressions()?, |r| &r.name);
+                let mut st = self.lock();
+                std::mem::replace(&mut st.suppressions, stored) != st.suppressions
+            }
+            _ => false,
+        };
+        if changed {
+            self.request_recompute();
+        }
+        Ok(())
+    }
+
     // ----- views -----
 
     pub fn campaign_names(&self) -> Vec<String> {

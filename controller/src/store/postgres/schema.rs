@@ -24,6 +24,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "changes",
         sql: include_str!("migrations/0002_changes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "shared rules",
+        sql: include_str!("migrations/0003_shared_rules.sql"),
+    },
 ];
 
 /// The advisory lock migrations run under ("ruse" and 1).
