@@ -37,6 +37,22 @@ pub fn technique_name(id: &str) -> &'static str {
     }
 }
 
+/// The ATT&CK tactic (id, name) a technique is reported under. Valid
+/// Accounts serves several; at a decoy it is an intruder's way in.
+pub fn technique_tactic(id: &str) -> Option<(&'static str, &'static str)> {
+    let base = id.split('.').next().unwrap_or(id);
+    Some(match base {
+        "T1005" => ("TA0009", "Collection"),
+        "T1018" | "T1046" => ("TA0007", "Discovery"),
+        "T1021" => ("TA0008", "Lateral Movement"),
+        "T1070" => ("TA0005", "Defense Evasion"),
+        "T1078" => ("TA0001", "Initial Access"),
+        "T1110" | "T1552" => ("TA0006", "Credential Access"),
+        "T1565" => ("TA0040", "Impact"),
+        _ => return None,
+    })
+}
+
 /// A random (version 4) UUID.
 fn uuid() -> String {
     let mut b = [0u8; 16];

@@ -13,7 +13,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -1571,4 +1571,390 @@ async fn migrate_store_moves_a_whole_installation_into_postgresql() {
         i.id == incident.id && i.event_count > after.event_count
     })
     .await;
+}
+
+/// What the Elasticsearch stand-in has seen.
+#[derive(Default)]
+struct EsState {
+    /// Documents by data stream and `_id`.
+    docs: BTreeMap<(String, String), serde_json::Value>,
+    bulk_requests: usize,
+    /// Items answered 429 (es_rejected_execution_exception) so far.
+    busy_left: usize,
+    /// Documents the stream `logs-ruse.strict-default` refuses for good
+    /// (a mapping conflict), the first this many.
+    reject_left: usize,
+}
+
+/// A strict stand-in for Elasticsearch's `_bulk` API into data streams,
+/// written from Elastic's documentation: `POST /<stream>/_bulk` only, an
+/// `ApiKey` authorization, NDJSON ending with a newline, `create` actions
+/// only (data streams refuse others), an `@timestamp` in every document,
+/// an `_id` indexed once (a second create is a 409 conflict), per-item
+/// statuses in `items`, and ECS fields of the types ECS gives them.
+async fn es_receiver(
+    port: u16,
+    api_key: &'static str,
+    busy: usize,
+) -> (
+    std::sync::Arc<std::sync::Mutex<EsState>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let state = std::sync::Arc::new(std::sync::Mutex::new(EsState {
+        busy_left: busy,
+        reject_left: 1,
+        ..EsState::default()
+    }));
+    let shared = state.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let state = shared.clone();
+            tokio::spawn(async move {
+                let Some((head, body)) = read_request(&mut s).await else {
+                    return;
+                };
+                let (status, reply) = es_answer(&state, api_key, &head, &body);
+                let reply = reply.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = s.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (state, task)
+}
+
+fn es_answer(
+    state: &std::sync::Mutex<EsState>,
+    api_key: &str,
+    head: &str,
+    body: &[u8],
+) -> (&'static str, serde_json::Value) {
+    use serde_json::json;
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    };
+    let bad = |reason: &str| {
+        (
+            "400 Bad Request",
+            json!({"error": {"type": "illegal_argument_exception", "reason": reason}, "status": 400}),
+        )
+    };
+    let request_line = head.lines().next().unwrap_or_default();
+    let Some(stream) = request_line
+        .strip_prefix("POST /")
+        .and_then(|r| r.strip_suffix("/_bulk HTTP/1.1"))
+    else {
+        return bad(&format!("no handler for {request_line}"));
+    };
+    if header("authorization").as_deref() != Some(&format!("ApiKey {api_key}")) {
+        return (
+            "401 Unauthorized",
+            json!({"error": {"type": "security_exception", "reason": "unable to authenticate with provided credentials and anonymous access is not allowed for this request"}, "status": 401}),
+        );
+    }
+    if header("content-type").as_deref() != Some("application/x-ndjson") {
+        return bad("the bulk request must be application/x-ndjson");
+    }
+    if !body.ends_with(b"\n") {
+        return bad("The bulk request must be terminated by a newline [\\n]");
+    }
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    if !lines.len().is_multiple_of(2) {
+        return bad("an action line without its document");
+    }
+    let mut st = state.lock().unwrap();
+    st.bulk_requests += 1;
+    let mut items = Vec::new();
+    for pair in lines.chunks(2) {
+        let action: serde_json::Value = serde_json::from_str(pair[0]).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
+        let item = |status: u16, error: Option<(&str, String)>| {
+            let mut item = json!({"_index": format!(".ds-{stream}-000001"), "status": status});
+            if let Some((kind, reason)) = error {
+                item["error"] = json!({"type": kind, "reason": reason});
+            }
+            json!({"create": item})
+        };
+        let Some(create) = action.get("create") else {
+            items.push(item(
+                400,
+                Some((
+                    "illegal_argument_exception",
+                    "only write ops with an op_type of create are allowed in data streams".into(),
+                )),
+            ));
+            continue;
+        };
+        let id = create["_id"].as_str().unwrap_or_default().to_owned();
+        if let Err(why) = ecs_shape(&doc) {
+            items.push(item(400, Some(("document_parsing_exception", why))));
+            continue;
+        }
+        if st.busy_left > 0 {
+            st.busy_left -= 1;
+            items.push(item(
+                429,
+                Some((
+                    "es_rejected_execution_exception",
+                    "rejected execution of coordinating operation".into(),
+                )),
+            ));
+            continue;
+        }
+        if stream == "logs-ruse.strict-default" && st.reject_left > 0 {
+            st.reject_left -= 1;
+            items.push(item(
+                400,
+                Some((
+                    "document_parsing_exception",
+                    "[1:2] failed to parse field [labels.status] of type [long]".into(),
+                )),
+            ));
+            continue;
+        }
+        let key = (stream.to_owned(), id.clone());
+        if st.docs.contains_key(&key) {
+            items.push(item(
+                409,
+                Some((
+                    "version_conflict_engine_exception",
+                    format!("[{id}]: version conflict, document already exists"),
+                )),
+            ));
+            continue;
+        }
+        st.docs.insert(key, doc);
+        items.push(item(201, None));
+    }
+    let errors = items
+        .iter()
+        .any(|i| i["create"]["status"].as_u64().unwrap_or(0) >= 300);
+    (
+        "200 OK",
+        json!({"took": 3, "errors": errors, "items": items}),
+    )
+}
+
+/// The ECS fields of an alert, with the types and values ECS allows.
+fn ecs_shape(doc: &serde_json::Value) -> Result<(), String> {
+    let text = |path: &str| -> Result<&str, String> {
+        doc.pointer(path)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("{path} is missing or not a string"))
+    };
+    UnixMs::parse_rfc3339(text("/@timestamp")?).map_err(|_| {
+        "data stream timestamp field [@timestamp] is missing or not a date".to_owned()
+    })?;
+    if !text("/ecs/version")?.starts_with("8.") {
+        return Err("ecs.version".into());
+    }
+    if text("/event/kind")? != "alert" {
+        return Err("event.kind".into());
+    }
+    let list = |path: &str| -> Result<Vec<&str>, String> {
+        doc.pointer(path)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .ok_or_else(|| format!("{path} is not an array"))
+    };
+    // ECS: intrusion_detection pairs with allowed, denied or info.
+    if list("/event/category")? != ["intrusion_detection"]
+        || !list("/event/type")?
+            .iter()
+            .all(|t| ["allowed", "denied", "info"].contains(t))
+    {
+        return Err("event.category / event.type".into());
+    }
+    let severity = doc.pointer("/event/severity").and_then(|v| v.as_u64());
+    if severity.is_none_or(|s| s > 100) {
+        return Err("event.severity is not a number 0-100".into());
+    }
+    if text("/threat/framework")? != "MITRE ATT&CK" {
+        return Err("threat.framework".into());
+    }
+    let ids = list("/threat/technique/id")?;
+    if ids.is_empty() || ids.len() != list("/threat/technique/name")?.len() {
+        return Err("threat.technique.id / name".into());
+    }
+    if list("/threat/tactic/id")?
+        .iter()
+        .any(|t| !t.starts_with("TA"))
+    {
+        return Err("threat.tactic.id".into());
+    }
+    text("/rule/name")?;
+    text("/host/hostname")?;
+    text("/labels/incident_id")?;
+    Ok(())
+}
+
+/// Incidents reach Elasticsearch as ECS alert documents through `_bulk`:
+/// after the cluster is busy (429 items) they are retried, each version
+/// indexed once under a stable id; a document the cluster refuses for good
+/// (a mapping conflict) is reported as rejected and does not hold up the
+/// notice behind it (the incident's resolution); a wrong API key is named without the key; and the
+/// file output writes the same documents for Filebeat to ship.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticsearch_gets_ecs_alerts_through_bulk_and_a_rejected_one_does_not_block_the_rest() {
+    const KEY: &str = "VnVhQ2ZHY0JDZGJrUW0tZTVhT3g6dWkybHAyYXhUTm1zeWFrdzl0dk5udw==";
+    let port = free_ports(1)[0];
+    let (es, server) = es_receiver(port, KEY, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ecs_file = dir.path().join("ecs.ndjson");
+    let output = |name: &str, index: Option<&str>, key: &str| OutputConfig {
+        name: name.into(),
+        kind: "elasticsearch".into(),
+        url: Some(format!("http://127.0.0.1:{port}")),
+        index: index.map(str::to_owned),
+        token: Some(key.into()),
+        ..OutputConfig::default()
+    };
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            output("elastic", None, KEY),
+            output("elastic-strict", Some("logs-ruse.strict-default"), KEY),
+            output("elastic-wrong-key", None, "bm90LXRoZS1rZXk="),
+            OutputConfig {
+                name: "filebeat".into(),
+                kind: "file".into(),
+                path: Some(ecs_file.clone()),
+                format: Some("ecs".into()),
+                ..OutputConfig::default()
+            },
+        ];
+        c.output_retry_min = Duration::from_millis(100);
+        c.output_retry_max = Duration::from_millis(400);
+    })
+    .await;
+    let lure = h.lure("patient-csv").await;
+    h.touch(&lure).await;
+    let i = h.incident("for the touch", |_| true).await;
+    let delivery = |output: &'static str, state: &'static str| {
+        let id = i.id.clone();
+        let h = &h;
+        move || {
+            let id = id.clone();
+            async move {
+                h.incident_by_id(&id)
+                    .await
+                    .deliveries
+                    .iter()
+                    .any(|d| d.output == output && d.state == state)
+            }
+        }
+    };
+    eventually(
+        "indexed after the busy answers",
+        Duration::from_secs(20),
+        delivery("elastic", "delivered"),
+    )
+    .await;
+    eventually(
+        "the strict stream's refusal reported",
+        Duration::from_secs(20),
+        delivery("elastic-strict", "rejected"),
+    )
+    .await;
+    eventually("the wrong key named", Duration::from_secs(10), || async {
+        h.incident_by_id(&i.id).await.deliveries.iter().any(|d| {
+            d.output == "elastic-wrong-key"
+                && d.state == "failing"
+                && d.last_error.contains("401")
+                && d.last_error.contains("unable to authenticate")
+                && !d.last_error.contains("bm90LXRoZS1rZXk=")
+        })
+    })
+    .await;
+    // The incident's next notice (resolved) goes through on the strict
+    // stream: the rejected one held nothing up.
+    h.tc.root()
+        .await
+        .resolve_incident(pb::ResolveIncidentRequest {
+            id: i.id.clone(),
+            note: "a drill of the SOC's Elastic pipeline".into(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the next version indexed on the strict stream",
+        Duration::from_secs(20),
+        || async {
+            let strict = es
+                .lock()
+                .unwrap()
+                .docs
+                .keys()
+                .filter(|(s, _)| s == "logs-ruse.strict-default")
+                .count();
+            strict == 1
+                && h.incident_by_id(&i.id)
+                    .await
+                    .deliveries
+                    .iter()
+                    .any(|d| d.output == "elastic-strict" && d.state == "delivered")
+        },
+    )
+    .await;
+    {
+        let st = es.lock().unwrap();
+        let on = |stream: &str| {
+            st.docs
+                .iter()
+                .filter(|((s, _), _)| s == stream)
+                .map(|((_, id), doc)| (id.clone(), doc.clone()))
+                .collect::<Vec<_>>()
+        };
+        let main = on("logs-ruse.incidents-default");
+        let ids: BTreeSet<&str> = main.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids.len(), main.len(), "each version once");
+        assert!(
+            ids.iter().all(|id| id.starts_with(&format!("{}-", i.id))),
+            "{ids:?}"
+        );
+        let doc = &main[0].1;
+        assert_eq!(doc["labels"]["incident_id"], i.id);
+        let host = i.path.iter().find(|h| h.kind == "host").unwrap();
+        assert_eq!(doc["host"]["hostname"], host.name.as_str());
+        assert_eq!(doc["host"]["id"], h.ws_id.as_str());
+        assert_eq!(doc["event"]["severity"], 73, "high");
+        assert!(
+            doc["threat"]["technique"]["id"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "T1005")
+        );
+        assert!(
+            doc["threat"]["tactic"]["name"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == "Collection")
+        );
+        assert_eq!(
+            on("logs-ruse.strict-default").len(),
+            1,
+            "the rejected version is not there, the next is"
+        );
+        assert!(st.bulk_requests >= 3);
+    }
+    // The file output: one ECS document per line, the same shape.
+    let text = std::fs::read_to_string(&ecs_file).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    ecs_shape(&first).unwrap();
+    assert_eq!(first["labels"]["incident_id"], i.id);
+    server.abort();
 }

@@ -14,7 +14,7 @@ use crate::model::Severity;
 pub struct OutputConfig {
     /// Shown in `rusectl describe incident` and drills.
     pub name: String,
-    /// `syslog`, `webhook` or `file`.
+    /// `syslog`, `webhook`, `splunk-hec`, `elasticsearch` or `file`.
     #[serde(rename = "type")]
     pub kind: String,
     /// syslog: `host:port`.
@@ -37,7 +37,9 @@ pub struct OutputConfig {
     #[serde(default)]
     pub url_file: Option<PathBuf>,
     /// webhook: `json` (the incident), `slack` or `teams`; syslog: `cef`
-    /// (default) or `leef` (IBM QRadar's LEEF 2.0).
+    /// (default) or `leef` (IBM QRadar's LEEF 2.0); file: `json` (default)
+    /// or `ecs` (Elastic Common Schema documents, for Filebeat or Elastic
+    /// Agent to ship).
     #[serde(default)]
     pub format: Option<String>,
     /// file: JSON lines appended here.
@@ -47,14 +49,17 @@ pub struct OutputConfig {
     /// `critical`); default `low`.
     #[serde(default)]
     pub min_severity: Option<String>,
-    /// splunk-hec: the HTTP Event Collector token, or a file holding it
+    /// splunk-hec: the HTTP Event Collector token; elasticsearch: the API
+    /// key in its encoded form (base64 of `id:key`, as Elasticsearch's
+    /// create-API-key call returns it). Or a file holding it
     /// (`token_file`, a mounted Secret). Never logged or shown.
     #[serde(default)]
     pub token: Option<String>,
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// splunk-hec: the index (default: the token's), `source` (default
-    /// `ruse`) and `sourcetype` (default `ruse:incident`).
+    /// `ruse`) and `sourcetype` (default `ruse:incident`); elasticsearch:
+    /// the data stream (default `logs-ruse.incidents-default`).
     #[serde(default)]
     pub index: Option<String>,
     #[serde(default)]
@@ -123,8 +128,17 @@ pub enum Target {
         /// CA certificates for an `https` URL.
         ca_file: Option<PathBuf>,
     },
-    /// JSON lines appended to a file.
-    File { path: PathBuf },
+    /// JSON lines appended to a file: the notice and incident, or (`ecs`)
+    /// an Elastic Common Schema document each.
+    File { path: PathBuf, ecs: bool },
+    /// Elasticsearch's `_bulk` API at `url` (its base, such as
+    /// `https://es:9200`), into the data stream `index`.
+    Elasticsearch {
+        url: hyper::Uri,
+        api_key: Secret,
+        index: String,
+        ca_file: Option<PathBuf>,
+    },
     /// Splunk's HTTP Event Collector at `url` (its base, such as
     /// `https://splunk:8088`).
     SplunkHec {
@@ -175,6 +189,7 @@ impl Target {
             Target::Webhook { .. } => "webhook",
             Target::File { .. } => "file",
             Target::SplunkHec { .. } => "splunk-hec",
+            Target::Elasticsearch { .. } => "elasticsearch",
         }
     }
 
@@ -185,7 +200,9 @@ impl Target {
                 transport: Transport::Tls { ca_file },
                 ..
             } => Some(ca_file),
-            Target::Webhook { ca_file, .. } | Target::SplunkHec { ca_file, .. } => ca_file.as_ref(),
+            Target::Webhook { ca_file, .. }
+            | Target::SplunkHec { ca_file, .. }
+            | Target::Elasticsearch { ca_file, .. } => ca_file.as_ref(),
             _ => None,
         }
     }
@@ -263,23 +280,10 @@ impl TryFrom<&OutputConfig> for Output {
             }
             "splunk-hec" => {
                 let url = http_url(o, "splunk-hec")?;
-                let token = match (&o.token, &o.token_file) {
-                    (Some(t), None) => t.clone(),
-                    (None, Some(path)) => std::fs::read_to_string(path)
-                        .map_err(|e| format!("token_file {}: {e}", path.display()))?
-                        .trim()
-                        .to_owned(),
-                    (Some(_), Some(_)) => {
-                        return Err("splunk-hec: token or token_file, not both".into());
-                    }
-                    (None, None) => return Err("splunk-hec needs token (or token_file)".into()),
-                };
-                if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
-                    return Err("splunk-hec: the token is empty or not one word".into());
-                }
+                let token = secret(o, "splunk-hec")?;
                 Target::SplunkHec {
                     url,
-                    token: Secret(token),
+                    token,
                     index: o.index.clone(),
                     source: o.source.clone().unwrap_or_else(|| "ruse".into()),
                     sourcetype: o
@@ -290,12 +294,43 @@ impl TryFrom<&OutputConfig> for Output {
                     ack: o.ack.unwrap_or(true),
                 }
             }
+            "elasticsearch" => {
+                let url = http_url(o, "elasticsearch")?;
+                let api_key = secret(o, "elasticsearch")?;
+                let index = o
+                    .index
+                    .clone()
+                    .unwrap_or_else(|| "logs-ruse.incidents-default".into());
+                // Elasticsearch's rules for index and data stream names.
+                if index.is_empty()
+                    || index.len() > 255
+                    || index.starts_with(['-', '_', '+', '.'])
+                    || index.chars().any(|c| {
+                        c.is_ascii_uppercase() || " \\/*?\"<>|,#:".contains(c) || c.is_control()
+                    })
+                {
+                    return Err(
+                        format!("elasticsearch: {index:?} is not a data stream name").into(),
+                    );
+                }
+                Target::Elasticsearch {
+                    url,
+                    api_key,
+                    index,
+                    ca_file: o.ca_file.clone(),
+                }
+            }
             "file" => Target::File {
                 path: o.path.clone().ok_or("file needs path")?,
+                ecs: match o.format.as_deref().unwrap_or("json") {
+                    "json" => false,
+                    "ecs" => true,
+                    other => return Err(format!("format {other:?}: expected json or ecs").into()),
+                },
             },
             other => {
                 return Err(format!(
-                    "type {other:?}: expected syslog, webhook, splunk-hec or file"
+                    "type {other:?}: expected syslog, webhook, splunk-hec, elasticsearch or file"
                 )
                 .into());
             }
@@ -306,6 +341,23 @@ impl TryFrom<&OutputConfig> for Output {
             min_severity,
         })
     }
+}
+
+/// The `token` (or `token_file`) of an output: one word, never echoed.
+fn secret(o: &OutputConfig, kind: &str) -> Result<Secret, OutputConfigError> {
+    let token = match (&o.token, &o.token_file) {
+        (Some(t), None) => t.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| format!("token_file {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        (Some(_), Some(_)) => return Err(format!("{kind}: token or token_file, not both").into()),
+        (None, None) => return Err(format!("{kind} needs token (or token_file)").into()),
+    };
+    if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!("{kind}: the token is empty or not one word").into());
+    }
+    Ok(Secret(token))
 }
 
 /// The `url` (or `url_file`) of an HTTP output, checked. Never echoes

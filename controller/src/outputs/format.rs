@@ -1,5 +1,6 @@
 //! What an output sends: the CEF and LEEF payloads, the RFC 5424 syslog
-//! message, webhook bodies (JSON, Slack, Teams).
+//! message, webhook bodies (JSON, Slack, Teams), Splunk HEC events and
+//! Elastic Common Schema documents.
 //!
 //! One severity mapping for every format (docs/incidents.md):
 //!
@@ -9,6 +10,9 @@
 //! | medium   | 5            | 5          | 4 (warning)     |
 //! | high     | 8            | 8          | 3 (error)       |
 //! | critical | 10           | 10         | 2 (critical)    |
+//!
+//! ECS `event.severity` (0–100, as Elastic's detection rules score):
+//! low 21, medium 47, high 73, critical 99.
 
 use ruse_proto::types::UnixMs;
 
@@ -277,4 +281,102 @@ pub fn webhook_body(i: &Incident, notice: Notice, format: WebhookFormat) -> serd
             "incident": i,
         }),
     }
+}
+
+/// The ECS version the documents follow.
+pub const ECS_VERSION: &str = "8.11.0";
+
+/// An incident as an Elastic Common Schema alert document: what SIEM
+/// rules and dashboards read (`event.*`, `threat.*`, `rule.name`,
+/// `host.*`, `source.ip`, `user.name`, `process.*`) in ECS fields, the
+/// whole incident under `ruse.incident`.
+pub fn ecs_document(i: &Incident, notice: Notice, observer: &str) -> serde_json::Value {
+    use crate::stix::{technique_name, technique_tactic};
+    let techniques: Vec<&String> = i.techniques.iter().collect();
+    let mut tactics: Vec<(&str, &str)> = techniques
+        .iter()
+        .filter_map(|t| technique_tactic(t))
+        .collect();
+    tactics.sort_unstable();
+    tactics.dedup();
+    let score = match i.severity {
+        Severity::Low => 21,
+        Severity::Medium => 47,
+        Severity::High => 73,
+        Severity::Critical => 99,
+    };
+    let mut doc = serde_json::json!({
+        "@timestamp": i.last_seen.rfc3339(),
+        "ecs": {"version": ECS_VERSION},
+        "message": i.title,
+        "event": {
+            "kind": "alert",
+            "category": ["intrusion_detection"],
+            "type": ["info"],
+            "action": format!("incident-{}", notice.as_str()),
+            "id": format!("{}-{}", i.id, i.version),
+            "severity": score,
+            "created": i.created.rfc3339(),
+            "start": i.first_seen.rfc3339(),
+            "end": i.last_seen.rfc3339(),
+            "dataset": "ruse.incidents",
+            "module": "ruse",
+            "provider": "ruse-controller",
+        },
+        "observer": {"vendor": "Ruse", "product": "Ruse", "type": "deception", "hostname": observer},
+        "rule": {
+            "name": i.rules.iter().next().cloned().unwrap_or_else(|| i.title.clone()),
+            "ruleset": "ruse",
+        },
+        "threat": {
+            "framework": "MITRE ATT&CK",
+            "technique": {
+                "id": techniques,
+                "name": techniques.iter().map(|t| technique_name(t)).collect::<Vec<_>>(),
+            },
+            "tactic": {
+                "id": tactics.iter().map(|t| t.0).collect::<Vec<_>>(),
+                "name": tactics.iter().map(|t| t.1).collect::<Vec<_>>(),
+            },
+        },
+        "labels": {
+            "incident_id": i.id,
+            "status": i.status.as_str(),
+            "drill": i.drill.to_string(),
+        },
+        "tags": if i.drill { vec!["ruse", "drill"] } else { vec!["ruse"] },
+        "ruse": {"notice": notice.as_str(), "incident": i},
+    });
+    // The host a lure was touched or harvested on, the address that used
+    // a stolen credential, the process and account behind it: single
+    // values in ECS, the first of each (all are under `ruse.incident`).
+    if let Some(hop) = i.path.iter().find(|h| h.kind == "host") {
+        doc["host"] = serde_json::json!({"hostname": hop.name, "name": hop.name});
+        if let Some(agent) = &hop.agent {
+            doc["host"]["id"] = agent.as_str().into();
+        }
+    }
+    if let Some(ip) = i
+        .sources
+        .iter()
+        .find(|s| s.parse::<std::net::IpAddr>().is_ok())
+    {
+        doc["source"] = serde_json::json!({"ip": ip});
+    }
+    if let Some(user) = i
+        .credentials
+        .iter()
+        .find(|c| !c.starts_with("SHA256:") && !c.contains(' '))
+    {
+        doc["user"] = serde_json::json!({"name": user});
+    }
+    if let Some(p) = i.processes.iter().next() {
+        let name = p.rsplit('/').next().unwrap_or(p);
+        doc["process"] = if p.starts_with('/') {
+            serde_json::json!({"executable": p, "name": name})
+        } else {
+            serde_json::json!({"name": name})
+        };
+    }
+    doc
 }

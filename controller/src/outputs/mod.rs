@@ -31,8 +31,10 @@ mod sink;
 pub use self::config::{
     Output, OutputConfig, OutputConfigError, SyslogFormat, Target, Transport, WebhookFormat,
 };
-pub use self::format::{cef, hec_event, leef, syslog_message, webhook_body};
-use self::sink::Sink;
+pub use self::format::{
+    ECS_VERSION, cef, ecs_document, hec_event, leef, syslog_message, webhook_body,
+};
+use self::sink::{Sent, Sink};
 
 /// A queued notice.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,7 +216,34 @@ async fn deliver(
         let tries = attempts.entry(item.incident.clone()).or_default();
         *tries += 1;
         match sink.send(&incident, item.notice).await {
-            Ok(()) => {
+            Ok(Sent::Rejected(why)) => {
+                // Refused for good: reported, and the queue moves on.
+                sink.failures.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
+                    last.failed = Some(UnixMs::now());
+                    last.error = why.chars().take(512).collect();
+                }
+                tracing::error!(output = %name, incident = %incident.id, error = %why, "the receiver rejected the incident; not retried");
+                let record = Delivery {
+                    state: "rejected".into(),
+                    attempts: *tries,
+                    last_error: why,
+                    delivered: incident.deliveries.get(&name).and_then(|d| d.delivered),
+                    version: incident.deliveries.get(&name).map_or(0, |d| d.version),
+                };
+                let done = store.queue_remove(&sink.queue(), seq).and_then(|()| {
+                    incidents
+                        .record_delivery(&incident.id, &name, record)
+                        .map(|_| ())
+                });
+                if let Err(e) = done {
+                    tracing::error!(output = %name, error = %e, "cannot record a rejection");
+                }
+                attempts.remove(&item.incident);
+                let _ = committer.durable().await;
+            }
+            Ok(Sent::Delivered) => {
                 let record = Delivery {
                     state: "delivered".into(),
                     attempts: *tries,

@@ -1,5 +1,6 @@
 //! One configured output, ready to send: syslog over UDP, TCP or TLS,
-//! webhooks over HTTP or HTTPS, a JSON lines file.
+//! webhooks over HTTP or HTTPS, Splunk's HEC, Elasticsearch's `_bulk`, a
+//! JSON lines file.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -11,12 +12,22 @@ use tokio::sync::Notify;
 use ruse_proto::types::UnixMs;
 
 use super::config::{Output, OutputConfigError, Target, Transport, origin};
-use super::format::{hec_event, syslog_message, webhook_body};
+use super::format::{ecs_document, hec_event, syslog_message, webhook_body};
 use crate::incidents::Notice;
 use crate::model::Incident;
 
-/// Why a delivery failed.
+/// Why a delivery failed (it is retried).
 type SendError = String;
+
+/// What became of a notice the receiver answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Sent {
+    Delivered,
+    /// The receiver refused this notice for good (Elasticsearch's mapping
+    /// rejected the document): retrying cannot help, and would hold up
+    /// every notice behind it.
+    Rejected(String),
+}
 
 /// A configured output, ready to send.
 #[derive(Debug)]
@@ -71,11 +82,87 @@ impl Sink {
         self.output.name.clone()
     }
 
-    pub(super) async fn send(&self, i: &Incident, notice: Notice) -> Result<(), SendError> {
+    pub(super) async fn send(&self, i: &Incident, notice: Notice) -> Result<Sent, SendError> {
         let timeout = deadline(&self.output.target);
-        match tokio::time::timeout(timeout, self.send_inner(i, notice)).await {
+        let sent = async {
+            match &self.output.target {
+                Target::Elasticsearch {
+                    url,
+                    api_key,
+                    index,
+                    ..
+                } => self.bulk(url, api_key, index, i, notice).await,
+                _ => self.send_inner(i, notice).await.map(|()| Sent::Delivered),
+            }
+        };
+        match tokio::time::timeout(timeout, sent).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// One document into `index` with Elasticsearch's `_bulk` API, created
+    /// under the id `<incident>-<version>`: a copy already indexed (a retry
+    /// after a lost answer) is a conflict, and counts as delivered.
+    async fn bulk(
+        &self,
+        url: &hyper::Uri,
+        api_key: &super::config::Secret,
+        index: &str,
+        i: &Incident,
+        notice: Notice,
+    ) -> Result<Sent, SendError> {
+        let action = serde_json::json!({"create": {"_id": format!("{}-{}", i.id, i.version)}});
+        let doc = ecs_document(i, notice, &self.hostname);
+        let mut body = serde_json::to_vec(&action).map_err(|e| e.to_string())?;
+        body.push(b'\n');
+        body.extend(serde_json::to_vec(&doc).map_err(|e| e.to_string())?);
+        body.push(b'\n');
+        let auth = format!("ApiKey {}", api_key.expose());
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/x-ndjson"),
+        ];
+        let endpoint = with_path(url, &format!("/{index}/_bulk"))?;
+        let (status, reply) = self.request(&endpoint, &headers, &body).await?;
+        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+        if !status.is_success() {
+            let why = reply["error"]["reason"]
+                .as_str()
+                .or(reply["error"]["type"].as_str())
+                .map(|r| {
+                    format!(
+                        ": {}",
+                        r.chars()
+                            .filter(|c| !c.is_control())
+                            .take(200)
+                            .collect::<String>()
+                    )
+                })
+                .unwrap_or_default();
+            return Err(format!("{} answered {status}{why}", origin(url)));
+        }
+        let item = &reply["items"][0]["create"];
+        let code = item["status"].as_u64().unwrap_or(0);
+        let reason = || {
+            let kind = item["error"]["type"].as_str().unwrap_or("error");
+            let text: String = item["error"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            format!(
+                "{} refused the document ({code} {kind}: {text})",
+                origin(url)
+            )
+        };
+        match code {
+            200..=299 | 409 => Ok(Sent::Delivered),
+            // Busy (429) or failing: retried.
+            429 | 500..=599 | 0 => Err(reason()),
+            _ => Ok(Sent::Rejected(reason())),
         }
     }
 
@@ -184,14 +271,20 @@ impl Sink {
                 })?;
                 self.await_ack(url, &headers, id).await
             }
-            Target::File { path } => {
+            // Delivered by `bulk`.
+            Target::Elasticsearch { .. } => Ok(()),
+            Target::File { path, ecs } => {
                 let path = path.clone();
-                let mut line = serde_json::to_vec(&serde_json::json!({
-                    "notice": notice.as_str(),
-                    "at": UnixMs::now().rfc3339(),
-                    "incident": i,
-                }))
-                .map_err(|e| e.to_string())?;
+                let record = if *ecs {
+                    ecs_document(i, notice, &self.hostname)
+                } else {
+                    serde_json::json!({
+                        "notice": notice.as_str(),
+                        "at": UnixMs::now().rfc3339(),
+                        "incident": i,
+                    })
+                };
+                let mut line = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
                 line.push(b'\n');
                 tokio::task::spawn_blocking(move || {
                     use std::io::Write;
@@ -288,7 +381,13 @@ impl Sink {
                 uri.port_u16()
                     .map_or_else(|| host.clone(), |p| format!("{host}:{p}")),
             )
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::CONTENT_TYPE,
+                headers
+                    .iter()
+                    .find(|(n, _)| *n == "content-type")
+                    .map_or("application/json", |(_, v)| v),
+            )
             .header(
                 hyper::header::USER_AGENT,
                 concat!("ruse-controller/", env!("CARGO_PKG_VERSION")),

@@ -310,3 +310,70 @@ fn a_collector_gets_its_indexing_time_before_a_delivery_gives_up() {
     };
     assert_eq!(waits(&file), Duration::from_secs(10));
 }
+
+#[test]
+fn elasticsearch_settings_are_checked_and_the_api_key_never_printed() {
+    let es = |index: Option<&str>| OutputConfig {
+        url: Some("http://es:9200".into()),
+        token: Some("c2VjcmV0LWtleQ==".into()),
+        index: index.map(str::to_owned),
+        ..output("elasticsearch")
+    };
+    let Target::Elasticsearch { index, api_key, .. } = check(&es(None)).unwrap().target else {
+        panic!("not elasticsearch");
+    };
+    assert_eq!(index, "logs-ruse.incidents-default");
+    assert!(!format!("{api_key:?}").contains("c2VjcmV0"));
+    for bad in ["Logs-ruse", "logs ruse", "-logs", "logs/ruse", "logs:ruse"] {
+        let e = check(&es(Some(bad))).unwrap_err().to_string();
+        assert!(e.contains("not a data stream name"), "{bad}: {e}");
+    }
+    let no_key = OutputConfig {
+        token: None,
+        ..es(None)
+    };
+    assert!(
+        check(&no_key)
+            .unwrap_err()
+            .to_string()
+            .contains("needs token")
+    );
+    let https = OutputConfig {
+        url: Some("https://es:9200".into()),
+        ..es(None)
+    };
+    assert!(check(&https).unwrap_err().to_string().contains("ca_file"));
+    let file = |format: &str| OutputConfig {
+        path: Some("/var/log/ruse/ecs.ndjson".into()),
+        format: Some(format.into()),
+        ..output("file")
+    };
+    assert!(matches!(
+        check(&file("ecs")).unwrap().target,
+        Target::File { ecs: true, .. }
+    ));
+    assert!(check(&file("cef")).is_err());
+}
+
+#[test]
+fn ecs_documents_carry_the_alert_fields() {
+    let mut i = crate::incidents::tests_support::incident();
+    i.processes.insert("/usr/bin/python3".into());
+    let doc = ecs_document(&i, Notice::Opened, "ruse-0");
+    assert_eq!(doc["ecs"]["version"], ECS_VERSION);
+    assert_eq!(doc["event"]["kind"], "alert");
+    assert_eq!(doc["event"]["severity"], 99, "critical");
+    assert_eq!(doc["event"]["id"], format!("{}-{}", i.id, i.version));
+    assert_eq!(doc["threat"]["framework"], "MITRE ATT&CK");
+    assert_eq!(
+        doc["threat"]["technique"]["name"][0],
+        crate::stix::technique_name(doc["threat"]["technique"]["id"][0].as_str().unwrap())
+    );
+    assert_eq!(doc["source"]["ip"], "10.9.8.7");
+    assert_eq!(doc["user"]["name"], "root", "not the key fingerprint");
+    assert_eq!(doc["process"]["executable"], "/usr/bin/python3");
+    assert_eq!(doc["process"]["name"], "python3");
+    assert_eq!(doc["host"]["hostname"], "ws-07");
+    assert_eq!(doc["observer"]["hostname"], "ruse-0");
+    assert_eq!(doc["ruse"]["incident"]["id"], i.id);
+}
