@@ -91,6 +91,12 @@ if ! [ -x "$venv/bin/checkov" ] || ! [ -x "$venv/bin/kubernetes-validate" ]; the
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
         "checkov==3.3.30" "kubernetes-validate==1.37.0"
 fi
+# OCSF documents are validated against the OCSF 1.5.0 schema as ocsf-emitter
+# models it (tests/clients/ocsf_validate.py).
+if ! "$venv/bin/python" -c 'import ocsf_emitter' >/dev/null 2>&1; then
+    echo "==> installing ocsf-emitter into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "ocsf-emitter==0.3.0"
+fi
 # kubectl (with Kustomize) is expected on the machine: Debian's own
 # kubernetes-client is too old for the manifests' Kustomize features.
 command -v kubectl >/dev/null 2>&1 \

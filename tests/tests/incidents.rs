@@ -1958,3 +1958,105 @@ async fn elasticsearch_gets_ecs_alerts_through_bulk_and_a_rejected_one_does_not_
     assert_eq!(first["labels"]["incident_id"], i.id);
     server.abort();
 }
+
+/// Runs tests/clients/ocsf_validate.py (OCSF 1.5.0, through ocsf-emitter
+/// in the test virtualenv) over `docs`; its report.
+fn ocsf_validate(docs: &[serde_json::Value]) -> String {
+    let python = ruse_e2e::test_venv().join("bin/python");
+    assert!(
+        python.exists() || std::env::var("CI").as_deref() != Ok("true"),
+        "the test virtualenv (scripts/install-test-deps.sh) is missing"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/ocsf_validate.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for d in docs {
+            writeln!(stdin, "{d}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "OCSF validation failed:\n{report}");
+    report
+}
+
+/// Incidents as OCSF Detection Findings — by the file output and a
+/// webhook — are valid OCSF 1.5.0 (every attribute one the schema
+/// defines), with activity Create when the incident opens and Close when
+/// it is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ocsf_findings_from_the_file_and_webhook_outputs_are_valid_ocsf() {
+    let hook = free_ports(1)[0];
+    let (mut bodies, _task) = receiver(hook).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ocsf.ndjson");
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            webhook("soar", hook, "ocsf"),
+            OutputConfig {
+                name: "security-lake".into(),
+                kind: "file".into(),
+                path: Some(file.clone()),
+                format: Some("ocsf".into()),
+                ..OutputConfig::default()
+            },
+        ];
+    })
+    .await;
+    h.touch(&h.lure("patient-csv").await).await;
+    let i = h.incident("for the touch", |_| true).await;
+    let opened = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
+        .await
+        .expect("the webhook got the finding")
+        .unwrap();
+    h.tc.root()
+        .await
+        .resolve_incident(pb::ResolveIncidentRequest {
+            id: i.id.clone(),
+            note: "training".into(),
+        })
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
+        .await
+        .expect("the webhook got the resolution")
+        .unwrap();
+    assert_eq!(opened["class_uid"], 2004);
+    assert_eq!(opened["activity_id"], 1);
+    assert_eq!(closed["activity_id"], 3);
+    assert_eq!(closed["status_id"], 4);
+    assert_eq!(opened["finding_info"]["uid"], i.id);
+    assert_eq!(opened["severity_id"], 4, "high");
+    assert!(
+        opened["finding_info"]["attacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["technique"]["uid"] == "T1005" && a["tactic"]["name"] == "Collection")
+    );
+    eventually(
+        "both lines in the file",
+        Duration::from_secs(10),
+        || async { std::fs::read_to_string(&file).is_ok_and(|t| t.lines().count() == 2) },
+    )
+    .await;
+    let mut docs = vec![opened, closed];
+    for line in std::fs::read_to_string(&file).unwrap().lines() {
+        docs.push(serde_json::from_str(line).unwrap());
+    }
+    let report = ocsf_validate(&docs);
+    assert_eq!(
+        report.matches("DetectionFinding valid").count(),
+        4,
+        "{report}"
+    );
+}

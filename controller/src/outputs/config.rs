@@ -36,10 +36,11 @@ pub struct OutputConfig {
     /// Secret), read when the configuration is checked.
     #[serde(default)]
     pub url_file: Option<PathBuf>,
-    /// webhook: `json` (the incident), `slack` or `teams`; syslog: `cef`
-    /// (default) or `leef` (IBM QRadar's LEEF 2.0); file: `json` (default)
-    /// or `ecs` (Elastic Common Schema documents, for Filebeat or Elastic
-    /// Agent to ship).
+    /// webhook: `json` (the incident), `slack`, `teams` or `ocsf` (an OCSF
+    /// Detection Finding); syslog: `cef` (default) or `leef` (IBM QRadar's
+    /// LEEF 2.0); file: `json` (default), `ecs` (Elastic Common Schema
+    /// documents, for Filebeat or Elastic Agent to ship) or `ocsf`;
+    /// splunk-hec: `json` (default) or `ocsf` (the event is the finding).
     #[serde(default)]
     pub format: Option<String>,
     /// file: JSON lines appended here.
@@ -128,9 +129,8 @@ pub enum Target {
         /// CA certificates for an `https` URL.
         ca_file: Option<PathBuf>,
     },
-    /// JSON lines appended to a file: the notice and incident, or (`ecs`)
-    /// an Elastic Common Schema document each.
-    File { path: PathBuf, ecs: bool },
+    /// JSON lines appended to a file.
+    File { path: PathBuf, format: FileFormat },
     /// Elasticsearch's `_bulk` API at `url` (its base, such as
     /// `https://es:9200`), into the data stream `index`.
     Elasticsearch {
@@ -149,6 +149,8 @@ pub enum Target {
         sourcetype: String,
         ca_file: Option<PathBuf>,
         ack: bool,
+        /// The event is an OCSF Detection Finding, not the incident.
+        ocsf: bool,
     },
 }
 
@@ -179,6 +181,19 @@ pub enum WebhookFormat {
     Json,
     Slack,
     Teams,
+    /// An OCSF Detection Finding.
+    Ocsf,
+}
+
+/// What a file output's lines are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// The notice and the incident.
+    Json,
+    /// An Elastic Common Schema alert document.
+    Ecs,
+    /// An OCSF Detection Finding.
+    Ocsf,
 }
 
 impl Target {
@@ -266,10 +281,12 @@ impl TryFrom<&OutputConfig> for Output {
                     "json" => WebhookFormat::Json,
                     "slack" => WebhookFormat::Slack,
                     "teams" => WebhookFormat::Teams,
+                    "ocsf" => WebhookFormat::Ocsf,
                     other => {
-                        return Err(
-                            format!("format {other:?}: expected json, slack or teams").into()
-                        );
+                        return Err(format!(
+                            "format {other:?}: expected json, slack, teams or ocsf"
+                        )
+                        .into());
                     }
                 };
                 Target::Webhook {
@@ -292,6 +309,13 @@ impl TryFrom<&OutputConfig> for Output {
                         .unwrap_or_else(|| "ruse:incident".into()),
                     ca_file: o.ca_file.clone(),
                     ack: o.ack.unwrap_or(true),
+                    ocsf: match o.format.as_deref().unwrap_or("json") {
+                        "json" => false,
+                        "ocsf" => true,
+                        other => {
+                            return Err(format!("format {other:?}: expected json or ocsf").into());
+                        }
+                    },
                 }
             }
             "elasticsearch" => {
@@ -322,10 +346,13 @@ impl TryFrom<&OutputConfig> for Output {
             }
             "file" => Target::File {
                 path: o.path.clone().ok_or("file needs path")?,
-                ecs: match o.format.as_deref().unwrap_or("json") {
-                    "json" => false,
-                    "ecs" => true,
-                    other => return Err(format!("format {other:?}: expected json or ecs").into()),
+                format: match o.format.as_deref().unwrap_or("json") {
+                    "json" => FileFormat::Json,
+                    "ecs" => FileFormat::Ecs,
+                    "ocsf" => FileFormat::Ocsf,
+                    other => {
+                        return Err(format!("format {other:?}: expected json, ecs or ocsf").into());
+                    }
                 },
             },
             other => {

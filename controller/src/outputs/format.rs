@@ -1,6 +1,6 @@
 //! What an output sends: the CEF and LEEF payloads, the RFC 5424 syslog
-//! message, webhook bodies (JSON, Slack, Teams), Splunk HEC events and
-//! Elastic Common Schema documents.
+//! message, webhook bodies (JSON, Slack, Teams), Splunk HEC events,
+//! Elastic Common Schema documents and OCSF Detection Findings.
 //!
 //! One severity mapping for every format (docs/incidents.md):
 //!
@@ -12,7 +12,8 @@
 //! | critical | 10           | 10         | 2 (critical)    |
 //!
 //! ECS `event.severity` (0–100, as Elastic's detection rules score):
-//! low 21, medium 47, high 73, critical 99.
+//! low 21, medium 47, high 73, critical 99. OCSF `severity_id`: low 2,
+//! medium 3, high 4, critical 5.
 
 use ruse_proto::types::UnixMs;
 
@@ -215,18 +216,24 @@ pub fn hec_event(
     index: Option<&str>,
     source: &str,
     sourcetype: &str,
+    ocsf: bool,
 ) -> serde_json::Value {
+    let body = if ocsf {
+        ocsf_finding(i, notice)
+    } else {
+        serde_json::json!({
+            "source": "ruse",
+            "notice": notice.as_str(),
+            "drill": i.drill,
+            "incident": i,
+        })
+    };
     let mut event = serde_json::json!({
         "time": i.last_seen.0 as f64 / 1000.0,
         "host": hostname,
         "source": source,
         "sourcetype": sourcetype,
-        "event": {
-            "source": "ruse",
-            "notice": notice.as_str(),
-            "drill": i.drill,
-            "incident": i,
-        },
+        "event": body,
         "fields": {
             "incident_id": i.id,
             "version": i.version.to_string(),
@@ -274,6 +281,7 @@ pub fn webhook_body(i: &Incident, notice: Notice, format: WebhookFormat) -> serd
             "title": format!("{drill}{}", i.title),
             "sections": [{"facts": facts.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>()}],
         }),
+        WebhookFormat::Ocsf => ocsf_finding(i, notice),
         WebhookFormat::Json => serde_json::json!({
             "source": "ruse",
             "notice": notice.as_str(),
@@ -379,4 +387,128 @@ pub fn ecs_document(i: &Incident, notice: Notice, observer: &str) -> serde_json:
         };
     }
     doc
+}
+
+/// The OCSF schema version the findings follow.
+pub const OCSF_VERSION: &str = "1.5.0";
+
+/// An incident as an OCSF Detection Finding (class 2004): activity Create,
+/// Update or Close as it opens, escalates and is resolved; the ATT&CK
+/// techniques and tactics in `finding_info.attacks`; the host, source,
+/// account and process as observables; the whole incident under
+/// `unmapped.ruse`.
+pub fn ocsf_finding(i: &Incident, notice: Notice) -> serde_json::Value {
+    use crate::model::Status;
+    use crate::stix::{technique_name, technique_tactic};
+    let (activity_id, activity) = match notice {
+        Notice::Opened => (1, "Create"),
+        Notice::Escalated => (2, "Update"),
+        Notice::Resolved => (3, "Close"),
+    };
+    let (severity_id, severity) = match i.severity {
+        Severity::Low => (2, "Low"),
+        Severity::Medium => (3, "Medium"),
+        Severity::High => (4, "High"),
+        Severity::Critical => (5, "Critical"),
+    };
+    let (status_id, status) = match i.status {
+        Status::Open => (1, "New"),
+        Status::Acknowledged => (2, "In Progress"),
+        Status::Resolved => (4, "Resolved"),
+    };
+    let attacks: Vec<serde_json::Value> = i
+        .techniques
+        .iter()
+        .map(|t| {
+            let mut attack = serde_json::json!({
+                "technique": {"uid": t, "name": technique_name(t)},
+            });
+            if let Some((uid, name)) = technique_tactic(t) {
+                attack["tactic"] = serde_json::json!({"uid": uid, "name": name});
+            }
+            attack
+        })
+        .collect();
+    let mut observables = Vec::new();
+    let host = i.path.iter().find(|h| h.kind == "host");
+    if let Some(hop) = host {
+        observables.push(serde_json::json!({"name": "device.hostname", "type_id": 1, "type": "Hostname", "value": hop.name}));
+    }
+    for source in i
+        .sources
+        .iter()
+        .filter(|s| s.parse::<std::net::IpAddr>().is_ok())
+    {
+        observables.push(serde_json::json!({"name": "src_endpoint.ip", "type_id": 2, "type": "IP Address", "value": source}));
+    }
+    for user in i
+        .credentials
+        .iter()
+        .filter(|c| !c.starts_with("SHA256:") && !c.contains(' '))
+    {
+        observables.push(serde_json::json!({"name": "user.name", "type_id": 4, "type": "User Name", "value": user}));
+    }
+    for process in &i.processes {
+        observables.push(serde_json::json!({"name": "process.file.path", "type_id": 7, "type": "File Name", "value": process}));
+    }
+    let mut finding = serde_json::json!({
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": 200_400 + activity_id,
+        "type_name": format!("Detection Finding: {activity}"),
+        "time": i.last_seen.0,
+        "start_time": i.first_seen.0,
+        "end_time": i.last_seen.0,
+        "count": i.event_count,
+        "message": i.title,
+        "severity_id": severity_id,
+        "severity": severity,
+        "status_id": status_id,
+        "status": status,
+        "is_alert": !i.drill,
+        "metadata": {
+            "version": OCSF_VERSION,
+            "uid": format!("{}-{}", i.id, i.version),
+            "correlation_uid": i.id,
+            "product": {
+                "name": "Ruse",
+                "vendor_name": "Ruse",
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "labels": if i.drill { vec!["ruse", "drill"] } else { vec!["ruse"] },
+        },
+        "finding_info": {
+            "uid": i.id,
+            "title": i.title,
+            "desc": i.path_text(),
+            "created_time": i.created.0,
+            "modified_time": i.updated.0,
+            "first_seen_time": i.first_seen.0,
+            "last_seen_time": i.last_seen.0,
+            "types": ["Deception"],
+            "attacks": attacks,
+            "analytic": {
+                "name": i.rules.iter().next().cloned().unwrap_or_else(|| "correlation".into()),
+                "type_id": 1,
+                "type": "Rule",
+            },
+        },
+        "observables": observables,
+        "unmapped": {"ruse": {"notice": notice.as_str(), "incident": i}},
+    });
+    if let Some(hop) = host {
+        finding["device"] = serde_json::json!({
+            "hostname": hop.name,
+            "type_id": 0,
+            "type": "Unknown",
+        });
+        if let Some(agent) = &hop.agent {
+            finding["device"]["uid"] = agent.as_str().into();
+        }
+    }
+    finding
 }

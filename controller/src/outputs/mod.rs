@@ -29,10 +29,12 @@ mod format;
 mod sink;
 
 pub use self::config::{
-    Output, OutputConfig, OutputConfigError, SyslogFormat, Target, Transport, WebhookFormat,
+    FileFormat, Output, OutputConfig, OutputConfigError, SyslogFormat, Target, Transport,
+    WebhookFormat,
 };
 pub use self::format::{
-    ECS_VERSION, cef, ecs_document, hec_event, leef, syslog_message, webhook_body,
+    ECS_VERSION, OCSF_VERSION, cef, ecs_document, hec_event, leef, ocsf_finding, syslog_message,
+    webhook_body,
 };
 use self::sink::{Sent, Sink};
 

@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 
 use ruse_proto::types::UnixMs;
 
-use super::config::{Output, OutputConfigError, Target, Transport, origin};
-use super::format::{ecs_document, hec_event, syslog_message, webhook_body};
+use super::config::{FileFormat, Output, OutputConfigError, Target, Transport, origin};
+use super::format::{ecs_document, hec_event, ocsf_finding, syslog_message, webhook_body};
 use crate::incidents::Notice;
 use crate::model::Incident;
 
@@ -238,6 +238,7 @@ impl Sink {
                 source,
                 sourcetype,
                 ack,
+                ocsf,
                 ..
             } => {
                 let event = hec_event(
@@ -247,6 +248,7 @@ impl Sink {
                     index.as_deref(),
                     source,
                     sourcetype,
+                    *ocsf,
                 );
                 let auth = format!("Splunk {}", token.expose());
                 let headers = [
@@ -273,16 +275,16 @@ impl Sink {
             }
             // Delivered by `bulk`.
             Target::Elasticsearch { .. } => Ok(()),
-            Target::File { path, ecs } => {
+            Target::File { path, format } => {
                 let path = path.clone();
-                let record = if *ecs {
-                    ecs_document(i, notice, &self.hostname)
-                } else {
-                    serde_json::json!({
+                let record = match format {
+                    FileFormat::Ecs => ecs_document(i, notice, &self.hostname),
+                    FileFormat::Ocsf => ocsf_finding(i, notice),
+                    FileFormat::Json => serde_json::json!({
                         "notice": notice.as_str(),
                         "at": UnixMs::now().rfc3339(),
                         "incident": i,
-                    })
+                    }),
                 };
                 let mut line = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
                 line.push(b'\n');

@@ -277,6 +277,7 @@ fn hec_events_carry_the_metadata_and_string_indexed_fields() {
         Some("deception"),
         "ruse",
         "ruse:incident",
+        false,
     );
     assert_eq!(e["time"].as_f64(), Some(i.last_seen.0 as f64 / 1000.0));
     assert_eq!(e["index"], "deception");
@@ -289,7 +290,15 @@ fn hec_events_carry_the_metadata_and_string_indexed_fields() {
             "indexed field {k} must be text: {v}"
         );
     }
-    let e = hec_event(&i, Notice::Opened, "ctl", None, "ruse", "ruse:incident");
+    let e = hec_event(
+        &i,
+        Notice::Opened,
+        "ctl",
+        None,
+        "ruse",
+        "ruse:incident",
+        false,
+    );
     assert!(e.get("index").is_none(), "no index: the token's default");
 }
 
@@ -350,7 +359,10 @@ fn elasticsearch_settings_are_checked_and_the_api_key_never_printed() {
     };
     assert!(matches!(
         check(&file("ecs")).unwrap().target,
-        Target::File { ecs: true, .. }
+        Target::File {
+            format: FileFormat::Ecs,
+            ..
+        }
     ));
     assert!(check(&file("cef")).is_err());
 }
@@ -376,4 +388,40 @@ fn ecs_documents_carry_the_alert_fields() {
     assert_eq!(doc["host"]["hostname"], "ws-07");
     assert_eq!(doc["observer"]["hostname"], "ruse-0");
     assert_eq!(doc["ruse"]["incident"]["id"], i.id);
+}
+
+#[test]
+fn ocsf_findings_follow_the_notice_and_splunk_can_carry_them() {
+    let i = crate::incidents::tests_support::incident();
+    for (notice, activity) in [
+        (Notice::Opened, 1),
+        (Notice::Escalated, 2),
+        (Notice::Resolved, 3),
+    ] {
+        let f = ocsf_finding(&i, notice);
+        assert_eq!(f["activity_id"], activity);
+        assert_eq!(f["type_uid"], 200_400 + activity);
+    }
+    let f = ocsf_finding(&i, Notice::Opened);
+    assert_eq!(f["metadata"]["version"], OCSF_VERSION);
+    assert_eq!(f["severity_id"], 5, "critical");
+    assert_eq!(f["finding_info"]["uid"], i.id);
+    let hec = hec_event(&i, Notice::Opened, "ctl", None, "ruse", "ruse:ocsf", true);
+    assert_eq!(hec["event"]["class_uid"], 2004);
+    let o = OutputConfig {
+        url: Some("http://splunk:8088".into()),
+        token: Some("t".into()),
+        format: Some("ocsf".into()),
+        ..output("splunk-hec")
+    };
+    assert!(matches!(
+        check(&o).unwrap().target,
+        Target::SplunkHec { ocsf: true, .. }
+    ));
+    let teams_to_file = OutputConfig {
+        path: Some("/tmp/x".into()),
+        format: Some("teams".into()),
+        ..output("file")
+    };
+    assert!(check(&teams_to_file).is_err());
 }
