@@ -36,6 +36,10 @@ pub struct OutputConfig {
     /// Secret), read when the configuration is checked.
     #[serde(default)]
     pub url_file: Option<PathBuf>,
+    /// webhook: the name of an environment variable holding the URL (a
+    /// Secret mapped into the controller's environment).
+    #[serde(default)]
+    pub url_env: Option<String>,
     /// webhook: `json` (the incident), `slack`, `teams` or `ocsf` (an OCSF
     /// Detection Finding); syslog: `cef` (default) or `leef` (IBM QRadar's
     /// LEEF 2.0); file: `json` (default), `ecs` (Elastic Common Schema
@@ -58,6 +62,9 @@ pub struct OutputConfig {
     pub token: Option<String>,
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Or the name of an environment variable holding it.
+    #[serde(default)]
+    pub token_env: Option<String>,
     /// splunk-hec: the index (default: the token's), `source` (default
     /// `ruse`) and `sourcetype` (default `ruse:incident`); elasticsearch:
     /// the data stream (default `logs-ruse.incidents-default`).
@@ -370,17 +377,43 @@ impl TryFrom<&OutputConfig> for Output {
     }
 }
 
-/// The `token` (or `token_file`) of an output: one word, never echoed.
+/// A setting given inline (`name`), in a file (`name_file`) or in an
+/// environment variable (`name_env`): at most one of them.
+fn inline_file_or_env(
+    kind: &str,
+    name: &str,
+    inline: Option<&String>,
+    file: Option<&PathBuf>,
+    env: Option<&String>,
+) -> Result<Option<String>, OutputConfigError> {
+    match (inline, file, env) {
+        (None, None, None) => Ok(None),
+        (Some(v), None, None) => Ok(Some(v.clone())),
+        (None, Some(path), None) => Ok(Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("{name}_file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        )),
+        (None, None, Some(var)) => match std::env::var(var) {
+            Ok(v) => Ok(Some(v.trim().to_owned())),
+            Err(_) => Err(format!("{name}_env: the environment variable {var} is not set").into()),
+        },
+        _ => Err(format!("{kind}: one of {name}, {name}_file or {name}_env, not several").into()),
+    }
+}
+
+/// The `token` (or `token_file`, `token_env`) of an output: one word,
+/// never echoed.
 fn secret(o: &OutputConfig, kind: &str) -> Result<Secret, OutputConfigError> {
-    let token = match (&o.token, &o.token_file) {
-        (Some(t), None) => t.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("token_file {}: {e}", path.display()))?
-            .trim()
-            .to_owned(),
-        (Some(_), Some(_)) => return Err(format!("{kind}: token or token_file, not both").into()),
-        (None, None) => return Err(format!("{kind} needs token (or token_file)").into()),
-    };
+    let token = inline_file_or_env(
+        kind,
+        "token",
+        o.token.as_ref(),
+        o.token_file.as_ref(),
+        o.token_env.as_ref(),
+    )?
+    .ok_or_else(|| format!("{kind} needs token (or token_file, token_env)"))?;
     if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
         return Err(format!("{kind}: the token is empty or not one word").into());
     }
@@ -390,15 +423,14 @@ fn secret(o: &OutputConfig, kind: &str) -> Result<Secret, OutputConfigError> {
 /// The `url` (or `url_file`) of an HTTP output, checked. Never echoes
 /// the URL: a webhook's path may be its secret.
 fn http_url(o: &OutputConfig, kind: &str) -> Result<hyper::Uri, OutputConfigError> {
-    let url = match (&o.url, &o.url_file) {
-        (Some(url), None) => url.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| format!("url_file {}: {e}", path.display()))?
-            .trim()
-            .to_owned(),
-        (Some(_), Some(_)) => return Err(format!("{kind}: url or url_file, not both").into()),
-        (None, None) => return Err(format!("{kind} needs url (or url_file)").into()),
-    };
+    let url = inline_file_or_env(
+        kind,
+        "url",
+        o.url.as_ref(),
+        o.url_file.as_ref(),
+        o.url_env.as_ref(),
+    )?
+    .ok_or_else(|| format!("{kind} needs url (or url_file, url_env)"))?;
     // Never echo the URL: its path may be the webhook's secret.
     let uri: hyper::Uri = url
         .parse()

@@ -193,7 +193,12 @@ fn webhook_urls_stay_out_of_errors_and_may_come_from_a_file() {
         url: Some("http://127.0.0.1:9/x".into()),
         ..from_file.clone()
     };
-    assert!(check(&both).unwrap_err().to_string().contains("not both"));
+    assert!(
+        check(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("not several")
+    );
     let missing = OutputConfig {
         url_file: Some(dir.path().join("absent")),
         ..output("webhook")
@@ -424,4 +429,34 @@ fn ocsf_findings_follow_the_notice_and_splunk_can_carry_them() {
         ..output("file")
     };
     assert!(check(&teams_to_file).is_err());
+}
+
+#[test]
+fn secrets_may_come_from_environment_variables() {
+    // Set by cargo and nextest for every test process.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let es = |var: &str| OutputConfig {
+        url: Some("http://es:9200".into()),
+        token_env: Some(var.into()),
+        ..output("elasticsearch")
+    };
+    let Target::Elasticsearch { api_key, .. } = check(&es("CARGO_MANIFEST_DIR")).unwrap().target
+    else {
+        panic!("not elasticsearch");
+    };
+    assert_eq!(api_key.expose(), dir);
+    let e = check(&es("RUSE_TEST_NO_SUCH_VARIABLE"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RUSE_TEST_NO_SUCH_VARIABLE is not set"), "{e}");
+    let both = OutputConfig {
+        token: Some("inline".into()),
+        ..es("CARGO_MANIFEST_DIR")
+    };
+    assert!(
+        check(&both)
+            .unwrap_err()
+            .to_string()
+            .contains("not several")
+    );
 }
