@@ -140,17 +140,39 @@ impl Core {
         by: &str,
         note: &str,
     ) -> Result<Incident, IncidentError> {
-        let incidents = &self.events.incidents;
-        let resolved = incidents.resolve(id, by, note).await?;
+        let resolved = self.events.incidents.resolve(id, by, note).await?;
+        self.tell_outputs(&resolved, Notice::Resolved).await;
+        Ok(resolved)
+    }
+
+    /// Acknowledges an incident and tells the outputs (a page is
+    /// acknowledged where it was raised).
+    pub async fn acknowledge_incident(
+        &self,
+        id: &str,
+        by: &str,
+    ) -> Result<Incident, IncidentError> {
+        let acked = self.events.incidents.acknowledge(id, by).await?;
+        self.tell_outputs(&acked, Notice::Acknowledged).await;
+        Ok(acked)
+    }
+
+    /// Queues `notice` of `incident` for the outputs, durably, and wakes
+    /// them. The change itself is already committed: a failure here is
+    /// logged, not returned.
+    async fn tell_outputs(&self, incident: &Incident, notice: Notice) {
         let queued = self
             .events
             .outputs
-            .enqueue(&[(resolved.id.clone(), Notice::Resolved)], incidents);
-        if let Err(e) = queued {
-            tracing::error!(incident = %resolved.id, error = %e, "cannot queue the resolution for outputs");
+            .enqueue(&[(incident.id.clone(), notice)], &self.events.incidents);
+        let durable = match queued {
+            Ok(_) => self.committer.durable().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = durable {
+            tracing::error!(incident = %incident.id, notice = notice.as_str(), error = %e, "cannot queue the notice for outputs");
         }
         self.events.outputs.wake();
-        Ok(resolved)
     }
 
     pub fn new(

@@ -2060,3 +2060,206 @@ async fn ocsf_findings_from_the_file_and_webhook_outputs_are_valid_ocsf() {
         "{report}"
     );
 }
+
+/// A strict stand-in for PagerDuty's Events API v2, written from its
+/// documentation: `POST /v2/enqueue` with a JSON body; a 32-character
+/// routing key; `event_action` trigger, acknowledge or resolve; a dedup
+/// key of at most 255 characters; a trigger needs `payload.summary` (at
+/// most 1024 characters), `payload.source` and a `payload.severity` of
+/// critical, error, warning or info. 202 with the dedup key, or 400
+/// "invalid event" with the reasons. Keeps each alert's actions.
+async fn pagerduty_receiver(
+    port: u16,
+) -> (
+    std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use serde_json::json;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let alerts = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let shared = alerts.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let alerts = shared.clone();
+            tokio::spawn(async move {
+                let Some((head, body)) = read_request(&mut s).await else {
+                    return;
+                };
+                let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let mut errors = Vec::new();
+                if !head.starts_with("POST /v2/enqueue HTTP/1.1") {
+                    errors.push("not POST /v2/enqueue".to_owned());
+                }
+                if event["routing_key"].as_str().is_none_or(|k| k.len() != 32) {
+                    errors.push("'routing_key' must be 32 characters".into());
+                }
+                let action = event["event_action"].as_str().unwrap_or_default();
+                if !["trigger", "acknowledge", "resolve"].contains(&action) {
+                    errors.push("'event_action' is invalid".into());
+                }
+                let key = event["dedup_key"].as_str().unwrap_or_default().to_owned();
+                if key.is_empty() || key.len() > 255 {
+                    errors.push("'dedup_key' is missing or too long".into());
+                }
+                if action == "trigger" {
+                    let p = &event["payload"];
+                    if p["summary"]
+                        .as_str()
+                        .is_none_or(|s| s.is_empty() || s.len() > 1024)
+                    {
+                        errors.push("'payload.summary' is missing or too long".into());
+                    }
+                    if p["source"].as_str().is_none_or(str::is_empty) {
+                        errors.push("'payload.source' is missing".into());
+                    }
+                    if !["critical", "error", "warning", "info"]
+                        .contains(&p["severity"].as_str().unwrap_or_default())
+                    {
+                        errors.push("'payload.severity' is invalid".into());
+                    }
+                }
+                let (status, reply) = if errors.is_empty() {
+                    alerts
+                        .lock()
+                        .unwrap()
+                        .entry(key.clone())
+                        .or_insert_with(Vec::new)
+                        .push(action.to_owned());
+                    (
+                        "202 Accepted",
+                        json!({"status": "success", "message": "Event processed", "dedup_key": key}),
+                    )
+                } else {
+                    (
+                        "400 Bad Request",
+                        json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}),
+                    )
+                };
+                let reply = reply.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = s.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (alerts, task)
+}
+
+/// PagerDuty pages follow the incident — triggered when it opens,
+/// acknowledged and resolved when it is in Ruse, one alert by its dedup
+/// key — an event PagerDuty refuses (a wrong routing key) is reported as
+/// rejected rather than retried for ever, and a template webhook sends the
+/// operator's body with the incident's values as escaped text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pagerduty_pages_follow_the_incident_and_a_template_webhook_fills_its_body() {
+    const KEY: &str = "R0123456789abcdef0123456789abcde";
+    let [pd_port, chat_port] = free_ports(2)[..] else {
+        unreachable!()
+    };
+    let (alerts, _pd) = pagerduty_receiver(pd_port).await;
+    let (mut chat, _chat) = receiver(chat_port).await;
+    let pd = |name: &str, key: &str| OutputConfig {
+        name: name.into(),
+        kind: "webhook".into(),
+        url: Some(format!("http://127.0.0.1:{pd_port}/v2/enqueue")),
+        format: Some("pagerduty".into()),
+        token: Some(key.into()),
+        ..OutputConfig::default()
+    };
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            pd("oncall", KEY),
+            pd("oncall-wrong-key", "short"),
+            OutputConfig {
+                name: "chat".into(),
+                kind: "webhook".into(),
+                url: Some(format!("http://127.0.0.1:{chat_port}/hooks/chat")),
+                template: Some(r#"{"text": "Ruse {{notice}}: {{title}} [{{severity}}] via {{path}}", "thread": {"key": "{{id}}"}}"#.into()),
+                ..OutputConfig::default()
+            },
+        ];
+    })
+    .await;
+    h.touch(&h.lure("patient-csv").await).await;
+    let i = h.incident("for the touch", |_| true).await;
+    let message = tokio::time::timeout(Duration::from_secs(10), chat.recv())
+        .await
+        .expect("the template webhook was called")
+        .unwrap();
+    assert_eq!(
+        message["text"],
+        format!(
+            "Ruse opened: {} [{}] via {}",
+            i.title,
+            i.severity,
+            i.path
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        )
+    );
+    assert_eq!(message["thread"]["key"], i.id);
+    let key = format!("ruse-{}", i.id);
+    eventually("the page triggered", Duration::from_secs(10), || async {
+        alerts
+            .lock()
+            .unwrap()
+            .get(&key)
+            .is_some_and(|a| a == &["trigger"])
+    })
+    .await;
+    let mut admin = h.tc.root().await;
+    admin
+        .ack_incident(pb::AckIncidentRequest { id: i.id.clone() })
+        .await
+        .unwrap();
+    eventually("the page acknowledged", Duration::from_secs(10), || async {
+        alerts
+            .lock()
+            .unwrap()
+            .get(&key)
+            .is_some_and(|a| a == &["trigger", "acknowledge"])
+    })
+    .await;
+    admin
+        .resolve_incident(pb::ResolveIncidentRequest {
+            id: i.id.clone(),
+            note: "contained".into(),
+        })
+        .await
+        .unwrap();
+    eventually("the page resolved", Duration::from_secs(10), || async {
+        alerts
+            .lock()
+            .unwrap()
+            .get(&key)
+            .is_some_and(|a| a == &["trigger", "acknowledge", "resolve"])
+    })
+    .await;
+    let d = h.incident_by_id(&i.id).await;
+    let wrong = d
+        .deliveries
+        .iter()
+        .find(|d| d.output == "oncall-wrong-key")
+        .unwrap();
+    assert_eq!(wrong.state, "rejected", "{wrong:?}");
+    assert!(
+        wrong.last_error.contains("routing_key"),
+        "{}",
+        wrong.last_error
+    );
+    assert!(!wrong.last_error.contains("short"));
+    assert_eq!(
+        alerts.lock().unwrap().len(),
+        1,
+        "one alert, by its dedup key"
+    );
+}

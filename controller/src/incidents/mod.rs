@@ -77,6 +77,8 @@ impl Directory for crate::fleet::Fleet {
 pub enum Notice {
     Opened,
     Escalated,
+    /// An admin took it on (pages and tickets follow).
+    Acknowledged,
     Resolved,
 }
 
@@ -85,6 +87,7 @@ impl Notice {
         match self {
             Notice::Opened => "opened",
             Notice::Escalated => "escalated",
+            Notice::Acknowledged => "acknowledged",
             Notice::Resolved => "resolved",
         }
     }

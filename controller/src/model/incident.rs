@@ -269,6 +269,21 @@ impl<'a> From<&'a Incident> for IncidentHead<'a> {
 }
 
 impl Incident {
+    /// An incident with every indicator set, whose texts hold what JSON
+    /// must escape (quotes, a backslash, a line break): output templates
+    /// are checked with it.
+    pub fn sample() -> Incident {
+        let sample = serde_json::json!({
+            "id": "01JSAMPLE", "title": "Honeyfile \"patients.csv\" read on ws\\07\nby cat",
+            "severity": "high", "status": "open", "drill": false, "first_seen": 1, "last_seen": 2,
+            "created": 2, "updated": 2, "version": 1, "event_count": 1, "agents": [],
+            "decoys": ["pacs"], "sources": ["10.0.0.9"], "lures": ["01LURE"],
+            "processes": ["/usr/bin/cat"], "credentials": ["radiology"], "ports": [],
+            "path": [], "techniques": ["T1005"], "rules": ["honeyfile-read"], "keys": [],
+        });
+        serde_json::from_value(sample).unwrap_or_else(|e| unreachable!("the sample incident: {e}"))
+    }
+
     /// The attack path as `A → S → D`.
     pub fn path_text(&self) -> String {
         self.path

@@ -50,6 +50,15 @@ pub struct OutputConfig {
     /// file: JSON lines appended here.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// webhook: a body of your own (ServiceNow, Jira, Google Chat,
+    /// Mattermost…): JSON in which `{{name}}` stands for an incident's
+    /// value, inserted as the contents of a JSON string (so placed inside
+    /// quotes); no logic, no code. Or `template_file`. See
+    /// docs/incidents.md for the names.
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub template_file: Option<PathBuf>,
     /// Only incidents at least this severe (`low`, `medium`, `high`,
     /// `critical`); default `low`.
     #[serde(default)]
@@ -182,7 +191,7 @@ pub enum SyslogFormat {
 }
 
 /// What a webhook body looks like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookFormat {
     /// The incident as JSON.
     Json,
@@ -190,6 +199,14 @@ pub enum WebhookFormat {
     Teams,
     /// An OCSF Detection Finding.
     Ocsf,
+    /// PagerDuty's Events API v2, with this routing key: a page per
+    /// incident (its id the dedup key), acknowledged and resolved as the
+    /// incident is.
+    PagerDuty {
+        routing_key: Secret,
+    },
+    /// The operator's template (`{{name}}` placeholders).
+    Template(String),
 }
 
 /// What a file output's lines are.
@@ -284,14 +301,41 @@ impl TryFrom<&OutputConfig> for Output {
             }
             "webhook" => {
                 let uri = http_url(o, "webhook")?;
-                let format = match o.format.as_deref().unwrap_or("json") {
+                let template = inline_file_or_env(
+                    "webhook",
+                    "template",
+                    o.template.as_ref(),
+                    o.template_file.as_ref(),
+                    None,
+                )?;
+                let format = match o.format.as_deref().unwrap_or(if template.is_some() {
+                    "template"
+                } else {
+                    "json"
+                }) {
+                    "template" => {
+                        let template =
+                            template.ok_or("format template needs template (or template_file)")?;
+                        super::format::check_template(&template)
+                            .map_err(|e| format!("template: {e}"))?;
+                        WebhookFormat::Template(template)
+                    }
+                    _ if template.is_some() => {
+                        return Err(
+                            "a template is the body: leave format out (or set it to template)"
+                                .into(),
+                        );
+                    }
+                    "pagerduty" => WebhookFormat::PagerDuty {
+                        routing_key: secret(o, "webhook (pagerduty)")?,
+                    },
                     "json" => WebhookFormat::Json,
                     "slack" => WebhookFormat::Slack,
                     "teams" => WebhookFormat::Teams,
                     "ocsf" => WebhookFormat::Ocsf,
                     other => {
                         return Err(format!(
-                            "format {other:?}: expected json, slack, teams or ocsf"
+                            "format {other:?}: expected json, slack, teams, ocsf, pagerduty or template"
                         )
                         .into());
                     }

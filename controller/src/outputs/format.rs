@@ -251,7 +251,7 @@ pub fn hec_event(
 }
 
 /// The JSON body a webhook receives.
-pub fn webhook_body(i: &Incident, notice: Notice, format: WebhookFormat) -> serde_json::Value {
+pub fn webhook_body(i: &Incident, notice: Notice, format: &WebhookFormat) -> serde_json::Value {
     let drill = if i.drill { "[DRILL] " } else { "" };
     let facts = [
         ("Severity", i.severity.as_str().to_owned()),
@@ -282,6 +282,17 @@ pub fn webhook_body(i: &Incident, notice: Notice, format: WebhookFormat) -> serd
             "sections": [{"facts": facts.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>()}],
         }),
         WebhookFormat::Ocsf => ocsf_finding(i, notice),
+        WebhookFormat::PagerDuty { routing_key } => {
+            pagerduty_event(i, notice, routing_key.expose())
+        }
+        WebhookFormat::Template(template) => {
+            // The template was checked with every name when configured,
+            // and values only ever fill string contents.
+            render_template(template, &template_values(i, notice))
+                .ok()
+                .and_then(|body| serde_json::from_str(&body).ok())
+                .unwrap_or_default()
+        }
         WebhookFormat::Json => serde_json::json!({
             "source": "ruse",
             "notice": notice.as_str(),
@@ -402,7 +413,7 @@ pub fn ocsf_finding(i: &Incident, notice: Notice) -> serde_json::Value {
     use crate::stix::{technique_name, technique_tactic};
     let (activity_id, activity) = match notice {
         Notice::Opened => (1, "Create"),
-        Notice::Escalated => (2, "Update"),
+        Notice::Escalated | Notice::Acknowledged => (2, "Update"),
         Notice::Resolved => (3, "Close"),
     };
     let (severity_id, severity) = match i.severity {
@@ -511,4 +522,110 @@ pub fn ocsf_finding(i: &Incident, notice: Notice) -> serde_json::Value {
         }
     }
     finding
+}
+
+/// A PagerDuty Events API v2 event: `trigger` when the incident opens or
+/// escalates (the same dedup key updates the one alert), `acknowledge`
+/// and `resolve` as it is acknowledged and resolved in Ruse.
+pub fn pagerduty_event(i: &Incident, notice: Notice, routing_key: &str) -> serde_json::Value {
+    let action = match notice {
+        Notice::Opened | Notice::Escalated => "trigger",
+        Notice::Acknowledged => "acknowledge",
+        Notice::Resolved => "resolve",
+    };
+    let mut event = serde_json::json!({
+        "routing_key": routing_key,
+        "event_action": action,
+        "dedup_key": format!("ruse-{}", i.id),
+    });
+    if action == "trigger" {
+        let drill = if i.drill { "[DRILL] " } else { "" };
+        event["client"] = "Ruse".into();
+        event["payload"] = serde_json::json!({
+            "summary": format!("{drill}{}", i.title).chars().take(1024).collect::<String>(),
+            "source": i.path.iter().find(|h| h.kind == "host").map_or("ruse", |h| h.name.as_str()),
+            "severity": match i.severity {
+                Severity::Critical => "critical",
+                Severity::High => "error",
+                Severity::Medium => "warning",
+                Severity::Low => "info",
+            },
+            "timestamp": i.last_seen.rfc3339(),
+            "component": "ruse",
+            "class": i.rules.iter().next().cloned().unwrap_or_default(),
+            "custom_details": {
+                "incident": i.id,
+                "attack path": i.path_text(),
+                "ATT&CK": i.techniques.iter().cloned().collect::<Vec<_>>().join(", "),
+                "events": i.event_count,
+                "first seen": i.first_seen.rfc3339(),
+            },
+        });
+    }
+    event
+}
+
+/// The names a template may use, and their values for `i`.
+pub fn template_values(i: &Incident, notice: Notice) -> Vec<(&'static str, String)> {
+    let join = |set: &mut dyn Iterator<Item = &String>| set.cloned().collect::<Vec<_>>().join(", ");
+    vec![
+        ("id", i.id.clone()),
+        ("title", i.title.clone()),
+        ("severity", i.severity.as_str().to_owned()),
+        ("status", i.status.as_str().to_owned()),
+        ("notice", notice.as_str().to_owned()),
+        ("path", i.path_text()),
+        ("techniques", join(&mut i.techniques.iter())),
+        ("rules", join(&mut i.rules.iter())),
+        ("sources", join(&mut i.sources.iter())),
+        ("lures", join(&mut i.lures.iter())),
+        ("processes", join(&mut i.processes.iter())),
+        ("first_seen", i.first_seen.rfc3339()),
+        ("last_seen", i.last_seen.rfc3339()),
+        ("event_count", i.event_count.to_string()),
+        ("version", i.version.to_string()),
+        ("drill", i.drill.to_string()),
+    ]
+}
+
+/// `template` with each `{{name}}` replaced by its value, escaped as the
+/// contents of a JSON string: a value can never end the string it is in.
+pub fn render_template(template: &str, values: &[(&str, String)]) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "a {{ without its }}".to_owned())?;
+        let name = after[..end].trim();
+        let value = values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .ok_or_else(|| {
+                let known: Vec<&str> = values.iter().map(|(n, _)| *n).collect();
+                format!("unknown name {{{{{name}}}}} (known: {})", known.join(", "))
+            })?;
+        let quoted = serde_json::to_string(value).map_err(|e| e.to_string())?;
+        out.push_str(&quoted[1..quoted.len() - 1]);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Whether `template` renders to a JSON object or array whatever the
+/// incident (checked with every name filled).
+pub fn check_template(template: &str) -> Result<(), String> {
+    let sample = Incident::sample();
+    let body = render_template(template, &template_values(&sample, Notice::Opened))?;
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) if v.is_object() || v.is_array() => Ok(()),
+        Ok(_) => Err("the body must be a JSON object or array".into()),
+        Err(e) => Err(format!(
+            "the body is not JSON once filled in ({e}); put {{{{names}}}} inside quotes"
+        )),
+    }
 }

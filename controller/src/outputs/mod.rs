@@ -33,8 +33,8 @@ pub use self::config::{
     WebhookFormat,
 };
 pub use self::format::{
-    ECS_VERSION, OCSF_VERSION, cef, ecs_document, hec_event, leef, ocsf_finding, syslog_message,
-    webhook_body,
+    ECS_VERSION, OCSF_VERSION, cef, check_template, ecs_document, hec_event, leef, ocsf_finding,
+    pagerduty_event, render_template, syslog_message, template_values, webhook_body,
 };
 use self::sink::{Sent, Sink};
 

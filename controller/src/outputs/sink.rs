@@ -11,7 +11,9 @@ use tokio::sync::Notify;
 
 use ruse_proto::types::UnixMs;
 
-use super::config::{FileFormat, Output, OutputConfigError, Target, Transport, origin};
+use super::config::{
+    FileFormat, Output, OutputConfigError, Target, Transport, WebhookFormat, origin,
+};
 use super::format::{ecs_document, hec_event, ocsf_finding, syslog_message, webhook_body};
 use crate::incidents::Notice;
 use crate::model::Incident;
@@ -92,6 +94,43 @@ impl Sink {
                     index,
                     ..
                 } => self.bulk(url, api_key, index, i, notice).await,
+                Target::Webhook {
+                    url,
+                    format: format @ WebhookFormat::PagerDuty { .. },
+                    ..
+                } => {
+                    // PagerDuty's 400 is an event it will never take;
+                    // anything else (429, 5xx) is worth retrying.
+                    let body = serde_json::to_vec(&webhook_body(i, notice, format))
+                        .map_err(|e| e.to_string())?;
+                    let (status, reply) = self.request(url, &[], &body).await?;
+                    let reply: serde_json::Value =
+                        serde_json::from_slice(&reply).unwrap_or_default();
+                    let why = || {
+                        let text: String = reply["message"]
+                            .as_str()
+                            .into_iter()
+                            .chain(
+                                reply["errors"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|e| e.as_str()),
+                            )
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(300)
+                            .collect();
+                        format!("{} answered {status}: {text}", origin(url))
+                    };
+                    match status.as_u16() {
+                        200..=299 => Ok(Sent::Delivered),
+                        400 => Ok(Sent::Rejected(why())),
+                        _ => Err(why()),
+                    }
+                }
                 _ => self.send_inner(i, notice).await.map(|()| Sent::Delivered),
             }
         };
@@ -222,7 +261,7 @@ impl Sink {
                 }
             }
             Target::Webhook { url, format, .. } => {
-                let body = webhook_body(i, notice, *format);
+                let body = webhook_body(i, notice, format);
                 let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
                 let (status, _) = self.request(url, &[], &body).await?;
                 if status.is_success() {

@@ -80,12 +80,12 @@ fn cef_escapes_and_names_the_incident() {
 #[test]
 fn webhook_shapes() {
     let i = crate::incidents::tests_support::incident();
-    let slack = webhook_body(&i, Notice::Opened, WebhookFormat::Slack);
+    let slack = webhook_body(&i, Notice::Opened, &WebhookFormat::Slack);
     assert!(slack["text"].as_str().unwrap().contains(&i.title));
     assert_eq!(slack["blocks"][0]["type"], "header");
-    let teams = webhook_body(&i, Notice::Opened, WebhookFormat::Teams);
+    let teams = webhook_body(&i, Notice::Opened, &WebhookFormat::Teams);
     assert_eq!(teams["@type"], "MessageCard");
-    let json = webhook_body(&i, Notice::Resolved, WebhookFormat::Json);
+    let json = webhook_body(&i, Notice::Resolved, &WebhookFormat::Json);
     assert_eq!(json["incident"]["id"], i.id);
     assert_eq!(json["notice"], "resolved");
 }
@@ -459,4 +459,62 @@ fn secrets_may_come_from_environment_variables() {
             .to_string()
             .contains("not several")
     );
+}
+
+#[test]
+fn templates_fill_string_contents_and_are_checked_when_configured() {
+    let i = crate::model::Incident::sample();
+    let body = render_template(
+        r#"{"text": "{{title}} ({{severity}}) {{ path }}"}"#,
+        &template_values(&i, Notice::Opened),
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["text"],
+        format!("{} (high) {}", i.title, i.path_text()),
+        "quotes, backslash and line break survive as text"
+    );
+    let hook = |template: &str| OutputConfig {
+        url: Some("http://chat:8080/hook".into()),
+        template: Some(template.into()),
+        ..output("webhook")
+    };
+    assert!(matches!(
+        check(&hook(r#"{"text": "{{title}}"}"#)).unwrap().target,
+        Target::Webhook {
+            format: WebhookFormat::Template(_),
+            ..
+        }
+    ));
+    for (bad, why) in [
+        (r#"{"text": "{{nope}}"}"#, "unknown name {{nope}}"),
+        (r#"{"text": {{title}}}"#, "inside quotes"),
+        (r#"{"text": "{{title"}"#, "without its }}"),
+        (r#""{{title}}""#, "object or array"),
+    ] {
+        let e = check(&hook(bad)).unwrap_err().to_string();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn pagerduty_events_trigger_acknowledge_and_resolve_one_alert() {
+    let i = crate::incidents::tests_support::incident();
+    let opened = pagerduty_event(&i, Notice::Opened, "R0UT1NGKEY");
+    assert_eq!(opened["event_action"], "trigger");
+    assert_eq!(opened["payload"]["severity"], "critical");
+    assert_eq!(opened["routing_key"], "R0UT1NGKEY");
+    let acked = pagerduty_event(&i, Notice::Acknowledged, "R0UT1NGKEY");
+    let resolved = pagerduty_event(&i, Notice::Resolved, "R0UT1NGKEY");
+    assert_eq!(acked["event_action"], "acknowledge");
+    assert_eq!(resolved["event_action"], "resolve");
+    assert_eq!(opened["dedup_key"], resolved["dedup_key"]);
+    assert!(acked.get("payload").is_none());
+    let pd = OutputConfig {
+        url: Some("http://pd:8080/v2/enqueue".into()),
+        format: Some("pagerduty".into()),
+        ..output("webhook")
+    };
+    assert!(check(&pd).unwrap_err().to_string().contains("needs token"));
 }

@@ -891,9 +891,7 @@ impl AdminService for AdminApi {
             .await?;
         let result = self
             .core
-            .events
-            .incidents
-            .acknowledge(&id, &format!("admin/{name}"))
+            .acknowledge_incident(&id, &format!("admin/{name}"))
             .await;
         self.core
             .audit(
