@@ -219,6 +219,11 @@ pub async fn run(core: Arc<Core>, agent: AgentId, lure: String, tx: mpsc::Sender
                 if !d.last_error.is_empty() {
                     last = format!("{} (after {} attempts)", d.last_error, d.attempts);
                 }
+                // Refused for good: waiting longer cannot help.
+                if d.state == "rejected" {
+                    last = format!("rejected: {}", d.last_error);
+                    break false;
+                }
             }
             if Instant::now() >= deadline {
                 break false;
@@ -229,7 +234,9 @@ pub async fn run(core: Arc<Core>, agent: AgentId, lure: String, tx: mpsc::Sender
             r.step(&format!("output {name}"), true, "delivered".into())
                 .await;
         } else {
-            let why = if last.is_empty() {
+            let why = if last.starts_with("rejected: ") {
+                last
+            } else if last.is_empty() {
                 format!("not delivered within {timeout:?}")
             } else {
                 format!("not delivered within {timeout:?}: {last}")

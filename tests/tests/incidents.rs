@@ -2262,4 +2262,22 @@ async fn pagerduty_pages_follow_the_incident_and_a_template_webhook_fills_its_bo
         1,
         "one alert, by its dedup key"
     );
+    // A drill checks these outputs too, and names the refused one at once.
+    let steps = drill(&h.tc, &h.ws_id).await;
+    for ok in ["output oncall", "output chat"] {
+        assert!(
+            steps.iter().any(|s| s.step == ok && s.ok),
+            "{ok}: {steps:#?}"
+        );
+    }
+    let refused = steps
+        .iter()
+        .find(|s| s.step == "output oncall-wrong-key")
+        .unwrap();
+    assert!(
+        !refused.ok
+            && refused.detail.starts_with("rejected: ")
+            && refused.detail.contains("routing_key"),
+        "{refused:?}"
+    );
 }
