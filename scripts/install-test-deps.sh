@@ -97,6 +97,19 @@ if ! "$venv/bin/python" -c 'import ocsf_emitter' >/dev/null 2>&1; then
     echo "==> installing ocsf-emitter into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "ocsf-emitter==0.3.0"
 fi
+# ECS documents are checked against Elastic's published field definitions
+# (tests/clients/ecs_check.js, with Node.js): the @elastic/ecs package for
+# the ECS version the outputs write.
+node_prefix=${RUSE_TEST_NODE:-/var/tmp/ruse-test-node}
+if ! [ -f "$node_prefix/node_modules/@elastic/ecs/build/commonjs/ecs_flat.js" ]; then
+    if command -v npm >/dev/null 2>&1; then
+        echo "==> installing @elastic/ecs into $node_prefix"
+        mkdir -p "$node_prefix"
+        npm install --silent --no-audit --no-fund --prefix "$node_prefix" "@elastic/ecs@8.11.5"
+    else
+        echo "==> npm is missing: the ECS checks need Node.js and npm"
+    fi
+fi
 # kubectl (with Kustomize) is expected on the machine: Debian's own
 # kubernetes-client is too old for the manifests' Kustomize features.
 command -v kubectl >/dev/null 2>&1 \

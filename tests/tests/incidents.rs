@@ -1956,7 +1956,39 @@ async fn elasticsearch_gets_ecs_alerts_through_bulk_and_a_rejected_one_does_not_
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     ecs_shape(&first).unwrap();
     assert_eq!(first["labels"]["incident_id"], i.id);
+    // Every document, indexed or written, against Elastic's ECS field
+    // definitions: every field, its type, arrays and allowed values.
+    let mut docs: Vec<serde_json::Value> = es.lock().unwrap().docs.values().cloned().collect();
+    docs.extend(text.lines().map(|l| serde_json::from_str(l).unwrap()));
+    let report = ecs_check(&docs);
+    assert_eq!(report.matches("valid ECS").count(), docs.len(), "{report}");
     server.abort();
+}
+
+/// Runs tests/clients/ecs_check.js (Elastic's ECS 8.11 field definitions,
+/// from the @elastic/ecs package the test dependencies install) over
+/// `docs`; its report.
+fn ecs_check(docs: &[serde_json::Value]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/ecs_check.js");
+    let mut child = Command::new("node")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js) runs the ECS check; scripts/install-test-deps.sh needs it");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        for d in docs {
+            writeln!(stdin, "{d}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ECS check failed:\n{report}");
+    report
 }
 
 /// Runs tests/clients/ocsf_validate.py (OCSF 1.5.0, through ocsf-emitter
