@@ -97,6 +97,12 @@ if ! "$venv/bin/python" -c 'import ocsf_emitter' >/dev/null 2>&1; then
     echo "==> installing ocsf-emitter into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "ocsf-emitter==0.3.0"
 fi
+# The e-mail output's tests run a real SMTP server, aiosmtpd, with STARTTLS
+# and authentication (tests/clients/smtp_server.py).
+if ! "$venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
+    echo "==> installing aiosmtpd into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==1.4.6"
+fi
 # ECS documents are checked against Elastic's published field definitions
 # (tests/clients/ecs_check.js, with Node.js): the @elastic/ecs package for
 # the ECS version the outputs write.

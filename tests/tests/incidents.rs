@@ -2313,3 +2313,241 @@ async fn pagerduty_pages_follow_the_incident_and_a_template_webhook_fills_its_bo
         "{refused:?}"
     );
 }
+
+/// A real SMTP server (aiosmtpd from the test virtualenv, STARTTLS and
+/// AUTH required), stopped when dropped.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    maildir: PathBuf,
+    ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn smtp_server(user: &str, password: &str) -> Option<SmtpServer> {
+    let python = ruse_e2e::test_venv().join("bin/python");
+    if !python.exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the test virtualenv with aiosmtpd (scripts/install-test-deps.sh) is missing"
+        );
+        eprintln!("SKIPPED: no test virtualenv (scripts/install-test-deps.sh)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ruse_pki::CertificateAuthority::generate("mail.test".parse().unwrap()).unwrap();
+    let (chain, key) = ca
+        .issue_server(&["localhost".into()], Duration::from_secs(3600))
+        .unwrap();
+    let (cert_file, key_file, ca_file) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    let chain_pem: String = chain
+        .iter()
+        .map(|c| ruse_pki::pem_encode("CERTIFICATE", c))
+        .collect();
+    std::fs::write(&cert_file, chain_pem).unwrap();
+    std::fs::write(&key_file, key.to_pem()).unwrap();
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let maildir = dir.path().join("mail");
+    std::fs::create_dir(&maildir).unwrap();
+    let port = free_ports(1)[0];
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/smtp_server.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(port.to_string())
+        .arg(&cert_file)
+        .arg(&key_file)
+        .args([user, password])
+        .arg(&maildir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("smtp.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "{}",
+        std::fs::read_to_string(dir.path().join("smtp.log")).unwrap_or_default()
+    );
+    Some(SmtpServer {
+        child,
+        port,
+        maildir,
+        ca_file,
+        _dir: dir,
+    })
+}
+
+/// The headers and the decoded text and HTML parts of a received mail.
+fn read_mail(eml: &Path) -> (BTreeMap<String, String>, String, String) {
+    use base64::Engine;
+    let raw = std::fs::read_to_string(eml).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let headers: BTreeMap<String, String> = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    let boundary = headers["content-type"]
+        .split("boundary=\"")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    let mut parts = BTreeMap::new();
+    for part in body.split(&format!("--{boundary}")) {
+        let Some((ph, pb)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let kind = if ph.contains("text/plain") {
+            "text"
+        } else if ph.contains("text/html") {
+            "html"
+        } else {
+            continue;
+        };
+        assert!(ph.contains("Content-Transfer-Encoding: base64"), "{ph}");
+        let compact: String = pb.split_whitespace().collect();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .unwrap();
+        parts.insert(kind, String::from_utf8(decoded).unwrap());
+    }
+    (headers, parts["text"].clone(), parts["html"].clone())
+}
+
+/// Incident mails go through a real SMTP server with STARTTLS and
+/// authentication, to every recipient, with a text and an HTML part; a
+/// wrong password is named (never shown) and retried; and past
+/// `max_per_hour` a notice waits in the queue instead of burying the
+/// mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_are_mailed_over_starttls_with_authentication_and_a_rate_limit() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let Some(smtp) = smtp_server("ruse", PASSWORD) else {
+        return;
+    };
+    let mail = |name: &str, password: &str, max: u32| OutputConfig {
+        name: name.into(),
+        kind: "smtp".into(),
+        address: Some(format!("localhost:{}", smtp.port)),
+        ca_file: Some(smtp.ca_file.clone()),
+        username: Some("ruse".into()),
+        password: Some(password.into()),
+        from: Some("ruse@hospital.test".into()),
+        to: vec!["soc@hospital.test".into(), "oncall@hospital.test".into()],
+        max_per_hour: Some(max),
+        ..OutputConfig::default()
+    };
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            mail("soc-mail", PASSWORD, 2),
+            mail("wrong-password", "guess", 30),
+        ];
+        c.output_retry_min = Duration::from_millis(100);
+        c.output_retry_max = Duration::from_millis(500);
+    })
+    .await;
+    h.touch(&h.lure("patient-csv").await).await;
+    let i = h.incident("for the touch", |_| true).await;
+    let eml = smtp.maildir.join("1.eml");
+    eventually("the first mail", Duration::from_secs(15), || async {
+        eml.exists()
+    })
+    .await;
+    let envelope: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(smtp.maildir.join("1.json")).unwrap())
+            .unwrap();
+    assert_eq!(envelope["from"], "ruse@hospital.test");
+    assert_eq!(
+        envelope["to"],
+        serde_json::json!(["soc@hospital.test", "oncall@hospital.test"])
+    );
+    assert_eq!(envelope["user"], "ruse", "authenticated");
+    assert_eq!(envelope["tls"], true, "after STARTTLS");
+    let (headers, text, html) = read_mail(&eml);
+    assert!(
+        headers["subject"].starts_with("[Ruse] HIGH incident opened: "),
+        "{headers:?}"
+    );
+    assert!(headers["content-type"].starts_with("multipart/alternative"));
+    assert_eq!(headers["x-ruse-incident"], i.id);
+    assert!(headers.contains_key("date") && headers.contains_key("message-id"));
+    for part in [&text, &html] {
+        assert!(part.contains(&i.id), "{part}");
+        assert!(part.contains("What to do first"), "{part}");
+    }
+    assert!(
+        text.contains(&format!(
+            "Attack path: {}",
+            i.path
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        )),
+        "{text}"
+    );
+    assert!(
+        html.starts_with("<html>") && html.contains("<table>"),
+        "{html}"
+    );
+
+    // The wrong password: refused by the server, named, never shown.
+    eventually("the refusal named", Duration::from_secs(10), || async {
+        h.incident_by_id(&i.id).await.deliveries.iter().any(|d| {
+            d.output == "wrong-password"
+                && d.state == "failing"
+                && d.last_error.contains("authentication refused: 535")
+                && !d.last_error.contains("guess")
+        })
+    })
+    .await;
+
+    // Two mails an hour: the acknowledgement is the second, the
+    // resolution waits.
+    let mut admin = h.tc.root().await;
+    admin
+        .ack_incident(pb::AckIncidentRequest { id: i.id.clone() })
+        .await
+        .unwrap();
+    let second = smtp.maildir.join("2.eml");
+    eventually("the second mail", Duration::from_secs(15), || async {
+        second.exists()
+    })
+    .await;
+    assert!(read_mail(&second).0["subject"].contains("incident acknowledged"));
+    admin
+        .resolve_incident(pb::ResolveIncidentRequest {
+            id: i.id.clone(),
+            note: "contained".into(),
+        })
+        .await
+        .unwrap();
+    eventually("the third held back", Duration::from_secs(10), || async {
+        h.incident_by_id(&i.id).await.deliveries.iter().any(|d| {
+            d.output == "soc-mail" && d.state == "failing" && d.last_error.contains("max_per_hour")
+        })
+    })
+    .await;
+    assert!(
+        !smtp.maildir.join("3.eml").exists(),
+        "a third mail in the hour"
+    );
+}

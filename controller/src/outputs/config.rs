@@ -87,6 +87,29 @@ pub struct OutputConfig {
     /// the queue (default true; the token must have it enabled).
     #[serde(default)]
     pub ack: Option<bool>,
+    /// smtp: `starttls` (default, port 587), `implicit` (port 465) or
+    /// `none` (a relay on this host only).
+    #[serde(default)]
+    pub tls: Option<String>,
+    /// smtp: the account to authenticate as, and its password (or
+    /// `password_file`, `password_env`); never logged or shown.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// smtp: the sender and the recipients.
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// smtp: at most this many mails per hour (default 30); past it,
+    /// notices wait in the queue for the next free slot.
+    #[serde(default)]
+    pub max_per_hour: Option<u32>,
 }
 
 /// A secret from the configuration: shown as `<redacted>` by `Debug`.
@@ -147,6 +170,12 @@ pub enum Target {
     },
     /// JSON lines appended to a file.
     File { path: PathBuf, format: FileFormat },
+    /// Mail through an SMTP server.
+    Smtp {
+        settings: super::smtp::SmtpSettings,
+        ca_file: Option<PathBuf>,
+        max_per_hour: u32,
+    },
     /// Elasticsearch's `_bulk` API at `url` (its base, such as
     /// `https://es:9200`), into the data stream `index`.
     Elasticsearch {
@@ -168,6 +197,14 @@ pub enum Target {
         /// The event is an OCSF Detection Finding, not the incident.
         ocsf: bool,
     },
+}
+
+/// How mail reaches the SMTP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    StartTls,
+    Implicit,
+    None,
 }
 
 /// How syslog messages travel.
@@ -229,6 +266,7 @@ impl Target {
             Target::File { .. } => "file",
             Target::SplunkHec { .. } => "splunk-hec",
             Target::Elasticsearch { .. } => "elasticsearch",
+            Target::Smtp { .. } => "smtp",
         }
     }
 
@@ -241,7 +279,8 @@ impl Target {
             } => Some(ca_file),
             Target::Webhook { ca_file, .. }
             | Target::SplunkHec { ca_file, .. }
-            | Target::Elasticsearch { ca_file, .. } => ca_file.as_ref(),
+            | Target::Elasticsearch { ca_file, .. }
+            | Target::Smtp { ca_file, .. } => ca_file.as_ref(),
             _ => None,
         }
     }
@@ -395,6 +434,7 @@ impl TryFrom<&OutputConfig> for Output {
                     ca_file: o.ca_file.clone(),
                 }
             }
+            "smtp" => smtp(o)?,
             "file" => Target::File {
                 path: o.path.clone().ok_or("file needs path")?,
                 format: match o.format.as_deref().unwrap_or("json") {
@@ -408,7 +448,7 @@ impl TryFrom<&OutputConfig> for Output {
             },
             other => {
                 return Err(format!(
-                    "type {other:?}: expected syslog, webhook, splunk-hec, elasticsearch or file"
+                    "type {other:?}: expected syslog, webhook, splunk-hec, elasticsearch, smtp or file"
                 )
                 .into());
             }
@@ -419,6 +459,79 @@ impl TryFrom<&OutputConfig> for Output {
             min_severity,
         })
     }
+}
+
+/// An e-mail address as SMTP's envelope needs it: one `local@domain`,
+/// nothing that could end the command it is in.
+fn mail_address(a: &str) -> bool {
+    a.split_once('@')
+        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && a.len() <= 254
+        && a.chars()
+            .all(|c| c.is_ascii_graphic() && !"<>,;\"\\".contains(c))
+}
+
+fn smtp(o: &OutputConfig) -> Result<Target, OutputConfigError> {
+    let address = o
+        .address
+        .clone()
+        .ok_or("smtp needs address = \"host:port\"")?;
+    if !address.contains(':') {
+        return Err(format!("address {address:?} needs a port").into());
+    }
+    let tls = match o.tls.as_deref().unwrap_or("starttls") {
+        "starttls" => SmtpTls::StartTls,
+        "implicit" => SmtpTls::Implicit,
+        "none" => SmtpTls::None,
+        other => {
+            return Err(format!("tls {other:?}: expected starttls, implicit or none").into());
+        }
+    };
+    if tls != SmtpTls::None && o.ca_file.is_none() {
+        return Err("smtp with TLS needs ca_file (the server's CA, or the system bundle)".into());
+    }
+    let from = o
+        .from
+        .clone()
+        .ok_or("smtp needs from (the sender's address)")?;
+    if !mail_address(&from) {
+        return Err(format!("from {from:?} is not an e-mail address").into());
+    }
+    if o.to.is_empty() {
+        return Err("smtp needs to = [\"soc@…\"] (one recipient or more)".into());
+    }
+    if let Some(bad) = o.to.iter().find(|a| !mail_address(a)) {
+        return Err(format!("to: {bad:?} is not an e-mail address").into());
+    }
+    let password = inline_file_or_env(
+        "smtp",
+        "password",
+        o.password.as_ref(),
+        o.password_file.as_ref(),
+        o.password_env.as_ref(),
+    )?;
+    if password.is_some() != o.username.is_some() {
+        return Err("smtp: username and password go together".into());
+    }
+    if password.is_some() && tls == SmtpTls::None {
+        return Err("smtp: a password is never sent without TLS".into());
+    }
+    let max_per_hour = o.max_per_hour.unwrap_or(30);
+    if max_per_hour == 0 {
+        return Err("max_per_hour must be at least 1".into());
+    }
+    Ok(Target::Smtp {
+        settings: super::smtp::SmtpSettings {
+            address,
+            tls,
+            username: o.username.clone(),
+            password: password.map(Secret),
+            from,
+            to: o.to.clone(),
+        },
+        ca_file: o.ca_file.clone(),
+        max_per_hour,
+    })
 }
 
 /// A setting given inline (`name`), in a file (`name_file`) or in an

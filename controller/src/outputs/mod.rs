@@ -27,9 +27,10 @@ use crate::store::{Committer, Store, StoreError};
 mod config;
 mod format;
 mod sink;
+mod smtp;
 
 pub use self::config::{
-    FileFormat, Output, OutputConfig, OutputConfigError, SyslogFormat, Target, Transport,
+    FileFormat, Output, OutputConfig, OutputConfigError, SmtpTls, SyslogFormat, Target, Transport,
     WebhookFormat,
 };
 pub use self::format::{
@@ -37,6 +38,7 @@ pub use self::format::{
     pagerduty_event, render_template, syslog_message, template_values, webhook_body,
 };
 use self::sink::{Sent, Sink};
+pub use self::smtp::message as mail_message;
 
 /// A queued notice.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -45,6 +45,8 @@ pub(super) struct Sink {
     /// When the last delivery succeeded, and the last failure and its error
     /// (cleared by the next success).
     pub(super) last: std::sync::Mutex<LastDelivery>,
+    /// When each mail of the last hour went (e-mail's hourly limit).
+    pub(super) mailed: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -62,7 +64,15 @@ impl Sink {
                     .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
                 let roots = ruse_pki::pem_decode_certificates(&pem, &path.display().to_string())
                     .map_err(|e| e.to_string())?;
-                Some(ruse_pki::plain_client_config(roots).map_err(|e| e.to_string())?)
+                let config = ruse_pki::plain_client_config(roots).map_err(|e| e.to_string())?;
+                if matches!(output.target, Target::Smtp { .. }) {
+                    // Mail servers negotiate no application protocol.
+                    let mut mail = (*config).clone();
+                    mail.alpn_protocols.clear();
+                    Some(Arc::new(mail))
+                } else {
+                    Some(config)
+                }
             }
             None => None,
         };
@@ -77,6 +87,7 @@ impl Sink {
             failures: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             last: std::sync::Mutex::default(),
+            mailed: std::sync::Mutex::default(),
         })
     }
 
@@ -314,6 +325,41 @@ impl Sink {
             }
             // Delivered by `bulk`.
             Target::Elasticsearch { .. } => Ok(()),
+            Target::Smtp {
+                settings,
+                max_per_hour,
+                ..
+            } => {
+                let hour = Duration::from_secs(3600);
+                {
+                    let mut mailed = self.mailed.lock().unwrap_or_else(|e| e.into_inner());
+                    while mailed.front().is_some_and(|t| t.elapsed() >= hour) {
+                        mailed.pop_front();
+                    }
+                    if mailed.len() >= *max_per_hour as usize {
+                        let wait = mailed
+                            .front()
+                            .map_or(hour, |t| hour.saturating_sub(t.elapsed()));
+                        return Err(format!(
+                            "{max_per_hour} mails sent in the last hour (max_per_hour): the next in {} s",
+                            wait.as_secs()
+                        ));
+                    }
+                }
+                let message =
+                    super::smtp::message(i, notice, &settings.from, &settings.to, &self.hostname);
+                let helo = if self.hostname.is_empty() {
+                    "ruse"
+                } else {
+                    &self.hostname
+                };
+                super::smtp::send(settings, self.tls.clone(), helo, &message).await?;
+                self.mailed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(std::time::Instant::now());
+                Ok(())
+            }
             Target::File { path, format } => {
                 let path = path.clone();
                 let record = match format {

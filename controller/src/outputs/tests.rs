@@ -518,3 +518,109 @@ fn pagerduty_events_trigger_acknowledge_and_resolve_one_alert() {
     };
     assert!(check(&pd).unwrap_err().to_string().contains("needs token"));
 }
+
+#[test]
+fn smtp_settings_are_checked_and_the_password_never_printed() {
+    let mail = OutputConfig {
+        address: Some("mail.hospital.test:587".into()),
+        ca_file: Some("/etc/ssl/certs/ca-certificates.crt".into()),
+        username: Some("ruse".into()),
+        password: Some("s3cret-pass".into()),
+        from: Some("ruse@hospital.test".into()),
+        to: vec!["soc@hospital.test".into()],
+        ..output("smtp")
+    };
+    let target = check(&mail).unwrap().target;
+    assert!(!format!("{target:?}").contains("s3cret-pass"));
+    let Target::Smtp { max_per_hour, .. } = target else {
+        panic!("not smtp")
+    };
+    assert_eq!(max_per_hour, 30);
+    for (bad, why) in [
+        (
+            OutputConfig {
+                to: vec!["soc@hospital.test>\r\nRCPT TO:<x@evil.test".into()],
+                ..mail.clone()
+            },
+            "not an e-mail address",
+        ),
+        (
+            OutputConfig {
+                to: Vec::new(),
+                ..mail.clone()
+            },
+            "one recipient or more",
+        ),
+        (
+            OutputConfig {
+                tls: Some("none".into()),
+                ..mail.clone()
+            },
+            "never sent without TLS",
+        ),
+        (
+            OutputConfig {
+                ca_file: None,
+                ..mail.clone()
+            },
+            "needs ca_file",
+        ),
+        (
+            OutputConfig {
+                username: None,
+                ..mail.clone()
+            },
+            "go together",
+        ),
+        (
+            OutputConfig {
+                max_per_hour: Some(0),
+                ..mail.clone()
+            },
+            "at least 1",
+        ),
+    ] {
+        let e = check(&bad).unwrap_err().to_string();
+        assert!(e.contains(why), "{why}: {e}");
+    }
+}
+
+#[test]
+fn mails_have_both_parts_and_escape_the_html() {
+    let mut i = crate::incidents::tests_support::incident();
+    i.title = "<script>alert(1)</script> & more".into();
+    let m = mail_message(
+        &i,
+        Notice::Opened,
+        "ruse@h.test",
+        &["soc@h.test".into()],
+        "ctl",
+    );
+    assert!(m.contains("Content-Type: multipart/alternative"));
+    assert!(m.contains("Content-Type: text/plain; charset=utf-8"));
+    assert!(m.contains("Content-Type: text/html; charset=utf-8"));
+    assert!(m.lines().all(|l| l.len() <= 998), "RFC 5322 line length");
+    use base64::Engine;
+    let html_part = m
+        .split("Content-Type: text/html; charset=utf-8")
+        .nth(1)
+        .unwrap();
+    let encoded: String = html_part
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.starts_with("--"))
+        .collect();
+    let html = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; more"),
+        "{html}"
+    );
+    assert!(!html.contains("<script>"));
+}
