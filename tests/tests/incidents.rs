@@ -1336,15 +1336,17 @@ async fn tls_receiver(port: u16, ca_file: &Path) -> mpsc::Receiver<Vec<u8>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
+async fn syslog_over_tls_https_webhooks_and_splunk_hec_verify_the_receivers_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(2);
-    let (syslog_ca, hook_ca) = (
+    let ports = free_ports(3);
+    let (syslog_ca, hook_ca, hec_ca) = (
         dir.path().join("syslog-ca.pem"),
         dir.path().join("hook-ca.pem"),
+        dir.path().join("hec-ca.pem"),
     );
     let mut syslog_rx = tls_receiver(ports[0], &syslog_ca).await;
     let mut hook_rx = tls_receiver(ports[1], &hook_ca).await;
+    let mut hec_rx = tls_receiver(ports[2], &hec_ca).await;
     let h = Hospital::start(|c| {
         c.outputs = vec![
             OutputConfig {
@@ -1355,6 +1357,17 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
                 ca_file: Some(hook_ca.clone()),
                 url: Some(format!("https://127.0.0.1:{}/services/hook", ports[1])),
                 ..webhook("slack", 0, "slack")
+            },
+            // Splunk's collector over TLS with its own CA (no indexer
+            // acknowledgement: this receiver only answers 200).
+            OutputConfig {
+                name: "splunk-tls".into(),
+                kind: "splunk-hec".into(),
+                url: Some(format!("https://127.0.0.1:{}", ports[2])),
+                ca_file: Some(hec_ca.clone()),
+                token: Some("8f1c2b7e-5d4a-4c3b-9e2f-1a0b9c8d7e6f".into()),
+                ack: Some(false),
+                ..OutputConfig::default()
             },
         ];
         c.output_retry_min = Duration::from_millis(100);
@@ -1387,9 +1400,26 @@ async fn syslog_over_tls_and_https_webhooks_verify_the_receivers_ca() {
         serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert!(body["text"].as_str().unwrap().contains(&i.title), "{body}");
     assert_eq!(body["blocks"][0]["type"], "header");
-    eventually("both delivered", Duration::from_secs(5), || async {
+    let hec = tokio::time::timeout(Duration::from_secs(10), hec_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let hec = String::from_utf8(hec).unwrap();
+    assert!(
+        hec.starts_with("POST /services/collector/event HTTP/1.1"),
+        "{hec}"
+    );
+    assert!(
+        hec.to_ascii_lowercase()
+            .contains("authorization: splunk 8f1c2b7e-5d4a-4c3b-9e2f-1a0b9c8d7e6f"),
+        "{hec}"
+    );
+    let event: serde_json::Value =
+        serde_json::from_str(hec.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(event["fields"]["incident_id"], i.id);
+    eventually("all delivered", Duration::from_secs(5), || async {
         let i = h.incident_by_id(&i.id).await;
-        i.deliveries.len() == 2 && i.deliveries.iter().all(|d| d.state == "delivered")
+        i.deliveries.len() == 3 && i.deliveries.iter().all(|d| d.state == "delivered")
     })
     .await;
 
