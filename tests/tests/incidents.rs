@@ -761,25 +761,8 @@ async fn hec_receiver(
         ..HecState::default()
     }));
     let shared = state.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            let state = shared.clone();
-            tokio::spawn(async move {
-                let Some((head, body)) = read_request(&mut s).await else {
-                    return;
-                };
-                let (status, reply) = hec_answer(&state, token, &head, &body);
-                let reply = reply.to_string();
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = s.write_all(response.as_bytes()).await;
-            });
-        }
+    let task = json_server(listener, move |head, body| {
+        hec_answer(&shared, token, head, body)
     });
     (state, task)
 }
@@ -1015,6 +998,36 @@ async fn splunk_hec_indexes_each_incident_once_after_back_pressure_and_a_bad_tok
 
 /// One HTTP/1.1 request from `s`: its head (request line and headers)
 /// and its body of `Content-Length` bytes; `None` if the peer goes away.
+/// A stand-in HTTP server on `listener` that answers each request (its
+/// head and body) with `answer`'s status line and JSON, one request per
+/// connection.
+fn json_server(
+    listener: tokio::net::TcpListener,
+    answer: impl Fn(&str, &[u8]) -> (&'static str, serde_json::Value) + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let Some((head, body)) = read_request(&mut s).await else {
+                    return;
+                };
+                let (status, reply) = answer(&head, &body);
+                let reply = reply.to_string();
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = s.write_all(response.as_bytes()).await;
+            });
+        }
+    })
+}
+
 async fn read_request(s: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -1639,25 +1652,8 @@ async fn es_receiver(
         ..EsState::default()
     }));
     let shared = state.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            let state = shared.clone();
-            tokio::spawn(async move {
-                let Some((head, body)) = read_request(&mut s).await else {
-                    return;
-                };
-                let (status, reply) = es_answer(&state, api_key, &head, &body);
-                let reply = reply.to_string();
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = s.write_all(response.as_bytes()).await;
-            });
-        }
+    let task = json_server(listener, move |head, body| {
+        es_answer(&shared, api_key, head, body)
     });
     (state, task)
 }
@@ -2142,73 +2138,56 @@ async fn pagerduty_receiver(
         .unwrap();
     let alerts = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     let shared = alerts.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            let alerts = shared.clone();
-            tokio::spawn(async move {
-                let Some((head, body)) = read_request(&mut s).await else {
-                    return;
-                };
-                let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let mut errors = Vec::new();
-                if !head.starts_with("POST /v2/enqueue HTTP/1.1") {
-                    errors.push("not POST /v2/enqueue".to_owned());
-                }
-                if event["routing_key"].as_str().is_none_or(|k| k.len() != 32) {
-                    errors.push("'routing_key' must be 32 characters".into());
-                }
-                let action = event["event_action"].as_str().unwrap_or_default();
-                if !["trigger", "acknowledge", "resolve"].contains(&action) {
-                    errors.push("'event_action' is invalid".into());
-                }
-                let key = event["dedup_key"].as_str().unwrap_or_default().to_owned();
-                if key.is_empty() || key.len() > 255 {
-                    errors.push("'dedup_key' is missing or too long".into());
-                }
-                if action == "trigger" {
-                    let p = &event["payload"];
-                    if p["summary"]
-                        .as_str()
-                        .is_none_or(|s| s.is_empty() || s.len() > 1024)
-                    {
-                        errors.push("'payload.summary' is missing or too long".into());
-                    }
-                    if p["source"].as_str().is_none_or(str::is_empty) {
-                        errors.push("'payload.source' is missing".into());
-                    }
-                    if !["critical", "error", "warning", "info"]
-                        .contains(&p["severity"].as_str().unwrap_or_default())
-                    {
-                        errors.push("'payload.severity' is invalid".into());
-                    }
-                }
-                let (status, reply) = if errors.is_empty() {
-                    alerts
-                        .lock()
-                        .unwrap()
-                        .entry(key.clone())
-                        .or_insert_with(Vec::new)
-                        .push(action.to_owned());
-                    (
-                        "202 Accepted",
-                        json!({"status": "success", "message": "Event processed", "dedup_key": key}),
-                    )
-                } else {
-                    (
-                        "400 Bad Request",
-                        json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}),
-                    )
-                };
-                let reply = reply.to_string();
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
-                let _ = s.write_all(response.as_bytes()).await;
-            });
+    let task = json_server(listener, move |head, body| {
+        let event: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let mut errors = Vec::new();
+        if !head.starts_with("POST /v2/enqueue HTTP/1.1") {
+            errors.push("not POST /v2/enqueue".to_owned());
+        }
+        if event["routing_key"].as_str().is_none_or(|k| k.len() != 32) {
+            errors.push("'routing_key' must be 32 characters".into());
+        }
+        let action = event["event_action"].as_str().unwrap_or_default();
+        if !["trigger", "acknowledge", "resolve"].contains(&action) {
+            errors.push("'event_action' is invalid".into());
+        }
+        let key = event["dedup_key"].as_str().unwrap_or_default().to_owned();
+        if key.is_empty() || key.len() > 255 {
+            errors.push("'dedup_key' is missing or too long".into());
+        }
+        if action == "trigger" {
+            let p = &event["payload"];
+            if p["summary"]
+                .as_str()
+                .is_none_or(|s| s.is_empty() || s.len() > 1024)
+            {
+                errors.push("'payload.summary' is missing or too long".into());
+            }
+            if p["source"].as_str().is_none_or(str::is_empty) {
+                errors.push("'payload.source' is missing".into());
+            }
+            if !["critical", "error", "warning", "info"]
+                .contains(&p["severity"].as_str().unwrap_or_default())
+            {
+                errors.push("'payload.severity' is invalid".into());
+            }
+        }
+        if errors.is_empty() {
+            shared
+                .lock()
+                .unwrap()
+                .entry(key.clone())
+                .or_insert_with(Vec::new)
+                .push(action.to_owned());
+            (
+                "202 Accepted",
+                json!({"status": "success", "message": "Event processed", "dedup_key": key}),
+            )
+        } else {
+            (
+                "400 Bad Request",
+                json!({"status": "invalid event", "message": "Event object is invalid", "errors": errors}),
+            )
         }
     });
     (alerts, task)

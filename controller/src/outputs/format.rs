@@ -250,10 +250,10 @@ pub fn hec_event(
     event
 }
 
-/// The JSON body a webhook receives.
-pub fn webhook_body(i: &Incident, notice: Notice, format: &WebhookFormat) -> serde_json::Value {
-    let drill = if i.drill { "[DRILL] " } else { "" };
-    let facts = [
+/// What a person reads first about an incident (chat cards, mails), in
+/// order.
+pub(super) fn facts(i: &Incident) -> Vec<(&'static str, String)> {
+    vec![
         ("Severity", i.severity.as_str().to_owned()),
         ("Status", i.status.as_str().to_owned()),
         ("Attack path", i.path_text()),
@@ -264,7 +264,13 @@ pub fn webhook_body(i: &Incident, notice: Notice, format: &WebhookFormat) -> ser
         ("Events", i.event_count.to_string()),
         ("First seen", i.first_seen.rfc3339()),
         ("Incident", i.id.clone()),
-    ];
+    ]
+}
+
+/// The JSON body a webhook receives.
+pub fn webhook_body(i: &Incident, notice: Notice, format: &WebhookFormat) -> serde_json::Value {
+    let drill = if i.drill { "[DRILL] " } else { "" };
+    let facts = facts(i);
     match format {
         WebhookFormat::Slack => serde_json::json!({
             "text": format!("{drill}Ruse incident {}: {}", notice.as_str(), i.title),

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use ruse_proto::types::UnixMs;
 
 use crate::incidents::{Incidents, Notice};
-use crate::model::{Delivery, Severity};
+use crate::model::{Delivery, Incident, Severity};
 use crate::store::{Committer, Store, StoreError};
 
 mod config;
@@ -222,29 +222,11 @@ async fn deliver(
         match sink.send(&incident, item.notice).await {
             Ok(Sent::Rejected(why)) => {
                 // Refused for good: reported, and the queue moves on.
-                sink.failures.fetch_add(1, Ordering::Relaxed);
-                {
-                    let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
-                    last.failed = Some(UnixMs::now());
-                    last.error = why.chars().take(512).collect();
-                }
+                sink.failed(&why);
                 tracing::error!(output = %name, incident = %incident.id, error = %why, "the receiver rejected the incident; not retried");
-                let record = Delivery {
-                    state: "rejected".into(),
-                    attempts: *tries,
-                    last_error: why,
-                    delivered: incident.deliveries.get(&name).and_then(|d| d.delivered),
-                    version: incident.deliveries.get(&name).map_or(0, |d| d.version),
-                };
-                let done = store.queue_remove(&sink.queue(), seq).and_then(|()| {
-                    incidents
-                        .record_delivery(&incident.id, &name, record)
-                        .map(|_| ())
-                });
-                if let Err(e) = done {
-                    tracing::error!(output = %name, error = %e, "cannot record a rejection");
-                }
+                let record = unsent(&incident, &name, "rejected", *tries, why);
                 attempts.remove(&item.incident);
+                settle(&*store, &incidents, &sink, seq, &incident.id, record);
                 let _ = committer.durable().await;
             }
             Ok(Sent::Delivered) => {
@@ -262,33 +244,15 @@ async fn deliver(
                     last.delivered = Some(UnixMs::now());
                     last.error.clear();
                 }
-                let done = store.queue_remove(&sink.queue(), seq).and_then(|()| {
-                    incidents
-                        .record_delivery(&incident.id, &name, record)
-                        .map(|_| ())
-                });
-                if let Err(e) = done {
-                    tracing::error!(output = %name, error = %e, "cannot record a delivery");
-                }
+                settle(&*store, &incidents, &sink, seq, &incident.id, record);
                 let _ = committer.durable().await;
                 tracing::info!(output = %name, incident = %incident.id, notice = item.notice.as_str(), "incident delivered");
                 delay = retry_min;
             }
             Err(error) => {
-                sink.failures.fetch_add(1, Ordering::Relaxed);
-                {
-                    let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
-                    last.failed = Some(UnixMs::now());
-                    last.error = error.chars().take(512).collect();
-                }
+                sink.failed(&error);
                 tracing::warn!(output = %name, incident = %incident.id, error = %error, retry_in_ms = delay.as_millis() as u64, "incident delivery failed");
-                let record = Delivery {
-                    state: "failing".into(),
-                    attempts: *tries,
-                    last_error: error,
-                    delivered: incident.deliveries.get(&name).and_then(|d| d.delivered),
-                    version: incident.deliveries.get(&name).map_or(0, |d| d.version),
-                };
+                let record = unsent(&incident, &name, "failing", *tries, error);
                 let _ = incidents.record_delivery(&incident.id, &name, record);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -297,6 +261,45 @@ async fn deliver(
                 delay = (delay * 2).min(retry_max);
             }
         }
+    }
+}
+
+/// A delivery that did not happen now (`failing` or `rejected`): the last
+/// successful one, if any, is kept.
+fn unsent(
+    incident: &Incident,
+    output: &str,
+    state: &str,
+    attempts: u32,
+    error: String,
+) -> Delivery {
+    let before = incident.deliveries.get(output);
+    Delivery {
+        state: state.into(),
+        attempts,
+        last_error: error,
+        delivered: before.and_then(|d| d.delivered),
+        version: before.map_or(0, |d| d.version),
+    }
+}
+
+/// A notice is done with (delivered or refused for good): it leaves the
+/// queue and the incident records the outcome.
+fn settle(
+    store: &dyn Store,
+    incidents: &Incidents,
+    sink: &Sink,
+    seq: u64,
+    incident: &str,
+    record: Delivery,
+) {
+    let done = store.queue_remove(&sink.queue(), seq).and_then(|()| {
+        incidents
+            .record_delivery(incident, &sink.output.name, record)
+            .map(|_| ())
+    });
+    if let Err(e) = done {
+        tracing::error!(output = %sink.output.name, error = %e, "cannot record a delivery");
     }
 }
 

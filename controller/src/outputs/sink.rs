@@ -91,6 +91,15 @@ impl Sink {
         })
     }
 
+    /// Counts a failed delivery and keeps its error for `get outputs`.
+    pub(super) fn failed(&self, error: &str) {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.failed = Some(UnixMs::now());
+        last.error = error.chars().take(512).collect();
+    }
+
     pub(super) fn queue(&self) -> String {
         self.output.name.clone()
     }

@@ -263,19 +263,10 @@ pub fn message(i: &Incident, notice: Notice, from: &str, to: &[String], host: &s
         notice.as_str(),
         i.title
     );
-    let facts = [
-        ("Severity", i.severity.as_str().to_owned()),
-        ("Status", i.status.as_str().to_owned()),
-        ("Attack path", i.path_text()),
-        (
-            "ATT&CK",
-            i.techniques.iter().cloned().collect::<Vec<_>>().join(", "),
-        ),
-        ("Events", i.event_count.to_string()),
-        ("First seen", i.first_seen.rfc3339()),
-        ("Last seen", i.last_seen.rfc3339()),
-        ("Incident", i.id.clone()),
-    ];
+    let mut facts = super::format::facts(i);
+    // A mail is read later than a chat card: when it last happened too.
+    let at = facts.len() - 1;
+    facts.insert(at, ("Last seen", i.last_seen.rfc3339()));
     let steps = first_steps(i);
     let mut text = format!("{drill}{}\r\n\r\n", i.title);
     for (k, v) in &facts {

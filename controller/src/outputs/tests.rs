@@ -463,7 +463,7 @@ fn secrets_may_come_from_environment_variables() {
 
 #[test]
 fn templates_fill_string_contents_and_are_checked_when_configured() {
-    let i = crate::model::Incident::sample();
+    let i = Incident::sample();
     let body = render_template(
         r#"{"text": "{{title}} ({{severity}}) {{ path }}"}"#,
         &template_values(&i, Notice::Opened),
