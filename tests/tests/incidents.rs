@@ -44,6 +44,29 @@ struct Hospital {
 }
 
 impl Hospital {
+    /// Acknowledges incident `id` as the root admin.
+    async fn ack(&self, id: &str) {
+        self.tc
+            .root()
+            .await
+            .ack_incident(pb::AckIncidentRequest { id: id.to_owned() })
+            .await
+            .unwrap();
+    }
+
+    /// Resolves incident `id` as the root admin.
+    async fn resolve(&self, id: &str, note: &str) {
+        self.tc
+            .root()
+            .await
+            .resolve_incident(pb::ResolveIncidentRequest {
+                id: id.to_owned(),
+                note: note.to_owned(),
+            })
+            .await
+            .unwrap();
+    }
+
     /// The incident `id` as the admin API shows it now.
     async fn incident_by_id(&self, id: &str) -> pb::Incident {
         self.tc
@@ -1906,14 +1929,8 @@ async fn elasticsearch_gets_ecs_alerts_through_bulk_and_a_rejected_one_does_not_
     .await;
     // The incident's next notice (resolved) goes through on the strict
     // stream: the rejected one held nothing up.
-    h.tc.root()
-        .await
-        .resolve_incident(pb::ResolveIncidentRequest {
-            id: i.id.clone(),
-            note: "a drill of the SOC's Elastic pipeline".into(),
-        })
-        .await
-        .unwrap();
+    h.resolve(&i.id, "a drill of the SOC's Elastic pipeline")
+        .await;
     eventually(
         "the next version indexed on the strict stream",
         Duration::from_secs(20),
@@ -2076,14 +2093,7 @@ async fn ocsf_findings_from_the_file_and_webhook_outputs_are_valid_ocsf() {
         .await
         .expect("the webhook got the finding")
         .unwrap();
-    h.tc.root()
-        .await
-        .resolve_incident(pb::ResolveIncidentRequest {
-            id: i.id.clone(),
-            note: "training".into(),
-        })
-        .await
-        .unwrap();
+    h.resolve(&i.id, "training").await;
     let closed = tokio::time::timeout(Duration::from_secs(10), bodies.recv())
         .await
         .expect("the webhook got the resolution")
@@ -2257,11 +2267,7 @@ async fn pagerduty_pages_follow_the_incident_and_a_template_webhook_fills_its_bo
             .is_some_and(|a| a == &["trigger"])
     })
     .await;
-    let mut admin = h.tc.root().await;
-    admin
-        .ack_incident(pb::AckIncidentRequest { id: i.id.clone() })
-        .await
-        .unwrap();
+    h.ack(&i.id).await;
     eventually("the page acknowledged", Duration::from_secs(10), || async {
         alerts
             .lock()
@@ -2270,13 +2276,7 @@ async fn pagerduty_pages_follow_the_incident_and_a_template_webhook_fills_its_bo
             .is_some_and(|a| a == &["trigger", "acknowledge"])
     })
     .await;
-    admin
-        .resolve_incident(pb::ResolveIncidentRequest {
-            id: i.id.clone(),
-            note: "contained".into(),
-        })
-        .await
-        .unwrap();
+    h.resolve(&i.id, "contained").await;
     eventually("the page resolved", Duration::from_secs(10), || async {
         alerts
             .lock()
@@ -2531,24 +2531,14 @@ async fn incidents_are_mailed_over_starttls_with_authentication_and_a_rate_limit
 
     // Two mails an hour: the acknowledgement is the second, the
     // resolution waits.
-    let mut admin = h.tc.root().await;
-    admin
-        .ack_incident(pb::AckIncidentRequest { id: i.id.clone() })
-        .await
-        .unwrap();
+    h.ack(&i.id).await;
     let second = smtp.maildir.join("2.eml");
     eventually("the second mail", Duration::from_secs(15), || async {
         second.exists()
     })
     .await;
     assert!(read_mail(&second).0["subject"].contains("incident acknowledged"));
-    admin
-        .resolve_incident(pb::ResolveIncidentRequest {
-            id: i.id.clone(),
-            note: "contained".into(),
-        })
-        .await
-        .unwrap();
+    h.resolve(&i.id, "contained").await;
     eventually("the third held back", Duration::from_secs(10), || async {
         h.incident_by_id(&i.id).await.deliveries.iter().any(|d| {
             d.output == "soc-mail" && d.state == "failing" && d.last_error.contains("max_per_hour")
