@@ -35,6 +35,9 @@ pub fn describe_agent(format: Format, agent: &pb::Agent) -> anyhow::Result<()> {
         ),
     );
     field("Peer", &view.peer);
+    if !view.controller.is_empty() {
+        field("Controller", &view.controller);
+    }
     field("Certificate expires", &view.certificate_expires);
     if !view.problems.is_empty() {
         field("Problems", &view.problems.join("; "));

@@ -82,6 +82,7 @@ impl Listed for pb::Agent {
                 "ADDRESSES",
                 "VERSION",
                 "PEER",
+                "CONTROLLER",
                 "LABELS",
             ]
         } else {
@@ -102,6 +103,7 @@ impl Listed for pb::Agent {
                 self.addresses.join(","),
                 self.agent_version.clone(),
                 self.peer.clone(),
+                self.controller.clone(),
             ]);
         }
         row.push(output::labels(&sorted(&self.labels)));

@@ -136,6 +136,9 @@ pub struct Agent {
     pub last_seen: String,
     pub certificate_expires: String,
     pub peer: String,
+    /// The controller holding its session, when online.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub controller: String,
     pub problems: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked: Option<Revoked>,
@@ -159,6 +162,7 @@ impl From<&pb::Agent> for Agent {
             last_seen: time(a.last_seen_ms),
             certificate_expires: time(a.cert_not_after_ms),
             peer: a.peer.clone(),
+            controller: a.controller.clone(),
             problems: a.problems.clone(),
             revoked: (a.revoked_ms != 0).then(|| Revoked {
                 at: time(a.revoked_ms),

@@ -45,6 +45,10 @@ pub struct ControllerConfig {
     pub data_dir: PathBuf,
     /// The agent listener (and the admin API, unless `admin_listen` is set).
     pub listen: SocketAddr,
+    /// This controller's name among controllers sharing a database (shown
+    /// with each agent whose session it holds). Default: the host name and
+    /// the agent port (on Kubernetes, the pod's name and port).
+    pub name: Option<String>,
     /// A separate listener for the admin API, which then requires a client
     /// certificate at the handshake.
     pub admin_listen: Option<SocketAddr>,
@@ -172,6 +176,7 @@ impl Default for ControllerConfig {
             data_dir: PathBuf::from("/var/lib/ruse"),
             listen: SocketAddr::from(([0, 0, 0, 0], ruse_proto::transport::DEFAULT_PORT)),
             admin_listen: None,
+            name: None,
             server_names: default_server_names(),
             ca_cert_file: None,
             ca_key_file: None,
@@ -374,7 +379,34 @@ impl ControllerConfig {
         {
             return Err(invalid("admin_listen", "must differ from listen"));
         }
+        if let Some(name) = &self.name
+            && (name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c)))
+        {
+            return Err(invalid("name", "1 to 64 of letters, digits and - . _ :"));
+        }
         Ok(self)
+    }
+
+    /// This controller's name: `name`, or the host's name and the agent
+    /// port (with a port chosen by the system, a random suffix instead).
+    pub fn name_or_default(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "controller".into());
+        match self.listen.port() {
+            0 => format!("{host}-{}", &ruse_proto::types::new_ulid()[20..]),
+            port => format!("{host}:{port}"),
+        }
     }
 
     /// Where the store is: PostgreSQL when `store_url` is set, else sled

@@ -448,6 +448,7 @@ impl Core {
             cert_serial: cert.serial.clone(),
             cert_not_after: cert.not_after,
             revoked: None,
+            session: None,
             deleted: None,
         };
         self.store.put_agent(&agent)?;

@@ -107,6 +107,8 @@ impl Controller {
         // Desired lure sets exist before any agent can say Hello.
         core.deploy.prepare().await?;
         let (stop, stop_rx) = watch::channel(false);
+        // Named before it serves: each session records it.
+        core.fleet.set_name(core.config.name_or_default());
         let listeners = api::server::serve(core.clone(), stop_rx.clone()).await?;
         let metrics_server = match core.config.metrics_listen {
             Some(addr) => {
@@ -123,6 +125,7 @@ impl Controller {
         );
         let state_writer = tokio::spawn(write_fleet_state(core.clone(), stop_rx.clone()));
         if let Some(changes) = core.store.changes() {
+            tokio::spawn(hold_name(core.clone(), stop_rx.clone()));
             tokio::spawn(follow_changes(core.clone(), changes, stop_rx.clone()));
         }
         let deploy_worker = tokio::spawn(core.deploy.clone().run(stop_rx));
@@ -273,6 +276,40 @@ fn init_on_first_start(config: &ControllerConfig) -> Result<(), ControllerError>
     Ok(())
 }
 
+/// Holds this controller's name (`controller:<name>`, a lease) and learns
+/// which controllers sharing the store are alive, every
+/// [`store::LEASE_RENEW`], until stopped; then gives the name up.
+async fn hold_name(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    const PREFIX: &str = "controller:";
+    let lease = format!("{PREFIX}{}", core.fleet.name());
+    let mut warned = false;
+    loop {
+        match core.store.lease(&lease, store::LEASE_TTL) {
+            Ok(true) => warned = false,
+            Ok(false) if !warned => {
+                warned = true;
+                tracing::error!(
+                    name = core.fleet.name(),
+                    "another live controller on this database has this name; give each its own `name` (agents' sessions are shown under either)"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot renew this controller's name"),
+        }
+        match core.store.live_leases(PREFIX) {
+            Ok(names) => core.fleet.set_live_controllers(names.into_iter().collect()),
+            Err(e) => tracing::warn!(error = %e, "cannot read which controllers are alive"),
+        }
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            () = tokio::time::sleep(store::LEASE_RENEW) => {}
+        }
+    }
+    if let Err(e) = core.store.release_lease(&lease) {
+        tracing::warn!(error = %e, "cannot give up this controller's name");
+    }
+}
+
 async fn write_fleet_state(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(core.config.state_flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -322,13 +359,22 @@ async fn follow_changes(
                 Ok(id) => core.agents_changed(Some(&id)),
                 Err(_) => Ok(()),
             },
+            Ok(store::Change::Record { table, .. }) if table == "incidents" => {
+                core.events.incidents.catch_up()
+            }
+            Ok(store::Change::Record { table, .. }) if table == "output_queue" => {
+                core.events.outputs.wake();
+                Ok(())
+            }
             Ok(store::Change::Record { table, .. }) => core.deploy.reload(&table),
             // Missed some: take in everything.
             Ok(store::Change::Resync) | Err(RecvError::Lagged(_)) => {
+                core.events.outputs.wake();
                 ["decoys", "allow_rules", "suppressions"]
                     .iter()
                     .try_for_each(|t| core.deploy.reload(t))
                     .and_then(|()| core.agents_changed(None))
+                    .and_then(|()| core.events.incidents.catch_up())
             }
             Err(RecvError::Closed) => return,
         };

@@ -1113,6 +1113,185 @@ async fn receiver(
     (rx, task)
 }
 
+/// Three controllers on one PostgreSQL database. Two DICOM contacts from
+/// one source, at decoys whose agents hold their sessions on different
+/// replicas, make one incident, seen alike on every replica; its notice is
+/// delivered once, by the replica holding the output lease. When that
+/// replica stops, another takes the lease over and delivers the next
+/// notice (an acknowledgement made on a third) once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_correlate_one_attack_into_one_incident_and_deliver_each_notice_once() {
+    use ruse_controller::incidents::IncidentFilter;
+    use ruse_proto::transport::ControllerUrl;
+
+    let Some(pg) = Postgres::start("replicas_correlate_one_attack") else {
+        return;
+    };
+    pg.database("ruse");
+    let ports = free_ports(2);
+    let (hook, pacs_b_port) = (ports[0], ports[1]);
+    let (mut hooked, _receiver) = receiver(hook).await;
+    let mut h = Hospital::start_on(Some(pg.options("ruse")), |c| {
+        c.outputs = vec![webhook("soc-webhook", hook, "json")];
+        c.output_retry_min = Duration::from_millis(200);
+        c.output_retry_max = Duration::from_secs(1);
+    })
+    .await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut config = h.tc.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        replicas.push(ruse_controller::Controller::start(config).await.unwrap());
+    }
+    // A started first and delivers; the others wait for its lease.
+    assert!(h.tc.controller().core().events.outputs.leading());
+    assert!(replicas.iter().all(|r| !r.core().events.outputs.leading()));
+
+    // A second PACS decoy (answering to the same AE title), run by an
+    // agent whose session is on replica B.
+    let token = h.tc.token("role=pacs-b", 1, Duration::from_secs(600)).await;
+    let mut config = h.tc.agent_config("pacs-b", &token, "");
+    config.controller = ControllerUrl::from_addr(replicas[0].agent_addr());
+    let mut pacs_b = h.tc.spawn_agent(config);
+    tokio::time::timeout(Duration::from_secs(20), pacs_b.connected())
+        .await
+        .expect("an agent enrolls through replica B");
+    h.tc.apply(&format!(
+        "kind: Decoy\nname: pacs-archive-02\nselector: {{role: pacs-b}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: dicom, port: {pacs_b_port}}}\n"
+    ))
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        pacs_b.status.wait_for(|s| s.decoy_services == 1),
+    )
+    .await
+    .expect("the decoy applied on A runs on B's agent")
+    .unwrap();
+
+    // One scanner, one contact at each replica's decoy.
+    for port in [h.dicom_port, pacs_b_port] {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            dicom_from("127.0.0.9", port, "ANY-SCU"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the DICOM decoy on port {port} did not answer"));
+    }
+    let scanner = |i: &ruse_controller::model::Incident| i.sources.contains("127.0.0.9");
+    let cores: Vec<_> = std::iter::once(h.tc.controller().core().clone())
+        .chain(replicas.iter().map(|r| r.core().clone()))
+        .collect();
+    eventually(
+        "one incident of both contacts on every replica",
+        Duration::from_secs(20),
+        || {
+            let cores = cores.clone();
+            async move {
+                cores.iter().all(|c| {
+                    let seen: Vec<_> = c
+                        .events
+                        .incidents
+                        .list(&IncidentFilter::default(), 100)
+                        .into_iter()
+                        .filter(scanner)
+                        .collect();
+                    seen.len() == 1 && seen[0].event_count == 2
+                })
+            }
+        },
+    )
+    .await;
+    let id = cores[1]
+        .events
+        .incidents
+        .list(&IncidentFilter::default(), 100)
+        .into_iter()
+        .find(scanner)
+        .unwrap()
+        .id;
+    for c in &cores {
+        let i = c.events.incidents.get(&id).unwrap();
+        assert_eq!(i.agents.len(), 2, "both decoy hosts: {:?}", i.agents);
+        assert_eq!(i.timeline.len(), 2);
+    }
+    assert_eq!(
+        pg.psql(
+            "ruse",
+            "SELECT count(*) FROM incidents WHERE record->'sources' ? '127.0.0.9'"
+        ),
+        "1"
+    );
+
+    // Delivered once, whichever replica queued it.
+    let deliveries = notices_of(&mut hooked, &id, Duration::from_secs(3)).await;
+    let opened: Vec<_> = deliveries.iter().filter(|(n, _)| n == "opened").collect();
+    assert_eq!(opened.len(), 1, "deliveries: {deliveries:?}");
+    assert_eq!(pg.psql("ruse", "SELECT count(*) FROM output_queue"), "0");
+
+    // A stops; B or C takes the lease over and delivers what is queued
+    // next: an acknowledgement made on C.
+    drop(cores);
+    h.tc.stop().await;
+    eventually(
+        "another replica delivers the outputs",
+        Duration::from_secs(5),
+        || {
+            let leading = replicas
+                .iter()
+                .filter(|r| r.core().events.outputs.leading())
+                .count();
+            async move { leading == 1 }
+        },
+    )
+    .await;
+    replicas[1]
+        .core()
+        .acknowledge_incident(&id, "admin/nurse-lead")
+        .await
+        .unwrap();
+    let deliveries = notices_of(&mut hooked, &id, Duration::from_secs(3)).await;
+    let acked: Vec<_> = deliveries
+        .iter()
+        .filter(|(n, _)| n == "acknowledged")
+        .collect();
+    assert_eq!(acked.len(), 1, "deliveries: {deliveries:?}");
+    assert_eq!(pg.psql("ruse", "SELECT count(*) FROM output_queue"), "0");
+    // Every replica sees who acknowledged it.
+    for r in &replicas {
+        eventually(
+            "the acknowledgement everywhere",
+            Duration::from_secs(2),
+            || {
+                let by = r.core().events.incidents.get(&id).unwrap().acknowledged_by;
+                async move { by == "admin/nurse-lead" }
+            },
+        )
+        .await;
+    }
+    for r in replicas {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// The (notice, version) of each JSON webhook body about incident `id`
+/// received until none came for `quiet`.
+async fn notices_of(
+    hooked: &mut mpsc::Receiver<serde_json::Value>,
+    id: &str,
+    quiet: Duration,
+) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    while let Ok(Some(body)) = tokio::time::timeout(quiet, hooked.recv()).await {
+        if body["incident"]["id"] == id {
+            seen.push((
+                body["notice"].as_str().unwrap_or_default().to_owned(),
+                body["incident"]["version"].to_string(),
+            ));
+        }
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_down_for_the_first_minute_still_gets_the_incident() {
     let ports = free_ports(2);

@@ -120,6 +120,19 @@ fn entry(event_id: &str, at: i64) -> TimelineEntry {
     }
 }
 
+/// An open incident `id` on agent a1 (no timeline).
+fn incident(id: &str) -> Incident {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "title": "Honeyfile read on ws-07", "severity": "high",
+        "status": "open", "drill": false, "first_seen": 1000, "last_seen": 2000,
+        "created": 2000, "updated": 2000, "version": 2, "event_count": 3,
+        "agents": ["a1"], "decoys": [], "sources": [], "lures": ["l1"], "processes": [],
+        "credentials": [], "ports": [], "path": [], "techniques": ["T1005"],
+        "rules": [], "keys": ["host:a1", "lure:l1"],
+    }))
+    .unwrap_or_else(|e| panic!("incident fixture: {e}"))
+}
+
 /// Ids of the events `scan` walks, at most `limit`.
 fn scanned(store: &dyn Store, scan: &EventScan, limit: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -240,16 +253,7 @@ mod contract {
     }
 
     pub fn incidents_keep_their_timelines_in_time_order(engine: &mut dyn Engine) {
-        let a: AgentId = "a1".parse().unwrap();
-        let mut incident: Incident = serde_json::from_value(serde_json::json!({
-            "id": "01incident", "title": "Honeyfile read on ws-07", "severity": "high",
-            "status": "open", "drill": false, "first_seen": 1000, "last_seen": 2000,
-            "created": 2000, "updated": 2000, "version": 2, "event_count": 3,
-            "agents": [a], "decoys": [], "sources": [], "lures": ["l1"], "processes": [],
-            "credentials": [], "ports": [], "path": [], "techniques": ["T1005"],
-            "rules": [], "keys": [],
-        }))
-        .unwrap_or_else(|e| panic!("incident fixture: {e}"));
+        let mut incident = incident("01incident");
         let (e1, e2, e0) = (entry("e1", 1_000), entry("e2", 2_000), entry("e0", -5));
         {
             let store = engine.open();
@@ -730,6 +734,98 @@ fn a_serve_process_on_postgresql_rides_out_a_database_restart() {
     controller.terminate(std::time::Duration::from_secs(10));
 }
 
+/// Controllers sharing one database take in each other's incidents in
+/// commit order, never their own, and an incident write (or a hold) by
+/// one makes the others' incident writes wait for its commit.
+#[test]
+fn incident_writes_commit_one_controller_at_a_time_and_are_taken_in_by_the_others() {
+    use std::time::{Duration, Instant};
+    let Some(pg) = Postgres::start("incident_writes_commit_one_controller_at_a_time") else {
+        return;
+    };
+    pg.database("ruse");
+    let (a, b) = (
+        PgStore::open(&pg.options("ruse")).unwrap(),
+        PgStore::open(&pg.options("ruse")).unwrap(),
+    );
+    let (mut a_mark, mut b_mark) = (a.incidents_mark().unwrap(), b.incidents_mark().unwrap());
+    let mut i = incident("01shared");
+    a.put_incident(&i).unwrap();
+    a.put_timeline(&i.id, &[&entry("e1", 1_000)]).unwrap();
+    // Not committed: nothing to take in yet.
+    assert!(b.incidents_changed(&mut b_mark, false).unwrap().is_empty());
+    a.flush().unwrap();
+    let theirs = b.incidents_changed(&mut b_mark, false).unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].id, i.id);
+    assert_eq!(theirs[0].keys, i.keys);
+    assert_eq!(theirs[0].timeline.len(), 1, "with its timeline");
+    // Its own writes are not handed back to A, but its mark moves past them.
+    assert!(a.incidents_changed(&mut a_mark, false).unwrap().is_empty());
+    assert!(a_mark >= b_mark && b_mark > 0);
+    assert!(b.incidents_changed(&mut b_mark, false).unwrap().is_empty());
+
+    // A holds: B's write of the incident waits until A commits.
+    assert!(a.incidents_changed(&mut a_mark, true).unwrap().is_empty());
+    i.event_count = 4;
+    let writer = std::thread::spawn({
+        let i = i.clone();
+        move || {
+            let started = Instant::now();
+            b.put_incident(&i).unwrap();
+            b.flush().unwrap();
+            (started.elapsed(), b)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !writer.is_finished(),
+        "B wrote an incident while A held them"
+    );
+    a.flush().unwrap();
+    let (waited, b) = writer.join().unwrap();
+    assert!(waited >= Duration::from_millis(400), "B waited {waited:?}");
+    let theirs = a.incidents_changed(&mut a_mark, true).unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].event_count, 4);
+    a.flush().unwrap();
+    assert!(b.incidents_changed(&mut b_mark, false).unwrap().is_empty());
+}
+
+/// The output lease: one controller holds it while it renews it, another
+/// takes it over once it lapses or is given up.
+#[test]
+fn the_output_lease_is_held_by_one_controller_and_taken_over_when_it_lapses() {
+    use std::time::Duration;
+    let Some(pg) = Postgres::start("the_output_lease_is_held_by_one_controller") else {
+        return;
+    };
+    pg.database("ruse");
+    let (a, b) = (
+        PgStore::open(&pg.options("ruse")).unwrap(),
+        PgStore::open(&pg.options("ruse")).unwrap(),
+    );
+    let ttl = Duration::from_millis(800);
+    assert!(a.lease("outputs", ttl).unwrap());
+    assert!(!b.lease("outputs", ttl).unwrap());
+    // Another lease is another matter.
+    assert!(b.lease("other", ttl).unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(a.lease("outputs", ttl).unwrap(), "renewed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!b.lease("outputs", ttl).unwrap(), "A renewed it 500 ms ago");
+    // A stops renewing (it died): B takes over after the lease lapses.
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(b.lease("outputs", ttl).unwrap());
+    assert!(!a.lease("outputs", ttl).unwrap());
+    // Given up: taken at once.
+    b.release_lease("outputs").unwrap();
+    assert!(a.lease("outputs", ttl).unwrap());
+    // Giving up a lease one does not hold changes nothing.
+    b.release_lease("outputs").unwrap();
+    assert!(!b.lease("outputs", ttl).unwrap());
+}
+
 /// Controllers sharing one PostgreSQL database (replicas) agree on what
 /// matters for trust: a token with five uses enrols exactly five agents
 /// however the attempts spread over three replicas, a revocation made on
@@ -861,6 +957,86 @@ async fn replicas_share_token_uses_and_revocations() {
     for r in replicas {
         r.shutdown().await.unwrap();
     }
+}
+
+/// Every replica shows each agent online with the replica holding its
+/// session (`get agents`); when that replica is killed (`kill -9`), an
+/// agent that knows no other shows offline everywhere once the dead
+/// replica's name lapses, and one given another replica moves there and
+/// shows online at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_shows_where_each_session_is_and_a_killed_replicas_agents_move() {
+    use ruse_e2e::{eventually, pb};
+    use ruse_proto::transport::ControllerUrl;
+    use std::time::{Duration, Instant};
+
+    let Some(pg) = Postgres::start("every_replica_shows_where_each_session_is") else {
+        return;
+    };
+    pg.database("ruse");
+    let a = TestController::start_on(Some(pg.options("ruse")), |c| {
+        c.name = Some("replica-a".into());
+    })
+    .await;
+    // B: a `ruse-controller serve` process with A's CA and database.
+    let url = a.config.store_url.clone().unwrap().0;
+    let (mut b, b_addr) = ruse_e2e::process::spawn_controller_with(
+        a.data_dir(),
+        "127.0.0.1:0",
+        &a.dir.path().join("replica-b.log"),
+        &[("RUSE_STORE_URL", url.as_str()), ("RUSE_NAME", "replica-b")],
+    );
+    let token = a.token("site=icu", 2, Duration::from_secs(600)).await;
+    // One agent knows only B; the other B, then A.
+    let mut only_b = a.agent_config("ws-only-b", &token, "");
+    only_b.controller = ControllerUrl::from_addr(b_addr);
+    let mut b_then_a = a.agent_config("ws-b-then-a", &token, "");
+    b_then_a.controller = ControllerUrl::from_addr(b_addr);
+    b_then_a.other_controllers = vec![a.url()];
+    let mut stays = a.spawn_agent(only_b);
+    let mut moves = a.spawn_agent(b_then_a);
+    let (stays_id, moves_id) = (stays.connected().await, moves.connected().await);
+
+    let shown = async |id: &str| -> (i32, String) {
+        let agent: pb::Agent = a.agent_view(id).await;
+        (agent.state, agent.controller)
+    };
+    let online = pb::AgentState::Online as i32;
+    let offline = pb::AgentState::Offline as i32;
+    for id in [&stays_id, &moves_id] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shown(id).await != (online, "replica-b".into()) {
+            assert!(
+                Instant::now() < deadline,
+                "A shows agent {id} as {:?}, not online at replica-b",
+                shown(id).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    b.kill9();
+    let killed = Instant::now();
+    eventually(
+        "the agent given A moves there and A shows it online at replica-a",
+        Duration::from_secs(20),
+        || async { shown(&moves_id).await == (online, "replica-a".into()) },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shown(&stays_id).await != (offline, String::new()) {
+        assert!(
+            Instant::now() < deadline,
+            "A shows agent {stays_id} of the killed replica as {:?}",
+            shown(&stays_id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "the killed replica's agents: offline (or moved) on A after {:?}",
+        killed.elapsed()
+    );
+    assert!(!stays.status.borrow().connected);
 }
 
 /// An agent given two controller replicas moves to the second when its

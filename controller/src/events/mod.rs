@@ -293,6 +293,9 @@ impl Events {
             record.drill = drill.is_some();
             drills.push(drill);
         }
+        // Before the events: a failure to take the incidents in leaves
+        // nothing stored, and the agent resends the batch.
+        self.incidents.hold()?;
         let inserted = self.store.insert_events(&records)?;
         let mut stored = Vec::with_capacity(records.len());
         for ((record, drill), new) in records.into_iter().zip(drills).zip(inserted) {

@@ -161,6 +161,28 @@ impl Correlator {
         }
     }
 
+    /// Takes in `incident` as another controller sharing the store wrote
+    /// it: its newest state, and its keys, unless a key points at an
+    /// incident seen later.
+    pub fn take_in(&mut self, incident: std::sync::Arc<Incident>) {
+        if incident.status == Status::Resolved {
+            self.live.remove(&incident.id);
+            self.index.retain(|_, (id, _)| *id != incident.id);
+            return;
+        }
+        for k in &incident.keys {
+            let newer = self
+                .index
+                .get(k)
+                .is_some_and(|(id, last)| *id != incident.id && *last > incident.last_seen);
+            if !newer {
+                self.index
+                    .insert(k.clone(), (incident.id.clone(), incident.last_seen));
+            }
+        }
+        self.live.insert(incident.id.clone(), incident);
+    }
+
     /// Takes `incident` as the live copy of an incident it correlates.
     pub fn share(&mut self, incident: std::sync::Arc<Incident>) {
         if let Some(live) = self.live.get_mut(&incident.id) {

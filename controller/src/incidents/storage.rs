@@ -25,6 +25,9 @@ pub struct Incidents {
     /// Suppression name → events suppressed.
     pub(super) suppressed: std::sync::Mutex<BTreeMap<String, u64>>,
     pub(super) live: tokio::sync::broadcast::Sender<std::sync::Arc<Incident>>,
+    /// How far this controller has taken in the incidents other
+    /// controllers sharing the store wrote (see [`Incidents::catch_up`]).
+    pub(super) mark: std::sync::Mutex<u64>,
 }
 
 impl Incidents {
@@ -34,6 +37,8 @@ impl Incidents {
         committer: crate::store::Committer,
         window: Duration,
     ) -> Result<Self, crate::store::StoreError> {
+        // Before the read: whatever is written meanwhile is read again.
+        let mark = store.incidents_mark()?;
         let stored = store.incidents()?;
         let suppressed = store
             .counters()?
@@ -50,6 +55,7 @@ impl Incidents {
             ),
             suppressed: std::sync::Mutex::new(suppressed),
             live: tokio::sync::broadcast::channel(1024).0,
+            mark: std::sync::Mutex::new(mark),
             store,
             committer,
         })
@@ -63,6 +69,44 @@ impl Incidents {
         &self,
     ) -> std::sync::MutexGuard<'_, BTreeMap<String, std::sync::Arc<Incident>>> {
         self.all.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes in the incidents other controllers sharing the store wrote
+    /// since the last call: views, watchers and the correlator see them.
+    pub fn catch_up(&self) -> Result<(), crate::store::StoreError> {
+        self.take_in(false)
+    }
+
+    /// As [`Self::catch_up`], and holds the other controllers' incident
+    /// writes back until this controller's next flush: call before
+    /// storing events to correlate, or changing an incident, so that
+    /// what follows starts from every incident they wrote (two events of
+    /// one attack at two controllers make one incident). Nothing that
+    /// waits on another controller may come between this and that flush.
+    pub fn hold(&self) -> Result<(), crate::store::StoreError> {
+        self.take_in(true)
+    }
+
+    fn take_in(&self, hold: bool) -> Result<(), crate::store::StoreError> {
+        let mut mark = self.mark.lock().unwrap_or_else(|e| e.into_inner());
+        let theirs = self.store.incidents_changed(&mut mark, hold)?;
+        if theirs.is_empty() {
+            return Ok(());
+        }
+        let theirs: Vec<std::sync::Arc<Incident>> =
+            theirs.into_iter().map(std::sync::Arc::new).collect();
+        {
+            let mut c = self.correlator();
+            for i in &theirs {
+                c.take_in(i.clone());
+            }
+        }
+        let mut all = self.all();
+        for i in theirs {
+            all.insert(i.id.clone(), i.clone());
+            let _ = self.live.send(i);
+        }
+        Ok(())
     }
 
     /// Correlates newly stored events and writes what changed (the caller
@@ -198,6 +242,7 @@ impl Incidents {
         id: &str,
         f: impl FnOnce(&mut Incident) -> Result<(), IncidentError>,
     ) -> Result<Incident, IncidentError> {
+        self.hold()?;
         let updated = {
             let mut all = self.all();
             let i = all
@@ -251,6 +296,7 @@ impl Incidents {
         output: &str,
         delivery: Delivery,
     ) -> Result<Option<Incident>, crate::store::StoreError> {
+        self.hold()?;
         let mut all = self.all();
         let Some(i) = all.get_mut(id) else {
             return Ok(None);

@@ -31,6 +31,21 @@ pub struct AgentRecord {
     /// revoked too; the record stays for attribution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<UnixMs>,
+    /// Its latest session: which controller held it, since when, and
+    /// when it ended. Controllers sharing a store show an agent whose
+    /// session another (live) controller holds as online there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionRecord>,
+}
+
+/// Where an agent's latest session was held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The controller's name (`name` in its configuration).
+    pub controller: String,
+    pub since: UnixMs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<UnixMs>,
 }
 
 impl AgentRecord {

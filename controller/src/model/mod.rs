@@ -11,7 +11,9 @@ pub mod lure;
 pub mod resource;
 pub mod template;
 
-pub use self::agent::{AdminRecord, AgentRecord, AuditRecord, Revocation, TokenRecord};
+pub use self::agent::{
+    AdminRecord, AgentRecord, AuditRecord, Revocation, SessionRecord, TokenRecord,
+};
 pub use self::event::{FLOOD, StoredEvent};
 pub use self::incident::{
     Delivery, Hop, Incident, IncidentHead, MAX_INDICATORS, MAX_TIMELINE, Severity, Status,

@@ -9,6 +9,14 @@
 //! output delivers the incident's current state, oldest notice first,
 //! retrying with doubling delays; where each incident went is recorded on
 //! the incident (`rusectl describe incident`).
+//!
+//! Controllers sharing one store deliver from one of them at a time: the
+//! holder of the `outputs` lease ([`Store::lease`]), renewed every
+//! [`LEASE_RENEW`]; when it dies another takes over within
+//! [`LEASE_TTL`] + [`LEASE_RENEW`]. A notice is removed from its queue only
+//! after its delivery, so one in flight when a holder dies is delivered
+//! again by the next: at least once, with the incident's id and version as
+//! the receiver's key to drop the repeat (docs/incidents.md).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +30,7 @@ use ruse_proto::types::UnixMs;
 
 use crate::incidents::{Incidents, Notice};
 use crate::model::{Delivery, Incident, Severity};
-use crate::store::{Committer, Store, StoreError};
+use crate::store::{Committer, LEASE_RENEW, LEASE_TTL, Store, StoreError};
 
 mod config;
 mod format;
@@ -40,6 +48,9 @@ pub use self::format::{
 use self::sink::{Sent, Sink};
 pub use self::smtp::message as mail_message;
 
+/// The lease of the controller that delivers the outputs.
+const LEASE: &str = "outputs";
+
 /// A queued notice.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Queued {
@@ -52,6 +63,8 @@ struct Queued {
 pub struct Outputs {
     sinks: Vec<Arc<Sink>>,
     store: Arc<dyn Store>,
+    /// Whether this controller holds the lease and delivers.
+    leading: watch::Sender<bool>,
 }
 
 /// An output's state, for metrics and drills.
@@ -84,7 +97,11 @@ impl Outputs {
                     .map_err(|e| format!("output {:?}: {e}", c.name).into())
             })
             .collect::<Result<_, OutputConfigError>>()?;
-        Ok(Outputs { sinks, store })
+        Ok(Outputs {
+            sinks,
+            store,
+            leading: watch::channel(false).0,
+        })
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -153,8 +170,14 @@ impl Outputs {
             .collect()
     }
 
-    /// Starts one delivery worker per output; they stop when `stop` turns
-    /// true.
+    /// Whether this controller delivers the outputs now (it holds the
+    /// lease).
+    pub fn leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// Starts one delivery worker per output, and the task that holds the
+    /// lease they deliver under; they stop when `stop` turns true.
     pub fn start(
         self: &Arc<Self>,
         incidents: Arc<Incidents>,
@@ -162,7 +185,11 @@ impl Outputs {
         retry: (Duration, Duration),
         stop: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        self.sinks
+        if self.sinks.is_empty() {
+            return Vec::new();
+        }
+        let mut tasks: Vec<_> = self
+            .sinks
             .iter()
             .map(|sink| {
                 tokio::spawn(deliver(
@@ -171,10 +198,40 @@ impl Outputs {
                     incidents.clone(),
                     committer.clone(),
                     retry,
-                    stop.clone(),
+                    (self.leading.subscribe(), stop.clone()),
                 ))
             })
-            .collect()
+            .collect();
+        tasks.push(tokio::spawn(self.clone().hold_lease(stop)));
+        tasks
+    }
+
+    /// Takes and renews the lease until `stop`, then gives it up.
+    async fn hold_lease(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let held = match self.store.lease(LEASE, LEASE_TTL) {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the output lease; not delivering until it is");
+                    false
+                }
+            };
+            let was = self.leading.send_replace(held);
+            if held && !was {
+                tracing::info!("this controller delivers the outputs");
+                self.wake();
+            } else if was && !held {
+                tracing::warn!("another controller delivers the outputs now");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(LEASE_RENEW) => {}
+                () = crate::stopped(&mut stop) => break,
+            }
+        }
+        self.leading.send_replace(false);
+        if let Err(e) = self.store.release_lease(LEASE) {
+            tracing::warn!(error = %e, "cannot give up the output lease; another controller takes it when it expires");
+        }
     }
 }
 
@@ -185,7 +242,7 @@ async fn deliver(
     incidents: Arc<Incidents>,
     committer: Committer,
     (retry_min, retry_max): (Duration, Duration),
-    mut stop: watch::Receiver<bool>,
+    (mut leading, mut stop): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) {
     let name = sink.output.name.clone();
     let mut delay = retry_min;
@@ -193,6 +250,13 @@ async fn deliver(
     loop {
         if *stop.borrow() {
             return;
+        }
+        if !*leading.borrow_and_update() {
+            tokio::select! {
+                _ = leading.wait_for(|l| *l) => {}
+                () = crate::stopped(&mut stop) => return,
+            }
+            continue;
         }
         let next = match store.queue_peek(&sink.queue(), 1) {
             Ok(items) => items.into_iter().next(),
@@ -204,6 +268,7 @@ async fn deliver(
         let Some((seq, bytes)) = next else {
             tokio::select! {
                 () = sink.wake.notified() => {}
+                _ = leading.changed() => {}
                 () = crate::stopped(&mut stop) => return,
             }
             continue;
@@ -213,7 +278,23 @@ async fn deliver(
             let _ = store.queue_remove(&sink.queue(), seq);
             continue;
         };
-        let Some(incident) = incidents.get(&item.incident) else {
+        // Opened through another controller sharing the store: taken in
+        // first.
+        let incident = match incidents.get(&item.incident) {
+            Some(i) => Some(i),
+            None => match incidents.catch_up() {
+                Ok(()) => incidents.get(&item.incident),
+                Err(e) => {
+                    tracing::error!(output = %name, error = %e, "cannot read incidents");
+                    tokio::select! {
+                        () = tokio::time::sleep(retry_min) => {}
+                        () = crate::stopped(&mut stop) => return,
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some(incident) = incident else {
             let _ = store.queue_remove(&sink.queue(), seq);
             continue;
         };
@@ -254,6 +335,9 @@ async fn deliver(
                 tracing::warn!(output = %name, incident = %incident.id, error = %error, retry_in_ms = delay.as_millis() as u64, "incident delivery failed");
                 let record = unsent(&incident, &name, "failing", *tries, error);
                 let _ = incidents.record_delivery(&incident.id, &name, record);
+                // Committed now: recording it holds other controllers'
+                // incident writes until then.
+                let _ = committer.durable().await;
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = crate::stopped(&mut stop) => return,

@@ -54,6 +54,11 @@ pub enum StoreError {
     Full(Arc<str>),
 }
 
+/// How long a lease ([`Store::lease`]) lasts unrenewed.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a lease's holder renews it (and others try to take it).
+pub const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A committed change to a store that several controllers share.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -124,7 +129,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// facts, certificate) and keeps what admins set (labels, revocation,
     /// deletion) as stored: the controller holding the agent's session
     /// writes this often, and must not undo another controller's
-    /// revocation or labels with its older copy.
+    /// revocation or labels with its older copy. Of two controllers'
+    /// session records (`session`), the later session's is kept.
     fn put_agent_state(&self, record: &AgentRecord) -> Result<(), StoreError> {
         self.put_agent(record)
     }
@@ -189,6 +195,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Adds entries to an incident's timeline (written once each; the
     /// timeline is read back in time order).
     fn put_timeline(&self, incident: &str, entries: &[&TimelineEntry]) -> Result<(), StoreError>;
+    /// Where [`Store::incidents_changed`] starts after [`Store::incidents`]
+    /// was read: taken before that read (an incident written between the
+    /// two is returned again, never missed).
+    fn incidents_mark(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Incidents that *other* controllers sharing this store wrote since
+    /// `mark` (with their timelines), in the order they committed;
+    /// advances `mark`. With `hold`, first makes every other controller
+    /// wait to write incidents until this one's next flush, so what it
+    /// correlates until then starts from every incident they wrote: two
+    /// events of one attack that arrive at two controllers land in one
+    /// incident. A store only one controller writes returns nothing.
+    fn incidents_changed(&self, _mark: &mut u64, _hold: bool) -> Result<Vec<Incident>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// Named counters (suppression hits, …).
     fn counters(&self) -> Result<Vec<(String, u64)>, StoreError>;
@@ -261,6 +283,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A new resource revision, greater than every one before (survives
     /// restarts).
     fn next_revision(&self) -> Result<u64, StoreError>;
+
+    /// Takes or renews the lease `name` for `ttl` (work one controller at
+    /// a time does); true while this controller holds it. Another takes
+    /// it over once `ttl` passes unrenewed. A store only one controller
+    /// uses always grants it.
+    fn lease(&self, _name: &str, _ttl: std::time::Duration) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// The names of the leases starting with `prefix` that some
+    /// controller holds now (unexpired), without the prefix.
+    fn live_leases(&self, _prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Gives up the lease `name` if this controller holds it (stopping):
+    /// another takes it over at once.
+    fn release_lease(&self, _name: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Makes every write made before this call durable. Blocks.
     fn flush(&self) -> Result<(), StoreError>;

@@ -74,6 +74,7 @@ pub(super) fn agent_pb(view: AgentView) -> pb::Agent {
         revoke_reason,
         reported_labels,
         deleted_ms: r.deleted.map_or(0, |t| t.0),
+        controller: view.controller.unwrap_or_default(),
     }
 }
 

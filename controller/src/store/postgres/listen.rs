@@ -14,9 +14,14 @@ use super::connect::{Connector, db};
 use crate::store::{Change, StoreError};
 
 /// Follows the feed until the store's runtime stops.
-pub(super) async fn follow(connector: Arc<Connector>, changes: broadcast::Sender<Change>) {
+/// Incidents this store wrote itself (`incidents <me>`) are not passed on.
+pub(super) async fn follow(
+    connector: Arc<Connector>,
+    changes: broadcast::Sender<Change>,
+    me: Arc<str>,
+) {
     loop {
-        if let Err(e) = listen(&connector, &changes).await {
+        if let Err(e) = listen(&connector, &changes, &me).await {
             tracing::warn!(error = %e, "store change feed interrupted; reconnecting");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -26,6 +31,7 @@ pub(super) async fn follow(connector: Arc<Connector>, changes: broadcast::Sender
 async fn listen(
     connector: &Connector,
     changes: &broadcast::Sender<Change>,
+    me: &str,
 ) -> Result<(), StoreError> {
     let (client, mut connection) = connector.connect_parts().await?;
     let (heard, mut payloads) = mpsc::unbounded_channel::<String>();
@@ -55,7 +61,9 @@ async fn listen(
     // Anything may have changed before the LISTEN took effect.
     let _ = changes.send(Change::Resync);
     while let Some(payload) = payloads.recv().await {
-        if let Some((table, key)) = payload.split_once(' ') {
+        if let Some((table, key)) = payload.split_once(' ')
+            && !(table == "incidents" && key == me)
+        {
             // No receivers is fine.
             let _ = changes.send(Change::Record {
                 table: table.to_owned(),

@@ -55,6 +55,9 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 const CURSOR_BLOCK: u64 = 512;
 /// Events read per query while scanning.
 const SCAN_PAGE: i64 = 500;
+/// The advisory lock every incident write takes until its commit ("ruse"
+/// and 2; migrations use 1).
+const INCIDENT_LOCK: i64 = 0x7275_7365_0000_0002;
 
 /// The PostgreSQL-backed [`Store`].
 #[derive(Debug)]
@@ -67,6 +70,9 @@ pub struct PgStore {
     cursors: Mutex<(u64, u64)>,
     /// Committed changes of every controller (see `listen.rs`).
     changes: tokio::sync::broadcast::Sender<super::Change>,
+    /// This store's name among the controllers sharing the database: the
+    /// `writer` of its incidents and the holder of its leases.
+    me: Arc<str>,
 }
 
 fn runtime() -> Result<Runtime, StoreError> {
@@ -104,6 +110,7 @@ impl PgStore {
             shared,
             cursors: Mutex::new((0, 0)),
             changes: tokio::sync::broadcast::channel(4096).0,
+            me: ruse_proto::types::new_ulid().into(),
         };
         let s = store.shared.clone();
         let migrated = store.call(async move {
@@ -122,6 +129,7 @@ impl PgStore {
         store.handle.spawn(listen::follow(
             store.shared.connector.clone(),
             store.changes.clone(),
+            store.me.clone(),
         ));
         Ok(store)
     }

@@ -9,7 +9,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 
-use super::{CURSOR_BLOCK, PgStore, SCAN_PAGE, decode, to_i64, to_u64};
+use super::{CURSOR_BLOCK, INCIDENT_LOCK, PgStore, SCAN_PAGE, decode, to_i64, to_u64};
 use crate::model::{
     AdminRecord, AgentRecord, AllowRule, AuditRecord, CampaignRecord, Decoy, Incident,
     IncidentHead, LureInstance, StoredEvent, Suppression, TimelineEntry, TokenRecord,
@@ -38,7 +38,13 @@ impl Store for PgStore {
                 "INSERT INTO agents (id, record) VALUES ($1, $2::jsonb) \
                  ON CONFLICT (id) DO UPDATE SET record = agents.record || \
                  (excluded.record - 'token_labels' - 'admin_labels' - 'removed_labels' \
-                  - 'revoked' - 'deleted')",
+                  - 'revoked' - 'deleted' - 'session') || \
+                 CASE WHEN excluded.record ? 'session' AND \
+                   (NOT agents.record ? 'session' OR \
+                    (excluded.record #>> '{session,since}')::bigint >= \
+                    (agents.record #>> '{session,since}')::bigint) \
+                 THEN jsonb_build_object('session', excluded.record -> 'session') \
+                 ELSE '{}'::jsonb END",
                 &[(&id, Type::TEXT), (&json, Type::TEXT)],
             )
             .await
@@ -191,31 +197,77 @@ impl Store for PgStore {
 
     fn incidents(&self) -> Result<Vec<Incident>, StoreError> {
         let mut all: Vec<Incident> = self.all("incidents")?;
-        let rows = self.in_tx(false, move |c| async move {
-            c.query_typed(
-                "SELECT incident, entries::text FROM incident_timeline ORDER BY incident, at, event_id",
-                &[],
-            )
-            .await
-        })?;
-        let mut timelines: HashMap<String, Vec<Arc<TimelineEntry>>> = HashMap::new();
-        for r in &rows {
-            let incident: String = r.get(0);
-            let entries: Vec<Arc<TimelineEntry>> =
-                decode("incident_timeline", &incident, r.get(1))?;
-            timelines.entry(incident).or_default().extend(entries);
-        }
-        for i in &mut all {
-            let mut entries = timelines.remove(&i.id).unwrap_or_default();
-            // Batches may overlap in time.
-            entries.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
-            i.timeline = Arc::new(entries);
-        }
+        self.attach_timelines(&mut all, None)?;
         Ok(all)
     }
 
     fn put_incident(&self, incident: &Incident) -> Result<(), StoreError> {
-        self.put("incidents", &incident.id, &IncidentHead::from(incident))
+        let json = serde_json::to_string(&IncidentHead::from(incident))
+            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
+        let (id, me) = (incident.id.clone(), self.me.to_string());
+        // The lock first (see migration 4): incident writes commit one
+        // controller at a time.
+        self.write(move |c| async move {
+            c.execute_typed(
+                "INSERT INTO incidents (id, record, writer) \
+                 SELECT $1, $2::jsonb, $3 FROM (SELECT pg_advisory_xact_lock($4)) AS held \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record, writer = excluded.writer",
+                &[
+                    (&id, Type::TEXT),
+                    (&json, Type::TEXT),
+                    (&me, Type::TEXT),
+                    (&INCIDENT_LOCK, Type::INT8),
+                ],
+            )
+            .await
+        })
+    }
+
+    fn incidents_mark(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.auto(move |c| async move {
+            let row = c
+                .query_typed_one("SELECT coalesce(max(changed), 0) FROM incidents", &[])
+                .await?;
+            Ok(row.get(0))
+        })?;
+        Ok(to_u64(n))
+    }
+
+    fn incidents_changed(&self, mark: &mut u64, hold: bool) -> Result<Vec<Incident>, StoreError> {
+        if hold {
+            // Held by the open transaction until the next flush; marked
+            // as a write so that flush commits (and so releases) it.
+            self.write(move |c| async move {
+                c.execute_typed(
+                    "SELECT pg_advisory_xact_lock($1)",
+                    &[(&INCIDENT_LOCK, Type::INT8)],
+                )
+                .await
+            })?;
+        }
+        // After the lock is granted: this statement's snapshot has every
+        // incident the others committed.
+        let (since, me) = (to_i64(*mark), self.me.to_string());
+        let rows = self.auto(move |c| async move {
+            c.query_typed(
+                "SELECT id, changed, CASE WHEN writer = $2 THEN NULL ELSE record::text END \
+                 FROM incidents WHERE changed > $1 ORDER BY changed",
+                &[(&since, Type::INT8), (&me, Type::TEXT)],
+            )
+            .await
+        })?;
+        let mut theirs = Vec::new();
+        for r in &rows {
+            *mark = (*mark).max(to_u64(r.get(1)));
+            if let Some(json) = r.get::<_, Option<&str>>(2) {
+                theirs.push(decode::<Incident>("incidents", r.get(0), json)?);
+            }
+        }
+        if !theirs.is_empty() {
+            let ids = theirs.iter().map(|i| i.id.clone()).collect();
+            self.attach_timelines(&mut theirs, Some(ids))?;
+        }
+        Ok(theirs)
     }
 
     fn put_timeline(&self, incident: &str, entries: &[&TimelineEntry]) -> Result<(), StoreError> {
@@ -595,8 +647,96 @@ impl Store for PgStore {
         self.shared.failed.get().cloned()
     }
 
+    fn lease(&self, name: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let (name, me) = (name.to_owned(), self.me.to_string());
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        // The database's clock decides, not the controllers'.
+        let row = self.auto(move |c| async move {
+            c.query_typed_opt(
+                "INSERT INTO leases (name, holder, expires) \
+                 VALUES ($1, $2, now() + $3 * interval '1 millisecond') \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires \
+                 WHERE leases.holder = excluded.holder OR leases.expires < now() \
+                 RETURNING holder",
+                &[(&name, Type::TEXT), (&me, Type::TEXT), (&ms, Type::INT8)],
+            )
+            .await
+        })?;
+        Ok(row.is_some())
+    }
+
+    fn live_leases(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_owned();
+        let rows = self.auto(move |c| async move {
+            c.query_typed(
+                "SELECT substr(name, length($1) + 1) FROM leases \
+                 WHERE starts_with(name, $1) AND expires > now() ORDER BY name",
+                &[(&prefix, Type::TEXT)],
+            )
+            .await
+        })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn release_lease(&self, name: &str) -> Result<(), StoreError> {
+        let (name, me) = (name.to_owned(), self.me.to_string());
+        self.auto(move |c| async move {
+            c.execute_typed(
+                "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                &[(&name, Type::TEXT), (&me, Type::TEXT)],
+            )
+            .await
+        })
+        .map(drop)
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         let shared = self.shared.clone();
         self.call(async move { shared.flush().await })
+    }
+}
+
+impl PgStore {
+    /// Reads the timelines of `incidents` (of those with an id in `only`,
+    /// when given, reading only theirs).
+    fn attach_timelines(
+        &self,
+        incidents: &mut [Incident],
+        only: Option<Vec<String>>,
+    ) -> Result<(), StoreError> {
+        let rows = self.in_tx(false, move |c| async move {
+            match only {
+                None => {
+                    c.query_typed(
+                        "SELECT incident, entries::text FROM incident_timeline \
+                         ORDER BY incident, at, event_id",
+                        &[],
+                    )
+                    .await
+                }
+                Some(ids) => {
+                    c.query_typed(
+                        "SELECT incident, entries::text FROM incident_timeline \
+                         WHERE incident = ANY($1) ORDER BY incident, at, event_id",
+                        &[(&ids, Type::TEXT_ARRAY)],
+                    )
+                    .await
+                }
+            }
+        })?;
+        let mut timelines: HashMap<String, Vec<Arc<TimelineEntry>>> = HashMap::new();
+        for r in &rows {
+            let incident: String = r.get(0);
+            let entries: Vec<Arc<TimelineEntry>> =
+                decode("incident_timeline", &incident, r.get(1))?;
+            timelines.entry(incident).or_default().extend(entries);
+        }
+        for i in incidents {
+            let mut entries = timelines.remove(&i.id).unwrap_or_default();
+            // Batches may overlap in time.
+            entries.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+            i.timeline = Arc::new(entries);
+        }
+        Ok(())
     }
 }

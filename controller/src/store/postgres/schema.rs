@@ -29,6 +29,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "shared rules",
         sql: include_str!("migrations/0003_shared_rules.sql"),
     },
+    Migration {
+        version: 4,
+        name: "shared incidents",
+        sql: include_str!("migrations/0004_shared_incidents.sql"),
+    },
 ];
 
 /// The advisory lock migrations run under ("ruse" and 1).

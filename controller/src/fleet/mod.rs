@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use ruse_proto::convert::{AgentState, HostFacts};
 use ruse_proto::types::{AgentId, Identity, Labels, UnixMs};
 
-use crate::model::{AgentRecord, Revocation};
+use crate::model::{AgentRecord, Revocation, SessionRecord};
 
 /// Why the controller ends a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +101,9 @@ pub struct AgentView {
     pub state: AgentState,
     pub health: Health,
     pub peer: Option<SocketAddr>,
+    /// The controller holding its session, when online: this one, or
+    /// another live controller sharing the store.
+    pub controller: Option<String>,
 }
 
 /// An agent as selectors and rollouts see it.
@@ -130,6 +133,10 @@ pub struct Fleet {
     dirty: Mutex<HashSet<AgentId>>,
     offline_after: Duration,
     next_session: AtomicU64,
+    /// This controller's name, recorded with each session it holds.
+    name: OnceLock<String>,
+    /// Controllers sharing the store that are alive now (their names).
+    live_controllers: RwLock<HashSet<String>>,
 }
 
 impl Fleet {
@@ -144,7 +151,26 @@ impl Fleet {
             dirty: Mutex::new(HashSet::new()),
             offline_after,
             next_session: AtomicU64::new(1),
+            name: OnceLock::new(),
+            live_controllers: RwLock::new(HashSet::new()),
         }
+    }
+
+    /// Names this controller (once, before it serves).
+    pub fn set_name(&self, name: String) {
+        let _ = self.name.set(name);
+    }
+
+    pub fn name(&self) -> &str {
+        self.name.get().map_or("", String::as_str)
+    }
+
+    /// The controllers sharing the store that are alive now.
+    pub fn set_live_controllers(&self, names: HashSet<String>) {
+        *self
+            .live_controllers
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = names;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<AgentId, Mutex<Entry>>> {
@@ -231,8 +257,14 @@ impl Fleet {
                 close: Some(tx),
             });
             e.last_heartbeat = Instant::now();
-            e.record.last_seen = UnixMs::now();
+            let now = UnixMs::now();
+            e.record.last_seen = now;
             e.record.last_peer = peer.to_string();
+            e.record.session = Some(SessionRecord {
+                controller: self.name().to_owned(),
+                since: now,
+                ended: None,
+            });
             Ok(())
         });
         match outcome {
@@ -316,7 +348,11 @@ impl Fleet {
                 return false;
             }
             e.session = None;
-            e.record.last_seen = UnixMs::now();
+            let now = UnixMs::now();
+            e.record.last_seen = now;
+            if let Some(s) = &mut e.record.session {
+                s.ended = Some(now);
+            }
             true
         });
         if ended == Some(true) {
@@ -380,6 +416,26 @@ impl Fleet {
                 e.record.deleted = stored.deleted;
                 changed = true;
             }
+            // A later session (as the store keeps it: the later `since`
+            // wins, so controllers' clocks should agree), held by another
+            // controller: this one's session, if it has one, is stale (an
+            // agent holds one).
+            if let Some(theirs) = &stored.session
+                && theirs.controller != self.name()
+                && e.record
+                    .session
+                    .as_ref()
+                    .is_none_or(|ours| *ours != *theirs && theirs.since >= ours.since)
+            {
+                e.record.session = stored.session.clone();
+                e.record.last_seen = e.record.last_seen.max(stored.last_seen);
+                e.record.last_peer = stored.last_peer.clone();
+                if let Some(mut session) = e.session.take()
+                    && let Some(close) = session.close.take()
+                {
+                    let _ = close.send(CloseReason::Superseded);
+                }
+            }
             changed
         });
         match known {
@@ -438,13 +494,33 @@ impl Fleet {
     }
 
     fn view(&self, e: &Entry, now: Instant) -> AgentView {
+        let local = self.state(e, now);
+        let (state, controller) = match (local, self.held_elsewhere(e)) {
+            (AgentState::Offline, Some(other)) => (AgentState::Online, Some(other)),
+            (AgentState::Online | AgentState::Degraded, _) => (local, Some(self.name().to_owned())),
+            (state, _) => (state, None),
+        };
         AgentView {
             record: e.record.clone(),
             labels: e.labels.clone(),
-            state: self.state(e, now),
+            state,
             health: e.health.clone(),
             peer: e.session.as_ref().map(|s| s.peer),
+            controller,
         }
+    }
+
+    /// The other live controller holding `e`'s session, if one does.
+    fn held_elsewhere(&self, e: &Entry) -> Option<String> {
+        let s = e.record.session.as_ref()?;
+        if e.session.is_some() || s.ended.is_some() || s.controller == self.name() {
+            return None;
+        }
+        self.live_controllers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&s.controller)
+            .then(|| s.controller.clone())
     }
 
     fn state(&self, e: &Entry, now: Instant) -> AgentState {
@@ -543,191 +619,10 @@ pub(crate) mod tests_support {
             cert_not_after: UnixMs(0),
             revoked: None,
             deleted: None,
+            session: None,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    use tests_support::record;
-
-    fn peer() -> SocketAddr {
-        "127.0.0.1:5000".parse().unwrap()
-    }
-
-    #[test]
-    fn state_follows_sessions_heartbeats_and_revocation() {
-        let fleet = Fleet::new(vec![record("a", "site=icu")], Duration::from_millis(50));
-        let id: AgentId = "a".parse().unwrap();
-        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Offline);
-        let ticket = fleet.begin_session(&id, peer()).unwrap();
-        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Online);
-        fleet.heartbeat(
-            &id,
-            ticket.id,
-            Health {
-                degraded: true,
-                ..Health::default()
-            },
-        );
-        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Degraded);
-        std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Offline);
-        fleet.revoke(&id, "admin/x", "lost laptop").unwrap();
-        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Revoked);
-        assert!(matches!(
-            fleet.begin_session(&id, peer()),
-            Err(SessionRefused::Revoked(_))
-        ));
-        use ruse_pki::Denylist;
-        assert!(fleet.is_denied(&Identity::Agent(id)));
-    }
-
-    #[test]
-    fn a_new_session_closes_the_old_one_and_stale_ends_are_ignored() {
-        let fleet = Fleet::new(vec![record("a", "")], Duration::from_secs(60));
-        let id: AgentId = "a".parse().unwrap();
-        let mut first = fleet.begin_session(&id, peer()).unwrap();
-        let second = fleet.begin_session(&id, peer()).unwrap();
-        assert_eq!(first.closed.try_recv(), Ok(CloseReason::Superseded));
-        fleet.end_session(&id, first.id);
-        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Online);
-        fleet.end_session(&id, second.id);
-        assert_eq!(fleet.get(&id).unwrap().state, AgentState::Offline);
-    }
-
-    #[test]
-    fn revocation_closes_the_live_session() {
-        let fleet = Fleet::new(vec![record("a", "")], Duration::from_secs(60));
-        let id: AgentId = "a".parse().unwrap();
-        let mut ticket = fleet.begin_session(&id, peer()).unwrap();
-        fleet.revoke(&id, "admin/x", "").unwrap();
-        assert_eq!(ticket.closed.try_recv(), Ok(CloseReason::Revoked));
-    }
-
-    #[test]
-    fn unknown_agents_are_refused_and_selectors_filter() {
-        let fleet = Fleet::new(
-            vec![record("a", "site=icu"), record("b", "site=er")],
-            Duration::from_secs(60),
-        );
-        assert!(matches!(
-            fleet.begin_session(&"zz".parse().unwrap(), peer()),
-            Err(SessionRefused::Unknown(_))
-        ));
-        let icu = fleet.list(&Labels::parse_pairs(["site=icu"]).unwrap());
-        assert_eq!(icu.len(), 1);
-        assert_eq!(icu[0].record.id.as_str(), "a");
-        assert_eq!(fleet.list(&Labels::new()).len(), 2);
-    }
-
-    #[test]
-    fn admins_set_and_remove_labels_from_any_source() {
-        let fleet = Fleet::new(
-            vec![record("a", "role=workstation,site=icu")],
-            Duration::from_secs(60),
-        );
-        let id: AgentId = "a".parse().unwrap();
-        let r = fleet
-            .set_admin_labels(
-                &id,
-                &Labels::parse_pairs(["tier=1"]).unwrap(),
-                &["role".into()],
-            )
-            .unwrap();
-        assert_eq!(r.labels().to_string(), "site=icu,tier=1");
-        let r = fleet
-            .set_admin_labels(&id, &Labels::parse_pairs(["role=pacs"]).unwrap(), &[])
-            .unwrap();
-        assert_eq!(r.labels().get("role"), Some("pacs"));
-        assert!(r.removed_labels.is_empty());
-        // What selectors see follows every source.
-        let member = |fleet: &Fleet| fleet.members().remove(0);
-        assert_eq!(*member(&fleet).labels, r.labels());
-        assert_eq!(
-            fleet
-                .list(&Labels::parse_pairs(["role=pacs"]).unwrap())
-                .len(),
-            1
-        );
-        let ticket = fleet.begin_session(&id, peer()).unwrap();
-        fleet.hello(
-            &id,
-            ticket.id,
-            HostFacts {
-                hostname: "ws-07".into(),
-                labels: Labels::parse_pairs(["site=er"]).unwrap(),
-                ..HostFacts::default()
-            },
-        );
-        assert_eq!(fleet.hostname_of(&id).as_deref(), Some("ws-07"));
-        // What the agent says about itself is reported, never selected on.
-        let now = fleet.record(&id).unwrap().labels();
-        assert_eq!(now.get("site"), Some("icu"));
-        assert_eq!(
-            fleet.record(&id).unwrap().reported_labels().get("site"),
-            Some("er")
-        );
-        assert_eq!(*member(&fleet).labels, now);
-        assert_eq!(*fleet.get(&id).unwrap().labels, now);
-        assert_eq!(fleet.labels_of(&id).as_deref(), Some(&now));
-        assert_eq!(fleet.hostname_of(&"zz".parse().unwrap()), None);
-        assert_eq!(
-            fleet
-                .list(&Labels::parse_pairs(["site=icu"]).unwrap())
-                .len(),
-            1,
-            "a Hello moves the agent neither into nor out of a selector"
-        );
-    }
-
-    #[test]
-    fn records_another_controller_stored_are_taken_in_and_a_revocation_closes_the_session() {
-        use ruse_pki::Denylist;
-        let fleet = Fleet::new(vec![record("a", "site=icu")], Duration::from_secs(60));
-        let id: AgentId = "a".parse().unwrap();
-        let mut ticket = fleet.begin_session(&id, peer()).unwrap();
-        let mut stored = fleet.record(&id).unwrap();
-        stored.last_seen = UnixMs(1);
-        assert!(
-            !fleet.merge_stored(stored.clone()),
-            "nothing an admin sets changed"
-        );
-        stored.admin_labels = Labels::parse_pairs(["ward=3"]).unwrap();
-        assert!(fleet.merge_stored(stored.clone()));
-        assert_eq!(fleet.labels_of(&id).unwrap().get("ward"), Some("3"));
-        assert!(ticket.closed.try_recv().is_err(), "still connected");
-        stored.revoked = Some(Revocation {
-            at: UnixMs(5),
-            by: "admin/root".into(),
-            reason: "laptop stolen".into(),
-        });
-        assert!(fleet.merge_stored(stored.clone()));
-        assert!(matches!(ticket.closed.try_recv(), Ok(CloseReason::Revoked)));
-        assert!(fleet.is_denied(&Identity::Agent(id.clone())));
-        // An older copy does not undo it.
-        stored.revoked = None;
-        assert!(!fleet.merge_stored(stored));
-        assert!(fleet.is_denied(&Identity::Agent(id)));
-        // An agent enrolled elsewhere is added.
-        assert!(fleet.merge_stored(record("b", "")));
-        assert_eq!(fleet.len(), 2);
-    }
-
-    #[test]
-    fn dirty_records_are_batched_and_heartbeats_do_not_rewrite_every_time() {
-        let fleet = Fleet::new(vec![record("a", "")], Duration::from_secs(60));
-        let id: AgentId = "a".parse().unwrap();
-        let ticket = fleet.begin_session(&id, peer()).unwrap();
-        assert_eq!(fleet.take_dirty().len(), 1);
-        fleet.heartbeat(&id, ticket.id, Health::default());
-        assert!(fleet.take_dirty().is_empty());
-        fleet.end_session(&id, ticket.id);
-        let dirty = fleet.take_dirty();
-        assert_eq!(dirty.len(), 1);
-        fleet.restore_dirty(&dirty);
-        assert_eq!(fleet.take_dirty().len(), 1);
-    }
-}
+mod tests;
