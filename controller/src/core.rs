@@ -449,6 +449,7 @@ impl Core {
             cert_not_after: cert.not_after,
             revoked: None,
             session: None,
+            applied: None,
             deleted: None,
         };
         self.store.put_agent(&agent)?;
@@ -733,6 +734,7 @@ impl Core {
         };
         let mut changed = false;
         for record in records {
+            self.deploy.take_in_applied(&record);
             changed |= self.fleet.merge_stored(record);
         }
         if changed {

@@ -370,11 +370,17 @@ async fn follow_changes(
             // Missed some: take in everything.
             Ok(store::Change::Resync) | Err(RecvError::Lagged(_)) => {
                 core.events.outputs.wake();
-                ["decoys", "allow_rules", "suppressions"]
-                    .iter()
-                    .try_for_each(|t| core.deploy.reload(t))
-                    .and_then(|()| core.agents_changed(None))
-                    .and_then(|()| core.events.incidents.catch_up())
+                [
+                    "campaigns",
+                    "lures",
+                    "decoys",
+                    "allow_rules",
+                    "suppressions",
+                ]
+                .iter()
+                .try_for_each(|t| core.deploy.reload(t))
+                .and_then(|()| core.agents_changed(None))
+                .and_then(|()| core.events.incidents.catch_up())
             }
             Err(RecvError::Closed) => return,
         };

@@ -1039,6 +1039,199 @@ async fn every_replica_shows_where_each_session_is_and_a_killed_replicas_agents_
     assert!(!stays.status.borrow().connected);
 }
 
+/// Three replicas plan one set of lures: a campaign applied through a
+/// replica that is not the leader reaches the agents of every replica in
+/// its waves (the leader counts acknowledgements made at every replica),
+/// each agent gets one instance per slot (never one per replica), every
+/// replica knows every instance (a touch is attributed wherever it
+/// arrives), and when the leader stops another takes over and plans the
+/// next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
+    use ruse_e2e::{TestAgent, eventually};
+    use ruse_proto::transport::ControllerUrl;
+    use std::time::Duration;
+
+    let Some(pg) = Postgres::start("replicas_plan_one_set_of_lures") else {
+        return;
+    };
+    pg.database("ruse");
+    let mut a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut config = a.config.clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.name = None;
+        replicas.push(ruse_controller::Controller::start(config).await.unwrap());
+    }
+    assert!(a.controller().core().deploy.leading());
+    assert!(replicas.iter().all(|r| !r.core().deploy.leading()));
+    let urls: Vec<ControllerUrl> = std::iter::once(a.url())
+        .chain(
+            replicas
+                .iter()
+                .map(|c| ControllerUrl::from_addr(c.agent_addr())),
+        )
+        .collect();
+    // Six agents, two at each replica.
+    let token = a.token("site=icu", 6, Duration::from_secs(600)).await;
+    let mut agents = Vec::new();
+    for n in 0..6 {
+        let mut config = a.agent_config(&format!("ws-{n}"), &token, "");
+        config.controller = urls[n % 3].clone();
+        agents.push(a.spawn_agent(config));
+    }
+    let mut ids = Vec::new();
+    for agent in &mut agents {
+        ids.push(agent.connected().await);
+    }
+
+    // Applied through B, which is not the leader.
+    let b = replicas[0].core().clone();
+    // In three waves: the leader moves each on once the agents of the
+    // last acknowledged, whichever replica holds their sessions.
+    let manifest = |waves: &str, slots: &str| {
+        ruse_controller::resources::parse(&format!(
+            "kind: Campaign\nname: exports\nselector: {{site: icu}}\nrollout: {{waves: [{waves}]}}\nlures:\n{slots}"
+        ))
+        .unwrap()
+    };
+    let csv = "  - {template: patient-csv, path: \"~/Documents/Exports\"}\n";
+    let waves = "\"34%\", \"67%\", \"100%\"";
+    b.deploy.apply(&manifest(waves, csv), false).await.unwrap();
+    for agent in &mut agents {
+        agent.wait_lures(1, Duration::from_secs(20)).await;
+    }
+    assert_eq!(pg.psql("ruse", "SELECT count(*) FROM lures"), "6");
+    let cores: Vec<_> = std::iter::once(a.controller().core().clone())
+        .chain(replicas.iter().map(|r| r.core().clone()))
+        .collect();
+    for c in &cores {
+        eventually(
+            "the rollout completed on every replica",
+            Duration::from_secs(2),
+            || {
+                let rollout = c.deploy.campaign("exports").unwrap().record.rollout;
+                async move { rollout == ruse_controller::model::RolloutState::Completed }
+            },
+        )
+        .await;
+    }
+    eventually(
+        "every replica knows every instance",
+        Duration::from_secs(2),
+        || {
+            let known: Vec<usize> = cores
+                .iter()
+                .map(|c| c.deploy.lures(None, None, false).unwrap().len())
+                .collect();
+            async move { known == [6, 6, 6] }
+        },
+    )
+    .await;
+    // A touch at C of a lure A's leader created is C's agent's.
+    let (n, agent) = (2, &agents[2]);
+    let lure = cores[2]
+        .deploy
+        .lures(Some(&ids[n].parse().unwrap()), None, false)
+        .unwrap()[0]
+        .lure
+        .id
+        .to_string();
+    agent
+        .events
+        .record(vec![TestAgent::touch_event(&lure, 1)])
+        .await
+        .unwrap();
+    eventually(
+        "the touch at C is one stored event",
+        Duration::from_secs(10),
+        || {
+            let n = pg.psql(
+                "ruse",
+                &format!("SELECT count(*) FROM events WHERE lure = '{lure}' AND kind = 'touch'"),
+            );
+            async move { n == "1" }
+        },
+    )
+    .await;
+
+    // The leader stops; B or C leads and plans the next change, made on C.
+    drop(cores);
+    a.stop().await;
+    eventually("another replica leads", Duration::from_secs(5), || {
+        let leading = replicas
+            .iter()
+            .filter(|r| r.core().deploy.leading())
+            .count();
+        async move { leading == 1 }
+    })
+    .await;
+    let key = "  - {template: aws-credentials}\n";
+    let changed = std::time::Instant::now();
+    replicas[1]
+        .core()
+        .deploy
+        .apply(&manifest("\"100%\"", &format!("{csv}{key}")), false)
+        .await
+        .unwrap();
+    // A's agents are offline with it (in waves they would hold the
+    // rollout back, as offline agents do); the others get the new slot.
+    // Every enrolled agent has one instance of it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let behind: Vec<usize> = agents
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.status.borrow().connected && g.status.borrow().lures != 2)
+            .map(|(n, _)| n)
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            for (i, r) in replicas.iter().enumerate() {
+                let d = &r.core().deploy;
+                eprintln!(
+                    "replica {i}: leading {}, campaign (slots, rollout, wave) {:?}",
+                    d.leading(),
+                    d.campaign("exports").map(|c| (
+                        c.record.target.spec.lures.len(),
+                        c.record.rollout,
+                        c.record.wave
+                    ))
+                );
+                for n in &behind {
+                    let id: AgentId = ids[*n].parse().unwrap();
+                    eprintln!(
+                        "  agent {n} lures there: {:?}",
+                        d.lures(Some(&id), None, false)
+                            .unwrap()
+                            .iter()
+                            .map(|l| (format!("{:?}", l.lure.template), l.state))
+                            .collect::<Vec<_>>()
+                    );
+                }
+            }
+            panic!("agents {behind:?} did not get the new slot");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a change applied on C planted on the agents of B and C after {:?}",
+        changed.elapsed()
+    );
+    assert_eq!(
+        pg.psql("ruse", "SELECT count(*) FROM lures"),
+        "12",
+        "one aws-credentials instance per enrolled agent, whichever replica planned it"
+    );
+    drop(b);
+    for r in replicas {
+        r.shutdown().await.unwrap();
+    }
+}
+
 /// An agent given two controller replicas moves to the second when its
 /// controller stops, and what it records then is stored through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

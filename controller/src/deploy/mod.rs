@@ -19,6 +19,13 @@
 //! `plan.rs` (desired state per agent and the pass that writes it) and
 //! `push.rs` (the per-agent update protocol).
 //!
+//! Controllers sharing one store plan together: the holder of the
+//! `deploy` lease (the *leader*; always this controller on sled) creates
+//! and retires instances, moves rollouts on and rotates on schedule; the
+//! others take in the campaigns and instances it wrote (the store's change
+//! feed, [`Deployer::reload`]) and push, to the agents whose sessions they
+//! hold, only instances that exist.
+//!
 //! Invariants:
 //! - **An instance is durable in the registry before it is pushed.**
 //! - **Revisions change only when the rendered lure would change** (slot,
@@ -50,6 +57,7 @@ mod plan;
 mod push;
 mod registry;
 mod rollout;
+mod shared;
 
 use self::plan::{Desired, decoy_change, slot_fingerprint};
 use self::push::Inflight;
@@ -205,6 +213,11 @@ pub struct Deployer {
     unreachable_after: Duration,
     /// One registry chunk is written at a time (see `write_chunk`).
     writing: Arc<Mutex<()>>,
+    /// Whether this controller holds the `deploy` lease (see above).
+    leading: AtomicBool,
+    /// Other controllers share the store: what agents apply is written to
+    /// their records, for the leader's rollouts.
+    shared: bool,
 }
 
 /// Rollout evaluation runs at most this often. Each pass counts acks over
@@ -252,13 +265,8 @@ impl Deployer {
                 "deleted lure batches whose instances were all retired since"
             );
         }
-        for lure in store.lures()? {
-            if lure.retired.is_none() {
-                state.registry.insert(Arc::new(lure));
-            } else {
-                state.registry.credentials.add(&lure);
-            }
-        }
+        state.registry = Registry::load(&*store)?;
+        let shared = store.changes().is_some();
         let deployer = Deployer {
             state: Arc::new(Mutex::new(state)),
             store,
@@ -273,6 +281,8 @@ impl Deployer {
             max_update_bytes: max_message_bytes / 2,
             unreachable_after,
             writing: Arc::new(Mutex::new(())),
+            leading: AtomicBool::new(false),
+            shared,
         };
         Ok(deployer)
     }
@@ -610,40 +620,6 @@ impl Deployer {
         Ok(())
     }
 
-    /// Takes in the decoys, allow rules or suppressions (`table`, as the
-    /// store names it) as stored, after another controller sharing the
-    /// store changed them.
-    pub fn reload(&self, table: &str) -> Result<(), StoreError> {
-        fn by_name<T>(items: Vec<T>, name: fn(&T) -> &str) -> BTreeMap<String, Arc<T>> {
-            items
-                .into_iter()
-                .map(|t| (name(&t).to_owned(), Arc::new(t)))
-                .collect()
-        }
-        let changed = match table {
-            "decoys" => {
-                let stored = by_name(self.store.decoys()?, |d| &d.name);
-                let mut st = self.lock();
-                std::mem::replace(&mut st.decoys, stored) != st.decoys
-            }
-            "allow_rules" => {
-                let stored = by_name(self.store.allow_rules()?, |r| &r.name);
-                let mut st = self.lock();
-                std::mem::replace(&mut st.allow_rules, stored) != st.allow_rules
-            }
-            "suppressions" => {
-                let stored = by_name(self.store.suppressions()?, |r| &r.name);
-                let mut st = self.lock();
-                std::mem::replace(&mut st.suppressions, stored) != st.suppressions
-            }
-            _ => false,
-        };
-        if changed {
-            self.request_recompute();
-        }
-        Ok(())
-    }
-
     // ----- views -----
 
     pub fn campaign_names(&self) -> Vec<String> {
@@ -711,14 +687,25 @@ impl Deployer {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut last_rotation_check = tokio::time::Instant::now() - Duration::from_secs(3600);
         let mut last_evaluation = tokio::time::Instant::now() - EVALUATE_EVERY;
+        let mut last_lease = tokio::time::Instant::now();
         loop {
+            if last_lease.elapsed() >= crate::store::LEASE_RENEW {
+                last_lease = tokio::time::Instant::now();
+                if let Err(e) = self.take_lease() {
+                    tracing::warn!(error = %e, "cannot renew the deploy lease");
+                    self.leading.store(false, Ordering::Release);
+                }
+            }
             // An evaluation held back by EVALUATE_EVERY, due then.
             let deferred = self
                 .evaluate_needed
                 .load(Ordering::Acquire)
                 .then_some(last_evaluation + EVALUATE_EVERY);
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.wait_for(|s| *s) => {
+                    self.release_lease();
+                    return;
+                }
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {
                     // Agents going offline change wave accounting.
@@ -736,7 +723,8 @@ impl Deployer {
                 self.recompute_needed.store(true, Ordering::Release);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            if last_evaluation.elapsed() >= EVALUATE_EVERY
+            if self.leading()
+                && last_evaluation.elapsed() >= EVALUATE_EVERY
                 && self.evaluate_needed.swap(false, Ordering::AcqRel)
             {
                 last_evaluation = tokio::time::Instant::now();
@@ -745,15 +733,20 @@ impl Deployer {
                     self.evaluate_needed.store(true, Ordering::Release);
                 }
             }
-            if last_rotation_check.elapsed() >= Duration::from_secs(60) {
+            if self.leading() && last_rotation_check.elapsed() >= Duration::from_secs(60) {
                 last_rotation_check = tokio::time::Instant::now();
                 self.rotate_due().await;
             }
         }
     }
 
-    /// Computes every desired set once, before the controller serves.
+    /// Takes the lease if free and computes every desired set once,
+    /// before the controller serves.
     pub async fn prepare(&self) -> Result<(), StoreError> {
+        self.leading.store(
+            self.store.lease(shared::LEASE, crate::store::LEASE_TTL)?,
+            Ordering::Release,
+        );
         self.recompute_needed.store(false, Ordering::Release);
         self.recompute().await
     }

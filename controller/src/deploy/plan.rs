@@ -101,6 +101,8 @@ impl Deployer {
             .filter(|a| a.state != AgentState::Revoked)
             .collect();
         let now = UnixMs::now();
+        // Only the leader creates and retires instances.
+        let create = self.leading();
         // Left undurable by a pass whose write failed: written first, and
         // their agents woken (that pass never did).
         let (plan, mut created) = {
@@ -143,7 +145,15 @@ impl Deployer {
                 let mut st = self.lock();
                 let stop = (next + AGENTS_PER_LOCK).min(live.len());
                 while next < stop && created.len() < REGISTRY_CHUNK {
-                    desire(&mut st, &plan, live[next], now, &mut created, &mut wake)?;
+                    desire(
+                        &mut st,
+                        &plan,
+                        live[next],
+                        now,
+                        create,
+                        &mut created,
+                        &mut wake,
+                    )?;
                     next += 1;
                 }
             }
@@ -154,7 +164,7 @@ impl Deployer {
             timing.yielded += yielding.elapsed();
         }
         let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.id).collect();
-        let gone = forget_gone(&mut self.lock(), &live_ids, now);
+        let gone = forget_gone(&mut self.lock(), &live_ids, now, create);
         self.wake_agents(&gone);
         let computed = started.elapsed();
         while let Some(done) = durable.join_next().await {
@@ -443,12 +453,16 @@ impl Plan {
 
 /// Computes `agent`'s desired set, creating the instances it lacks (added
 /// to `created`) and moving those it no longer wants to `retiring`. Pushes
-/// the agent onto `wake` if its desired set changed.
+/// the agent onto `wake` if its desired set changed. Without `create` (not
+/// the leader), a slot whose instance does not exist yet is left out
+/// until the leader's instance is taken in, and nothing is retired.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn desire(
     st: &mut State,
     plan: &Plan,
     agent: &Member,
     now: UnixMs,
+    create: bool,
     created: &mut Vec<Arc<LureInstance>>,
     wake: &mut Vec<AgentId>,
 ) -> Result<(), StoreError> {
@@ -470,6 +484,7 @@ pub(super) fn desire(
                 .cloned();
             let lure = match existing {
                 Some(l) => l,
+                None if !create => continue,
                 None => {
                     let material = Material::generate(slot.template)
                         .map_err(|e| StoreError::Engine(e.to_string().into()))?;
@@ -516,7 +531,7 @@ pub(super) fn desire(
     // Instances it no longer wants are retired (kept in the registry). Every
     // lure it wants is one of its active instances, so as many wanted as
     // active means none is unwanted, with no lookup each.
-    if let Some(campaigns) = st.registry.by_slot.get(id) {
+    if let Some(campaigns) = st.registry.by_slot.get(id).filter(|_| create) {
         let instances = campaigns
             .values()
             .flat_map(|slots| slots.values().flatten());
@@ -591,14 +606,23 @@ pub(super) fn desire(
 }
 
 /// Revoked or unknown agents want nothing: their desired sets are emptied
-/// (returned, to be woken) and their instances retired.
-pub(super) fn forget_gone(st: &mut State, live: &HashSet<&AgentId>, now: UnixMs) -> Vec<AgentId> {
+/// (returned, to be woken) and, by the leader (`retire`), their instances
+/// retired.
+pub(super) fn forget_gone(
+    st: &mut State,
+    live: &HashSet<&AgentId>,
+    now: UnixMs,
+    retire: bool,
+) -> Vec<AgentId> {
     let mut wake = Vec::new();
     for (id, entry) in st.agents.iter_mut() {
         if !live.contains(id) && !entry.desired.is_empty() {
             entry.desired.clear();
             wake.push(id.clone());
         }
+    }
+    if !retire {
+        return wake;
     }
     let unwanted: Vec<Arc<str>> = st
         .registry

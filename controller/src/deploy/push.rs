@@ -111,6 +111,7 @@ impl Deployer {
             n.notify_one();
         }
         drop(st);
+        self.share_applied(agent);
         self.request_evaluate();
     }
 
@@ -291,6 +292,7 @@ impl Deployer {
             n.notify_one();
         }
         drop(st);
+        self.share_applied(agent);
         self.request_evaluate();
     }
 }

@@ -45,6 +45,20 @@ pub(super) struct Registry {
 }
 
 impl Registry {
+    /// Every instance the store holds: active ones indexed, retired ones
+    /// matchable.
+    pub(super) fn load(store: &dyn crate::store::Store) -> Result<Registry, StoreError> {
+        let mut registry = Registry::default();
+        for lure in store.lures()? {
+            if lure.retired.is_none() {
+                registry.insert(Arc::new(lure));
+            } else {
+                registry.credentials.add(&lure);
+            }
+        }
+        Ok(registry)
+    }
+
     pub(super) fn insert(&mut self, lure: Arc<LureInstance>) {
         self.credentials.add(&lure);
         ensure(&mut self.by_slot, &lure.agent);

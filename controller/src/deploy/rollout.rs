@@ -253,6 +253,12 @@ impl Deployer {
             .map(|a| &a.id)
             .collect();
         let unreachable = |id: &AgentId| long_gone.contains(id);
+        // Online at another controller sharing the store.
+        let elsewhere: HashSet<&AgentId> = agents
+            .iter()
+            .filter(|a| a.elsewhere)
+            .map(|a| &a.id)
+            .collect();
         // Should an apply replace the record meanwhile, this status is of
         // the record read above; evaluation acts only if it is still current.
         let st = self.lock();
@@ -277,7 +283,7 @@ impl Deployer {
             };
             for id in &order[lo..hi] {
                 let lures = st.agents.get(id);
-                let online = lures.is_some_and(|l| l.notify.is_some());
+                let online = lures.is_some_and(|l| l.notify.is_some()) || elsewhere.contains(id);
                 match lures.and_then(|l| l.campaign_result(name)) {
                     Some(true) if wave_released => w.acked += 1,
                     Some(false) if wave_released => {

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use ruse_proto::convert::{AgentState, HostFacts};
 use ruse_proto::types::{AgentId, Identity, Labels, UnixMs};
 
-use crate::model::{AgentRecord, Revocation, SessionRecord};
+use crate::model::{AgentRecord, Applied, Revocation, SessionRecord};
 
 /// Why the controller ends a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +114,8 @@ pub struct Member {
     pub labels: Arc<Labels>,
     /// When it was last seen (sessions and heartbeats).
     pub last_seen: UnixMs,
+    /// Its session is held by another live controller sharing the store.
+    pub elsewhere: bool,
 }
 
 /// A started session: its id and the signal that ends it.
@@ -341,6 +343,20 @@ impl Fleet {
         }
     }
 
+    /// Records what the agent applied (for controllers sharing the store).
+    pub fn set_applied(&self, id: &AgentId, applied: Applied) {
+        let changed = self.with_entry(id, |e| {
+            if e.record.applied.as_ref() == Some(&applied) {
+                return false;
+            }
+            e.record.applied = Some(applied);
+            true
+        });
+        if changed == Some(true) {
+            self.mark_dirty(id);
+        }
+    }
+
     /// Ends a session, if it is still the agent's current one.
     pub fn end_session(&self, id: &AgentId, session: u64) {
         let ended = self.with_entry(id, |e| {
@@ -486,6 +502,7 @@ impl Fleet {
                     state: self.state(&e, now),
                     labels: e.labels.clone(),
                     last_seen: e.record.last_seen,
+                    elsewhere: self.held_elsewhere(&e).is_some(),
                 }
             })
             .collect();
@@ -620,6 +637,7 @@ pub(crate) mod tests_support {
             revoked: None,
             deleted: None,
             session: None,
+            applied: None,
         }
     }
 }

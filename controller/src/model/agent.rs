@@ -36,6 +36,20 @@ pub struct AgentRecord {
     /// session another (live) controller holds as online there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionRecord>,
+    /// What the agent applied and refused, as the controller holding its
+    /// session last heard; written only where controllers share a store,
+    /// so the one moving rollouts on counts every agent's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Applied>,
+}
+
+/// An agent's applied resources (id → revision) and refused ones (id →
+/// revision and error).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub revisions: std::collections::BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub failed: std::collections::BTreeMap<String, (u64, String)>,
 }
 
 /// Where an agent's latest session was held.

@@ -12,7 +12,7 @@ pub mod resource;
 pub mod template;
 
 pub use self::agent::{
-    AdminRecord, AgentRecord, AuditRecord, Revocation, SessionRecord, TokenRecord,
+    AdminRecord, AgentRecord, Applied, AuditRecord, Revocation, SessionRecord, TokenRecord,
 };
 pub use self::event::{FLOOD, StoredEvent};
 pub use self::incident::{

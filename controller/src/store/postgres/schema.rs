@@ -34,6 +34,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "shared incidents",
         sql: include_str!("migrations/0004_shared_incidents.sql"),
     },
+    Migration {
+        version: 5,
+        name: "shared campaigns",
+        sql: include_str!("migrations/0005_shared_campaigns.sql"),
+    },
 ];
 
 /// The advisory lock migrations run under ("ruse" and 1).

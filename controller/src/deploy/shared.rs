@@ -1,0 +1,171 @@
+//! What controllers sharing one store exchange about lures: the `deploy`
+//! lease that makes one of them the leader (it creates and retires
+//! instances and moves rollouts on), and taking in what another wrote.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Deployer;
+use super::registry::Registry;
+use ruse_proto::types::AgentId;
+
+use crate::model::{AgentRecord, Applied, CampaignRecord, LureInstance};
+use crate::store::StoreError;
+
+/// The lease of the controller that creates instances and moves rollouts.
+pub(super) const LEASE: &str = "deploy";
+
+impl Deployer {
+    /// Writes what `agent` applied into its record, where other
+    /// controllers share the store (the leader counts its rollouts from
+    /// it).
+    pub(super) fn share_applied(&self, agent: &AgentId) {
+        if !self.shared {
+            return;
+        }
+        let applied = {
+            let st = self.lock();
+            let Some(a) = st.agents.get(agent) else {
+                return;
+            };
+            Applied {
+                revisions: a.applied.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                failed: a
+                    .failed
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            }
+        };
+        self.fleet.set_applied(agent, applied);
+    }
+
+    /// Takes in what an agent whose session another controller holds
+    /// applied, as that controller wrote it into the agent's record.
+    pub fn take_in_applied(&self, record: &AgentRecord) {
+        let Some(applied) = &record.applied else {
+            return;
+        };
+        {
+            let mut st = self.lock();
+            let a = st.agents.entry(record.id.clone()).or_default();
+            if a.notify.is_some() {
+                // Its session is here: this controller knows better.
+                return;
+            }
+            a.applied = applied
+                .revisions
+                .iter()
+                .map(|(k, v)| (Arc::from(k.as_str()), *v))
+                .collect();
+            a.failed = applied
+                .failed
+                .iter()
+                .map(|(k, v)| (Arc::from(k.as_str()), v.clone()))
+                .collect();
+        }
+        self.request_evaluate();
+    }
+
+    /// Takes or renews the `deploy` lease; true while this controller is
+    /// the leader. Becoming it, it first takes in what the previous one
+    /// wrote.
+    pub fn take_lease(&self) -> Result<bool, StoreError> {
+        let held = self.store.lease(LEASE, crate::store::LEASE_TTL)?;
+        let was = self.leading.swap(held, Ordering::AcqRel);
+        if held && !was {
+            tracing::info!("this controller plans lures and moves rollouts on");
+            self.reload("campaigns")?;
+            self.reload_registry()?;
+            self.request_recompute();
+            self.request_evaluate();
+        } else if was && !held {
+            tracing::warn!("another controller plans lures and moves rollouts on now");
+        }
+        Ok(held)
+    }
+
+    /// Whether this controller creates instances and moves rollouts on.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// Replaces the registry with the store's (instances another
+    /// controller created or retired); instances this one created and has
+    /// not written yet are kept.
+    fn reload_registry(&self) -> Result<(), StoreError> {
+        let mut stored = Registry::load(&*self.store)?;
+        let mut st = self.lock();
+        let pending: Vec<Arc<LureInstance>> = st
+            .undurable
+            .iter()
+            .filter_map(|id| st.registry.active.get(id).cloned())
+            .collect();
+        for lure in pending {
+            stored.insert(lure);
+        }
+        st.registry = stored;
+        Ok(())
+    }
+
+    /// Takes in the campaigns, lure instances, decoys, allow rules or
+    /// suppressions (`table`, as the store names it) as stored, after
+    /// another controller sharing the store changed them.
+    pub fn reload(&self, table: &str) -> Result<(), StoreError> {
+        fn by_name<T>(items: Vec<T>, name: fn(&T) -> &str) -> BTreeMap<String, Arc<T>> {
+            items
+                .into_iter()
+                .map(|t| (name(&t).to_owned(), Arc::new(t)))
+                .collect()
+        }
+        let changed = match table {
+            "campaigns" => {
+                let stored: BTreeMap<String, CampaignRecord> = self
+                    .store
+                    .campaigns()?
+                    .into_iter()
+                    .map(|r| (r.target.spec.name.clone(), r))
+                    .collect();
+                let mut st = self.lock();
+                std::mem::replace(&mut st.campaigns, stored) != st.campaigns
+            }
+            // The leader's own writes: its registry is where they came from.
+            "lures" if self.leading() => false,
+            "lures" => {
+                self.reload_registry()?;
+                true
+            }
+            "decoys" => {
+                let stored = by_name(self.store.decoys()?, |d| &d.name);
+                let mut st = self.lock();
+                std::mem::replace(&mut st.decoys, stored) != st.decoys
+            }
+            "allow_rules" => {
+                let stored = by_name(self.store.allow_rules()?, |r| &r.name);
+                let mut st = self.lock();
+                std::mem::replace(&mut st.allow_rules, stored) != st.allow_rules
+            }
+            "suppressions" => {
+                let stored = by_name(self.store.suppressions()?, |r| &r.name);
+                let mut st = self.lock();
+                std::mem::replace(&mut st.suppressions, stored) != st.suppressions
+            }
+            _ => false,
+        };
+        if changed {
+            self.request_recompute();
+        }
+        Ok(())
+    }
+
+    /// Gives up the lease (stopping): another controller takes over at
+    /// once.
+    pub fn release_lease(&self) {
+        if self.leading.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.store.release_lease(LEASE)
+        {
+            tracing::warn!(error = %e, "cannot give up the deploy lease; another controller takes it when it expires");
+        }
+    }
+}
