@@ -97,6 +97,9 @@ pub struct ControllerConfig {
     /// the server's certificate and name are always verified). Unset: the
     /// embedded store in `data_dir`.
     pub store_url: Option<StoreUrl>,
+    /// A file holding `store_url` (a mounted Secret, such as the `uri` key
+    /// of the secret CloudNativePG makes), instead of the URL itself.
+    pub store_url_file: Option<PathBuf>,
     /// CAs (PEM) that sign the database's certificate; default the system
     /// bundle.
     pub store_ca_file: Option<PathBuf>,
@@ -194,6 +197,7 @@ impl Default for ControllerConfig {
             shutdown_grace: Duration::from_secs(10),
             enroll_failures_per_minute: 10,
             store_url: None,
+            store_url_file: None,
             store_ca_file: None,
             store_cache_mb: 64,
             disk_reserve_mb: 64,
@@ -287,7 +291,18 @@ impl ControllerConfig {
         for (key, value) in overrides {
             builder = builder.set_override(*key, value.clone())?;
         }
-        let config: ControllerConfig = builder.build()?.try_deserialize()?;
+        let mut config: ControllerConfig = builder.build()?.try_deserialize()?;
+        if let Some(path) = &config.store_url_file {
+            if config.store_url.is_some() {
+                return Err(invalid(
+                    "store_url_file",
+                    "give store_url or store_url_file, not both",
+                ));
+            }
+            let url = std::fs::read_to_string(path)
+                .map_err(|e| invalid("store_url_file", format!("{}: {e}", path.display())))?;
+            config.store_url = Some(StoreUrl(url.trim().to_owned()));
+        }
         config.validate()
     }
 
@@ -539,6 +554,44 @@ mod tests {
             embedded.store_location(),
             StoreLocation::Sled { .. }
         ));
+    }
+
+    #[test]
+    fn the_store_url_can_come_from_a_file_but_not_from_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("uri");
+        std::fs::write(&file, "postgresql://ruse:hunter2@ruse-db-rw:5432/ruse\n").unwrap();
+        let path = file.display().to_string();
+        let config =
+            ControllerConfig::load(None, env(&[("RUSE_STORE_URL_FILE", &path)]), &[]).unwrap();
+        match config.store_location() {
+            StoreLocation::Postgres(options) => {
+                assert_eq!(
+                    options.url,
+                    "postgresql://ruse:hunter2@ruse-db-rw:5432/ruse"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let both = ControllerConfig::load(
+            None,
+            env(&[
+                ("RUSE_STORE_URL_FILE", &path),
+                ("RUSE_STORE_URL", "postgres://ruse@db/ruse"),
+            ]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(both.contains("not both"), "{both}");
+        let missing = ControllerConfig::load(
+            None,
+            env(&[("RUSE_STORE_URL_FILE", "/nonexistent/uri")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(missing.contains("/nonexistent/uri"), "{missing}");
     }
 
     #[test]
