@@ -1232,6 +1232,129 @@ async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
     }
 }
 
+/// `kill -9` of the replica that plans lures and moves rollouts on, in
+/// the middle of a rollout, while it holds agents in the middle of an
+/// event stream: the other replica takes the lease over and completes the
+/// rollout with one instance per agent and slot; the agents move to it and
+/// resend; nothing acknowledged is lost and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_leading_replica_mid_rollout_and_mid_stream_loses_and_duplicates_nothing() {
+    use ruse_e2e::{TestAgent, eventually};
+    use ruse_proto::transport::ControllerUrl;
+    use std::time::{Duration, Instant};
+
+    let Some(pg) = Postgres::start("kill_9_of_the_leading_replica") else {
+        return;
+    };
+    pg.database("ruse");
+    let mut a = TestController::start_on(Some(pg.options("ruse")), |c| {
+        c.name = Some("replica-a".into());
+    })
+    .await;
+    let url = a.config.store_url.clone().unwrap().0;
+    let (mut p, p_addr) = ruse_e2e::process::spawn_controller_with(
+        a.data_dir(),
+        "127.0.0.1:0",
+        &a.dir.path().join("replica-p.log"),
+        &[("RUSE_STORE_URL", url.as_str()), ("RUSE_NAME", "replica-p")],
+    );
+    // P leads: A steps down, and comes back once P holds the lease.
+    a.stop().await;
+    let held = "SELECT count(*) FROM leases WHERE name = 'deploy' AND expires > now()";
+    eventually("P takes the deploy lease", Duration::from_secs(10), || {
+        let n = pg.psql("ruse", held);
+        async move { n == "1" }
+    })
+    .await;
+    a.start_again().await;
+    assert!(!a.controller().core().deploy.leading());
+
+    // Three agents at P that know A too, each with a lure to touch.
+    let token = a.token("site=icu", 3, Duration::from_secs(600)).await;
+    let mut agents = Vec::new();
+    for n in 0..3 {
+        let mut config = a.agent_config(&format!("ws-{n}"), &token, "");
+        config.controller = ControllerUrl::from_addr(p_addr);
+        config.other_controllers = vec![a.url()];
+        agents.push(a.spawn_agent(config));
+    }
+    let mut ids = Vec::new();
+    for agent in &mut agents {
+        ids.push(agent.connected().await);
+    }
+    let csv = "  - {template: patient-csv, path: \"~/Documents/Exports\"}\n";
+    a.apply(&format!(
+        "kind: Campaign\nname: exports\nselector: {{site: icu}}\nlures:\n{csv}"
+    ))
+    .await;
+    let mut producers = Vec::new();
+    for (agent, id) in agents.iter_mut().zip(&ids) {
+        agent.wait_lures(1, Duration::from_secs(20)).await;
+        let lure = a.lures(id, false).await[0].id.clone();
+        let sink = agent.events.clone();
+        producers.push(tokio::spawn(async move {
+            let mut sent = 0;
+            for round in 0..100 {
+                let events: Vec<_> = (0..10)
+                    .map(|n| TestAgent::touch_event(&lure, round * 10 + n))
+                    .collect();
+                sent += events.len();
+                sink.record(events).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sent
+        }));
+    }
+    let touches = "SELECT count(*) FROM events WHERE kind = 'touch'";
+    eventually("the stream is flowing", Duration::from_secs(10), || {
+        let n: u64 = pg.psql("ruse", touches).parse().unwrap();
+        async move { n > 300 }
+    })
+    .await;
+
+    // A change in three waves, applied through A; P dies as it starts.
+    a.apply(&format!(
+        "kind: Campaign\nname: exports\nselector: {{site: icu}}\nrollout: {{waves: [\"34%\", \"67%\", \"100%\"]}}\nlures:\n{csv}  - {{template: aws-credentials}}\n"
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    p.kill9();
+    let killed = Instant::now();
+    for agent in &mut agents {
+        agent.wait_lures(2, Duration::from_secs(30)).await;
+    }
+    let core = a.controller().core().clone();
+    eventually("A completes the rollout", Duration::from_secs(10), || {
+        let rollout = core.deploy.campaign("exports").unwrap().record.rollout;
+        async move { rollout == ruse_controller::model::RolloutState::Completed }
+    })
+    .await;
+    eprintln!(
+        "the rollout completed on A {:?} after P was killed",
+        killed.elapsed()
+    );
+    assert!(core.deploy.leading());
+    drop(core);
+    assert_eq!(
+        pg.psql("ruse", "SELECT count(*) FROM lures"),
+        "6",
+        "one instance per agent and slot"
+    );
+    let mut sent = 0;
+    for producer in producers {
+        sent += producer.await.unwrap();
+    }
+    eventually("every outbox drained", Duration::from_secs(30), || {
+        let depth: usize = agents.iter().map(|g| g.events.depth()).sum();
+        async move { depth == 0 }
+    })
+    .await;
+    // Event ids are unique in the table: as many rows as sent means none
+    // lost and none twice.
+    assert_eq!(sent, 3000);
+    assert_eq!(pg.psql("ruse", touches), "3000");
+}
+
 /// An agent given two controller replicas moves to the second when its
 /// controller stops, and what it records then is stored through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
