@@ -12,7 +12,9 @@ use crate::output::{self, Format};
 /// Prints events as they arrive until interrupted: a table row each, or
 /// one JSON object per line with `-o json`. When the stream breaks (the
 /// controller restarts) it reconnects and resumes after the last event
-/// shown, so nothing is missed or shown twice.
+/// shown, so nothing is missed or shown twice (of the events other
+/// controllers sharing the database ingested while it was away, `rusectl
+/// get events` has the ones it did not show).
 pub async fn watch_events(
     client: &mut Client,
     format: Format,
@@ -64,8 +66,17 @@ pub async fn watch_events(
                     item.missed
                 );
             }
+            if item.missed_from_others > 0 {
+                eprintln!(
+                    "rusectl: {} events of other controllers were not shown (this terminal read too slowly); `rusectl get events` has them",
+                    item.missed_from_others
+                );
+            }
             let Some(e) = item.event else { continue };
-            last = last.max(e.cursor);
+            // Another controller's cursor is not in order with this one's.
+            if !item.from_other_controller {
+                last = last.max(e.cursor);
+            }
             let mut out = std::io::stdout().lock();
             match format {
                 Format::Json => {

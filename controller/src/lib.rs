@@ -125,6 +125,7 @@ impl Controller {
         );
         let state_writer = tokio::spawn(write_fleet_state(core.clone(), stop_rx.clone()));
         if let Some(changes) = core.store.changes() {
+            core.events.follow_others()?;
             tokio::spawn(hold_name(core.clone(), stop_rx.clone()));
             tokio::spawn(follow_changes(core.clone(), changes, stop_rx.clone()));
         }
@@ -362,6 +363,9 @@ async fn follow_changes(
             Ok(store::Change::Record { table, .. }) if table == "incidents" => {
                 core.events.incidents.catch_up()
             }
+            Ok(store::Change::Record { table, .. }) if table == "events" => {
+                core.events.take_in_others()
+            }
             Ok(store::Change::Record { table, .. }) if table == "output_queue" => {
                 core.events.outputs.wake();
                 Ok(())
@@ -381,6 +385,7 @@ async fn follow_changes(
                 .try_for_each(|t| core.deploy.reload(t))
                 .and_then(|()| core.agents_changed(None))
                 .and_then(|()| core.events.incidents.catch_up())
+                .and_then(|()| core.events.take_in_others())
             }
             Err(RecvError::Closed) => return,
         };

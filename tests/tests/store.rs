@@ -1355,6 +1355,71 @@ async fn kill_9_of_the_leading_replica_mid_rollout_and_mid_stream_loses_and_dupl
     assert_eq!(pg.psql("ruse", touches), "3000");
 }
 
+/// `rusectl watch events` and `watch incidents` on one replica show what
+/// another ingested, within a second of its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_on_one_replica_show_what_another_ingested() {
+    use ruse_e2e::{TestAgent, pb};
+    use ruse_proto::transport::ControllerUrl;
+    use std::time::{Duration, Instant};
+
+    let Some(pg) = Postgres::start("watches_on_one_replica_show") else {
+        return;
+    };
+    pg.database("ruse");
+    let a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
+    let mut config = a.config.clone();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let b = ruse_controller::Controller::start(config).await.unwrap();
+    let token = a.token("site=icu", 1, Duration::from_secs(600)).await;
+    let mut agent_config = a.agent_config("ws", &token, "");
+    agent_config.controller = ControllerUrl::from_addr(b.agent_addr());
+    let mut agent = a.spawn_agent(agent_config);
+    let id = agent.connected().await;
+    a.apply("kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: \"~/Documents/Exports\"}\n")
+        .await;
+    agent.wait_lures(1, Duration::from_secs(20)).await;
+    let lure = a.lures(&id, false).await[0].id.clone();
+
+    // Watching on A; the agent's session is on B.
+    let mut events = a
+        .root()
+        .await
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut incidents = a
+        .root()
+        .await
+        .watch_incidents(pb::WatchIncidentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let touch = TestAgent::touch_event(&lure, 1);
+    let sent = Instant::now();
+    agent.events.record(vec![touch.clone()]).await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(1), events.message())
+        .await
+        .expect("A's watch showed nothing within 1 s of B's ingest")
+        .unwrap()
+        .expect("stream ended");
+    let shown = sent.elapsed();
+    let e = item.event.unwrap();
+    assert_eq!(e.id, touch.id);
+    assert_eq!(e.agent_id, id);
+    assert!(item.from_other_controller, "marked as another controller's");
+    let update = tokio::time::timeout(Duration::from_secs(1), incidents.message())
+        .await
+        .expect("A's incident watch showed nothing within 1 s")
+        .unwrap()
+        .expect("stream ended");
+    let incident = update.incident.unwrap();
+    assert!(incident.lures.contains(&lure), "{incident:?}");
+    eprintln!("an event ingested on B was shown by a watch on A after {shown:?}");
+    b.shutdown().await.unwrap();
+}
+
 /// An agent given two controller replicas moves to the second when its
 /// controller stops, and what it records then is stored through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

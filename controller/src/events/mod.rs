@@ -117,6 +117,11 @@ impl EventLimits {
 const TRIM_BATCH: usize = 10_000;
 
 /// Event storage and distribution.
+/// Events of other controllers kept for slow watchers, at most.
+const OTHERS_BUFFER: usize = 16_384;
+/// Events of other controllers read per query.
+const OTHERS_BATCH: usize = 1_000;
+
 #[derive(Debug)]
 pub struct Events {
     store: Arc<dyn Store>,
@@ -132,6 +137,12 @@ pub struct Events {
     publisher: Publisher,
     /// Set when the controller stops: watchers end.
     closed: tokio::sync::watch::Sender<bool>,
+    /// Events other controllers sharing the store ingested, as they
+    /// commit, for watchers here (see [`Events::take_in_others`]).
+    others: tokio::sync::broadcast::Sender<Arc<StoredEvent>>,
+    /// How far those have been taken in; `None` until
+    /// [`Events::follow_others`].
+    others_mark: std::sync::Mutex<Option<u64>>,
 }
 
 /// What [`Events`] works with.
@@ -154,6 +165,8 @@ impl Events {
             quota: Quota::new(d.limits.per_agent_per_second, d.limits.per_agent_burst),
             publisher: Publisher::new(d.store.as_ref()),
             closed: tokio::sync::watch::channel(false).0,
+            others: tokio::sync::broadcast::channel(OTHERS_BUFFER).0,
+            others_mark: std::sync::Mutex::new(None),
             limits: d.limits,
             store: d.store,
             committer: d.committer,
@@ -163,6 +176,35 @@ impl Events {
             incidents: d.incidents,
             outputs: d.outputs,
             drills: d.drills,
+        }
+    }
+
+    /// Starts following the events other controllers sharing the store
+    /// ingest: from now on, [`Events::take_in_others`] passes them to
+    /// watchers.
+    pub fn follow_others(&self) -> Result<(), StoreError> {
+        let mark = self.store.events_mark()?;
+        *self.others_mark.lock().unwrap_or_else(|e| e.into_inner()) = Some(mark);
+        Ok(())
+    }
+
+    /// Reads the events other controllers stored since the last call and
+    /// passes them to watchers (called when the store says there are some).
+    pub fn take_in_others(&self) -> Result<(), StoreError> {
+        let mut guard = self.others_mark.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(mark) = guard.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let batch = self.store.events_changed(mark, OTHERS_BATCH)?;
+            let full = batch.len() == OTHERS_BATCH;
+            for e in batch {
+                // No watchers is fine.
+                let _ = self.others.send(Arc::new(e));
+            }
+            if !full {
+                return Ok(());
+            }
         }
     }
 

@@ -25,6 +25,11 @@ const CATCH_UP_SCAN: usize = 4096;
 #[derive(Debug)]
 pub enum WatchItem {
     Event(Arc<StoredEvent>),
+    /// An event another controller sharing the store ingested.
+    Other(Arc<StoredEvent>),
+    /// This many events of other controllers were not shown (the watcher
+    /// read too slowly); they are stored.
+    MissedFromOthers(u64),
     /// This many events (by cursor, so an upper bound) were deleted by
     /// retention before this watcher read them.
     Gap(u64),
@@ -34,6 +39,9 @@ pub enum WatchItem {
 #[derive(Debug)]
 pub struct EventWatch {
     live: broadcast::Receiver<Arc<StoredEvent>>,
+    /// Other controllers' events, as they commit (their cursors are
+    /// theirs: not in order with this controller's).
+    others: broadcast::Receiver<Arc<StoredEvent>>,
     closed: watch::Receiver<bool>,
     filter: EventFilter,
     /// Every event up to this cursor has been looked at.
@@ -50,6 +58,7 @@ impl Events {
         let through = self.publisher.through();
         EventWatch {
             live,
+            others: self.others.subscribe(),
             closed: self.closed.subscribe(),
             filter,
             last: after.map_or(through, |a| a.min(through)),
@@ -130,6 +139,19 @@ impl EventWatch {
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                },
+                received = self.others.recv() => match received {
+                    Ok(e) => {
+                        if self.filter.matches(&e) {
+                            return Ok(Some(WatchItem::Other(e)));
+                        }
+                    }
+                    // Too slow for them: they are in the store, for
+                    // `get events`; say how many were not shown.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return Ok(Some(WatchItem::MissedFromOthers(n)));
+                    }
                     Err(broadcast::error::RecvError::Closed) => return Ok(None),
                 },
             }

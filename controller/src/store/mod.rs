@@ -267,6 +267,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         scan: &EventScan,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
+    /// Where [`Store::events_changed`] starts: everything stored so far
+    /// is behind it.
+    fn events_mark(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Events that *other* controllers sharing this store stored since
+    /// `mark`, at most `limit`, in the order they committed; advances
+    /// `mark`. A store only one controller writes returns none.
+    fn events_changed(
+        &self,
+        _mark: &mut u64,
+        _limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        Ok(Vec::new())
+    }
     /// The oldest and newest stored cursors.
     fn event_cursors(&self) -> Result<Option<(u64, u64)>, StoreError>;
     /// Deletes the oldest events while they were received before

@@ -762,11 +762,20 @@ impl AdminService for AdminApi {
                 let item = match watch.next(&core.events).await {
                     Ok(Some(WatchItem::Event(e))) => pb::WatchEventsResponse {
                         event: Some(event_pb(&e)),
-                        missed: 0,
+                        ..Default::default()
+                    },
+                    Ok(Some(WatchItem::Other(e))) => pb::WatchEventsResponse {
+                        event: Some(event_pb(&e)),
+                        from_other_controller: true,
+                        ..Default::default()
                     },
                     Ok(Some(WatchItem::Gap(n))) => pb::WatchEventsResponse {
-                        event: None,
                         missed: n,
+                        ..Default::default()
+                    },
+                    Ok(Some(WatchItem::MissedFromOthers(n))) => pb::WatchEventsResponse {
+                        missed_from_others: n,
+                        ..Default::default()
                     },
                     Ok(None) => {
                         let _ = tx

@@ -62,7 +62,7 @@ async fn listen(
     let _ = changes.send(Change::Resync);
     while let Some(payload) = payloads.recv().await {
         if let Some((table, key)) = payload.split_once(' ')
-            && !(table == "incidents" && key == me)
+            && !((table == "incidents" || table == "events") && key == me)
         {
             // No receivers is fine.
             let _ = changes.send(Change::Record {

@@ -500,8 +500,9 @@ impl Store for PgStore {
             records.push(event_record::encode(e));
         }
         let order = cursors.clone();
+        let me = self.me.to_string();
         let stored: Vec<Row> = self.in_tx(true, move |c| async move {
-            let params: [(&(dyn ToSql + Sync), Type); 7] = [
+            let params: [(&(dyn ToSql + Sync), Type); 8] = [
                 (&cursors, Type::INT8_ARRAY),
                 (&ids, Type::TEXT_ARRAY),
                 (&agents, Type::TEXT_ARRAY),
@@ -509,11 +510,12 @@ impl Store for PgStore {
                 (&kinds, Type::TEXT_ARRAY),
                 (&received, Type::INT8_ARRAY),
                 (&records, Type::BYTEA_ARRAY),
+                (&me, Type::TEXT),
             ];
             c.query_typed(
-                "INSERT INTO events (cursor, id, agent, lure, kind, received, record) \
-                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::int8[], $7::bytea[]) \
+                "INSERT INTO events (cursor, id, agent, lure, kind, received, record, writer) \
+                 SELECT u.*, $8 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::int8[], $7::bytea[]) AS u \
                  ON CONFLICT DO NOTHING RETURNING cursor",
                 &params,
             )
@@ -586,6 +588,46 @@ impl Store for PgStore {
             }
         }
         Ok(())
+    }
+
+    fn events_mark(&self) -> Result<u64, StoreError> {
+        let n: Option<i64> = self.auto(move |c| async move {
+            let row = c
+                .query_typed_one("SELECT max(seq) FROM events", &[])
+                .await?;
+            Ok(row.get(0))
+        })?;
+        Ok(n.map_or(0, to_u64))
+    }
+
+    fn events_changed(&self, mark: &mut u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let (since, me) = (to_i64(*mark), self.me.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.auto(move |c| async move {
+            c.query_typed(
+                "SELECT seq, cursor, record FROM events \
+                 WHERE seq > $1 AND writer <> $2 ORDER BY seq LIMIT $3",
+                &[
+                    (&since, Type::INT8),
+                    (&me, Type::TEXT),
+                    (&limit, Type::INT8),
+                ],
+            )
+            .await
+        })?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            *mark = (*mark).max(to_u64(r.get(0)));
+            let cursor: i64 = r.get(1);
+            out.push(
+                event_record::decode(r.get(2)).map_err(|reason| StoreError::Corrupt {
+                    tree: "events",
+                    key: cursor.to_string(),
+                    reason,
+                })?,
+            );
+        }
+        Ok(out)
     }
 
     fn event_cursors(&self) -> Result<Option<(u64, u64)>, StoreError> {

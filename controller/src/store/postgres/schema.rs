@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "shared campaigns",
         sql: include_str!("migrations/0005_shared_campaigns.sql"),
     },
+    Migration {
+        version: 6,
+        name: "shared events",
+        sql: include_str!("migrations/0006_shared_events.sql"),
+    },
 ];
 
 /// The advisory lock migrations run under ("ruse" and 1).
