@@ -748,12 +748,7 @@ impl Core {
         if dirty.is_empty() {
             return Ok(0);
         }
-        let written = (|| {
-            for record in &dirty {
-                self.store.put_agent_state(record)?;
-            }
-            Ok::<_, StoreError>(())
-        })();
+        let written = self.store.put_agent_states(&dirty);
         let result = match written {
             Ok(()) => self.committer.durable().await,
             Err(e) => Err(e),

@@ -349,49 +349,111 @@ async fn follow_changes(
     mut changes: tokio::sync::broadcast::Receiver<store::Change>,
     mut stop: watch::Receiver<bool>,
 ) {
-    use tokio::sync::broadcast::error::RecvError;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     loop {
-        let change = tokio::select! {
+        let first = tokio::select! {
             () = stopped(&mut stop) => return,
             change = changes.recv() => change,
         };
-        let result = match change {
-            Ok(store::Change::Record { table, key }) if table == "agents" => match key.parse() {
-                Ok(id) => core.agents_changed(Some(&id)),
-                Err(_) => Ok(()),
-            },
-            Ok(store::Change::Record { table, .. }) if table == "incidents" => {
-                core.events.incidents.catch_up()
-            }
-            Ok(store::Change::Record { table, .. }) if table == "events" => {
-                core.events.take_in_others()
-            }
-            Ok(store::Change::Record { table, .. }) if table == "output_queue" => {
-                core.events.outputs.wake();
-                Ok(())
-            }
-            Ok(store::Change::Record { table, .. }) => core.deploy.reload(&table),
-            // Missed some: take in everything.
-            Ok(store::Change::Resync) | Err(RecvError::Lagged(_)) => {
-                core.events.outputs.wake();
-                [
-                    "campaigns",
-                    "lures",
-                    "decoys",
-                    "allow_rules",
-                    "suppressions",
-                ]
-                .iter()
-                .try_for_each(|t| core.deploy.reload(t))
-                .and_then(|()| core.agents_changed(None))
-                .and_then(|()| core.events.incidents.catch_up())
-                .and_then(|()| core.events.take_in_others())
-            }
+        // What arrived meanwhile is taken in together (a replica writing
+        // a thousand agents' state is one read, not a thousand).
+        let mut batch = Changed::default();
+        match first {
+            Ok(change) => batch.add(change),
+            Err(RecvError::Lagged(_)) => batch.resync = true,
             Err(RecvError::Closed) => return,
-        };
+        }
+        loop {
+            match changes.try_recv() {
+                Ok(change) => batch.add(change),
+                Err(TryRecvError::Lagged(_)) => batch.resync = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        // Store reads block: off the runtime's workers.
+        let core = core.clone();
+        let result = tokio::task::spawn_blocking(move || batch.take_in(&core))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Engine(e.to_string().into())));
         if let Err(e) = result {
             tracing::warn!(error = %e, "taking in another controller's change failed");
         }
+    }
+}
+
+/// Changes other controllers made, gathered from the feed.
+#[derive(Debug, Default)]
+struct Changed {
+    /// Missed some: take in everything.
+    resync: bool,
+    agents: std::collections::BTreeSet<ruse_proto::types::AgentId>,
+    /// Deployer tables (campaigns, lures, decoys, allow rules,
+    /// suppressions).
+    tables: std::collections::BTreeSet<String>,
+    incidents: bool,
+    events: bool,
+    queued: bool,
+}
+
+impl Changed {
+    /// Agents changed at once, past which all agents are read in one go.
+    const AGENTS_ONE_BY_ONE: usize = 64;
+
+    fn add(&mut self, change: store::Change) {
+        match change {
+            store::Change::Resync => self.resync = true,
+            store::Change::Record { table, key } => match table.as_str() {
+                "agents" => {
+                    if let Ok(id) = key.parse() {
+                        self.agents.insert(id);
+                    }
+                }
+                "incidents" => self.incidents = true,
+                "events" => self.events = true,
+                "output_queue" => self.queued = true,
+                _ => {
+                    self.tables.insert(table);
+                }
+            },
+        }
+    }
+
+    fn take_in(self, core: &Core) -> Result<(), StoreError> {
+        if self.resync {
+            core.events.outputs.wake();
+            for table in [
+                "campaigns",
+                "lures",
+                "decoys",
+                "allow_rules",
+                "suppressions",
+            ] {
+                core.deploy.reload(table)?;
+            }
+            core.agents_changed(None)?;
+            core.events.incidents.catch_up()?;
+            return core.events.take_in_others();
+        }
+        if self.queued {
+            core.events.outputs.wake();
+        }
+        for table in &self.tables {
+            core.deploy.reload(table)?;
+        }
+        if self.agents.len() > Self::AGENTS_ONE_BY_ONE {
+            core.agents_changed(None)?;
+        } else {
+            for id in &self.agents {
+                core.agents_changed(Some(id))?;
+            }
+        }
+        if self.incidents {
+            core.events.incidents.catch_up()?;
+        }
+        if self.events {
+            core.events.take_in_others()?;
+        }
+        Ok(())
     }
 }
 

@@ -335,10 +335,11 @@ impl Events {
             record.drill = drill.is_some();
             drills.push(drill);
         }
-        // Before the events: a failure to take the incidents in leaves
-        // nothing stored, and the agent resends the batch.
-        self.incidents.hold()?;
+        // Inserting takes the incident lock first (a failure leaves nothing
+        // stored, and the agent resends the batch); then the incidents
+        // other controllers wrote are taken in before correlating.
         let inserted = self.store.insert_events(&records)?;
+        self.incidents.hold()?;
         let mut stored = Vec::with_capacity(records.len());
         for ((record, drill), new) in records.into_iter().zip(drills).zip(inserted) {
             if new {

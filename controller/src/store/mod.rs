@@ -134,6 +134,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn put_agent_state(&self, record: &AgentRecord) -> Result<(), StoreError> {
         self.put_agent(record)
     }
+    /// [`Store::put_agent_state`] of many (the agent state written every
+    /// few seconds: a thousand agents' acknowledgements are one write).
+    fn put_agent_states(&self, records: &[AgentRecord]) -> Result<(), StoreError> {
+        records.iter().try_for_each(|r| self.put_agent_state(r))
+    }
 
     fn token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError>;
     /// Counts one use of a token if it has uses left; returns its record
@@ -256,7 +261,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores events (their cursors reserved, increasing), each unless one
     /// with its id is already stored; returns which were stored (atomic
     /// per event: a resend after a crash is a duplicate, never a second
-    /// copy).
+    /// copy). Where controllers share the store this first holds their
+    /// incident writes back, as [`Store::incidents_changed`] with `hold`
+    /// does, in the same statement: it fails whole or not at all.
     fn insert_events(&self, events: &[StoredEvent]) -> Result<Vec<bool>, StoreError>;
     /// Walks stored events in cursor order as `scan` says, until `visit`
     /// breaks. With an agent, only that agent's events are read. Events

@@ -103,6 +103,14 @@ pub(super) struct Connector {
 }
 
 impl Connector {
+    /// Every connection names this store (`ruse.writer`): the change
+    /// feed's triggers put it in each notification, so a controller can
+    /// leave out its own changes.
+    pub(super) fn writer(mut self, me: &str) -> Self {
+        self.config.options(format!("-c ruse.writer={me}"));
+        self
+    }
+
     pub(super) fn new(options: &PgOptions) -> Result<Self, StoreError> {
         let target = redact(&options.url);
         // The certificate and host name are always verified, so libpq's

@@ -61,9 +61,17 @@ async fn listen(
     // Anything may have changed before the LISTEN took effect.
     let _ = changes.send(Change::Resync);
     while let Some(payload) = payloads.recv().await {
-        if let Some((table, key)) = payload.split_once(' ')
-            && !((table == "incidents" || table == "events") && key == me)
-        {
+        // "<table> <key> <writer>" (migration 7), or "<table> <writer>"
+        // for incidents and events: this store's own changes are left out.
+        let mut words = payload.split(' ');
+        let (Some(table), Some(key)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let writer = match table {
+            "incidents" | "events" => Some(key),
+            _ => words.next(),
+        };
+        if writer != Some(me) {
             // No receivers is fine.
             let _ = changes.send(Change::Record {
                 table: table.to_owned(),

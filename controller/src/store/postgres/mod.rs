@@ -98,8 +98,9 @@ impl PgStore {
     pub fn open(options: &PgOptions) -> Result<Self, StoreError> {
         let runtime = runtime()?;
         let handle = runtime.handle().clone();
+        let me: Arc<str> = ruse_proto::types::new_ulid().into();
         let shared = Arc::new(Shared {
-            connector: Arc::new(Connector::new(options)?),
+            connector: Arc::new(Connector::new(options)?.writer(&me)),
             writer: tokio::sync::Mutex::new(Writer::default()),
             auto: tokio::sync::Mutex::new(None),
             failed: OnceLock::new(),
@@ -110,7 +111,7 @@ impl PgStore {
             shared,
             cursors: Mutex::new((0, 0)),
             changes: tokio::sync::broadcast::channel(4096).0,
-            me: ruse_proto::types::new_ulid().into(),
+            me,
         };
         let s = store.shared.clone();
         let migrated = store.call(async move {

@@ -30,12 +30,30 @@ impl Store for PgStore {
     }
 
     fn put_agent_state(&self, record: &AgentRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?;
-        let id = record.id.as_str().to_owned();
+        self.put_agent_states(std::slice::from_ref(record))
+    }
+
+    fn put_agent_states(&self, records: &[AgentRecord]) -> Result<(), StoreError> {
+        // One statement for them all; an upsert cannot touch a row twice,
+        // so the last record of an id wins.
+        let mut seen = HashSet::new();
+        let (mut ids, mut jsons) = (Vec::new(), Vec::new());
+        for record in records.iter().rev() {
+            if seen.insert(record.id.as_str()) {
+                ids.push(record.id.as_str().to_owned());
+                jsons.push(
+                    serde_json::to_string(record)
+                        .map_err(|e| StoreError::Engine(format!("encode: {e}").into()))?,
+                );
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
         self.write(move |c| async move {
             c.execute_typed(
-                "INSERT INTO agents (id, record) VALUES ($1, $2::jsonb) \
+                "INSERT INTO agents (id, record) \
+                 SELECT id, record::jsonb FROM unnest($1::text[], $2::text[]) AS u (id, record) \
                  ON CONFLICT (id) DO UPDATE SET record = agents.record || \
                  (excluded.record - 'token_labels' - 'admin_labels' - 'removed_labels' \
                   - 'revoked' - 'deleted' - 'session') || \
@@ -45,7 +63,7 @@ impl Store for PgStore {
                     (agents.record #>> '{session,since}')::bigint) \
                  THEN jsonb_build_object('session', excluded.record -> 'session') \
                  ELSE '{}'::jsonb END",
-                &[(&id, Type::TEXT), (&json, Type::TEXT)],
+                &[(&ids, Type::TEXT_ARRAY), (&jsons, Type::TEXT_ARRAY)],
             )
             .await
         })
@@ -209,9 +227,11 @@ impl Store for PgStore {
         // controller at a time.
         self.write(move |c| async move {
             c.execute_typed(
-                "INSERT INTO incidents (id, record, writer) \
-                 SELECT $1, $2::jsonb, $3 FROM (SELECT pg_advisory_xact_lock($4)) AS held \
-                 ON CONFLICT (id) DO UPDATE SET record = excluded.record, writer = excluded.writer",
+                "INSERT INTO incidents (id, record, writer, changed) \
+                 SELECT $1, $2::jsonb, $3, nextval('incident_changes') \
+                 FROM (SELECT pg_advisory_xact_lock($4)) AS held \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record, \
+                 writer = excluded.writer, changed = excluded.changed",
                 &[
                     (&id, Type::TEXT),
                     (&json, Type::TEXT),
@@ -234,16 +254,27 @@ impl Store for PgStore {
     }
 
     fn incidents_changed(&self, mark: &mut u64, hold: bool) -> Result<Vec<Incident>, StoreError> {
+        let mut holding = None;
         if hold {
-            // Held by the open transaction until the next flush; marked
-            // as a write so that flush commits (and so releases) it.
-            self.write(move |c| async move {
-                c.execute_typed(
-                    "SELECT pg_advisory_xact_lock($1)",
-                    &[(&INCIDENT_LOCK, Type::INT8)],
-                )
-                .await
+            // Held by the open transaction until the next flush (taken
+            // once per transaction).
+            let shared = self.shared.clone();
+            let (tx, caught_up) = self.call(async move {
+                shared
+                    .hold_once(move |c| async move {
+                        c.execute_typed(
+                            "SELECT pg_advisory_xact_lock($1)",
+                            &[(&INCIDENT_LOCK, Type::INT8)],
+                        )
+                        .await
+                    })
+                    .await
             })?;
+            if caught_up {
+                // Read since the lock was taken: nobody can have written.
+                return Ok(Vec::new());
+            }
+            holding = Some(tx);
         }
         // After the lock is granted: this statement's snapshot has every
         // incident the others committed.
@@ -266,6 +297,13 @@ impl Store for PgStore {
         if !theirs.is_empty() {
             let ids = theirs.iter().map(|i| i.id.clone()).collect();
             self.attach_timelines(&mut theirs, Some(ids))?;
+        }
+        if let Some(tx) = holding {
+            let shared = self.shared.clone();
+            self.call(async move {
+                shared.caught_up(tx).await;
+                Ok(())
+            })?;
         }
         Ok(theirs)
     }
@@ -501,25 +539,34 @@ impl Store for PgStore {
         }
         let order = cursors.clone();
         let me = self.me.to_string();
-        let stored: Vec<Row> = self.in_tx(true, move |c| async move {
-            let params: [(&(dyn ToSql + Sync), Type); 8] = [
-                (&cursors, Type::INT8_ARRAY),
-                (&ids, Type::TEXT_ARRAY),
-                (&agents, Type::TEXT_ARRAY),
-                (&lures, Type::TEXT_ARRAY),
-                (&kinds, Type::TEXT_ARRAY),
-                (&received, Type::INT8_ARRAY),
-                (&records, Type::BYTEA_ARRAY),
-                (&me, Type::TEXT),
-            ];
-            c.query_typed(
+        // Under the incident lock, taken by this statement before a row is
+        // inserted (see `Store::insert_events`).
+        let shared = self.shared.clone();
+        let stored: Vec<Row> = self.call(async move {
+            shared
+                .in_tx_holding(move |c| async move {
+                    let params: [(&(dyn ToSql + Sync), Type); 9] = [
+                        (&cursors, Type::INT8_ARRAY),
+                        (&ids, Type::TEXT_ARRAY),
+                        (&agents, Type::TEXT_ARRAY),
+                        (&lures, Type::TEXT_ARRAY),
+                        (&kinds, Type::TEXT_ARRAY),
+                        (&received, Type::INT8_ARRAY),
+                        (&records, Type::BYTEA_ARRAY),
+                        (&me, Type::TEXT),
+                        (&INCIDENT_LOCK, Type::INT8),
+                    ];
+                    c.query_typed(
                 "INSERT INTO events (cursor, id, agent, lure, kind, received, record, writer) \
-                 SELECT u.*, $8 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], \
+                 SELECT u.*, $8 FROM (SELECT pg_advisory_xact_lock($9)) AS held, \
+                 unnest($1::int8[], $2::text[], $3::text[], $4::text[], \
                  $5::text[], $6::int8[], $7::bytea[]) AS u \
                  ON CONFLICT DO NOTHING RETURNING cursor",
                 &params,
             )
             .await
+                })
+                .await
         })?;
         let stored: HashSet<i64> = stored.iter().map(|r| r.get(0)).collect();
         Ok(order.iter().map(|c| stored.contains(c)).collect())

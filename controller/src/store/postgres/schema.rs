@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "shared events",
         sql: include_str!("migrations/0006_shared_events.sql"),
     },
+    Migration {
+        version: 7,
+        name: "notifications name their writer",
+        sql: include_str!("migrations/0007_notify_writer.sql"),
+    },
 ];
 
 /// The advisory lock migrations run under ("ruse" and 1).

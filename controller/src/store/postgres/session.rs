@@ -14,6 +14,13 @@ use crate::store::StoreError;
 pub(super) struct Writer {
     client: Option<Arc<Client>>,
     dirty: bool,
+    /// The open transaction holds the incident lock (see `hold_once`).
+    held: bool,
+    /// Counts transactions (commits and reconnects).
+    tx: u64,
+    /// The transaction `tx` read what other controllers wrote after it
+    /// took the lock: until it commits they cannot write more.
+    caught_up: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -70,6 +77,8 @@ impl Shared {
         client.batch_execute("BEGIN").await.map_err(db)?;
         let client = Arc::new(client);
         w.client = Some(client.clone());
+        w.held = false;
+        w.tx += 1;
         Ok(client)
     }
 
@@ -81,7 +90,61 @@ impl Shared {
     {
         self.check()?;
         let mut w = self.writer.lock().await;
-        let client = self.writer_client(&mut w).await?;
+        self.run_in_tx(&mut w, write, op).await
+    }
+
+    /// Runs `op` (a lock) on the writer connection, once per transaction:
+    /// not again until the next commit releases what it took. Returns the
+    /// transaction, and whether it already read what others wrote (see
+    /// [`Shared::caught_up`]).
+    pub(super) async fn hold_once<F, Fut>(&self, op: F) -> Result<(u64, bool), StoreError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = PgResult<u64>>,
+    {
+        self.check()?;
+        let mut w = self.writer.lock().await;
+        if !w.held {
+            // A write: the next flush commits, and so releases, it.
+            self.run_in_tx(&mut w, true, op).await?;
+            w.held = true;
+        }
+        Ok((w.tx, w.caught_up == Some(w.tx)))
+    }
+
+    /// Transaction `tx`, holding the lock, has read what others wrote.
+    pub(super) async fn caught_up(&self, tx: u64) {
+        let mut w = self.writer.lock().await;
+        if w.tx == tx && w.held {
+            w.caught_up = Some(tx);
+        }
+    }
+
+    /// Runs the write `op`, which takes the lock [`Shared::hold_once`]
+    /// takes, on the writer connection.
+    pub(super) async fn in_tx_holding<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = PgResult<T>>,
+    {
+        self.check()?;
+        let mut w = self.writer.lock().await;
+        let value = self.run_in_tx(&mut w, true, op).await?;
+        w.held = true;
+        Ok(value)
+    }
+
+    async fn run_in_tx<T, F, Fut>(
+        &self,
+        w: &mut Writer,
+        write: bool,
+        op: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = PgResult<T>>,
+    {
+        let client = self.writer_client(w).await?;
         let run = async {
             // Pipelined: the savepoint and the operation's first statement
             // go in one round trip.
@@ -93,15 +156,15 @@ impl Shared {
         let result = match tokio::time::timeout(CALL_TIMEOUT, run).await {
             Err(_) => {
                 let e = StoreError::Engine("the database did not answer in 30 s".into());
-                return Err(self.lost(&mut w, e));
+                return Err(self.lost(w, e));
             }
-            Ok(Err(e)) => return Err(self.lost(&mut w, db(e))),
+            Ok(Err(e)) => return Err(self.lost(w, db(e))),
             Ok(Ok(result)) => result,
         };
         match result {
             Ok(value) => {
                 if let Err(e) = client.batch_execute("RELEASE SAVEPOINT op").await {
-                    return Err(self.lost(&mut w, db(e)));
+                    return Err(self.lost(w, db(e)));
                 }
                 w.dirty |= write;
                 Ok(value)
@@ -112,7 +175,7 @@ impl Shared {
                     .await;
                 match undo {
                     Ok(()) => Err(db(e)),
-                    Err(_) => Err(self.lost(&mut w, db(e))),
+                    Err(_) => Err(self.lost(w, db(e))),
                 }
             }
         }
@@ -164,6 +227,8 @@ impl Shared {
         match client.batch_execute("COMMIT; BEGIN").await {
             Ok(()) => {
                 w.dirty = false;
+                w.held = false;
+                w.tx += 1;
                 Ok(())
             }
             Err(e) => Err(self.lost(&mut w, db(e))),
