@@ -371,6 +371,32 @@ impl TestController {
         .unwrap()
     }
 
+    /// `n` more controllers in this process on the same PostgreSQL
+    /// database and CA (replicas), each on a port of its own.
+    pub async fn replicas(&self, n: usize) -> Vec<Controller> {
+        let mut replicas = Vec::new();
+        for _ in 0..n {
+            let mut config = self.config.clone();
+            config.listen = "127.0.0.1:0".parse().unwrap();
+            config.name = None;
+            replicas.push(Controller::start(config).await.unwrap());
+        }
+        replicas
+    }
+
+    /// A replica as a `ruse-controller serve` process named `name` (for
+    /// `kill -9`), on this controller's database and CA; its log is
+    /// `<name>.log` in this controller's directory.
+    pub fn replica_process(&self, name: &str) -> (process::Proc, std::net::SocketAddr) {
+        let url = self.config.store_url.clone().expect("a PostgreSQL store").0;
+        process::spawn_controller_with(
+            self.data_dir(),
+            "127.0.0.1:0",
+            &self.dir.path().join(format!("{name}.log")),
+            &[("RUSE_STORE_URL", url.as_str()), ("RUSE_NAME", name)],
+        )
+    }
+
     /// Graceful stop.
     pub async fn stop(&mut self) {
         if let Some(c) = self.controller.take() {

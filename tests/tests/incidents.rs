@@ -1137,12 +1137,7 @@ async fn replicas_correlate_one_attack_into_one_incident_and_deliver_each_notice
         c.output_retry_max = Duration::from_secs(1);
     })
     .await;
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let mut config = h.tc.config.clone();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        replicas.push(ruse_controller::Controller::start(config).await.unwrap());
-    }
+    let replicas = h.tc.replicas(2).await;
     // A started first and delivers; the others wait for its lease.
     assert!(h.tc.controller().core().events.outputs.leading());
     assert!(replicas.iter().all(|r| !r.core().events.outputs.leading()));

@@ -843,12 +843,7 @@ async fn replicas_share_token_uses_and_revocations() {
     };
     pg.database("ruse");
     let a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let mut config = a.config.clone();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        replicas.push(ruse_controller::Controller::start(config).await.unwrap());
-    }
+    let replicas = a.replicas(2).await;
     let urls: Vec<ControllerUrl> = std::iter::once(a.url())
         .chain(
             replicas
@@ -979,13 +974,7 @@ async fn every_replica_shows_where_each_session_is_and_a_killed_replicas_agents_
     })
     .await;
     // B: a `ruse-controller serve` process with A's CA and database.
-    let url = a.config.store_url.clone().unwrap().0;
-    let (mut b, b_addr) = ruse_e2e::process::spawn_controller_with(
-        a.data_dir(),
-        "127.0.0.1:0",
-        &a.dir.path().join("replica-b.log"),
-        &[("RUSE_STORE_URL", url.as_str()), ("RUSE_NAME", "replica-b")],
-    );
+    let (mut b, b_addr) = a.replica_process("replica-b");
     let token = a.token("site=icu", 2, Duration::from_secs(600)).await;
     // One agent knows only B; the other B, then A.
     let mut only_b = a.agent_config("ws-only-b", &token, "");
@@ -1057,13 +1046,7 @@ async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
     };
     pg.database("ruse");
     let mut a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let mut config = a.config.clone();
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.name = None;
-        replicas.push(ruse_controller::Controller::start(config).await.unwrap());
-    }
+    let replicas = a.replicas(2).await;
     assert!(a.controller().core().deploy.leading());
     assert!(replicas.iter().all(|r| !r.core().deploy.leading()));
     let urls: Vec<ControllerUrl> = std::iter::once(a.url())
@@ -1251,13 +1234,7 @@ async fn kill_9_of_the_leading_replica_mid_rollout_and_mid_stream_loses_and_dupl
         c.name = Some("replica-a".into());
     })
     .await;
-    let url = a.config.store_url.clone().unwrap().0;
-    let (mut p, p_addr) = ruse_e2e::process::spawn_controller_with(
-        a.data_dir(),
-        "127.0.0.1:0",
-        &a.dir.path().join("replica-p.log"),
-        &[("RUSE_STORE_URL", url.as_str()), ("RUSE_NAME", "replica-p")],
-    );
+    let (mut p, p_addr) = a.replica_process("replica-p");
     // P leads: A steps down, and comes back once P holds the lease.
     a.stop().await;
     let held = "SELECT count(*) FROM leases WHERE name = 'deploy' AND expires > now()";
@@ -1368,9 +1345,7 @@ async fn watches_on_one_replica_show_what_another_ingested() {
     };
     pg.database("ruse");
     let a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
-    let mut config = a.config.clone();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let b = ruse_controller::Controller::start(config).await.unwrap();
+    let b = a.replicas(1).await.remove(0);
     let token = a.token("site=icu", 1, Duration::from_secs(600)).await;
     let mut agent_config = a.agent_config("ws", &token, "");
     agent_config.controller = ControllerUrl::from_addr(b.agent_addr());
