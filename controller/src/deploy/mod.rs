@@ -213,8 +213,9 @@ pub struct Deployer {
     unreachable_after: Duration,
     /// One registry chunk is written at a time (see `write_chunk`).
     writing: Arc<Mutex<()>>,
-    /// Whether this controller holds the `deploy` lease (see above).
-    leading: AtomicBool,
+    /// When this controller was last granted the `deploy` lease (see
+    /// above), if it holds it.
+    lease: Mutex<Option<std::time::Instant>>,
     /// Other controllers share the store: what agents apply is written to
     /// their records, for the leader's rollouts.
     shared: bool,
@@ -281,7 +282,7 @@ impl Deployer {
             max_update_bytes: max_message_bytes / 2,
             unreachable_after,
             writing: Arc::new(Mutex::new(())),
-            leading: AtomicBool::new(false),
+            lease: Mutex::new(None),
             shared,
         };
         Ok(deployer)
@@ -693,7 +694,6 @@ impl Deployer {
                 last_lease = tokio::time::Instant::now();
                 if let Err(e) = self.take_lease() {
                     tracing::warn!(error = %e, "cannot renew the deploy lease");
-                    self.leading.store(false, Ordering::Release);
                 }
             }
             // An evaluation held back by EVALUATE_EVERY, due then.
@@ -743,10 +743,7 @@ impl Deployer {
     /// Takes the lease if free and computes every desired set once,
     /// before the controller serves.
     pub async fn prepare(&self) -> Result<(), StoreError> {
-        self.leading.store(
-            self.store.lease(shared::LEASE, crate::store::LEASE_TTL)?,
-            Ordering::Release,
-        );
+        self.ask_lease()?;
         self.recompute_needed.store(false, Ordering::Release);
         self.recompute().await
     }

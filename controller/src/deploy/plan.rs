@@ -101,8 +101,9 @@ impl Deployer {
             .filter(|a| a.state != AgentState::Revoked)
             .collect();
         let now = UnixMs::now();
-        // Only the leader creates and retires instances.
-        let create = self.leading();
+        // Only the leader creates and retires instances; one whose lease
+        // could lapse stops creating at once (checked per hold below).
+        let mut create = self.leading();
         // Left undurable by a pass whose write failed: written first, and
         // their agents woken (that pass never did).
         let (plan, mut created) = {
@@ -141,6 +142,7 @@ impl Deployer {
                 break;
             }
             let computing = std::time::Instant::now();
+            create &= self.leading();
             {
                 let mut st = self.lock();
                 let stop = (next + AGENTS_PER_LOCK).min(live.len());

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::Deployer;
 use super::registry::Registry;
@@ -15,6 +15,9 @@ use crate::store::StoreError;
 
 /// The lease of the controller that creates instances and moves rollouts.
 pub(super) const LEASE: &str = "deploy";
+/// A leader stops acting as one this long before its lease would run out
+/// unrenewed.
+const SAFETY: Duration = Duration::from_secs(2);
 
 impl Deployer {
     /// Writes what `agent` applied into its record, where other
@@ -72,8 +75,8 @@ impl Deployer {
     /// the leader. Becoming it, it first takes in what the previous one
     /// wrote.
     pub fn take_lease(&self) -> Result<bool, StoreError> {
-        let held = self.store.lease(LEASE, crate::store::LEASE_TTL)?;
-        let was = self.leading.swap(held, Ordering::AcqRel);
+        let was = self.leading();
+        let held = self.ask_lease()?;
         if held && !was {
             tracing::info!("this controller plans lures and moves rollouts on");
             self.reload("campaigns")?;
@@ -86,9 +89,38 @@ impl Deployer {
         Ok(held)
     }
 
-    /// Whether this controller creates instances and moves rollouts on.
+    /// Asks for the lease; records when it was asked if granted.
+    pub(super) fn ask_lease(&self) -> Result<bool, StoreError> {
+        // Counted from before the request: the database's lease runs at
+        // least that long.
+        let asked = Instant::now();
+        let held = match self.store.lease(LEASE, crate::store::LEASE_TTL) {
+            Ok(held) => held,
+            Err(e) => {
+                self.lost_lease();
+                return Err(e);
+            }
+        };
+        *self.lease_granted() = held.then_some(asked);
+        Ok(held)
+    }
+
+    pub(super) fn lost_lease(&self) {
+        *self.lease_granted() = None;
+    }
+
+    fn lease_granted(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this controller creates instances and moves rollouts on: it
+    /// holds the lease, granted recently enough that no other controller
+    /// can have taken it over (a leader that cannot renew stops acting as
+    /// one [`SAFETY`] before its lease runs out, even in the middle of a
+    /// pass).
     pub fn leading(&self) -> bool {
-        self.leading.load(Ordering::Acquire)
+        self.lease_granted()
+            .is_some_and(|t| t.elapsed() + SAFETY < crate::store::LEASE_TTL)
     }
 
     /// Replaces the registry with the store's (instances another
@@ -162,7 +194,7 @@ impl Deployer {
     /// Gives up the lease (stopping): another controller takes over at
     /// once.
     pub fn release_lease(&self) {
-        if self.leading.swap(false, Ordering::AcqRel)
+        if self.lease_granted().take().is_some()
             && let Err(e) = self.store.release_lease(LEASE)
         {
             tracing::warn!(error = %e, "cannot give up the deploy lease; another controller takes it when it expires");
