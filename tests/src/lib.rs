@@ -397,6 +397,16 @@ impl TestController {
         )
     }
 
+    /// A live view of every event, as root (`rusectl watch events`).
+    pub async fn watch_events(&self) -> tonic::Streaming<admin_pb::WatchEventsResponse> {
+        self.root()
+            .await
+            .watch_events(admin_pb::WatchEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Graceful stop.
     pub async fn stop(&mut self) {
         if let Some(c) = self.controller.take() {

@@ -62,13 +62,7 @@ async fn cat_of_a_honeyfile_is_one_event_naming_cat_seen_by_watch_within_a_secon
     agent.wait_lures(1, Duration::from_secs(10)).await;
     let file = honeyfile(&agent);
 
-    let mut watch = tc
-        .root()
-        .await
-        .watch_events(pb::WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = tc.watch_events().await;
     let start = Instant::now();
     let pid = cat(&file);
     let item = tokio::time::timeout(Duration::from_secs(1), watch.message())

@@ -954,6 +954,18 @@ async fn replicas_share_token_uses_and_revocations() {
     }
 }
 
+/// A throw-away PostgreSQL cluster for `test` and a controller on it named
+/// `replica-a` (others join it with `replicas` or `replica_process`).
+async fn replica_a_on_postgres(test: &str) -> Option<(Postgres, TestController)> {
+    let pg = Postgres::start(test)?;
+    pg.database("ruse");
+    let a = TestController::start_on(Some(pg.options("ruse")), |c| {
+        c.name = Some("replica-a".into());
+    })
+    .await;
+    Some((pg, a))
+}
+
 /// Every replica shows each agent online with the replica holding its
 /// session (`get agents`); when that replica is killed (`kill -9`), an
 /// agent that knows no other shows offline everywhere once the dead
@@ -965,14 +977,10 @@ async fn every_replica_shows_where_each_session_is_and_a_killed_replicas_agents_
     use ruse_proto::transport::ControllerUrl;
     use std::time::{Duration, Instant};
 
-    let Some(pg) = Postgres::start("every_replica_shows_where_each_session_is") else {
+    let Some((_pg, a)) = replica_a_on_postgres("every_replica_shows_where_each_session_is").await
+    else {
         return;
     };
-    pg.database("ruse");
-    let a = TestController::start_on(Some(pg.options("ruse")), |c| {
-        c.name = Some("replica-a".into());
-    })
-    .await;
     // B: a `ruse-controller serve` process with A's CA and database.
     let (mut b, b_addr) = a.replica_process("replica-b");
     let token = a.token("site=icu", 2, Duration::from_secs(600)).await;
@@ -1226,14 +1234,9 @@ async fn kill_9_of_the_leading_replica_mid_rollout_and_mid_stream_loses_and_dupl
     use ruse_proto::transport::ControllerUrl;
     use std::time::{Duration, Instant};
 
-    let Some(pg) = Postgres::start("kill_9_of_the_leading_replica") else {
+    let Some((pg, mut a)) = replica_a_on_postgres("kill_9_of_the_leading_replica").await else {
         return;
     };
-    pg.database("ruse");
-    let mut a = TestController::start_on(Some(pg.options("ruse")), |c| {
-        c.name = Some("replica-a".into());
-    })
-    .await;
     let (mut p, p_addr) = a.replica_process("replica-p");
     // P leads: A steps down, and comes back once P holds the lease.
     a.stop().await;
@@ -1357,13 +1360,7 @@ async fn watches_on_one_replica_show_what_another_ingested() {
     let lure = a.lures(&id, false).await[0].id.clone();
 
     // Watching on A; the agent's session is on B.
-    let mut events = a
-        .root()
-        .await
-        .watch_events(pb::WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = a.watch_events().await;
     let mut incidents = a
         .root()
         .await
