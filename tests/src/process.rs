@@ -190,6 +190,11 @@ pub fn spawn_controller_with(
 /// `ruse-controller init --data-dir DATA` (trust domain `ruse.test`);
 /// returns the CA pin it printed.
 pub fn init_controller(data: &Path) -> String {
+    init_controller_with(data, &[])
+}
+
+/// [`init_controller`] with more environment (`RUSE_STORE_URL`, …).
+pub fn init_controller_with(data: &Path, env: &[(&str, &str)]) -> String {
     let out = Command::new(binary("ruse-controller"))
         .args([
             "init",
@@ -198,6 +203,7 @@ pub fn init_controller(data: &Path) -> String {
             "--trust-domain",
             "ruse.test",
         ])
+        .envs(env.iter().copied())
         .output()
         .expect("cannot run ruse-controller init");
     assert!(

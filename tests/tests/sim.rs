@@ -9,7 +9,11 @@ use serde_json::Value;
 
 use std::time::Duration;
 
-use ruse_e2e::process::{Ctl, binary, init_controller, spawn, spawn_controller};
+use ruse_e2e::postgres::Postgres;
+use ruse_e2e::process::{
+    Ctl, binary, init_controller, init_controller_with, spawn, spawn_controller,
+    spawn_controller_with,
+};
 use ruse_e2e::{eventually, require_root};
 
 #[test]
@@ -65,6 +69,80 @@ fn every_simulator_scenario_runs_against_a_real_controller() {
     let events = ctl.json(&["get", "events", "--limit", "100000"]);
     assert_eq!(events["items"].as_array().unwrap().len() as f64, sent);
     drop(controller);
+}
+
+/// Three replica processes on one PostgreSQL database, the fleet spread
+/// over them: `failover` kills the first while events flow, and its agents
+/// come back at the others with nothing lost — every event the simulator
+/// sent is acknowledged and stored exactly once.
+#[test]
+fn the_failover_scenario_kills_a_replica_and_its_agents_move_losing_nothing() {
+    let Some(pg) = Postgres::start("the_failover_scenario_kills_a_replica") else {
+        return;
+    };
+    let store = pg.database("ruse");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pin = init_controller_with(&data, &[("RUSE_STORE_URL", &store)]);
+    let replicas: Vec<_> = ["r0", "r1", "r2"]
+        .iter()
+        .map(|name| {
+            spawn_controller_with(
+                &data,
+                "127.0.0.1:0",
+                &dir.path().join(format!("{name}.log")),
+                &[("RUSE_STORE_URL", &store), ("RUSE_NAME", name)],
+            )
+        })
+        .collect();
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|(_, a)| format!("https://{a}"))
+        .collect();
+    let pids: Vec<String> = replicas.iter().map(|(p, _)| p.pid().to_string()).collect();
+    let json = dir.path().join("sim.json");
+    let mut args = admin_args(&urls.join(","), &pin, &data);
+    // The admin API at a replica that survives.
+    args[3] = urls[1].clone();
+    args.extend(
+        [
+            "-n",
+            "9",
+            "--lures",
+            "2",
+            "--rate",
+            "300",
+            "--batch",
+            "5",
+            "--duration",
+            "3s",
+            "--hold",
+            "200ms",
+            "--sources",
+            "3",
+            "--scenarios",
+            "connect,push,failover",
+            "--kill-replica",
+            "0",
+            "--timeout",
+            "90s",
+            "--controller-pid",
+        ]
+        .map(String::from),
+    );
+    args.push(pids.join(","));
+    let report = sim(&args, &json);
+    let value = |scenario: &str, metric: &str| value(&report, scenario, metric);
+    assert!(value("connect", "replica 0 memory per agent") >= 0.0);
+    assert_eq!(value("failover", "agents at the killed replica"), 3.0);
+    assert_eq!(value("failover", "sessions lost"), 3.0);
+    assert!(value("failover", "all online elsewhere (get agents)") > 0.0);
+    let sent = value("failover", "events sent");
+    assert!(sent >= 300.0, "{sent}");
+    assert_eq!(value("failover", "events acked"), sent);
+    let stored = pg.psql("ruse", "SELECT count(*), count(DISTINCT id) FROM events");
+    assert_eq!(stored.trim(), format!("{sent}|{sent}"), "stored, distinct");
+    drop(replicas);
 }
 
 /// `--controller`, `--admin`, `--ca-pin` and `--context-file` for the
