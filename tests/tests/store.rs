@@ -734,6 +734,43 @@ fn a_serve_process_on_postgresql_rides_out_a_database_restart() {
     controller.terminate(std::time::Duration::from_secs(10));
 }
 
+/// A controller takes in only the lure instances written since its last
+/// look (`lures_since`): new ones, retirements, and rows from before the
+/// change marks only when it loads everything.
+#[test]
+fn lure_instances_are_taken_in_by_what_changed_since_the_last_look() {
+    let Some(pg) = Postgres::start("lure_instances_are_taken_in_by_what_changed") else {
+        return;
+    };
+    pg.database("ruse");
+    let (a, b) = (
+        PgStore::open(&pg.options("ruse")).unwrap(),
+        PgStore::open(&pg.options("ruse")).unwrap(),
+    );
+    let (first, second) = (instance("01lurea", None), instance("01lureb", None));
+    a.put_new_lures(&[Arc::new(first.clone()), Arc::new(second.clone())])
+        .unwrap();
+    a.flush().unwrap();
+    let (all, mark) = b.lures_since(0).unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(mark > 0);
+    assert!(b.lures_since(mark).unwrap().0.is_empty(), "nothing new");
+
+    // A retirement is a change; the untouched instance is not.
+    let mut retired = first.clone();
+    retired.retired = Some(UnixMs(5));
+    a.put_lures(&[retired.clone()]).unwrap();
+    a.flush().unwrap();
+    let (changed, next) = b.lures_since(mark).unwrap();
+    assert_eq!(changed, vec![retired]);
+    assert!(next > mark);
+
+    // Rows written before the marks existed come with a whole load only.
+    pg.psql("ruse", "UPDATE lures SET changed = NULL");
+    assert!(b.lures_since(next).unwrap().0.is_empty());
+    assert_eq!(b.lures_since(0).unwrap().0.len(), 2);
+}
+
 /// Controllers sharing one database take in each other's incidents in
 /// commit order, never their own, and an incident write (or a hold) by
 /// one makes the others' incident writes wait for its commit.

@@ -42,6 +42,9 @@ pub(super) struct Registry {
     pub(super) by_slot: HashMap<AgentId, CampaignSlots>,
     /// Every instance ever (retired included), by presentable material.
     pub(super) credentials: CredentialIndex,
+    /// The store's change mark this registry has taken in up to
+    /// ([`crate::store::Store::lures_since`]).
+    pub(super) seen: u64,
 }
 
 impl Registry {
@@ -49,14 +52,28 @@ impl Registry {
     /// matchable.
     pub(super) fn load(store: &dyn crate::store::Store) -> Result<Registry, StoreError> {
         let mut registry = Registry::default();
-        for lure in store.lures()? {
-            if lure.retired.is_none() {
-                registry.insert(Arc::new(lure));
-            } else {
-                registry.credentials.add(&lure);
-            }
+        let (lures, seen) = store.lures_since(0)?;
+        for lure in lures {
+            registry.take_in(lure);
         }
+        registry.seen = seen;
         Ok(registry)
+    }
+
+    /// Takes in an instance as the store holds it: a new one, a newer
+    /// record of one held (retired: no longer active, still matchable), or
+    /// one already held (nothing changes).
+    pub(super) fn take_in(&mut self, lure: LureInstance) {
+        if lure.retired.is_none() {
+            if self.active.get(&lure.id).is_some_and(|held| **held == lure) {
+                return;
+            }
+            self.remove(&lure.id);
+            self.insert(Arc::new(lure));
+        } else {
+            self.remove(&lure.id);
+            self.credentials.add(&lure);
+        }
     }
 
     pub(super) fn insert(&mut self, lure: Arc<LureInstance>) {

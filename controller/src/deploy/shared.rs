@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Deployer;
-use super::registry::Registry;
 use ruse_proto::types::AgentId;
 
-use crate::model::{AgentRecord, Applied, CampaignRecord, LureInstance};
+use crate::model::{AgentRecord, Applied, CampaignRecord};
 use crate::store::StoreError;
 
 /// The lease of the controller that creates instances and moves rollouts.
@@ -123,21 +122,19 @@ impl Deployer {
             .is_some_and(|t| t.elapsed() + SAFETY < crate::store::LEASE_TTL)
     }
 
-    /// Replaces the registry with the store's (instances another
-    /// controller created or retired); instances this one created and has
-    /// not written yet are kept.
+    /// Takes in the instances another controller created or retired since
+    /// the registry last looked; instances this one created and has not
+    /// written yet stay as they are.
     fn reload_registry(&self) -> Result<(), StoreError> {
-        let mut stored = Registry::load(&*self.store)?;
+        let seen = self.lock().registry.seen;
+        let (changed, mark) = self.store.lures_since(seen)?;
         let mut st = self.lock();
-        let pending: Vec<Arc<LureInstance>> = st
-            .undurable
-            .iter()
-            .filter_map(|id| st.registry.active.get(id).cloned())
-            .collect();
-        for lure in pending {
-            stored.insert(lure);
+        for lure in changed {
+            if !st.undurable.contains(&lure.id) {
+                st.registry.take_in(lure);
+            }
         }
-        st.registry = stored;
+        st.registry.seen = st.registry.seen.max(mark);
         Ok(())
     }
 

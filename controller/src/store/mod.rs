@@ -232,6 +232,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The lure registry: every instance ever created, retired ones too,
     /// each in its latest written version.
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError>;
+    /// The instances written since change mark `after` (every one when it
+    /// is 0), and the mark to pass next time. A store that no other
+    /// controller writes to keeps no marks: it returns every instance and
+    /// 0.
+    fn lures_since(&self, after: u64) -> Result<(Vec<LureInstance>, u64), StoreError> {
+        let _ = after;
+        Ok((self.lures()?, 0))
+    }
     /// An instance written by [`Store::put_lure`] or [`Store::put_lures`]
     /// (retired ones are; new ones written in a batch are not, and are
     /// looked up in memory while active).

@@ -58,6 +58,9 @@ const SCAN_PAGE: i64 = 500;
 /// The advisory lock every incident write takes until its commit ("ruse"
 /// and 2; migrations use 1).
 const INCIDENT_LOCK: i64 = 0x7275_7365_0000_0002;
+/// The advisory lock every write of lure instances takes until its commit
+/// ("ruse" and 3; see migration 8).
+const LURE_LOCK: i64 = 0x7275_7365_0000_0003;
 
 /// The PostgreSQL-backed [`Store`].
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use ruse_proto::types::{AdminName, AgentId, TokenId, UnixMs};
 
-use super::{CURSOR_BLOCK, INCIDENT_LOCK, PgStore, SCAN_PAGE, decode, to_i64, to_u64};
+use super::{CURSOR_BLOCK, INCIDENT_LOCK, LURE_LOCK, PgStore, SCAN_PAGE, decode, to_i64, to_u64};
 use crate::model::{
     AdminRecord, AgentRecord, AllowRule, AuditRecord, CampaignRecord, Decoy, Incident,
     IncidentHead, LureInstance, StoredEvent, Suppression, TimelineEntry, TokenRecord,
@@ -410,19 +410,33 @@ impl Store for PgStore {
     }
 
     fn lures(&self) -> Result<Vec<LureInstance>, StoreError> {
+        Ok(self.lures_since(0)?.0)
+    }
+
+    fn lures_since(&self, after: u64) -> Result<(Vec<LureInstance>, u64), StoreError> {
+        let after = to_i64(after);
+        // One statement, one snapshot: the mark is the newest change among
+        // the rows returned (rows from before migration 8 have none).
         let rows = self.in_tx(false, move |c| async move {
-            c.query_typed("SELECT id, record FROM lures ORDER BY id", &[])
-                .await
+            c.query_typed(
+                "SELECT id, record, changed FROM lures WHERE $1 = 0 OR changed > $1 ORDER BY id",
+                &[(&after, Type::INT8)],
+            )
+            .await
         })?;
-        rows.iter()
+        let mut mark = after;
+        let lures = rows
+            .iter()
             .map(|r| {
+                mark = mark.max(r.get::<_, Option<i64>>(2).unwrap_or(0));
                 lure_record::decode(r.get(1)).map_err(|reason| StoreError::Corrupt {
                     tree: "lures",
                     key: r.get(0),
                     reason,
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((lures, to_u64(mark)))
     }
 
     fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError> {
@@ -459,11 +473,20 @@ impl Store for PgStore {
                 records.push(lure_record::encode(lure));
             }
         }
+        // The lock first (see migration 8): writes of instances commit in
+        // the order of their `changed`.
         self.write(move |c| async move {
             c.execute_typed(
-                "INSERT INTO lures (id, record) SELECT * FROM unnest($1::text[], $2::bytea[]) \
-                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-                &[(&ids, Type::TEXT_ARRAY), (&records, Type::BYTEA_ARRAY)],
+                "INSERT INTO lures (id, record, changed) \
+                 SELECT u.id, u.record, nextval('lure_changes') \
+                 FROM (SELECT pg_advisory_xact_lock($3)) AS held, \
+                 unnest($1::text[], $2::bytea[]) AS u (id, record) \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record, changed = excluded.changed",
+                &[
+                    (&ids, Type::TEXT_ARRAY),
+                    (&records, Type::BYTEA_ARRAY),
+                    (&LURE_LOCK, Type::INT8),
+                ],
             )
             .await
         })
@@ -480,9 +503,16 @@ impl Store for PgStore {
         let records: Vec<Vec<u8>> = lures.iter().map(|l| lure_record::encode(l)).collect();
         self.write(move |c| async move {
             c.execute_typed(
-                "INSERT INTO lures (id, record) SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                "INSERT INTO lures (id, record, changed) \
+                 SELECT u.id, u.record, nextval('lure_changes') \
+                 FROM (SELECT pg_advisory_xact_lock($3)) AS held, \
+                 unnest($1::text[], $2::bytea[]) AS u (id, record) \
                  ON CONFLICT (id) DO NOTHING",
-                &[(&ids, Type::TEXT_ARRAY), (&records, Type::BYTEA_ARRAY)],
+                &[
+                    (&ids, Type::TEXT_ARRAY),
+                    (&records, Type::BYTEA_ARRAY),
+                    (&LURE_LOCK, Type::INT8),
+                ],
             )
             .await
         })

@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "notifications name their writer",
         sql: include_str!("migrations/0007_notify_writer.sql"),
     },
+    Migration {
+        version: 8,
+        name: "lure instances by change",
+        sql: include_str!("migrations/0008_lure_changes.sql"),
+    },
 ];
 
 /// The advisory lock migrations run under ("ruse" and 1).
