@@ -71,10 +71,10 @@ fn every_simulator_scenario_runs_against_a_real_controller() {
     drop(controller);
 }
 
-/// Three replica processes on one PostgreSQL database, the fleet spread
-/// over them: `failover` kills the first while events flow, and its agents
-/// come back at the others with nothing lost — every event the simulator
-/// sent is acknowledged and stored exactly once.
+/// Three replica processes on one PostgreSQL database, a fleet of two
+/// simulators spread over them: `failover` kills the first replica while
+/// events flow, and its agents come back at the others with nothing lost —
+/// every event sent is acknowledged and stored exactly once.
 #[test]
 fn the_failover_scenario_kills_a_replica_and_its_agents_move_losing_nothing() {
     let Some(pg) = Postgres::start("the_failover_scenario_kills_a_replica") else {
@@ -100,18 +100,19 @@ fn the_failover_scenario_kills_a_replica_and_its_agents_move_losing_nothing() {
         .map(|(_, a)| format!("https://{a}"))
         .collect();
     let pids: Vec<String> = replicas.iter().map(|(p, _)| p.pid().to_string()).collect();
-    let json = dir.path().join("sim.json");
+    // Two simulators drive one fleet (as past one process's file limit):
+    // they meet in `fleet/`, one applies the campaign and kills for both.
     let mut args = admin_args(&urls.join(","), &pin, &data);
     // The admin API at a replica that survives.
     args[3] = urls[1].clone();
     args.extend(
         [
             "-n",
-            "9",
+            "6",
             "--lures",
             "2",
             "--rate",
-            "300",
+            "150",
             "--batch",
             "5",
             "--duration",
@@ -126,20 +127,39 @@ fn the_failover_scenario_kills_a_replica_and_its_agents_move_losing_nothing() {
             "0",
             "--timeout",
             "90s",
-            "--controller-pid",
+            "--peer-count",
+            "2",
+            "--peers",
         ]
         .map(String::from),
     );
+    args.push(dir.path().join("fleet").display().to_string());
+    args.push("--controller-pid".into());
     args.push(pids.join(","));
-    let report = sim(&args, &json);
-    let value = |scenario: &str, metric: &str| value(&report, scenario, metric);
-    assert!(value("connect", "replica 0 memory per agent") >= 0.0);
-    assert_eq!(value("failover", "agents at the killed replica"), 3.0);
-    assert_eq!(value("failover", "sessions lost"), 3.0);
-    assert!(value("failover", "all online elsewhere (get agents)") > 0.0);
-    let sent = value("failover", "events sent");
+    let reports: Vec<Value> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2)
+            .map(|k| {
+                let (args, json) = (&args, dir.path().join(format!("sim-{k}.json")));
+                s.spawn(move || sim(args, &json))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let total = |scenario: &str, metric: &str| -> f64 {
+        reports.iter().map(|r| value(r, scenario, metric)).sum()
+    };
+    for report in &reports {
+        // Each replica holds 4 of the 12 agents of both simulators.
+        let per_agent = value(report, "connect", "replica 0 memory per agent");
+        assert!(per_agent >= 0.0);
+        assert_eq!(report["samples"]["push acked"].as_array().unwrap().len(), 6);
+        assert!(value(report, "failover", "all online elsewhere (get agents)") > 0.0);
+    }
+    assert_eq!(total("failover", "agents at the killed replica"), 4.0);
+    assert_eq!(total("failover", "sessions lost"), 4.0);
+    let sent = total("failover", "events sent");
     assert!(sent >= 300.0, "{sent}");
-    assert_eq!(value("failover", "events acked"), sent);
+    assert_eq!(total("failover", "events acked"), sent);
     let stored = pg.psql("ruse", "SELECT count(*), count(DISTINCT id) FROM events");
     assert_eq!(stored.trim(), format!("{sent}|{sent}"), "stored, distinct");
     drop(replicas);

@@ -33,6 +33,7 @@
 
 mod alone;
 mod fleet;
+mod peers;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -135,14 +136,27 @@ struct Args {
     /// `flood`: concurrent connections (each a login attempt at a time).
     #[arg(long, default_value_t = 32)]
     flood_connections: usize,
-    /// Also write the results as JSON here.
+    /// Also write the results as JSON here (with each agent's latencies,
+    /// so the figures of several simulators can be merged).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// A directory shared by simulators that drive one fleet together
+    /// (past one process's file-descriptor limit): they meet there at each
+    /// step; the first by run id applies the campaign and kills the
+    /// replica for all. Their agents carry the label `fleet: <the
+    /// directory's name>`, which the campaign selects.
+    #[arg(long)]
+    peers: Option<PathBuf>,
+    /// How many simulators share `--peers`.
+    #[arg(long, default_value_t = 1)]
+    peer_count: usize,
 }
 
 #[derive(Debug, Default)]
 struct Summary {
     rows: Vec<BTreeMap<String, serde_json::Value>>,
+    /// Latencies behind some rows, in ms, by name.
+    samples: BTreeMap<String, Vec<f64>>,
 }
 
 impl Summary {
@@ -154,6 +168,12 @@ impl Summary {
         row.insert("value".into(), value.into());
         row.insert("unit".into(), unit.into());
         self.rows.push(row);
+    }
+
+    /// Keeps `latencies` (for the JSON) as `name`.
+    fn samples(&mut self, name: &str, latencies: &[Duration]) {
+        self.samples
+            .insert(name.to_owned(), latencies.iter().map(|d| ms(*d)).collect());
     }
 }
 
@@ -236,6 +256,12 @@ fn ensure_fds(agents: usize) -> anyhow::Result<u64> {
     Ok(need)
 }
 
+/// The fleet label of simulators sharing `--peers`: the directory's name.
+fn fleet_name(args: &Args) -> Option<String> {
+    let dir = args.peers.as_ref()?;
+    Some(dir.file_name()?.to_string_lossy().into_owned())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -295,6 +321,27 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .context("--ca-pin")?;
     let expected_online = online(&mut admin).await?;
+    let peers = match &args.peers {
+        Some(dir) => {
+            if args.scenarios.contains(&Scenario::Storm) {
+                bail!("`storm` counts the whole controller's agents: not with --peers");
+            }
+            std::fs::create_dir_all(dir)?;
+            let peers = peers::Peers {
+                dir: dir.clone(),
+                count: args.peer_count.max(1),
+                run: run.clone(),
+                timeout,
+            };
+            peers.meet("start", "").await?;
+            Some(peers)
+        }
+        None => None,
+    };
+    let mut labels = BTreeMap::from([("sim".to_owned(), run.clone())]);
+    if let Some(fleet) = fleet_name(&args) {
+        labels.insert("fleet".to_owned(), fleet);
+    }
 
     // Ramp: enroll and connect every agent.
     let rss_before: Vec<Option<u64>> = args.controller_pid.iter().map(|p| rss_kib(*p)).collect();
@@ -302,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
         .create_token(admin_pb::CreateTokenRequest {
             ttl_ms: u64::try_from(timeout.as_millis())?,
             max_uses: u32::try_from(args.agents)?,
-            labels: [("sim".to_owned(), run.clone())].into(),
+            labels: labels.into_iter().collect(),
             description: format!("ruse-sim run {run}"),
         })
         .await?
@@ -366,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
         target_online,
         rss_before,
         summary,
+        peers,
     };
     for scenario in &args.scenarios {
         match scenario {
@@ -384,7 +432,11 @@ async fn main() -> anyhow::Result<()> {
 
 fn write_json(args: &Args, summary: &Summary) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
-        let json = serde_json::json!({ "agents": args.agents, "rows": summary.rows });
+        let json = serde_json::json!({
+            "agents": args.agents,
+            "rows": summary.rows,
+            "samples": summary.samples,
+        });
         std::fs::write(path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

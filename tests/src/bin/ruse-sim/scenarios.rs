@@ -11,9 +11,11 @@ use tonic::transport::Channel;
 use ruse_proto::admin::v1 as admin_pb;
 use ruse_proto::admin::v1::admin_service_client::AdminServiceClient;
 use ruse_proto::transport::ControllerUrl;
+use ruse_proto::types::UnixMs;
 
 use crate::fleet::{Command, Fleet, Report, online, wait_reports};
-use crate::{Args, Summary, cpu_seconds, ms, percentile, rss_kib};
+use crate::peers::Peers;
+use crate::{Args, Summary, cpu_seconds, fleet_name, ms, percentile, rss_kib};
 
 /// The fleet, once ramped, and what every scenario reads.
 pub struct Sim<'a> {
@@ -33,6 +35,8 @@ pub struct Sim<'a> {
     /// order.
     pub rss_before: Vec<Option<u64>>,
     pub summary: Summary,
+    /// The other simulators driving the same fleet, if any.
+    pub peers: Option<Peers>,
 }
 
 /// What [`Sim::send_events`] saw.
@@ -57,10 +61,21 @@ impl Sim<'_> {
     /// Holds the fleet for `--hold`, then reports each controller's memory
     /// per agent it holds.
     pub async fn connect(&mut self) -> anyhow::Result<()> {
+        // Every simulator's fleet size: agent i of each starts at
+        // controller i % n and stays there.
+        let sizes: Vec<usize> = match &self.peers {
+            Some(peers) => peers
+                .meet("connect", &self.args.agents.to_string())
+                .await?
+                .values()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect(),
+            None => vec![self.args.agents],
+        };
         let hold = ruse_proto::types::parse_duration(&self.args.hold)?;
         tokio::time::sleep(hold).await;
         let pids = &self.args.controller_pid;
-        let agents = self.args.agents;
+        let agents: usize = sizes.iter().sum();
         let mut total_before = 0;
         let mut total_after = 0;
         for (k, (pid, before)) in pids.iter().zip(&self.rss_before).enumerate() {
@@ -70,8 +85,11 @@ impl Sim<'_> {
             total_before += before;
             total_after += after;
             if pids.len() > 1 {
-                // Agent i starts at controller i % n and stays there.
-                let held = (0..agents).filter(|i| i % pids.len() == k).count().max(1);
+                let held: usize = sizes
+                    .iter()
+                    .map(|n| (0..*n).filter(|i| i % pids.len() == k).count())
+                    .sum();
+                let held = held.max(1);
                 self.summary.add(
                     "connect",
                     &format!("replica {k} RSS holding"),
@@ -118,25 +136,43 @@ impl Sim<'_> {
 
     /// Applies a campaign for the fleet; time until every agent acked it.
     pub async fn push(&mut self) -> anyhow::Result<()> {
-        let (run, lures, agents) = (&self.run, self.args.lures, self.args.agents);
+        let (lures, agents) = (self.args.lures, self.args.agents);
+        // One campaign for the whole fleet, simulators sharing it included.
+        let (name, selector) = match fleet_name(self.args) {
+            Some(fleet) => (fleet.clone(), format!("fleet: \"{fleet}\"")),
+            None => (self.run.clone(), format!("sim: \"{}\"", self.run)),
+        };
         let mut manifest = format!(
-            "kind: Campaign\nname: sim-{run}\nselector: {{sim: \"{run}\"}}\nrollout: {{waves: [\"100%\"], max_failure_ratio: 1}}\nlures:\n"
+            "kind: Campaign\nname: sim-{name}\nselector: {{{selector}}}\nrollout: {{waves: [\"100%\"], max_failure_ratio: 1}}\nlures:\n"
         );
         for i in 0..lures {
             manifest.push_str(&format!(
                 "  - {{template: pgpass, name: pg-{i}, params: {{database: db{i}}}}}\n"
             ));
         }
-        let t0 = Instant::now();
-        self.admin
-            .apply(admin_pb::ApplyRequest {
-                source: "ruse-sim".into(),
-                content: manifest,
-                dry_run: false,
-            })
-            .await
-            .context("applying the campaign")?;
-        let applied = t0.elapsed();
+        let leads = match &self.peers {
+            Some(peers) => peers.leads(&peers.meet("push", "").await?),
+            None => true,
+        };
+        let (t0, applied) = if leads {
+            let t0 = Instant::now();
+            let wall = UnixMs::now();
+            self.admin
+                .apply(admin_pb::ApplyRequest {
+                    source: "ruse-sim".into(),
+                    content: manifest,
+                    dry_run: false,
+                })
+                .await
+                .context("applying the campaign")?;
+            if let Some(peers) = &self.peers {
+                peers.publish("push.t0", &wall.0.to_string())?;
+            }
+            (t0, t0.elapsed())
+        } else {
+            let peers = self.peers.as_ref().context("no peers")?;
+            (peers.wait_moment("push.t0").await?, Duration::ZERO)
+        };
         let mut done = 0usize;
         let mut seen = vec![false; agents];
         let mut latencies = Vec::with_capacity(agents);
@@ -155,6 +191,7 @@ impl Sim<'_> {
         .context("push")?;
         latencies.sort();
         let s = &mut self.summary;
+        s.samples("push acked", &latencies);
         s.add("push", "lures per agent", lures as f64, "");
         s.add("push", "apply call", ms(applied), "ms");
         s.add("push", "acked p50", ms(percentile(&latencies, 50.0)), "ms");
@@ -406,6 +443,12 @@ impl Sim<'_> {
                 }
             }
         });
+        // With peers, all send at once and the first kills for all.
+        let leads = match &self.peers {
+            Some(peers) => peers.leads(&peers.meet("failover", "").await?),
+            None => true,
+        };
+        let peers = self.peers.take();
         let kill_at = self.duration / 3;
         let mut killed: Option<Instant> = None;
         let mut lost = HashSet::new();
@@ -415,12 +458,24 @@ impl Sim<'_> {
         let sent = self
             .send_events(
                 |elapsed| {
-                    if killed.is_none() && elapsed >= kill_at {
+                    if killed.is_some() {
+                        return;
+                    }
+                    if !leads {
+                        killed = peers.as_ref().and_then(|p| p.moment("failover.t0"));
+                        let _ = kill_tx.send(killed);
+                    } else if elapsed >= kill_at {
+                        let wall = UnixMs::now();
                         let signal = nix::sys::signal::Signal::SIGKILL;
                         let pid = nix::unistd::Pid::from_raw(pid as i32);
                         kill_error = nix::sys::signal::kill(pid, signal).err();
                         killed = Some(Instant::now());
                         let _ = kill_tx.send(killed);
+                        if let Some(p) = &peers
+                            && let Err(e) = p.publish("failover.t0", &wall.0.to_string())
+                        {
+                            eprintln!("cannot tell the other simulators of the kill: {e:#}");
+                        }
                     }
                 },
                 |index, at, r| match r {
@@ -433,6 +488,7 @@ impl Sim<'_> {
                 },
             )
             .await;
+        self.peers = peers;
         if let Some(e) = kill_error {
             bail!("cannot kill the replica (pid {pid}): {e}");
         }
@@ -458,6 +514,7 @@ impl Sim<'_> {
         times.sort();
         let online_elsewhere = watcher.await??;
         let s = &mut self.summary;
+        s.samples("failover session back", &times);
         s.add("failover", "agents at the killed replica", held as f64, "");
         s.add("failover", "sessions lost", lost.len() as f64, "");
         s.add("failover", "reconnect failures", failures as f64, "");
