@@ -352,7 +352,8 @@ impl Core {
         let result = self.try_enroll(token, csr_der, facts).await;
         match &result {
             Ok(enrolled) => {
-                // One commit covers the token use, the agent and this record.
+                // One commit covers the agent and this record, and makes the
+                // token use (committed on its own) durable with them.
                 self.audit(
                     caller,
                     AuditEntry {

@@ -75,7 +75,14 @@ impl Store for PgStore {
 
     fn use_token(&self, id: &TokenId) -> Result<Option<TokenRecord>, StoreError> {
         let key = id.as_str().to_owned();
-        let row = self.in_tx(true, move |c| async move {
+        // A statement of its own, committed at once: in the writer's
+        // transaction the token's row stayed locked until its group commit,
+        // so replicas enrolling with one token waited on each other's
+        // commits, and with two tokens taken in opposite orders they
+        // deadlocked. The enrollment's own commit (the agent, its audit
+        // record) makes the use durable with it: that commit flushes the
+        // log past this one.
+        let row = self.auto(move |c| async move {
             c.query_typed_opt(
                 "UPDATE tokens SET record = jsonb_set(record, '{uses}', \
                  to_jsonb((record->>'uses')::bigint + 1)) \
