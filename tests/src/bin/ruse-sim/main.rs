@@ -291,7 +291,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("give one --controller-pid per --controller, in the same order");
     }
     let fd_limit = ensure_fds(args.agents)?;
-    let run = new_ulid()[..10].to_lowercase();
+    // The random end of a ULID: simulators started together differ.
+    let run = new_ulid()[16..].to_lowercase();
     let (mut admin, admin_url) = admin_client(&args).await?;
     println!(
         "ruse-sim: {} agents, run {run}, fd limit {fd_limit}, {} source addresses, {} controller(s)",
