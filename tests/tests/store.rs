@@ -78,6 +78,7 @@ on_both_engines!(
     the_lure_registry_keeps_each_instance_in_its_latest_version,
     events_are_stored_once_and_walked_in_cursor_order,
     old_events_and_those_past_the_budget_are_trimmed,
+    a_recent_event_is_never_trimmed_whatever_its_cursor,
     a_token_is_used_at_most_its_uses,
 );
 
@@ -436,6 +437,35 @@ mod contract {
         let left = scanned(store.as_ref(), &EventScan::default(), 100);
         assert_eq!(left.len(), 10);
         assert_eq!(left[0], "e10");
+    }
+
+    /// Cursors are not receive order (a replica fills a cursor block it
+    /// reserved earlier; concurrent batches take cursors in another order
+    /// than they arrived): retention deletes old events only, whatever
+    /// cursors recent ones have.
+    pub fn a_recent_event_is_never_trimmed_whatever_its_cursor(engine: &mut dyn Engine) {
+        let store = engine.open();
+        let a = AgentId::generate();
+        // Lower cursors, received later.
+        let events = vec![
+            event(&a, "late-1", 3_000),
+            event(&a, "late-2", 3_100),
+            event(&a, "early", 1_000),
+            event(&a, "later", 3_200),
+        ];
+        insert(store.as_ref(), events);
+        store.flush().unwrap();
+        assert_eq!(store.trim_events(UnixMs(500), u64::MAX, 100).unwrap(), 0);
+        // Past the cutoff of 2000, only `early` may go.
+        assert!(store.trim_events(UnixMs(2_000), u64::MAX, 100).unwrap() <= 1);
+        store.flush().unwrap();
+        let left = scanned(store.as_ref(), &EventScan::default(), 100);
+        for recent in ["late-1", "late-2", "later"] {
+            assert!(
+                left.iter().any(|id| id == recent),
+                "{recent} kept: {left:?}"
+            );
+        }
     }
 }
 

@@ -729,28 +729,41 @@ impl Store for PgStore {
         keep_at_most: u64,
         max: usize,
     ) -> Result<usize, StoreError> {
-        // The oldest events, up to the first received at or after the
-        // cutoff (receive order is cursor order, give or take clock steps
-        // between controllers) or within the newest `keep_at_most` cursors.
+        // Events received before the cutoff, oldest first — by when they
+        // were received, not by cursor: replicas fill cursor blocks they
+        // reserved earlier, and one controller's concurrent batches take
+        // cursors in a different order than they were received, so a
+        // low cursor does not make an event old (reading "everything
+        // before the first recent cursor" as old deleted recent events).
+        // Then, within what is left of `max`, the lowest cursors past the
+        // budget (cursors between an event and the newest bound how many
+        // remain, as in the embedded store).
         let before = received_before.0;
         let keep = to_i64(keep_at_most);
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let n = self.in_tx(true, move |c| async move {
-            c.execute_typed(
-                "WITH bound AS (SELECT greatest( \
-                     coalesce((SELECT cursor FROM events WHERE received >= $1 \
-                               ORDER BY received LIMIT 1), 9223372036854775807), \
-                     coalesce((SELECT max(cursor) FROM events), 0) - $2 + 1) AS c) \
-                 DELETE FROM events WHERE cursor IN ( \
-                     SELECT cursor FROM events, bound WHERE cursor < bound.c \
-                     ORDER BY cursor LIMIT $3)",
-                &[
-                    (&before, Type::INT8),
-                    (&keep, Type::INT8),
-                    (&max, Type::INT8),
-                ],
-            )
-            .await
+            let old = c
+                .execute_typed(
+                    "DELETE FROM events WHERE cursor IN ( \
+                         SELECT cursor FROM events WHERE received < $1 \
+                         ORDER BY received LIMIT $2)",
+                    &[(&before, Type::INT8), (&max, Type::INT8)],
+                )
+                .await?;
+            let rest = max - i64::try_from(old).unwrap_or(i64::MAX);
+            if rest <= 0 {
+                return Ok(old);
+            }
+            let over = c
+                .execute_typed(
+                    "DELETE FROM events WHERE cursor IN ( \
+                         SELECT cursor FROM events \
+                         WHERE cursor < (SELECT coalesce(max(cursor), 0) FROM events) - $1 + 1 \
+                         ORDER BY cursor LIMIT $2)",
+                    &[(&keep, Type::INT8), (&rest, Type::INT8)],
+                )
+                .await?;
+            Ok(old + over)
         })?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
