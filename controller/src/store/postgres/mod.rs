@@ -23,6 +23,7 @@
 //! own, as sled's calls block on the disk.
 
 mod connect;
+mod events;
 mod listen;
 mod records;
 mod schema;

@@ -483,7 +483,12 @@ impl Sim<'_> {
                         lost.insert(index);
                     }
                     Report::Connected if lost.contains(&index) => back.push((index, at)),
-                    Report::Failed(_) => failures += 1,
+                    Report::Failed(why) => {
+                        failures += 1;
+                        if failures <= 3 {
+                            eprintln!("agent {index}: {why}");
+                        }
+                    }
                     _ => {}
                 },
             )
