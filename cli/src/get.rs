@@ -17,14 +17,24 @@ pub async fn get(client: &mut Client, format: Format, what: GetWhat) -> anyhow::
         GetWhat::Outputs => incidents::outputs(client, format).await,
         GetWhat::Agents { selector, all } => {
             let selector = Labels::parse_pairs(selector.iter().map(String::as_str))?;
-            let agents = client
-                .list_agents(pb::ListAgentsRequest {
-                    selector: selector.to_map(),
-                    include_deleted: all,
-                })
-                .await?
-                .into_inner()
-                .agents;
+            // Page by page: a large fleet does not fit in one message.
+            let mut agents = Vec::new();
+            let mut after_id = String::new();
+            loop {
+                let page = client
+                    .list_agents(pb::ListAgentsRequest {
+                        selector: selector.to_map(),
+                        include_deleted: all,
+                        after_id,
+                    })
+                    .await?
+                    .into_inner();
+                agents.extend(page.agents);
+                if page.next_after_id.is_empty() {
+                    break;
+                }
+                after_id = page.next_after_id;
+            }
             listing::print(format, &agents)
         }
         GetWhat::Tokens => {

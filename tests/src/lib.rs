@@ -559,14 +559,26 @@ impl TestController {
             .into_inner()
     }
 
+    /// Every agent (not deleted), page by page as `rusectl get agents`.
     pub async fn agents(&self) -> Vec<admin_pb::Agent> {
-        self.root()
-            .await
-            .list_agents(admin_pb::ListAgentsRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .agents
+        let mut client = self.root().await;
+        let mut agents = Vec::new();
+        let mut after_id = String::new();
+        loop {
+            let page = client
+                .list_agents(admin_pb::ListAgentsRequest {
+                    after_id,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            agents.extend(page.agents);
+            if page.next_after_id.is_empty() {
+                return agents;
+            }
+            after_id = page.next_after_id;
+        }
     }
 
     /// Applies manifests as root; panics with the controller's message on

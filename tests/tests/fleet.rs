@@ -65,7 +65,7 @@ async fn two_agents_enroll_with_labels_and_a_revoked_one_is_cut_off() {
         .await
         .list_agents(pb::ListAgentsRequest {
             selector: [("role".to_owned(), "pacs".to_owned())].into(),
-            include_deleted: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -409,8 +409,8 @@ async fn a_deleted_agent_leaves_the_inventory_and_rollouts_stop_waiting() {
     );
     let all = root
         .list_agents(pb::ListAgentsRequest {
-            selector: Default::default(),
             include_deleted: true,
+            ..Default::default()
         })
         .await
         .unwrap()

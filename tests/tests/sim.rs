@@ -165,6 +165,46 @@ fn the_failover_scenario_kills_a_replica_and_its_agents_move_losing_nothing() {
     drop(replicas);
 }
 
+/// A fleet larger than one message is listed whole: with the controller's
+/// message limit at 64 KiB, 300 agents (~75 KB as one list) are several
+/// pages of `rusectl get agents`.
+#[test]
+fn get_agents_pages_through_a_fleet_larger_than_one_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pin = init_controller(&data);
+    let (controller, addr) = spawn_controller_with(
+        &data,
+        "127.0.0.1:0",
+        &dir.path().join("controller.log"),
+        &[("RUSE_MAX_MESSAGE_BYTES", "65536")],
+    );
+    let url = format!("https://{addr}");
+    let mut args = admin_args(&url, &pin, &data);
+    args.extend(
+        [
+            "-n",
+            "300",
+            "--hold",
+            "0s",
+            "--scenarios",
+            "connect",
+            "--timeout",
+            "120s",
+        ]
+        .map(String::from),
+    );
+    let report = sim(&args, &dir.path().join("sim.json"));
+    assert_eq!(value(&report, "connect", "agents connected"), 300.0);
+    let ctl = Ctl::for_data_dir(&data, &url);
+    let listed = ctl.json(&["get", "agents"]);
+    let items = listed["items"].as_array().unwrap();
+    let ids: std::collections::HashSet<&str> =
+        items.iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!((items.len(), ids.len()), (300, 300), "every agent, once");
+    drop(controller);
+}
+
 /// `--controller`, `--admin`, `--ca-pin` and `--context-file` for the
 /// controller initialised in `data`.
 fn admin_args(url: &str, pin: &str, data: &std::path::Path) -> Vec<String> {

@@ -272,15 +272,36 @@ impl AdminService for AdminApi {
         self.authorize(&request, Role::Viewer, None).await?;
         let req = request.into_inner();
         let selector = labels(req.selector)?;
-        let agents = self
+        let mut listed: Vec<_> = self
             .core
             .fleet
             .list(&selector)
             .into_iter()
             .filter(|a| req.include_deleted || a.record.deleted.is_none())
-            .map(agent_pb)
+            .filter(|a| req.after_id.is_empty() || a.record.id.as_str() > req.after_id.as_str())
             .collect();
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
+        listed.sort_unstable_by(|a, b| a.record.id.as_str().cmp(b.record.id.as_str()));
+        // By id until the reply would pass half the message limit (a large
+        // fleet is several pages).
+        let budget = self.core.config.max_message_bytes / 2;
+        let mut used = 0;
+        let mut agents = Vec::new();
+        let mut next_after_id = String::new();
+        for view in listed {
+            let agent = agent_pb(view);
+            used += prost::Message::encoded_len(&agent) + 8;
+            if used > budget && !agents.is_empty() {
+                next_after_id = agents
+                    .last()
+                    .map_or_else(String::new, |a: &pb::Agent| a.id.clone());
+                break;
+            }
+            agents.push(agent);
+        }
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents,
+            next_after_id,
+        }))
     }
 
     async fn get_agent(

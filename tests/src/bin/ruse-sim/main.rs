@@ -230,9 +230,7 @@ async fn admin_client(args: &Args) -> anyhow::Result<(AdminServiceClient<Channel
     let channel = transport::connect(&url, tls, &DialOptions::default())
         .await
         .with_context(|| format!("cannot reach the admin API at {url}"))?;
-    // `get agents` of a large fleet is larger than tonic's 4 MiB default.
-    let client = AdminServiceClient::new(channel).max_decoding_message_size(256 << 20);
-    Ok((client, url))
+    Ok((AdminServiceClient::new(channel), url))
 }
 
 /// Enough file descriptors for `agents` connections and some to spare:

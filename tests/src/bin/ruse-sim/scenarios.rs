@@ -572,17 +572,27 @@ impl Sim<'_> {
     }
 }
 
-/// The agents of simulator run `run`, as the admin API lists them.
+/// The agents of simulator run `run`, as the admin API lists them (page
+/// by page).
 async fn list_agents(
     admin: &mut AdminServiceClient<Channel>,
     run: &str,
 ) -> anyhow::Result<Vec<admin_pb::Agent>> {
-    Ok(admin
-        .list_agents(admin_pb::ListAgentsRequest {
-            selector: [("sim".to_owned(), run.to_owned())].into(),
-            include_deleted: false,
-        })
-        .await?
-        .into_inner()
-        .agents)
+    let mut agents = Vec::new();
+    let mut after_id = String::new();
+    loop {
+        let page = admin
+            .list_agents(admin_pb::ListAgentsRequest {
+                selector: [("sim".to_owned(), run.to_owned())].into(),
+                include_deleted: false,
+                after_id,
+            })
+            .await?
+            .into_inner();
+        agents.extend(page.agents);
+        if page.next_after_id.is_empty() {
+            return Ok(agents);
+        }
+        after_id = page.next_after_id;
+    }
 }
