@@ -18,29 +18,8 @@ set -u
 n=${1:-30000}; rate=${2:-2000}; secs=${3:-30}
 B=${B:?set B to a directory of release binaries}
 w=$(mktemp -d /tmp/ruse-replicas.XXXXXX)
-P=/usr/lib/postgresql/15/bin
-as_pg=()
-if [ "$(id -u)" = 0 ]; then
-    chown postgres "$w"
-    as_pg=(setpriv --reuid postgres --regid postgres --init-groups --)
-fi
-"${as_pg[@]}" "$P/initdb" -D "$w/pg" -A trust -U ruse --no-sync -E UTF8 --locale=C > "$w/initdb.log"
-"${as_pg[@]}" "$P/postgres" -D "$w/pg" -p 17470 -k "$w" -c listen_addresses=127.0.0.1 \
-    -c max_connections=200 > "$w/pg.log" 2>&1 &
-pg=$!
-for _ in $(seq 100); do "$P/pg_isready" -q -h 127.0.0.1 -p 17470 && break; sleep 0.1; done
-psql -X -q -h 127.0.0.1 -p 17470 -U ruse -d postgres -c "CREATE DATABASE ruse"
+PG_ARGS="-c max_connections=200" . "$(dirname "$0")/postgres.sh"
 export RUSE_STORE_URL="postgres://ruse@127.0.0.1:17470/ruse?sslmode=disable"
-# CPU seconds used so far by the database server and its backends.
-pg_cpu() {
-    local hz total=0 pid
-    hz=$(getconf CLK_TCK)
-    for pid in "$pg" $(pgrep -P "$pg"); do
-        [ -r "/proc/$pid/stat" ] || continue
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    done
-    awk -v t="$total" -v hz="$hz" 'BEGIN { printf "%.2f", t / hz }'
-}
 "$B/ruse-controller" init --data-dir "$w/ctl" > "$w/init"
 pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1)
 pids=(); urls=()

@@ -17,7 +17,7 @@ use ruse_proto::admin::v1::admin_service_client::AdminServiceClient;
 use ruse_proto::types::UnixMs;
 
 use crate::fleet::dial;
-use crate::{Args, Summary, ms, percentile};
+use crate::{Args, Summary};
 
 /// One login attempt on a fresh connection; true when the server answered
 /// it (FTP `530`, any HTTP status line).
@@ -250,23 +250,6 @@ pub async fn touch(
     summary.add("touch", "lure files", files.len() as f64, "");
     summary.add("touch", "reads", args.touches as f64, "");
     summary.add("touch", "events not seen within 5 s", lost as f64, "");
-    summary.add(
-        "touch",
-        "read to watch p50",
-        ms(percentile(&latencies, 50.0)),
-        "ms",
-    );
-    summary.add(
-        "touch",
-        "read to watch p99",
-        ms(percentile(&latencies, 99.0)),
-        "ms",
-    );
-    summary.add(
-        "touch",
-        "read to watch max",
-        ms(percentile(&latencies, 100.0)),
-        "ms",
-    );
+    summary.percentiles("touch", "read to watch", &latencies, &[50.0, 99.0, 100.0]);
     Ok(())
 }

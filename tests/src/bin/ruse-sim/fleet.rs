@@ -170,20 +170,11 @@ async fn enroll(
     let key = PrivateKey::generate()?;
     let tls = ruse_pki::pinned_client_config(pin)?;
     let channel = transport::connect(url, tls, &dial(index, sources)).await?;
-    let facts = pb::HostFacts {
-        hostname: format!("sim-{run}-{index}"),
-        os: "ruse-sim".into(),
-        kernel: "0".into(),
-        arch: std::env::consts::ARCH.into(),
-        addresses: vec![],
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        labels: HashMap::new(),
-    };
     let response = AgentServiceClient::new(channel)
         .enroll(pb::EnrollRequest {
             token: token.to_owned(),
             csr_der: key.csr_der()?,
-            facts: Some(facts),
+            facts: Some(facts(index, run)),
         })
         .await?
         .into_inner();
@@ -200,20 +191,25 @@ async fn enroll(
     Ok(SimAgent { index, tls })
 }
 
+/// Simulated agent `index`'s host: `sim-<run>-<index>`.
+fn facts(index: usize, run: &str) -> pb::HostFacts {
+    pb::HostFacts {
+        hostname: format!("sim-{run}-{index}"),
+        os: "ruse-sim".into(),
+        kernel: "0".into(),
+        arch: std::env::consts::ARCH.into(),
+        addresses: vec![],
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        labels: HashMap::new(),
+    }
+}
+
 fn hello(index: usize, run: &str, applied: &HashMap<String, u64>) -> pb::AgentMessage {
     pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             capabilities: vec![],
-            facts: Some(pb::HostFacts {
-                hostname: format!("sim-{run}-{index}"),
-                os: "ruse-sim".into(),
-                kernel: "0".into(),
-                arch: std::env::consts::ARCH.into(),
-                addresses: vec![],
-                agent_version: env!("CARGO_PKG_VERSION").into(),
-                labels: HashMap::new(),
-            }),
+            facts: Some(facts(index, run)),
             applied: applied.clone(),
         })),
     }

@@ -170,6 +170,19 @@ impl Summary {
         self.rows.push(row);
     }
 
+    /// Rows `<name> p50`, `<name> p99`, … of the sorted `latencies` (100
+    /// is `<name> max`), in ms.
+    fn percentiles(&mut self, scenario: &str, name: &str, latencies: &[Duration], ps: &[f64]) {
+        for p in ps {
+            let metric = if *p >= 100.0 {
+                format!("{name} max")
+            } else {
+                format!("{name} p{p}")
+            };
+            self.add(scenario, &metric, ms(percentile(latencies, *p)), "ms");
+        }
+    }
+
     /// Keeps `latencies` (for the JSON) as `name`.
     fn samples(&mut self, name: &str, latencies: &[Duration]) {
         self.samples

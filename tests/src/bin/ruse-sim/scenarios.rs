@@ -48,6 +48,18 @@ struct Sent {
     sending: Duration,
 }
 
+impl Sent {
+    fn all_acked(&self) -> anyhow::Result<()> {
+        if self.acked < self.events {
+            bail!(
+                "{} events were never acknowledged",
+                self.events - self.acked
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Sim<'_> {
     /// The controllers' CPU time so far, summed (`None` without pids).
     fn controllers_cpu(&self) -> Option<f64> {
@@ -194,8 +206,7 @@ impl Sim<'_> {
         s.samples("push acked", &latencies);
         s.add("push", "lures per agent", lures as f64, "");
         s.add("push", "apply call", ms(applied), "ms");
-        s.add("push", "acked p50", ms(percentile(&latencies, 50.0)), "ms");
-        s.add("push", "acked p99", ms(percentile(&latencies, 99.0)), "ms");
+        s.percentiles("push", "acked", &latencies, &[50.0, 99.0]);
         s.add(
             "push",
             "all acked (max)",
@@ -290,32 +301,8 @@ impl Sim<'_> {
                 "events/s/core",
             );
         }
-        let latencies = &sent.latencies;
-        s.add(
-            "ingest",
-            "batch ack p50",
-            ms(percentile(latencies, 50.0)),
-            "ms",
-        );
-        s.add(
-            "ingest",
-            "batch ack p99",
-            ms(percentile(latencies, 99.0)),
-            "ms",
-        );
-        s.add(
-            "ingest",
-            "batch ack max",
-            ms(percentile(latencies, 100.0)),
-            "ms",
-        );
-        if sent.acked < sent.events {
-            bail!(
-                "{} events were never acknowledged",
-                sent.events - sent.acked
-            );
-        }
-        Ok(())
+        s.percentiles("ingest", "batch ack", &sent.latencies, &[50.0, 99.0, 100.0]);
+        sent.all_acked()
     }
 
     /// Every agent drops its session, then all come back at once.
@@ -361,8 +348,7 @@ impl Sim<'_> {
         times.sort();
         let s = &mut self.summary;
         s.add("storm", "agents reconnecting", agents as f64, "");
-        s.add("storm", "session p50", ms(percentile(&times, 50.0)), "ms");
-        s.add("storm", "session p99", ms(percentile(&times, 99.0)), "ms");
+        s.percentiles("storm", "session", &times, &[50.0, 99.0]);
         s.add(
             "storm",
             "all sessions back",
@@ -523,18 +509,7 @@ impl Sim<'_> {
         s.add("failover", "agents at the killed replica", held as f64, "");
         s.add("failover", "sessions lost", lost.len() as f64, "");
         s.add("failover", "reconnect failures", failures as f64, "");
-        s.add(
-            "failover",
-            "session back p50",
-            ms(percentile(&times, 50.0)),
-            "ms",
-        );
-        s.add(
-            "failover",
-            "session back p99",
-            ms(percentile(&times, 99.0)),
-            "ms",
-        );
+        s.percentiles("failover", "session back", &times, &[50.0, 99.0]);
         s.add(
             "failover",
             "all sessions back",
@@ -549,26 +524,8 @@ impl Sim<'_> {
         );
         s.add("failover", "events sent", sent.events as f64, "");
         s.add("failover", "events acked", sent.acked as f64, "");
-        let latencies = &sent.latencies;
-        s.add(
-            "failover",
-            "batch ack p99",
-            ms(percentile(latencies, 99.0)),
-            "ms",
-        );
-        s.add(
-            "failover",
-            "batch ack max",
-            ms(percentile(latencies, 100.0)),
-            "ms",
-        );
-        if sent.acked < sent.events {
-            bail!(
-                "{} events were never acknowledged",
-                sent.events - sent.acked
-            );
-        }
-        Ok(())
+        s.percentiles("failover", "batch ack", &sent.latencies, &[99.0, 100.0]);
+        sent.all_acked()
     }
 }
 
