@@ -384,6 +384,17 @@ impl TestController {
         replicas
     }
 
+    /// The agent URLs of this controller and then of `replicas`.
+    pub fn agent_urls(&self, replicas: &[Controller]) -> Vec<ControllerUrl> {
+        std::iter::once(self.url())
+            .chain(
+                replicas
+                    .iter()
+                    .map(|c| ControllerUrl::from_addr(c.agent_addr())),
+            )
+            .collect()
+    }
+
     /// A replica as a `ruse-controller serve` process named `name` (for
     /// `kill -9`), on this controller's database and CA; its log is
     /// `<name>.log` in this controller's directory.

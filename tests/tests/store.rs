@@ -902,7 +902,6 @@ fn the_output_lease_is_held_by_one_controller_and_taken_over_when_it_lapses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_token_uses_and_revocations() {
     use ruse_e2e::pb;
-    use ruse_proto::transport::ControllerUrl;
     use std::time::{Duration, Instant};
 
     let Some(pg) = Postgres::start("replicas_share_token_uses_and_revocations") else {
@@ -911,13 +910,7 @@ async fn replicas_share_token_uses_and_revocations() {
     pg.database("ruse");
     let a = TestController::start_on(Some(pg.options("ruse")), |_| {}).await;
     let replicas = a.replicas(2).await;
-    let urls: Vec<ControllerUrl> = std::iter::once(a.url())
-        .chain(
-            replicas
-                .iter()
-                .map(|c| ControllerUrl::from_addr(c.agent_addr())),
-        )
-        .collect();
+    let urls = a.agent_urls(&replicas);
 
     // Fifteen agents, five at each replica, one token good for five.
     let token = a.token("site=icu", 5, Duration::from_secs(600)).await;
@@ -1113,7 +1106,6 @@ async fn every_replica_shows_where_each_session_is_and_a_killed_replicas_agents_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
     use ruse_e2e::{TestAgent, eventually};
-    use ruse_proto::transport::ControllerUrl;
     use std::time::Duration;
 
     let Some(pg) = Postgres::start("replicas_plan_one_set_of_lures") else {
@@ -1124,13 +1116,7 @@ async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
     let replicas = a.replicas(2).await;
     assert!(a.controller().core().deploy.leading());
     assert!(replicas.iter().all(|r| !r.core().deploy.leading()));
-    let urls: Vec<ControllerUrl> = std::iter::once(a.url())
-        .chain(
-            replicas
-                .iter()
-                .map(|c| ControllerUrl::from_addr(c.agent_addr())),
-        )
-        .collect();
+    let urls = a.agent_urls(&replicas);
     // Six agents, two at each replica.
     let token = a.token("site=icu", 6, Duration::from_secs(600)).await;
     let mut agents = Vec::new();
