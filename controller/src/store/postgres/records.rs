@@ -80,7 +80,10 @@ impl Store for PgStore {
         // commits, and with two tokens taken in opposite orders they
         // deadlocked. The enrollment's own commit (the agent, its audit
         // record) makes the use durable with it: that commit flushes the
-        // log past this one.
+        // log past this one. This controller's own uncommitted writes (a
+        // token just created, or deleted) are committed first, so the
+        // statement sees them.
+        self.flush()?;
         let row = self.auto(move |c| async move {
             c.query_typed_opt(
                 "UPDATE tokens SET record = jsonb_set(record, '{uses}', \
