@@ -757,6 +757,8 @@ struct HecState {
     indexed: Vec<serde_json::Value>,
     event_requests: usize,
     busy: usize,
+    /// The most events one accepted request carried.
+    largest_batch: usize,
 }
 
 type Hec = std::sync::Arc<std::sync::Mutex<HecState>>;
@@ -923,6 +925,7 @@ fn hec_answer(
     if events.is_empty() {
         return fail("400 Bad Request", "No data", 5);
     }
+    st.largest_batch = st.largest_batch.max(events.len());
     let (next, pending) = st.channels.entry(channel).or_default();
     let id = *next;
     *next += 1;
@@ -1904,6 +1907,8 @@ fn es_answer(
     for pair in lines.chunks(2) {
         let action: serde_json::Value = serde_json::from_str(pair[0]).unwrap();
         let doc: serde_json::Value = serde_json::from_str(pair[1]).unwrap();
+        // An action may name its own data stream.
+        let stream = action["create"]["_index"].as_str().unwrap_or(stream);
         let item = |status: u16, error: Option<(&str, String)>| {
             let mut item = json!({"_index": format!(".ds-{stream}-000001"), "status": status});
             if let Some((kind, reason)) = error {
@@ -1922,7 +1927,12 @@ fn es_answer(
             continue;
         };
         let id = create["_id"].as_str().unwrap_or_default().to_owned();
-        if let Err(why) = ecs_shape(&doc) {
+        let shape = if doc["event"]["kind"] == "event" {
+            ecs_event_shape(&doc)
+        } else {
+            ecs_shape(&doc)
+        };
+        if let Err(why) = shape {
             items.push(item(400, Some(("document_parsing_exception", why))));
             continue;
         }
@@ -1969,6 +1979,29 @@ fn es_answer(
         "200 OK",
         json!({"took": 3, "errors": errors, "items": items}),
     )
+}
+
+/// The ECS fields every raw event document has.
+fn ecs_event_shape(doc: &serde_json::Value) -> Result<(), String> {
+    for path in [
+        "/@timestamp",
+        "/ecs/version",
+        "/event/id",
+        "/event/action",
+        "/host/id",
+    ] {
+        doc.pointer(path)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("{path} is missing or not a string"))?;
+    }
+    if doc
+        .pointer("/event/category")
+        .and_then(|v| v.as_array())
+        .is_none()
+    {
+        return Err("event.category is not an array".into());
+    }
+    Ok(())
 }
 
 /// The ECS fields of an alert, with the types and values ECS allows.
@@ -2180,6 +2213,194 @@ async fn elasticsearch_gets_ecs_alerts_through_bulk_and_a_rejected_one_does_not_
     let report = ecs_check(&docs);
     assert_eq!(report.matches("valid ECS").count(), docs.len(), "{report}");
     server.abort();
+}
+
+/// With `events = true` raw events go out beside incidents: the scripted
+/// attack's honeyfile read, credential use and DICOM contact reach
+/// Splunk's HEC (after a busy answer, several to a request, each indexed
+/// once), Elasticsearch (ECS `event.kind: event` documents in their own
+/// data stream) and files as ECS and OCSF (File System Activity,
+/// Authentication, Network Activity): every document valid against ECS
+/// 8.11 or OCSF 1.5.0. An output without `events` gets incidents only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_events_reach_siems_beside_incidents_as_ecs_ocsf_and_hec_events() {
+    if !require_tool("raw_events_reach_siems", "ssh") {
+        return;
+    }
+    const TOKEN: &str = "0d9e8f7a-6b5c-4d3e-8f2a-1b0c9d8e7f6a";
+    const KEY: &str = "cmF3LWV2ZW50czpzZWNyZXQ=";
+    let ports = free_ports(2);
+    let (hec, hec_server) = hec_receiver(ports[0], TOKEN, 1).await;
+    let (es, es_server) = es_receiver(ports[1], KEY, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, format: &str, events: bool| OutputConfig {
+        name: name.into(),
+        kind: "file".into(),
+        path: Some(dir.path().join(format!("{name}.ndjson"))),
+        format: Some(format.into()),
+        events: Some(events),
+        ..OutputConfig::default()
+    };
+    let h = Hospital::start(|c| {
+        c.outputs = vec![
+            OutputConfig {
+                name: "splunk".into(),
+                kind: "splunk-hec".into(),
+                url: Some(format!("http://127.0.0.1:{}", ports[0])),
+                token: Some(TOKEN.into()),
+                events: Some(true),
+                ..OutputConfig::default()
+            },
+            OutputConfig {
+                name: "elastic".into(),
+                kind: "elasticsearch".into(),
+                url: Some(format!("http://127.0.0.1:{}", ports[1])),
+                token: Some(KEY.into()),
+                events: Some(true),
+                ..OutputConfig::default()
+            },
+            file("filebeat", "ecs", true),
+            file("security-lake", "ocsf", true),
+            file("incidents-only", "json", false),
+        ];
+        c.output_retry_min = Duration::from_millis(100);
+        c.output_retry_max = Duration::from_millis(400);
+    })
+    .await;
+    scripted_attack_steps(&h).await;
+    // And a bare connection to the DICOM port: a network event.
+    drop(
+        tokio::net::TcpStream::connect(("127.0.0.1", h.dicom_port))
+            .await
+            .unwrap(),
+    );
+    eventually(
+        "the connection recorded",
+        Duration::from_secs(10),
+        || async {
+            h.tc.events(pb::EventFilter::default())
+                .await
+                .iter()
+                .any(|e| e.kind == "decoy-connection")
+        },
+    )
+    .await;
+    let stored: BTreeSet<String> =
+        h.tc.events(pb::EventFilter::default())
+            .await
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+    assert!(stored.len() >= 3, "{stored:?}");
+    let lines = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(format!("{name}.ndjson")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let hec_events = || -> BTreeMap<String, usize> {
+        let mut ids = BTreeMap::new();
+        for e in hec.lock().unwrap().indexed.iter() {
+            if e["sourcetype"] == "ruse:event" {
+                *ids.entry(e["fields"]["event_id"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        ids
+    };
+    let es_events = || -> BTreeSet<String> {
+        es.lock()
+            .unwrap()
+            .docs
+            .keys()
+            .filter(|(stream, _)| stream == "logs-ruse.events-default")
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let file_events = |name: &str, id: &str| -> BTreeSet<String> {
+        lines(name)
+            .iter()
+            .filter_map(|d| d.pointer(id).and_then(|v| v.as_str()).map(str::to_owned))
+            .collect()
+    };
+    eventually(
+        "every event at every SIEM",
+        Duration::from_secs(30),
+        || async {
+            hec_events().keys().cloned().collect::<BTreeSet<_>>() == stored
+                && es_events() == stored
+                && file_events("filebeat", "/ruse/event/id") == stored
+                && file_events("security-lake", "/metadata/uid")
+                    .intersection(&stored)
+                    .count()
+                    == stored.len()
+        },
+    )
+    .await;
+    assert!(
+        hec_events().values().all(|n| *n == 1),
+        "each event indexed once: {:?}",
+        hec_events()
+    );
+    {
+        let st = hec.lock().unwrap();
+        assert!(st.largest_batch >= 2, "events and notices share requests");
+        assert!(
+            st.indexed
+                .iter()
+                .any(|e| e["sourcetype"] == "ruse:incident")
+        );
+    }
+    // Incidents still go where they went.
+    assert!(
+        es.lock()
+            .unwrap()
+            .docs
+            .keys()
+            .any(|(stream, _)| stream == "logs-ruse.incidents-default")
+    );
+    assert!(
+        lines("incidents-only")
+            .iter()
+            .all(|l| l.get("incident").is_some()),
+        "no events where events is off"
+    );
+    // The ECS documents, indexed and written, against ECS 8.11.
+    let mut ecs: Vec<serde_json::Value> = es.lock().unwrap().docs.values().cloned().collect();
+    ecs.extend(lines("filebeat"));
+    let credential_use = ecs
+        .iter()
+        .find(|d| d["event"]["action"] == "credential-use")
+        .expect("a credential-use event");
+    assert_eq!(credential_use["event"]["category"][0], "authentication");
+    assert_eq!(credential_use["source"]["ip"], "127.0.0.2");
+    assert_eq!(credential_use["user"]["name"], "radiology");
+    let read = ecs
+        .iter()
+        .find(|d| d["event"]["kind"] == "event" && d["event"]["action"] == "touch")
+        .expect("a touch event");
+    assert_eq!(read["host"]["id"], h.ws_id.as_str());
+    assert!(read["file"]["path"].as_str().unwrap().contains("Exports"));
+    let report = ecs_check(&ecs);
+    assert_eq!(report.matches("valid ECS").count(), ecs.len(), "{report}");
+    // The OCSF lines: findings and the three activity classes, all valid.
+    let ocsf = lines("security-lake");
+    let classes: BTreeSet<u64> = ocsf
+        .iter()
+        .filter_map(|d| d["class_uid"].as_u64())
+        .collect();
+    for class in [1001, 2004, 3002, 4001] {
+        assert!(classes.contains(&class), "class {class} in {classes:?}");
+    }
+    let report = ocsf_validate(&ocsf);
+    assert_eq!(
+        report.matches(" valid (OCSF").count(),
+        ocsf.len(),
+        "{report}"
+    );
+    hec_server.abort();
+    es_server.abort();
 }
 
 /// Runs tests/clients/ecs_check.js (Elastic's ECS 8.11 field definitions,

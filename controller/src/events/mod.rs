@@ -37,7 +37,7 @@ use crate::incidents::Incidents;
 use crate::matching::{self, MatchedOn};
 use crate::metrics::Metrics;
 use crate::model::{FLOOD, StoredEvent, Suppression};
-use crate::outputs::Outputs;
+use crate::outputs::{Outputs, RawEvent};
 use crate::store::{Committer, EventScan, Store, StoreError};
 
 use self::publish::Publisher;
@@ -357,6 +357,18 @@ impl Events {
             .incidents
             .correlate(&stored, suppressions, self.fleet.as_ref())?;
         self.outputs.enqueue(&changes.notices, &self.incidents)?;
+        if self.outputs.takes_events() {
+            use crate::incidents::Directory;
+            let raw: Vec<RawEvent> = stored
+                .iter()
+                .map(|(e, _)| RawEvent {
+                    host: self.fleet.hostname(&e.agent),
+                    origin_host: e.origin_agent.as_ref().map(|a| self.fleet.hostname(a)),
+                    event: e.clone(),
+                })
+                .collect();
+            self.outputs.enqueue_events(&raw)?;
+        }
         self.committer.durable().await?;
         self.incidents.publish(&changes);
         self.outputs.wake();

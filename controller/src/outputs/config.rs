@@ -110,6 +110,17 @@ pub struct OutputConfig {
     /// notices wait in the queue for the next free slot.
     #[serde(default)]
     pub max_per_hour: Option<u32>,
+    /// Also every raw event (each touch, decoy login, scan…), not only
+    /// incidents: file (json, ecs, ocsf), webhook (json, ocsf),
+    /// splunk-hec and elasticsearch. Default false. `min_severity` does
+    /// not apply to events: a SIEM gets all of them, the allowed ones
+    /// marked.
+    #[serde(default)]
+    pub events: Option<bool>,
+    /// elasticsearch with `events = true`: the data stream raw events go
+    /// to (default `logs-ruse.events-default`).
+    #[serde(default)]
+    pub events_index: Option<String>,
 }
 
 /// A secret from the configuration: shown as `<redacted>` by `Debug`.
@@ -151,6 +162,8 @@ pub struct Output {
     pub name: String,
     pub target: Target,
     pub min_severity: Severity,
+    /// Raw events go out too, not only incidents.
+    pub events: bool,
 }
 
 /// Where an output sends.
@@ -182,6 +195,8 @@ pub enum Target {
         url: hyper::Uri,
         api_key: Secret,
         index: String,
+        /// The data stream of raw events.
+        events_index: String,
         ca_file: Option<PathBuf>,
     },
     /// Splunk's HTTP Event Collector at `url` (its base, such as
@@ -267,6 +282,18 @@ impl Target {
             Target::SplunkHec { .. } => "splunk-hec",
             Target::Elasticsearch { .. } => "elasticsearch",
             Target::Smtp { .. } => "smtp",
+        }
+    }
+
+    /// Whether raw events have a form here (a SIEM's or a JSON one; chat
+    /// cards, pages, mails and syslog lines are for incidents).
+    pub fn carries_events(&self) -> bool {
+        match self {
+            Target::File { .. } | Target::SplunkHec { .. } | Target::Elasticsearch { .. } => true,
+            Target::Webhook { format, .. } => {
+                matches!(format, WebhookFormat::Json | WebhookFormat::Ocsf)
+            }
+            Target::Syslog { .. } | Target::Smtp { .. } => false,
         }
     }
 
@@ -411,26 +438,20 @@ impl TryFrom<&OutputConfig> for Output {
             "elasticsearch" => {
                 let url = http_url(o, "elasticsearch")?;
                 let api_key = secret(o, "elasticsearch")?;
-                let index = o
-                    .index
-                    .clone()
-                    .unwrap_or_else(|| "logs-ruse.incidents-default".into());
-                // Elasticsearch's rules for index and data stream names.
-                if index.is_empty()
-                    || index.len() > 255
-                    || index.starts_with(['-', '_', '+', '.'])
-                    || index.chars().any(|c| {
-                        c.is_ascii_uppercase() || " \\/*?\"<>|,#:".contains(c) || c.is_control()
-                    })
-                {
+                let index = data_stream(o.index.as_deref(), "logs-ruse.incidents-default")?;
+                let events_index =
+                    data_stream(o.events_index.as_deref(), "logs-ruse.events-default")?;
+                if events_index == index {
                     return Err(
-                        format!("elasticsearch: {index:?} is not a data stream name").into(),
+                        "elasticsearch: events_index must differ from index (raw events and incidents map differently)"
+                            .into(),
                     );
                 }
                 Target::Elasticsearch {
                     url,
                     api_key,
                     index,
+                    events_index,
                     ca_file: o.ca_file.clone(),
                 }
             }
@@ -453,12 +474,43 @@ impl TryFrom<&OutputConfig> for Output {
                 .into());
             }
         };
+        let events = o.events.unwrap_or(false);
+        if events && !target.carries_events() {
+            return Err(format!(
+                "events = true: raw events go to file, webhook (json or ocsf), splunk-hec and elasticsearch outputs, not to {}",
+                match &target {
+                    Target::Webhook { .. } => "a chat, PagerDuty or template webhook",
+                    other => other.kind(),
+                }
+            )
+            .into());
+        }
+        if o.events_index.is_some() && !(events && matches!(target, Target::Elasticsearch { .. })) {
+            return Err("events_index is for an elasticsearch output with events = true".into());
+        }
         Ok(Output {
             name: o.name.clone(),
             target,
             min_severity,
+            events,
         })
     }
+}
+
+/// `name`, or `default`, if it is a valid Elasticsearch data stream name.
+fn data_stream(name: Option<&str>, default: &str) -> Result<String, OutputConfigError> {
+    let index = name.unwrap_or(default);
+    // Elasticsearch's rules for index and data stream names.
+    if index.is_empty()
+        || index.len() > 255
+        || index.starts_with(['-', '_', '+', '.'])
+        || index
+            .chars()
+            .any(|c| c.is_ascii_uppercase() || " \\/*?\"<>|,#:".contains(c) || c.is_control())
+    {
+        return Err(format!("elasticsearch: {index:?} is not a data stream name").into());
+    }
+    Ok(index.to_owned())
 }
 
 /// An e-mail address as SMTP's envelope needs it: one `local@domain`,

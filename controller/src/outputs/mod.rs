@@ -34,6 +34,7 @@ use crate::store::{Committer, LEASE_RENEW, LEASE_TTL, Store, StoreError};
 
 mod config;
 mod format;
+mod raw;
 mod sink;
 mod smtp;
 
@@ -45,17 +46,19 @@ pub use self::format::{
     ECS_VERSION, OCSF_VERSION, cef, check_template, ecs_document, hec_event, leef, ocsf_finding,
     pagerduty_event, render_template, syslog_message, template_values, webhook_body,
 };
-use self::sink::{Sent, Sink};
+pub use self::raw::{RawEvent, ecs_event, hec_raw, ocsf_event};
+use self::sink::{Item, Sent, Sink};
 pub use self::smtp::message as mail_message;
 
 /// The lease of the controller that delivers the outputs.
 const LEASE: &str = "outputs";
 
-/// A queued notice.
+/// A queued notice (the form queues always had) or raw event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Queued {
-    incident: String,
-    notice: Notice,
+#[serde(untagged)]
+enum Queued {
+    Notice { incident: String, notice: Notice },
+    Event { raw: Box<RawEvent> },
 }
 
 /// The outputs and their delivery workers.
@@ -132,7 +135,7 @@ impl Outputs {
                 .iter()
                 .filter(|s| i.severity >= s.output.min_severity)
             {
-                let item = serde_json::to_vec(&Queued {
+                let item = serde_json::to_vec(&Queued::Notice {
                     incident: id.clone(),
                     notice: *notice,
                 })
@@ -142,6 +145,26 @@ impl Outputs {
             }
         }
         Ok(queued)
+    }
+
+    /// Whether any output takes raw events.
+    pub fn takes_events(&self) -> bool {
+        self.sinks.iter().any(|s| s.output.events)
+    }
+
+    /// Queues raw events for the outputs that take them (before the
+    /// commit that stores the events).
+    pub fn enqueue_events(&self, events: &[RawEvent]) -> Result<(), StoreError> {
+        for sink in self.sinks.iter().filter(|s| s.output.events) {
+            for raw in events {
+                let item = serde_json::to_vec(&Queued::Event {
+                    raw: Box::new(raw.clone()),
+                })
+                .map_err(|e| StoreError::Engine(e.to_string().into()))?;
+                self.store.queue_push(&sink.queue(), &item)?;
+            }
+        }
+        Ok(())
     }
 
     /// Wakes the workers after queued notices became durable.
@@ -235,7 +258,8 @@ impl Outputs {
     }
 }
 
-/// One output's worker: oldest notice first, retried until delivered.
+/// One output's worker: oldest item first (as many as one request of
+/// this output carries), retried until delivered.
 async fn deliver(
     sink: Arc<Sink>,
     store: Arc<dyn Store>,
@@ -258,83 +282,97 @@ async fn deliver(
             }
             continue;
         }
-        let next = match store.queue_peek(&sink.queue(), 1) {
-            Ok(items) => items.into_iter().next(),
+        let next = match store.queue_peek(&sink.queue(), sink.batch()) {
+            Ok(items) => items,
             Err(e) => {
                 tracing::error!(output = %name, error = %e, "cannot read the output queue");
-                None
+                Vec::new()
             }
         };
-        let Some((seq, bytes)) = next else {
+        if next.is_empty() {
             tokio::select! {
                 () = sink.wake.notified() => {}
                 _ = leading.changed() => {}
                 () = crate::stopped(&mut stop) => return,
             }
             continue;
-        };
-        let Ok(item) = serde_json::from_slice::<Queued>(&bytes) else {
-            tracing::error!(output = %name, seq, "dropping an unreadable queue entry");
-            let _ = store.queue_remove(&sink.queue(), seq);
-            continue;
-        };
-        // Opened through another controller sharing the store: taken in
-        // first.
-        let incident = match incidents.get(&item.incident) {
-            Some(i) => Some(i),
-            None => match incidents.catch_up() {
-                Ok(()) => incidents.get(&item.incident),
-                Err(e) => {
-                    tracing::error!(output = %name, error = %e, "cannot read incidents");
-                    tokio::select! {
-                        () = tokio::time::sleep(retry_min) => {}
-                        () = crate::stopped(&mut stop) => return,
-                    }
-                    continue;
+        }
+        let items = match resolve(&store, &incidents, &sink, next) {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(output = %name, error = %e, "cannot read incidents");
+                tokio::select! {
+                    () = tokio::time::sleep(retry_min) => {}
+                    () = crate::stopped(&mut stop) => return,
                 }
-            },
-        };
-        let Some(incident) = incident else {
-            let _ = store.queue_remove(&sink.queue(), seq);
-            continue;
-        };
-        let tries = attempts.entry(item.incident.clone()).or_default();
-        *tries += 1;
-        match sink.send(&incident, item.notice).await {
-            Ok(Sent::Rejected(why)) => {
-                // Refused for good: reported, and the queue moves on.
-                sink.failed(&why);
-                tracing::error!(output = %name, incident = %incident.id, error = %why, "the receiver rejected the incident; not retried");
-                let record = unsent(&incident, &name, "rejected", *tries, why);
-                attempts.remove(&item.incident);
-                settle(&*store, &incidents, &sink, seq, &incident.id, record);
-                let _ = committer.durable().await;
+                continue;
             }
-            Ok(Sent::Delivered) => {
-                let record = Delivery {
-                    state: "delivered".into(),
-                    attempts: *tries,
-                    last_error: String::new(),
-                    delivered: Some(UnixMs::now()),
-                    version: incident.version,
-                };
-                attempts.remove(&item.incident);
-                sink.delivered.fetch_add(1, Ordering::Relaxed);
+        };
+        if items.is_empty() {
+            continue;
+        }
+        for (_, item) in &items {
+            if let Item::Notice(i, _) = item {
+                *attempts.entry(i.id.clone()).or_default() += 1;
+            }
+        }
+        let batch: Vec<Item> = items.iter().map(|(_, item)| item.clone()).collect();
+        match sink.send_batch(&batch).await {
+            Ok(sent) => {
+                for ((seq, item), sent) in items.iter().zip(sent) {
+                    let Item::Notice(incident, notice) = item else {
+                        if let Sent::Rejected(why) = &sent {
+                            sink.failed(why);
+                            tracing::error!(output = %name, error = %why, "the receiver rejected an event; not retried");
+                        } else {
+                            sink.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Err(e) = store.queue_remove(&sink.queue(), *seq) {
+                            tracing::error!(output = %name, error = %e, "cannot record a delivery");
+                        }
+                        continue;
+                    };
+                    let tries = attempts.remove(&incident.id).unwrap_or(1);
+                    let record = match sent {
+                        Sent::Rejected(why) => {
+                            // Refused for good: reported, and the queue
+                            // moves on.
+                            sink.failed(&why);
+                            tracing::error!(output = %name, incident = %incident.id, error = %why, "the receiver rejected the incident; not retried");
+                            unsent(incident, &name, "rejected", tries, why)
+                        }
+                        Sent::Delivered => {
+                            sink.delivered.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(output = %name, incident = %incident.id, notice = notice.as_str(), "incident delivered");
+                            Delivery {
+                                state: "delivered".into(),
+                                attempts: tries,
+                                last_error: String::new(),
+                                delivered: Some(UnixMs::now()),
+                                version: incident.version,
+                            }
+                        }
+                    };
+                    settle(&*store, &incidents, &sink, *seq, &incident.id, record);
+                }
                 {
                     let mut last = sink.last.lock().unwrap_or_else(|e| e.into_inner());
                     last.delivered = Some(UnixMs::now());
                     last.error.clear();
                 }
-                settle(&*store, &incidents, &sink, seq, &incident.id, record);
                 let _ = committer.durable().await;
-                tracing::info!(output = %name, incident = %incident.id, notice = item.notice.as_str(), "incident delivered");
                 delay = retry_min;
             }
             Err(error) => {
                 sink.failed(&error);
-                tracing::warn!(output = %name, incident = %incident.id, error = %error, retry_in_ms = delay.as_millis() as u64, "incident delivery failed");
-                let record = unsent(&incident, &name, "failing", *tries, error);
-                let _ = incidents.record_delivery(&incident.id, &name, record);
+                tracing::warn!(output = %name, items = items.len(), error = %error, retry_in_ms = delay.as_millis() as u64, "delivery failed");
+                for (_, item) in &items {
+                    if let Item::Notice(incident, _) = item {
+                        let tries = attempts.get(&incident.id).copied().unwrap_or(1);
+                        let record = unsent(incident, &name, "failing", tries, error.clone());
+                        let _ = incidents.record_delivery(&incident.id, &name, record);
+                    }
+                }
                 // Committed now: recording it holds other controllers'
                 // incident writes until then.
                 let _ = committer.durable().await;
@@ -346,6 +384,45 @@ async fn deliver(
             }
         }
     }
+}
+
+/// Queue entries as what to send: each notice with its incident as it is
+/// now (taken in from other controllers sharing the store when it opened
+/// there). Entries that cannot be read, and notices of incidents that no
+/// longer exist, leave the queue.
+fn resolve(
+    store: &Arc<dyn Store>,
+    incidents: &Incidents,
+    sink: &Sink,
+    entries: Vec<(u64, Vec<u8>)>,
+) -> Result<Vec<(u64, Item)>, StoreError> {
+    let mut caught_up = false;
+    let mut items = Vec::with_capacity(entries.len());
+    for (seq, bytes) in entries {
+        let item = match serde_json::from_slice::<Queued>(&bytes) {
+            Ok(Queued::Event { raw }) => Some(Item::Event(raw)),
+            Ok(Queued::Notice { incident, notice }) => {
+                let mut found = incidents.get(&incident);
+                if found.is_none() && !caught_up {
+                    incidents.catch_up()?;
+                    caught_up = true;
+                    found = incidents.get(&incident);
+                }
+                found.map(|i| Item::Notice(Box::new(i), notice))
+            }
+            Err(_) => {
+                tracing::error!(output = %sink.output.name, seq, "dropping an unreadable queue entry");
+                None
+            }
+        };
+        match item {
+            Some(item) => items.push((seq, item)),
+            None => {
+                let _ = store.queue_remove(&sink.queue(), seq);
+            }
+        }
+    }
+    Ok(items)
 }
 
 /// A delivery that did not happen now (`failing` or `rejected`): the last

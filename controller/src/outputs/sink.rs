@@ -15,8 +15,20 @@ use super::config::{
     FileFormat, Output, OutputConfigError, Target, Transport, WebhookFormat, origin,
 };
 use super::format::{ecs_document, hec_event, ocsf_finding, syslog_message, webhook_body};
+use super::raw::{RawEvent, ecs_event, event_json, hec_raw, ocsf_event};
 use crate::incidents::Notice;
 use crate::model::Incident;
+
+/// One thing to deliver: an incident's notice (with the incident as it is
+/// now) or a raw event.
+#[derive(Debug, Clone)]
+pub(super) enum Item {
+    Notice(Box<Incident>, Notice),
+    Event(Box<RawEvent>),
+}
+
+/// The most items one request carries (HEC, `_bulk`, a file append).
+const BATCH: usize = 100;
 
 /// Why a delivery failed (it is retried).
 type SendError = String;
@@ -104,16 +116,87 @@ impl Sink {
         self.output.name.clone()
     }
 
-    pub(super) async fn send(&self, i: &Incident, notice: Notice) -> Result<Sent, SendError> {
+    /// How many queued items one delivery takes: receivers with a batch
+    /// API (HEC, `_bulk`) and files take many, the others one.
+    pub(super) fn batch(&self) -> usize {
+        match self.output.target {
+            Target::SplunkHec { .. } | Target::Elasticsearch { .. } | Target::File { .. } => BATCH,
+            _ => 1,
+        }
+    }
+
+    /// Delivers `items` (at most [`Sink::batch`]): what became of each, or
+    /// why none can be taken as delivered (all are retried).
+    pub(super) async fn send_batch(&self, items: &[Item]) -> Result<Vec<Sent>, SendError> {
         let timeout = deadline(&self.output.target);
+        let all = |r: Result<(), SendError>| r.map(|()| vec![Sent::Delivered; items.len()]);
         let sent = async {
             match &self.output.target {
                 Target::Elasticsearch {
                     url,
                     api_key,
                     index,
+                    events_index,
                     ..
-                } => self.bulk(url, api_key, index, i, notice).await,
+                } => self.bulk(url, api_key, (index, events_index), items).await,
+                Target::SplunkHec { .. } => all(self.hec(items).await),
+                Target::File { path, format } => all(self.append(path, *format, items).await),
+                _ => {
+                    let mut out = Vec::with_capacity(items.len());
+                    for item in items {
+                        out.push(match item {
+                            Item::Notice(i, notice) => self.send_one(i, *notice).await?,
+                            Item::Event(r) => self.send_event(r).await?,
+                        });
+                    }
+                    Ok(out)
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// One notice (a drill's or a test's), as its queue would send it.
+    #[cfg(test)]
+    pub(super) async fn send(&self, i: &Incident, notice: Notice) -> Result<Sent, SendError> {
+        let item = Item::Notice(Box::new(i.clone()), notice);
+        let mut sent = self.send_batch(std::slice::from_ref(&item)).await?;
+        Ok(sent.pop().unwrap_or(Sent::Delivered))
+    }
+
+    /// A raw event to a JSON or OCSF webhook.
+    async fn send_event(&self, r: &RawEvent) -> Result<Sent, SendError> {
+        let Target::Webhook { url, format, .. } = &self.output.target else {
+            return Err(format!(
+                "{} outputs take no raw events",
+                self.output.target.kind()
+            ));
+        };
+        let body = match format {
+            WebhookFormat::Ocsf => ocsf_event(r),
+            _ => event_json(r),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+        let (status, _) = self.request(url, &[], &body).await?;
+        match status.as_u16() {
+            200..=299 => Ok(Sent::Delivered),
+            // The receiver will never take this body.
+            400 | 413 | 415 | 422 => Ok(Sent::Rejected(format!(
+                "{} answered {status} to event {}",
+                origin(url),
+                r.event.id
+            ))),
+            _ => Err(format!("{} answered {status}", origin(url))),
+        }
+    }
+
+    /// One notice to a receiver that takes them one at a time.
+    async fn send_one(&self, i: &Incident, notice: Notice) -> Result<Sent, SendError> {
+        async {
+            match &self.output.target {
                 Target::Webhook {
                     url,
                     format: format @ WebhookFormat::PagerDuty { .. },
@@ -153,30 +236,39 @@ impl Sink {
                 }
                 _ => self.send_inner(i, notice).await.map(|()| Sent::Delivered),
             }
-        };
-        match tokio::time::timeout(timeout, sent).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
         }
+        .await
     }
 
-    /// One document into `index` with Elasticsearch's `_bulk` API, created
-    /// under the id `<incident>-<version>`: a copy already indexed (a retry
-    /// after a lost answer) is a conflict, and counts as delivered.
+    /// Documents into Elasticsearch with one `_bulk` request: incidents
+    /// into `index` under the id `<incident>-<version>`, raw events into
+    /// `events_index` under the event's id; a copy already indexed (a
+    /// retry after a lost answer) is a conflict, and counts as delivered.
+    /// What became of each item is read from the answer's `items`.
     async fn bulk(
         &self,
         url: &hyper::Uri,
         api_key: &super::config::Secret,
-        index: &str,
-        i: &Incident,
-        notice: Notice,
-    ) -> Result<Sent, SendError> {
-        let action = serde_json::json!({"create": {"_id": format!("{}-{}", i.id, i.version)}});
-        let doc = ecs_document(i, notice, &self.hostname);
-        let mut body = serde_json::to_vec(&action).map_err(|e| e.to_string())?;
-        body.push(b'\n');
-        body.extend(serde_json::to_vec(&doc).map_err(|e| e.to_string())?);
-        body.push(b'\n');
+        (index, events_index): (&str, &str),
+        items: &[Item],
+    ) -> Result<Vec<Sent>, SendError> {
+        let mut body = Vec::new();
+        for item in items {
+            let (action, doc) = match item {
+                Item::Notice(i, notice) => (
+                    serde_json::json!({"create": {"_id": format!("{}-{}", i.id, i.version)}}),
+                    ecs_document(i, *notice, &self.hostname),
+                ),
+                Item::Event(r) => (
+                    serde_json::json!({"create": {"_index": events_index, "_id": r.event.id}}),
+                    ecs_event(r, &self.hostname),
+                ),
+            };
+            serde_json::to_writer(&mut body, &action).map_err(|e| e.to_string())?;
+            body.push(b'\n');
+            serde_json::to_writer(&mut body, &doc).map_err(|e| e.to_string())?;
+            body.push(b'\n');
+        }
         let auth = format!("ApiKey {}", api_key.expose());
         let headers = [
             ("authorization", auth.as_str()),
@@ -201,28 +293,143 @@ impl Sink {
                 .unwrap_or_default();
             return Err(format!("{} answered {status}{why}", origin(url)));
         }
-        let item = &reply["items"][0]["create"];
-        let code = item["status"].as_u64().unwrap_or(0);
-        let reason = || {
-            let kind = item["error"]["type"].as_str().unwrap_or("error");
-            let text: String = item["error"]["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect();
+        let answers = reply["items"].as_array().map_or(&[][..], Vec::as_slice);
+        if answers.len() != items.len() {
+            return Err(format!(
+                "{} answered {} items for {} documents",
+                origin(url),
+                answers.len(),
+                items.len()
+            ));
+        }
+        // Settled in order up to the first document the cluster could
+        // not take now (busy, 429, or failing): it and those after it stay
+        // queued for the retry (any indexed meanwhile are conflicts then).
+        let mut out = Vec::with_capacity(items.len());
+        for answer in answers {
+            let item = &answer["create"];
+            let code = item["status"].as_u64().unwrap_or(0);
+            let reason = || {
+                let kind = item["error"]["type"].as_str().unwrap_or("error");
+                let text: String = item["error"]["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect();
+                format!(
+                    "{} refused the document ({code} {kind}: {text})",
+                    origin(url)
+                )
+            };
+            match code {
+                200..=299 | 409 => out.push(Sent::Delivered),
+                429 | 500..=599 | 0 if out.is_empty() => return Err(reason()),
+                429 | 500..=599 | 0 => break,
+                _ => out.push(Sent::Rejected(reason())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Events to Splunk's HEC in one request (its events one after the
+    /// other), then, with `ack`, waits until the collector has indexed
+    /// them.
+    async fn hec(&self, items: &[Item]) -> Result<(), SendError> {
+        let Target::SplunkHec {
+            url,
+            token,
+            index,
+            source,
+            sourcetype,
+            ack,
+            ocsf,
+            ..
+        } = &self.output.target
+        else {
+            return Err("not a splunk-hec output".into());
+        };
+        let mut body = Vec::new();
+        for item in items {
+            let event = match item {
+                Item::Notice(i, notice) => hec_event(
+                    i,
+                    *notice,
+                    &self.hostname,
+                    index.as_deref(),
+                    source,
+                    sourcetype,
+                    *ocsf,
+                ),
+                Item::Event(r) => hec_raw(r, index.as_deref(), source, *ocsf),
+            };
+            serde_json::to_writer(&mut body, &event).map_err(|e| e.to_string())?;
+            body.push(b'\n');
+        }
+        let auth = format!("Splunk {}", token.expose());
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("x-splunk-request-channel", self.channel.as_str()),
+        ];
+        let endpoint = with_path(url, "/services/collector/event")?;
+        let (status, reply) = self.request(&endpoint, &headers, &body).await?;
+        let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+        if !status.is_success() {
+            return Err(hec_error(url, status, &reply));
+        }
+        if !*ack {
+            return Ok(());
+        }
+        let id = reply["ackId"].as_u64().ok_or_else(|| {
             format!(
-                "{} refused the document ({code} {kind}: {text})",
+                "{} gave no ackId: enable indexer acknowledgement on the token, or set ack = false",
                 origin(url)
             )
-        };
-        match code {
-            200..=299 | 409 => Ok(Sent::Delivered),
-            // Busy (429) or failing: retried.
-            429 | 500..=599 | 0 => Err(reason()),
-            _ => Ok(Sent::Rejected(reason())),
+        })?;
+        self.await_ack(url, &headers, id).await
+    }
+
+    /// Appends one JSON line per item to the file, synced once.
+    async fn append(
+        &self,
+        path: &std::path::Path,
+        format: FileFormat,
+        items: &[Item],
+    ) -> Result<(), SendError> {
+        let mut lines = Vec::new();
+        for item in items {
+            let record = match (item, format) {
+                (Item::Notice(i, notice), FileFormat::Ecs) => {
+                    ecs_document(i, *notice, &self.hostname)
+                }
+                (Item::Notice(i, notice), FileFormat::Ocsf) => ocsf_finding(i, *notice),
+                (Item::Notice(i, notice), FileFormat::Json) => serde_json::json!({
+                    "notice": notice.as_str(),
+                    "at": UnixMs::now().rfc3339(),
+                    "incident": i,
+                }),
+                (Item::Event(r), FileFormat::Ecs) => ecs_event(r, &self.hostname),
+                (Item::Event(r), FileFormat::Ocsf) => ocsf_event(r),
+                (Item::Event(r), FileFormat::Json) => event_json(r),
+            };
+            serde_json::to_writer(&mut lines, &record).map_err(|e| e.to_string())?;
+            lines.push(b'\n');
         }
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            // Incidents name hosts, users and credentials: 0600.
+            let mut f = ruse_pki::open_private_append(&path).map_err(std::io::Error::other)?;
+            f.write_all(&lines)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 
     async fn send_inner(&self, i: &Incident, notice: Notice) -> Result<(), SendError> {
@@ -290,50 +497,9 @@ impl Sink {
                     Err(format!("{} answered {status}", origin(url)))
                 }
             }
-            Target::SplunkHec {
-                url,
-                token,
-                index,
-                source,
-                sourcetype,
-                ack,
-                ocsf,
-                ..
-            } => {
-                let event = hec_event(
-                    i,
-                    notice,
-                    &self.hostname,
-                    index.as_deref(),
-                    source,
-                    sourcetype,
-                    *ocsf,
-                );
-                let auth = format!("Splunk {}", token.expose());
-                let headers = [
-                    ("authorization", auth.as_str()),
-                    ("x-splunk-request-channel", self.channel.as_str()),
-                ];
-                let endpoint = with_path(url, "/services/collector/event")?;
-                let body = serde_json::to_vec(&event).map_err(|e| e.to_string())?;
-                let (status, reply) = self.request(&endpoint, &headers, &body).await?;
-                let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
-                if !status.is_success() {
-                    return Err(hec_error(url, status, &reply));
-                }
-                if !*ack {
-                    return Ok(());
-                }
-                let id = reply["ackId"].as_u64().ok_or_else(|| {
-                    format!(
-                        "{} gave no ackId: enable indexer acknowledgement on the token, or set ack = false",
-                        origin(url)
-                    )
-                })?;
-                self.await_ack(url, &headers, id).await
+            Target::SplunkHec { .. } | Target::Elasticsearch { .. } | Target::File { .. } => {
+                Err("sent in batches".into())
             }
-            // Delivered by `bulk`.
-            Target::Elasticsearch { .. } => Ok(()),
             Target::Smtp {
                 settings,
                 max_per_hour,
@@ -368,34 +534,6 @@ impl Sink {
                     .unwrap_or_else(|e| e.into_inner())
                     .push_back(std::time::Instant::now());
                 Ok(())
-            }
-            Target::File { path, format } => {
-                let path = path.clone();
-                let record = match format {
-                    FileFormat::Ecs => ecs_document(i, notice, &self.hostname),
-                    FileFormat::Ocsf => ocsf_finding(i, notice),
-                    FileFormat::Json => serde_json::json!({
-                        "notice": notice.as_str(),
-                        "at": UnixMs::now().rfc3339(),
-                        "incident": i,
-                    }),
-                };
-                let mut line = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-                line.push(b'\n');
-                tokio::task::spawn_blocking(move || {
-                    use std::io::Write;
-                    if let Some(dir) = path.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    // Incidents name hosts, users and credentials: 0600.
-                    let mut f =
-                        ruse_pki::open_private_append(&path).map_err(std::io::Error::other)?;
-                    f.write_all(&line)?;
-                    f.sync_data()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
             }
         }
     }

@@ -13,6 +13,89 @@ fn check(o: &OutputConfig) -> Result<Output, OutputConfigError> {
 }
 
 #[test]
+fn raw_events_go_only_where_they_have_a_form() {
+    let with_events = |kind: &str, more: OutputConfig| OutputConfig {
+        name: "o".into(),
+        kind: kind.into(),
+        events: Some(true),
+        ..more
+    };
+    let url = || Some("http://127.0.0.1:9".to_owned());
+    let syslog = with_events(
+        "syslog",
+        OutputConfig {
+            address: Some("127.0.0.1:514".into()),
+            ..OutputConfig::default()
+        },
+    );
+    assert!(
+        check(&syslog)
+            .unwrap_err()
+            .to_string()
+            .contains("not to syslog")
+    );
+    let slack = with_events(
+        "webhook",
+        OutputConfig {
+            url: url(),
+            format: Some("slack".into()),
+            ..OutputConfig::default()
+        },
+    );
+    assert!(
+        check(&slack)
+            .unwrap_err()
+            .to_string()
+            .contains("chat, PagerDuty or template")
+    );
+    let ocsf = with_events(
+        "webhook",
+        OutputConfig {
+            url: url(),
+            format: Some("ocsf".into()),
+            ..OutputConfig::default()
+        },
+    );
+    assert!(check(&ocsf).unwrap().events);
+    let es = |events_index: Option<&str>, events: bool| OutputConfig {
+        events: Some(events),
+        events_index: events_index.map(str::to_owned),
+        token: Some("k".into()),
+        ..with_events(
+            "elasticsearch",
+            OutputConfig {
+                url: url(),
+                ..OutputConfig::default()
+            },
+        )
+    };
+    match check(&es(None, true)).unwrap().target {
+        Target::Elasticsearch { events_index, .. } => {
+            assert_eq!(events_index, "logs-ruse.events-default");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        check(&es(Some("logs-ruse.incidents-default"), true))
+            .unwrap_err()
+            .to_string()
+            .contains("must differ")
+    );
+    assert!(
+        check(&es(Some("Bad Name"), true))
+            .unwrap_err()
+            .to_string()
+            .contains("not a data stream name")
+    );
+    assert!(
+        check(&es(Some("logs-x-default"), false))
+            .unwrap_err()
+            .to_string()
+            .contains("events = true")
+    );
+}
+
+#[test]
 fn settings_are_checked() {
     assert!(check(&output("syslog")).is_err());
     let ok = OutputConfig {
@@ -29,6 +112,7 @@ fn settings_are_checked() {
                 format: SyslogFormat::Cef,
             },
             min_severity: Severity::Low,
+            events: false,
         })
     );
     let tls = OutputConfig {
