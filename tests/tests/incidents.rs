@@ -2945,3 +2945,123 @@ async fn incidents_are_mailed_over_starttls_with_authentication_and_a_rate_limit
         "a third mail in the hour"
     );
 }
+
+/// An e-mail output with `digest_below = "critical"` mails a high incident
+/// only in its digest (once `digest_every` has passed, with a link to the
+/// console), while the same incident's escalation to critical is mailed at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_below_the_digest_severity_are_mailed_together_and_critical_ones_at_once() {
+    const PASSWORD: &str = "digest and page";
+    if !require_tool("incidents_below_the_digest_severity", "ssh") {
+        return;
+    }
+    let Some(smtp) = smtp_server("ruse", PASSWORD) else {
+        return;
+    };
+    let h = Hospital::start(|c| {
+        c.outputs = vec![OutputConfig {
+            name: "soc-digest".into(),
+            kind: "smtp".into(),
+            address: Some(format!("localhost:{}", smtp.port)),
+            ca_file: Some(smtp.ca_file.clone()),
+            username: Some("ruse".into()),
+            password: Some(PASSWORD.into()),
+            from: Some("ruse@hospital.test".into()),
+            to: vec!["soc@hospital.test".into()],
+            digest_below: Some("critical".into()),
+            digest_every: Some("4s".into()),
+            console_url: Some("https://ruse.hospital.test:8443/".into()),
+            ..OutputConfig::default()
+        }];
+        c.output_retry_min = Duration::from_millis(100);
+        c.output_retry_max = Duration::from_millis(500);
+    })
+    .await;
+    let i = scripted_attack_steps(&h).await;
+    let mails = || -> Vec<(BTreeMap<String, String>, String)> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&smtp.maildir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| {
+                let (mut headers, text, _) = read_mail(p);
+                // An RFC 2047 word (the title's arrows are not ASCII).
+                let subject = &headers["subject"];
+                if let Some(b64) = subject
+                    .strip_prefix("=?UTF-8?B?")
+                    .and_then(|s| s.strip_suffix("?="))
+                {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .unwrap();
+                    headers.insert("subject".into(), String::from_utf8(bytes).unwrap());
+                }
+                (headers, text)
+            })
+            .collect()
+    };
+    let start = Instant::now();
+    loop {
+        let subjects: Vec<String> = mails()
+            .into_iter()
+            .map(|(h, _)| h["subject"].clone())
+            .collect();
+        let digest = subjects
+            .iter()
+            .any(|s| s.starts_with("[Ruse] Digest: 1 incident below critical"));
+        let page = subjects
+            .iter()
+            .any(|s| s.starts_with("[Ruse] CRITICAL incident escalated: "));
+        if digest && page {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no digest and page within 20 s; mailed: {subjects:?}; deliveries: {:?}",
+            h.incident_by_id(&i.id).await.deliveries
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = mails();
+    assert!(
+        all.iter()
+            .all(|(h, _)| !h["subject"].contains("HIGH incident opened")),
+        "the high incident was not mailed alone: {:?}",
+        all.iter().map(|(h, _)| &h["subject"]).collect::<Vec<_>>()
+    );
+    let (_, digest) = all
+        .iter()
+        .find(|(h, _)| h["subject"].contains("Digest"))
+        .unwrap();
+    assert!(digest.contains(&i.id), "{digest}");
+    assert!(
+        digest.contains(&format!(
+            "https://ruse.hospital.test:8443/incidents/{}",
+            i.id
+        )),
+        "{digest}"
+    );
+    let (page, text) = all
+        .iter()
+        .find(|(h, _)| h["subject"].contains("CRITICAL"))
+        .unwrap();
+    assert_eq!(page["x-ruse-incident"], i.id);
+    assert!(
+        text.contains("In the console: https://ruse.hospital.test:8443/incidents/"),
+        "{text}"
+    );
+    eventually("the delivery recorded", Duration::from_secs(5), || async {
+        h.incident_by_id(&i.id)
+            .await
+            .deliveries
+            .iter()
+            .any(|d| d.output == "soc-digest" && d.state == "delivered")
+    })
+    .await;
+}

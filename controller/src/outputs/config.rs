@@ -110,6 +110,17 @@ pub struct OutputConfig {
     /// notices wait in the queue for the next free slot.
     #[serde(default)]
     pub max_per_hour: Option<u32>,
+    /// smtp: incidents less severe than this (`medium`, `high` or
+    /// `critical`) are not mailed one by one but listed together in a
+    /// digest every `digest_every` (default `1h`). Off by default.
+    #[serde(default)]
+    pub digest_below: Option<String>,
+    #[serde(default)]
+    pub digest_every: Option<String>,
+    /// smtp: the console's base URL (`https://…`): mails link to each
+    /// incident there.
+    #[serde(default)]
+    pub console_url: Option<String>,
     /// Also every raw event (each touch, decoy login, scan…), not only
     /// incidents: file (json, ecs, ocsf), webhook (json, ocsf),
     /// splunk-hec and elasticsearch. Default false. `min_severity` does
@@ -188,6 +199,11 @@ pub enum Target {
         settings: super::smtp::SmtpSettings,
         ca_file: Option<PathBuf>,
         max_per_hour: u32,
+        /// Incidents below this severity go into a digest mail, every
+        /// so often.
+        digest: Option<(Severity, std::time::Duration)>,
+        /// The console's base URL, for links.
+        console_url: Option<String>,
     },
     /// Elasticsearch's `_bulk` API at `url` (its base, such as
     /// `https://es:9200`), into the data stream `index`.
@@ -327,7 +343,7 @@ impl TryFrom<&OutputConfig> for Output {
             return Err("name: 1 to 63 letters, digits, - or _".into());
         }
         let min_severity = match &o.min_severity {
-            Some(s) => parse_severity(s)?,
+            Some(s) => parse_severity(s).map_err(|e| format!("min_severity {e}"))?,
             None => Severity::Low,
         };
         let target = match o.kind.as_str() {
@@ -572,6 +588,39 @@ fn smtp(o: &OutputConfig) -> Result<Target, OutputConfigError> {
     if max_per_hour == 0 {
         return Err("max_per_hour must be at least 1".into());
     }
+    let digest = match (&o.digest_below, &o.digest_every) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("digest_every goes with digest_below".into()),
+        (Some(below), every) => {
+            let below = parse_severity(below).map_err(|e| format!("digest_below {e}"))?;
+            if below == Severity::Low {
+                return Err("digest_below low would hold nothing: medium, high or critical".into());
+            }
+            let every = match every {
+                Some(e) => ruse_proto::types::parse_duration(e)
+                    .map_err(|e| format!("digest_every: {e}"))?,
+                None => std::time::Duration::from_secs(3600),
+            };
+            if every < std::time::Duration::from_secs(1)
+                || every > std::time::Duration::from_secs(7 * 86_400)
+            {
+                return Err("digest_every: between 1s and 7d".into());
+            }
+            Some((below, every))
+        }
+    };
+    let console_url = match &o.console_url {
+        None => None,
+        Some(u) => {
+            let uri: hyper::Uri = u
+                .parse()
+                .map_err(|_| format!("console_url {u:?} is not a URL"))?;
+            if !matches!(uri.scheme_str(), Some("https" | "http")) || uri.host().is_none() {
+                return Err(format!("console_url {u:?}: an http(s) URL with a host").into());
+            }
+            Some(u.trim_end_matches('/').to_owned())
+        }
+    };
     Ok(Target::Smtp {
         settings: super::smtp::SmtpSettings {
             address,
@@ -583,6 +632,8 @@ fn smtp(o: &OutputConfig) -> Result<Target, OutputConfigError> {
         },
         ca_file: o.ca_file.clone(),
         max_per_hour,
+        digest,
+        console_url,
     })
 }
 
@@ -680,5 +731,5 @@ fn parse_severity(s: &str) -> Result<Severity, OutputConfigError> {
     Severity::ALL
         .into_iter()
         .find(|v| v.as_str() == s)
-        .ok_or_else(|| format!("min_severity {s:?}: expected low, medium, high or critical").into())
+        .ok_or_else(|| format!("{s:?}: expected low, medium, high or critical").into())
 }

@@ -48,7 +48,7 @@ pub use self::format::{
 };
 pub use self::raw::{RawEvent, ecs_event, hec_raw, ocsf_event};
 use self::sink::{Item, Sent, Sink};
-pub use self::smtp::message as mail_message;
+pub use self::smtp::{Mail, digest as digest_message, message as mail_message};
 
 /// The lease of the controller that delivers the outputs.
 const LEASE: &str = "outputs";
@@ -140,7 +140,13 @@ impl Outputs {
                     notice: *notice,
                 })
                 .map_err(|e| StoreError::Engine(e.to_string().into()))?;
-                self.store.queue_push(&sink.queue(), &item)?;
+                // Below the digest's severity: held for the next digest
+                // (a drill's incident never is: the drill waits for it).
+                let queue = match sink.digest() {
+                    Some((digest, below, _)) if i.severity < below && !i.drill => digest,
+                    _ => sink.queue(),
+                };
+                self.store.queue_push(&queue, &item)?;
                 queued.push((id.clone(), sink.output.name.clone()));
             }
         }
@@ -182,7 +188,9 @@ impl Outputs {
                 OutputStatus {
                     name: s.output.name.clone(),
                     kind: s.output.target.kind().to_owned(),
-                    queued: self.store.queue_len(&s.queue()).unwrap_or(0),
+                    queued: self.store.queue_len(&s.queue()).unwrap_or(0)
+                        + s.digest()
+                            .map_or(0, |(q, _, _)| self.store.queue_len(&q).unwrap_or(0)),
                     delivered: s.delivered.load(Ordering::Relaxed),
                     failures: s.failures.load(Ordering::Relaxed),
                     last_delivered: last.delivered,
@@ -271,6 +279,12 @@ async fn deliver(
     let name = sink.output.name.clone();
     let mut delay = retry_min;
     let mut attempts: BTreeMap<String, u32> = BTreeMap::new();
+    // When the next digest is due (an e-mail output with one), and the
+    // delay before trying a failed one again.
+    let mut digest_due = sink
+        .digest()
+        .map(|(_, _, every)| tokio::time::Instant::now() + every);
+    let mut digest_delay = retry_min;
     loop {
         if *stop.borrow() {
             return;
@@ -282,6 +296,25 @@ async fn deliver(
             }
             continue;
         }
+        if let (Some(due), Some((_, _, every))) = (digest_due, sink.digest())
+            && tokio::time::Instant::now() >= due
+        {
+            let now = tokio::time::Instant::now();
+            digest_due = Some(
+                match mail_digest(&sink, &store, &incidents, &committer).await {
+                    Ok(()) => {
+                        digest_delay = retry_min;
+                        now + every
+                    }
+                    Err(e) => {
+                        tracing::warn!(output = %name, error = %e, retry_in_ms = digest_delay.as_millis() as u64, "digest mail failed");
+                        let retry = digest_delay;
+                        digest_delay = (digest_delay * 2).min(retry_max);
+                        now + retry
+                    }
+                },
+            );
+        }
         let next = match store.queue_peek(&sink.queue(), sink.batch()) {
             Ok(items) => items,
             Err(e) => {
@@ -290,14 +323,21 @@ async fn deliver(
             }
         };
         if next.is_empty() {
+            let digest = async {
+                match digest_due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = sink.wake.notified() => {}
                 _ = leading.changed() => {}
+                () = digest => {}
                 () = crate::stopped(&mut stop) => return,
             }
             continue;
         }
-        let items = match resolve(&store, &incidents, &sink, next) {
+        let items = match resolve(&store, &incidents, &sink, &sink.queue(), next) {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(output = %name, error = %e, "cannot read incidents");
@@ -394,6 +434,7 @@ fn resolve(
     store: &Arc<dyn Store>,
     incidents: &Incidents,
     sink: &Sink,
+    queue: &str,
     entries: Vec<(u64, Vec<u8>)>,
 ) -> Result<Vec<(u64, Item)>, StoreError> {
     let mut caught_up = false;
@@ -418,11 +459,82 @@ fn resolve(
         match item {
             Some(item) => items.push((seq, item)),
             None => {
-                let _ = store.queue_remove(&sink.queue(), seq);
+                let _ = store.queue_remove(queue, seq);
             }
         }
     }
     Ok(items)
+}
+
+/// The most notices one digest mail takes from its queue.
+const DIGEST_MAX: usize = 500;
+
+/// Mails the notices held for `sink`'s digest, if there are any: one mail
+/// listing each incident once, as it is now. They leave the queue when the
+/// server took the mail; each incident records the delivery.
+async fn mail_digest(
+    sink: &Sink,
+    store: &Arc<dyn Store>,
+    incidents: &Incidents,
+    committer: &Committer,
+) -> Result<(), String> {
+    let Some((queue, _, _)) = sink.digest() else {
+        return Ok(());
+    };
+    let entries = store
+        .queue_peek(&queue, DIGEST_MAX)
+        .map_err(|e| format!("reading the digest queue: {e}"))?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let items = resolve(store, incidents, sink, &queue, entries)
+        .map_err(|e| format!("reading incidents: {e}"))?;
+    let mut listed: BTreeMap<String, Incident> = BTreeMap::new();
+    for (_, item) in &items {
+        if let Item::Notice(i, _) = item {
+            listed.insert(i.id.clone(), (**i).clone());
+        }
+    }
+    let listed: Vec<Incident> = listed.into_values().collect();
+    let name = &sink.output.name;
+    let outcome = if listed.is_empty() {
+        Ok(())
+    } else {
+        sink.send_digest(&listed).await
+    };
+    match &outcome {
+        Ok(()) => {
+            for (seq, _) in &items {
+                if let Err(e) = store.queue_remove(&queue, *seq) {
+                    tracing::error!(output = %name, error = %e, "cannot record a delivery");
+                }
+            }
+            for i in &listed {
+                let record = Delivery {
+                    state: "delivered".into(),
+                    attempts: 1,
+                    last_error: String::new(),
+                    delivered: Some(UnixMs::now()),
+                    version: i.version,
+                };
+                let _ = incidents.record_delivery(&i.id, name, record);
+            }
+            if !listed.is_empty() {
+                sink.delivered
+                    .fetch_add(listed.len() as u64, Ordering::Relaxed);
+                tracing::info!(output = %name, incidents = listed.len(), "digest mailed");
+            }
+        }
+        Err(e) => {
+            sink.failed(e);
+            for i in &listed {
+                let record = unsent(i, name, "failing", 1, e.clone());
+                let _ = incidents.record_delivery(&i.id, name, record);
+            }
+        }
+    }
+    let _ = committer.durable().await;
+    outcome
 }
 
 /// A delivery that did not happen now (`failing` or `rejected`): the last

@@ -17,7 +17,7 @@ use super::config::{
 use super::format::{ecs_document, hec_event, ocsf_finding, syslog_message, webhook_body};
 use super::raw::{RawEvent, ecs_event, event_json, hec_raw, ocsf_event};
 use crate::incidents::Notice;
-use crate::model::Incident;
+use crate::model::{Incident, Severity};
 
 /// One thing to deliver: an incident's notice (with the incident as it is
 /// now) or a raw event.
@@ -500,41 +500,98 @@ impl Sink {
             Target::SplunkHec { .. } | Target::Elasticsearch { .. } | Target::File { .. } => {
                 Err("sent in batches".into())
             }
-            Target::Smtp {
-                settings,
-                max_per_hour,
-                ..
-            } => {
-                let hour = Duration::from_secs(3600);
-                {
-                    let mut mailed = self.mailed.lock().unwrap_or_else(|e| e.into_inner());
-                    while mailed.front().is_some_and(|t| t.elapsed() >= hour) {
-                        mailed.pop_front();
-                    }
-                    if mailed.len() >= *max_per_hour as usize {
-                        let wait = mailed
-                            .front()
-                            .map_or(hour, |t| hour.saturating_sub(t.elapsed()));
-                        return Err(format!(
-                            "{max_per_hour} mails sent in the last hour (max_per_hour): the next in {} s",
-                            wait.as_secs()
-                        ));
-                    }
-                }
-                let message =
-                    super::smtp::message(i, notice, &settings.from, &settings.to, &self.hostname);
-                let helo = if self.hostname.is_empty() {
-                    "ruse"
-                } else {
-                    &self.hostname
-                };
-                super::smtp::send(settings, self.tls.clone(), helo, &message).await?;
-                self.mailed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_back(std::time::Instant::now());
-                Ok(())
+            Target::Smtp { .. } => {
+                let message = super::smtp::message(i, notice, &self.mail()?);
+                self.mail_out(&message).await
             }
+        }
+    }
+
+    /// Who this output's mails are from and to (an error if it is not an
+    /// e-mail output).
+    fn mail(&self) -> Result<super::smtp::Mail<'_>, SendError> {
+        let Target::Smtp {
+            settings,
+            digest,
+            console_url,
+            ..
+        } = &self.output.target
+        else {
+            return Err(format!(
+                "{} outputs send no mail",
+                self.output.target.kind()
+            ));
+        };
+        Ok(super::smtp::Mail {
+            from: &settings.from,
+            to: &settings.to,
+            host: &self.hostname,
+            console: console_url.as_deref(),
+            digest_below: digest.map(|(below, _)| below),
+        })
+    }
+
+    /// Sends one mail, unless `max_per_hour` were sent in the last hour.
+    async fn mail_out(&self, message: &str) -> Result<(), SendError> {
+        let Target::Smtp {
+            settings,
+            max_per_hour,
+            ..
+        } = &self.output.target
+        else {
+            return Err(format!(
+                "{} outputs send no mail",
+                self.output.target.kind()
+            ));
+        };
+        let hour = Duration::from_secs(3600);
+        {
+            let mut mailed = self.mailed.lock().unwrap_or_else(|e| e.into_inner());
+            while mailed.front().is_some_and(|t| t.elapsed() >= hour) {
+                mailed.pop_front();
+            }
+            if mailed.len() >= *max_per_hour as usize {
+                let wait = mailed
+                    .front()
+                    .map_or(hour, |t| hour.saturating_sub(t.elapsed()));
+                return Err(format!(
+                    "{max_per_hour} mails sent in the last hour (max_per_hour): the next in {} s",
+                    wait.as_secs()
+                ));
+            }
+        }
+        let helo = if self.hostname.is_empty() {
+            "ruse"
+        } else {
+            &self.hostname
+        };
+        super::smtp::send(settings, self.tls.clone(), helo, message).await?;
+        self.mailed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Mails the digest of `incidents`, within the delivery deadline.
+    pub(super) async fn send_digest(&self, incidents: &[Incident]) -> Result<(), SendError> {
+        let message = super::smtp::digest(incidents, &self.mail()?);
+        let timeout = deadline(&self.output.target);
+        match tokio::time::timeout(timeout, self.mail_out(&message)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// The queue of notices held for this output's digest, and how often
+    /// it is sent, if it has one.
+    pub(super) fn digest(&self) -> Option<(String, Severity, Duration)> {
+        match &self.output.target {
+            Target::Smtp {
+                digest: Some((below, every)),
+                ..
+            } => Some((format!("{}~digest", self.output.name), *below, *every)),
+            _ => None,
         }
     }
 

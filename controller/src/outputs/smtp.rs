@@ -253,9 +253,15 @@ fn base64_lines(s: &str) -> String {
         .join("\r\n")
 }
 
+/// Where the console shows incident `id`, when a console is configured.
+fn console_link(console: Option<&str>, id: &str) -> Option<String> {
+    console.map(|base| format!("{}/incidents/{id}", base.trim_end_matches('/')))
+}
+
 /// The mail for `notice` of `i`: RFC 5322 headers and a
 /// `multipart/alternative` body (text, then HTML), each part in base64.
-pub fn message(i: &Incident, notice: Notice, from: &str, to: &[String], host: &str) -> String {
+/// With `console` (its base URL), a link to the incident there.
+pub fn message(i: &Incident, notice: Notice, mail: &Mail<'_>) -> String {
     let drill = if i.drill { "[DRILL] " } else { "" };
     let severity = i.severity.as_str().to_ascii_uppercase();
     let subject = format!(
@@ -268,14 +274,16 @@ pub fn message(i: &Incident, notice: Notice, from: &str, to: &[String], host: &s
     let at = facts.len() - 1;
     facts.insert(at, ("Last seen", i.last_seen.rfc3339()));
     let steps = first_steps(i);
+    let link = console_link(mail.console, &i.id);
     let mut text = format!("{drill}{}\r\n\r\n", i.title);
     for (k, v) in &facts {
         text.push_str(&format!("{k}: {v}\r\n"));
     }
-    text.push_str(&format!(
-        "\r\nWhat to do first: {steps}\r\n\r\nrusectl describe incident {}\r\n",
-        i.id
-    ));
+    text.push_str(&format!("\r\nWhat to do first: {steps}\r\n\r\n"));
+    if let Some(link) = &link {
+        text.push_str(&format!("In the console: {link}\r\n"));
+    }
+    text.push_str(&format!("rusectl describe incident {}\r\n", i.id));
     let mut html = format!(
         "<html><body><h2>{}{}</h2><table>",
         html_escape(drill),
@@ -289,45 +297,150 @@ pub fn message(i: &Incident, notice: Notice, from: &str, to: &[String], host: &s
         ));
     }
     html.push_str(&format!(
-        "</table><p><b>What to do first:</b> {}</p><p><code>rusectl describe incident {}</code></p></body></html>",
-        html_escape(steps),
+        "</table><p><b>What to do first:</b> {}</p>",
+        html_escape(steps)
+    ));
+    if let Some(link) = &link {
+        html.push_str(&format!(
+            "<p><a href=\"{0}\">Open the incident in the console</a></p>",
+            html_escape(link)
+        ));
+    }
+    html.push_str(&format!(
+        "<p><code>rusectl describe incident {}</code></p></body></html>",
         html_escape(&i.id)
     ));
-    let mut b = [0u8; 12];
-    ruse_proto::types::random_bytes(&mut b);
-    let boundary = format!("ruse-{}", ruse_proto::types::hex(&b));
-    let now = UnixMs::now();
-    let date = httpdate::fmt_http_date(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(now.0).unwrap_or(0)),
+    mail.compose(
+        &subject,
+        &format!("{}.{}.{}", i.id, i.version, notice.as_str()),
+        Some(&i.id),
+        &text,
+        &html,
     )
-    .replace("GMT", "+0000");
-    [
-        format!("From: Ruse <{from}>"),
-        format!("To: {}", to.join(", ")),
-        format!("Subject: {}", header(&subject)),
-        format!("Date: {date}"),
-        format!(
-            "Message-ID: <{}.{}.{}@{}>",
+}
+
+/// One mail listing `incidents` (each as it is now): the digest of those
+/// below an output's `digest_below` severity.
+pub fn digest(incidents: &[Incident], mail: &Mail<'_>) -> String {
+    let drills = incidents.iter().all(|i| i.drill);
+    let drill = if drills { "[DRILL] " } else { "" };
+    let n = incidents.len();
+    let count = format!("{n} incident{}", if n == 1 { "" } else { "s" });
+    let subject = format!(
+        "{drill}[Ruse] Digest: {count} below {}",
+        mail.digest_below.map_or("any severity", |s| s.as_str())
+    );
+    let mut text = format!("{drill}{count} since the last digest, most severe first.\r\n");
+    let mut html = format!(
+        "<html><body><h2>{}</h2><table><tr><th align=\"left\">Severity</th><th align=\"left\">Status</th><th align=\"left\">Incident</th><th align=\"left\">Attack path</th><th align=\"left\">Last seen</th></tr>",
+        html_escape(&format!("{drill}{count} since the last digest"))
+    );
+    let mut sorted: Vec<&Incident> = incidents.iter().collect();
+    sorted.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(b.last_seen.cmp(&a.last_seen))
+    });
+    for i in sorted {
+        let link = console_link(mail.console, &i.id);
+        text.push_str(&format!(
+            "\r\n{} {} {}\r\n  {}\r\n  Attack path: {}\r\n  Last seen: {}\r\n  {}\r\n",
+            i.severity.as_str().to_ascii_uppercase(),
+            i.status.as_str(),
             i.id,
-            i.version,
-            notice.as_str(),
-            header(host)
-        ),
-        format!("X-Ruse-Incident: {}", i.id),
-        "MIME-Version: 1.0".into(),
-        format!("Content-Type: multipart/alternative; boundary=\"{boundary}\""),
-        String::new(),
-        format!("--{boundary}"),
-        "Content-Type: text/plain; charset=utf-8".into(),
-        "Content-Transfer-Encoding: base64".into(),
-        String::new(),
-        base64_lines(&text),
-        format!("--{boundary}"),
-        "Content-Type: text/html; charset=utf-8".into(),
-        "Content-Transfer-Encoding: base64".into(),
-        String::new(),
-        base64_lines(&html),
-        format!("--{boundary}--"),
-    ]
-    .join("\r\n")
+            i.title,
+            i.path_text(),
+            i.last_seen.rfc3339(),
+            link.clone()
+                .unwrap_or_else(|| format!("rusectl describe incident {}", i.id)),
+        ));
+        let title = match &link {
+            Some(link) => format!(
+                "<a href=\"{}\">{}</a>",
+                html_escape(link),
+                html_escape(&i.title)
+            ),
+            None => html_escape(&i.title),
+        };
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{title}<br><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            html_escape(i.severity.as_str()),
+            html_escape(i.status.as_str()),
+            html_escape(&i.id),
+            html_escape(&i.path_text()),
+            html_escape(&i.last_seen.rfc3339()),
+        ));
+    }
+    html.push_str("</table></body></html>");
+    let first = incidents.first().map_or("none", |i| i.id.as_str());
+    mail.compose(
+        &subject,
+        &format!("digest.{first}.{n}.{}", UnixMs::now().0),
+        None,
+        &text,
+        &html,
+    )
+}
+
+/// Who a mail is from and to, and what it links to.
+#[derive(Debug)]
+pub struct Mail<'a> {
+    pub from: &'a str,
+    pub to: &'a [String],
+    /// This controller's host name (for Message-ID).
+    pub host: &'a str,
+    /// The console's base URL, for links.
+    pub console: Option<&'a str>,
+    /// The severity below which incidents go into the digest.
+    pub digest_below: Option<crate::model::Severity>,
+}
+
+impl Mail<'_> {
+    /// RFC 5322 headers and a `multipart/alternative` body (text, then
+    /// HTML), each part in base64.
+    fn compose(
+        &self,
+        subject: &str,
+        id: &str,
+        incident: Option<&str>,
+        text: &str,
+        html: &str,
+    ) -> String {
+        let mut b = [0u8; 12];
+        ruse_proto::types::random_bytes(&mut b);
+        let boundary = format!("ruse-{}", ruse_proto::types::hex(&b));
+        let now = UnixMs::now();
+        let date = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(now.0).unwrap_or(0)),
+        )
+        .replace("GMT", "+0000");
+        let mut lines = vec![
+            format!("From: Ruse <{}>", self.from),
+            format!("To: {}", self.to.join(", ")),
+            format!("Subject: {}", header(subject)),
+            format!("Date: {date}"),
+            format!("Message-ID: <{id}@{}>", header(self.host)),
+        ];
+        if let Some(incident) = incident {
+            lines.push(format!("X-Ruse-Incident: {incident}"));
+        }
+        lines.extend([
+            "MIME-Version: 1.0".into(),
+            format!("Content-Type: multipart/alternative; boundary=\"{boundary}\""),
+            String::new(),
+            format!("--{boundary}"),
+            "Content-Type: text/plain; charset=utf-8".into(),
+            "Content-Transfer-Encoding: base64".into(),
+            String::new(),
+            base64_lines(text),
+            format!("--{boundary}"),
+            "Content-Type: text/html; charset=utf-8".into(),
+            "Content-Transfer-Encoding: base64".into(),
+            String::new(),
+            base64_lines(html),
+            format!("--{boundary}--"),
+        ]);
+        lines.join("\r\n")
+    }
 }

@@ -673,13 +673,15 @@ fn smtp_settings_are_checked_and_the_password_never_printed() {
 fn mails_have_both_parts_and_escape_the_html() {
     let mut i = crate::incidents::tests_support::incident();
     i.title = "<script>alert(1)</script> & more".into();
-    let m = mail_message(
-        &i,
-        Notice::Opened,
-        "ruse@h.test",
-        &["soc@h.test".into()],
-        "ctl",
-    );
+    let to = ["soc@h.test".to_owned()];
+    let mail = Mail {
+        from: "ruse@h.test",
+        to: &to,
+        host: "ctl",
+        console: None,
+        digest_below: None,
+    };
+    let m = mail_message(&i, Notice::Opened, &mail);
     assert!(m.contains("Content-Type: multipart/alternative"));
     assert!(m.contains("Content-Type: text/plain; charset=utf-8"));
     assert!(m.contains("Content-Type: text/html; charset=utf-8"));
@@ -707,4 +709,124 @@ fn mails_have_both_parts_and_escape_the_html() {
         "{html}"
     );
     assert!(!html.contains("<script>"));
+}
+
+/// The decoded parts of a mail this module composed.
+fn parts(m: &str) -> (String, String) {
+    use base64::Engine;
+    let part = |kind: &str| {
+        let encoded: String = m
+            .split(&format!("Content-Type: text/{kind}; charset=utf-8"))
+            .nth(1)
+            .unwrap()
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| !l.starts_with("--"))
+            .collect();
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    (part("plain"), part("html"))
+}
+
+#[test]
+fn mails_link_to_the_console_and_a_digest_lists_each_incident_most_severe_first() {
+    let mut low = crate::incidents::tests_support::incident();
+    low.id = "01LOW".into();
+    low.severity = Severity::Low;
+    low.title = "Port scan of the PACS decoy".into();
+    let mut high = crate::incidents::tests_support::incident();
+    high.id = "01HIGH".into();
+    high.severity = Severity::High;
+    high.title = "Honeyfile <read> on ward-3".into();
+    let to = ["soc@h.test".to_owned()];
+    let mail = Mail {
+        from: "ruse@h.test",
+        to: &to,
+        host: "ctl",
+        console: Some("https://ruse.h.test:8443"),
+        digest_below: Some(Severity::Critical),
+    };
+    let (text, html) = parts(&mail_message(&high, Notice::Opened, &mail));
+    assert!(
+        text.contains("In the console: https://ruse.h.test:8443/incidents/01HIGH"),
+        "{text}"
+    );
+    assert!(
+        html.contains("href=\"https://ruse.h.test:8443/incidents/01HIGH\""),
+        "{html}"
+    );
+    let m = digest_message(&[low.clone(), high.clone()], &mail);
+    assert!(
+        m.contains("Subject: [Ruse] Digest: 2 incidents below critical"),
+        "{m}"
+    );
+    assert!(!m.contains("X-Ruse-Incident"), "a digest is about several");
+    let (text, html) = parts(&m);
+    let (h, l) = (text.find("01HIGH").unwrap(), text.find("01LOW").unwrap());
+    assert!(h < l, "most severe first: {text}");
+    assert!(text.contains("https://ruse.h.test:8443/incidents/01LOW"));
+    assert!(html.contains("Honeyfile &lt;read&gt; on ward-3"), "{html}");
+    assert!(!html.contains("<read>"));
+    // Without a console: the command that shows it.
+    let plain = Mail {
+        console: None,
+        ..mail
+    };
+    let (text, _) = parts(&digest_message(&[low], &plain));
+    assert!(text.contains("rusectl describe incident 01LOW"), "{text}");
+    assert!(text.contains("1 incident since the last digest"), "{text}");
+}
+
+#[test]
+fn digest_settings_are_checked() {
+    let mail = OutputConfig {
+        address: Some("mail.hospital.test:25".into()),
+        tls: Some("none".into()),
+        from: Some("ruse@h.test".into()),
+        to: vec!["soc@h.test".into()],
+        ..output("smtp")
+    };
+    let with = |below: Option<&str>, every: Option<&str>, console: Option<&str>| {
+        check(&OutputConfig {
+            digest_below: below.map(str::to_owned),
+            digest_every: every.map(str::to_owned),
+            console_url: console.map(str::to_owned),
+            ..mail.clone()
+        })
+    };
+    match with(Some("high"), None, Some("https://ruse.h.test/"))
+        .unwrap()
+        .target
+    {
+        Target::Smtp {
+            digest,
+            console_url,
+            ..
+        } => {
+            assert_eq!(
+                digest,
+                Some((Severity::High, Duration::from_secs(3600)))
+            );
+            assert_eq!(console_url.as_deref(), Some("https://ruse.h.test"));
+        }
+        other => panic!("{other:?}"),
+    }
+    for (below, every, console, why) in [
+        (None, Some("1h"), None, "goes with digest_below"),
+        (Some("low"), None, None, "would hold nothing"),
+        (Some("severe"), None, None, "digest_below"),
+        (Some("high"), Some("soon"), None, "digest_every"),
+        (Some("high"), Some("30d"), None, "between 1s and 7d"),
+        (None, None, Some("ftp://x"), "console_url"),
+    ] {
+        let e = with(below, every, console).unwrap_err().to_string();
+        assert!(e.contains(why), "{why}: {e}");
+    }
 }
