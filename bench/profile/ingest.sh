@@ -9,6 +9,10 @@
 # (initdb under a temporary directory, as the postgres user when run as
 # root, on 127.0.0.1:17470) instead of sled, and also prints the CPU the
 # database's processes used over the whole simulator run.
+#
+# RAW_EVENTS=FORMAT adds a file output with events = true (FORMAT json, ecs
+# or ocsf): every stored event is also queued for it and written, and the
+# lines written by the end are printed.
 set -u
 n=${1:-1000}; rate=${2:-25000}; secs=${3:-20}; ps=${4:-0}
 B=${B:?set B to a directory of release binaries}
@@ -21,7 +25,13 @@ if [ "${STORE:-sled}" = postgres ]; then
 fi
 "$B/ruse-controller" init --data-dir "$w/ctl" "${store_args[@]}" > "$w/init"
 pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1)
-RUSE_LOG_LEVEL=warn "$B/ruse-controller" serve --data-dir "$w/ctl" --listen 127.0.0.1:17460 "${store_args[@]}" > "$w/ctl.log" 2>&1 &
+config_args=()
+if [ -n "${RAW_EVENTS:-}" ]; then
+    printf '[[outputs]]\nname = "siem"\ntype = "file"\npath = "%s"\nformat = "%s"\nevents = true\n' \
+        "$w/events.ndjson" "$RAW_EVENTS" > "$w/ctl.toml"
+    config_args=(--config "$w/ctl.toml")
+fi
+RUSE_LOG_LEVEL=warn "$B/ruse-controller" serve "${config_args[@]}" --data-dir "$w/ctl" --listen 127.0.0.1:17460 "${store_args[@]}" > "$w/ctl.log" 2>&1 &
 cp=$!
 sleep 1.5
 pp=
@@ -40,6 +50,9 @@ if [ -n "$pg" ]; then
     echo "postgres CPU over the whole run (connect, push, ingest): ${used} s; events stored: ${stored}"
 fi
 [ -n "$pp" ] && wait "$pp"
+if [ -n "${RAW_EVENTS:-}" ]; then
+    echo "raw events written to the file output by the end of the hold: $(wc -l < "$w/events.ndjson")"
+fi
 kill "$cp"; wait "$cp"
 if [ -n "$pg" ]; then kill -QUIT "$pg"; wait "$pg"; fi
 rm -rf "$w"
