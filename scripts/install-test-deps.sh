@@ -36,6 +36,11 @@ DEBIAN=(
     /usr/sbin/sshd:openssh-server
     /usr/sbin/smbd:samba
     dcmqrscp:dcmtk
+    /usr/sbin/mariadbd:mariadb-server
+    # Real clients of the database decoys, and nmap's service detection
+    # that must take each decoy for the real server (tests/tests/decoys.rs).
+    mysql:mariadb-client
+    nmap:nmap
     # An endpoint whose clock is years off (tests/tests/faults.rs).
     faketime:faketime
     # The PostgreSQL store's tests make a throw-away cluster each

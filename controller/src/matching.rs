@@ -27,6 +27,8 @@ pub enum MatchedOn {
     UsernamePassword,
     /// An NTLMv2 response computed from the planted password.
     NtlmResponse,
+    /// A MySQL auth response computed from the planted password.
+    MysqlResponse,
     Token,
     AeTitle,
     Username,
@@ -40,6 +42,7 @@ impl MatchedOn {
             MatchedOn::SshKey => "ssh key fingerprint",
             MatchedOn::UsernamePassword => "username and password",
             MatchedOn::NtlmResponse => "username and NTLMv2 response",
+            MatchedOn::MysqlResponse => "username and MySQL auth response",
             MatchedOn::Token => "token",
             MatchedOn::AeTitle => "calling AE title",
             MatchedOn::Username => "username",
@@ -133,6 +136,9 @@ impl CredentialIndex {
                     if !c.ntlm_response.is_empty() {
                         out.push((id.clone(), MatchedOn::NtlmResponse));
                     }
+                    if !c.mysql_response.is_empty() {
+                        out.push((id.clone(), MatchedOn::MysqlResponse));
+                    }
                     out.push((id.clone(), MatchedOn::Username));
                 }
             }
@@ -178,6 +184,9 @@ pub fn confirm(lure: &LureInstance, c: &PresentedCredential, on: MatchedOn) -> b
             !m.password.is_empty()
                 && ntlmv2_proves(&m.password, &c.username, &c.domain, &c.ntlm_response)
         }
+        MatchedOn::MysqlResponse => {
+            !m.password.is_empty() && mysql_native_proves(&m.password, &c.mysql_response)
+        }
         MatchedOn::SshKey
         | MatchedOn::Token
         | MatchedOn::AeTitle
@@ -216,6 +225,34 @@ pub fn ntlmv2_proves(password: &str, user: &str, domain: &str, response: &[u8]) 
     mac.update(blob);
     // Constant time: a forger learns nothing from how long a no takes.
     mac.verify_slice(proof).is_ok()
+}
+
+/// Whether `response` (scheme 1, the server's 20-byte scramble, the
+/// client's 20-byte auth response) is `mysql_native_password`'s proof of
+/// `password`: SHA1(password) XOR SHA1(scramble + SHA1(SHA1(password))).
+pub fn mysql_native_proves(password: &str, response: &[u8]) -> bool {
+    use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY as SHA1, digest};
+    let [1, rest @ ..] = response else {
+        return false;
+    };
+    if rest.len() != 40 {
+        return false;
+    }
+    let (scramble, proof) = rest.split_at(20);
+    let stage1 = digest(&SHA1, password.as_bytes());
+    let stage2 = digest(&SHA1, stage1.as_ref());
+    let mut ctx = ring::digest::Context::new(&SHA1);
+    ctx.update(scramble);
+    ctx.update(stage2.as_ref());
+    let mask = ctx.finish();
+    // Every byte compared whatever differs (constant time, as for NTLM).
+    let differs = stage1
+        .as_ref()
+        .iter()
+        .zip(mask.as_ref())
+        .zip(proof)
+        .fold(0u8, |acc, ((s, m), p)| acc | (s ^ m ^ p));
+    differs == 0
 }
 
 /// A password that matched no lure, as stored: its length and a short
@@ -391,6 +428,51 @@ mod tests {
             ..c
         };
         assert!(!confirm(&smb, &guessed, MatchedOn::NtlmResponse));
+    }
+
+    #[test]
+    fn a_mysql_auth_response_proves_the_planted_password() {
+        use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY as SHA1, digest};
+        // What a client computes (independently of the function above).
+        let scramble = *b"01234567890123456789";
+        let client = |password: &str| -> Vec<u8> {
+            let s1 = digest(&SHA1, password.as_bytes());
+            let s2 = digest(&SHA1, s1.as_ref());
+            let mut joined = scramble.to_vec();
+            joined.extend_from_slice(s2.as_ref());
+            let mask = digest(&SHA1, &joined);
+            let mut r = vec![1];
+            r.extend_from_slice(&scramble);
+            r.extend(s1.as_ref().iter().zip(mask.as_ref()).map(|(a, b)| a ^ b));
+            r
+        };
+        let r = client("Tr0ub4dor&3");
+        assert!(mysql_native_proves("Tr0ub4dor&3", &r));
+        assert!(!mysql_native_proves("Tr0ub4dor&4", &r));
+        assert!(!mysql_native_proves("Tr0ub4dor&3", &r[..40]));
+        let mut scheme = r.clone();
+        scheme[0] = 2;
+        assert!(!mysql_native_proves("Tr0ub4dor&3", &scheme));
+
+        let mut index = CredentialIndex::default();
+        let my = lure("my", Template::MysqlCredentials, |m| {
+            m.username = "lis_app_x".into();
+            m.password = "Tr0ub4dor&3".into();
+        });
+        index.add(&my);
+        let c = PresentedCredential {
+            username: "lis_app_x".into(),
+            mysql_response: r,
+            ..Default::default()
+        };
+        let found = index.candidates(&c);
+        assert_eq!(found[0], ("my".into(), MatchedOn::MysqlResponse));
+        assert!(confirm(&my, &c, MatchedOn::MysqlResponse));
+        let wrong = PresentedCredential {
+            mysql_response: client("guess"),
+            ..c
+        };
+        assert!(!confirm(&my, &wrong, MatchedOn::MysqlResponse));
     }
 
     #[test]

@@ -215,7 +215,7 @@ pub struct SuppressionManifest {
 
 /// Decoy protocols (DESIGN §4).
 pub const PROTOCOLS: &[&str] = &[
-    "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "portscan",
+    "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "mysql", "portscan",
 ];
 
 /// One checked document of a file.

@@ -337,6 +337,10 @@ pub struct PresentedCredential {
     /// crack the password offline, a real user's included.
     #[serde(skip)]
     pub ntlm_response: Vec<u8>,
+    /// MySQL: scheme, scramble and auth response (see the proto). For
+    /// matching only, like `ntlm_response`.
+    #[serde(skip)]
+    pub mysql_response: Vec<u8>,
 }
 
 impl PresentedCredential {
@@ -401,6 +405,15 @@ impl TryFrom<agent_pb::Credential> for PresentedCredential {
             } else {
                 c.ntlm_response
             },
+            mysql_response: if c.mysql_response.len() > MAX_MYSQL_RESPONSE {
+                return Err(InvalidValue::Invalid {
+                    what: "MySQL auth response",
+                    value: format!("{} bytes", c.mysql_response.len()),
+                    reason: "too long",
+                });
+            } else {
+                c.mysql_response
+            },
         })
     }
 }
@@ -422,6 +435,7 @@ impl From<&PresentedCredential> for agent_pb::Credential {
             application: c.application.clone(),
             // Matching only: never stored, shown or sent on.
             ntlm_response: Vec::new(),
+            mysql_response: Vec::new(),
         }
     }
 }
@@ -486,6 +500,8 @@ pub struct ReportedEvent {
 
 /// The challenge and the longest NTLMv2 response an agent keeps.
 pub const MAX_NTLM_RESPONSE: usize = 8 + 1024;
+/// The longest MySQL scheme, scramble and response accepted.
+pub const MAX_MYSQL_RESPONSE: usize = 1 + 20 + 64;
 
 fn bounded_to(what: &'static str, s: String, max: usize) -> Result<String, InvalidValue> {
     if s.len() > max {

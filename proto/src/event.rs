@@ -81,10 +81,11 @@ impl From<AgentEvent> for pb::Event {
             template: e.template,
             detail: e.detail,
             decoy: e.decoy.as_ref().map(pb::DecoyContact::from),
-            // The one conversion, plus the NTLM response it leaves out:
-            // an agent sends it to its controller to match.
+            // The one conversion, plus the NTLM and MySQL responses it
+            // leaves out: an agent sends them to its controller to match.
             credential: e.credential.map(|c| pb::Credential {
                 ntlm_response: c.ntlm_response.clone(),
+                mysql_response: c.mysql_response.clone(),
                 ..pb::Credential::from(&c)
             }),
         }
@@ -139,6 +140,7 @@ impl From<pb::Event> for AgentEvent {
                 host: c.host,
                 application: c.application,
                 ntlm_response: c.ntlm_response,
+                mysql_response: c.mysql_response,
             }),
         }
     }
@@ -183,6 +185,7 @@ mod tests {
                 username: "u".into(),
                 domain: "D".into(),
                 ntlm_response: vec![1, 2, 3],
+                mysql_response: vec![1, 4, 5],
                 ..PresentedCredential::default()
             }),
         };

@@ -33,6 +33,7 @@ struct Ports {
     dicom: u16,
     hl7: u16,
     ftp: u16,
+    mysql: u16,
     scan: u16,
 }
 
@@ -47,12 +48,12 @@ struct Range {
     ports: Ports,
 }
 
-const LURES: usize = 9;
+const LURES: usize = 10;
 
 impl Range {
     async fn start() -> Range {
         let tc = TestController::start().await;
-        let p = free_ports(8);
+        let p = free_ports(9);
         let ports = Ports {
             ssh: p[0],
             http: p[1],
@@ -62,6 +63,7 @@ impl Range {
             hl7: p[5],
             ftp: p[6],
             scan: p[7],
+            mysql: p[8],
         };
         // Roles come from the tokens: an agent's own labels select nothing.
         let ws_token = tc
@@ -78,7 +80,7 @@ impl Range {
         // FTP refuses after 300 ms here: vsftpd's ~3 s would come close
         // to the 4 s connection lifetime this range sets.
         let manifest = format!(
-            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n",
+            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n",
             ports.ssh,
             ports.http,
             ports.https,
@@ -86,14 +88,15 @@ impl Range {
             ports.dicom,
             ports.hl7,
             ports.ftp,
-            ports.scan
+            ports.scan,
+            ports.mysql
         );
         tc.apply(&manifest).await;
         ws.wait_lures(LURES, Duration::from_secs(20)).await;
         let reached = matches!(
             tokio::time::timeout(
                 Duration::from_secs(20),
-                decoy.status.wait_for(|s| s.decoy_services == 8),
+                decoy.status.wait_for(|s| s.decoy_services == 9),
             )
             .await,
             Ok(Ok(_))
@@ -670,6 +673,92 @@ async fn lftp_with_the_planted_netrc_is_attributed() {
     ]));
     assert!(!out.status.success());
     r.unmatched_login("anonymous").await;
+}
+
+/// The MariaDB client with the planted `~/.my.cnf` logs in with
+/// `mysql_native_password`: the decoy's scramble and the client's response
+/// prove the planted password (the controller checks them; neither is
+/// stored), and the client shows MariaDB's error 1045. A wrong password is
+/// a login with no match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_with_the_planted_my_cnf_is_attributed() {
+    if !require_tool("mysql_with_the_planted_my_cnf", "mysql") {
+        return;
+    }
+    let r = Range::start().await;
+    let cnf = r.read(".my.cnf");
+    let user = field(&cnf, "user");
+    assert!(cnf.contains(&format!("port = {}", r.ports.mysql)), "{cnf}");
+    // The client reads ~/.my.cnf itself: the attacker types only `mysql`.
+    let out = run(Command::new("mysql").env("HOME", r.home()).args([
+        "--protocol=tcp",
+        "--connect-timeout=5",
+        "-e",
+        "show databases",
+    ]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "ERROR 1045 (28000): Access denied for user '{user}'@'localhost' (using password: YES)"
+        )),
+        "{stderr}"
+    );
+    let e = r.used("mysql").await;
+    r.assert_credential_use(&e, "mysql-credentials", "mysql")
+        .await;
+    assert_eq!(e.matched_on, "username and MySQL auth response");
+    let c = e.credential.unwrap();
+    assert_eq!(c.username, user);
+    assert!(c.password.is_empty(), "the decoy never sees the password");
+    assert!(c.client.contains("program_name=mysql"), "{c:?}");
+
+    // Someone else's login: recorded, matching nothing.
+    let port = r.ports.mysql.to_string();
+    let out = run(Command::new("mysql").args([
+        "--no-defaults",
+        "--protocol=tcp",
+        "-h",
+        "127.0.0.1",
+        "-P",
+        &port,
+        "-u",
+        "dba",
+        "-pguess",
+        "-e",
+        "select 1",
+    ]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR 1045"));
+    r.unmatched_login("dba").await;
+}
+
+/// nmap's service detection takes the MySQL decoy for MariaDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nmap_service_detection_names_the_database_decoys() {
+    if !require_tool("nmap_service_detection_names_the_database_decoys", "nmap") {
+        return;
+    }
+    let r = Range::start().await;
+    let out = run(Command::new("nmap").args([
+        "-sV",
+        "-Pn",
+        "-n",
+        "--version-intensity",
+        "5",
+        "-p",
+        &r.ports.mysql.to_string(),
+        "127.0.0.1",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{}/tcp", r.ports.mysql)))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("open") && line.contains("mysql") && line.contains("MariaDB"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

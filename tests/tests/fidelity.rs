@@ -1212,3 +1212,242 @@ async fn the_smb_decoy_negotiates_as_samba_does() {
     assert!(differences.is_empty(), "{}", differences.join("\n"));
     drop(agent);
 }
+
+/// Debian's MariaDB on `port`: a fresh data directory made by
+/// `mariadb-install-db`, the package's own configuration, run as the
+/// `mysql` user.
+fn mariadbd(dir: &Path, port: u16) -> Daemon {
+    let data = dir.join("data");
+    let status = Command::new("chown")
+        .args(["mysql:mysql", &dir.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new("mariadb-install-db")
+        .args([
+            "--user=mysql",
+            &format!("--datadir={}", data.display()),
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = Command::new("mariadbd")
+        .args([
+            "--user=mysql",
+            &format!("--datadir={}", data.display()),
+            &format!("--port={port}"),
+            "--bind-address=127.0.0.1",
+            &format!("--socket={}", dir.join("mysqld.sock").display()),
+            &format!("--pid-file={}", dir.join("mysqld.pid").display()),
+            &format!("--log-error={}", dir.join("error.log").display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "mariadbd did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Daemon(child)
+}
+
+/// One MySQL packet (header and payload), or `None` at the end of the
+/// stream.
+fn my_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).ok()?;
+    let len = usize::from(head[0]) | usize::from(head[1]) << 8 | usize::from(head[2]) << 16;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).ok()?;
+    Some([&head[..], &payload].concat())
+}
+
+fn my_frame(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_le_bytes();
+    [&[len[0], len[1], len[2], seq][..], payload].concat()
+}
+
+/// A session: the greeting with its connection id and scramble masked,
+/// then what came back for each packet sent (`<closed>` once the server
+/// hung up), with the scramble masked wherever it is repeated.
+fn my_session(port: u16, packets: &[Vec<u8>]) -> Vec<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = my_packet(&mut s).unwrap();
+    let version_end = 5 + greeting[5..].iter().position(|&b| b == 0).unwrap();
+    let id = version_end + 1;
+    let scramble: Vec<u8> = [&greeting[id + 4..id + 12], &greeting[id + 31..id + 43]].concat();
+    let mask = |bytes: &mut Vec<u8>| {
+        if let Some(at) = bytes.windows(20).position(|w| w == scramble.as_slice()) {
+            bytes[at..at + 20].fill(b'*');
+        }
+    };
+    greeting[id..id + 12].fill(b'*');
+    greeting[id + 31..id + 43].fill(b'*');
+    let mut out = vec![hex(&greeting)];
+    for p in packets {
+        s.write_all(p).unwrap();
+        match my_packet(&mut s) {
+            Some(mut reply) => {
+                mask(&mut reply);
+                out.push(String::from_utf8_lossy(&reply).escape_debug().to_string());
+            }
+            None => {
+                out.push("<closed>".into());
+                break;
+            }
+        }
+    }
+    // After an error the server hangs up (and waits otherwise).
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut rest = [0u8; 16];
+    out.push(match s.read(&mut rest) {
+        Ok(0) => "<closed>".into(),
+        Ok(n) => format!("more: {:?}", &rest[..n]),
+        Err(e) => format!("open: {e}"),
+    });
+    out
+}
+
+/// A HandshakeResponse41 for `user` with `auth`, asking for `plugin`.
+fn my_login(user: &str, auth: &[u8], plugin: &str) -> Vec<u8> {
+    // PROTOCOL_41, SECURE_CONNECTION, PLUGIN_AUTH, PLUGIN_AUTH_LENENC.
+    let caps: u32 = 0x0200 | 0x8000 | 0x0008_0000 | 0x0020_0000;
+    let mut p = caps.to_le_bytes().to_vec();
+    p.extend_from_slice(&(16u32 << 20).to_le_bytes());
+    p.push(45);
+    p.extend_from_slice(&[0; 23]);
+    p.extend_from_slice(user.as_bytes());
+    p.push(0);
+    p.push(auth.len() as u8);
+    p.extend_from_slice(auth);
+    p.extend_from_slice(plugin.as_bytes());
+    p.push(0);
+    my_frame(1, &p)
+}
+
+/// The MySQL decoy against Debian's MariaDB: the greeting byte for byte
+/// (version, capabilities, character set, status, MariaDB's extended
+/// capabilities, plugin; the connection id and scramble masked), a wrong
+/// password, a MySQL 8 client's `caching_sha2_password` switched to
+/// `mysql_native_password` on the same scramble, a TLS request (none was
+/// offered), a pre-4.1 client and garbage: every answer byte for byte, and
+/// the connection closed after each error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mysql_decoy_answers_as_mariadb_does() {
+    let test = "the_mysql_decoy_answers_as_mariadb_does";
+    // mariadbd runs as its own user, which takes root to arrange.
+    if !(require_root(test) && require_tool(test, "mariadbd")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(2);
+    let _mariadb = mariadbd(dir.path(), ports[0]);
+    let tc = TestController::start().await;
+    let agent = decoy(&tc, "mysql", ports[1], "").await;
+    let ssl = {
+        // PROTOCOL_41 | SSL | SECURE_CONNECTION, nothing after.
+        let mut p = (0x0200u32 | 0x0800 | 0x8000).to_le_bytes().to_vec();
+        p.extend_from_slice(&(16u32 << 20).to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 23]);
+        my_frame(1, &p)
+    };
+    let sessions: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("greeting only", vec![]),
+        (
+            "a wrong password",
+            vec![my_login("dba", &[7; 20], "mysql_native_password")],
+        ),
+        (
+            "no password",
+            vec![my_login("dba", &[], "mysql_native_password")],
+        ),
+        (
+            "a MySQL 8 client",
+            vec![
+                my_login("dba", &[9; 32], "caching_sha2_password"),
+                my_frame(3, &[5; 20]),
+            ],
+        ),
+        ("a TLS request", vec![ssl]),
+        (
+            "a pre-4.1 client",
+            vec![my_frame(1, b"\x00\x00\x00\x00garbage")],
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (what, packets) in &sessions {
+        let (a, b) = (my_session(ports[0], packets), my_session(ports[1], packets));
+        eprintln!("{what}: mariadbd {a:?}");
+        if a != b {
+            differences.push(format!("{what}:\n  mariadbd: {a:?}\n  decoy:    {b:?}"));
+        }
+    }
+    // A client that sends nothing after the greeting: reset, without a
+    // word, after MariaDB's 10 s connect_timeout (both at once).
+    let silent = |port: u16| {
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            my_packet(&mut s).unwrap();
+            let start = Instant::now();
+            let mut buf = [0u8; 16];
+            let how = match s.read(&mut buf) {
+                Ok(0) => "closed".to_owned(),
+                Ok(n) => format!("said {:?}", &buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset".to_owned(),
+                Err(e) => format!("{e}"),
+            };
+            (how, start.elapsed())
+        })
+    };
+    let (real, fake) = (silent(ports[0]), silent(ports[1]));
+    let (real, fake) = (real.join().unwrap(), fake.join().unwrap());
+    eprintln!("a silent client: mariadbd {real:?}, decoy {fake:?}");
+    if real.0 != fake.0 || real.1.abs_diff(fake.1) > Duration::from_millis(1500) {
+        differences.push(format!(
+            "a silent client:\n  mariadbd: {real:?}\n  decoy:    {fake:?}"
+        ));
+    }
+    // The real client's view of a wrong password.
+    if require_tool(test, "mysql") {
+        let client = |port: u16| {
+            let out = Command::new("mysql")
+                .args([
+                    "--no-defaults",
+                    "--protocol=tcp",
+                    "-h",
+                    "127.0.0.1",
+                    "-P",
+                    &port.to_string(),
+                    "-u",
+                    "radiology",
+                    "-pWinter2026!",
+                    "-e",
+                    "select 1",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stderr).trim().to_owned()
+        };
+        let (a, b) = (client(ports[0]), client(ports[1]));
+        if a != b {
+            differences.push(format!("mysql client:\n  mariadbd: {a}\n  decoy:    {b}"));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    drop(agent);
+}

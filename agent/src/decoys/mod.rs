@@ -13,6 +13,7 @@ pub mod dicom;
 pub mod ftp;
 pub mod hl7;
 pub mod http;
+pub mod mysql;
 pub mod ntlm;
 pub mod portscan;
 pub mod smb;
@@ -188,6 +189,12 @@ fn bounded(c: PresentedCredential) -> PresentedCredential {
         client: truncate(c.client, 256),
         host: truncate(c.host, 256),
         application: truncate(c.application, 64),
+        // Only whole: a scheme byte, a scramble and a response.
+        mysql_response: if c.mysql_response.len() <= ruse_proto::convert::MAX_MYSQL_RESPONSE {
+            c.mysql_response
+        } else {
+            Vec::new()
+        },
         // A cut response proves nothing: drop one that is too long.
         ntlm_response: if c.ntlm_response.len() <= ruse_proto::convert::MAX_NTLM_RESPONSE {
             c.ntlm_response
@@ -628,6 +635,7 @@ pub type Handler =
 async fn handler_for(protocol: &str, ctx: &Arc<ServiceCtx>) -> Result<Handler, DecoyError> {
     Ok(match protocol {
         "ftp" => Arc::new(|c| Box::pin(ftp::serve(c))),
+        "mysql" => Arc::new(|c| Box::pin(mysql::serve(c))),
         "hl7" => Arc::new(|c| Box::pin(hl7::serve(c))),
         "portscan" => portscan::handler(),
         "smb" => Arc::new(|c| Box::pin(smb::serve(c))),

@@ -181,6 +181,11 @@ impl Material {
                     );
                 }
             }
+            Template::MysqlCredentials => {
+                const USERS: &[&str] = &["lis_app", "lis_ro", "pharm_ro", "lab_etl", "ris_report"];
+                m.username = format!("{}_{tail}", rng.pick(USERS));
+                m.password = password(&mut rng);
+            }
             Template::Netrc => {
                 m.username = format!("pacsftp{tail}");
                 m.password = password(&mut rng);
@@ -444,6 +449,48 @@ impl Renderer<'_> {
                     self.m().password
                 );
                 self.block(self.file_path("~/.pgpass"), line, 0o600, readers::PGPASS);
+            }
+            Template::MysqlCredentials => {
+                let (_, host, port) = self
+                    .decoy("mysql", 3306)
+                    .unwrap_or_else(|| ("".into(), "lis-db01".into(), 3306));
+                let db = self.param("database").unwrap_or("lis").to_owned();
+                let mut cnf = format!(
+                    "[client]\nuser = {}\npassword = {}\nhost = {host}\n",
+                    self.m().username,
+                    self.m().password
+                );
+                if port != 3306 {
+                    cnf.push_str(&format!("port = {port}\n"));
+                }
+                cnf.push_str(&format!("\n[mysql]\ndatabase = {db}\n"));
+                self.block("~/.my.cnf".into(), cnf, 0o600, readers::MYSQL);
+                let date = self.date();
+                let dump = format!(
+                    "-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)\n\
+                     --\n\
+                     -- Host: {host}    Database: {db}\n\
+                     -- ------------------------------------------------------\n\
+                     -- Server version\t10.11.19-MariaDB-0+deb12u1\n\n\
+                     /*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;\n\
+                     /*!40101 SET NAMES utf8mb4 */;\n\
+                     /*!40103 SET @OLD_TIME_ZONE=@@TIME_ZONE */;\n\
+                     /*!40103 SET TIME_ZONE='+00:00' */;\n\n\
+                     --\n-- Table structure for table `results`\n--\n\n\
+                     DROP TABLE IF EXISTS `results`;\n\
+                     CREATE TABLE `results` (\n\
+                     \x20 `id` bigint(20) NOT NULL AUTO_INCREMENT,\n\
+                     \x20 `accession` varchar(32) NOT NULL,\n\
+                     \x20 `mrn` varchar(16) NOT NULL,\n\
+                     \x20 `test_code` varchar(16) NOT NULL,\n\
+                     \x20 `value` varchar(64) DEFAULT NULL,\n\
+                     \x20 `resulted_at` datetime NOT NULL,\n\
+                     \x20 PRIMARY KEY (`id`)\n\
+                     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci;\n\n\
+                     -- Dump completed on {date}  2:14:07\n"
+                );
+                let path = self.dir_file("~/backups", format!("{db}-{date}.sql"));
+                self.whole(path, dump.into_bytes(), 0o600);
             }
             Template::Netrc => {
                 let (_, host, _) = self
@@ -747,6 +794,23 @@ pub mod readers {
         "vacuumdb",
         "reindexdb",
         "clusterdb",
+    ];
+    /// ~/.my.cnf: the MySQL and MariaDB clients and tools.
+    pub const MYSQL: &[&str] = &[
+        "mysql",
+        "mariadb",
+        "mysqldump",
+        "mariadb-dump",
+        "mysqladmin",
+        "mariadb-admin",
+        "mysqlcheck",
+        "mariadb-check",
+        "mysqlimport",
+        "mariadb-import",
+        "mysqlshow",
+        "mariadb-show",
+        "mysqlpump",
+        "mysqlsh",
     ];
     /// ~/.netrc: curl, wget, FTP clients and git's HTTP transport.
     pub const NETRC: &[&str] = &[

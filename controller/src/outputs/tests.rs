@@ -810,10 +810,7 @@ fn digest_settings_are_checked() {
             console_url,
             ..
         } => {
-            assert_eq!(
-                digest,
-                Some((Severity::High, Duration::from_secs(3600)))
-            );
+            assert_eq!(digest, Some((Severity::High, Duration::from_secs(3600))));
             assert_eq!(console_url.as_deref(), Some("https://ruse.h.test"));
         }
         other => panic!("{other:?}"),

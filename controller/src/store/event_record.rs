@@ -216,6 +216,7 @@ impl From<CredentialRecord> for PresentedCredential {
             host: c.host,
             application: c.application,
             ntlm_response: Vec::new(),
+            mysql_response: Vec::new(),
         }
     }
 }
@@ -380,6 +381,7 @@ mod tests {
                 host: "h".into(),
                 application: "a".into(),
                 ntlm_response: Vec::new(),
+                mysql_response: Vec::new(),
             }),
             origin_agent: Some("01kb5z8x9q3w4e5r6t7y8v9w0b".parse().unwrap()),
             matched_on: "username+password".into(),
