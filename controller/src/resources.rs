@@ -215,8 +215,11 @@ pub struct SuppressionManifest {
 
 /// Decoy protocols (DESIGN §4).
 pub const PROTOCOLS: &[&str] = &[
-    "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "mysql", "portscan",
+    "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "mysql", "telnet", "portscan",
 ];
+
+/// The devices a Telnet decoy imitates (the agent has their banners).
+pub const TELNET_DEVICES: &[&str] = &["infusion-pump", "monitor-gateway", "lab-analyser"];
 
 /// One checked document of a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -771,6 +774,31 @@ fn check_decoy(m: DecoyManifest) -> Result<Decoy, (String, String)> {
             return Err((
                 format!("services[{i}].port"),
                 format!("port {} is used twice", s.port),
+            ));
+        }
+        if (s.device.is_some() || s.banner.is_some()) && s.protocol != "telnet" {
+            return Err((
+                format!("services[{i}]"),
+                "device and banner are for telnet services".into(),
+            ));
+        }
+        if let Some(d) = &s.device
+            && !TELNET_DEVICES.contains(&d.as_str())
+        {
+            return Err((
+                format!("services[{i}].device"),
+                format!(
+                    "unknown device {d:?}; expected one of {}",
+                    TELNET_DEVICES.join(", ")
+                ),
+            ));
+        }
+        if let Some(b) = &s.banner
+            && (b.len() > 1024 || b.chars().any(|c| c.is_control() && c != '\n' && c != '\t'))
+        {
+            return Err((
+                format!("services[{i}].banner"),
+                "at most 1,024 characters, no control characters but newlines and tabs".into(),
             ));
         }
         if let Some(d) = &s.refusal_delay {

@@ -52,6 +52,10 @@ pub struct DecoyService {
     pub port: u16,
     /// How long a refused login waits; `None`: the protocol's usual delay.
     pub refusal_delay_ms: Option<u32>,
+    /// Telnet: the device imitated, and a banner of its own (empty: the
+    /// default).
+    pub device: String,
+    pub banner: String,
 }
 
 /// A decoy an agent runs.
@@ -145,6 +149,8 @@ impl DecoySpec {
                     protocol: s.protocol.clone(),
                     port: u32::from(s.port),
                     refusal_delay_ms: s.refusal_delay_ms,
+                    device: s.device.clone(),
+                    banner: s.banner.clone(),
                 })
                 .collect(),
         }
@@ -272,6 +278,8 @@ impl DecoySpec {
                         })?,
                         protocol: s.protocol,
                         refusal_delay_ms: s.refusal_delay_ms,
+                        device: s.device,
+                        banner: s.banner,
                     })
                 })
                 .collect::<Result<_, SpecError>>()?,
@@ -356,6 +364,8 @@ mod tests {
                 protocol: "ssh".into(),
                 port: 22,
                 refusal_delay_ms: Some(300),
+                device: String::new(),
+                banner: "Pump 7\nWard 3".into(),
             }],
         };
         assert_eq!(DecoySpec::decode(&decoy.encode()).expect("decodes"), decoy);

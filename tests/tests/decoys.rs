@@ -34,6 +34,7 @@ struct Ports {
     hl7: u16,
     ftp: u16,
     mysql: u16,
+    telnet: u16,
     scan: u16,
 }
 
@@ -53,7 +54,7 @@ const LURES: usize = 10;
 impl Range {
     async fn start() -> Range {
         let tc = TestController::start().await;
-        let p = free_ports(9);
+        let p = free_ports(10);
         let ports = Ports {
             ssh: p[0],
             http: p[1],
@@ -64,6 +65,7 @@ impl Range {
             ftp: p[6],
             scan: p[7],
             mysql: p[8],
+            telnet: p[9],
         };
         // Roles come from the tokens: an agent's own labels select nothing.
         let ws_token = tc
@@ -80,7 +82,7 @@ impl Range {
         // FTP refuses after 300 ms here: vsftpd's ~3 s would come close
         // to the 4 s connection lifetime this range sets.
         let manifest = format!(
-            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n",
+            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n  - {{protocol: telnet, port: {}, device: lab-analyser, refusal_delay: 300ms}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n",
             ports.ssh,
             ports.http,
             ports.https,
@@ -89,14 +91,15 @@ impl Range {
             ports.hl7,
             ports.ftp,
             ports.scan,
-            ports.mysql
+            ports.mysql,
+            ports.telnet
         );
         tc.apply(&manifest).await;
         ws.wait_lures(LURES, Duration::from_secs(20)).await;
         let reached = matches!(
             tokio::time::timeout(
                 Duration::from_secs(20),
-                decoy.status.wait_for(|s| s.decoy_services == 9),
+                decoy.status.wait_for(|s| s.decoy_services == 10),
             )
             .await,
             Ok(Ok(_))
@@ -733,10 +736,51 @@ async fn mysql_with_the_planted_my_cnf_is_attributed() {
     r.unmatched_login("dba").await;
 }
 
-/// nmap's service detection takes the MySQL decoy for MariaDB.
+/// `telnet`, driven by `expect` as a person types, logs in to the lab
+/// analyser's console with the planted `.netrc` login: its banner and
+/// prompts, `Login incorrect`, and a credential-use naming the lure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nmap_service_detection_names_the_database_decoys() {
-    if !require_tool("nmap_service_detection_names_the_database_decoys", "nmap") {
+async fn telnet_with_a_planted_login_is_attributed() {
+    let test = "telnet_with_a_planted_login_is_attributed";
+    if !(require_tool(test, "telnet") && require_tool(test, "expect")) {
+        return;
+    }
+    let r = Range::start().await;
+    let netrc = r.read(".netrc");
+    let (user, password) = (field(&netrc, "login"), field(&netrc, "password"));
+    let script = format!(
+        "set timeout 10\n\
+         spawn telnet 127.0.0.1 {port}\n\
+         expect \"LabCore LC-2400\" {{}} timeout {{ exit 2 }}\n\
+         expect \"{DECOY} login: \" {{}} timeout {{ exit 3 }}\n\
+         send \"{user}\\r\"\n\
+         expect \"Password: \" {{}} timeout {{ exit 4 }}\n\
+         send \"{password}\\r\"\n\
+         expect \"Login incorrect\" {{}} timeout {{ exit 5 }}\n\
+         expect \"{DECOY} login: \" {{ exit 0 }} timeout {{ exit 6 }} eof {{ exit 7 }}\n",
+        port = r.ports.telnet
+    );
+    let out = run(Command::new("expect").args(["-c", &script]));
+    assert!(
+        out.status.success(),
+        "expect exited {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let e = r.used("telnet").await;
+    r.assert_credential_use(&e, "netrc", "telnet").await;
+    assert_eq!(e.matched_on, "username and password");
+    assert_eq!(e.credential.unwrap().username, user);
+}
+
+/// nmap's service detection takes the MySQL decoy for MariaDB and the
+/// Telnet decoy for BusyBox's telnetd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nmap_service_detection_names_the_mysql_and_telnet_decoys() {
+    if !require_tool(
+        "nmap_service_detection_names_the_mysql_and_telnet_decoys",
+        "nmap",
+    ) {
         return;
     }
     let r = Range::start().await;
@@ -747,17 +791,25 @@ async fn nmap_service_detection_names_the_database_decoys() {
         "--version-intensity",
         "5",
         "-p",
-        &r.ports.mysql.to_string(),
+        &format!("{},{}", r.ports.mysql, r.ports.telnet),
         "127.0.0.1",
     ]));
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&format!("{}/tcp", r.ports.mysql)))
-        .unwrap_or_else(|| panic!("{text}"));
+    let line = |port: u16| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{port}/tcp")))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_owned()
+    };
+    let mysql = line(r.ports.mysql);
     assert!(
-        line.contains("open") && line.contains("mysql") && line.contains("MariaDB"),
-        "{line}"
+        mysql.contains("open") && mysql.contains("mysql") && mysql.contains("MariaDB"),
+        "{mysql}"
+    );
+    let telnet = line(r.ports.telnet);
+    assert!(
+        telnet.contains("open") && telnet.contains("BusyBox telnetd"),
+        "{telnet}"
     );
 }
 

@@ -18,6 +18,7 @@ pub mod ntlm;
 pub mod portscan;
 pub mod smb;
 pub mod ssh;
+pub mod telnet;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -107,6 +108,9 @@ pub struct ServiceCtx {
     /// The decoy's `refusal_delay`, if set; otherwise each protocol waits
     /// as the server it imitates does.
     pub refusal_delay: Option<Duration>,
+    /// What a console-like service (Telnet) shows first: the service's own
+    /// banner or its device's.
+    pub banner: String,
     reporter: mpsc::Sender<AgentEvent>,
     /// Shared with the agent's rate-limited counter (reported in heartbeats).
     lost: Arc<std::sync::atomic::AtomicU64>,
@@ -619,6 +623,7 @@ impl DecoyManager {
             refusal_delay: service
                 .refusal_delay_ms
                 .map(|ms| Duration::from_millis(u64::from(ms.min(10_000)))),
+            banner: telnet::banner(&service.device, &service.banner),
             reporter: self.reporter.clone(),
             lost: self.lost.clone(),
         });
@@ -636,6 +641,7 @@ async fn handler_for(protocol: &str, ctx: &Arc<ServiceCtx>) -> Result<Handler, D
     Ok(match protocol {
         "ftp" => Arc::new(|c| Box::pin(ftp::serve(c))),
         "mysql" => Arc::new(|c| Box::pin(mysql::serve(c))),
+        "telnet" => Arc::new(|c| Box::pin(telnet::serve(c))),
         "hl7" => Arc::new(|c| Box::pin(hl7::serve(c))),
         "portscan" => portscan::handler(),
         "smb" => Arc::new(|c| Box::pin(smb::serve(c))),

@@ -42,6 +42,8 @@ pub fn decoy_spec(decoy: &Decoy) -> DecoySpec {
                 refusal_delay_ms: s
                     .refusal_delay()
                     .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+                device: s.device.clone().unwrap_or_default(),
+                banner: s.banner.clone().unwrap_or_default(),
             })
             .collect(),
     }

@@ -49,16 +49,22 @@ fn decoy() -> Decoy {
                 protocol: "ssh".into(),
                 port: 2222,
                 refusal_delay: None,
+                device: None,
+                banner: None,
             },
             ServiceManifest {
                 protocol: "dicom".into(),
                 port: 104,
                 refusal_delay: None,
+                device: None,
+                banner: None,
             },
             ServiceManifest {
                 protocol: "https".into(),
                 port: 8443,
                 refusal_delay: None,
+                device: None,
+                banner: None,
             },
         ],
     }

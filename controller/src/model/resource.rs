@@ -20,6 +20,14 @@ pub struct ServiceManifest {
     /// default: what the imitated server does. At most 10 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal_delay: Option<String>,
+    /// telnet: the device imitated (`infusion-pump`, the default,
+    /// `monitor-gateway` or `lab-analyser`), which sets the banner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// telnet: a banner of its own instead (up to 1,024 characters, lines
+    /// separated by newlines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub banner: Option<String>,
 }
 
 impl ServiceManifest {

@@ -66,8 +66,20 @@ fn errors_name_document_field_and_reason() {
             "document 1 (Campaign Bad_Name): name: \"Bad_Name\" is not a valid name",
         ),
         (
-            "kind: Decoy\nname: d\nservices: [{protocol: telnet, port: 23}]\n",
-            "services[0].protocol: unknown protocol \"telnet\"",
+            "kind: Decoy\nname: d\nservices: [{protocol: rlogin, port: 513}]\n",
+            "services[0].protocol: unknown protocol \"rlogin\"",
+        ),
+        (
+            "kind: Decoy\nname: d\nservices: [{protocol: telnet, port: 23, device: toaster}]\n",
+            "services[0].device: unknown device \"toaster\"",
+        ),
+        (
+            "kind: Decoy\nname: d\nservices: [{protocol: ssh, port: 22, banner: hi}]\n",
+            "services[0]: device and banner are for telnet services",
+        ),
+        (
+            "kind: Decoy\nname: d\nservices: [{protocol: telnet, port: 23, banner: \"a\\u0007b\"}]\n",
+            "services[0].banner: contains a bidirectional, invisible or control character",
         ),
         (
             "kind: Decoy\nname: d\nservices: [{protocol: ftp, port: 21, refusal_delay: 1m}]\n",
@@ -180,4 +192,19 @@ fn text_that_displays_as_something_else_is_refused() {
     // Line breaks in a description are text, not spoofing.
     let multiline = "kind: Campaign\nname: c\ndescription: |\n  two\n  lines\nselector: {site: icu}\nlures:\n  - {template: pgpass}\n";
     assert!(parse(multiline).is_ok());
+}
+
+#[test]
+fn a_telnet_banner_may_have_lines() {
+    let docs = parse(
+        "kind: Decoy\nname: d\nservices:\n  - protocol: telnet\n    port: 23\n    banner: \"MedCab XT\\nService access only\"\n",
+    )
+    .unwrap();
+    let Document::Decoy(d) = &docs[0].doc else {
+        panic!("{docs:?}")
+    };
+    assert_eq!(
+        d.services[0].banner.as_deref(),
+        Some("MedCab XT\nService access only")
+    );
 }
