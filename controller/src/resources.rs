@@ -215,7 +215,17 @@ pub struct SuppressionManifest {
 
 /// Decoy protocols (DESIGN §4).
 pub const PROTOCOLS: &[&str] = &[
-    "ssh", "http", "https", "smb", "dicom", "hl7", "ftp", "mysql", "telnet", "portscan",
+    "ssh",
+    "http",
+    "https",
+    "smb",
+    "dicom",
+    "hl7",
+    "ftp",
+    "mysql",
+    "telnet",
+    "kube-apiserver",
+    "portscan",
 ];
 
 /// The devices a Telnet decoy imitates (the agent has their banners).

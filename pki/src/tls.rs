@@ -253,6 +253,22 @@ pub fn plain_server_config(
     Ok(Arc::new(config))
 }
 
+/// A server for a decoy that imitates a public server (HTTPS, a
+/// Kubernetes API): TLS 1.2 and 1.3, as the real ones accept, so a
+/// scanner's TLS 1.2 probe is answered rather than refused. Ruse's own
+/// connections stay TLS 1.3 only.
+pub fn decoy_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn client_builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>, PkiError>
 {
     Ok(ClientConfig::builder_with_provider(provider())

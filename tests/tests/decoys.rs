@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use ruse_agent::decoys::Limits;
 use ruse_e2e::{TestAgent, TestController, free_ports, pb, planted_files, require_tool};
 
 const DECOY: &str = "pacs-archive02";
@@ -35,6 +36,7 @@ struct Ports {
     ftp: u16,
     mysql: u16,
     telnet: u16,
+    kube: u16,
     scan: u16,
 }
 
@@ -53,8 +55,17 @@ const LURES: usize = 10;
 
 impl Range {
     async fn start() -> Range {
+        Self::start_with(Limits {
+            read_timeout: Duration::from_secs(1),
+            lifetime: Duration::from_secs(4),
+        })
+        .await
+    }
+
+    /// With the decoy agent's connection `limits`.
+    async fn start_with(limits: Limits) -> Range {
         let tc = TestController::start().await;
-        let p = free_ports(10);
+        let p = free_ports(11);
         let ports = Ports {
             ssh: p[0],
             http: p[1],
@@ -66,6 +77,7 @@ impl Range {
             scan: p[7],
             mysql: p[8],
             telnet: p[9],
+            kube: p[10],
         };
         // Roles come from the tokens: an agent's own labels select nothing.
         let ws_token = tc
@@ -74,15 +86,14 @@ impl Range {
         let decoy_token = tc.token("role=decoy", 1, Duration::from_secs(600)).await;
         let mut ws = tc.spawn_agent(tc.agent_config("ws", &ws_token, ""));
         let mut config = tc.agent_config("decoyhost", &decoy_token, "");
-        config.decoy_limits.read_timeout = Duration::from_secs(1);
-        config.decoy_limits.lifetime = Duration::from_secs(4);
+        config.decoy_limits = limits;
         let mut decoy = tc.spawn_agent(config);
         let ws_id = ws.connected().await;
         let decoy_id = decoy.connected().await;
         // FTP refuses after 300 ms here: vsftpd's ~3 s would come close
         // to the 4 s connection lifetime this range sets.
         let manifest = format!(
-            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n  - {{protocol: telnet, port: {}, device: lab-analyser, refusal_delay: 300ms}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n",
+            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n  - {{protocol: telnet, port: {}, device: lab-analyser, refusal_delay: 300ms}}\n  - {{protocol: kube-apiserver, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n",
             ports.ssh,
             ports.http,
             ports.https,
@@ -92,14 +103,15 @@ impl Range {
             ports.ftp,
             ports.scan,
             ports.mysql,
-            ports.telnet
+            ports.telnet,
+            ports.kube
         );
         tc.apply(&manifest).await;
         ws.wait_lures(LURES, Duration::from_secs(20)).await;
         let reached = matches!(
             tokio::time::timeout(
                 Duration::from_secs(20),
-                decoy.status.wait_for(|s| s.decoy_services == 10),
+                decoy.status.wait_for(|s| s.decoy_services == 11),
             )
             .await,
             Ok(Ok(_))
@@ -773,6 +785,53 @@ async fn telnet_with_a_planted_login_is_attributed() {
     assert_eq!(e.credential.unwrap().username, user);
 }
 
+/// `kubectl` with the planted kubeconfig, which names the decoy's
+/// Kubernetes API: the token is refused as a real API server refuses it
+/// and attributed to the workstation; anonymous requests get the version
+/// and `403 Forbidden` as `system:anonymous`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_with_the_planted_kubeconfig_is_attributed() {
+    if !require_tool("kubectl_with_the_planted_kubeconfig", "kubectl") {
+        return;
+    }
+    let r = Range::start().await;
+    let path = planted_files(&r.home().join(".kube")).remove(0);
+    let kube = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        kube.contains(&format!("server: https://127.0.0.1:{}", r.ports.kube)),
+        "{kube}"
+    );
+    let out = run(Command::new("kubectl")
+        .env("HOME", r.home())
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(["get", "pods", "--request-timeout=5s"]));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("You must be logged in to the server"),
+        "{stderr}"
+    );
+    let e = r.used("kube-apiserver").await;
+    r.assert_credential_use(&e, "kubeconfig", "kube-apiserver")
+        .await;
+    assert_eq!(e.matched_on, "token");
+    let c = e.credential.unwrap();
+    assert!(c.client.starts_with("kubectl"), "the client named: {c:?}");
+
+    let base = format!("https://127.0.0.1:{}", r.ports.kube);
+    let (body, code) = curl(&["-k", &format!("{base}/version")]);
+    assert_eq!(code, "200");
+    let version: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(version["gitVersion"].as_str().unwrap().starts_with("v1."));
+    let (body, code) = curl(&["-k", &format!("{base}/api/v1/secrets")]);
+    assert_eq!(code, "403");
+    assert!(
+        body.contains(r#"User \"system:anonymous\" cannot get path \"/api/v1/secrets\""#),
+        "{body}"
+    );
+}
+
 /// nmap's service detection takes the MySQL decoy for MariaDB and the
 /// Telnet decoy for BusyBox's telnetd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,7 +842,9 @@ async fn nmap_service_detection_names_the_mysql_and_telnet_decoys() {
     ) {
         return;
     }
-    let r = Range::start().await;
+    // A decoy's usual patience: nmap waits 6 s for a banner before its
+    // TLS probes, longer than the range's 1 s read timeout.
+    let r = Range::start_with(Limits::default()).await;
     let out = run(Command::new("nmap").args([
         "-sV",
         "-Pn",
@@ -791,7 +852,7 @@ async fn nmap_service_detection_names_the_mysql_and_telnet_decoys() {
         "--version-intensity",
         "5",
         "-p",
-        &format!("{},{}", r.ports.mysql, r.ports.telnet),
+        &format!("{},{},{}", r.ports.mysql, r.ports.telnet, r.ports.kube),
         "127.0.0.1",
     ]));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -806,6 +867,8 @@ async fn nmap_service_detection_names_the_mysql_and_telnet_decoys() {
         mysql.contains("open") && mysql.contains("mysql") && mysql.contains("MariaDB"),
         "{mysql}"
     );
+    let kube = line(r.ports.kube);
+    assert!(kube.contains("open") && kube.contains("ssl/"), "{kube}");
     let telnet = line(r.ports.telnet);
     assert!(
         telnet.contains("open") && telnet.contains("BusyBox telnetd"),

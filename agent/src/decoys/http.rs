@@ -426,14 +426,14 @@ fn keep_alive(req: &Request<Incoming>, http10: bool) -> bool {
 }
 
 /// A stream that first yields bytes already read from it.
-struct Rewind<I> {
+pub(super) struct Rewind<I> {
     read: Vec<u8>,
     at: usize,
     inner: I,
 }
 
 impl<I> Rewind<I> {
-    fn new(read: Vec<u8>, inner: I) -> Self {
+    pub(super) fn new(read: Vec<u8>, inner: I) -> Self {
         Rewind { read, at: 0, inner }
     }
 }
@@ -579,7 +579,7 @@ pub fn handler(ctx: &Arc<ServiceCtx>, tls: bool) -> Result<Handler, DecoyError> 
     }))
 }
 
-fn tls_config(ctx: &ServiceCtx) -> Result<Arc<rustls::ServerConfig>, DecoyError> {
+pub(super) fn tls_config(ctx: &ServiceCtx) -> Result<Arc<rustls::ServerConfig>, DecoyError> {
     let path = ctx
         .dir
         .join(format!("{}-https-{}.pem", ctx.decoy, ctx.port));
@@ -605,7 +605,7 @@ fn tls_config(ctx: &ServiceCtx) -> Result<Arc<rustls::ServerConfig>, DecoyError>
             (vec![cert], key)
         }
     };
-    ruse_pki::plain_server_config(chain, key.to_der()).map_err(|e| DecoyError::Setup(e.to_string()))
+    ruse_pki::decoy_server_config(chain, key.to_der()).map_err(|e| DecoyError::Setup(e.to_string()))
 }
 
 #[cfg(test)]

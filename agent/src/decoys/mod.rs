@@ -13,6 +13,7 @@ pub mod dicom;
 pub mod ftp;
 pub mod hl7;
 pub mod http;
+pub mod kube;
 pub mod mysql;
 pub mod ntlm;
 pub mod portscan;
@@ -648,6 +649,7 @@ async fn handler_for(protocol: &str, ctx: &Arc<ServiceCtx>) -> Result<Handler, D
         "dicom" => Arc::new(|c| Box::pin(dicom::serve(c))),
         "http" => http::handler(ctx, false)?,
         "https" => http::handler(ctx, true)?,
+        "kube-apiserver" => kube::handler(ctx)?,
         "ssh" => ssh::handler(ctx).await?,
         other => return Err(DecoyError::Spec(format!("unknown protocol {other:?}"))),
     })

@@ -504,8 +504,13 @@ impl Renderer<'_> {
                 self.block(self.file_path("~/.netrc"), entry, 0o600, readers::NETRC);
             }
             Template::Kubeconfig => {
+                // The decoy's Kubernetes API if it runs one, else its HTTPS.
+                let protocol = match self.input.decoy {
+                    Some(d) if d.port("kube-apiserver").is_some() => "kube-apiserver",
+                    _ => "https",
+                };
                 let (_, host, port) = self
-                    .decoy("https", 6443)
+                    .decoy(protocol, 6443)
                     .unwrap_or_else(|| ("".into(), "k8s-imaging.internal".into(), 6443));
                 let cluster = self.param("cluster").unwrap_or("imaging-prod").to_owned();
                 let user = self.m().username.clone();
