@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use ruse_proto::types::{UnixMs, random_bytes};
+use ruse_proto::types::{UnixMs, uuid4};
 
 use crate::model::Incident;
 
@@ -53,23 +53,6 @@ pub fn technique_tactic(id: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// A random (version 4) UUID.
-fn uuid() -> String {
-    let mut b = [0u8; 16];
-    random_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = ruse_proto::types::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 fn time(t: UnixMs) -> String {
     // STIX timestamps: RFC 3339, UTC, with milliseconds.
     let s = t.rfc3339();
@@ -95,7 +78,7 @@ pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs, sharing: Shar
     let redacted = sharing == Sharing::Redacted;
     let created = time(now);
     let common = |kind: &str| -> (String, Value) {
-        let id = format!("{kind}--{}", uuid());
+        let id = format!("{kind}--{}", uuid4());
         (
             id.clone(),
             json!({"type": kind, "spec_version": "2.1", "id": id, "created": created, "modified": created}),
@@ -219,7 +202,7 @@ pub fn bundle(incidents: &[Incident], producer: &str, now: UnixMs, sharing: Shar
             objects.push(r);
         }
     }
-    json!({"type": "bundle", "id": format!("bundle--{}", uuid()), "objects": objects})
+    json!({"type": "bundle", "id": format!("bundle--{}", uuid4()), "objects": objects})
 }
 
 /// A title without internal names: the strongest rule and the decoy kinds.

@@ -677,6 +677,24 @@ pub mod duration_str {
     }
 }
 
+/// A random (version 4) UUID in its usual text form: STIX ids, Splunk
+/// HEC channels, Kubernetes audit ids.
+pub fn uuid4() -> String {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 /// Fills `buf` from the operating system's secure random source.
 pub fn random_bytes(buf: &mut [u8]) {
     use ring::rand::SecureRandom;

@@ -333,26 +333,13 @@ async fn serve_io<I>(mut io: I, ctx: Arc<ServiceCtx>, peer: std::net::SocketAddr
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let read_timeout = ctx.limits.read_timeout;
     // The request line first: one nginx would refuse gets nginx's 400
     // (hyper's own answer to garbage would give the decoy away).
-    let mut first = Vec::with_capacity(512);
-    let line_read = tokio::time::timeout(read_timeout, async {
-        let mut chunk = [0u8; 512];
-        while !first.contains(&b'\n') && first.len() < 8 << 10 {
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            first.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if first.is_empty() || !matches!(line_read, Ok(Ok(()))) {
+    let Some(mut first) = first_line(&mut io, read_timeout).await else {
         return;
-    }
+    };
     let line = first.split(|b| *b == b'\n').next().unwrap_or_default();
     if !request_line_ok(line) {
         let body = nginx_page(StatusCode::BAD_REQUEST);
@@ -407,6 +394,58 @@ where
         .title_case_headers(true)
         .serve_connection(TokioIo::new(Rewind::new(first, io)), service)
         .await;
+}
+
+/// What a client sent up to the end of its first line (and what came with
+/// it), read within `timeout`: `None` if it sent nothing, or the read
+/// failed or timed out. At most 8 KiB are read looking for the line.
+pub(super) async fn first_line<I>(io: &mut I, timeout: Duration) -> Option<Vec<u8>>
+where
+    I: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut first = Vec::with_capacity(512);
+    let read = tokio::time::timeout(timeout, async {
+        let mut chunk = [0u8; 512];
+        while !first.contains(&b'\n') && first.len() < 8 << 10 {
+            let n = io.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            first.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    (!first.is_empty() && matches!(read, Ok(Ok(())))).then_some(first)
+}
+
+/// The TLS side of a decoy connection, or `None` (reported) when the
+/// handshake does not complete within the read timeout.
+pub(super) async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    conn: Conn,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Arc<ServiceCtx>,
+    std::net::SocketAddr,
+)> {
+    let Conn {
+        stream, peer, ctx, ..
+    } = conn;
+    match tokio::time::timeout(ctx.limits.read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some((tls, ctx, peer)),
+        _ => {
+            ctx.report(
+                peer,
+                "decoy-connection",
+                None,
+                "TLS handshake did not complete".into(),
+            )
+            .await;
+            None
+        }
+    }
 }
 
 /// Whether the connection stays open after this request (HTTP/1.1 unless
@@ -560,20 +599,8 @@ pub fn handler(ctx: &Arc<ServiceCtx>, tls: bool) -> Result<Handler, DecoyError> 
     Ok(Arc::new(move |conn: Conn| {
         let acceptor = acceptor.clone();
         Box::pin(async move {
-            let Conn {
-                stream, peer, ctx, ..
-            } = conn;
-            match tokio::time::timeout(ctx.limits.read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_io(tls, ctx, peer).await,
-                _ => {
-                    ctx.report(
-                        peer,
-                        "decoy-connection",
-                        None,
-                        "TLS handshake did not complete".into(),
-                    )
-                    .await
-                }
+            if let Some((tls, ctx, peer)) = accept_tls(&acceptor, conn).await {
+                serve_io(tls, ctx, peer).await;
             }
         })
     }))

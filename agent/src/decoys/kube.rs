@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use ruse_proto::convert::PresentedCredential;
 
-use super::http::{Rewind, authorization, tls_config};
+use super::http::{Rewind, accept_tls, authorization, first_line, tls_config};
 use super::{Conn, DecoyError, Handler, ServiceCtx};
 
 /// The Kubernetes version the decoy claims.
@@ -120,29 +120,12 @@ fn version() -> String {
     .unwrap_or_default()
 }
 
-/// A request id as kube-apiserver's `Audit-Id`: a random UUID.
-fn audit_id() -> String {
-    let mut b = [0u8; 16];
-    ruse_proto::types::random_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = ruse_proto::types::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
-}
-
 fn response(code: StatusCode, body: String) -> Response<Full<Bytes>> {
     let json = body.starts_with('{');
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = code;
     let h = r.headers_mut();
-    if let Ok(id) = HeaderValue::from_str(&audit_id()) {
+    if let Ok(id) = HeaderValue::from_str(&ruse_proto::types::uuid4()) {
         h.insert("audit-id", id);
     }
     h.insert(
@@ -163,7 +146,7 @@ fn response(code: StatusCode, body: String) -> Response<Full<Bytes>> {
             "x-kubernetes-pf-flowschema-uid",
             "x-kubernetes-pf-prioritylevel-uid",
         ] {
-            if let Ok(v) = HeaderValue::from_str(&audit_id()) {
+            if let Ok(v) = HeaderValue::from_str(&ruse_proto::types::uuid4()) {
                 h.insert(name, v);
             }
         }
@@ -232,47 +215,17 @@ pub fn handler(ctx: &Arc<ServiceCtx>) -> Result<Handler, DecoyError> {
     Ok(Arc::new(move |conn: Conn| {
         let acceptor = acceptor.clone();
         Box::pin(async move {
-            let Conn {
-                stream, peer, ctx, ..
-            } = conn;
-            let tls = match tokio::time::timeout(ctx.limits.read_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                _ => {
-                    ctx.report(
-                        peer,
-                        "decoy-connection",
-                        None,
-                        "TLS handshake did not complete".into(),
-                    )
-                    .await;
-                    return;
-                }
+            let Some((mut tls, ctx, peer)) = accept_tls(&acceptor, conn).await else {
+                return;
             };
             let read_timeout = ctx.limits.read_timeout;
             // The request line first: one Go would not parse gets Go's own
             // 400 (hyper's would tell a scanner it is not Go).
-            let mut tls = tls;
-            let mut first = Vec::with_capacity(512);
-            let read = tokio::time::timeout(read_timeout, async {
-                use tokio::io::AsyncReadExt;
-                let mut chunk = [0u8; 512];
-                while !first.contains(&b'\n') && first.len() < 8 << 10 {
-                    let n = tls.read(&mut chunk).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    first.extend_from_slice(&chunk[..n]);
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if first.is_empty() || !matches!(read, Ok(Ok(()))) {
+            let Some(first) = first_line(&mut tls, read_timeout).await else {
                 ctx.report(peer, "decoy-connection", None, "TLS, then nothing".into())
                     .await;
                 return;
-            }
+            };
             let line = first.split(|b| *b == b'\n').next().unwrap_or_default();
             if !first.contains(&b'\n') || !go_request_line_ok(line) {
                 use tokio::io::AsyncWriteExt;
@@ -360,6 +313,6 @@ mod tests {
             body,
             "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"Unauthorized\",\"reason\":\"Unauthorized\",\"code\":401}\n"
         );
-        assert_eq!(audit_id().len(), 36);
+        assert_eq!(ruse_proto::types::uuid4().len(), 36);
     }
 }

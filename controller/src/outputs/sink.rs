@@ -93,7 +93,8 @@ impl Sink {
             hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_owned())
                 .unwrap_or_default(),
-            channel: guid(),
+            // HEC channels are named by GUIDs.
+            channel: ruse_proto::types::uuid4(),
             output,
             wake: Notify::new(),
             failures: AtomicU64::new(0),
@@ -772,19 +773,4 @@ fn hec_error(url: &hyper::Uri, status: hyper::StatusCode, reply: &serde_json::Va
         }
         _ => format!("{} answered {status}", origin(url)),
     }
-}
-
-/// A random GUID, as HEC channels are named.
-fn guid() -> String {
-    let mut b = [0u8; 16];
-    ruse_proto::types::random_bytes(&mut b);
-    let h = ruse_proto::types::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }

@@ -21,42 +21,41 @@ fn raw_events_go_only_where_they_have_a_form() {
         ..more
     };
     let url = || Some("http://127.0.0.1:9".to_owned());
-    let syslog = with_events(
-        "syslog",
-        OutputConfig {
-            address: Some("127.0.0.1:514".into()),
-            ..OutputConfig::default()
-        },
-    );
-    assert!(
-        check(&syslog)
-            .unwrap_err()
-            .to_string()
-            .contains("not to syslog")
-    );
-    let slack = with_events(
-        "webhook",
-        OutputConfig {
-            url: url(),
-            format: Some("slack".into()),
-            ..OutputConfig::default()
-        },
-    );
-    assert!(
-        check(&slack)
-            .unwrap_err()
-            .to_string()
-            .contains("chat, PagerDuty or template")
-    );
-    let ocsf = with_events(
-        "webhook",
-        OutputConfig {
-            url: url(),
-            format: Some("ocsf".into()),
-            ..OutputConfig::default()
-        },
-    );
-    assert!(check(&ocsf).unwrap().events);
+    // (type, address, url, format): refused with this, or taken.
+    for (kind, address, url, format, refused) in [
+        (
+            "syslog",
+            Some("127.0.0.1:514"),
+            None,
+            None,
+            Some("not to syslog"),
+        ),
+        (
+            "webhook",
+            None,
+            url(),
+            Some("slack"),
+            Some("chat, PagerDuty or template"),
+        ),
+        ("webhook", None, url(), Some("ocsf"), None),
+        ("file", None, None, Some("ecs"), None),
+    ] {
+        let o = with_events(
+            kind,
+            OutputConfig {
+                address: address.map(str::to_owned),
+                url,
+                format: format.map(str::to_owned),
+                path: Some("/tmp/x".into()),
+                ..OutputConfig::default()
+            },
+        );
+        match (check(&o), refused) {
+            (Err(e), Some(why)) => assert!(e.to_string().contains(why), "{e}"),
+            (Ok(out), None) => assert!(out.events),
+            (other, _) => panic!("{kind} {format:?}: {other:?}"),
+        }
+    }
     let es = |events_index: Option<&str>, events: bool| OutputConfig {
         events: Some(events),
         events_index: events_index.map(str::to_owned),
