@@ -40,6 +40,7 @@ DEBIAN=(
     # Real clients of the database decoys, and nmap's service detection
     # that must take each decoy for the real server (tests/tests/decoys.rs).
     mysql:mariadb-client
+    tsql:freetds-bin
     nmap:nmap
     # An endpoint whose clock is years off (tests/tests/faults.rs).
     faketime:faketime

@@ -37,6 +37,7 @@ struct Ports {
     mysql: u16,
     telnet: u16,
     kube: u16,
+    mssql: u16,
     scan: u16,
 }
 
@@ -51,7 +52,7 @@ struct Range {
     ports: Ports,
 }
 
-const LURES: usize = 10;
+const LURES: usize = 11;
 
 impl Range {
     async fn start() -> Range {
@@ -65,7 +66,7 @@ impl Range {
     /// With the decoy agent's connection `limits`.
     async fn start_with(limits: Limits) -> Range {
         let tc = TestController::start().await;
-        let p = free_ports(11);
+        let p = free_ports(12);
         let ports = Ports {
             ssh: p[0],
             http: p[1],
@@ -78,6 +79,7 @@ impl Range {
             mysql: p[8],
             telnet: p[9],
             kube: p[10],
+            mssql: p[11],
         };
         // Roles come from the tokens: an agent's own labels select nothing.
         let ws_token = tc
@@ -93,7 +95,7 @@ impl Range {
         // FTP refuses after 300 ms here: vsftpd's ~3 s would come close
         // to the 4 s connection lifetime this range sets.
         let manifest = format!(
-            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n  - {{protocol: telnet, port: {}, device: lab-analyser, refusal_delay: 300ms}}\n  - {{protocol: kube-apiserver, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n",
+            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n  - {{protocol: telnet, port: {}, device: lab-analyser, refusal_delay: 300ms}}\n  - {{protocol: kube-apiserver, port: {}}}\n  - {{protocol: mssql, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n  - {{template: mssql-connection, decoy: {DECOY}, params: {{app: lab-interface}}}}\n",
             ports.ssh,
             ports.http,
             ports.https,
@@ -104,14 +106,15 @@ impl Range {
             ports.scan,
             ports.mysql,
             ports.telnet,
-            ports.kube
+            ports.kube,
+            ports.mssql
         );
         tc.apply(&manifest).await;
         ws.wait_lures(LURES, Duration::from_secs(20)).await;
         let reached = matches!(
             tokio::time::timeout(
                 Duration::from_secs(20),
-                decoy.status.wait_for(|s| s.decoy_services == 11),
+                decoy.status.wait_for(|s| s.decoy_services == 12),
             )
             .await,
             Ok(Ok(_))
@@ -832,48 +835,113 @@ async fn kubectl_with_the_planted_kubeconfig_is_attributed() {
     );
 }
 
-/// nmap's service detection takes the MySQL decoy for MariaDB and the
-/// Telnet decoy for BusyBox's telnetd.
+/// FreeTDS's `tsql` with the SQL login from the planted `appsettings.json`
+/// connection string: SQL Server's error 18456 shown to the client, the
+/// password revealed from TDS's hiding and matched, the workstation and
+/// application named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nmap_service_detection_names_the_mysql_and_telnet_decoys() {
-    if !require_tool(
-        "nmap_service_detection_names_the_mysql_and_telnet_decoys",
-        "nmap",
-    ) {
+async fn tsql_with_the_planted_connection_string_is_attributed() {
+    if !require_tool("tsql_with_the_planted_connection_string", "tsql") {
+        return;
+    }
+    let r = Range::start().await;
+    let settings: serde_json::Value =
+        serde_json::from_str(&r.read("projects/lab-interface/appsettings.json")).unwrap();
+    let connection = settings["ConnectionStrings"]["Reporting"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let part = |key: &str| {
+        connection
+            .split(';')
+            .find_map(|p| p.strip_prefix(&format!("{key}=")))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        part("Server"),
+        format!("tcp:127.0.0.1,{}", r.ports.mssql),
+        "{connection}"
+    );
+    let (user, password) = (part("User Id"), part("Password"));
+    assert!(r.read(".odbc.ini").contains(&format!("UID = {user}")));
+    let out = run(Command::new("tsql")
+        .args([
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &r.ports.mssql.to_string(),
+            "-U",
+            &user,
+            "-P",
+            &password,
+        ])
+        .stdin(std::process::Stdio::null()));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!("Login failed for user '{user}'.")) && text.contains("18456"),
+        "{text}"
+    );
+    let e = r.used("mssql").await;
+    r.assert_credential_use(&e, "mssql-connection", "mssql")
+        .await;
+    assert_eq!(e.matched_on, "username and password");
+    let c = e.credential.unwrap();
+    assert_eq!(c.username, user);
+    assert!(c.client.contains("TSQL"), "{c:?}");
+    assert!(!c.workstation.is_empty(), "{c:?}");
+}
+
+/// nmap's service detection names the new decoys as the servers they
+/// imitate: MariaDB, BusyBox's telnetd, SQL Server 2019; the Kubernetes
+/// API as TLS (see docs/security.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nmap_service_detection_names_the_new_decoys() {
+    if !require_tool("nmap_service_detection_names_the_new_decoys", "nmap") {
         return;
     }
     // A decoy's usual patience: nmap waits 6 s for a banner before its
     // TLS probes, longer than the range's 1 s read timeout.
     let r = Range::start_with(Limits::default()).await;
-    let out = run(Command::new("nmap").args([
-        "-sV",
-        "-Pn",
-        "-n",
-        "--version-intensity",
+    // Two scans at once: SQL Server's probe is rare (7) off port 1433, and
+    // at that intensity the TLS port alone would take a minute and a half.
+    let scan = |ports: String, intensity: &'static str| {
+        std::thread::spawn(move || {
+            let out = run(Command::new("nmap").args([
+                "-sV",
+                "-Pn",
+                "-n",
+                "--version-intensity",
+                intensity,
+                "-p",
+                &ports,
+                "127.0.0.1",
+            ]));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let common = scan(
+        format!("{},{},{}", r.ports.mysql, r.ports.telnet, r.ports.kube),
         "5",
-        "-p",
-        &format!("{},{},{}", r.ports.mysql, r.ports.telnet, r.ports.kube),
-        "127.0.0.1",
-    ]));
-    let text = String::from_utf8_lossy(&out.stdout);
+    );
+    let rare = scan(r.ports.mssql.to_string(), "7");
+    let text = common.join().unwrap() + &rare.join().unwrap();
     let line = |port: u16| {
         text.lines()
             .find(|l| l.starts_with(&format!("{port}/tcp")))
             .unwrap_or_else(|| panic!("{text}"))
             .to_owned()
     };
-    let mysql = line(r.ports.mysql);
-    assert!(
-        mysql.contains("open") && mysql.contains("mysql") && mysql.contains("MariaDB"),
-        "{mysql}"
-    );
-    let kube = line(r.ports.kube);
-    assert!(kube.contains("open") && kube.contains("ssl/"), "{kube}");
-    let telnet = line(r.ports.telnet);
-    assert!(
-        telnet.contains("open") && telnet.contains("BusyBox telnetd"),
-        "{telnet}"
-    );
+    for (port, expected) in [
+        (r.ports.mysql, "MySQL 5.5.5-10.11.19-MariaDB"),
+        (r.ports.telnet, "BusyBox telnetd"),
+        (r.ports.kube, "ssl/"),
+        (r.ports.mssql, "Microsoft SQL Server 2019"),
+    ] {
+        let l = line(port);
+        assert!(l.contains("open") && l.contains(expected), "{l}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ pub mod ftp;
 pub mod hl7;
 pub mod http;
 pub mod kube;
+pub mod mssql;
 pub mod mysql;
 pub mod ntlm;
 pub mod portscan;
@@ -642,6 +643,7 @@ async fn handler_for(protocol: &str, ctx: &Arc<ServiceCtx>) -> Result<Handler, D
     Ok(match protocol {
         "ftp" => Arc::new(|c| Box::pin(ftp::serve(c))),
         "mysql" => Arc::new(|c| Box::pin(mysql::serve(c))),
+        "mssql" => Arc::new(|c| Box::pin(mssql::serve(c))),
         "telnet" => Arc::new(|c| Box::pin(telnet::serve(c))),
         "hl7" => Arc::new(|c| Box::pin(hl7::serve(c))),
         "portscan" => portscan::handler(),

@@ -9,8 +9,10 @@
 //!   material, the campaign's lure slot and the decoy, so a lure can be
 //!   rendered again at any time and gives the same bytes.
 
+mod databases;
 mod dicom;
 pub mod fake;
+pub mod readers;
 mod xlsx;
 
 use std::time::Duration;
@@ -180,6 +182,11 @@ impl Material {
                         secret_string(UPPER_ALNUM, MATCHED_TAIL)
                     );
                 }
+            }
+            Template::MssqlConnection => {
+                const USERS: &[&str] = &["ehr_app", "svc_reporting", "lab_sync", "pharm_app"];
+                m.username = format!("{}_{tail}", rng.pick(USERS));
+                m.password = password(&mut rng);
             }
             Template::MysqlCredentials => {
                 const USERS: &[&str] = &["lis_app", "lis_ro", "pharm_ro", "lab_etl", "ris_report"];
@@ -450,48 +457,7 @@ impl Renderer<'_> {
                 );
                 self.block(self.file_path("~/.pgpass"), line, 0o600, readers::PGPASS);
             }
-            Template::MysqlCredentials => {
-                let (_, host, port) = self
-                    .decoy("mysql", 3306)
-                    .unwrap_or_else(|| ("".into(), "lis-db01".into(), 3306));
-                let db = self.param("database").unwrap_or("lis").to_owned();
-                let mut cnf = format!(
-                    "[client]\nuser = {}\npassword = {}\nhost = {host}\n",
-                    self.m().username,
-                    self.m().password
-                );
-                if port != 3306 {
-                    cnf.push_str(&format!("port = {port}\n"));
-                }
-                cnf.push_str(&format!("\n[mysql]\ndatabase = {db}\n"));
-                self.block("~/.my.cnf".into(), cnf, 0o600, readers::MYSQL);
-                let date = self.date();
-                let dump = format!(
-                    "-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB, for debian-linux-gnu (x86_64)\n\
-                     --\n\
-                     -- Host: {host}    Database: {db}\n\
-                     -- ------------------------------------------------------\n\
-                     -- Server version\t10.11.19-MariaDB-0+deb12u1\n\n\
-                     /*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */;\n\
-                     /*!40101 SET NAMES utf8mb4 */;\n\
-                     /*!40103 SET @OLD_TIME_ZONE=@@TIME_ZONE */;\n\
-                     /*!40103 SET TIME_ZONE='+00:00' */;\n\n\
-                     --\n-- Table structure for table `results`\n--\n\n\
-                     DROP TABLE IF EXISTS `results`;\n\
-                     CREATE TABLE `results` (\n\
-                     \x20 `id` bigint(20) NOT NULL AUTO_INCREMENT,\n\
-                     \x20 `accession` varchar(32) NOT NULL,\n\
-                     \x20 `mrn` varchar(16) NOT NULL,\n\
-                     \x20 `test_code` varchar(16) NOT NULL,\n\
-                     \x20 `value` varchar(64) DEFAULT NULL,\n\
-                     \x20 `resulted_at` datetime NOT NULL,\n\
-                     \x20 PRIMARY KEY (`id`)\n\
-                     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci;\n\n\
-                     -- Dump completed on {date}  2:14:07\n"
-                );
-                let path = self.dir_file("~/backups", format!("{db}-{date}.sql"));
-                self.whole(path, dump.into_bytes(), 0o600);
-            }
+            Template::MysqlCredentials => self.mysql_credentials(),
             Template::Netrc => {
                 let (_, host, _) = self
                     .decoy("ftp", 21)
@@ -524,6 +490,7 @@ impl Renderer<'_> {
                     0o600,
                 );
             }
+            Template::MssqlConnection => self.mssql_connection()?,
             Template::EnvFile => {
                 let (_, host, port) = self
                     .decoy("https", 443)
@@ -771,71 +738,6 @@ impl Renderer<'_> {
         }
         Ok(())
     }
-}
-
-/// Who reads each shared file a block lure goes into as a matter of
-/// course (executable file names). Their reads are recorded, not raised:
-/// for these files the evidence is the use of the credential at a decoy,
-/// or a read by anything else (`cat`, `grep -r`, a script, a dumper).
-/// docs/lures.md lists them per template.
-pub mod readers {
-    /// ~/.ssh/config: read by every ssh invocation, whatever the host.
-    pub const SSH_CONFIG: &[&str] = &["ssh", "scp", "sftp", "sshfs", "autossh"];
-    /// ~/.aws/credentials: the AWS CLI and tools built on its profiles.
-    pub const AWS: &[&str] = &["aws", "aws_completer", "terraform", "aws-vault"];
-    /// ~/.pgpass: libpq's own programs.
-    pub const PGPASS: &[&str] = &[
-        "psql",
-        "pg_dump",
-        "pg_dumpall",
-        "pg_restore",
-        "pg_basebackup",
-        "pg_isready",
-        "pgbench",
-        "createdb",
-        "dropdb",
-        "createuser",
-        "dropuser",
-        "vacuumdb",
-        "reindexdb",
-        "clusterdb",
-    ];
-    /// ~/.my.cnf: the MySQL and MariaDB clients and tools.
-    pub const MYSQL: &[&str] = &[
-        "mysql",
-        "mariadb",
-        "mysqldump",
-        "mariadb-dump",
-        "mysqladmin",
-        "mariadb-admin",
-        "mysqlcheck",
-        "mariadb-check",
-        "mysqlimport",
-        "mariadb-import",
-        "mysqlshow",
-        "mariadb-show",
-        "mysqlpump",
-        "mysqlsh",
-    ];
-    /// ~/.netrc: curl, wget, FTP clients and git's HTTP transport.
-    pub const NETRC: &[&str] = &[
-        "curl",
-        "wget",
-        "ftp",
-        "lftp",
-        "ncftp",
-        "git",
-        "git-remote-http",
-        "git-remote-https",
-        "git-remote-ftp",
-        "git-remote-ftps",
-        "fetchmail",
-        "mutt",
-        "neomutt",
-    ];
-    /// Files everything reads (/etc/hosts: every name lookup; GTK
-    /// bookmarks: every file dialog).
-    pub const EVERY: &[&str] = &["*"];
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub const PROTOCOLS: &[&str] = &[
     "hl7",
     "ftp",
     "mysql",
+    "mssql",
     "telnet",
     "kube-apiserver",
     "portscan",
