@@ -261,8 +261,23 @@ pub fn decoy_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<ServerConfig>, PkiError> {
+    decoy_server_config_of(chain, key, true)
+}
+
+/// A decoy server with TLS 1.2 only (`tls13` false): SQL Server 2019 on
+/// TDS 7, whose clients (FreeTDS with TLS 1.3 among them) expect it.
+pub fn decoy_server_config_of(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    tls13: bool,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls13 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS12]
+    };
     let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

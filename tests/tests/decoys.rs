@@ -887,10 +887,41 @@ async fn tsql_with_the_planted_connection_string_is_attributed() {
     r.assert_credential_use(&e, "mssql-connection", "mssql")
         .await;
     assert_eq!(e.matched_on, "username and password");
+    assert!(
+        e.detail.contains("login encrypted"),
+        "FreeTDS's default: {e:?}"
+    );
     let c = e.credential.unwrap();
     assert_eq!(c.username, user);
     assert!(c.client.contains("TSQL"), "{c:?}");
     assert!(!c.workstation.is_empty(), "{c:?}");
+
+    // A client that requires encryption: everything inside TLS, the
+    // refusal too.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("freetds.conf");
+    std::fs::write(&conf, "[global]\n\tencryption = require\n").unwrap();
+    let out = run(Command::new("tsql")
+        .env("FREETDSCONF", &conf)
+        .args([
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &r.ports.mssql.to_string(),
+            "-U",
+            "sa",
+            "-P",
+            "guess",
+        ])
+        .stdin(std::process::Stdio::null()));
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Login failed for user 'sa'."), "{text}");
+    let e = r.unmatched_login("sa").await;
+    assert!(
+        e.detail.ends_with("encrypted") && !e.detail.contains("login encrypted"),
+        "{e:?}"
+    );
 }
 
 /// nmap's service detection names the new decoys as the servers they

@@ -607,6 +607,14 @@ pub fn handler(ctx: &Arc<ServiceCtx>, tls: bool) -> Result<Handler, DecoyError> 
 }
 
 pub(super) fn tls_config(ctx: &ServiceCtx) -> Result<Arc<rustls::ServerConfig>, DecoyError> {
+    tls_config_of(ctx, true)
+}
+
+/// As [`tls_config`], with TLS 1.3 only if `tls13`.
+pub(super) fn tls_config_of(
+    ctx: &ServiceCtx,
+    tls13: bool,
+) -> Result<Arc<rustls::ServerConfig>, DecoyError> {
     let path = ctx
         .dir
         .join(format!("{}-https-{}.pem", ctx.decoy, ctx.port));
@@ -632,7 +640,8 @@ pub(super) fn tls_config(ctx: &ServiceCtx) -> Result<Arc<rustls::ServerConfig>, 
             (vec![cert], key)
         }
     };
-    ruse_pki::decoy_server_config(chain, key.to_der()).map_err(|e| DecoyError::Setup(e.to_string()))
+    ruse_pki::decoy_server_config_of(chain, key.to_der(), tls13)
+        .map_err(|e| DecoyError::Setup(e.to_string()))
 }
 
 #[cfg(test)]

@@ -643,7 +643,7 @@ async fn handler_for(protocol: &str, ctx: &Arc<ServiceCtx>) -> Result<Handler, D
     Ok(match protocol {
         "ftp" => Arc::new(|c| Box::pin(ftp::serve(c))),
         "mysql" => Arc::new(|c| Box::pin(mysql::serve(c))),
-        "mssql" => Arc::new(|c| Box::pin(mssql::serve(c))),
+        "mssql" => mssql::handler(ctx)?,
         "telnet" => Arc::new(|c| Box::pin(telnet::serve(c))),
         "hl7" => Arc::new(|c| Box::pin(hl7::serve(c))),
         "portscan" => portscan::handler(),

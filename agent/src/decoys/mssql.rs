@@ -1,13 +1,11 @@
 //! A Microsoft SQL Server that never lets anyone in: the TDS pre-login
-//! exchange (SQL Server 2019's version, encryption not offered), the
+//! exchange (SQL Server 2019's version), TLS as SQL Server does it — the
+//! handshake carried in PRELOGIN packets, then the login inside TLS and,
+//! when the client asked for encryption, everything after it too — the
 //! client's LOGIN7 with its user, host, application, database and password
 //! (TDS hides the password by swapping the nibbles of each byte and XORing
 //! it with 0xA5, which undoes), and error 18456 `Login failed for user`,
 //! as SQL Server answers a wrong password.
-//!
-//! Not yet: the TLS that wraps a login when the client insists on
-//! encryption (such a client is told encryption is not supported and
-//! gives up; the connection is reported).
 
 use ruse_proto::convert::PresentedCredential;
 
@@ -24,8 +22,26 @@ pub const MAX_PACKET: usize = 16 * 1024;
 /// The version the decoy claims: SQL Server 2019 CU24 (15.0.4345), a
 /// common one in hospitals (`nmap -sV` names it).
 const VERSION: [u8; 6] = [15, 0, 0x10, 0xf9, 0, 0];
-/// ENCRYPTION: encryption not available.
+/// ENCRYPTION values: the login only, everything, not available, required.
+const ENCRYPT_OFF: u8 = 0x00;
+const ENCRYPT_ON: u8 = 0x01;
 const ENCRYPT_NOT_SUP: u8 = 0x02;
+const ENCRYPT_REQ: u8 = 0x03;
+/// The most TLS bytes one PRELOGIN packet of the handshake carries (TDS's
+/// default packet size, 4,096, less the header).
+const TLS_CHUNK: usize = 4096 - 8;
+
+/// What the server answers a client's ENCRYPTION option with, as SQL
+/// Server with a certificate does: encryption of the login only for a
+/// client that offers it, of everything for one that wants it, none for
+/// one that cannot.
+pub fn encryption_answer(client: Option<u8>) -> u8 {
+    match client {
+        Some(ENCRYPT_OFF) => ENCRYPT_OFF,
+        Some(ENCRYPT_ON | ENCRYPT_REQ) => ENCRYPT_ON,
+        _ => ENCRYPT_NOT_SUP,
+    }
+}
 
 /// A TDS packet header: its type, whether it ends the message, and its
 /// length (header included). Pure, for fuzzing.
@@ -60,10 +76,10 @@ pub fn prelogin_options(body: &[u8]) -> Option<Vec<(u8, &[u8])>> {
 /// The server's PRELOGIN answer (packet body): VERSION, ENCRYPTION,
 /// INSTOPT and THREADID, and MARS when the client asked about it, as SQL
 /// Server answers (the options the client sent, in order).
-fn prelogin_answer(mars: bool) -> Vec<u8> {
+fn prelogin_answer(encryption: u8, mars: bool) -> Vec<u8> {
     let all: [(u8, &[u8]); 5] = [
         (0, &VERSION),
-        (1, &[ENCRYPT_NOT_SUP]),
+        (1, &[encryption]),
         (2, &[0]),
         (3, &[]),
         (4, &[0]),
@@ -209,91 +225,288 @@ async fn read_message(conn: &mut Conn) -> std::io::Result<(u8, Vec<u8>)> {
     ))
 }
 
-async fn write_message(conn: &mut Conn, body: &[u8]) -> std::io::Result<()> {
-    let len = u16::try_from(body.len() + 8).unwrap_or(u16::MAX);
-    let mut packet = vec![TABULAR, 0x01];
-    packet.extend_from_slice(&len.to_be_bytes());
-    packet.extend_from_slice(&[0, 0, 1, 0]);
-    packet.extend_from_slice(body);
-    conn.stream.write_all(&packet).await
+/// `body` as TDS packets of `kind` (at most [`TLS_CHUNK`] bytes each, the
+/// last marked as the end of the message).
+fn packets(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    let chunks: Vec<&[u8]> = if body.is_empty() {
+        vec![&[]]
+    } else {
+        body.chunks(TLS_CHUNK).collect()
+    };
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let len = u16::try_from(chunk.len() + 8).unwrap_or(u16::MAX);
+        out.extend_from_slice(&[kind, u8::from(i == last)]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[0, 0, u8::try_from(i + 1).unwrap_or(0), 0]);
+        out.extend_from_slice(chunk);
+    }
+    out
 }
 
-pub async fn serve(mut conn: Conn) {
+async fn write_message(conn: &mut Conn, body: &[u8]) -> std::io::Result<()> {
+    conn.stream.write_all(&packets(TABULAR, body)).await
+}
+
+fn invalid(why: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why.into())
+}
+
+/// Writes what TLS has to send: raw on the stream, or (during the
+/// handshake) inside PRELOGIN packets.
+async fn flush_tls(
+    conn: &mut Conn,
+    tls: &mut rustls::ServerConnection,
+    in_prelogin: bool,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut out)?;
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    if in_prelogin {
+        out = packets(PRELOGIN, &out);
+    }
+    conn.stream.write_all(&out).await
+}
+
+/// Feeds `bytes` to TLS.
+fn feed(tls: &mut rustls::ServerConnection, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        tls.read_tls(&mut bytes)?;
+        tls.process_new_packets()
+            .map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Reads what is there (at most 4 KiB) within the read timeout.
+async fn read_some(conn: &mut Conn, buf: &mut [u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    match tokio::time::timeout(conn.ctx.limits.read_timeout, conn.stream.read(buf)).await {
+        Ok(Ok(0)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// The TLS handshake SQL Server runs inside PRELOGIN messages. A client
+/// may send the end of its side (FreeTDS's TLS 1.3 Finished) as bare TLS
+/// records instead: a TLS record type where a TDS packet type should be
+/// is taken as such.
+async fn handshake(conn: &mut Conn, tls: &mut rustls::ServerConnection) -> std::io::Result<()> {
+    for _ in 0..32 {
+        if !tls.is_handshaking() {
+            return Ok(());
+        }
+        let mut first = [0u8; 1];
+        conn.read_exact(&mut first).await?;
+        if first[0] == PRELOGIN {
+            let mut rest = [0u8; 7];
+            conn.read_exact(&mut rest).await?;
+            let mut h = [0u8; 8];
+            h[0] = first[0];
+            h[1..].copy_from_slice(&rest);
+            let (_, _, len) = header(&h).ok_or_else(|| invalid("not a TDS packet"))?;
+            let mut payload = vec![0u8; len - 8];
+            conn.read_exact(&mut payload).await?;
+            feed(tls, &payload)?;
+        } else if (20..=23).contains(&first[0]) {
+            let mut buf = [0u8; 4096];
+            let n = read_some(conn, &mut buf).await?;
+            feed(tls, &[&first[..], &buf[..n]].concat())?;
+        } else {
+            return Err(invalid("neither TDS nor TLS"));
+        }
+        flush_tls(conn, tls, true).await?;
+    }
+    Err(invalid("the TLS handshake did not finish"))
+}
+
+/// One TDS message read from inside TLS (bare TLS records on the stream).
+async fn read_message_tls(
+    conn: &mut Conn,
+    tls: &mut rustls::ServerConnection,
+) -> std::io::Result<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut plain = Vec::new();
+    let mut body = Vec::new();
+    loop {
+        // What TLS already decrypted (the handshake may have brought it).
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tls.reader().read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    plain.extend_from_slice(&chunk[..n]);
+                    if plain.len() > 2 * MAX_PACKET {
+                        return Err(invalid("message too long"));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        while plain.len() >= 8 {
+            let h: [u8; 8] = plain[..8].try_into().unwrap_or_default();
+            let (kind, last, len) = header(&h).ok_or_else(|| invalid("not a TDS packet"))?;
+            if plain.len() < len {
+                break;
+            }
+            body.extend_from_slice(&plain[8..len]);
+            plain.drain(..len);
+            if last {
+                return Ok((kind, body));
+            }
+            if body.len() > MAX_PACKET {
+                return Err(invalid("message too long"));
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let n = read_some(conn, &mut buf).await?;
+        feed(tls, &buf[..n])?;
+    }
+}
+
+/// The handler: a certificate for the decoy's address is made once and
+/// kept in the decoy directory, for the TLS that SQL Server wraps logins in.
+pub fn handler(
+    ctx: &std::sync::Arc<super::ServiceCtx>,
+) -> Result<super::Handler, super::DecoyError> {
+    // TLS 1.2, as SQL Server 2019 speaks it on TDS 7 (FreeTDS, for one,
+    // loses its TLS 1.3 Finished inside the pre-login exchange).
+    let mut config = (*super::http::tls_config_of(ctx, false)?).clone();
+    config.alpn_protocols.clear();
+    let config = std::sync::Arc::new(config);
+    Ok(std::sync::Arc::new(move |conn: Conn| {
+        Box::pin(serve(conn, config.clone()))
+    }))
+}
+
+async fn serve(mut conn: Conn, config: std::sync::Arc<rustls::ServerConfig>) {
     let peer = conn.peer;
     let ctx = conn.ctx.clone();
-    let mut asked_encryption = false;
-    for _ in 0..4 {
-        let (kind, body) = match read_message(&mut conn).await {
-            Ok(m) => m,
+    let (kind, body) = match read_message(&mut conn).await {
+        Ok(m) => m,
+        Err(e) => {
+            let detail = match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "connected and closed".to_owned(),
+                _ => format!("cut off: {e}"),
+            };
+            ctx.report(peer, "decoy-connection", None, detail).await;
+            return;
+        }
+    };
+    // A login without a pre-login is an old client's (TDS 7.0): taken as is.
+    let (mut tls, everything, (kind, body)) = if kind == PRELOGIN {
+        let options = prelogin_options(&body).unwrap_or_default();
+        let asked = options
+            .iter()
+            .find(|(t, _)| *t == 1)
+            .and_then(|(_, v)| v.first().copied());
+        let encryption = encryption_answer(asked);
+        let mars = options.iter().any(|(t, _)| *t == 4);
+        if write_message(&mut conn, &prelogin_answer(encryption, mars))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut tls = if encryption == ENCRYPT_NOT_SUP {
+            None
+        } else {
+            match rustls::ServerConnection::new(config) {
+                Ok(mut t) => match handshake(&mut conn, &mut t).await {
+                    Ok(()) => Some(t),
+                    Err(e) => {
+                        ctx.report(peer, "decoy-connection", None, format!("TLS: {e}"))
+                            .await;
+                        return;
+                    }
+                },
+                Err(_) => return,
+            }
+        };
+        let next = match &mut tls {
+            Some(t) => read_message_tls(&mut conn, t).await,
+            None => read_message(&mut conn).await,
+        };
+        match next {
+            Ok(m) => (tls, encryption == ENCRYPT_ON, m),
             Err(e) => {
                 let detail = match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof if asked_encryption => {
-                        "wanted encryption".to_owned()
-                    }
-                    std::io::ErrorKind::UnexpectedEof => "connected and closed".to_owned(),
+                    std::io::ErrorKind::UnexpectedEof => "closed after the pre-login".to_owned(),
                     _ => format!("cut off: {e}"),
                 };
                 ctx.report(peer, "decoy-connection", None, detail).await;
                 return;
             }
-        };
-        match kind {
-            PRELOGIN => {
-                let options = prelogin_options(&body).unwrap_or_default();
-                asked_encryption = options
-                    .iter()
-                    .find(|(t, _)| *t == 1)
-                    .is_some_and(|(_, v)| matches!(v.first(), Some(1 | 3)));
-                let mars = options.iter().any(|(t, _)| *t == 4);
-                if write_message(&mut conn, &prelogin_answer(mars))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+        }
+    } else {
+        (None, false, (kind, body))
+    };
+    if kind != LOGIN7 {
+        ctx.report(peer, "decoy-connection", None, "not a TDS login".into())
+            .await;
+        return;
+    }
+    let Some(login) = parse_login(&body) else {
+        ctx.report(peer, "decoy-connection", None, "a malformed login".into())
+            .await;
+        return;
+    };
+    let detail = [
+        (!login.database.is_empty()).then(|| format!("database {}", login.database)),
+        login.sspi.then(|| "integrated authentication".to_owned()),
+        tls.is_some().then(|| {
+            if everything {
+                "encrypted".to_owned()
+            } else {
+                "login encrypted".to_owned()
             }
-            LOGIN7 => {
-                let Some(login) = parse_login(&body) else {
-                    ctx.report(peer, "decoy-connection", None, "a malformed login".into())
-                        .await;
-                    return;
-                };
-                let detail = [
-                    (!login.database.is_empty()).then(|| format!("database {}", login.database)),
-                    login.sspi.then(|| "integrated authentication".to_owned()),
-                ]
-                .into_iter()
-                .flatten()
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("; ");
+    ctx.report(
+        peer,
+        "decoy-login",
+        Some(PresentedCredential {
+            username: login.user.clone(),
+            password: login.password.clone(),
+            workstation: login.host.clone(),
+            client: [login.application.as_str(), login.library.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
                 .collect::<Vec<_>>()
-                .join("; ");
-                ctx.report(
-                    peer,
-                    "decoy-login",
-                    Some(PresentedCredential {
-                        username: login.user.clone(),
-                        password: login.password.clone(),
-                        workstation: login.host.clone(),
-                        client: [login.application.as_str(), login.library.as_str()]
-                            .iter()
-                            .filter(|s| !s.is_empty())
-                            .copied()
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        ..credential()
-                    }),
-                    detail,
-                )
-                .await;
-                ctx.refusal_pause(std::time::Duration::ZERO).await;
-                let server = ctx.decoy.to_uppercase();
-                let _ = write_message(&mut conn, &login_failed(&login.user, &server)).await;
-                return;
+                .join("; "),
+            ..credential()
+        }),
+        detail,
+    )
+    .await;
+    ctx.refusal_pause(std::time::Duration::ZERO).await;
+    let answer = packets(
+        TABULAR,
+        &login_failed(&login.user, &ctx.decoy.to_uppercase()),
+    );
+    match &mut tls {
+        // Everything encrypted: the answer too.
+        Some(t) if everything => {
+            use std::io::Write;
+            if t.writer().write_all(&answer).is_ok() {
+                let _ = flush_tls(&mut conn, t, false).await;
             }
-            _ => {
-                ctx.report(peer, "decoy-connection", None, "not a TDS login".into())
-                    .await;
-                return;
-            }
+        }
+        // Only the login was: the answer goes in the clear.
+        _ => {
+            let _ = conn.stream.write_all(&answer).await;
         }
     }
 }
@@ -350,14 +563,29 @@ mod tests {
 
     #[test]
     fn prelogin_options_are_read_and_answered() {
-        let answer = prelogin_answer(false);
+        let answer = prelogin_answer(ENCRYPT_NOT_SUP, false);
         let options = prelogin_options(&answer).unwrap();
         assert_eq!(options[0], (0, &VERSION[..]));
         assert_eq!(options[1], (1, &[ENCRYPT_NOT_SUP][..]));
         assert_eq!(options.len(), 4);
         // The shape nmap knows SQL Server by: VERSION at 0x15.
         assert_eq!(&answer[..5], &[0, 0, 0x15, 0, 6]);
-        assert_eq!(prelogin_options(&prelogin_answer(true)).unwrap().len(), 5);
+        assert_eq!(
+            prelogin_options(&prelogin_answer(ENCRYPT_OFF, true))
+                .unwrap()
+                .len(),
+            5
+        );
+        assert_eq!(encryption_answer(Some(ENCRYPT_OFF)), ENCRYPT_OFF);
+        assert_eq!(encryption_answer(Some(ENCRYPT_REQ)), ENCRYPT_ON);
+        assert_eq!(encryption_answer(Some(ENCRYPT_NOT_SUP)), ENCRYPT_NOT_SUP);
+        assert_eq!(encryption_answer(None), ENCRYPT_NOT_SUP);
+        // A long TLS flight goes in several packets, the last one ending
+        // the message.
+        let p = packets(PRELOGIN, &[7; 5000]);
+        assert_eq!((p[0], p[1]), (PRELOGIN, 0));
+        let second = 8 + TLS_CHUNK;
+        assert_eq!((p[second], p[second + 1]), (PRELOGIN, 1));
         assert_eq!(prelogin_options(&[0, 0, 200, 0, 6, 0xff]), None);
         assert_eq!(prelogin_options(&[]), None);
     }
