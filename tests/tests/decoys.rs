@@ -865,20 +865,20 @@ async fn tsql_with_the_planted_connection_string_is_attributed() {
     );
     let (user, password) = (part("User Id"), part("Password"));
     assert!(r.read(".odbc.ini").contains(&format!("UID = {user}")));
-    let out = run(Command::new("tsql")
-        .args([
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &r.ports.mssql.to_string(),
-            "-U",
-            &user,
-            "-P",
-            &password,
-        ])
-        .stdin(std::process::Stdio::null()));
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    // What tsql prints logging in as `user` with `password` (and FreeTDS's
+    // configuration from `conf`, when given).
+    let tsql = |user: &str, password: &str, conf: Option<&Path>| {
+        let mut cmd = Command::new("tsql");
+        if let Some(conf) = conf {
+            cmd.env("FREETDSCONF", conf);
+        }
+        let port = r.ports.mssql.to_string();
+        cmd.args(["-H", "127.0.0.1", "-p", &port, "-U", user, "-P", password])
+            .stdin(std::process::Stdio::null());
+        let out = run(&mut cmd);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let text = tsql(&user, &password, None);
     assert!(
         text.contains(&format!("Login failed for user '{user}'.")) && text.contains("18456"),
         "{text}"
@@ -901,21 +901,7 @@ async fn tsql_with_the_planted_connection_string_is_attributed() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("freetds.conf");
     std::fs::write(&conf, "[global]\n\tencryption = require\n").unwrap();
-    let out = run(Command::new("tsql")
-        .env("FREETDSCONF", &conf)
-        .args([
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &r.ports.mssql.to_string(),
-            "-U",
-            "sa",
-            "-P",
-            "guess",
-        ])
-        .stdin(std::process::Stdio::null()));
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = tsql("sa", "guess", Some(&conf));
     assert!(text.contains("Login failed for user 'sa'."), "{text}");
     let e = r.unmatched_login("sa").await;
     assert!(

@@ -386,16 +386,22 @@ pub fn handler(
     }))
 }
 
+/// How a connection that sent no login ended: `closed` when the client
+/// hung up.
+fn ended(e: &std::io::Error, closed: &str) -> String {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => closed.to_owned(),
+        _ => format!("cut off: {e}"),
+    }
+}
+
 async fn serve(mut conn: Conn, config: std::sync::Arc<rustls::ServerConfig>) {
     let peer = conn.peer;
     let ctx = conn.ctx.clone();
     let (kind, body) = match read_message(&mut conn).await {
         Ok(m) => m,
         Err(e) => {
-            let detail = match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => "connected and closed".to_owned(),
-                _ => format!("cut off: {e}"),
-            };
+            let detail = ended(&e, "connected and closed");
             ctx.report(peer, "decoy-connection", None, detail).await;
             return;
         }
@@ -437,10 +443,7 @@ async fn serve(mut conn: Conn, config: std::sync::Arc<rustls::ServerConfig>) {
         match next {
             Ok(m) => (tls, encryption == ENCRYPT_ON, m),
             Err(e) => {
-                let detail = match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => "closed after the pre-login".to_owned(),
-                    _ => format!("cut off: {e}"),
-                };
+                let detail = ended(&e, "closed after the pre-login");
                 ctx.report(peer, "decoy-connection", None, detail).await;
                 return;
             }
