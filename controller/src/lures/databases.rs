@@ -12,7 +12,8 @@ impl Renderer<'_> {
             .unwrap_or_else(|| ("".into(), "lis-db01".into(), 3306));
         let db = self.param("database").unwrap_or("lis").to_owned();
         let mut cnf = format!(
-            "[client]\nuser = {}\npassword = {}\nhost = {host}\n",
+            // Quoted: a `#` in the password would start a comment.
+            "[client]\nuser = {}\npassword = \"{}\"\nhost = {host}\n",
             self.m().username,
             self.m().password
         );

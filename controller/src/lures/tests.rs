@@ -242,3 +242,36 @@ fn hosts_entry_needs_an_ip_address_and_params_are_checked() {
     assert!(Template::PatientCsv.check_params(&p).is_ok());
     assert!(Template::SshKey.check_params(&p).is_err());
 }
+
+/// Passwords may hold `#`, `=`, `%` and `+`: the database lures keep them
+/// whole where their readers would cut them (a `#` starts a comment in
+/// `.my.cnf` unless the value is quoted).
+#[test]
+fn database_lures_keep_a_password_whole() {
+    for template in [Template::MysqlCredentials, Template::MssqlConnection] {
+        let mut material = Material::generate(template).unwrap();
+        material.password = "Pacs2024#a=b%c+d".into();
+        let (d, s) = (decoy(), slot(template));
+        let spec = render(RenderInput {
+            slot: &s,
+            material: &material,
+            decoy: Some(&d),
+            created: UnixMs(1_795_000_000_000),
+        })
+        .unwrap();
+        let text: String = spec
+            .files
+            .iter()
+            .map(|f| String::from_utf8_lossy(&f.content).into_owned())
+            .collect();
+        match template {
+            Template::MysqlCredentials => {
+                assert!(text.contains("password = \"Pacs2024#a=b%c+d\"\n"), "{text}");
+            }
+            _ => {
+                assert!(text.contains("Password=Pacs2024#a=b%c+d;"), "{text}");
+                assert!(text.contains("PWD = Pacs2024#a=b%c+d\n"), "{text}");
+            }
+        }
+    }
+}
