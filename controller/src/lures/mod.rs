@@ -100,6 +100,20 @@ fn password(rng: &mut Rng) -> String {
     )
 }
 
+/// `s` as a URL's user information carries it: every byte but the
+/// unreserved ones (RFC 3986) percent-encoded.
+fn url_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// The same shape of password, entirely from the seed: for filler content
 /// that must render identically every time.
 fn filler_password(rng: &mut Rng) -> String {
@@ -500,7 +514,10 @@ impl Renderer<'_> {
                 let text = format!(
                     "# {app} production settings\nAPP_ENV=production\nDATABASE_URL=postgres://{}:{}@{host}:5432/{}\nFHIR_BASE_URL=https://{host}:{port}/fhir/R4\nFHIR_CLIENT_ID={app}\nFHIR_CLIENT_SECRET={}\nLOG_LEVEL=info\n",
                     m.username,
-                    m.password,
+                    // Percent-encoded: a `#`, `%` or `+` in it would break
+                    // the URL (and a `#` start a comment in some dotenv
+                    // readers), and whoever uses it would send a cut one.
+                    url_encoded(&m.password),
                     app.replace('-', "_"),
                     m.secret
                 );

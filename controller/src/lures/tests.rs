@@ -245,10 +245,14 @@ fn hosts_entry_needs_an_ip_address_and_params_are_checked() {
 
 /// Passwords may hold `#`, `=`, `%` and `+`: the database lures keep them
 /// whole where their readers would cut them (a `#` starts a comment in
-/// `.my.cnf` unless the value is quoted).
+/// `.my.cnf` unless the value is quoted; a URL needs them encoded).
 #[test]
 fn database_lures_keep_a_password_whole() {
-    for template in [Template::MysqlCredentials, Template::MssqlConnection] {
+    for template in [
+        Template::MysqlCredentials,
+        Template::MssqlConnection,
+        Template::EnvFile,
+    ] {
         let mut material = Material::generate(template).unwrap();
         material.password = "Pacs2024#a=b%c+d".into();
         let (d, s) = (decoy(), slot(template));
@@ -267,6 +271,9 @@ fn database_lures_keep_a_password_whole() {
         match template {
             Template::MysqlCredentials => {
                 assert!(text.contains("password = \"Pacs2024#a=b%c+d\"\n"), "{text}");
+            }
+            Template::EnvFile => {
+                assert!(text.contains(":Pacs2024%23a%3Db%25c%2Bd@"), "{text}");
             }
             _ => {
                 assert!(text.contains("Password=Pacs2024#a=b%c+d;"), "{text}");
