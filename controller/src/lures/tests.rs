@@ -72,16 +72,21 @@ fn decoy() -> Decoy {
 
 fn rendered(template: Template) -> (Material, LureSpec) {
     let material = Material::generate(template).unwrap();
+    let spec = rendered_with(template, &material);
+    (material, spec)
+}
+
+/// `template` rendered from `material`, for the test decoy and slot.
+fn rendered_with(template: Template, material: &Material) -> LureSpec {
     let d = decoy();
     let s = slot(template);
-    let spec = render(RenderInput {
+    render(RenderInput {
         slot: &s,
-        material: &material,
+        material,
         decoy: Some(&d),
         created: UnixMs(1_795_000_000_000),
     })
-    .unwrap();
-    (material, spec)
+    .unwrap()
 }
 
 #[test]
@@ -255,15 +260,7 @@ fn database_lures_keep_a_password_whole() {
     ] {
         let mut material = Material::generate(template).unwrap();
         material.password = "Pacs2024#a=b%c+d".into();
-        let (d, s) = (decoy(), slot(template));
-        let spec = render(RenderInput {
-            slot: &s,
-            material: &material,
-            decoy: Some(&d),
-            created: UnixMs(1_795_000_000_000),
-        })
-        .unwrap();
-        let text: String = spec
+        let text: String = rendered_with(template, &material)
             .files
             .iter()
             .map(|f| String::from_utf8_lossy(&f.content).into_owned())
