@@ -274,9 +274,20 @@ impl Listed for pb::Decoy {
         let services = self
             .services
             .iter()
-            .map(|s| match s.refusal_delay_ms {
-                Some(ms) => format!("{}/{} (refusal {ms}ms)", s.protocol, s.port),
-                None => format!("{}/{}", s.protocol, s.port),
+            .map(|s| {
+                let mut shown = format!("{}/{}", s.protocol, s.port);
+                let notes: Vec<String> = [
+                    (!s.device.is_empty()).then(|| s.device.clone()),
+                    (!s.banner.is_empty()).then(|| "own banner".to_owned()),
+                    s.refusal_delay_ms.map(|ms| format!("refusal {ms}ms")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if !notes.is_empty() {
+                    shown.push_str(&format!(" ({})", notes.join(", ")));
+                }
+                shown
             })
             .collect::<Vec<_>>()
             .join(",");

@@ -388,6 +388,11 @@ pub struct DecoyService {
     /// Set only when the manifest overrides the protocol's usual delay.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal_delay_ms: Option<u32>,
+    /// Telnet: the device imitated and the service's own banner, if set.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub device: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub banner: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -415,6 +420,8 @@ impl From<&pb::Decoy> for Decoy {
                     protocol: s.protocol.clone(),
                     port: s.port,
                     refusal_delay_ms: s.refusal_delay_ms,
+                    device: s.device.clone(),
+                    banner: s.banner.clone(),
                 })
                 .collect(),
             matching_agents: d.matching_agents,

@@ -407,7 +407,7 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
     let quick = dir.path().join("quick.yaml");
     std::fs::write(
         &quick,
-        "kind: Decoy\nname: quick-ftp\nselector: {site: nowhere}\nservices: [{protocol: ftp, port: 2121, refusal_delay: 250ms}]\n",
+        "kind: Decoy\nname: quick-ftp\nselector: {site: nowhere}\nservices: [{protocol: ftp, port: 2121, refusal_delay: 250ms}, {protocol: telnet, port: 2323, device: lab-analyser}]\n",
     )
     .unwrap();
     assert!(
@@ -429,6 +429,17 @@ async fn rusectl_applies_manifests_and_follows_a_rollout() {
     assert!(services("pacs-archive02").get("refusal_delay_ms").is_none());
     let table = String::from_utf8_lossy(&ctx.run(&["get", "decoys"]).stdout).into_owned();
     assert!(table.contains("ftp/2121 (refusal 250ms)"), "{table}");
+    // And a Telnet service's device.
+    assert_eq!(
+        decoys["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == "quick-ftp")
+            .unwrap()["services"][1]["device"],
+        "lab-analyser"
+    );
+    assert!(table.contains("telnet/2323 (lab-analyser)"), "{table}");
     assert!(ctx.run(&["delete", "decoy", "quick-ftp"]).status.success());
 
     let out = ctx.run(&[

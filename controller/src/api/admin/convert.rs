@@ -152,6 +152,8 @@ pub(super) fn decoy_pb(d: Decoy, matching: usize) -> pb::Decoy {
                     .map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
                 protocol: s.protocol,
                 port: u32::from(s.port),
+                device: s.device.unwrap_or_default(),
+                banner: s.banner.unwrap_or_default(),
             })
             .collect(),
         matching_agents: count(matching),
