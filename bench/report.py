@@ -282,6 +282,31 @@ if peer:
         "controller's CPU from the flood's start until every event is stored, over the "
         "attempts answered; for the others, the flooded process's CPU during the flood.\n"
     )
+    # Measured by hand, not by bench/run.sh (the text says why).
+    out.append(
+        "**RDP** (measured by hand on 2026-12-04, not by `bench/run.sh`). "
+        "OpenCanary 0.9.10's `rdp` module starts (`rdp.enabled: true`, `rdp.port:"
+        " 20389`, run as above), but it cannot be flooded with logins as FTP and "
+        "HTTP are: it answers the X.224 connection request, then answers the "
+        "client's TLS ClientHello with a negotiation-failure PDU and closes, so "
+        "no client ever reaches a login. Against `xvfb-run -a xfreerdp "
+        "/v:127.0.0.1:20389 /u:svc_rdp /d:HOSPITAL /p:Secret123 /auth-only "
+        "/cert:ignore` it logged two lines (logtype 14001: `USERNAME` from the "
+        "`mstshash` cookie, then `null`) and no domain, password or proof of one,"
+        " and FreeRDP failed with `ERRCONNECT_TLS_CONNECT_FAILED`: a broken "
+        "server, not a refused login. `nmap -sV -Pn -n --version-intensity 7 -p "
+        "20389 127.0.0.1` called the port `unknown` (its confirm sets flags 0x09,"
+        " which match none of nmap's Windows fingerprints) after 157 s, leaving "
+        "54 log lines. Ruse's `rdp` decoy under the same client "
+        "(`xfreerdp_with_the_planted_rdp_file_and_password_is_attributed` in "
+        "tests/tests/decoys.rs) runs TLS and CredSSP up to the NTLM AUTHENTICATE,"
+        " records user, domain, workstation and the NTLMv2 response that proves a"
+        " planted password, and FreeRDP reports `ERRCONNECT_LOGON_FAILURE` as it "
+        "does against Windows; nmap names it `ms-wbt-server Microsoft Terminal "
+        "Services` (`nmap_service_detection_names_the_new_decoys`). There is no "
+        "logins-per-second figure: `ruse-sim` does not speak CredSSP, and "
+        "OpenCanary answers no login to compare with.\n"
+    )
 
 crit = results / "criterion.txt"
 if crit.exists():

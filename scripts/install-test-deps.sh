@@ -42,6 +42,11 @@ DEBIAN=(
     mysql:mariadb-client
     tsql:freetds-bin
     nmap:nmap
+    # FreeRDP's client needs an X display even to authenticate only: it
+    # runs on a virtual one (xvfb-run, which needs xauth).
+    xfreerdp:freerdp2-x11
+    xvfb-run:xvfb
+    xauth:xauth
     # An endpoint whose clock is years off (tests/tests/faults.rs).
     faketime:faketime
     # The PostgreSQL store's tests make a throw-away cluster each

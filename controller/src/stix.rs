@@ -24,6 +24,7 @@ pub fn technique_name(id: &str) -> &'static str {
         "T1005" => "Data from Local System",
         "T1018" => "Remote System Discovery",
         "T1021" => "Remote Services",
+        "T1021.001" => "Remote Services: Remote Desktop Protocol",
         "T1021.002" => "Remote Services: SMB/Windows Admin Shares",
         "T1021.004" => "Remote Services: SSH",
         "T1046" => "Network Service Discovery",

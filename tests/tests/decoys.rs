@@ -38,6 +38,7 @@ struct Ports {
     telnet: u16,
     kube: u16,
     mssql: u16,
+    rdp: u16,
     scan: u16,
 }
 
@@ -52,7 +53,7 @@ struct Range {
     ports: Ports,
 }
 
-const LURES: usize = 11;
+const LURES: usize = 13;
 
 impl Range {
     async fn start() -> Range {
@@ -66,7 +67,7 @@ impl Range {
     /// With the decoy agent's connection `limits`.
     async fn start_with(limits: Limits) -> Range {
         let tc = TestController::start().await;
-        let p = free_ports(12);
+        let p = free_ports(13);
         let ports = Ports {
             ssh: p[0],
             http: p[1],
@@ -80,6 +81,7 @@ impl Range {
             telnet: p[9],
             kube: p[10],
             mssql: p[11],
+            rdp: p[12],
         };
         // Roles come from the tokens: an agent's own labels select nothing.
         let ws_token = tc
@@ -95,7 +97,7 @@ impl Range {
         // FTP refuses after 300 ms here: vsftpd's ~3 s would come close
         // to the 4 s connection lifetime this range sets.
         let manifest = format!(
-            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n  - {{protocol: telnet, port: {}, device: lab-analyser, refusal_delay: 300ms}}\n  - {{protocol: kube-apiserver, port: {}}}\n  - {{protocol: mssql, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n  - {{template: mssql-connection, decoy: {DECOY}, params: {{app: lab-interface}}}}\n",
+            "kind: Decoy\nname: {DECOY}\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {}, refusal_delay: 300ms}}\n  - {{protocol: http, port: {}}}\n  - {{protocol: https, port: {}}}\n  - {{protocol: smb, port: {}}}\n  - {{protocol: dicom, port: {}}}\n  - {{protocol: hl7, port: {}}}\n  - {{protocol: ftp, port: {}, refusal_delay: 300ms}}\n  - {{protocol: portscan, port: {}}}\n  - {{protocol: mysql, port: {}}}\n  - {{protocol: telnet, port: {}, device: lab-analyser, refusal_delay: 300ms}}\n  - {{protocol: kube-apiserver, port: {}}}\n  - {{protocol: mssql, port: {}}}\n  - {{protocol: rdp, port: {}}}\n---\nkind: Campaign\nname: stolen\nselector: {{role: workstation}}\nlures:\n  - {{template: ssh-key, decoy: {DECOY}}}\n  - {{template: smb-credentials, decoy: {DECOY}}}\n  - {{template: pacs-config, decoy: {DECOY}}}\n  - {{template: netrc, decoy: {DECOY}}}\n  - {{template: pgpass}}\n  - {{template: env-file, decoy: {DECOY}}}\n  - {{template: kubeconfig, decoy: {DECOY}}}\n  - {{template: hl7-adt}}\n  - {{template: hosts-entry, decoy: {DECOY}}}\n  - {{template: mysql-credentials, decoy: {DECOY}}}\n  - {{template: mssql-connection, decoy: {DECOY}, params: {{app: lab-interface}}}}\n  - {{template: rdp-file, decoy: {DECOY}}}\n  - {{template: rdp-credentials, decoy: {DECOY}}}\n",
             ports.ssh,
             ports.http,
             ports.https,
@@ -107,14 +109,15 @@ impl Range {
             ports.mysql,
             ports.telnet,
             ports.kube,
-            ports.mssql
+            ports.mssql,
+            ports.rdp
         );
         tc.apply(&manifest).await;
         ws.wait_lures(LURES, Duration::from_secs(20)).await;
         let reached = matches!(
             tokio::time::timeout(
                 Duration::from_secs(20),
-                decoy.status.wait_for(|s| s.decoy_services == 12),
+                decoy.status.wait_for(|s| s.decoy_services == 13),
             )
             .await,
             Ok(Ok(_))
@@ -910,9 +913,89 @@ async fn tsql_with_the_planted_connection_string_is_attributed() {
     );
 }
 
+/// FreeRDP (`xfreerdp /auth-only`, on a virtual X display) opening the
+/// planted `.rdp` file: its planted user name names the lure; with the
+/// login from the planted note, Network Level Authentication's NTLMv2
+/// response proves the planted password. FreeRDP reports the logon
+/// failure a Windows server gives. A wrong password is recorded unmatched; a client that only
+/// negotiates is recorded as a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfreerdp_with_the_planted_rdp_file_and_password_is_attributed() {
+    let test = "xfreerdp_with_the_planted_rdp_file_and_password";
+    if !require_tool(test, "xfreerdp") || !require_tool(test, "xvfb-run") {
+        return;
+    }
+    let r = Range::start().await;
+    let rdp_file = r.home().join(format!("Desktop/{DECOY}.rdp"));
+    let note = r.read("Documents/remote-desktop-logins.txt");
+    let login = field(&note, "user:");
+    let (domain, user) = login.split_once('\\').unwrap();
+    let password = field(&note, "password:");
+    let xfreerdp = |args: &[&str]| {
+        let out = run(Command::new("xvfb-run")
+            .args(["-a", "xfreerdp"])
+            .args(args)
+            .args(["/auth-only", "/cert:ignore", "/timeout:10000"])
+            .stdin(std::process::Stdio::null()));
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    // The .rdp file alone: its user name is planted, a password guessed.
+    let file = rdp_file.to_str().unwrap();
+    let text = xfreerdp(&[file, "/p:Winter2024!"]);
+    assert!(text.contains("ERRCONNECT_LOGON_FAILURE"), "{text}");
+    let e = r
+        .event("credential-use", |e| e.template == "rdp-file")
+        .await;
+    r.assert_credential_use(&e, "rdp-file", "rdp").await;
+    assert_eq!(e.matched_on, "username");
+
+    // The file with the login from the note: the password proved.
+    let text = xfreerdp(&[
+        file,
+        &format!("/u:{user}"),
+        &format!("/d:{domain}"),
+        &format!("/p:{password}"),
+    ]);
+    assert!(text.contains("ERRCONNECT_LOGON_FAILURE"), "{text}");
+    let e = r
+        .event("credential-use", |e| e.template == "rdp-credentials")
+        .await;
+    r.assert_credential_use(&e, "rdp-credentials", "rdp").await;
+    assert_eq!(e.matched_on, "username and NTLMv2 response");
+    let c = e.credential.clone().unwrap();
+    assert_eq!((c.username.as_str(), c.domain.as_str()), (user, domain));
+    assert!(!c.workstation.is_empty(), "{c:?}");
+    assert!(e.detail.contains("over CredSSP"), "{e:?}");
+
+    let port = format!("/v:127.0.0.1:{}", r.ports.rdp);
+    let text = xfreerdp(&[&port, "/u:nurse.station", "/d:WARD3", "/p:Guess123"]);
+    assert!(text.contains("ERRCONNECT_LOGON_FAILURE"), "{text}");
+    let e = r.unmatched_login("nurse.station").await;
+    assert_eq!(e.credential.unwrap().domain, "WARD3");
+
+    // A scanner's negotiation, and nothing after it.
+    let mut s = TcpStream::connect(("127.0.0.1", r.ports.rdp)).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"\x03\0\0*%\xe0\0\0\0\0\0Cookie: mstshash=nmap\r\n\x01\0\x08\0\x03\0\0\0",
+    )
+    .unwrap();
+    let mut cc = [0u8; 19];
+    s.read_exact(&mut cc).unwrap();
+    assert_eq!(cc[11..], [2, 0x1f, 8, 0, 2, 0, 0, 0], "CredSSP chosen");
+    drop(s);
+    let e = r
+        .event("decoy-connection", |e| {
+            e.detail.contains("negotiation only")
+        })
+        .await;
+    assert!(e.detail.contains("\"nmap\""), "{e:?}");
+}
+
 /// nmap's service detection names the new decoys as the servers they
-/// imitate: MariaDB, BusyBox's telnetd, SQL Server 2019; the Kubernetes
-/// API as TLS (see docs/security.md).
+/// imitate: MariaDB, BusyBox's telnetd, SQL Server 2019, Windows Remote
+/// Desktop; the Kubernetes API as TLS (see docs/security.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nmap_service_detection_names_the_new_decoys() {
     if !require_tool("nmap_service_detection_names_the_new_decoys", "nmap") {
@@ -921,8 +1004,9 @@ async fn nmap_service_detection_names_the_new_decoys() {
     // A decoy's usual patience: nmap waits 6 s for a banner before its
     // TLS probes, longer than the range's 1 s read timeout.
     let r = Range::start_with(Limits::default()).await;
-    // Two scans at once: SQL Server's probe is rare (7) off port 1433, and
-    // at that intensity the TLS port alone would take a minute and a half.
+    // Two scans at once: SQL Server's and Remote Desktop's probes are rare
+    // (7) off ports 1433 and 3389, and at that intensity the TLS port alone
+    // would take a minute and a half.
     let scan = |ports: String, intensity: &'static str| {
         std::thread::spawn(move || {
             let out = run(Command::new("nmap").args([
@@ -942,7 +1026,7 @@ async fn nmap_service_detection_names_the_new_decoys() {
         format!("{},{},{}", r.ports.mysql, r.ports.telnet, r.ports.kube),
         "5",
     );
-    let rare = scan(r.ports.mssql.to_string(), "7");
+    let rare = scan(format!("{},{}", r.ports.mssql, r.ports.rdp), "7");
     let text = common.join().unwrap() + &rare.join().unwrap();
     let line = |port: u16| {
         text.lines()
@@ -955,6 +1039,7 @@ async fn nmap_service_detection_names_the_new_decoys() {
         (r.ports.telnet, "BusyBox telnetd"),
         (r.ports.kube, "ssl/"),
         (r.ports.mssql, "Microsoft SQL Server 2019"),
+        (r.ports.rdp, "ms-wbt-server"),
     ] {
         let l = line(port);
         assert!(l.contains("open") && l.contains(expected), "{l}");

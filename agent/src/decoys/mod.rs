@@ -9,6 +9,7 @@
 //! every connection ([`Limits`]). Parsers of attacker bytes never panic and are fuzzed
 //! (`fuzz/`).
 
+pub mod der;
 pub mod dicom;
 pub mod ftp;
 pub mod hl7;
@@ -18,6 +19,7 @@ pub mod mssql;
 pub mod mysql;
 pub mod ntlm;
 pub mod portscan;
+pub mod rdp;
 pub mod smb;
 pub mod ssh;
 pub mod telnet;
@@ -644,6 +646,7 @@ async fn handler_for(protocol: &str, ctx: &Arc<ServiceCtx>) -> Result<Handler, D
         "ftp" => Arc::new(|c| Box::pin(ftp::serve(c))),
         "mysql" => Arc::new(|c| Box::pin(mysql::serve(c))),
         "mssql" => mssql::handler(ctx)?,
+        "rdp" => rdp::handler(ctx)?,
         "telnet" => Arc::new(|c| Box::pin(telnet::serve(c))),
         "hl7" => Arc::new(|c| Box::pin(hl7::serve(c))),
         "portscan" => portscan::handler(),

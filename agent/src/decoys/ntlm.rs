@@ -1,4 +1,4 @@
-//! The NTLMSSP messages the SMB decoy needs ([MS-NLMP]): build a
+//! The NTLMSSP messages the SMB and RDP decoys need ([MS-NLMP]): build a
 //! CHALLENGE, read user, domain and workstation from an AUTHENTICATE.
 //! Every function is pure and bounded, for fuzzing.
 
@@ -114,12 +114,20 @@ fn av_pair(out: &mut Vec<u8>, id: u16, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-/// The CHALLENGE answering a NEGOTIATE with `client_flags`.
+/// The VERSION a server puts in its CHALLENGE: what Samba 4.17 says it
+/// is, 6.1.0 (build 0), NTLM revision 15.
+pub const SAMBA_VERSION: [u8; 8] = [6, 1, 0, 0, 0, 0, 0, 15];
+/// Windows Server 2019 (10.0, build 17763), NTLM revision 15.
+pub const WINDOWS_2019_VERSION: [u8; 8] = [10, 0, 0x63, 0x45, 0, 0, 0, 15];
+
+/// The CHALLENGE answering a NEGOTIATE with `client_flags`, from a server
+/// that says it is `version` (see [`SAMBA_VERSION`]).
 pub fn challenge(
     client_flags: u32,
     server_challenge: [u8; 8],
     names: &Names,
     filetime: u64,
+    version: [u8; 8],
 ) -> Vec<u8> {
     let flags = (client_flags & SUPPORTED)
         | REQUEST_TARGET
@@ -153,8 +161,7 @@ pub fn challenge(
     out.extend_from_slice(&(info.len() as u16).to_le_bytes());
     out.extend_from_slice(&(info.len() as u16).to_le_bytes());
     out.extend_from_slice(&((HEADER + target.len()) as u32).to_le_bytes());
-    // What Samba 4.17 says it is: 6.1.0 (build 0), NTLM revision 15.
-    out.extend_from_slice(&[6, 1, 0, 0, 0, 0, 0, 15]);
+    out.extend_from_slice(&version);
     out.extend_from_slice(&target);
     out.extend_from_slice(&info);
     out
@@ -174,6 +181,26 @@ pub struct Authenticate {
     /// bytes; empty for NTLMv1 or a longer one. With the server challenge
     /// it proves a password without revealing it.
     pub nt_response: Vec<u8>,
+}
+
+impl Authenticate {
+    /// What the client presented, for the event: user, domain and
+    /// workstation, and (for NTLMv2) the `server_challenge` this connection
+    /// sent followed by the response, which the controller checks against
+    /// every planted password.
+    pub fn credential(
+        &self,
+        server_challenge: &[u8; 8],
+    ) -> ruse_proto::convert::PresentedCredential {
+        let mut c = super::credential();
+        c.username = self.user.clone();
+        c.domain = self.domain.clone();
+        c.workstation = self.workstation.clone();
+        if !self.nt_response.is_empty() {
+            c.ntlm_response = [&server_challenge[..], &self.nt_response].concat();
+        }
+        c
+    }
 }
 
 /// Longest NTLMv2 response kept: the proof, the blob's fixed part and the
@@ -282,7 +309,7 @@ pub(crate) mod tests {
         let names = Names::new("pacs-archive02", "pacs-archive02.radiology.example.org");
         assert_eq!(names.computer, "PACS-ARCHIVE02");
         assert_eq!(names.domain, "RADIOLOGY");
-        let c = challenge(0xe288_8215, [1; 8], &names, 0);
+        let c = challenge(0xe288_8215, [1; 8], &names, 0, SAMBA_VERSION);
         assert_eq!(message_type(&c), Some(2));
         let flags = u32_at(&c, 20).unwrap();
         assert_ne!(flags & NEGOTIATE_TARGET_INFO, 0);

@@ -10,8 +10,9 @@
 
 use tokio::io::AsyncWriteExt;
 
+use super::Conn;
+use super::der::der;
 use super::ntlm;
-use super::{Conn, credential};
 
 /// Largest message accepted (NetBIOS length field).
 pub const MAX_MESSAGE: usize = 64 << 10;
@@ -73,20 +74,6 @@ pub struct Session {
     salt: [u8; 32],
     /// Set once the connection must end after the reply.
     pub done: bool,
-}
-
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend_from_slice(&[0x81, len as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
-    }
-    out.extend_from_slice(content);
-    out
 }
 
 /// The SPNEGO NegTokenInit2 offering NTLMSSP, as in a NEGOTIATE response:
@@ -454,7 +441,13 @@ impl Session {
         match ntlm::message_type(ntlm_msg) {
             Some(1) => {
                 let flags = ntlm::negotiate_flags(ntlm_msg).unwrap_or(0);
-                let challenge = ntlm::challenge(flags, self.challenge, &self.names, self.filetime);
+                let challenge = ntlm::challenge(
+                    flags,
+                    self.challenge,
+                    &self.names,
+                    self.filetime,
+                    ntlm::SAMBA_VERSION,
+                );
                 let token = neg_token_resp(&challenge);
                 let mut out =
                     self.reply_header(h, STATUS_MORE_PROCESSING_REQUIRED, self.session_id);
@@ -511,7 +504,7 @@ async fn read_message(conn: &mut Conn) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(msg))
 }
 
-fn filetime_now() -> u64 {
+pub(super) fn filetime_now() -> u64 {
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -546,16 +539,7 @@ pub async fn serve(mut conn: Conn) {
         match seen {
             Some(Seen::Login(a)) => {
                 logged_in = true;
-                let mut c = credential();
-                c.username = a.user.clone();
-                c.domain = a.domain.clone();
-                c.workstation = a.workstation.clone();
-                if !a.nt_response.is_empty() {
-                    // The challenge this connection sent, then the
-                    // response: the controller checks it against the
-                    // planted password.
-                    c.ntlm_response = [&session.challenge[..], &a.nt_response].concat();
-                }
+                let c = a.credential(&session.challenge);
                 let what = if a.anonymous {
                     "anonymous NTLM logon".to_owned()
                 } else {

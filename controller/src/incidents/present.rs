@@ -19,6 +19,7 @@ pub fn techniques(e: &StoredEvent) -> Vec<&'static str> {
     let remote = match protocol {
         "ssh" => "T1021.004",
         "smb" => "T1021.002",
+        "rdp" => "T1021.001",
         _ => "T1021",
     };
     match e.kind.as_str() {

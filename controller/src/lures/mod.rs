@@ -12,6 +12,7 @@
 mod databases;
 mod dicom;
 pub mod fake;
+mod rdp;
 pub mod readers;
 mod xlsx;
 
@@ -200,6 +201,11 @@ impl Material {
             Template::MssqlConnection => {
                 const USERS: &[&str] = &["ehr_app", "svc_reporting", "lab_sync", "pharm_app"];
                 m.username = format!("{}_{tail}", rng.pick(USERS));
+                m.password = password(&mut rng);
+            }
+            Template::RdpFile | Template::RdpCredentials => {
+                const USERS: &[&str] = &["rad.admin", "svc_rdp", "it.support", "clin.admin"];
+                m.username = format!("{}{tail}", rng.pick(USERS));
                 m.password = password(&mut rng);
             }
             Template::MysqlCredentials => {
@@ -505,6 +511,8 @@ impl Renderer<'_> {
                 );
             }
             Template::MssqlConnection => self.mssql_connection()?,
+            Template::RdpFile => self.rdp_file()?,
+            Template::RdpCredentials => self.rdp_credentials(),
             Template::EnvFile => {
                 let (_, host, port) = self
                     .decoy("https", 443)

@@ -279,3 +279,40 @@ fn database_lures_keep_a_password_whole() {
         }
     }
 }
+
+/// The `.rdp` file is what Remote Desktop Connection saves (UTF-16 with a
+/// byte-order mark, CRLF) and names the decoy's RDP service and the
+/// planted user; the note of logins carries the same user and password.
+#[test]
+fn rdp_lures_name_the_decoy_and_the_planted_login() {
+    let material = Material::generate(Template::RdpFile).unwrap();
+    let file = &rendered_with(Template::RdpFile, &material).files[0];
+    assert!(file.path.starts_with("~/Desktop/") && file.path.ends_with(".rdp"));
+    assert_eq!(file.content[..2], [0xff, 0xfe]);
+    let units: Vec<u16> = file.content[2..]
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let text = String::from_utf16(&units).unwrap();
+    assert!(
+        text.split_terminator('\n').all(|l| l.ends_with('\r')),
+        "CRLF"
+    );
+    assert!(
+        text.contains(&format!("username:s:HOSPITAL\\{}\r\n", material.username)),
+        "{text}"
+    );
+    assert!(text.contains("full address:s:"), "{text}");
+    assert!(
+        !text.contains(&material.password),
+        "no password in a .rdp file"
+    );
+
+    let material = Material::generate(Template::RdpCredentials).unwrap();
+    let note = &rendered_with(Template::RdpCredentials, &material).files[0];
+    assert_eq!(note.path, "~/Documents/remote-desktop-logins.txt");
+    let text = String::from_utf8(note.content.clone()).unwrap();
+    assert!(text.contains(&format!("user:     HOSPITAL\\{}", material.username)));
+    assert!(text.contains(&format!("password: {}", material.password)));
+    assert!(Template::RdpFile.needs_decoy() && !Template::RdpCredentials.needs_decoy());
+}

@@ -19,6 +19,8 @@ pub enum Template {
     Pgpass,
     MysqlCredentials,
     MssqlConnection,
+    RdpFile,
+    RdpCredentials,
     Netrc,
     Kubeconfig,
     EnvFile,
@@ -40,6 +42,8 @@ impl Template {
         Template::Pgpass,
         Template::MysqlCredentials,
         Template::MssqlConnection,
+        Template::RdpFile,
+        Template::RdpCredentials,
         Template::Netrc,
         Template::Kubeconfig,
         Template::EnvFile,
@@ -61,6 +65,8 @@ impl Template {
             Template::Pgpass => "pgpass",
             Template::MysqlCredentials => "mysql-credentials",
             Template::MssqlConnection => "mssql-connection",
+            Template::RdpFile => "rdp-file",
+            Template::RdpCredentials => "rdp-credentials",
             Template::Netrc => "netrc",
             Template::Kubeconfig => "kubeconfig",
             Template::EnvFile => "env-file",
@@ -81,6 +87,7 @@ impl Template {
             self,
             Template::SshKey
                 | Template::SmbCredentials
+                | Template::RdpFile
                 | Template::PacsConfig
                 | Template::HostsEntry
         )
@@ -107,6 +114,7 @@ impl Template {
             Template::Pgpass => &["database"],
             Template::MysqlCredentials => &["database", "file"],
             Template::MssqlConnection => &["app", "database"],
+            Template::RdpFile | Template::RdpCredentials => &["domain", "file"],
             Template::Kubeconfig => &["cluster"],
             Template::EnvFile => &["app"],
             Template::Hl7Interface => &["channel"],

@@ -19,6 +19,7 @@ pub const PROTOCOLS: &[&str] = &[
     "ftp",
     "mysql",
     "mssql",
+    "rdp",
     "telnet",
     "kube-apiserver",
     "portscan",
