@@ -976,11 +976,7 @@ async fn xfreerdp_with_the_planted_rdp_file_and_password_is_attributed() {
 
     // A scanner's negotiation, and nothing after it.
     let mut s = TcpStream::connect(("127.0.0.1", r.ports.rdp)).unwrap();
-    std::io::Write::write_all(
-        &mut s,
-        b"\x03\0\0*%\xe0\0\0\0\0\0Cookie: mstshash=nmap\r\n\x01\0\x08\0\x03\0\0\0",
-    )
-    .unwrap();
+    std::io::Write::write_all(&mut s, RDP_REQUEST).unwrap();
     let mut cc = [0u8; 19];
     s.read_exact(&mut cc).unwrap();
     assert_eq!(cc[11..], [2, 0x1f, 8, 0, 2, 0, 0, 0], "CredSSP chosen");
@@ -1149,6 +1145,10 @@ fn smb2_negotiate() -> Vec<u8> {
     framed
 }
 
+/// nmap's RDP connection request (TLS or CredSSP, cookie `nmap`).
+const RDP_REQUEST: &[u8] =
+    b"\x03\0\0*%\xe0\0\0\0\0\0Cookie: mstshash=nmap\r\n\x01\0\x08\0\x03\0\0\0";
+
 const ADT: &[u8] = b"\x0bMSH|^~\\&|REG|HOSP|EHR|HOSP|20261128101500||ADT^A01^ADT_A01|C1|P|2.5.1\rPID|1||1^^^HOSP^MR\r\x1c\x0d";
 
 /// Whether the service on `port` still answers a well-behaved client from
@@ -1161,6 +1161,7 @@ async fn answers(protocol: &str, port: u16) -> bool {
         "hl7" => ADT.to_vec(),
         "smb" => smb2_negotiate(),
         "dicom" => associate_rq("HEALTHY"),
+        "rdp" => RDP_REQUEST.to_vec(),
         _ => Vec::new(),
     };
     send(&mut s, &request).await;
@@ -1174,6 +1175,9 @@ async fn answers(protocol: &str, port: u16) -> bool {
         "smb" => b"\xfeSMB",
         // A-ASSOCIATE-AC.
         "dicom" => &[0x02, 0x00],
+        // An X.224 connection confirm.
+        "rdp" => b"\x03\0\0\x13\x0e\xd0",
+        "mysql" => b"10.11.19-MariaDB",
         other => panic!("no check for {other}"),
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -1204,6 +1208,8 @@ async fn garbage_oversized_and_slow_streams_are_cut_off_without_harming_others()
         ("dicom", p.dicom),
         ("hl7", p.hl7),
         ("ftp", p.ftp),
+        ("rdp", p.rdp),
+        ("mysql", p.mysql),
     ];
     let garbage: Vec<u8> = (0..65_536u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -1243,6 +1249,8 @@ async fn garbage_oversized_and_slow_streams_are_cut_off_without_harming_others()
         ("ftp", p.ftp, huge_line),
         ("http", p.http, huge_header),
         ("ssh", p.ssh, huge_banner),
+        // A TPKT that claims 64 KiB.
+        ("rdp", p.rdp, vec![0x03, 0x00, 0xff, 0xff, 0x02, 0xf0]),
     ];
     for (protocol, port, bytes) in oversized {
         let mut s = connect_from("127.0.0.1", port).await;
@@ -1271,6 +1279,7 @@ async fn garbage_oversized_and_slow_streams_are_cut_off_without_harming_others()
             p.ftp,
             b"USER aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".to_vec(),
         ),
+        ("rdp", p.rdp, RDP_REQUEST.to_vec()),
     ];
     let mut slow = Vec::new();
     for (protocol, port, prefix) in &prefixes {
@@ -1315,7 +1324,8 @@ async fn garbage_oversized_and_slow_streams_are_cut_off_without_harming_others()
     // A connection that sends nothing is closed at the read timeout (1 s).
     for (protocol, port) in services
         .into_iter()
-        .filter(|(p, _)| *p != "ssh" && *p != "ftp")
+        // Those that greet first wait as their servers do (MariaDB 10 s).
+        .filter(|(p, _)| !["ssh", "ftp", "mysql"].contains(p))
     {
         let mut s = connect_from("127.0.0.1", port).await;
         let start = Instant::now();
