@@ -98,6 +98,34 @@ pub async fn whoami(client: &mut Client, ctx: &Context) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `rusectl console`: a one-time sign-in link, printed, and opened with
+/// `xdg-open` where a desktop session is there to show it.
+pub async fn console(client: &mut Client, no_browser: bool) -> anyhow::Result<()> {
+    let link = client
+        .console_sign_in(pb::ConsoleSignInRequest {})
+        .await?
+        .into_inner();
+    let expires = i64::try_from(link.expires_ms).unwrap_or(i64::MAX);
+    let seconds = expires.saturating_sub(ruse_proto::types::UnixMs::now().0) / 1000;
+    println!("{}", link.url);
+    eprintln!("This link signs you in once, within {}s.", seconds.max(0));
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !no_browser && desktop {
+        let opened = std::process::Command::new("xdg-open")
+            .arg(&link.url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .is_ok();
+        if opened {
+            eprintln!("Opened in your browser.");
+        }
+    }
+    Ok(())
+}
+
 /// `rusectl token create`.
 pub async fn token(client: &mut Client, format: Format, action: TokenAction) -> anyhow::Result<()> {
     let TokenAction::Create {

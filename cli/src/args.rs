@@ -124,6 +124,13 @@ pub enum Command {
     },
     /// Show who the controller thinks you are.
     Whoami,
+    /// Sign in to the web console: prints a one-time link (and opens it in
+    /// a browser when there is a desktop).
+    Console {
+        /// Only print the link.
+        #[arg(long)]
+        no_browser: bool,
+    },
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]

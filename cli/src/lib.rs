@@ -116,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Admin { action } => admins::admin(c, &ctx, action).await,
         Command::Whoami => admins::whoami(c, &ctx).await,
+        Command::Console { no_browser } => admins::console(c, no_browser).await,
         Command::Completion { .. } => Ok(()),
     }
 }

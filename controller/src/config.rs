@@ -122,6 +122,9 @@ pub struct ControllerConfig {
     /// Plaintext `grpc.health.v1` (and nothing else) on this address, for
     /// Kubernetes gRPC probes, which cannot speak TLS.
     pub health_listen: Option<SocketAddr>,
+    /// The web console (HTTPS, the controller's server certificate) on
+    /// this address; off unless set.
+    pub console_listen: Option<SocketAddr>,
     /// Without a CA in the data directory (and none mounted), create one on
     /// first start, with the first admin's credentials in `<data_dir>/admin`
     /// (`ruse-controller admin-context` prints them as a rusectl context).
@@ -206,6 +209,7 @@ impl Default for ControllerConfig {
             incident_window: Duration::from_secs(3600),
             metrics_listen: None,
             health_listen: None,
+            console_listen: None,
             init_if_missing: false,
             trust_domain: "ruse.local".into(),
             bootstrap_admin: None,
@@ -604,13 +608,15 @@ mod tests {
             ..ControllerConfig::default()
         };
         expected.listen = config.listen;
-        // Outputs and the metrics address are examples, not defaults.
+        // Outputs, the metrics and console addresses are examples, not
+        // defaults.
         assert_eq!(config.outputs.len(), 4);
         for o in &config.outputs {
             crate::outputs::Output::try_from(o).unwrap();
         }
         expected.outputs = config.outputs.clone();
         expected.metrics_listen = config.metrics_listen;
+        expected.console_listen = config.console_listen;
         assert_eq!(config, expected, "the example shows the defaults");
     }
 

@@ -112,6 +112,13 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// A console sign-in link.
+#[derive(Debug, Clone)]
+pub struct ConsoleLink {
+    pub url: String,
+    pub expires: UnixMs,
+}
+
 /// Shared controller state.
 #[derive(Debug)]
 pub struct Core {
@@ -125,6 +132,10 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// Admin calls refused before the API, not yet audited.
     pub refusals: Arc<Refusals>,
+    /// Console sign-in links and browser sessions.
+    pub console: crate::sessions::Sessions,
+    /// The console's bound port, 0 while it is off.
+    pub console_port: std::sync::atomic::AtomicU16,
     /// Manifests parsed at once (each on a blocking thread).
     manifest_parses: tokio::sync::Semaphore,
     /// Serialises token use so `max_uses` holds under concurrency.
@@ -220,6 +231,8 @@ impl Core {
             events,
             metrics,
             refusals: Arc::default(),
+            console: Default::default(),
+            console_port: Default::default(),
             manifest_parses: tokio::sync::Semaphore::new(2),
             token_lock: AsyncMutex::new(()),
             enroll_failures,
@@ -296,6 +309,42 @@ impl Core {
     }
 
     /// The role of an admin identity, if it is a known admin.
+    /// A one-time console sign-in link for `admin`, valid for
+    /// [`crate::sessions::LINK_TTL`].
+    pub fn console_link(&self, admin: &AdminName) -> Result<ConsoleLink, OpError> {
+        self.console_link_for(admin, crate::sessions::LINK_TTL)
+    }
+
+    /// As [`Self::console_link`], valid for `ttl`.
+    pub fn console_link_for(
+        &self,
+        admin: &AdminName,
+        ttl: Duration,
+    ) -> Result<ConsoleLink, OpError> {
+        let Some(port) = self.console_port() else {
+            return Err(OpError::Invalid(
+                "the console is off on this controller: set console_listen in its configuration"
+                    .into(),
+            ));
+        };
+        let token = self.console.mint(admin.clone(), ttl);
+        Ok(ConsoleLink {
+            url: format!(
+                "{}/signin?t={token}",
+                crate::sessions::base_url(&self.config.server_names, port)
+            ),
+            expires: UnixMs::now().saturating_add(ttl),
+        })
+    }
+
+    /// The console's port: where it listens (set once bound).
+    pub fn console_port(&self) -> Option<u16> {
+        match self.console_port.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            p => Some(p),
+        }
+    }
+
     pub fn admin_role(&self, name: &AdminName) -> Result<Option<Role>, StoreError> {
         Ok(self.store.admin(name)?.map(|a| a.role))
     }

@@ -41,6 +41,10 @@ pub enum DevError {
 /// The campaign `dev` plants: the example shipped in deploy/examples.
 pub const DEMO_MANIFEST: &str = include_str!("../../deploy/examples/healthcare-campaign.yaml");
 
+/// How long the console link `dev` prints may wait to be opened: the
+/// banner is read some time after it is printed.
+pub const DEV_CONSOLE_LINK_TTL: Duration = Duration::from_secs(3600);
+
 /// What `dev` started, for the caller to print.
 #[derive(Debug, Clone)]
 pub struct DevInfo {
@@ -60,6 +64,8 @@ pub struct DevInfo {
     pub decoy_services: usize,
     /// The planted SSH key that leads to the decoy.
     pub ssh_key: Option<PathBuf>,
+    /// A sign-in link to the console, for the local admin.
+    pub console_link: Option<String>,
 }
 
 impl DevInfo {
@@ -116,7 +122,7 @@ Ruse controller (dev) is running at {url}
   demo agent      {agent} (state in {state}, lure root {sandbox})
   lures planted   {lures} from campaign clinical-workstations, under {sandbox}/home/clinician
                   (SSH keys and config, AWS and database credentials, a PACS config,
-                  patient exports, HL7, DICOM and FHIR files, a passwords spreadsheet){honeyfile}{decoy}
+                  patient exports, HL7, DICOM and FHIR files, a passwords spreadsheet){honeyfile}{decoy}{console}
 
 Next, in another terminal:
   rusectl --context-file {ctx} watch events      (then trip a lure, as above)
@@ -145,6 +151,14 @@ Press Ctrl-C to stop; the data directory is kept for the next run.",
                 .map(|h| format!("\n  trip one        cat {}", h.display()))
                 .unwrap_or_default(),
             decoy = self.decoy_lines(),
+            console = self
+                .console_link
+                .as_ref()
+                .map(|l| format!(
+                    "\n  web console     {l}\n                  (signs in once, within {} min; `rusectl --context-file {ctx} console` for another)",
+                    DEV_CONSOLE_LINK_TTL.as_secs() / 60
+                ))
+                .unwrap_or_default(),
         )
     }
 }
@@ -181,9 +195,16 @@ pub async fn run(
         })?;
         tracing::info!(data_dir = %data_dir.display(), pin = %report.pin, "initialised a new dev data directory");
     }
+    // The console on the next port (any free one when the controller's
+    // port is chosen by the system).
+    let console_port = match opts.listen.port() {
+        0 => 0,
+        p => p.saturating_add(1),
+    };
     let config = ControllerConfig {
         data_dir: data_dir.clone(),
         listen: opts.listen,
+        console_listen: Some(SocketAddr::new(opts.listen.ip(), console_port)),
         heartbeat_interval: Duration::from_secs(10),
         offline_after: Duration::from_secs(30),
         ..ControllerConfig::default()
@@ -297,6 +318,19 @@ pub async fn run(
     };
     let ssh_key =
         Some(sandbox.join("home/clinician/.ssh/id_ed25519_pacs-archive02")).filter(|k| k.exists());
+    let admin: ruse_proto::types::AdminName = "admin"
+        .parse()
+        .map_err(|e| DevError::Other(format!("{e}")))?;
+    let console_link = match controller
+        .core()
+        .console_link_for(&admin, DEV_CONSOLE_LINK_TTL)
+    {
+        Ok(link) => Some(link.url),
+        Err(e) => {
+            tracing::warn!(error = %e, "no console link");
+            None
+        }
+    };
     ready(&DevInfo {
         url,
         pin,
@@ -310,6 +344,7 @@ pub async fn run(
         decoy,
         decoy_services,
         ssh_key,
+        console_link,
     });
 
     tokio::select! {

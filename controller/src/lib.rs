@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod deploy;
 pub mod dev;
@@ -31,6 +32,7 @@ pub mod outputs;
 mod ratelimit;
 pub mod refusals;
 pub mod resources;
+pub mod sessions;
 pub mod stix;
 pub mod store;
 
@@ -174,6 +176,11 @@ impl Controller {
     /// Where admins connect (the agent address unless `admin_listen` is set).
     pub fn admin_addr(&self) -> SocketAddr {
         self.listeners.admin_addr
+    }
+
+    /// Where the web console listens, when `console_listen` is set.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.listeners.console_addr
     }
 
     pub fn core(&self) -> &Arc<Core> {

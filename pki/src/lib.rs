@@ -34,8 +34,9 @@ pub use files::{
 pub use rustls;
 pub use tls::{
     ClientAuth, Denylist, NoDenylist, ServerCert, anonymous_client_config, client_config,
-    database_client_config, decoy_server_config, decoy_server_config_of, pinned_client_config,
-    plain_client_config, plain_server_config, server_config, validity_error_text,
+    console_server_config, database_client_config, decoy_server_config, decoy_server_config_of,
+    pinned_client_config, plain_client_config, plain_server_config, server_config,
+    validity_error_text,
 };
 
 /// Things that go wrong with keys and certificates.

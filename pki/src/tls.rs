@@ -240,6 +240,18 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The controller's web console: the same renewed server certificate as
+/// its gRPC listeners, TLS 1.3, HTTP/1.1, no client certificate (browsers
+/// sign in with a one-time link instead).
+pub fn console_server_config(cert: Arc<ServerCert>) -> Result<Arc<ServerConfig>, PkiError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A server without client authentication (decoy services).
 pub fn plain_server_config(
     chain: Vec<CertificateDer<'static>>,

@@ -288,6 +288,8 @@ pub struct Listeners {
     pub admin_addr: SocketAddr,
     /// Plaintext gRPC health for probes, when `health_listen` is set.
     pub health_addr: Option<SocketAddr>,
+    /// The web console, when `console_listen` is set.
+    pub console_addr: Option<SocketAddr>,
     pub(crate) tasks: Vec<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
@@ -418,6 +420,25 @@ pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<L
         }
         None => None,
     };
+    let console_addr = match config.console_listen {
+        Some(addr) => {
+            let tls =
+                ruse_pki::console_server_config(server_cert.clone()).map_err(io::Error::other)?;
+            let listener = bind(addr)?;
+            let bound = listener.local_addr()?;
+            core.console_port
+                .store(bound.port(), std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(crate::console::serve(
+                core.clone(),
+                listener,
+                tls,
+                stop.clone(),
+            ));
+            tracing::info!(addr = %bound, "console listening");
+            Some(bound)
+        }
+        None => None,
+    };
     tasks.push(tokio::spawn(renew_server_cert(
         core.clone(),
         server_cert,
@@ -427,6 +448,7 @@ pub async fn serve(core: Arc<Core>, stop: watch::Receiver<bool>) -> io::Result<L
         agent_addr,
         admin_addr,
         health_addr,
+        console_addr,
         tasks,
     })
 }

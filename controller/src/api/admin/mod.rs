@@ -192,6 +192,21 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn console_sign_in(
+        &self,
+        request: Request<pb::ConsoleSignInRequest>,
+    ) -> Result<Response<pb::ConsoleSignInResponse>, Status> {
+        let audit = entry("console.link", "", "");
+        let (caller, name, _) = self.authorize(&request, Role::Viewer, Some(&audit)).await?;
+        let link = self
+            .mutate(&caller, audit, async { self.core.console_link(&name) })
+            .await?;
+        Ok(Response::new(pb::ConsoleSignInResponse {
+            url: link.url,
+            expires_ms: link.expires.0.max(0) as u64,
+        }))
+    }
+
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,

@@ -1,0 +1,280 @@
+//! The web console against a real controller and a real decoy, driven with
+//! `curl` as a browser would drive it: sign-in by a one-time link, the
+//! session cookie, the incident queue and an incident page, acknowledging
+//! with the CSRF token, a viewer's forged POST refused and audited, and an
+//! attacker's HTML in a decoy login shown as text.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ruse_e2e::{TestController, free_ports, pb, require_tool};
+
+const PAYLOAD: &str = "<script>alert('x')</script><img src=x onerror=alert(1)>";
+
+/// What `curl` got: status, headers (lower-case names) and body.
+struct Got {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+/// One request with `curl`, verifying the console's certificate against
+/// the controller's CA; cookies kept in `jar`.
+fn curl(ca: &Path, jar: &Path, method: &str, url: &str, form: Option<&str>) -> Got {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(ca)
+        .arg("-b")
+        .arg(jar)
+        .arg("-c")
+        .arg(jar)
+        .args(["-D", "-", "-X", method, url]);
+    if let Some(form) = form {
+        cmd.args(["--data-raw", form]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    Got {
+        status,
+        headers: head.to_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+/// The value of the first `name="csrf" value="..."` in a page.
+fn csrf(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect(page) + "name=\"csrf\" value=\"".len();
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+/// A one-time sign-in link for a new admin of `role`.
+async fn link(tc: &TestController, name: &str, role: pb::Role) -> String {
+    tc.admin_as(name, role)
+        .await
+        .console_sign_in(pb::ConsoleSignInRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .url
+}
+
+/// An FTP login with `user` at the decoy on `port`, as a client types it.
+fn ftp_login(port: u16, user: &str) {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    write!(w, "USER {user}\r\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    write!(w, "PASS Winter2024!\r\n").unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("530"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
+    if !require_tool("the_console_signs_in_once", "curl") {
+        return;
+    }
+    let tc = TestController::start_with(|c| {
+        c.console_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let console = tc.controller().console_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ruse_pki::pem_encode("CERTIFICATE", tc.ca().cert_der())).unwrap();
+
+    // An attacker's login at a real decoy: their user name is HTML.
+    let port = free_ports(1)[0];
+    let token = tc.token("role=decoy", 1, Duration::from_secs(600)).await;
+    let mut decoy = tc.spawn_agent(tc.agent_config("decoyhost", &token, ""));
+    decoy.connected().await;
+    tc.apply(&format!(
+        "kind: Decoy\nname: files01\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ftp, port: {port}, refusal_delay: 0s}}\n"
+    ))
+    .await;
+    let started = Instant::now();
+    while decoy.status.borrow().decoy_services < 1 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no decoy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ftp_login(port, PAYLOAD);
+    let mut root = tc.root().await;
+    let started = Instant::now();
+    let incident = loop {
+        let list = root
+            .list_incidents(pb::ListIncidentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .incidents;
+        if let Some(i) = list.into_iter().next() {
+            break i;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no incident");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Sign in: the link works once and sets a strict session cookie.
+    let url = link(&tc, "alice", pb::Role::Operator).await;
+    // On the controller's first server name, the console's port.
+    let (base, _) = url.split_once("/signin?t=").unwrap();
+    let base = base.to_owned();
+    assert!(
+        base.starts_with("https://") && base.ends_with(&format!(":{}", console.port())),
+        "{url}"
+    );
+    let jar = dir.path().join("alice.jar");
+    let got = curl(&ca, &jar, "GET", &url, None);
+    assert_eq!(got.status, 303, "{}", got.body);
+    assert!(
+        got.headers.contains("location: /incidents"),
+        "{}",
+        got.headers
+    );
+    let cookie = got
+        .headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie: ruse_console="))
+        .unwrap()
+        .to_owned();
+    for attribute in ["secure", "httponly", "samesite=strict", "path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let again = curl(&ca, &dir.path().join("other.jar"), "GET", &url, None);
+    assert_eq!(again.status, 403, "a link works once");
+
+    // Without a session: nothing but how to sign in.
+    let anonymous = curl(
+        &ca,
+        &dir.path().join("none.jar"),
+        "GET",
+        &format!("{base}/incidents"),
+        None,
+    );
+    assert_eq!(anonymous.status, 401);
+    assert!(!anonymous.body.contains(&incident.id));
+
+    // The queue and the incident: the attacker's HTML is text.
+    let queue = curl(&ca, &jar, "GET", &format!("{base}/incidents"), None);
+    assert_eq!(queue.status, 200);
+    assert!(queue.body.contains(&incident.id), "{}", queue.body);
+    assert!(
+        queue
+            .headers
+            .contains("content-security-policy: default-src 'none'"),
+        "{}",
+        queue.headers
+    );
+    let page_url = format!("{base}/incidents/{}", incident.id);
+    let page = curl(&ca, &jar, "GET", &page_url, None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<svg class=\"path\""), "{}", page.body);
+    assert!(
+        page.body.contains(
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+        ),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("<script") && !page.body.contains("<img"));
+
+    // Acknowledge: refused without the CSRF token, done with it.
+    let ack = format!("{page_url}/ack");
+    let forged = curl(&ca, &jar, "POST", &ack, Some("csrf=guess"));
+    assert_eq!(forged.status, 403);
+    let token = csrf(&page.body);
+    let done = curl(&ca, &jar, "POST", &ack, Some(&format!("csrf={token}")));
+    assert_eq!(done.status, 303, "{}", done.body);
+    let now = root
+        .get_incident(pb::GetIncidentRequest {
+            id: incident.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.status, "acknowledged");
+    assert_eq!(now.acknowledged_by, "admin/alice");
+
+    // A viewer sees no actions, and its forged POST is refused.
+    let viewer_jar = dir.path().join("victor.jar");
+    let url = link(&tc, "victor", pb::Role::Viewer).await;
+    assert_eq!(curl(&ca, &viewer_jar, "GET", &url, None).status, 303);
+    let seen = curl(&ca, &viewer_jar, "GET", &page_url, None);
+    assert_eq!(seen.status, 200);
+    assert!(
+        !seen.body.contains("/resolve\"") && !seen.body.contains(">Resolve<"),
+        "{}",
+        seen.body
+    );
+    let token = csrf(&seen.body);
+    let forged = curl(
+        &ca,
+        &viewer_jar,
+        "POST",
+        &format!("{page_url}/resolve"),
+        Some(&format!("csrf={token}&note=closing")),
+    );
+    assert_eq!(forged.status, 403);
+
+    // The audit log names who did what, via the console.
+    let audit = root
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let find = |actor: &str, action: &str, result: &str| {
+        audit.iter().any(|r| {
+            r.actor == actor
+                && r.action == action
+                && r.result.starts_with(result)
+                && r.detail == "via console"
+        })
+    };
+    assert!(find("admin/alice", "console.signin", "ok"), "{audit:#?}");
+    assert!(find("admin/alice", "incident.ack", "ok"), "{audit:#?}");
+    assert!(
+        find(
+            "admin/alice",
+            "incident.ack",
+            "refused: missing or wrong CSRF"
+        ),
+        "{audit:#?}"
+    );
+    assert!(
+        find(
+            "admin/victor",
+            "incident.resolve",
+            "refused: this needs the operator role"
+        ),
+        "{audit:#?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r.actor == "admin/alice" && r.action == "console.link"),
+        "{audit:#?}"
+    );
+}
