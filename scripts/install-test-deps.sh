@@ -47,6 +47,10 @@ DEBIAN=(
     xfreerdp:freerdp2-x11
     xvfb-run:xvfb
     xauth:xauth
+    # The web console's browser tests (tests/tests/console.rs): headless
+    # Chromium driven through its WebDriver by selenium (below).
+    chromium:chromium
+    chromedriver:chromium-driver
     # An endpoint whose clock is years off (tests/tests/faults.rs).
     faketime:faketime
     # The PostgreSQL store's tests make a throw-away cluster each
@@ -107,6 +111,12 @@ fi
 if ! "$venv/bin/python" -c 'import ocsf_emitter' >/dev/null 2>&1; then
     echo "==> installing ocsf-emitter into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "ocsf-emitter==0.3.0"
+fi
+# The console's browser tests drive Chromium with selenium
+# (tests/clients/console_browser.py).
+if ! "$venv/bin/python" -c 'import selenium' >/dev/null 2>&1; then
+    echo "==> installing selenium into $venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "selenium==4.27.1"
 fi
 # The e-mail output's tests run a real SMTP server, aiosmtpd, with STARTTLS
 # and authentication (tests/clients/smtp_server.py).

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use ruse_e2e::{TestController, free_ports, pb, require_tool};
 
-const PAYLOAD: &str = "<script>alert('x')</script><img src=x onerror=alert(1)>";
+/// An attacker's user name: markup that would set `window.pwned` if it
+/// ever ran.
+const PAYLOAD: &str = "<script>window.pwned=1</script><img src=x onerror=window.pwned=2>";
 
 /// What `curl` got: status, headers (lower-case names) and body.
 struct Got {
@@ -91,21 +93,20 @@ fn ftp_login(port: u16, user: &str) {
     assert!(line.starts_with("530"), "{line}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
-    if !require_tool("the_console_signs_in_once", "curl") {
-        return;
-    }
+/// A controller with its console on, and the controller's CA as a PEM
+/// file in `dir` (what browsers and curl trust).
+async fn console_controller(dir: &Path) -> (TestController, std::path::PathBuf) {
     let tc = TestController::start_with(|c| {
         c.console_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
-    let console = tc.controller().console_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
+    let ca = dir.join("ca.pem");
     std::fs::write(&ca, ruse_pki::pem_encode("CERTIFICATE", tc.ca().cert_der())).unwrap();
+    (tc, ca)
+}
 
-    // An attacker's login at a real decoy: their user name is HTML.
+/// A real agent running an FTP decoy; its port.
+async fn ftp_decoy(tc: &TestController) -> (u16, ruse_e2e::TestAgent) {
     let port = free_ports(1)[0];
     let token = tc.token("role=decoy", 1, Duration::from_secs(600)).await;
     let mut decoy = tc.spawn_agent(tc.agent_config("decoyhost", &token, ""));
@@ -119,6 +120,20 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
         assert!(started.elapsed() < Duration::from_secs(20), "no decoy");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (port, decoy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
+    if !require_tool("the_console_signs_in_once", "curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tc, ca) = console_controller(dir.path()).await;
+    let console = tc.controller().console_addr().unwrap();
+
+    // An attacker's login at a real decoy: their user name is HTML.
+    let (port, _decoy) = ftp_decoy(&tc).await;
     ftp_login(port, PAYLOAD);
     let mut root = tc.root().await;
     let started = Instant::now();
@@ -193,12 +208,12 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
     assert!(page.body.contains("<svg class=\"path\""), "{}", page.body);
     assert!(
         page.body.contains(
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;"
+            "&lt;script&gt;window.pwned=1&lt;/script&gt;&lt;img src=x onerror=window.pwned=2&gt;"
         ),
         "{}",
         page.body
     );
-    assert!(!page.body.contains("<script") && !page.body.contains("<img"));
+    assert!(!page.body.contains("<script>window") && !page.body.contains("<img"));
 
     // Acknowledge: refused without the CSRF token, done with it.
     let ack = format!("{page_url}/ack");
@@ -277,4 +292,73 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
             .any(|r| r.actor == "admin/alice" && r.action == "console.link"),
         "{audit:#?}"
     );
+}
+
+/// Headless Chromium through chromedriver (tests/clients/console_browser.py):
+/// the queue shows a new incident without a reload within 2 s, the incident
+/// page draws its path and shows the attacker's markup as text without
+/// running it, an operator acknowledges it, a viewer sees no controls and
+/// its forged POSTs are refused. Screenshots of the incident and the queue
+/// are saved under the target directory's `console-screenshots/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_headless_chromium_the_queue_is_live_and_markup_never_runs() {
+    let test = "in_headless_chromium_the_queue_is_live";
+    if !require_tool(test, "chromium") || !require_tool(test, "chromedriver") {
+        return;
+    }
+    let python = ruse_e2e::test_venv().join("bin/python");
+    let has_selenium = Command::new(&python)
+        .args(["-c", "import selenium"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_selenium {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test} needs selenium in the test virtualenv; scripts/install-test-deps.sh installs it"
+        );
+        eprintln!("SKIPPED {test}: no selenium in {}", python.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tc, _ca) = console_controller(dir.path()).await;
+    let (port, _decoy) = ftp_decoy(&tc).await;
+    let operator = link(&tc, "olga", pb::Role::Operator).await;
+    let viewer = link(&tc, "vic", pb::Role::Viewer).await;
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/console_browser.py");
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .arg(&operator)
+        .arg(&viewer)
+        .arg(&shots)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("browser: {line}");
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let ready = seen.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(ready, "READY");
+    ftp_login(port, PAYLOAD);
+    writeln!(child.stdin.take().unwrap(), "tripped").unwrap();
+    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let said: Vec<String> = seen.try_iter().collect();
+    assert!(
+        status.success() && said.iter().any(|l| l == "OK"),
+        "{status}: {said:?}"
+    );
+    for shot in ["incident.png", "queue.png"] {
+        let len = std::fs::metadata(shots.join(shot)).unwrap().len();
+        assert!(len > 10_000, "{shot}: {len} bytes");
+    }
 }

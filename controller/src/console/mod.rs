@@ -46,10 +46,15 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_FORM: usize = 8 * 1024;
 
 const CSS: &str = include_str!("console.css");
+/// The one script: live updates of the incident queue (progressive
+/// enhancement; every page works without it).
+const JS: &str = include_str!("console.js");
+/// A comment sent on a quiet live stream, so proxies keep it open.
+const KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// What every response carries: no script, nothing from elsewhere, never
 /// framed or cached.
-const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 #[derive(Debug, Clone)]
 struct App {
@@ -63,11 +68,21 @@ fn router(app: App) -> Router {
         .route("/signin", get(sign_in))
         .route("/signout", post(sign_out))
         .route("/incidents", get(queue))
+        .route("/live/incidents", get(live))
         .route("/incidents/{id}", get(incident))
         .route("/incidents/{id}/{action}", post(act))
         .route(
             "/static/console.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }),
+        )
+        .route(
+            "/static/console.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    JS,
+                )
+            }),
         )
         .fallback(|| async { not_found() })
         .with_state(app)
@@ -371,10 +386,61 @@ async fn queue(State(app): State<App>, req: Request<Body>) -> Response {
         status.as_str()
     };
     let incidents = app.core.events.incidents.list(&filter, QUEUE_LIMIT);
+    let rows_only = req.uri().query().and_then(|q| param(q, "part")).as_deref() == Some("rows");
+    if rows_only {
+        return html(StatusCode::OK, pages::queue_rows(&incidents).into_string());
+    }
     html(
         StatusCode::OK,
         pages::queue(&incidents, shown, &who.viewer()),
     )
+}
+
+/// Server-sent events: the id of every incident that opens or changes,
+/// while the session lasts (the browser reconnects after a drop).
+async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.signed_in(&headers) {
+        return *r;
+    }
+    let mut incidents = app.core.events.incidents.subscribe();
+    let mut closing = app.core.events.closing();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        // Tells the browser to reconnect after 2 s if the stream drops.
+        if tx
+            .send(Ok(Bytes::from_static(b"retry: 2000\n\n")))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            let chunk = tokio::select! {
+                () = crate::stopped(&mut closing) => return,
+                () = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
+                received = incidents.recv() => match received {
+                    Ok(i) => Bytes::from(format!("event: incident\ndata: {}\n\n", i.id)),
+                    // Missed some: any change makes the page refresh.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        Bytes::from_static(b"event: incident\ndata: \n\n")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn incident(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {

@@ -33,7 +33,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: Html) -> String {
         .raw("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">")
         .raw("<title>")
         .text(title)
-        .raw(" · Ruse</title><link rel=\"stylesheet\" href=\"/static/console.css\"></head><body>")
+        .raw(" · Ruse</title><link rel=\"stylesheet\" href=\"/static/console.css\"><script src=\"/static/console.js\" defer></script></head><body>")
         .raw("<header><a class=\"brand\" href=\"/incidents\">Ruse</a><nav><a href=\"/incidents\">Incidents</a></nav>");
     if let Some(v) = viewer {
         h.raw("<form class=\"who\" method=\"post\" action=\"/signout\"><span>")
@@ -88,10 +88,18 @@ pub fn queue(incidents: &[Incident], filter: &str, viewer: &Viewer<'_>) -> Strin
         }
         h.raw(">").text(label).raw("</a> ");
     }
-    h.raw("</nav>");
+    h.raw("</nav><div id=\"queue\" data-live=\"/live/incidents\" aria-live=\"polite\">")
+        .append(queue_rows(incidents))
+        .raw("</div>");
+    page("Incidents", Some(viewer), h)
+}
+
+/// The queue's table (what live updates replace).
+pub fn queue_rows(incidents: &[Incident]) -> Html {
+    let mut h = Html::new();
     if incidents.is_empty() {
         h.raw("<p class=\"empty\">No incidents.</p>");
-        return page("Incidents", Some(viewer), h);
+        return h;
     }
     h.raw("<table class=\"queue\"><thead><tr><th>Severity</th><th>Status</th><th>Title</th><th>Hosts and sources</th><th>Last seen</th><th>Events</th></tr></thead><tbody>");
     for i in incidents {
@@ -114,7 +122,7 @@ pub fn queue(incidents: &[Incident], filter: &str, viewer: &Viewer<'_>) -> Strin
         h.raw("</td><td>").num(i.event_count).raw("</td></tr>");
     }
     h.raw("</tbody></table>");
-    page("Incidents", Some(viewer), h)
+    h
 }
 
 /// The attack path as an SVG graph: one box per hop, left to right, each
@@ -183,11 +191,11 @@ fn list(h: &mut Html, title: &'static str, items: &std::collections::BTreeSet<St
     if items.is_empty() {
         return;
     }
-    h.raw("<h3>").raw(title).raw("</h3><ul>");
+    h.raw("<section><h3>").raw(title).raw("</h3><ul>");
     for item in items {
         h.raw("<li><code>").text(item).raw("</code></li>");
     }
-    h.raw("</ul>");
+    h.raw("</ul></section>");
 }
 
 /// One incident: what it is, its path, what was used, the timeline and
@@ -202,7 +210,11 @@ pub fn incident(i: &Incident, viewer: &Viewer<'_>) -> String {
         .text(i.status.as_str())
         .raw("</span> · ")
         .num(i.event_count)
-        .raw(" events · first seen ");
+        .raw(if i.event_count == 1 {
+            " event · first seen "
+        } else {
+            " events · first seen "
+        });
     time(&mut h, i.first_seen);
     h.raw(" · last seen ");
     time(&mut h, i.last_seen);

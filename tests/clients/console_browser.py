@@ -1,0 +1,121 @@
+"""Drives the web console in headless Chromium through its WebDriver
+(chromedriver), for tests/tests/console.rs.
+
+    console_browser.py OPERATOR_LINK VIEWER_LINK SCREENSHOT_DIR
+
+Signs in with the operator's one-time link, waits on the incident queue
+and prints READY; the test then trips a decoy and writes one line to
+stdin. The new incident must appear in the queue without a reload within
+2 s. Then: the incident page (its attack path drawn, the attacker's markup
+shown as text and never run), acknowledging it, and, signed in as a
+viewer, no controls and forged POSTs refused. Prints OK at the end; any
+failure raises (non-zero exit) with what was seen.
+"""
+
+import sys
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        # The console's certificate is signed by the controller's own CA,
+        # which this throw-away profile does not know.
+        "--ignore-certificate-errors",
+        "--window-size=1280,800",
+    ):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def wait_for(what, check, within):
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within}s")
+        time.sleep(0.05)
+
+
+def rows(driver):
+    return driver.find_elements(By.CSS_SELECTOR, "#queue tbody tr")
+
+
+def fetch_status(driver, path, body):
+    """The status of a POST made from the page's own origin (what a forged
+    request from a script on the page would get)."""
+    return driver.execute_async_script(
+        """
+        const [path, body, done] = arguments;
+        fetch(path, {method: 'POST', body: body, credentials: 'same-origin',
+                     redirect: 'manual',
+                     headers: {'Content-Type': 'application/x-www-form-urlencoded'}})
+          .then(r => done(r.status), e => done(String(e)));
+        """,
+        path,
+        body,
+    )
+
+
+def main():
+    operator_link, viewer_link, shots = sys.argv[1], sys.argv[2], sys.argv[3]
+    driver = browser()
+    try:
+        driver.get(operator_link)
+        assert driver.title.startswith("Incidents"), driver.title
+        before = len(rows(driver))
+        driver.execute_script("window.marker = 1")
+        print("READY", flush=True)
+        sys.stdin.readline()
+        tripped = time.monotonic()
+        wait_for("the new incident in the queue", lambda: len(rows(driver)) > before, 5)
+        appeared = time.monotonic() - tripped
+        print(f"appeared after {appeared:.2f}s", flush=True)
+        assert appeared <= 2.0, f"the incident took {appeared:.2f}s to appear"
+        assert driver.execute_script("return window.marker === 1"), "the page was reloaded"
+        link = rows(driver)[0].find_element(By.CSS_SELECTOR, "a")
+        link.click()
+        wait_for("the incident page", lambda: driver.find_elements(By.CSS_SELECTOR, "svg.path"), 5)
+        hops = driver.find_elements(By.CSS_SELECTOR, "svg.path g.hop")
+        assert len(hops) >= 2, f"{len(hops)} hops drawn"
+        text = driver.find_element(By.TAG_NAME, "main").text
+        assert "<script>window.pwned=1</script>" in text, text
+        assert driver.execute_script("return window.pwned === undefined"), "a script ran"
+        driver.save_screenshot(f"{shots}/incident.png")
+        driver.find_element(By.XPATH, "//button[text()='Acknowledge']").click()
+        wait_for(
+            "the acknowledgement",
+            lambda: "Acknowledged by admin/" in driver.find_element(By.TAG_NAME, "main").text,
+            5,
+        )
+        incident_path = driver.execute_script("return location.pathname")
+        driver.get(driver.current_url.split("/incidents")[0] + "/incidents")
+        driver.save_screenshot(f"{shots}/queue.png")
+
+        driver.delete_all_cookies()
+        driver.get(viewer_link)
+        driver.get(driver.current_url.split("/incidents")[0] + incident_path)
+        buttons = [b.text for b in driver.find_elements(By.TAG_NAME, "button")]
+        assert buttons == ["Sign out"], buttons
+        csrf = driver.find_element(By.NAME, "csrf").get_attribute("value")
+        forged = fetch_status(driver, incident_path + "/resolve", f"csrf={csrf}&note=x")
+        assert forged == 403, forged
+        no_token = fetch_status(driver, incident_path + "/resolve", "note=x")
+        assert no_token == 403, no_token
+        print("OK", flush=True)
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()
