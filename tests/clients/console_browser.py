@@ -101,6 +101,10 @@ def main():
         incident_path = driver.execute_script("return location.pathname")
         driver.get(driver.current_url.split("/incidents")[0] + "/incidents")
         driver.save_screenshot(f"{shots}/queue.png")
+        driver.get(driver.current_url.split("/incidents")[0] + "/fleet")
+        text = driver.find_element(By.TAG_NAME, "main").text
+        assert "role=decoy" in text and "files01" in text, text
+        driver.save_screenshot(f"{shots}/fleet.png")
 
         driver.delete_all_cookies()
         driver.get(viewer_link)

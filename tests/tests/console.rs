@@ -215,6 +215,17 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
     );
     assert!(!page.body.contains("<script>window") && !page.body.contains("<img"));
 
+    // The fleet: the decoy's agent and what it runs; the audit log.
+    let fleet = curl(&ca, &jar, "GET", &format!("{base}/fleet"), None);
+    assert_eq!(fleet.status, 200);
+    assert!(
+        fleet.body.contains("role=decoy") && fleet.body.contains("files01"),
+        "{}",
+        fleet.body
+    );
+    let log = curl(&ca, &jar, "GET", &format!("{base}/audit"), None);
+    assert!(log.body.contains("console.signin"), "{}", log.body);
+
     // Acknowledge: refused without the CSRF token, done with it.
     let ack = format!("{page_url}/ack");
     let forged = curl(&ca, &jar, "POST", &ack, Some("csrf=guess"));
@@ -357,7 +368,7 @@ async fn in_headless_chromium_the_queue_is_live_and_markup_never_runs() {
         status.success() && said.iter().any(|l| l == "OK"),
         "{status}: {said:?}"
     );
-    for shot in ["incident.png", "queue.png"] {
+    for shot in ["incident.png", "queue.png", "fleet.png"] {
         let len = std::fs::metadata(shots.join(shot)).unwrap().len();
         assert!(len > 10_000, "{shot}: {len} bytes");
     }

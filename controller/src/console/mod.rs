@@ -36,6 +36,8 @@ use crate::sessions::{self as session, Session};
 
 /// The session cookie.
 const COOKIE: &str = "ruse_console";
+/// Audit records the audit page shows.
+const AUDIT_LIMIT: usize = 500;
 /// Incidents the queue shows at most.
 const QUEUE_LIMIT: usize = 1000;
 /// The longest a browser connection is kept.
@@ -69,6 +71,8 @@ fn router(app: App) -> Router {
         .route("/signout", post(sign_out))
         .route("/incidents", get(queue))
         .route("/live/incidents", get(live))
+        .route("/fleet", get(fleet))
+        .route("/audit", get(audit))
         .route("/incidents/{id}", get(incident))
         .route("/incidents/{id}/{action}", post(act))
         .route(
@@ -394,6 +398,75 @@ async fn queue(State(app): State<App>, req: Request<Body>) -> Response {
         StatusCode::OK,
         pages::queue(&incidents, shown, &who.viewer()),
     )
+}
+
+/// Every agent not deleted, with what it runs and how the fleet is covered.
+async fn fleet(State(app): State<App>, headers: HeaderMap) -> Response {
+    let who = match app.signed_in(&headers) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let core = &app.core;
+    let mut lures: std::collections::HashMap<String, usize> = Default::default();
+    for l in core.deploy.lures(None, None, false).unwrap_or_default() {
+        *lures.entry(l.lure.agent.to_string()).or_default() += 1;
+    }
+    let decoys = core.deploy.decoys();
+    // Agents renew at about 70 % of a certificate's life: with a quarter
+    // left, one has not.
+    let now = ruse_proto::types::UnixMs::now();
+    let overdue_within = core.config.agent_cert_ttl / 4;
+    let mut rows: Vec<pages::FleetRow> = core
+        .fleet
+        .list(&Default::default())
+        .into_iter()
+        .filter(|a| a.record.deleted.is_none())
+        .map(|a| {
+            let r = &a.record;
+            let id = r.id.to_string();
+            pages::FleetRow {
+                lures: lures.get(&id).copied().unwrap_or(0),
+                decoys: decoys
+                    .iter()
+                    .filter(|d| a.state.as_str() != "revoked" && a.labels.matches(&d.selector))
+                    .map(|d| d.name.clone())
+                    .collect(),
+                site: a.labels.get("site").unwrap_or("—").to_owned(),
+                labels: a.labels.to_string(),
+                hostname: r.facts.hostname.clone(),
+                state: a.state.as_str(),
+                os: r.facts.os.clone(),
+                version: r.facts.agent_version.clone(),
+                last_seen: r.last_seen,
+                cert_not_after: r.cert_not_after,
+                cert_overdue: r.cert_not_after.0 - now.0
+                    < i64::try_from(overdue_within.as_millis()).unwrap_or(i64::MAX),
+                problems: a.health.problems.clone(),
+                id,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    html(StatusCode::OK, pages::fleet(&rows, &who.viewer()))
+}
+
+/// The audit log's most recent records.
+async fn audit(State(app): State<App>, headers: HeaderMap) -> Response {
+    let who = match app.signed_in(&headers) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    match app
+        .core
+        .store
+        .audit(ruse_proto::types::UnixMs(0), None, AUDIT_LIMIT)
+    {
+        Ok(records) => html(StatusCode::OK, pages::audit(&records, &who.viewer())),
+        Err(e) => html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::message("Audit log unavailable", &e.to_string(), Some(&who.viewer())),
+        ),
+    }
 }
 
 /// Server-sent events: the id of every incident that opens or changes,
