@@ -1,8 +1,9 @@
 //! Criterion benches for the controller's hot paths: protobuf encode and
 //! decode of what crosses the wire most (updates, event batches),
 //! correlation of one event, storing events with group commit against
-//! one flush per event, and writing one registry chunk of a fleet-wide
-//! campaign (5,000 new lure instances as one record).
+//! one flush per event, writing one registry chunk of a fleet-wide
+//! campaign (5,000 new lure instances as one record), and the web
+//! console's incident queue with 10,000 open incidents.
 //!
 //! `cargo bench -p ruse-controller --bench hot_paths`
 
@@ -236,5 +237,57 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, proto, correlation, store);
+/// The console's incident queue with 10,000 open incidents (one per
+/// agent): what the server does for `GET /incidents` — pick the 1,000 most
+/// recent, render the page — without TLS and HTTP.
+fn console(c: &mut Criterion) {
+    use ruse_controller::console::pages::{Viewer, queue};
+    use ruse_controller::incidents::{IncidentFilter, Incidents};
+    let mut group = c.benchmark_group("console");
+    group.sample_size(20);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 64 << 20).unwrap());
+    let incidents = rt.block_on(async {
+        let (committer, _task) = Committer::spawn(store.clone());
+        let incidents =
+            Incidents::load(store.clone(), committer, Duration::from_secs(3600)).unwrap();
+        let now = UnixMs::now().0;
+        let events: Vec<(StoredEvent, Option<String>)> = (0..10_000)
+            .map(|i| {
+                (
+                    stored(&AgentId::generate(), i, now - 10_000 + i as i64),
+                    None,
+                )
+            })
+            .collect();
+        for chunk in events.chunks(500) {
+            incidents.correlate(chunk, &[], &Dir).unwrap();
+        }
+        incidents
+    });
+    let filter = IncidentFilter {
+        unresolved: true,
+        ..IncidentFilter::default()
+    };
+    assert_eq!(incidents.list(&filter, usize::MAX).len(), 10_000);
+    let viewer = Viewer {
+        admin: "alice",
+        role: ruse_proto::types::Role::Operator,
+        csrf: "token",
+    };
+    group.bench_function("queue_page_10000_open_incidents", |b| {
+        b.iter(|| {
+            let shown = incidents.list(&filter, 1000);
+            queue(&shown, "unresolved", &viewer).len()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, proto, correlation, store, console);
 criterion_main!(benches);
