@@ -226,6 +226,74 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
     let log = curl(&ca, &jar, "GET", &format!("{base}/audit"), None);
     assert!(log.body.contains("console.signin"), "{}", log.body);
 
+    // The event stream, with rusectl's filters: the login's markup as text.
+    let events = curl(&ca, &jar, "GET", &format!("{base}/events"), None);
+    assert_eq!(events.status, 200);
+    assert!(
+        events.body.contains("decoy-login")
+            && events.body.contains("user &lt;script&gt;window.pwned=1")
+            && events.body.contains("data-live=\"/live/events?\""),
+        "{}",
+        events.body
+    );
+    let touches = curl(
+        &ca,
+        &jar,
+        "GET",
+        &format!("{base}/events?kind=touch&part=rows"),
+        None,
+    );
+    assert_eq!(touches.body.trim(), "<p class=\"empty\">No events.</p>");
+    let bad = curl(
+        &ca,
+        &jar,
+        "GET",
+        &format!("{base}/events?agent=%3Cx%3E"),
+        None,
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body.contains("agent &quot;&lt;x&gt;&quot;"),
+        "{}",
+        bad.body
+    );
+
+    // A campaign whose one agent is offline waits in its first wave; an
+    // operator pauses it from the campaigns page.
+    let ws_token = tc
+        .token("role=workstation", 1, Duration::from_secs(600))
+        .await;
+    let mut ws = tc.spawn_agent(tc.agent_config("ws", &ws_token, ""));
+    ws.connected().await;
+    ws.stop().await.unwrap();
+    tc.apply("kind: Campaign\nname: icu-desktops\nselector: {role: workstation}\nlures:\n  - {template: patient-csv}\n")
+        .await;
+    let campaigns = curl(&ca, &jar, "GET", &format!("{base}/campaigns"), None);
+    assert_eq!(campaigns.status, 200);
+    for expected in [
+        "icu-desktops",
+        "progressing",
+        "files01",
+        ">Pause<",
+        "<progress",
+    ] {
+        assert!(
+            campaigns.body.contains(expected),
+            "{expected}: {}",
+            campaigns.body
+        );
+    }
+    let token = csrf(&campaigns.body);
+    let paused = curl(
+        &ca,
+        &jar,
+        "POST",
+        &format!("{base}/campaigns/icu-desktops/pause"),
+        Some(&format!("csrf={token}")),
+    );
+    assert_eq!(paused.status, 303, "{}", paused.body);
+    assert_eq!(tc.campaign("icu-desktops").await.rollout_state, "paused");
+
     // Acknowledge: refused without the CSRF token, done with it.
     let ack = format!("{page_url}/ack");
     let forged = curl(&ca, &jar, "POST", &ack, Some("csrf=guess"));
@@ -281,6 +349,7 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
     };
     assert!(find("admin/alice", "console.signin", "ok"), "{audit:#?}");
     assert!(find("admin/alice", "incident.ack", "ok"), "{audit:#?}");
+    assert!(find("admin/alice", "rollout.pause", "ok"), "{audit:#?}");
     assert!(
         find(
             "admin/alice",
@@ -372,4 +441,63 @@ async fn in_headless_chromium_the_queue_is_live_and_markup_never_runs() {
         let len = std::fs::metadata(shots.join(shot)).unwrap().len();
         assert!(len > 10_000, "{shot}: {len} bytes");
     }
+}
+
+/// The fleet page's drill button: the agent trips one of its lures for
+/// real, and the streamed page shows every step and the verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_from_the_fleet_page_shows_each_step_as_it_happens() {
+    if !require_tool("a_drill_from_the_fleet_page", "curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (tc, ca) = console_controller(dir.path()).await;
+    let token = tc
+        .token("role=workstation", 1, Duration::from_secs(600))
+        .await;
+    let mut ws = tc.spawn_agent(tc.agent_config("ws", &token, ""));
+    let agent = ws.connected().await;
+    tc.apply("kind: Campaign\nname: drilled\nselector: {role: workstation}\nlures:\n  - {template: patient-csv}\n")
+        .await;
+    ws.wait_lures(1, Duration::from_secs(20)).await;
+    let url = link(&tc, "dora", pb::Role::Operator).await;
+    let (base, _) = url.split_once("/signin?t=").unwrap();
+    let jar = dir.path().join("dora.jar");
+    assert_eq!(curl(&ca, &jar, "GET", &url, None).status, 303);
+    let fleet = curl(&ca, &jar, "GET", &format!("{base}/fleet"), None);
+    assert!(fleet.body.contains(">Drill<"), "{}", fleet.body);
+    let token = csrf(&fleet.body);
+    let drill = curl(
+        &ca,
+        &jar,
+        "POST",
+        &format!("{base}/drill"),
+        Some(&format!("csrf={token}&agent={agent}")),
+    );
+    assert_eq!(drill.status, 200);
+    assert!(
+        drill.body.contains("The drill passed.") && drill.body.contains("</html>"),
+        "{}",
+        drill.body
+    );
+    assert!(
+        drill.body.matches("<li class=\"ok\">").count() >= 3,
+        "{}",
+        drill.body
+    );
+    let audit = tc
+        .root()
+        .await
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert!(
+        audit.iter().any(|r| r.actor == "admin/dora"
+            && r.action == "drill.run"
+            && r.result == "ok"
+            && r.detail == "via console"),
+        "{audit:#?}"
+    );
 }

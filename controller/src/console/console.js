@@ -1,10 +1,11 @@
-// Live updates of the incident queue: when the server says an incident
-// opened or changed, fetch the queue's rows again (same filter) and put
-// them in place. Without this script the page still works; reload it.
+// Live updates: a part of the page marked data-live (the incident queue,
+// the event stream) listens on its server-sent events; when something
+// opens or changes, it fetches its rows again (same filter) and puts them
+// in place. Without this script the pages still work; reload them.
 "use strict";
 (function () {
-  var queue = document.getElementById("queue");
-  if (!queue || !window.EventSource || !window.fetch) {
+  var part = document.querySelector("[data-live]");
+  if (!part || !window.EventSource || !window.fetch) {
     return;
   }
   var pending = null;
@@ -22,13 +23,13 @@
       .then(function (rows) {
         // Markup from the console itself, escaped on the server.
         var parsed = new DOMParser().parseFromString(rows, "text/html");
-        queue.replaceChildren.apply(queue, Array.from(parsed.body.childNodes));
-        queue.dataset.updated = String(Date.now());
+        part.replaceChildren.apply(part, Array.from(parsed.body.childNodes));
+        part.dataset.updated = String(Date.now());
       })
       .catch(function () {});
   }
-  var source = new EventSource(queue.dataset.live);
-  source.addEventListener("incident", function () {
+  var source = new EventSource(part.dataset.live);
+  source.addEventListener("change", function () {
     if (pending === null) {
       pending = window.setTimeout(refresh, 150);
     }

@@ -11,7 +11,9 @@
 //! construction ([`html`]); the Content-Security-Policy allows no script at
 //! all and only the console's own stylesheet.
 
+mod events;
 pub mod html;
+mod operate;
 pub mod pages;
 
 use std::net::SocketAddr;
@@ -36,8 +38,6 @@ use crate::sessions::{self as session, Session};
 
 /// The session cookie.
 const COOKIE: &str = "ruse_console";
-/// Audit records the audit page shows.
-const AUDIT_LIMIT: usize = 500;
 /// Incidents the queue shows at most.
 const QUEUE_LIMIT: usize = 1000;
 /// The longest a browser connection is kept.
@@ -71,8 +71,13 @@ fn router(app: App) -> Router {
         .route("/signout", post(sign_out))
         .route("/incidents", get(queue))
         .route("/live/incidents", get(live))
-        .route("/fleet", get(fleet))
-        .route("/audit", get(audit))
+        .route("/events", get(events::events))
+        .route("/live/events", get(events::live))
+        .route("/fleet", get(operate::fleet))
+        .route("/audit", get(operate::audit))
+        .route("/campaigns", get(operate::campaigns))
+        .route("/drill", post(operate::drill))
+        .route("/campaigns/{name}/{action}", post(operate::rollout))
         .route("/incidents/{id}", get(incident))
         .route("/incidents/{id}/{action}", post(act))
         .route(
@@ -173,6 +178,11 @@ fn html(status: StatusCode, body: String) -> Response {
         body,
     )
         .into_response()
+}
+
+/// A path segment, percent-encoded.
+fn encoded(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn not_found() -> Response {
@@ -400,75 +410,6 @@ async fn queue(State(app): State<App>, req: Request<Body>) -> Response {
     )
 }
 
-/// Every agent not deleted, with what it runs and how the fleet is covered.
-async fn fleet(State(app): State<App>, headers: HeaderMap) -> Response {
-    let who = match app.signed_in(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
-    let core = &app.core;
-    let mut lures: std::collections::HashMap<String, usize> = Default::default();
-    for l in core.deploy.lures(None, None, false).unwrap_or_default() {
-        *lures.entry(l.lure.agent.to_string()).or_default() += 1;
-    }
-    let decoys = core.deploy.decoys();
-    // Agents renew at about 70 % of a certificate's life: with a quarter
-    // left, one has not.
-    let now = ruse_proto::types::UnixMs::now();
-    let overdue_within = core.config.agent_cert_ttl / 4;
-    let mut rows: Vec<pages::FleetRow> = core
-        .fleet
-        .list(&Default::default())
-        .into_iter()
-        .filter(|a| a.record.deleted.is_none())
-        .map(|a| {
-            let r = &a.record;
-            let id = r.id.to_string();
-            pages::FleetRow {
-                lures: lures.get(&id).copied().unwrap_or(0),
-                decoys: decoys
-                    .iter()
-                    .filter(|d| a.state.as_str() != "revoked" && a.labels.matches(&d.selector))
-                    .map(|d| d.name.clone())
-                    .collect(),
-                site: a.labels.get("site").unwrap_or("—").to_owned(),
-                labels: a.labels.to_string(),
-                hostname: r.facts.hostname.clone(),
-                state: a.state.as_str(),
-                os: r.facts.os.clone(),
-                version: r.facts.agent_version.clone(),
-                last_seen: r.last_seen,
-                cert_not_after: r.cert_not_after,
-                cert_overdue: r.cert_not_after.0 - now.0
-                    < i64::try_from(overdue_within.as_millis()).unwrap_or(i64::MAX),
-                problems: a.health.problems.clone(),
-                id,
-            }
-        })
-        .collect();
-    rows.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-    html(StatusCode::OK, pages::fleet(&rows, &who.viewer()))
-}
-
-/// The audit log's most recent records.
-async fn audit(State(app): State<App>, headers: HeaderMap) -> Response {
-    let who = match app.signed_in(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
-    match app
-        .core
-        .store
-        .audit(ruse_proto::types::UnixMs(0), None, AUDIT_LIMIT)
-    {
-        Ok(records) => html(StatusCode::OK, pages::audit(&records, &who.viewer())),
-        Err(e) => html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            pages::message("Audit log unavailable", &e.to_string(), Some(&who.viewer())),
-        ),
-    }
-}
-
 /// Server-sent events: the id of every incident that opens or changes,
 /// while the session lasts (the browser reconnects after a drop).
 async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
@@ -492,10 +433,10 @@ async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
                 () = crate::stopped(&mut closing) => return,
                 () = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
                 received = incidents.recv() => match received {
-                    Ok(i) => Bytes::from(format!("event: incident\ndata: {}\n\n", i.id)),
+                    Ok(i) => Bytes::from(format!("event: change\ndata: {}\n\n", i.id)),
                     // Missed some: any change makes the page refresh.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        Bytes::from_static(b"event: incident\ndata: \n\n")
+                        Bytes::from_static(b"event: change\ndata: \n\n")
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
@@ -563,17 +504,18 @@ async fn act(
             .collect();
         app.core.resolve_incident(&id, &by, &note).await
     };
-    finish(&app, &who, action, target, &id, result.map(|_| ())).await
+    let back = format!("/incidents/{}", encoded(&id));
+    finish(&app, &who, action, target, &back, result.map(|_| ())).await
 }
 
-/// Audits an action's outcome and answers: back to the incident, or why
-/// it failed.
+/// Audits an action's outcome and answers: back to `back`, or why it
+/// failed.
 async fn finish<E: std::fmt::Display>(
     app: &App,
     who: &SignedIn,
     action: &'static str,
     target: String,
-    id: &str,
+    back: &str,
     result: Result<(), E>,
 ) -> Response {
     let outcome = result
@@ -582,10 +524,7 @@ async fn finish<E: std::fmt::Display>(
     app.audit(&who.session.admin, action, target, &outcome)
         .await;
     match result {
-        Ok(()) => redirect(&format!(
-            "/incidents/{}",
-            percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
-        )),
+        Ok(()) => redirect(back),
         Err(e) => html(
             StatusCode::CONFLICT,
             pages::message("Not done", &e.to_string(), Some(&who.viewer())),

@@ -22,7 +22,7 @@ impl Viewer<'_> {
     }
 }
 
-fn time(h: &mut Html, t: UnixMs) {
+pub(super) fn time(h: &mut Html, t: UnixMs) {
     h.raw("<time>").text(&t.rfc3339()).raw("</time>");
 }
 
@@ -34,7 +34,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: Html) -> String {
         .raw("<title>")
         .text(title)
         .raw(" · Ruse</title><link rel=\"stylesheet\" href=\"/static/console.css\"><script src=\"/static/console.js\" defer></script></head><body>")
-        .raw("<header><a class=\"brand\" href=\"/incidents\">Ruse</a><nav><a href=\"/incidents\">Incidents</a> <a href=\"/fleet\">Fleet</a> <a href=\"/audit\">Audit</a></nav>");
+        .raw("<header><a class=\"brand\" href=\"/incidents\">Ruse</a><nav><a href=\"/incidents\">Incidents</a> <a href=\"/events\">Events</a> <a href=\"/fleet\">Fleet</a> <a href=\"/campaigns\">Campaigns</a> <a href=\"/audit\">Audit</a></nav>");
     if let Some(v) = viewer {
         h.raw("<form class=\"who\" method=\"post\" action=\"/signout\"><span>")
             .text(v.admin)
@@ -88,7 +88,7 @@ pub fn queue(incidents: &[Incident], filter: &str, viewer: &Viewer<'_>) -> Strin
         }
         h.raw(">").text(label).raw("</a> ");
     }
-    h.raw("</nav><div id=\"queue\" data-live=\"/live/incidents\" aria-live=\"polite\">")
+    h.raw("</nav><div id=\"queue\" data-live=\"/live/incidents?\" aria-live=\"polite\">")
         .append(queue_rows(incidents))
         .raw("</div>");
     page("Incidents", Some(viewer), h)
@@ -289,127 +289,4 @@ pub fn incident(i: &Incident, viewer: &Viewer<'_>) -> String {
         h.raw("</tbody></table>");
     }
     page(&i.title, Some(viewer), h)
-}
-
-/// One agent as the fleet page shows it.
-#[derive(Debug, Clone)]
-pub struct FleetRow {
-    pub id: String,
-    pub hostname: String,
-    pub state: &'static str,
-    pub os: String,
-    pub labels: String,
-    pub version: String,
-    pub last_seen: UnixMs,
-    pub lures: usize,
-    pub decoys: Vec<String>,
-    pub cert_not_after: UnixMs,
-    /// Its certificate is past the point where the agent renews it (a
-    /// quarter of its lifetime left): the agent is not renewing.
-    pub cert_overdue: bool,
-    pub problems: Vec<String>,
-    /// The `site` label (or "—").
-    pub site: String,
-}
-
-/// The fleet: coverage at a glance, then every agent.
-pub fn fleet(agents: &[FleetRow], viewer: &Viewer<'_>) -> String {
-    let mut h = Html::new();
-    h.raw("<h1>Fleet</h1>");
-    let count = |f: &dyn Fn(&FleetRow) -> bool| agents.iter().filter(|a| f(a)).count() as u64;
-    let active = |a: &FleetRow| a.state != "revoked";
-    h.raw("<dl class=\"summary\">");
-    for (label, n) in [
-        ("Agents", count(&active)),
-        ("Online", count(&|a| a.state == "online")),
-        ("Degraded", count(&|a| a.state == "degraded")),
-        ("Offline", count(&|a| a.state == "offline")),
-        ("Without lures", count(&|a| active(a) && a.lures == 0)),
-        (
-            "Certificates not renewed in time",
-            count(&|a| active(a) && a.cert_overdue),
-        ),
-    ] {
-        h.raw("<div><dt>")
-            .text(label)
-            .raw("</dt><dd>")
-            .num(n)
-            .raw("</dd></div>");
-    }
-    h.raw("</dl><h2>Coverage by site</h2><table><thead><tr><th>Site</th><th>Agents</th><th>With lures</th><th>Without lures</th><th>Running decoys</th><th>Offline or degraded</th></tr></thead><tbody>");
-    let mut sites: std::collections::BTreeMap<&str, [u64; 5]> = Default::default();
-    for a in agents.iter().filter(|a| active(a)) {
-        let s = sites.entry(a.site.as_str()).or_default();
-        s[0] += 1;
-        s[if a.lures > 0 { 1 } else { 2 }] += 1;
-        s[3] += u64::from(!a.decoys.is_empty());
-        s[4] += u64::from(a.state != "online");
-    }
-    for (site, n) in &sites {
-        h.raw("<tr><td>").text(site).raw("</td>");
-        for v in n {
-            h.raw("<td>").num(*v).raw("</td>");
-        }
-        h.raw("</tr>");
-    }
-    h.raw("</tbody></table><h2>Agents</h2><table class=\"fleet\"><thead><tr><th>Host</th><th>State</th><th>OS</th><th>Labels</th><th>Version</th><th>Last seen</th><th>Lures</th><th>Decoys</th><th>Certificate until</th></tr></thead><tbody>");
-    for a in agents {
-        h.raw("<tr><td>")
-            .text(&a.hostname)
-            .raw("<br><code>")
-            .text(&a.id)
-            .raw("</code></td><td><span class=\"state state-")
-            .text(a.state)
-            .raw("\">")
-            .text(a.state)
-            .raw("</span>");
-        for p in &a.problems {
-            h.raw("<br><small>").text(p).raw("</small>");
-        }
-        h.raw("</td><td>")
-            .text(&a.os)
-            .raw("</td><td><code>")
-            .text(&a.labels)
-            .raw("</code></td><td>")
-            .text(&a.version)
-            .raw("</td><td>");
-        time(&mut h, a.last_seen);
-        h.raw("</td><td>")
-            .num(a.lures as u64)
-            .raw("</td><td>")
-            .text(&a.decoys.join(", "))
-            .raw("</td><td>");
-        time(&mut h, a.cert_not_after);
-        if a.state != "revoked" && a.cert_overdue {
-            h.raw(" <strong>(not renewed)</strong>");
-        }
-        h.raw("</td></tr>");
-    }
-    h.raw("</tbody></table>");
-    page("Fleet", Some(viewer), h)
-}
-
-/// The audit log, newest first.
-pub fn audit(records: &[crate::model::AuditRecord], viewer: &Viewer<'_>) -> String {
-    let mut h = Html::new();
-    h.raw("<h1>Audit log</h1><table class=\"audit\"><thead><tr><th>When</th><th>Who</th><th>From</th><th>Action</th><th>Target</th><th>Result</th><th>Detail</th></tr></thead><tbody>");
-    for r in records.iter().rev() {
-        h.raw("<tr><td>");
-        time(&mut h, r.at);
-        h.raw("</td><td>")
-            .text(&r.actor)
-            .raw("</td><td>")
-            .text(&r.peer)
-            .raw("</td><td>")
-            .text(&r.action)
-            .raw("</td><td>")
-            .text(&r.target)
-            .raw("</td><td>")
-            .text(&r.result)
-            .raw("</td><td>")
-            .text(&r.detail)
-            .raw("</td></tr>");
-    }
-    h.raw("</tbody></table>");
-    page("Audit log", Some(viewer), h)
 }
