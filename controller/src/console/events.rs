@@ -2,16 +2,16 @@
 //! filters of `rusectl get events` (agent, lure, kind), updated live as
 //! `rusectl watch events` would show them.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use ruse_proto::types::AgentId;
 
 use super::html::Html;
 use super::pages::{Viewer, page, time};
-use super::{App, KEEPALIVE, html, param};
+use super::{App, Changes, event_stream, html, param};
 use crate::events::{EventFilter, WatchItem};
 use crate::model::StoredEvent;
 
@@ -89,6 +89,22 @@ pub(super) async fn events(State(app): State<App>, req: Request<Body>) -> Respon
     )
 }
 
+/// New events a filter matches.
+struct EventChanges {
+    watch: crate::events::EventWatch,
+    core: std::sync::Arc<crate::core::Core>,
+}
+
+impl Changes for EventChanges {
+    async fn next(&mut self) -> Option<String> {
+        match self.watch.next(&self.core.events).await {
+            Ok(Some(WatchItem::Event(e) | WatchItem::Other(e))) => Some(e.id.clone()),
+            Ok(Some(_)) => Some(String::new()),
+            Ok(None) | Err(_) => None,
+        }
+    }
+}
+
 /// `GET /live/events`: server-sent events, one per new event the filter
 /// matches.
 pub(super) async fn live(State(app): State<App>, req: Request<Body>) -> Response {
@@ -98,43 +114,11 @@ pub(super) async fn live(State(app): State<App>, req: Request<Body>) -> Response
     let Ok((filter, _)) = filter(req.uri().query().unwrap_or("")) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let mut watch = app.core.events.watch(filter, None);
-    let mut closing = app.core.events.closing();
-    let core = app.core.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
-    tokio::spawn(async move {
-        if tx
-            .send(Ok(Bytes::from_static(b"retry: 2000\n\n")))
-            .await
-            .is_err()
-        {
-            return;
-        }
-        loop {
-            let chunk = tokio::select! {
-                () = crate::stopped(&mut closing) => return,
-                () = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
-                item = watch.next(&core.events) => match item {
-                    Ok(Some(WatchItem::Event(e) | WatchItem::Other(e))) => {
-                        Bytes::from(format!("event: change\ndata: {}\n\n", e.id))
-                    }
-                    Ok(Some(_)) => Bytes::from_static(b"event: change\ndata: \n\n"),
-                    Ok(None) | Err(_) => return,
-                },
-            };
-            if tx.send(Ok(chunk)).await.is_err() {
-                return;
-            }
-        }
-    });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-    )
-        .into_response()
+    let changes = EventChanges {
+        watch: app.core.events.watch(filter, None),
+        core: app.core.clone(),
+    };
+    event_stream(&app.core, changes)
 }
 
 /// Where an event happened: the planted file, or the decoy and who

@@ -410,14 +410,31 @@ async fn queue(State(app): State<App>, req: Request<Body>) -> Response {
     )
 }
 
-/// Server-sent events: the id of every incident that opens or changes,
-/// while the session lasts (the browser reconnects after a drop).
-async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.signed_in(&headers) {
-        return *r;
+/// What a live page listens to: the id of the next thing that opened or
+/// changed (empty when some were missed), or `None` when it ends.
+trait Changes: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Option<String>> + Send;
+}
+
+/// Incidents as they open or change.
+struct IncidentChanges(tokio::sync::broadcast::Receiver<Arc<crate::model::Incident>>);
+
+impl Changes for IncidentChanges {
+    async fn next(&mut self) -> Option<String> {
+        match self.0.recv().await {
+            Ok(i) => Some(i.id.clone()),
+            // Missed some: any change makes the page refresh.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(String::new()),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
     }
-    let mut incidents = app.core.events.incidents.subscribe();
-    let mut closing = app.core.events.closing();
+}
+
+/// Server-sent events, one `change` per item of `changes`, with
+/// keepalives, until the browser leaves or the controller stops (the
+/// browser reconnects after a drop).
+fn event_stream(core: &Core, mut changes: impl Changes) -> Response {
+    let mut closing = core.events.closing();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
     tokio::spawn(async move {
         // Tells the browser to reconnect after 2 s if the stream drops.
@@ -432,13 +449,9 @@ async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
             let chunk = tokio::select! {
                 () = crate::stopped(&mut closing) => return,
                 () = tokio::time::sleep(KEEPALIVE) => Bytes::from_static(b": keepalive\n\n"),
-                received = incidents.recv() => match received {
-                    Ok(i) => Bytes::from(format!("event: change\ndata: {}\n\n", i.id)),
-                    // Missed some: any change makes the page refresh.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        Bytes::from_static(b"event: change\ndata: \n\n")
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                changed = changes.next() => match changed {
+                    Some(id) => Bytes::from(format!("event: change\ndata: {id}\n\n")),
+                    None => return,
                 },
             };
             if tx.send(Ok(chunk)).await.is_err() {
@@ -446,15 +459,25 @@ async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
             }
         }
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        body,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
         .into_response()
+}
+
+/// `GET /live/incidents`: incidents as they open or change.
+async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.signed_in(&headers) {
+        return *r;
+    }
+    event_stream(
+        &app.core,
+        IncidentChanges(app.core.events.incidents.subscribe()),
+    )
 }
 
 async fn incident(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {
