@@ -126,6 +126,21 @@ pub async fn console(client: &mut Client, no_browser: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// `rusectl revoke session ADMIN`.
+pub async fn revoke_sessions(client: &mut Client, admin: &str) -> anyhow::Result<()> {
+    let r = client
+        .revoke_console_sessions(pb::RevokeConsoleSessionsRequest {
+            admin: admin.to_owned(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "ended {} console session(s) and {} unused sign-in link(s) of {admin}",
+        r.sessions, r.links
+    );
+    Ok(())
+}
+
 /// `rusectl token create`.
 pub async fn token(client: &mut Client, format: Format, action: TokenAction) -> anyhow::Result<()> {
     let TokenAction::Create {

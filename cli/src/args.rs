@@ -345,6 +345,12 @@ pub enum RevokeWhat {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// End an admin's web console sessions (sign-in links they have not
+    /// used yet stop working too).
+    Session {
+        /// The admin whose sessions end.
+        admin: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

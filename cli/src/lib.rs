@@ -106,6 +106,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke {
             what: RevokeWhat::Agent { id, reason },
         } => agents::revoke(c, format, id, reason).await,
+        Command::Revoke {
+            what: RevokeWhat::Session { admin },
+        } => admins::revoke_sessions(c, &admin).await,
         Command::Delete { what } => match what {
             DeleteWhat::Token { id } => admins::delete_token(c, id).await,
             DeleteWhat::Agent { id, reason } => agents::delete(c, &id, reason).await,

@@ -158,12 +158,18 @@ impl Sessions {
             .remove(&digest(id));
     }
 
-    /// Ends every session of `admin`; how many there were.
-    pub fn end_all(&self, admin: &AdminName) -> usize {
+    /// Ends every session and unused link of `admin`: how many of each
+    /// there were.
+    pub fn end_all(&self, admin: &AdminName) -> (usize, usize) {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         let before = live.len();
         live.retain(|_, s| s.session.admin != *admin);
-        before - live.len()
+        let sessions = before - live.len();
+        drop(live);
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let before = links.len();
+        links.retain(|_, l| l.admin != *admin);
+        (sessions, before - links.len())
     }
 }
 
@@ -212,7 +218,9 @@ mod tests {
         assert_eq!(s.redeem(&link), None);
         let (a, _) = s.redeem(&s.mint(admin("bob"), LINK_TTL)).unwrap();
         let (b, _) = s.redeem(&s.mint(admin("carol"), LINK_TTL)).unwrap();
-        assert_eq!(s.end_all(&admin("bob")), 1);
+        let unused = s.mint(admin("bob"), LINK_TTL);
+        assert_eq!(s.end_all(&admin("bob")), (1, 1));
+        assert_eq!(s.redeem(&unused), None, "its links end too");
         assert_eq!(s.check(&a), None);
         assert!(s.check(&b).is_some());
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));

@@ -372,6 +372,27 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
             .any(|r| r.actor == "admin/alice" && r.action == "console.link"),
         "{audit:#?}"
     );
+
+    // Revoking: a viewer may not end another's sessions; an admin may, and
+    // the browser is signed out at once.
+    let mut vic = tc.admin_as("vic2", pb::Role::Viewer).await;
+    let refused = vic
+        .revoke_console_sessions(pb::RevokeConsoleSessionsRequest {
+            admin: "alice".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let ended = root
+        .revoke_console_sessions(pb::RevokeConsoleSessionsRequest {
+            admin: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ended.sessions, 1);
+    let after = curl(&ca, &jar, "GET", &format!("{base}/incidents"), None);
+    assert_eq!(after.status, 401);
 }
 
 /// Headless Chromium through chromedriver (tests/clients/console_browser.py):

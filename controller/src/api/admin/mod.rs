@@ -207,6 +207,32 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn revoke_console_sessions(
+        &self,
+        request: Request<pb::RevokeConsoleSessionsRequest>,
+    ) -> Result<Response<pb::RevokeConsoleSessionsResponse>, Status> {
+        let whose = request.get_ref().admin.clone();
+        let audit = entry("console.revoke", format!("admin/{whose}"), "");
+        // Anyone may end their own sessions; others' need the admin role.
+        let (_, me, _) = self.authorize(&request, Role::Viewer, None).await?;
+        let needed = if me.as_str() == whose {
+            Role::Viewer
+        } else {
+            Role::Admin
+        };
+        let (caller, _, _) = self.authorize(&request, needed, Some(&audit)).await?;
+        let admin: AdminName = parse(&whose)?;
+        let (sessions, links) = self
+            .mutate(&caller, audit, async {
+                Ok(self.core.console.end_all(&admin))
+            })
+            .await?;
+        Ok(Response::new(pb::RevokeConsoleSessionsResponse {
+            sessions: u32::try_from(sessions).unwrap_or(u32::MAX),
+            links: u32::try_from(links).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
