@@ -241,7 +241,7 @@ fn store(c: &mut Criterion) {
 /// agent): what the server does for `GET /incidents` — pick the 1,000 most
 /// recent, render the page — without TLS and HTTP.
 fn console(c: &mut Criterion) {
-    use ruse_controller::console::pages::{Viewer, queue};
+    use ruse_controller::console::pages::{QueueFilters, Viewer, queue};
     use ruse_controller::incidents::{IncidentFilter, Incidents};
     let mut group = c.benchmark_group("console");
     group.sample_size(20);
@@ -283,7 +283,12 @@ fn console(c: &mut Criterion) {
     group.bench_function("queue_page_10000_open_incidents", |b| {
         b.iter(|| {
             let shown = incidents.list(&filter, 1000);
-            queue(&shown, "unresolved", &viewer).len()
+            let filters = QueueFilters {
+                status: "unresolved",
+                severity: "",
+                agent: "",
+            };
+            queue(&shown, &filters, &viewer).len()
         })
     });
     group.finish();

@@ -1,14 +1,16 @@
 """Drives the web console in headless Chromium through its WebDriver
 (chromedriver), for tests/tests/console.rs.
 
-    console_browser.py OPERATOR_LINK VIEWER_LINK SCREENSHOT_DIR
+    console_browser.py OPERATOR_LINK VIEWER_LINK SCREENSHOT_DIR [TOUCHED]
 
 Signs in with the operator's one-time link, waits on the incident queue
 and prints READY; the test then trips a decoy and writes one line to
 stdin. The new incident must appear in the queue without a reload within
 2 s. Then: the incident page (its attack path drawn, the attacker's markup
 shown as text and never run), acknowledging it, and, signed in as a
-viewer, no controls and forged POSTs refused. Prints OK at the end; any
+viewer, no controls and forged POSTs refused. With TOUCHED (`yes`), a
+lure was read by a process whose command line is markup: the event stream
+shows it as text and it never runs. Prints OK at the end; any
 failure raises (non-zero exit) with what was seen.
 """
 
@@ -69,6 +71,7 @@ def fetch_status(driver, path, body):
 
 def main():
     operator_link, viewer_link, shots = sys.argv[1], sys.argv[2], sys.argv[3]
+    touched = len(sys.argv) > 4 and sys.argv[4] == "yes"
     driver = browser()
     try:
         driver.get(operator_link)
@@ -105,6 +108,11 @@ def main():
         text = driver.find_element(By.TAG_NAME, "main").text
         assert "role=decoy" in text and "files01" in text, text
         driver.save_screenshot(f"{shots}/fleet.png")
+        if touched:
+            driver.get(driver.current_url.split("/fleet")[0] + "/events?kind=touch")
+            text = driver.find_element(By.TAG_NAME, "main").text
+            assert "<script>window.pwned=3</script>" in text, text
+            assert driver.execute_script("return window.pwned === undefined"), "a script ran"
 
         driver.delete_all_cookies()
         driver.get(viewer_link)

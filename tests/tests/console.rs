@@ -294,6 +294,38 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
     assert_eq!(paused.status, 303, "{}", paused.body);
     assert_eq!(tc.campaign("icu-desktops").await.rollout_state, "paused");
 
+    // The queue's filters, and the incident as STIX to share.
+    let critical = curl(
+        &ca,
+        &jar,
+        "GET",
+        &format!("{base}/incidents?severity=critical"),
+        None,
+    );
+    assert!(critical.body.contains(&incident.id));
+    let other_agent = curl(
+        &ca,
+        &jar,
+        "GET",
+        &format!("{base}/incidents?agent=01m0000000000000000000000a"),
+        None,
+    );
+    assert!(
+        !other_agent.body.contains(&incident.id),
+        "{}",
+        other_agent.body
+    );
+    let stix = curl(&ca, &jar, "GET", &format!("{page_url}/stix"), None);
+    assert_eq!(stix.status, 200);
+    assert!(
+        stix.headers.contains("content-type: application/stix+json")
+            && stix.headers.contains("content-disposition: attachment"),
+        "{}",
+        stix.headers
+    );
+    let bundle: serde_json::Value = serde_json::from_str(&stix.body).unwrap();
+    assert_eq!(bundle["type"], "bundle");
+
     // Acknowledge: refused without the CSRF token, done with it.
     let ack = format!("{page_url}/ack");
     let forged = curl(&ca, &jar, "POST", &ack, Some("csrf=guess"));
@@ -423,6 +455,34 @@ async fn in_headless_chromium_the_queue_is_live_and_markup_never_runs() {
     let dir = tempfile::tempdir().unwrap();
     let (tc, _ca) = console_controller(dir.path()).await;
     let (port, _decoy) = ftp_decoy(&tc).await;
+    // As root the agent names the process behind a read: one whose command
+    // line is markup reads a planted honeyfile.
+    let touched = nix::unistd::geteuid().is_root();
+    let _ws = if touched {
+        let token = tc
+            .token("role=workstation", 1, Duration::from_secs(600))
+            .await;
+        let mut ws = tc.spawn_agent(tc.agent_config("ws", &token, ""));
+        ws.connected().await;
+        tc.apply("kind: Campaign\nname: exports\nselector: {role: workstation}\nlures:\n  - {template: patient-csv}\n")
+            .await;
+        ws.wait_lures(1, Duration::from_secs(20)).await;
+        let file = ruse_e2e::planted_files(&ws.home().join("Documents/Exports"))
+            .into_iter()
+            .next()
+            .unwrap();
+        let read = Command::new("python3")
+            .args(["-c", "import sys; open(sys.argv[1]).read()"])
+            .arg(&file)
+            .arg("<script>window.pwned=3</script>")
+            .status()
+            .unwrap();
+        assert!(read.success());
+        Some(ws)
+    } else {
+        eprintln!("not root: the command-line part of this test is left out");
+        None
+    };
     let operator = link(&tc, "olga", pb::Role::Operator).await;
     let viewer = link(&tc, "vic", pb::Role::Viewer).await;
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
@@ -433,6 +493,7 @@ async fn in_headless_chromium_the_queue_is_live_and_markup_never_runs() {
         .arg(&operator)
         .arg(&viewer)
         .arg(&shots)
+        .arg(if touched { "yes" } else { "no" })
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -79,6 +79,7 @@ fn router(app: App) -> Router {
         .route("/drill", post(operate::drill))
         .route("/campaigns/{name}/{action}", post(operate::rollout))
         .route("/incidents/{id}", get(incident))
+        .route("/incidents/{id}/stix", get(stix))
         .route("/incidents/{id}/{action}", post(act))
         .route(
             "/static/console.css",
@@ -384,7 +385,22 @@ async fn queue(State(app): State<App>, req: Request<Body>) -> Response {
         .query()
         .and_then(|q| param(q, "status"))
         .unwrap_or_else(|| "unresolved".into());
+    let min_severity = req
+        .uri()
+        .query()
+        .and_then(|q| param(q, "severity"))
+        .and_then(|s| {
+            crate::model::Severity::ALL
+                .into_iter()
+                .find(|v| v.as_str() == s)
+        });
+    let agent = req
+        .uri()
+        .query()
+        .and_then(|q| param(q, "agent"))
+        .filter(|a| !a.is_empty());
     let filter = IncidentFilter {
+        min_severity,
         status: match status.as_str() {
             "open" => Some(Status::Open),
             "acknowledged" => Some(Status::Acknowledged),
@@ -399,14 +415,30 @@ async fn queue(State(app): State<App>, req: Request<Body>) -> Response {
     } else {
         status.as_str()
     };
-    let incidents = app.core.events.incidents.list(&filter, QUEUE_LIMIT);
+    let mut incidents = app.core.events.incidents.list(
+        &filter,
+        if agent.is_some() {
+            usize::MAX
+        } else {
+            QUEUE_LIMIT
+        },
+    );
+    if let Some(agent) = &agent {
+        incidents.retain(|i| i.agents.iter().any(|a| a.as_str() == agent));
+        incidents.truncate(QUEUE_LIMIT);
+    }
     let rows_only = req.uri().query().and_then(|q| param(q, "part")).as_deref() == Some("rows");
     if rows_only {
         return html(StatusCode::OK, pages::queue_rows(&incidents).into_string());
     }
+    let filters = pages::QueueFilters {
+        status: shown,
+        severity: min_severity.map_or("", |s| s.as_str()),
+        agent: agent.as_deref().unwrap_or(""),
+    };
     html(
         StatusCode::OK,
-        pages::queue(&incidents, shown, &who.viewer()),
+        pages::queue(&incidents, &filters, &who.viewer()),
     )
 }
 
@@ -496,6 +528,41 @@ async fn incident(State(app): State<App>, Path(id): Path<String>, headers: Heade
             ),
         ),
     }
+}
+
+/// `GET /incidents/{id}/stix`: the incident as a STIX 2.1 bundle to share
+/// (names internal to the hospital redacted, as `rusectl export` does by
+/// default), downloaded as a file.
+async fn stix(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.signed_in(&headers) {
+        return *r;
+    }
+    let Some(incident) = app.core.events.incidents.get(&id) else {
+        return not_found();
+    };
+    let producer = format!("Ruse ({})", app.core.ca.trust_domain());
+    let bundle = crate::stix::bundle(
+        std::slice::from_ref(&incident),
+        &producer,
+        ruse_proto::types::UnixMs::now(),
+        crate::stix::Sharing::Redacted,
+    );
+    let body = serde_json::to_string_pretty(&bundle).unwrap_or_default();
+    let file: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(64)
+        .collect();
+    let disposition = format!("attachment; filename=\"incident-{file}.stix.json\"");
+    let mut r = (
+        [(header::CONTENT_TYPE, "application/stix+json;version=2.1")],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+    }
+    r
 }
 
 /// Acknowledge (`ack`) or resolve (`resolve`, with a `note`) an incident.

@@ -77,18 +77,42 @@ pub const FILTERS: [(&str, &str); 4] = [
     ("resolved", "Resolved"),
 ];
 
-/// The incident queue: most severe and most recent first.
-pub fn queue(incidents: &[Incident], filter: &str, viewer: &Viewer<'_>) -> String {
+/// What the queue is filtered by.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueFilters<'a> {
+    /// One of [`FILTERS`].
+    pub status: &'a str,
+    /// A minimum severity, or empty.
+    pub severity: &'a str,
+    /// An agent id, or empty.
+    pub agent: &'a str,
+}
+
+/// The incident queue: most recently seen first, with its filters.
+pub fn queue(incidents: &[Incident], f: &QueueFilters<'_>, viewer: &Viewer<'_>) -> String {
     let mut h = Html::new();
     h.raw("<h1>Incidents</h1><nav class=\"filters\" aria-label=\"Status\">");
     for (key, label) in FILTERS {
         h.raw("<a href=\"/incidents?status=").text(key).raw("\"");
-        if key == filter {
+        if key == f.status {
             h.raw(" aria-current=\"page\"");
         }
         h.raw(">").text(label).raw("</a> ");
     }
-    h.raw("</nav><div id=\"queue\" data-live=\"/live/incidents?\" aria-live=\"polite\">")
+    h.raw("</nav><form class=\"filters\" method=\"get\" action=\"/incidents\"><input type=\"hidden\" name=\"status\" value=\"")
+        .text(f.status)
+        .raw("\"><label>At least <select name=\"severity\"><option value=\"\">any severity</option>");
+    for s in crate::model::Severity::ALL {
+        h.raw("<option");
+        if s.as_str() == f.severity {
+            h.raw(" selected");
+        }
+        h.raw(">").text(s.as_str()).raw("</option>");
+    }
+    h.raw("</select></label> <label>Agent id <input name=\"agent\" value=\"")
+        .text(f.agent)
+        .raw("\"></label> <button type=\"submit\">Filter</button></form>")
+        .raw("<div id=\"queue\" data-live=\"/live/incidents?\" aria-live=\"polite\">")
         .append(queue_rows(incidents))
         .raw("</div>");
     page("Incidents", Some(viewer), h)
@@ -166,16 +190,55 @@ fn path_svg(h: &mut Html, i: &Incident) {
             .raw("</text><title>")
             .text(&format!("{} {}: {}", hop.kind, hop.name, hop.what))
             .raw("</title></g>");
-        if k + 1 < i.path.len() {
+        if let Some(next) = i.path.get(k + 1) {
             let x1 = x + W;
             h.raw("<line class=\"edge\" x1=\"")
                 .num(x1)
                 .raw("\" y1=\"55\" x2=\"")
                 .num(x1 + GAP)
                 .raw("\" y2=\"55\" marker-end=\"url(#arrow)\"/>");
+            let (label, about) = edge_label(i, &next.kind);
+            h.raw("<text class=\"edge-label\" x=\"")
+                .num(x1 + GAP / 2)
+                .raw("\" y=\"48\" text-anchor=\"middle\">")
+                .text(&label)
+                .raw("<title>")
+                .text(&about)
+                .raw("</title></text>");
         }
     }
     h.raw("</svg>");
+}
+
+/// What an edge into a hop of `kind` stands for: the ATT&CK technique (a
+/// short label) and, in its tooltip, the technique's name and the lure or
+/// planted credential behind it.
+fn edge_label(i: &Incident, kind: &str) -> (String, String) {
+    // Into a source: a credential harvested from a lure; into a decoy: it
+    // was used there; into a host: a lure was touched on it.
+    let prefixes: &[&str] = match kind {
+        "source" => &["T1552"],
+        "decoy" => &["T1078", "T1021", "T1110", "T1046"],
+        _ => &["T1005", "T1552", "T1018"],
+    };
+    let technique = i
+        .techniques
+        .iter()
+        .find(|t| prefixes.iter().any(|p| t.starts_with(p)))
+        .cloned()
+        .unwrap_or_default();
+    let what = match kind {
+        "decoy" => i.matched.iter().next().or(i.lures.iter().next()),
+        _ => i.lures.iter().next(),
+    }
+    .cloned()
+    .unwrap_or_default();
+    let about = format!(
+        "{technique} {}{}{what}",
+        crate::stix::technique_name(&technique),
+        if what.is_empty() { "" } else { " — " }
+    );
+    (technique, about.trim().to_owned())
 }
 
 /// `s` cut to `max` characters, with an ellipsis when cut.
@@ -246,7 +309,9 @@ pub fn incident(i: &Incident, viewer: &Viewer<'_>) -> String {
             .text(viewer.csrf)
             .raw("\"><label>Note <input name=\"note\" required maxlength=\"1024\"></label> <button type=\"submit\">Resolve</button></form></section>");
     }
-    h.raw("<h2>Attack path</h2>");
+    h.raw("<p><a class=\"button\" href=\"/incidents/")
+        .text(&i.id)
+        .raw("/stix\" download>Export STIX 2.1</a></p><h2>Attack path</h2>");
     path_svg(&mut h, i);
     h.raw("<h2>What was involved</h2><div class=\"facts-grid\">");
     let techniques: std::collections::BTreeSet<String> = i
