@@ -86,7 +86,16 @@ def main():
         print(f"appeared after {appeared:.2f}s", flush=True)
         assert appeared <= 2.0, f"the incident took {appeared:.2f}s to appear"
         assert driver.execute_script("return window.marker === 1"), "the page was reloaded"
-        link = rows(driver)[0].find_element(By.CSS_SELECTOR, "a")
+        # The decoy login's incident (a lure read may have opened another).
+        link = wait_for(
+            "the decoy login's incident",
+            lambda: [
+                a
+                for a in driver.find_elements(By.CSS_SELECTOR, "#queue tbody a")
+                if "decoy files01" in a.text
+            ],
+            5,
+        )[0]
         link.click()
         wait_for("the incident page", lambda: driver.find_elements(By.CSS_SELECTOR, "svg.path"), 5)
         hops = driver.find_elements(By.CSS_SELECTOR, "svg.path g.hop")

@@ -96,8 +96,16 @@ fn ftp_login(port: u16, user: &str) {
 /// A controller with its console on, and the controller's CA as a PEM
 /// file in `dir` (what browsers and curl trust).
 async fn console_controller(dir: &Path) -> (TestController, std::path::PathBuf) {
+    // Incidents also go to a file, for the outputs page.
+    let archive = dir.join("incidents.jsonl");
     let tc = TestController::start_with(|c| {
         c.console_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.outputs.push(ruse_controller::outputs::OutputConfig {
+            name: "archive".into(),
+            kind: "file".into(),
+            path: Some(archive.clone()),
+            ..Default::default()
+        });
     })
     .await;
     let ca = dir.join("ca.pem");
@@ -478,6 +486,20 @@ async fn in_headless_chromium_the_queue_is_live_and_markup_never_runs() {
             .status()
             .unwrap();
         assert!(read.success());
+        // Its incident is open before the browser counts the queue.
+        let mut root = tc.root().await;
+        let started = Instant::now();
+        while root
+            .list_incidents(pb::ListIncidentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .incidents
+            .is_empty()
+        {
+            assert!(started.elapsed() < Duration::from_secs(15), "no incident");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Some(ws)
     } else {
         eprintln!("not root: the command-line part of this test is left out");
@@ -566,6 +588,15 @@ async fn a_drill_from_the_fleet_page_shows_each_step_as_it_happens() {
         drill.body.matches("<li class=\"ok\">").count() >= 3,
         "{}",
         drill.body
+    );
+    // The drill's incident went to the file output.
+    let outputs = curl(&ca, &jar, "GET", &format!("{base}/outputs"), None);
+    assert!(
+        outputs
+            .body
+            .contains("<td>archive</td><td>file</td><td>0</td><td>1</td>"),
+        "{}",
+        outputs.body
     );
     let audit = tc
         .root()

@@ -75,6 +75,7 @@ fn router(app: App) -> Router {
         .route("/live/events", get(events::live))
         .route("/fleet", get(operate::fleet))
         .route("/audit", get(operate::audit))
+        .route("/outputs", get(operate::outputs))
         .route("/campaigns", get(operate::campaigns))
         .route("/drill", post(operate::drill))
         .route("/campaigns/{name}/{action}", post(operate::rollout))

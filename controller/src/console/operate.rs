@@ -1,6 +1,6 @@
 //! The console's pages for running the deployment: the fleet and its
-//! coverage, campaigns and their rollouts (pause, resume, abort), decoys
-//! and who runs them, and the audit log.
+//! coverage (and drills), campaigns and their rollouts (pause, resume,
+//! abort), decoys and who runs them, outputs, and the audit log.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -508,4 +508,55 @@ pub(super) async fn drill(State(app): State<App>, headers: HeaderMap, body: Byte
         axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
         .into_response()
+}
+
+/// `GET /outputs`: each output with its queue, deliveries and failures.
+pub(super) async fn outputs(State(app): State<App>, headers: HeaderMap) -> Response {
+    let who = match app.signed_in(&headers) {
+        Ok(w) => w,
+        Err(r) => return *r,
+    };
+    let outputs = app.core.events.outputs.status();
+    let mut h = Html::new();
+    h.raw("<h1>Outputs</h1>");
+    if outputs.is_empty() {
+        h.raw("<p class=\"empty\">No outputs: incidents are only in the console and <code>rusectl</code>. Configure them in the controller's configuration (docs/incidents.md).</p>");
+    } else {
+        h.raw("<p class=\"facts\">Counts since the controller started; the queue is durable.</p><table><thead><tr><th>Output</th><th>Kind</th><th>Queued</th><th>Delivered</th><th>Failed attempts</th><th>Last delivery</th><th>Last failure</th></tr></thead><tbody>");
+        for o in &outputs {
+            h.raw("<tr><td>")
+                .text(&o.name)
+                .raw("</td><td>")
+                .text(&o.kind)
+                .raw("</td><td>")
+                .num(o.queued as u64);
+            if o.queued > 0 && o.last_error.is_empty() {
+                h.raw(" <small>(delivering)</small>");
+            }
+            h.raw("</td><td>")
+                .num(o.delivered)
+                .raw("</td><td>")
+                .num(o.failures)
+                .raw("</td><td>");
+            match o.last_delivered {
+                Some(t) => time(&mut h, t),
+                None => {
+                    h.raw("—");
+                }
+            }
+            h.raw("</td><td>");
+            match o.last_failed {
+                Some(t) => {
+                    time(&mut h, t);
+                    h.raw("<br>").text(&o.last_error);
+                }
+                None => {
+                    h.raw("—");
+                }
+            }
+            h.raw("</td></tr>");
+        }
+        h.raw("</tbody></table>");
+    }
+    html(StatusCode::OK, page("Outputs", Some(&who.viewer()), h))
 }

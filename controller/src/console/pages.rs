@@ -34,7 +34,7 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: Html) -> String {
         .raw("<title>")
         .text(title)
         .raw(" · Ruse</title><link rel=\"stylesheet\" href=\"/static/console.css\"><script src=\"/static/console.js\" defer></script></head><body>")
-        .raw("<header><a class=\"brand\" href=\"/incidents\">Ruse</a><nav><a href=\"/incidents\">Incidents</a> <a href=\"/events\">Events</a> <a href=\"/fleet\">Fleet</a> <a href=\"/campaigns\">Campaigns</a> <a href=\"/audit\">Audit</a></nav>");
+        .raw("<header><a class=\"brand\" href=\"/incidents\">Ruse</a><nav><a href=\"/incidents\">Incidents</a> <a href=\"/events\">Events</a> <a href=\"/fleet\">Fleet</a> <a href=\"/campaigns\">Campaigns</a> <a href=\"/outputs\">Outputs</a> <a href=\"/audit\">Audit</a></nav>");
     if let Some(v) = viewer {
         h.raw("<form class=\"who\" method=\"post\" action=\"/signout\"><span>")
             .text(v.admin)
