@@ -1164,6 +1164,40 @@ async fn dev_plants_the_demo_and_a_read_honeyfile_is_reported() {
     })
     .await;
 
+    // The banner's console link signs in on first try, and so does one
+    // from `rusectl console` (each once).
+    let ca = data.join("pki/ca.pem");
+    let sign_in = |link: &str| -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .arg(link)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let banner_link =
+        banner_line(&log, "web console").unwrap_or_else(|| panic!("no console link in:\n{text}"));
+    assert!(
+        sign_in(&banner_link).starts_with("303 https://"),
+        "{banner_link}"
+    );
+    assert!(
+        sign_in(&banner_link).starts_with("403"),
+        "a link works once"
+    );
+    let printed = ctl.run(&["console", "--no-browser"]);
+    assert!(printed.status.success());
+    let cli_link = String::from_utf8_lossy(&printed.stdout).trim().to_owned();
+    assert!(sign_in(&cli_link).starts_with("303 https://"), "{cli_link}");
+
     let status = dev.terminate(Duration::from_secs(20));
     assert!(status.success(), "{}", dev.log_text());
 
