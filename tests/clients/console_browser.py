@@ -4,9 +4,9 @@
     console_browser.py OPERATOR_LINK VIEWER_LINK SCREENSHOT_DIR [TOUCHED]
 
 Signs in with the operator's one-time link, waits on the incident queue
-and prints READY; the test then trips a decoy and writes one line to
-stdin. The new incident must appear in the queue without a reload within
-2 s. Then: the incident page (its attack path drawn, the attacker's markup
+and prints READY; the test then logs in at a decoy (and, as root, reads a
+planted honeyfile) and writes one line to stdin. The new incident must
+appear in the queue without a reload within 2 s. Then: the incident page (its attack path drawn, the attacker's markup
 shown as text and never run), acknowledging it, and, signed in as a
 viewer, no controls and forged POSTs refused. With TOUCHED (`yes`), a
 lure was read by a process whose command line is markup: the event stream
@@ -72,6 +72,7 @@ def fetch_status(driver, path, body):
 def main():
     operator_link, viewer_link, shots = sys.argv[1], sys.argv[2], sys.argv[3]
     touched = len(sys.argv) > 4 and sys.argv[4] == "yes"
+    base = operator_link.split("/signin")[0]
     driver = browser()
     try:
         driver.get(operator_link)
@@ -85,6 +86,9 @@ def main():
         appeared = time.monotonic() - tripped
         print(f"appeared after {appeared:.2f}s", flush=True)
         assert appeared <= 2.0, f"the incident took {appeared:.2f}s to appear"
+        if touched:
+            # The honeyfile's incident too.
+            wait_for("the lure's incident", lambda: len(rows(driver)) >= before + 2, 5)
         assert driver.execute_script("return window.marker === 1"), "the page was reloaded"
         # The decoy login's incident (a lure read may have opened another).
         link = wait_for(
@@ -111,21 +115,25 @@ def main():
             5,
         )
         incident_path = driver.execute_script("return location.pathname")
-        driver.get(driver.current_url.split("/incidents")[0] + "/incidents")
+        driver.get(base + "/audit")
+        log = driver.find_element(By.TAG_NAME, "main").text
+        acks = [l for l in log.splitlines() if "incident.ack" in l]
+        assert any("admin/olga" in l and "via console" in l for l in acks), log
+        driver.get(base + "/incidents")
         driver.save_screenshot(f"{shots}/queue.png")
-        driver.get(driver.current_url.split("/incidents")[0] + "/fleet")
+        driver.get(base + "/fleet")
         text = driver.find_element(By.TAG_NAME, "main").text
         assert "role=decoy" in text and "files01" in text, text
         driver.save_screenshot(f"{shots}/fleet.png")
         if touched:
-            driver.get(driver.current_url.split("/fleet")[0] + "/events?kind=touch")
+            driver.get(base + "/events?kind=touch")
             text = driver.find_element(By.TAG_NAME, "main").text
             assert "<script>window.pwned=3</script>" in text, text
             assert driver.execute_script("return window.pwned === undefined"), "a script ran"
 
         driver.delete_all_cookies()
         driver.get(viewer_link)
-        driver.get(driver.current_url.split("/incidents")[0] + incident_path)
+        driver.get(base + incident_path)
         buttons = [b.text for b in driver.find_elements(By.TAG_NAME, "button")]
         assert buttons == ["Sign out"], buttons
         csrf = driver.find_element(By.NAME, "csrf").get_attribute("value")
