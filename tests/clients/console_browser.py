@@ -91,16 +91,18 @@ def main():
             wait_for("the lure's incident", lambda: len(rows(driver)) >= before + 2, 5)
         assert driver.execute_script("return window.marker === 1"), "the page was reloaded"
         # The decoy login's incident (a lure read may have opened another).
-        link = wait_for(
+        # Looked up in one script: the live queue may replace its rows
+        # between two WebDriver calls.
+        href = wait_for(
             "the decoy login's incident",
-            lambda: [
-                a
-                for a in driver.find_elements(By.CSS_SELECTOR, "#queue tbody a")
-                if "decoy files01" in a.text
-            ],
+            lambda: driver.execute_script(
+                "return [...document.querySelectorAll('#queue tbody a')]"
+                ".filter(a => a.textContent.includes('decoy files01'))"
+                ".map(a => a.href)[0] || null"
+            ),
             5,
-        )[0]
-        link.click()
+        )
+        driver.get(href)
         wait_for("the incident page", lambda: driver.find_elements(By.CSS_SELECTOR, "svg.path"), 5)
         hops = driver.find_elements(By.CSS_SELECTOR, "svg.path g.hop")
         assert len(hops) >= 2, f"{len(hops)} hops drawn"
