@@ -159,10 +159,9 @@ fn correlation(c: &mut Criterion) {
     group.finish();
 }
 
-fn store(c: &mut Criterion) {
-    let mut group = c.benchmark_group("store");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(5));
+/// A two-thread runtime and a sled store in a fresh directory (kept while
+/// the directory lives).
+fn runtime_and_store() -> (tokio::runtime::Runtime, tempfile::TempDir, Arc<dyn Store>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,6 +169,14 @@ fn store(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 64 << 20).unwrap());
+    (rt, dir, store)
+}
+
+fn store(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    let (rt, _dir, store) = runtime_and_store();
     let agent = AgentId::generate();
     const WRITERS: usize = 64;
     const PER_WRITER: usize = 16;
@@ -245,13 +252,7 @@ fn console(c: &mut Criterion) {
     use ruse_controller::incidents::{IncidentFilter, Incidents};
     let mut group = c.benchmark_group("console");
     group.sample_size(20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 64 << 20).unwrap());
+    let (rt, _dir, store) = runtime_and_store();
     let incidents = rt.block_on(async {
         let (committer, _task) = Committer::spawn(store.clone());
         let incidents =

@@ -490,6 +490,17 @@ impl TestController {
     }
 
     /// A new admin with `role`, issued through the admin API as root.
+    /// The audit log (its most recent records), as the root admin reads it.
+    pub async fn audit(&self) -> Vec<admin_pb::AuditRecord> {
+        self.root()
+            .await
+            .list_audit(admin_pb::ListAuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .records
+    }
+
     pub async fn admin_as(&self, name: &str, role: admin_pb::Role) -> AdminServiceClient<Channel> {
         let key = PrivateKey::generate().unwrap();
         let issued = self

@@ -373,12 +373,7 @@ async fn the_console_signs_in_once_shows_incidents_escaped_and_acts_by_role() {
     assert_eq!(forged.status, 403);
 
     // The audit log names who did what, via the console.
-    let audit = root
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     let find = |actor: &str, action: &str, result: &str| {
         audit.iter().any(|r| {
             r.actor == actor
@@ -591,14 +586,7 @@ async fn a_drill_from_the_fleet_page_shows_each_step_as_it_happens() {
         "{}",
         outputs.body
     );
-    let audit = tc
-        .root()
-        .await
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     assert!(
         audit.iter().any(|r| r.actor == "admin/dora"
             && r.action == "drill.run"

@@ -442,14 +442,7 @@ async fn events_about_another_agents_lure_are_refused_and_audited() {
     let stored = tc.events(pb::EventFilter::default()).await;
     assert_eq!(stored.len(), 1, "only the event about A's own lure");
     assert_eq!(stored[0].lure_id, a_lure);
-    let audit = tc
-        .root()
-        .await
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     let refusal = audit
         .iter()
         .find(|r| r.action == "event.rejected")

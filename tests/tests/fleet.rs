@@ -125,14 +125,7 @@ async fn two_agents_enroll_with_labels_and_a_revoked_one_is_cut_off() {
     let agents = tc.agents().await;
     assert_eq!(state_of(&agents, &a_id), Some(pb::AgentState::Revoked));
     assert_eq!(state_of(&agents, &b_id), Some(pb::AgentState::Online));
-    let audit = tc
-        .root()
-        .await
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     let entry = audit
         .iter()
         .find(|r| r.action == "agent.revoke")

@@ -161,12 +161,7 @@ async fn refused_calls_cannot_fill_the_audit_log_or_hide_real_entries() {
     let status = vera.revoke_agent(revoke(&huge)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
 
-    let audit = root
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     // One summary per source and interval (the test controller writes them
     // every 200 ms), together counting every call.
     let summaries: Vec<_> = audit.iter().filter(|r| r.actor == "anonymous").collect();
@@ -570,12 +565,7 @@ async fn an_agent_cannot_label_itself_into_a_decoy_or_a_campaign() {
         events.iter().all(|e| e.kind != "decoy-login"),
         "{events:#?}"
     );
-    let audit = root
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     assert!(
         audit
             .iter()

@@ -163,14 +163,7 @@ async fn roles_are_checked_per_call_and_refusals_are_audited() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
-    let audit = tc
-        .root()
-        .await
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     let refused: Vec<_> = audit.iter().filter(|r| r.result != "ok").collect();
     assert!(
         refused.iter().any(|r| r.actor == "admin/vera"
@@ -276,14 +269,7 @@ async fn bad_tokens_are_refused_with_a_reason() {
     first.stop().await.unwrap();
 
     // Every refusal is in the audit log.
-    let audit = tc
-        .root()
-        .await
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     let refusals = audit
         .iter()
         .filter(|r| r.action == "agent.enroll" && r.result != "ok")
@@ -352,14 +338,7 @@ async fn repeated_enrollment_failures_are_rate_limited() {
     for _ in 0..20 {
         client.enroll(request()).await.unwrap_err();
     }
-    let audit = tc
-        .root()
-        .await
-        .list_audit(pb::ListAuditRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let audit = tc.audit().await;
     let one_by_one = audit
         .iter()
         .filter(|r| r.action == "agent.enroll" && r.result != "ok")

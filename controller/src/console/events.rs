@@ -11,7 +11,7 @@ use ruse_proto::types::AgentId;
 
 use super::html::Html;
 use super::pages::{Viewer, page, time};
-use super::{App, Changes, event_stream, html, param};
+use super::{App, Changes, SignedIn, event_stream, html, param};
 use crate::events::{EventFilter, WatchItem};
 use crate::model::StoredEvent;
 
@@ -48,11 +48,7 @@ fn filter(query: &str) -> Result<(EventFilter, String), String> {
 }
 
 /// `GET /events`: the form, and the rows (alone with `part=rows`).
-pub(super) async fn events(State(app): State<App>, req: Request<Body>) -> Response {
-    let who = match app.signed_in(req.headers()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn events(State(app): State<App>, who: SignedIn, req: Request<Body>) -> Response {
     let query = req.uri().query().unwrap_or("").to_owned();
     let (filter, again) = match filter(&query) {
         Ok(f) => f,
@@ -107,10 +103,7 @@ impl Changes for EventChanges {
 
 /// `GET /live/events`: server-sent events, one per new event the filter
 /// matches.
-pub(super) async fn live(State(app): State<App>, req: Request<Body>) -> Response {
-    if let Err(r) = app.signed_in(req.headers()) {
-        return *r;
-    }
+pub(super) async fn live(State(app): State<App>, _who: SignedIn, req: Request<Body>) -> Response {
     let Ok((filter, _)) = filter(req.uri().query().unwrap_or("")) else {
         return StatusCode::BAD_REQUEST.into_response();
     };

@@ -231,6 +231,19 @@ struct SignedIn {
     role: Role,
 }
 
+/// Handlers that take a `SignedIn` answer only a signed-in browser; any
+/// other request gets the page that says how to sign in.
+impl axum::extract::FromRequestParts<App> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &App,
+    ) -> Result<Self, Response> {
+        app.signed_in(&parts.headers).map_err(|r| *r)
+    }
+}
+
 impl SignedIn {
     fn viewer(&self) -> Viewer<'_> {
         Viewer {
@@ -376,11 +389,7 @@ async fn sign_out(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
     r
 }
 
-async fn queue(State(app): State<App>, req: Request<Body>) -> Response {
-    let who = match app.signed_in(req.headers()) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+async fn queue(State(app): State<App>, who: SignedIn, req: Request<Body>) -> Response {
     let status = req
         .uri()
         .query()
@@ -503,21 +512,14 @@ fn event_stream(core: &Core, mut changes: impl Changes) -> Response {
 }
 
 /// `GET /live/incidents`: incidents as they open or change.
-async fn live(State(app): State<App>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.signed_in(&headers) {
-        return *r;
-    }
+async fn live(State(app): State<App>, _who: SignedIn) -> Response {
     event_stream(
         &app.core,
         IncidentChanges(app.core.events.incidents.subscribe()),
     )
 }
 
-async fn incident(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let who = match app.signed_in(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+async fn incident(State(app): State<App>, Path(id): Path<String>, who: SignedIn) -> Response {
     match app.core.events.incidents.get(&id) {
         Some(i) => html(StatusCode::OK, pages::incident(&i, &who.viewer())),
         None => html(
@@ -534,10 +536,7 @@ async fn incident(State(app): State<App>, Path(id): Path<String>, headers: Heade
 /// `GET /incidents/{id}/stix`: the incident as a STIX 2.1 bundle to share
 /// (names internal to the hospital redacted, as `rusectl export` does by
 /// default), downloaded as a file.
-async fn stix(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(r) = app.signed_in(&headers) {
-        return *r;
-    }
+async fn stix(State(app): State<App>, Path(id): Path<String>, _who: SignedIn) -> Response {
     let Some(incident) = app.core.events.incidents.get(&id) else {
         return not_found();
     };

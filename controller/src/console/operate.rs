@@ -11,18 +11,14 @@ use ruse_proto::types::UnixMs;
 
 use super::html::Html;
 use super::pages::{self, Viewer, page, time};
-use super::{App, MAX_FORM, encoded, finish, html, not_found};
+use super::{App, MAX_FORM, SignedIn, encoded, finish, html, not_found};
 use crate::deploy::RolloutAction;
 
 /// Audit records the audit page shows.
 const AUDIT_LIMIT: usize = 500;
 
 /// Every agent not deleted, with what it runs and how the fleet is covered.
-pub(super) async fn fleet(State(app): State<App>, headers: HeaderMap) -> Response {
-    let who = match app.signed_in(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn fleet(State(app): State<App>, who: SignedIn) -> Response {
     let core = &app.core;
     let mut lures: std::collections::HashMap<String, usize> = Default::default();
     for l in core.deploy.lures(None, None, false).unwrap_or_default() {
@@ -68,11 +64,7 @@ pub(super) async fn fleet(State(app): State<App>, headers: HeaderMap) -> Respons
 }
 
 /// The audit log's most recent records.
-pub(super) async fn audit(State(app): State<App>, headers: HeaderMap) -> Response {
-    let who = match app.signed_in(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn audit(State(app): State<App>, who: SignedIn) -> Response {
     match app.core.store.audit(UnixMs(0), None, AUDIT_LIMIT) {
         Ok(records) => html(StatusCode::OK, audit_page(&records, &who.viewer())),
         Err(e) => html(
@@ -222,11 +214,7 @@ fn audit_page(records: &[crate::model::AuditRecord], viewer: &Viewer<'_>) -> Str
 }
 
 /// Campaigns with their rollouts, then decoys and who runs them.
-pub(super) async fn campaigns(State(app): State<App>, headers: HeaderMap) -> Response {
-    let who = match app.signed_in(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn campaigns(State(app): State<App>, who: SignedIn) -> Response {
     let core = &app.core;
     let campaigns: Vec<_> = core
         .deploy
@@ -511,11 +499,7 @@ pub(super) async fn drill(State(app): State<App>, headers: HeaderMap, body: Byte
 }
 
 /// `GET /outputs`: each output with its queue, deliveries and failures.
-pub(super) async fn outputs(State(app): State<App>, headers: HeaderMap) -> Response {
-    let who = match app.signed_in(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn outputs(State(app): State<App>, who: SignedIn) -> Response {
     let outputs = app.core.events.outputs.status();
     let mut h = Html::new();
     h.raw("<h1>Outputs</h1>");
