@@ -202,6 +202,11 @@ fn redirect(to: &str) -> Response {
     r
 }
 
+/// A form body as text: at most [`MAX_FORM`] bytes of it.
+fn form_text(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(MAX_FORM)]).into_owned()
+}
+
 /// A query or form parameter (`application/x-www-form-urlencoded`).
 fn param(encoded: &str, key: &str) -> Option<String> {
     encoded.split('&').find_map(|pair| {
@@ -357,7 +362,7 @@ async fn sign_in(State(app): State<App>, req: Request<Body>) -> Response {
 }
 
 async fn sign_out(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    let form = String::from_utf8_lossy(&body[..body.len().min(MAX_FORM)]).into_owned();
+    let form = form_text(&body);
     let Ok(who) = app.signed_in(&headers) else {
         return redirect("/incidents");
     };
@@ -577,7 +582,7 @@ async fn act(
         "resolve" => "incident.resolve",
         _ => return not_found(),
     };
-    let form = String::from_utf8_lossy(&body[..body.len().min(MAX_FORM)]).into_owned();
+    let form = form_text(&body);
     let target = format!("incident/{id}");
     let who = match app.may_act(&headers, &form, action, &target).await {
         Ok(w) => w,

@@ -11,7 +11,7 @@ use ruse_proto::types::UnixMs;
 
 use super::html::Html;
 use super::pages::{self, Viewer, page, time};
-use super::{App, MAX_FORM, SignedIn, encoded, finish, html, not_found};
+use super::{App, SignedIn, encoded, finish, form_text, html, not_found};
 use crate::deploy::RolloutAction;
 
 /// Audit records the audit page shows.
@@ -257,7 +257,7 @@ pub(super) async fn rollout(
         "abort" => (RolloutAction::Abort, "rollout.abort"),
         _ => return not_found(),
     };
-    let form = String::from_utf8_lossy(&body[..body.len().min(MAX_FORM)]).into_owned();
+    let form = form_text(&body);
     let target = format!("campaign/{name}");
     let who = match app.may_act(&headers, &form, audited, &target).await {
         Ok(w) => w,
@@ -406,7 +406,7 @@ const STEPS: &str = "<!--drill steps-->";
 /// `POST /drill`: an operator's drill of one agent; the page shows each
 /// step as it happens (the response is streamed, no script needed).
 pub(super) async fn drill(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
-    let form = String::from_utf8_lossy(&body[..body.len().min(MAX_FORM)]).into_owned();
+    let form = form_text(&body);
     let agent_text = super::param(&form, "agent").unwrap_or_default();
     let target = format!("agent/{agent_text}");
     let who = match app.may_act(&headers, &form, "drill.run", &target).await {
