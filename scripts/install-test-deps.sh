@@ -61,18 +61,49 @@ DEBIAN=(
     setpriv:util-linux
 )
 
+# The Windows agent (deploy/agent/windows/build.sh, tests/tests/windows.rs):
+# Debian's Rust with the standard library's source, to build std for the
+# x86_64-pc-windows-gnu target; MinGW-w64 to link it; wixl for the MSI;
+# Wine to run the agent and the MSI. Without recommends: Wine's recommends
+# are a desktop's worth of fonts and drivers the tests do not use.
+WINDOWS=(
+    /usr/bin/rustc:rustc-web
+    /usr/bin/cargo:cargo-web
+    /usr/lib/rustlib/src/rust/library/std/Cargo.toml:rust-web-src
+    x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64
+    x86_64-w64-mingw32-ar:binutils-mingw-w64-x86-64
+    wine:wine
+    /usr/lib/wine/wine64:wine64
+    wixl:wixl
+)
+
+# Whether `cmd` (a command, or a path to a file) is there.
+present() {
+    if [[ $1 == /* ]]; then
+        [[ -e $1 ]]
+    else
+        command -v "$1" >/dev/null 2>&1
+    fi
+}
+
 missing=()
 for entry in "${DEBIAN[@]}"; do
     cmd=${entry%%:*}
     pkg=${entry#*:}
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    present "$cmd" || missing+=("$pkg")
+done
+missing_lean=()
+for entry in "${WINDOWS[@]}"; do
+    cmd=${entry%%:*}
+    pkg=${entry#*:}
+    present "$cmd" || missing_lean+=("$pkg")
 done
 # The deployment checks' Python tools live in a virtualenv (below).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
-if ((${#missing[@]})); then
+if ((${#missing[@]} + ${#missing_lean[@]})); then
     if [[ $(id -u) -eq 0 ]]; then
-        echo "==> installing Debian packages: ${missing[*]}"
+        echo "==> installing Debian packages: ${missing[*]} ${missing_lean[*]}"
         # Daemons installed for the fidelity tests must not start as
         # services on this machine: a policy-rc.d refusing every start
         # (Debian's documented hook) while apt runs, unless one is there.
@@ -85,13 +116,19 @@ if ((${#missing[@]})); then
             trap 'rm -f "$policy"' EXIT
         fi
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        if ((${#missing[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        fi
+        if ((${#missing_lean[@]})); then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${missing_lean[@]}"
+        fi
         if $ours; then
             rm -f "$policy"
             trap - EXIT
         fi
     else
-        echo "==> missing Debian packages (tests that need them will fail under CI=true): ${missing[*]}"
+        echo "==> missing Debian packages (tests that need them will fail under CI=true): ${missing[*]} ${missing_lean[*]}"
     fi
 fi
 

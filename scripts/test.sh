@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: `bash scripts/test.sh`.
 #
 # Installs what the tests need that cargo does not (scripts/install-test-deps.sh),
-# builds the binaries the multi-process tests start, runs every test, then
+# builds the binaries the multi-process tests start (and the Windows agent,
+# cross-built), runs every test, then
 # builds every fuzz target and runs each briefly (scripts/fuzz.sh).
 # Extra arguments go to the test runner (e.g. a test name filter); with
 # arguments the fuzz step is skipped.
@@ -13,6 +14,12 @@ bash scripts/install-test-deps.sh
 
 echo "==> building binaries"
 cargo build --workspace --bins --locked
+
+# The Windows agent and its MSI, cross-built (tests/tests/windows.rs runs
+# them under Wine), into the target directory's `windows/`.
+target_dir=${CARGO_TARGET_DIR:-target}
+echo "==> building the Windows agent"
+bash deploy/agent/windows/build.sh "$target_dir/windows"
 
 echo "==> running tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -51,15 +51,25 @@ pub struct AgentFileConfig {
     pub max_backoff: Duration,
 }
 
+/// Where the agent keeps its identity unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = if cfg!(windows) {
+    r"C:\ProgramData\Ruse\agent"
+} else {
+    "/var/lib/ruse-agent"
+};
+
+/// The root lures are planted under unless told otherwise.
+pub const DEFAULT_ROOT: &str = if cfg!(windows) { r"C:\" } else { "/" };
+
 impl Default for AgentFileConfig {
     fn default() -> Self {
         AgentFileConfig {
             controller: None,
             ca_pin: None,
             token_file: None,
-            state_dir: PathBuf::from("/var/lib/ruse-agent"),
-            root: PathBuf::from("/"),
-            home_dirs: vec!["home/*".into(), "root".into()],
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            root: PathBuf::from(DEFAULT_ROOT),
+            home_dirs: crate::lures::homes::default_patterns(),
             verify_interval: Duration::from_secs(300),
             event_coalesce: Duration::from_millis(200),
             events_per_lure_per_second: 5,

@@ -27,26 +27,52 @@ use ruse_proto::types::{UnixMs, new_ulid};
 use crate::outbox::EventSink;
 use crate::platform::{Access, FileWatcher, Native, Op, Platform, Via};
 
-/// Paths the agent itself touched recently (for inotify, which reports no
-/// process).
+/// Paths the agent itself touched recently (for inotify and Windows'
+/// directory changes, which report no process): when it last read each
+/// one (verifying) and when it last wrote it (planting, repairing,
+/// removing). A read by the agent explains an open or a read, never a
+/// change: a lure deleted just after a verification is still reported.
 #[derive(Debug, Default)]
 pub struct SelfActivity {
-    touched: Mutex<HashMap<PathBuf, Instant>>,
+    touched: Mutex<HashMap<PathBuf, Touched>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Touched {
+    any: Instant,
+    wrote: Option<Instant>,
 }
 
 /// How long after the agent touched a path its events are its own.
 const SELF_WINDOW: Duration = Duration::from_secs(2);
 
 impl SelfActivity {
+    /// The agent is about to change `path` (or read it).
     pub fn touch(&self, path: &Path) {
+        self.record(path, true);
+    }
+
+    /// The agent is about to read `path` only.
+    pub fn read(&self, path: &Path) {
+        self.record(path, false);
+    }
+
+    fn record(&self, path: &Path, wrote: bool) {
         let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         // `expire` runs at each verify; this bounds the map between verifies
         // (planting or repairing many lures at once).
         if touched.len() > 10_000 {
-            touched.retain(|_, t| now.duration_since(*t) < SELF_WINDOW);
+            touched.retain(|_, t| now.duration_since(t.any) < SELF_WINDOW);
         }
-        touched.insert(path.to_path_buf(), now);
+        let entry = touched.entry(path.to_path_buf()).or_insert(Touched {
+            any: now,
+            wrote: None,
+        });
+        entry.any = now;
+        if wrote {
+            entry.wrote = Some(now);
+        }
     }
 
     /// Forgets touches older than the window, giving their memory back
@@ -55,15 +81,18 @@ impl SelfActivity {
     pub fn expire(&self) {
         let mut touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        touched.retain(|_, t| now.duration_since(*t) < SELF_WINDOW);
+        touched.retain(|_, t| now.duration_since(t.any) < SELF_WINDOW);
         touched.shrink_to_fit();
     }
 
-    fn recent(&self, path: &Path, now: Instant) -> bool {
+    /// Whether `op` on `path` now is the agent's own doing.
+    fn explains(&self, path: &Path, op: Op, now: Instant) -> bool {
         let touched = self.touched.lock().unwrap_or_else(|e| e.into_inner());
-        touched
-            .get(path)
-            .is_some_and(|t| now.saturating_duration_since(*t) < SELF_WINDOW)
+        let within = |t: Instant| now.saturating_duration_since(t) < SELF_WINDOW;
+        touched.get(path).is_some_and(|t| match op {
+            Op::Modify | Op::Delete | Op::Rename => t.wrote.is_some_and(within),
+            Op::Open | Op::Read | Op::Close => within(t.any),
+        })
     }
 }
 
@@ -169,7 +198,7 @@ impl Detector {
             if access.pid == Some(self.me) {
                 continue;
             }
-            if access.via == Via::Inotify && self.activity.recent(&access.path, now) {
+            if !access.via.attributed() && self.activity.explains(&access.path, access.op, now) {
                 continue;
             }
             let Some(lure) = self.watched.files.get(&access.path).cloned() else {
@@ -279,6 +308,7 @@ impl Detector {
             attribution: match p.via {
                 Via::Fanotify => "fanotify".into(),
                 Via::Inotify => "inotify (no process attribution)".into(),
+                Via::DirectoryChanges => "directory changes (no process attribution)".into(),
             },
             allowed: rule.is_some(),
             allow_rule: rule.unwrap_or_default(),
@@ -357,12 +387,15 @@ fn program(p: &EventProcess) -> Option<&str> {
 
 /// Runs the watcher and detector until `stop`, re-watching whenever
 /// `watched` changes; publishes each set on `marked` once it is watched.
+/// A lure modified, deleted or renamed is told to `drifted`, so the agent
+/// checks and repairs its lures now instead of at the next verification.
 pub async fn run<W: FileWatcher>(
     mut watcher: W,
     mut detector: Detector,
     sink: EventSink,
     mut watched: watch::Receiver<Arc<Watched>>,
     marked: watch::Sender<Arc<Watched>>,
+    drifted: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let initial = watched.borrow_and_update().clone();
@@ -390,7 +423,15 @@ pub async fn run<W: FileWatcher>(
                 continue;
             }
             accesses = watcher.next() => match accesses {
-                Ok(accesses) => detector.observe(accesses, Instant::now()),
+                Ok(accesses) => {
+                    if accesses
+                        .iter()
+                        .any(|a| matches!(a.op, Op::Modify | Op::Delete | Op::Rename))
+                    {
+                        drifted.notify_one();
+                    }
+                    detector.observe(accesses, Instant::now())
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading file access events failed");
                     tokio::time::sleep(Duration::from_secs(1)).await;

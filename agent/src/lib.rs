@@ -7,7 +7,8 @@
 //! backoff. Conditions retrying cannot fix — revoked, unknown to the
 //! controller, a rejected token, a CA that does not match the pin — end
 //! [`run`] with an [`AgentError`] that says what to do.
-#![forbid(unsafe_code)]
+// Unsafe code only in the Windows modules that call the Win32 API.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod decoys;
@@ -33,7 +34,7 @@ use detect::{Detector, Watched};
 use identity::{AgentIdentity, StateError};
 use lures::{HomeDirs, LureEngine};
 use outbox::EventSink;
-use platform::{Native, Platform};
+use platform::{FileWatcher, Native, Platform};
 use protocol::{enroll, session};
 
 /// The planting engine, shared by the sessions of one agent process.
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     /// What the detector watches now.
     pub marked: watch::Receiver<Arc<Watched>>,
     pub watcher_mode: &'static str,
+    /// Told when a watched lure was changed, deleted or renamed.
+    pub drifted: Arc<tokio::sync::Notify>,
     pub rate_limited: Arc<std::sync::atomic::AtomicU64>,
     pub decoys: Arc<tokio::sync::Mutex<decoys::DecoyManager>>,
 }
@@ -384,7 +387,7 @@ impl Agent {
             config.outbox_capacity,
         )?);
         let watcher = Native::watcher().map_err(AgentError::Watch)?;
-        let watcher_mode = watcher.mode();
+        let watcher_mode = FileWatcher::mode(&watcher);
         let detector = Detector::new(config.detect, activity);
         let rate_limited = detector.rate_limited_counter();
         let (watched_tx, watched_rx) = watch::channel(Arc::new(watched));
@@ -398,12 +401,14 @@ impl Agent {
             config.decoy_limits,
             rate_limited.clone(),
         )?;
+        let drifted = Arc::new(tokio::sync::Notify::new());
         let detection = tokio::spawn(detect::run(
             watcher,
             detector,
             sink.clone(),
             watched_rx,
             marked_tx,
+            drifted.clone(),
             detection_stop,
         ));
         Ok(Agent {
@@ -414,6 +419,7 @@ impl Agent {
                 watched: Arc::new(watched_tx),
                 marked,
                 watcher_mode,
+                drifted,
                 rate_limited,
                 decoys: Arc::new(tokio::sync::Mutex::new(decoys)),
             },

@@ -24,13 +24,18 @@ enum Command {
     /// Enroll now if not enrolled yet, then exit (installers run this so a
     /// wrong token or pin fails the install, not the service).
     Enroll(RunArgs),
+    /// What the Windows service manager starts: `run`, reporting to the
+    /// service manager (the MSI installs the service with this).
+    #[cfg(windows)]
+    #[command(hide = true)]
+    Service(RunArgs),
     /// Remove every lure this agent planted (and nothing else).
     Uninstall {
         /// The agent's state directory (holds the record of what was planted).
-        #[arg(long)]
+        #[arg(long, default_value = ruse_agent::config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// The root the lures were planted under.
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = ruse_agent::config::DEFAULT_ROOT)]
         root: PathBuf,
         /// The agent's configuration file: the controller it names is told
         /// the agent is gone (it revokes it, and rollouts stop waiting).
@@ -69,6 +74,10 @@ struct RunArgs {
     /// Log lines as JSON.
     #[arg(long)]
     log_json: bool,
+    /// Append log lines to this file instead of standard error (a service
+    /// has no console).
+    #[arg(long)]
+    log_file: Option<PathBuf>,
 }
 
 /// glibc's allocator, tuned for a small long-running daemon. By default
@@ -77,6 +86,7 @@ struct RunArgs {
 /// so freed memory stays in the process. Under a decoy HTTP flood (64
 /// connections) the agent peaked at 48.7 MiB RSS with the defaults and at
 /// 21.7 MiB with these (docs/benchmarks.md), answering as fast.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_TUNING: &[(&str, &str)] = &[
     ("MALLOC_ARENA_MAX", "2"),
     ("MALLOC_TRIM_THRESHOLD_", "262144"),
@@ -115,6 +125,7 @@ fn main() -> ExitCode {
     // Whatever the agent or a library it uses creates is its own: the
     // state directory holds what intruders typed at decoys. Lure files get
     // their modes set explicitly and are not affected.
+    #[cfg(unix)]
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let command = Cli::parse().command;
     if matches!(command, Command::Run(_)) {
@@ -123,6 +134,18 @@ fn main() -> ExitCode {
     let (args, enroll_only) = match command {
         Command::Run(args) => (args, false),
         Command::Enroll(args) => (args, true),
+        #[cfg(windows)]
+        Command::Service(args) => {
+            let ran = ruse_agent::platform::windows::service::dispatch(move || {
+                u32::from(agent_main(args, false) != ExitCode::SUCCESS)
+            });
+            return match ran {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&format!(
+                    "not started by the service manager ({e}); use `ruse-agent run` in a console"
+                )),
+            };
+        }
         Command::Uninstall {
             state_dir,
             root,
@@ -133,7 +156,15 @@ fn main() -> ExitCode {
             return uninstall(&state_dir, &root);
         }
     };
-    init_logging(args.log_json);
+    agent_main(args, enroll_only)
+}
+
+/// `run` (or `enroll` when `enroll_only`): configuration, then the agent
+/// until it is asked to stop.
+fn agent_main(args: RunArgs, enroll_only: bool) -> ExitCode {
+    if let Err(e) = init_logging(args.log_json, args.log_file.as_deref()) {
+        return fail(&e);
+    }
     ruse_proto::limits::raise_fd_limit();
     let labels = match Labels::parse_pairs(args.labels.iter().map(String::as_str)) {
         Ok(l) => l,
@@ -280,16 +311,40 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, file: Option<&std::path::Path>) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+            let builder = builder
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false);
+            if json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+        }
+        None => {
+            let builder = builder
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            if json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+        }
     }
+    Ok(())
 }

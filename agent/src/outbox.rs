@@ -35,7 +35,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, Mutex};
@@ -464,11 +463,7 @@ impl Outbox {
             buf.extend_from_slice(&bytes);
         }
         let tmp = self.dir.join(format!("{LOG}.tmp"));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
+        let mut file = private_file(OpenOptions::new().write(true).create(true).truncate(true))
             .open(&tmp)
             .map_err(self.log_error())?;
         file.write_all(&buf).map_err(self.log_error())?;
@@ -498,9 +493,7 @@ impl Outbox {
 
     fn read_record(&self, e: &Entry) -> Result<Vec<u8>, OutboxError> {
         let mut bytes = vec![0u8; e.len as usize];
-        self.log
-            .read_exact_at(&mut bytes, e.offset)
-            .map_err(self.log_error())?;
+        read_exact_at(&self.log, &mut bytes, e.offset).map_err(self.log_error())?;
         Ok(bytes)
     }
 
@@ -550,9 +543,7 @@ impl Outbox {
         let span = last.offset + u64::from(last.len) - first.offset;
         bytes.clear();
         bytes.resize(span as usize, 0);
-        self.log
-            .read_exact_at(bytes, first.offset)
-            .map_err(self.log_error())?;
+        read_exact_at(&self.log, bytes, first.offset).map_err(self.log_error())?;
         for e in run {
             let at = (e.offset - first.offset) as usize;
             let body = &bytes[at + 8..at + e.len as usize];
@@ -755,6 +746,37 @@ impl EventSink {
         self.room.notify_waiters();
         result
     }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`. The log is opened for
+/// appending, so on Windows, where a positioned read moves the file's
+/// cursor, appends still go to the end.
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.seek_read(&mut buf[done..], offset + done as u64)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options that create a file only its owner can read: mode 0600 on
+/// Unix; on Windows the state directory's ACL (the installer's, SYSTEM
+/// and Administrators only) is inherited.
+fn private_file(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
 }
 
 #[cfg(test)]

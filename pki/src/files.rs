@@ -1,12 +1,15 @@
 //! Writing and reading key material on disk.
 //!
 //! Private files are created with mode 0600 from the start (never written
-//! and then narrowed), written to a temporary file in the same directory,
+//! and then narrowed; on Windows a private directory gets a protected ACL
+//! of SYSTEM and Administrators only, which the files in it inherit),
+//! written to a temporary file in the same directory,
 //! synced, and renamed into place, so a crash leaves either the old or the
 //! new file, never half of one.
 
 use std::fs;
 use std::io::Write;
+#[cfg(unix)]
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -17,6 +20,15 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Creates with `mode` on Unix; on Windows the directory's ACL decides.
+fn with_mode(options: &mut fs::OpenOptions, mode: u32) -> &mut fs::OpenOptions {
+    #[cfg(unix)]
+    options.mode(mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    options
 }
 
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
@@ -36,13 +48,16 @@ fn write_atomic_with(
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let file = with_mode(
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+            mode,
+        )
+        .open(&tmp)?;
         // The mode given to open() is reduced by the umask; set it exactly.
+        #[cfg(unix)]
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         let mut out = std::io::BufWriter::new(file);
         write(&mut out)?;
@@ -68,6 +83,16 @@ fn write_atomic_with(
 /// someone else) keeps its mode; the files made in it are private anyway.
 pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
+    #[cfg(windows)]
+    windows::protect_dir(dir).map_err(io_err(dir))?;
+    #[cfg(unix)]
+    narrow_dir(dir)?;
+    Ok(())
+}
+
+/// Makes an existing directory 0700 where the process may.
+#[cfg(unix)]
+fn narrow_dir(dir: &Path) -> Result<(), PkiError> {
     let meta = fs::metadata(dir).map_err(io_err(dir))?;
     if meta.permissions().mode() & 0o077 != 0 {
         match fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
@@ -84,13 +109,12 @@ pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
 /// only (a file the process writes a line at a time: an outbox, an
 /// output's JSON lines).
 pub fn open_private_append(path: &Path) -> Result<fs::File, PkiError> {
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
+    let file = with_mode(
+        fs::OpenOptions::new().read(true).append(true).create(true),
+        0o600,
+    )
+    .open(path)
+    .map_err(io_err(path))?;
     Ok(file)
 }
 
@@ -119,30 +143,88 @@ pub fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
 /// Reads a private file mounted by an orchestrator (a Kubernetes Secret
 /// with `fsGroup`): readable by its group is accepted, by others never.
 pub fn read_mounted_private_file(path: &Path) -> Result<String, PkiError> {
-    let meta = fs::metadata(path).map_err(io_err(path))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o037 != 0 {
-        return Err(PkiError::InsecurePermissions {
-            path: path.display().to_string(),
-            mode,
-        });
-    }
+    check_mode(path, 0o037)?;
     fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Refuses a file any of whose `exposed` mode bits are set (Unix; Windows
+/// files are private through their directory's ACL).
+fn check_mode(path: &Path, exposed: u32) -> Result<(), PkiError> {
+    #[cfg(unix)]
+    {
+        let meta = fs::metadata(path).map_err(io_err(path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & exposed != 0 {
+            return Err(PkiError::InsecurePermissions {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, exposed);
+    Ok(())
 }
 
 pub fn read_private_file(path: &Path) -> Result<String, PkiError> {
-    let meta = fs::metadata(path).map_err(io_err(path))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(PkiError::InsecurePermissions {
-            path: path.display().to_string(),
-            mode,
-        });
-    }
+    check_mode(path, 0o077)?;
     fs::read_to_string(path).map_err(io_err(path))
 }
 
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod windows {
+    use std::path::Path;
+
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
+    };
+    use windows_sys::Win32::Security::{
+        DACL_SECURITY_INFORMATION, PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+        SetFileSecurityW,
+    };
+
+    /// Full control for SYSTEM and Administrators, inherited by what is
+    /// created inside, and nothing inherited from above (ProgramData lets
+    /// every user read).
+    const PRIVATE_DIR: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
+
+    fn wide(s: &std::ffi::OsStr) -> Vec<u16> {
+        use std::os::windows::ffi::OsStrExt;
+        s.encode_wide().chain(Some(0)).collect()
+    }
+
+    pub(super) fn protect_dir(dir: &Path) -> std::io::Result<()> {
+        let sddl = wide(PRIVATE_DIR.as_ref());
+        let path = wide(dir.as_os_str());
+        let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        // SAFETY: both strings are NUL-terminated; `sd` is allocated by
+        // the call and freed below.
+        unsafe {
+            if ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                sddl.as_ptr(),
+                SDDL_REVISION_1,
+                &mut sd,
+                std::ptr::null_mut(),
+            ) == 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let ok = SetFileSecurityW(
+                path.as_ptr(),
+                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                sd,
+            );
+            let err = std::io::Error::last_os_error();
+            LocalFree(sd.cast());
+            if ok == 0 { Err(err) } else { Ok(()) }
+        }
+    }
+}
+
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
 

@@ -4,6 +4,7 @@
 /// now in force. A controller holds one connection per agent and an agent
 /// one per decoy client; the usual soft default (1,024) is far too low for
 /// either, and raising it to the hard limit needs no privilege.
+#[cfg(unix)]
 pub fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
@@ -16,7 +17,14 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// Windows has no such limit on sockets and handles: nothing to raise.
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> u64 {
+    u64::MAX
+}
+
 #[cfg(test)]
+#[cfg(unix)]
 mod tests {
     use super::*;
 

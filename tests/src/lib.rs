@@ -13,6 +13,7 @@
 pub mod floor;
 pub mod postgres;
 pub mod process;
+pub mod wine;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

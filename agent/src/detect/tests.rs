@@ -86,6 +86,36 @@ fn a_read_is_one_event_listing_its_operations() {
 }
 
 #[test]
+fn a_verification_read_explains_a_read_but_never_a_change() {
+    let activity = Arc::new(SelfActivity::default());
+    let mut d = Detector::new(DetectConfig::default(), activity.clone());
+    d.set_watched(Arc::new(watched()));
+    activity.read(Path::new("/r/home/a/patients.csv"));
+    let now = Instant::now();
+    assert!(
+        d.observe(vec![access(Op::Close, None, Via::Inotify)], now)
+            .is_empty(),
+        "the agent's own read"
+    );
+    let seen = d.observe(vec![access(Op::Delete, None, Via::DirectoryChanges)], now);
+    assert_eq!(
+        seen.len(),
+        1,
+        "a deletion right after a verification is reported"
+    );
+    assert_eq!(seen[0].operations, ["delete"]);
+    activity.touch(Path::new("/r/home/a/patients.csv"));
+    assert!(
+        d.observe(
+            vec![access(Op::Modify, None, Via::DirectoryChanges)],
+            Instant::now()
+        )
+        .is_empty(),
+        "the agent's own write"
+    );
+}
+
+#[test]
 fn own_accesses_and_unwatched_paths_are_ignored() {
     let activity = Arc::new(SelfActivity::default());
     let mut d = Detector::new(DetectConfig::default(), activity.clone());

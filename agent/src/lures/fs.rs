@@ -6,39 +6,49 @@
 //! here therefore works on directory handles:
 //!
 //! - the root is opened once ([`Dir::open_root`]); every other directory
-//!   is opened relative to it with `openat2(RESOLVE_BENEATH |
-//!   RESOLVE_NO_SYMLINKS)`, or, where the kernel lacks `openat2`, by a walk
-//!   that opens one component at a time with `O_NOFOLLOW`. A link anywhere
-//!   on the way is refused, so nothing is read, written, created, deleted
-//!   or re-timed outside the root;
+//!   is opened relative to it without following a link: on Linux with
+//!   `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or, where the kernel
+//!   lacks `openat2`, by a walk that opens one component at a time with
+//!   `O_NOFOLLOW`; on Windows by a walk that opens each component as a
+//!   handle refusing reparse points (links and junctions) and holds the
+//!   handles of every directory on the way, shared for reading and writing
+//!   but not for deletion, so none of them can be renamed or replaced
+//!   while the agent works below it (`fs/linux.rs`, `fs/windows.rs`). A
+//!   link anywhere on the way is refused, so nothing is read, written,
+//!   created, deleted or re-timed outside the root;
 //! - files are created, linked, renamed and unlinked by name relative to
 //!   the handle of their directory, and owners, modes and times are set
-//!   through the file's own descriptor (fchown, fchmod, futimens), never by
-//!   path;
+//!   through the file's own descriptor (fchown, fchmod, futimens; on
+//!   Windows the owner through the handle, the rest inherited from the
+//!   directory as for a file its user made), never by path;
 //! - a whole-file lure never replaces an existing file (the final step is
 //!   `linkat`, which fails if the name is taken), and nothing is deleted or
 //!   replaced unless its content is the lure's own ([`remove_if_ours`]
 //!   checks it, and that the name still holds the inode it read);
 //! - every write goes to a temporary file in the same directory, synced,
-//!   then moved into place, keeping the target's owner and mode;
+//!   then moved into place, keeping the target's owner and mode (on
+//!   Windows a file that existed is changed in place, which keeps its
+//!   owner, ACL and attributes: a block is only ever appended or cut off);
 //! - files and directories the agent creates get the home's owner and a
 //!   backdated time; a file the agent adds a block to keeps its time.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{Mode, SFlag};
-use nix::unistd::UnlinkatFlags;
-
 use ruse_proto::types::{hex, random_bytes};
+
+#[cfg(unix)]
+#[path = "fs/linux.rs"]
+mod sys;
+#[cfg(windows)]
+#[path = "fs/windows.rs"]
+#[allow(unsafe_code)]
+mod sys;
+
+pub use sys::{Owner, owner_of_path};
 
 /// Largest existing file the agent will add a block to.
 pub const MAX_BLOCK_TARGET: u64 = 4 << 20;
@@ -76,60 +86,14 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FsError + '_ {
     }
 }
 
-fn errno(path: &Path) -> impl FnOnce(Errno) -> FsError + '_ {
-    move |e| io(path)(std::io::Error::from(e))
-}
-
-/// Who should own what the agent creates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Owner {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl Owner {
-    pub fn of(meta: &Metadata) -> Self {
-        Owner {
-            uid: meta.uid(),
-            gid: meta.gid(),
-        }
-    }
-}
-
 /// An open directory, reached from the root without following a link.
 #[derive(Debug)]
 pub struct Dir {
-    file: File,
+    handle: sys::Handle,
     path: PathBuf,
 }
 
-const DIR_FLAGS: OFlag = OFlag::O_RDONLY
-    .union(OFlag::O_DIRECTORY)
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_CLOEXEC);
-/// Opening a file to read or re-time it: never through a link, and never
-/// blocking on a FIFO a user planted at a lure's name.
-const FILE_FLAGS: OFlag = OFlag::O_RDONLY
-    .union(OFlag::O_NOFOLLOW)
-    .union(OFlag::O_NONBLOCK)
-    .union(OFlag::O_NOCTTY)
-    .union(OFlag::O_CLOEXEC);
-
-/// Set once `openat2` turned out to be missing (kernels before 5.6, or a
-/// seccomp filter that refuses it); the component walk is used from then on.
-static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
-
 impl Dir {
-    /// Opens the agent's root. The root is the administrator's choice and
-    /// was made canonical at start; it is the one path opened by name.
-    pub fn open_root(path: &Path) -> Result<Dir, FsError> {
-        let fd = nix::fcntl::open(path, DIR_FLAGS, Mode::empty()).map_err(errno(path))?;
-        Ok(Dir {
-            file: File::from(fd),
-            path: path.to_path_buf(),
-        })
-    }
-
     /// The path this directory had when it was opened (for messages and
     /// records; operations use the handle).
     pub fn path(&self) -> &Path {
@@ -137,73 +101,17 @@ impl Dir {
     }
 
     pub fn metadata(&self) -> Result<Metadata, FsError> {
-        self.file.metadata().map_err(io(&self.path))
+        self.handle.file().metadata().map_err(io(&self.path))
+    }
+
+    /// The owner things created in this directory get.
+    pub fn owner(&self) -> Option<Owner> {
+        sys::owner_of(self)
     }
 
     /// Sets the modification and access time through the handle.
     pub fn set_times(&self, t: SystemTime) -> Result<(), FsError> {
-        set_times(&self.file, t).map_err(io(&self.path))
-    }
-
-    fn try_clone(&self) -> Result<Dir, FsError> {
-        Ok(Dir {
-            file: self.file.try_clone().map_err(io(&self.path))?,
-            path: self.path.clone(),
-        })
-    }
-
-    /// Opens the directory `name` inside this one, refusing a link.
-    fn child(&self, name: &OsStr) -> Result<Dir, FsError> {
-        let path = self.path.join(name);
-        match nix::fcntl::openat(self.file.as_fd(), name, DIR_FLAGS, Mode::empty()) {
-            Ok(fd) => Ok(Dir {
-                file: File::from(fd),
-                path,
-            }),
-            Err(e) => Err(self.refusal(name, e)),
-        }
-    }
-
-    /// What an open of `name` that failed with `e` means to a reader.
-    fn refusal(&self, name: &OsStr, e: Errno) -> FsError {
-        let path = self.path.join(name);
-        let is_link = || {
-            nix::sys::stat::fstatat(self.file.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| {
-                    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
-                })
-        };
-        match e {
-            Errno::ELOOP => link_refused(&path),
-            Errno::ENOTDIR if is_link() => link_refused(&path),
-            Errno::ENOTDIR => FsError::Unsuitable {
-                path: path.display().to_string(),
-                reason: "is not a directory".into(),
-            },
-            e => errno(&path)(e),
-        }
-    }
-
-    /// Whether anything (a link included) has the name `name` here.
-    fn has(&self, name: &OsStr) -> Result<bool, FsError> {
-        match nix::sys::stat::fstatat(self.file.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(_) => Ok(true),
-            Err(Errno::ENOENT) => Ok(false),
-            Err(e) => Err(errno(&self.path.join(name))(e)),
-        }
-    }
-
-    /// Opens the file `name` here to read it, refusing a link.
-    fn open_file(&self, name: &OsStr) -> Result<File, FsError> {
-        match nix::fcntl::openat(self.file.as_fd(), name, FILE_FLAGS, Mode::empty()) {
-            Ok(fd) => Ok(File::from(fd)),
-            Err(e) => Err(self.refusal(name, e)),
-        }
-    }
-
-    /// Syncs the directory, so names made or removed in it survive a crash.
-    fn sync(&self) {
-        let _ = self.file.sync_all();
+        set_times(self.handle.file(), t).map_err(io(&self.path))
     }
 }
 
@@ -216,6 +124,20 @@ fn link_refused(path: &Path) -> FsError {
 
 fn set_times(file: &File, t: SystemTime) -> std::io::Result<()> {
     file.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
+}
+
+/// The root as an absolute path without links. On Windows that is
+/// `C:\Users\…`, not the `\\?\C:\…` form `canonicalize` gives: paths
+/// in events and records read as an administrator writes them.
+pub fn canonical(root: &Path) -> Result<PathBuf, FsError> {
+    let path = std::fs::canonicalize(root).map_err(io(root))?;
+    #[cfg(windows)]
+    if let Some(plain) = path.to_str().and_then(|p| p.strip_prefix(r"\\?\"))
+        && plain.as_bytes().get(1) == Some(&b':')
+    {
+        return Ok(PathBuf::from(plain));
+    }
+    Ok(path)
 }
 
 /// Joins a lure-relative path onto `base`, refusing anything that could
@@ -265,29 +187,13 @@ fn open_dir(root: &Dir, rel: &Path) -> Result<Dir, FsError> {
     if rel.as_os_str().is_empty() {
         return root.try_clone();
     }
-    if !NO_OPENAT2.load(Ordering::Relaxed) {
-        let how = OpenHow::new().flags(DIR_FLAGS).resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-        match nix::fcntl::openat2(root.file.as_fd(), rel, how) {
-            Ok(fd) => {
-                return Ok(Dir {
-                    file: File::from(fd),
-                    path: root.path.join(rel),
-                });
-            }
-            Err(Errno::ENOSYS | Errno::EPERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
-            // A link or a missing name somewhere on the way: the walk says
-            // which component it was.
-            Err(_) => {}
-        }
+    if let Some(dir) = root.beneath(rel) {
+        return Ok(dir);
     }
     walk(root, rel)
 }
 
-/// The fallback for [`open_dir`]: one `O_NOFOLLOW` open per component.
+/// One open per component, each refusing a link.
 fn walk(root: &Dir, rel: &Path) -> Result<Dir, FsError> {
     let mut dir = root.try_clone()?;
     for component in rel.components() {
@@ -368,29 +274,13 @@ pub fn create_parents(
     Ok(created)
 }
 
-/// Makes the directory `name` in `dir` (private until its owner and mode
-/// are set through its own handle).
+/// Makes the directory `name` in `dir` for a lure: 0700 for the private
+/// ones (`.ssh`, `.aws`, `.kube`, `.gnupg`), owned by `owner`.
 fn make_dir(dir: &Dir, name: &OsStr, owner: Option<Owner>) -> Result<Dir, FsError> {
-    let path = dir.path.join(name);
-    nix::sys::stat::mkdirat(dir.file.as_fd(), name, Mode::from_bits_truncate(0o700))
-        .map_err(errno(&path))?;
-    // Opened again without following: if a racing user replaced the new
-    // directory with a link, this fails and nothing is changed through it.
-    let child = dir.child(name)?;
     let private = name
         .to_str()
         .is_some_and(|n| matches!(n, ".ssh" | ".aws" | ".kube" | ".gnupg"));
-    if let Some(o) = owner {
-        std::os::unix::fs::fchown(&child.file, Some(o.uid), Some(o.gid)).map_err(io(&path))?;
-    }
-    child
-        .file
-        .set_permissions(std::fs::Permissions::from_mode(if private {
-            0o700
-        } else {
-            0o755
-        }))
-        .map_err(io(&path))?;
+    let child = dir.make_dir(name, owner, private)?;
     dir.sync();
     Ok(child)
 }
@@ -401,11 +291,7 @@ pub fn remove_created_dirs(root: &Dir, dirs: &[PathBuf]) {
         // Not empty means someone put something there: leave it. A link
         // at the name is not a directory and is left too.
         if let Ok((parent, name)) = parent(root, dir) {
-            let _ = nix::unistd::unlinkat(
-                parent.file.as_fd(),
-                name.as_os_str(),
-                UnlinkatFlags::RemoveDir,
-            );
+            parent.remove_dir(&name);
         }
     }
 }
@@ -453,41 +339,11 @@ pub fn remove_temps(root: &Dir, target: &Path) -> usize {
     let Ok((dir, name)) = parent(root, target) else {
         return 0;
     };
-    let Ok(Some(listing)) = dir
-        .file
-        .try_clone()
-        .ok()
-        .map(|f| nix::dir::Dir::from_fd(OwnedFd::from(f)))
-        .transpose()
-    else {
-        return 0;
-    };
-    let temps: Vec<OsString> = listing
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| is_temp_of(e.file_name().to_bytes(), name.as_encoded_bytes()))
-        .map(|e| {
-            use std::os::unix::ffi::OsStrExt;
-            OsStr::from_bytes(e.file_name().to_bytes()).to_owned()
-        })
-        .collect();
     let mut removed = 0;
-    for temp in temps {
-        let regular = nix::sys::stat::fstatat(
-            dir.file.as_fd(),
-            temp.as_os_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .is_ok_and(|st| {
-            SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
-        });
-        if regular
-            && nix::unistd::unlinkat(
-                dir.file.as_fd(),
-                temp.as_os_str(),
-                UnlinkatFlags::NoRemoveDir,
-            )
-            .is_ok()
+    for temp in dir.names() {
+        if is_temp_of(temp.as_encoded_bytes(), name.as_encoded_bytes())
+            && dir.is_regular(&temp)
+            && dir.unlink(&temp).unwrap_or(false)
         {
             removed += 1;
         }
@@ -512,19 +368,12 @@ pub struct NewFile {
 fn write_temp(dir: &Dir, name: &OsStr, content: &[u8], new: NewFile) -> Result<OsString, FsError> {
     let tmp = temp_name(name);
     let target = dir.path.join(name);
-    let fd: OwnedFd = nix::fcntl::openat(
-        dir.file.as_fd(),
-        tmp.as_os_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map_err(errno(&target))?;
-    let mut file = File::from(fd);
+    let mut file = dir.create_exclusive(&tmp).map_err(|e| match e {
+        FsError::Io { source, .. } => io(&target)(source),
+        e => e,
+    })?;
     let result = (|| {
-        if let Some(o) = new.owner {
-            std::os::unix::fs::fchown(&file, Some(o.uid), Some(o.gid))?;
-        }
-        file.set_permissions(std::fs::Permissions::from_mode(new.mode))?;
+        sys::apply(&file, &new)?;
         file.write_all(content)?;
         file.sync_all()?;
         if let Some(t) = new.mtime {
@@ -532,17 +381,14 @@ fn write_temp(dir: &Dir, name: &OsStr, content: &[u8], new: NewFile) -> Result<O
         }
         Ok(())
     })();
+    drop(file);
     match result {
         Ok(()) => Ok(tmp),
         Err(e) => {
-            unlink(dir, &tmp);
+            let _ = dir.unlink(&tmp);
             Err(io(&target)(e))
         }
     }
-}
-
-fn unlink(dir: &Dir, name: &OsStr) {
-    let _ = nix::unistd::unlinkat(dir.file.as_fd(), name, UnlinkatFlags::NoRemoveDir);
 }
 
 /// Creates `target` with `content`, atomically, failing if anything exists
@@ -556,23 +402,17 @@ pub fn create_new(root: &Dir, target: &Path, content: &[u8], new: NewFile) -> Re
         return Err(exists());
     }
     let tmp = write_temp(&dir, &name, content, new)?;
-    // linkat() never replaces an existing name: no-clobber even if a file
+    // A link never replaces an existing name: no-clobber even if a file
     // appeared since the check above.
-    let linked = nix::unistd::linkat(
-        dir.file.as_fd(),
-        tmp.as_os_str(),
-        dir.file.as_fd(),
-        name.as_os_str(),
-        AtFlags::empty(),
-    );
-    unlink(&dir, &tmp);
+    let linked = dir.link_new(&tmp, &name);
+    let _ = dir.unlink(&tmp);
     match linked {
-        Ok(()) => {
+        Ok(true) => {
             dir.sync();
             Ok(())
         }
-        Err(Errno::EEXIST) => Err(exists()),
-        Err(e) => Err(errno(target)(e)),
+        Ok(false) => Err(exists()),
+        Err(e) => Err(e),
     }
 }
 
@@ -624,11 +464,13 @@ pub fn read_lure(root: &Dir, target: &Path) -> Result<Vec<u8>, FsError> {
 /// file changed since it was read.
 ///
 /// Where the directory may not be written but the file may (the agent's
-/// unit can make just `/etc/hosts` writable, not `/etc`), there is no
-/// temporary file to rename: the file is changed in place from the first
-/// byte that differs, then cut to length. A block is appended at the end,
-/// so planting only writes after the old content and taking it out again
-/// only truncates: the file's own content is never rewritten.
+/// unit can make just `/etc/hosts` writable, not `/etc`), and always on
+/// Windows (where a replacement would lose the file's own ACL and
+/// attributes), there is no temporary file to rename: the file is changed
+/// in place from the first byte that differs, then cut to length. A block
+/// is appended at the end, so planting only writes after the old content
+/// and taking it out again only truncates: the file's own content is
+/// never rewritten.
 pub fn replace_content(
     root: &Dir,
     target: &Path,
@@ -637,53 +479,34 @@ pub fn replace_content(
     seen: &Metadata,
 ) -> Result<(), FsError> {
     let (dir, name) = parent(root, target)?;
-    let new = NewFile {
-        mode: seen.mode() & 0o7777,
-        owner: Some(Owner::of(seen)),
-        mtime: seen.modified().ok(),
-    };
-    let tmp = match write_temp(&dir, &name, content, new) {
+    if cfg!(windows) {
+        return rewrite_in_place(&dir, &name, target, old, content, seen);
+    }
+    let tmp = match write_temp(&dir, &name, content, sys::kept(seen)) {
         Ok(tmp) => tmp,
         // The directory is not writable (read-only, or not ours).
-        Err(FsError::Io { source, .. })
-            if [Errno::EROFS, Errno::EACCES, Errno::EPERM]
-                .iter()
-                .any(|e| source.raw_os_error() == Some(*e as i32)) =>
-        {
+        Err(FsError::Io { source, .. }) if sys::dir_not_writable(&source) => {
             return rewrite_in_place(&dir, &name, target, old, content, seen);
         }
         Err(e) => return Err(e),
     };
-    let unchanged = nix::sys::stat::fstatat(
-        dir.file.as_fd(),
-        name.as_os_str(),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .is_ok_and(|now| {
-        now.st_ino == seen.ino()
-            && now.st_dev == seen.dev()
-            && now.st_size == seen.size() as i64
-            && now.st_mtime == seen.mtime()
-            && now.st_mtime_nsec == seen.mtime_nsec()
-    });
-    if !unchanged {
-        unlink(&dir, &tmp);
-        return Err(FsError::Unsuitable {
-            path: target.display().to_string(),
-            reason: "changed while the lure was being written; will retry".into(),
-        });
+    if !dir.still(&name, seen, true) {
+        let _ = dir.unlink(&tmp);
+        return Err(changed(target));
     }
-    if let Err(e) = nix::fcntl::renameat(
-        dir.file.as_fd(),
-        tmp.as_os_str(),
-        dir.file.as_fd(),
-        name.as_os_str(),
-    ) {
-        unlink(&dir, &tmp);
-        return Err(errno(target)(e));
+    if let Err(e) = dir.rename(&tmp, &name) {
+        let _ = dir.unlink(&tmp);
+        return Err(e);
     }
     dir.sync();
     Ok(())
+}
+
+fn changed(target: &Path) -> FsError {
+    FsError::Unsuitable {
+        path: target.display().to_string(),
+        reason: "changed while the lure was being written; will retry".into(),
+    }
 }
 
 /// [`replace_content`] without a temporary file: the file at `name`, still
@@ -697,29 +520,12 @@ fn rewrite_in_place(
     new: &[u8],
     seen: &Metadata,
 ) -> Result<(), FsError> {
-    use std::os::unix::fs::FileExt;
-    let fd = nix::fcntl::openat(
-        dir.file.as_fd(),
-        name,
-        OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| dir.refusal(name, e))?;
-    let file = File::from(fd);
-    let now = file.metadata().map_err(io(target))?;
-    let unchanged = now.is_file()
-        && now.ino() == seen.ino()
-        && now.dev() == seen.dev()
-        && now.len() == seen.len()
-        && now.modified().ok() == seen.modified().ok();
-    if !unchanged {
-        return Err(FsError::Unsuitable {
-            path: target.display().to_string(),
-            reason: "changed while the lure was being written; will retry".into(),
-        });
+    let file = dir.open_write(name)?;
+    if !sys::same_file(&file, seen).map_err(io(target))? {
+        return Err(changed(target));
     }
     let same = old.iter().zip(new).take_while(|(a, b)| a == b).count();
-    file.write_all_at(&new[same..], same as u64)
+    sys::write_at(&file, &new[same..], same as u64)
         .and_then(|()| file.set_len(new.len() as u64))
         .and_then(|()| file.sync_all())
         .map_err(io(target))?;
@@ -764,28 +570,20 @@ pub fn remove_if_ours(
     if !ours(&bytes) {
         return Ok(Removal::NotOurs);
     }
-    let same = nix::sys::stat::fstatat(
-        dir.file.as_fd(),
-        name.as_os_str(),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .is_ok_and(|now| now.st_ino == meta.ino() && now.st_dev == meta.dev());
-    if !same {
+    drop(file);
+    if !dir.still(&name, &meta, false) {
         return Ok(Removal::NotOurs);
     }
-    match nix::unistd::unlinkat(
-        dir.file.as_fd(),
-        name.as_os_str(),
-        UnlinkatFlags::NoRemoveDir,
-    ) {
-        Ok(()) => {
+    match dir.unlink(&name) {
+        Ok(true) => {
             dir.sync();
             Ok(Removal::Removed)
         }
-        Err(Errno::ENOENT) => Ok(Removal::Missing),
-        Err(e) => Err(errno(target)(e)),
+        Ok(false) => Ok(Removal::Missing),
+        Err(e) => Err(e),
     }
 }
 
 #[cfg(test)]
+#[cfg(unix)]
 mod tests;

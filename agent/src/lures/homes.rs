@@ -1,11 +1,11 @@
 //! Which home directories `~/` means: by default every directory under
-//! `<root>/home/` and `<root>/root`. Linux-specific; other platforms bring
-//! their own discovery.
+//! `<root>/home/` and `<root>/root` on Linux, and every profile under
+//! `<root>\Users\` on Windows except the shared ones (`Default`,
+//! `Public`).
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::fs::Owner;
+use super::fs::{Owner, owner_of_path};
 
 /// Patterns relative to the root: `home/*` (every directory in `home`) or a
 /// plain path (`root`, `var/lib/pacs`).
@@ -17,8 +17,17 @@ pub struct HomeDirs {
 impl Default for HomeDirs {
     fn default() -> Self {
         HomeDirs {
-            patterns: vec!["home/*".into(), "root".into()],
+            patterns: default_patterns(),
         }
+    }
+}
+
+/// The default home patterns of this platform.
+pub fn default_patterns() -> Vec<String> {
+    if cfg!(windows) {
+        vec!["Users/*".into()]
+    } else {
+        vec!["home/*".into(), "root".into()]
     }
 }
 
@@ -63,17 +72,26 @@ impl HomeDirs {
     }
 }
 
+/// Windows' profiles that are no one's: the template for new users and
+/// the shared one (`All Users` and `Default User` are junctions and are
+/// skipped as links already).
+fn is_shared_profile(path: &Path) -> bool {
+    cfg!(windows)
+        && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+            ["Default", "Default User", "Public", "All Users"]
+                .iter()
+                .any(|shared| n.eq_ignore_ascii_case(shared))
+        })
+}
+
 fn home_at(path: &Path) -> Option<Home> {
     let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_dir() {
+    if !meta.is_dir() || is_shared_profile(path) {
         return None;
     }
     Some(Home {
         path: path.to_path_buf(),
-        owner: Owner {
-            uid: meta.uid(),
-            gid: meta.gid(),
-        },
+        owner: owner_of_path(path)?,
     })
 }
 

@@ -20,7 +20,7 @@
 
 pub mod block;
 pub mod fs;
-mod homes;
+pub(crate) mod homes;
 mod journal;
 mod plant;
 
@@ -179,7 +179,7 @@ pub struct LureEngine {
 impl LureEngine {
     /// Opens the engine for `root`, loading the state kept in `state_dir`.
     pub fn open(root: &Path, homes: HomeDirs, state_dir: &Path) -> Result<Self, LureError> {
-        let root = std::fs::canonicalize(root).map_err(|e| LureError::Fs(fs::io(root)(e)))?;
+        let root = fs::canonical(root)?;
         let root = Dir::open_root(&root)?;
         let state_path = state_dir.join(STATE_FILE);
         let state = match std::fs::read(&state_path) {
@@ -269,12 +269,21 @@ impl LureEngine {
         self.activity.clone()
     }
 
+    /// Marks every file and directory of `lure` as read by the agent
+    /// (verifying).
+    fn read_all(&self, lure: &AppliedLure) {
+        self.mark_all(lure, SelfActivity::read);
+    }
+
+    /// Marks every file and directory of `lure` as changed by the agent.
     fn touch_all(&self, lure: &AppliedLure) {
-        for f in &lure.files {
-            self.activity.touch(f.path());
-        }
-        for d in &lure.created_dirs {
-            self.activity.touch(d);
+        self.mark_all(lure, SelfActivity::touch);
+    }
+
+    fn mark_all(&self, lure: &AppliedLure, mark: fn(&SelfActivity, &Path)) {
+        let paths = lure.files.iter().map(Planted::path);
+        for path in paths.chain(lure.created_dirs.iter().map(PathBuf::as_path)) {
+            mark(&self.activity, path);
         }
     }
 
@@ -476,7 +485,7 @@ impl LureEngine {
                         &mut applied.created_dirs,
                         &journal,
                     )
-                    .map_err(|e| self.name_the_owner(e, &target));
+                    .map_err(|e| self.name_the_owner(e, &target, id));
                     match planted {
                         Ok(planted) => {
                             applied.files.push(planted);
@@ -506,8 +515,10 @@ impl LureEngine {
     }
 
     /// A file in the way that is another lure's is named as such: two
-    /// campaigns planting the same whole file on one agent.
-    fn name_the_owner(&self, e: LureError, target: &Path) -> LureError {
+    /// campaigns planting the same whole file on one agent. One that is
+    /// this lure's own (a replant after someone changed the file, which is
+    /// then theirs and stays) says so.
+    fn name_the_owner(&self, e: LureError, target: &Path, planting: &str) -> LureError {
         if !matches!(e, LureError::Fs(FsError::Exists { .. })) {
             return e;
         }
@@ -517,6 +528,12 @@ impl LureEngine {
                 .any(|f| matches!(f, Planted::Whole { path, .. } if path == target))
         });
         match owner {
+            Some((id, _)) if id == planting => LureError::Fs(FsError::Unsuitable {
+                path: target.display().to_string(),
+                reason:
+                    "changed by someone after it was planted, so it is theirs now and left as it is"
+                        .into(),
+            }),
             Some((id, l)) => LureError::TakenByLure {
                 path: target.display().to_string(),
                 other: id.clone(),
@@ -584,7 +601,7 @@ impl LureEngine {
             let Some(lure) = self.state.lures.get(&id).cloned() else {
                 continue;
             };
-            self.touch_all(&lure);
+            self.read_all(&lure);
             let mut found = Vec::new();
             for planted in &lure.files {
                 if let Some(kind) = check(&self.root, planted) {

@@ -154,7 +154,7 @@ pub(super) fn plant_content(
 /// absolute paths: files created in /etc belong to whoever owns /etc).
 pub(super) fn parent_owner(root: &Dir, target: &Path) -> Option<Owner> {
     let dir = fs::nearest_dir(root, target.parent()?)?;
-    dir.metadata().ok().map(|m| Owner::of(&m))
+    dir.owner()
 }
 
 /// What is wrong with a planted file, if anything. A link on the way

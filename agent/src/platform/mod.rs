@@ -9,12 +9,17 @@
 //!   agent to stop.
 //!
 //! `linux/` implements them (fanotify with inotify as the fallback,
-//! `/proc`, `uname`, SIGTERM); [`Native`] is this build's implementation.
-//! Planting (`lures/fs.rs`, descriptor-relative file operations, owners
-//! and modes) is Linux's too and is the next thing to move behind a
-//! trait here when a second platform arrives.
+//! `/proc`, `uname`, SIGTERM), `windows/` for Windows
+//! (`ReadDirectoryChangesW`, the registry, the service manager);
+//! [`Native`] is this build's implementation. Planting's file operations
+//! (directory handles that never follow a link, owners) are per platform
+//! in `lures/fs/`.
 
+#[cfg(unix)]
 pub mod linux;
+#[cfg(windows)]
+#[allow(unsafe_code)]
+pub mod windows;
 
 use std::future::Future;
 use std::io;
@@ -24,7 +29,11 @@ use ruse_proto::convert::{EventProcess, HostFacts};
 use ruse_proto::types::Labels;
 
 /// This build's platform.
+#[cfg(unix)]
 pub use self::linux::Linux as Native;
+/// This build's platform.
+#[cfg(windows)]
+pub use self::windows::Windows as Native;
 
 /// What was done to a watched file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +66,17 @@ pub enum Via {
     Fanotify,
     /// Without process attribution.
     Inotify,
+    /// Windows' `ReadDirectoryChangesW`: changes, without process
+    /// attribution.
+    DirectoryChanges,
+}
+
+impl Via {
+    /// Whether the access names its process (the agent's own accesses are
+    /// then told apart by process id, not by time).
+    pub fn attributed(self) -> bool {
+        matches!(self, Via::Fanotify)
+    }
 }
 
 /// One observed access.

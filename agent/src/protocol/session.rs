@@ -239,6 +239,13 @@ pub(crate) async fn run_once(
                     return Ok(End::Closed { lasted: started.elapsed() });
                 }
             }
+            () = shared.drifted.notified() => {
+                // Let a burst of changes (an editor's save) settle, then
+                // check and repair now rather than at the next interval.
+                tokio::time::sleep(DRIFT_SETTLE).await;
+                problems = crate::verify(shared).await;
+                last_verify = Instant::now();
+            }
             _ = heartbeat.tick() => {
                 if last_verify.elapsed() >= config.verify_interval {
                     problems = crate::verify(shared).await;
@@ -500,6 +507,9 @@ async fn renew_certificate(
     *identity = renewed;
     Ok(())
 }
+
+/// How long after a lure changed the agent checks and repairs it.
+const DRIFT_SETTLE: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,7 @@
 use super::*;
+use nix::sys::stat::Mode;
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 fn root_of(path: &Path) -> Dir {
     Dir::open_root(&fs::canonicalize(path).unwrap()).unwrap()

@@ -1,0 +1,246 @@
+//! The Windows agent (`ruse-agent.exe`, cross-built by
+//! deploy/agent/windows/build.sh) under Wine, against a real controller on
+//! 127.0.0.1: enrollment, a campaign planted into the prefix's user
+//! profile, changes made from Linux detected and repaired, and an
+//! uninstall that leaves the profile as it was. docs/windows.md says what
+//! this shows and what only a real Windows host can.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ruse_e2e::wine::{self, Prefix};
+use ruse_e2e::{TestController, eventually};
+use ruse_proto::admin::v1 as pb;
+
+/// Two lures that plant into a profile: a whole file (a saved remote
+/// desktop login in Documents) and a block in a shared file (a profile in
+/// `.aws\credentials`).
+const CAMPAIGN: &str = "kind: Campaign\nname: windows-workstations\nselector: {os: windows}\nlures:\n  - {template: rdp-credentials}\n  - {template: aws-credentials}\n";
+
+/// What the "user" writes into `.aws\credentials` over the lure's block.
+const USER_PROFILE: &[u8] = b"[default]\r\nregion = eu-west-1\r\n";
+
+/// Every file and directory under `dir` (but Wine's own `AppData`), with
+/// the files' bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Option<Vec<u8>>>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(base).unwrap().to_path_buf();
+            if rel.starts_with("AppData") {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, None);
+                walk(base, &path, out);
+            } else if meta.is_file() {
+                out.insert(rel, Some(std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Prints the agent's log when the test fails.
+struct LogOnFailure(PathBuf);
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- Windows agent log ---\n{}",
+                std::fs::read_to_string(&self.0).unwrap_or_default()
+            );
+        }
+    }
+}
+
+async fn lure_events(tc: &TestController, agent: &str, kind: &str) -> Vec<pb::LureEvent> {
+    tc.events(pb::EventFilter {
+        agent_id: agent.to_owned(),
+        kind: kind.into(),
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_exactly() {
+    let test = "windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_exactly";
+    if !wine::require(test) {
+        return;
+    }
+    let exe = wine::agent_exe().unwrap();
+    let tc = TestController::start().await;
+    let prefix = Prefix::create();
+    let profile = prefix.profile();
+    let before = snapshot(&profile);
+
+    let work = tempfile::tempdir().unwrap();
+    let token = tc.token("os=windows", 1, Duration::from_secs(600)).await;
+    std::fs::write(work.path().join("token"), &token).unwrap();
+    let config = work.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller = \"{}\"\nca_pin = \"{}\"\ntoken_file = '{}'\nverify_interval = \"60s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"1s\"\n",
+            tc.url(),
+            tc.pin,
+            Prefix::windows_path(&work.path().join("token")),
+        ),
+    )
+    .unwrap();
+    let config_arg = Prefix::windows_path(&config);
+    let log = work.path().join("agent.log");
+    let _log = LogOnFailure(log.clone());
+    let mut agent = prefix.spawn(
+        &exe,
+        &["run", "--config", &config_arg, "--label", "name=wine-ws1"],
+        &log,
+    );
+
+    // Enrolled and online, with the facts of a Windows host.
+    eventually("the Windows agent online", wine::START, || async {
+        tc.agents()
+            .await
+            .iter()
+            .any(|a| a.state() == pb::AgentState::Online)
+    })
+    .await;
+    let id = tc.agents().await[0].id.clone();
+    let view = tc.agent_view(&id).await;
+    assert!(
+        view.os.contains("Windows"),
+        "os fact of a Windows host: {view:?}\nagent log:\n{}",
+        agent.log_text()
+    );
+    assert!(!view.hostname.is_empty(), "{view:?}");
+    assert!(
+        view.kernel.split('.').count() >= 3,
+        "major.minor.build: {view:?}"
+    );
+
+    // The campaign reaches it and plants into the profile.
+    tc.apply(CAMPAIGN).await;
+    tc.wait_rollout("windows-workstations", "completed", Duration::from_secs(60))
+        .await;
+    let note = profile.join("Documents/remote-desktop-logins.txt");
+    let credentials = profile.join(".aws/credentials");
+    eventually("the lures planted", Duration::from_secs(30), || async {
+        note.exists() && credentials.exists()
+    })
+    .await;
+    let planted_note = std::fs::read(&note).unwrap();
+    let planted_credentials = std::fs::read_to_string(&credentials).unwrap();
+    assert!(
+        planted_credentials.contains("aws_access_key_id"),
+        "{planted_credentials}"
+    );
+    // The agent's state is private: SYSTEM and Administrators only.
+    assert!(
+        prefix
+            .drive_c()
+            .join("ProgramData/Ruse/agent/identity.json")
+            .exists()
+            || prefix.drive_c().join("ProgramData/Ruse/agent").is_dir(),
+        "the default state directory"
+    );
+
+    // Changed from Linux: the watcher reports it and the agent repairs it
+    // at once (verification is a minute away). The agent's own writes of
+    // the last two seconds are its own; wait them out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let path_is = |e: &pb::LureEvent, name: &str| e.path.ends_with(name);
+    std::fs::write(&credentials, USER_PROFILE).unwrap();
+    eventually(
+        "the modification seen and repaired",
+        Duration::from_secs(20),
+        || async {
+            let events = lure_events(&tc, &id, "").await;
+            events
+                .iter()
+                .any(|e| path_is(e, "credentials") && e.operations.iter().any(|o| o == "modify"))
+                && events
+                    .iter()
+                    .any(|e| path_is(e, "credentials") && e.detail == "modified; repaired")
+        },
+    )
+    .await;
+    let repaired = std::fs::read_to_string(&credentials).unwrap();
+    assert!(
+        repaired.as_bytes().starts_with(USER_PROFILE) && repaired.contains("aws_access_key_id"),
+        "the user's profile kept and the lure's put back: {repaired}"
+    );
+
+    std::fs::remove_file(&note).unwrap();
+    let note_path = |e: &pb::LureEvent| path_is(e, "remote-desktop-logins.txt");
+    eventually(
+        "the deletion seen and repaired",
+        Duration::from_secs(20),
+        || async {
+            let events = lure_events(&tc, &id, "").await;
+            events
+                .iter()
+                .any(|e| note_path(e) && e.operations.iter().any(|o| o == "delete"))
+                && events
+                    .iter()
+                    .any(|e| note_path(e) && e.detail == "deleted; repaired")
+        },
+    )
+    .await;
+    assert_eq!(std::fs::read(&note).unwrap(), planted_note);
+    let watched = lure_events(&tc, &id, "")
+        .await
+        .into_iter()
+        .find(|e| note_path(e) && e.operations.iter().any(|o| o == "delete"))
+        .unwrap();
+    assert_eq!(
+        watched.attribution, "directory changes (no process attribution)",
+        "{watched:?}"
+    );
+    assert!(
+        watched.path.starts_with("C:\\") && watched.path.contains("\\Documents\\"),
+        "a Windows path: {}",
+        watched.path
+    );
+
+    // Uninstall: the lures go, the profile is as it was, the controller
+    // is told.
+    agent.kill9();
+    prefix.wait_server();
+    let out = prefix.run(&exe, &["uninstall", "--config", &config_arg]);
+    assert!(
+        out.status.success(),
+        "uninstall: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    prefix.wait_server();
+    // As it was, with the profile the "user" wrote into .aws\credentials
+    // (where the lure's block was), and the block taken out of it.
+    let mut expected = before;
+    expected.insert(PathBuf::from(".aws"), None);
+    expected.insert(
+        PathBuf::from(".aws/credentials"),
+        Some(USER_PROFILE.to_vec()),
+    );
+    let after = snapshot(&profile);
+    let changed: Vec<_> = expected
+        .keys()
+        .chain(after.keys())
+        .filter(|k| expected.get(*k) != after.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "the profile changed: {changed:?}");
+    eventually(
+        "the agent deregistered",
+        Duration::from_secs(20),
+        || async { tc.agent_view(&id).await.state() == pb::AgentState::Revoked },
+    )
+    .await;
+}
