@@ -303,11 +303,161 @@ impl AgentConfig {
     }
 }
 
+/// What an installer was given (the MSI's properties); empty means "not
+/// given".
+#[derive(Debug, Clone, Default)]
+pub struct Installer {
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub controller: String,
+    pub ca_pin: String,
+    pub token: String,
+    pub token_file: String,
+    pub labels: String,
+}
+
+/// The file a token given to the installer is kept in, in the state
+/// directory (private to the agent).
+pub const INSTALLER_TOKEN: &str = "bootstrap-token";
+
+/// Marks an upgrade under way, in the state directory: the MSI writes it
+/// before it removes the older version; `uninstall --unless-upgrading`
+/// (that removal) or the agent's next start takes it.
+const UPGRADE_MARK: &str = "upgrading";
+
+/// An upgrade mark older than this is a leftover, not an upgrade.
+const UPGRADE_MARK_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Removes the upgrade mark; whether a fresh one was there.
+pub fn take_upgrade_mark(state_dir: &Path) -> bool {
+    let mark = state_dir.join(UPGRADE_MARK);
+    let fresh = std::fs::metadata(&mark)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < UPGRADE_MARK_LIFETIME));
+    let _ = std::fs::remove_file(&mark);
+    fresh
+}
+
+/// Writes the settings an installer was given into its configuration
+/// file, keeping every setting it was not given (an upgrade passes none),
+/// and checks that the result is a valid configuration. Returns the file.
+pub fn configure(given: &Installer) -> Result<PathBuf, ConfigError> {
+    let mut table: toml::Table = match std::fs::read_to_string(&given.config) {
+        Ok(text) => text.parse().map_err(|e: toml::de::Error| {
+            invalid("config", format!("{}: {e}", given.config.display()))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+        Err(e) => {
+            return Err(invalid(
+                "config",
+                format!("{}: {e}", given.config.display()),
+            ));
+        }
+    };
+    let mut set = |key: &str, value: &str| {
+        let value = value.trim();
+        if !value.is_empty() {
+            table.insert(key.to_owned(), toml::Value::String(value.to_owned()));
+        }
+    };
+    set("controller", &given.controller);
+    set("ca_pin", &given.ca_pin);
+    set("state_dir", &given.state_dir.display().to_string());
+    let token = if given.token.trim().is_empty() && !given.token_file.trim().is_empty() {
+        std::fs::read_to_string(given.token_file.trim())
+            .map_err(|e| invalid("token_file", format!("{}: {e}", given.token_file.trim())))?
+    } else {
+        given.token.clone()
+    };
+    if !token.trim().is_empty() {
+        ruse_pki::create_private_dir(&given.state_dir).map_err(|e| invalid("state_dir", e))?;
+        let kept = given.state_dir.join(INSTALLER_TOKEN);
+        ruse_pki::write_private_file(&kept, token.trim().as_bytes())
+            .map_err(|e| invalid("token", e))?;
+        set("token_file", &kept.display().to_string());
+    }
+    if !given.labels.trim().is_empty() {
+        let labels = Labels::parse_pairs(given.labels.split(',').map(str::trim))
+            .map_err(|e| invalid("labels", e))?;
+        let map = labels
+            .iter()
+            .map(|(k, v)| (k.to_owned(), toml::Value::String(v.to_owned())))
+            .collect();
+        table.insert("labels".into(), toml::Value::Table(map));
+    }
+    let text = toml::to_string(&table).map_err(|e| invalid("config", e))?;
+    if let Some(dir) = given.config.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| invalid("config", format!("{}: {e}", dir.display())))?;
+    }
+    // Checked before it replaces the file: a wrong setting fails the
+    // install and leaves the working configuration as it was.
+    let candidate = given.config.with_extension("toml.new");
+    ruse_pki::write_public_file(&candidate, text.as_bytes()).map_err(|e| invalid("config", e))?;
+    if let Err(e) = AgentConfig::load(Some(&candidate), Vec::new(), &[], &Labels::default()) {
+        let _ = std::fs::remove_file(&candidate);
+        return Err(e);
+    }
+    std::fs::rename(&candidate, &given.config)
+        .map_err(|e| invalid("config", format!("{}: {e}", given.config.display())))?;
+    Ok(given.config.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const PIN: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn an_installer_sets_what_it_is_given_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let given = Installer {
+            config: dir.path().join("conf/agent.toml"),
+            state_dir: dir.path().join("state"),
+            controller: "https://ruse.hospital.example:7443".into(),
+            ca_pin: PIN.into(),
+            token: "rt1.secret".into(),
+            token_file: String::new(),
+            labels: "site=icu, role=workstation".into(),
+        };
+        configure(&given).unwrap();
+        let load = || AgentConfig::load(Some(&given.config), Vec::new(), &[], &Labels::default());
+        let config = load().unwrap();
+        assert_eq!(
+            config.controller.to_string(),
+            "https://ruse.hospital.example:7443"
+        );
+        let kept = dir.path().join("state").join(INSTALLER_TOKEN);
+        assert_eq!(config.token_file.as_deref(), Some(kept.as_path()));
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), "rt1.secret");
+        assert_eq!(config.labels.get("site"), Some("icu"));
+        // An upgrade passes nothing: everything stays.
+        configure(&Installer {
+            config: given.config.clone(),
+            state_dir: given.state_dir.clone(),
+            ..Installer::default()
+        })
+        .unwrap();
+        assert_eq!(load().unwrap().controller, config.controller);
+        assert_eq!(load().unwrap().labels, config.labels);
+        // A wrong pin is refused, naming the field.
+        let wrong = Installer {
+            ca_pin: "sha256:nope".into(),
+            ..given.clone()
+        };
+        assert!(
+            configure(&wrong)
+                .unwrap_err()
+                .to_string()
+                .contains("ca_pin")
+        );
+        assert_eq!(
+            load().unwrap().ca_pin,
+            config.ca_pin,
+            "the file is untouched"
+        );
+    }
 
     #[test]
     fn several_controllers_are_dialled_in_turn() {

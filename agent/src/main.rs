@@ -29,6 +29,11 @@ enum Command {
     #[cfg(windows)]
     #[command(hide = true)]
     Service(RunArgs),
+    /// Write (or update) the configuration file, as an installer does:
+    /// the settings given are set, empty ones are left as they were, so an
+    /// upgrade without them keeps the agent's settings. A token is stored
+    /// beside the identity, readable by the agent only.
+    Configure(ConfigureArgs),
     /// Remove every lure this agent planted (and nothing else).
     Uninstall {
         /// The agent's state directory (holds the record of what was planted).
@@ -44,6 +49,11 @@ enum Command {
         /// The controller to tell, when there is no configuration file.
         #[arg(long)]
         controller: Option<String>,
+        /// Do nothing when an upgrade is under way: the MSI marks one before
+        /// it removes the older version (Windows also says so to that
+        /// removal with UPGRADINGPRODUCTCODE; Wine's installer does not).
+        #[arg(long)]
+        unless_upgrading: bool,
     },
 }
 
@@ -78,6 +88,31 @@ struct RunArgs {
     /// has no console).
     #[arg(long)]
     log_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ConfigureArgs {
+    /// The configuration file to write.
+    #[arg(long)]
+    config: PathBuf,
+    /// The controller, https://HOST:PORT (replicas comma-separated).
+    #[arg(long, default_value = "")]
+    controller: String,
+    /// The controller CA's pin, sha256:….
+    #[arg(long, default_value = "")]
+    ca_pin: String,
+    /// A bootstrap token, stored in the state directory.
+    #[arg(long, default_value = "")]
+    token: String,
+    /// A file holding the bootstrap token (copied into the state directory).
+    #[arg(long, default_value = "")]
+    token_file: String,
+    /// Labels, k=v,k=v.
+    #[arg(long, default_value = "")]
+    labels: String,
+    /// Where the agent keeps its identity.
+    #[arg(long, default_value = ruse_agent::config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 /// glibc's allocator, tuned for a small long-running daemon. By default
@@ -132,6 +167,23 @@ fn main() -> ExitCode {
         tune_malloc();
     }
     let (args, enroll_only) = match command {
+        Command::Configure(args) => {
+            return match ruse_agent::config::configure(&ruse_agent::config::Installer {
+                config: args.config,
+                state_dir: args.state_dir,
+                controller: args.controller,
+                ca_pin: args.ca_pin,
+                token: args.token,
+                token_file: args.token_file,
+                labels: args.labels,
+            }) {
+                Ok(path) => {
+                    println!("configuration written to {}", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            };
+        }
         Command::Run(args) => (args, false),
         Command::Enroll(args) => (args, true),
         #[cfg(windows)]
@@ -151,7 +203,12 @@ fn main() -> ExitCode {
             root,
             config,
             controller,
+            unless_upgrading,
         } => {
+            if unless_upgrading && ruse_agent::config::take_upgrade_mark(&state_dir) {
+                println!("an upgrade is under way: the lures and the agent's registration stay");
+                return ExitCode::SUCCESS;
+            }
             deregister(&state_dir, config.as_deref(), controller);
             return uninstall(&state_dir, &root);
         }
@@ -206,6 +263,7 @@ fn agent_main(args: RunArgs, enroll_only: bool) -> ExitCode {
             match ruse_agent::enroll_once(&config).await {
                 Ok((id, true)) => {
                     println!("enrolled as agent {id}");
+                    forget_installer_token(&config);
                     ExitCode::SUCCESS
                 }
                 Ok((id, false)) => {
@@ -216,6 +274,8 @@ fn agent_main(args: RunArgs, enroll_only: bool) -> ExitCode {
             }
         });
     }
+    // Running: an upgrade that prepared this start is over.
+    ruse_agent::config::take_upgrade_mark(&config.state_dir);
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (status_tx, _status_rx) = watch::channel(AgentStatus::default());
@@ -229,6 +289,15 @@ fn agent_main(args: RunArgs, enroll_only: bool) -> ExitCode {
             Err(e) => fail(&e),
         }
     })
+}
+
+/// A token an installer kept for enrollment (`configure`) is spent once
+/// the agent is enrolled: deleted, as install.sh deletes its copy.
+fn forget_installer_token(config: &AgentConfig) {
+    let kept = config.state_dir.join(ruse_agent::config::INSTALLER_TOKEN);
+    if config.token_file.as_deref() == Some(kept.as_path()) {
+        let _ = std::fs::remove_file(&kept);
+    }
 }
 
 /// Tells the controller this agent is going, when it knows which one.

@@ -65,6 +65,10 @@ pub struct Prefix {
     _dir: tempfile::TempDir,
     path: PathBuf,
     home: PathBuf,
+    /// A console program waiting on its input for as long as the prefix
+    /// lives: Wine ends its services when the last ordinary program ends
+    /// (a `msiexec` that started one, say), which Windows does not.
+    session: Option<std::process::Child>,
 }
 
 impl Prefix {
@@ -78,10 +82,11 @@ impl Prefix {
         let path = dir.path().join("prefix");
         let home = dir.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
-        let prefix = Prefix {
+        let mut prefix = Prefix {
             _dir: dir,
             path,
             home,
+            session: None,
         };
         let out = prefix
             .command("wineboot")
@@ -108,6 +113,16 @@ impl Prefix {
             out.status.success(),
             "building the ProcessPrng shim failed: {}",
             String::from_utf8_lossy(&out.stderr)
+        );
+        prefix.session = Some(
+            prefix
+                .command("wine")
+                .arg("cmd.exe")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("wine cmd.exe"),
         );
         prefix
     }
@@ -195,9 +210,9 @@ impl Prefix {
         }
     }
 
-    /// Waits for the prefix's wineserver to be idle (after wineboot, an
-    /// install, or to let a program's files be flushed).
-    pub fn wait_server(&self) {
+    /// Waits until every program in the prefix has ended (after wineboot;
+    /// not once the session keeper runs).
+    fn wait_server(&self) {
         let _ = self
             .command("wineserver")
             .arg("--wait")
@@ -214,6 +229,10 @@ impl Prefix {
 
 impl Drop for Prefix {
     fn drop(&mut self) {
+        if let Some(mut session) = self.session.take() {
+            let _ = session.kill();
+            let _ = session.wait();
+        }
         let _ = self
             .command("wineserver")
             .arg("-k")

@@ -213,7 +213,6 @@ async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_ex
     // Uninstall: the lures go, the profile is as it was, the controller
     // is told.
     agent.kill9();
-    prefix.wait_server();
     let out = prefix.run(&exe, &["uninstall", "--config", &config_arg]);
     assert!(
         out.status.success(),
@@ -221,7 +220,6 @@ async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_ex
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    prefix.wait_server();
     // As it was, with the profile the "user" wrote into .aws\credentials
     // (where the lure's block was), and the block taken out of it.
     let mut expected = before;
@@ -237,6 +235,148 @@ async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_ex
         .filter(|k| expected.get(*k) != after.get(*k))
         .collect();
     assert!(changed.is_empty(), "the profile changed: {changed:?}");
+    eventually(
+        "the agent deregistered",
+        Duration::from_secs(20),
+        || async { tc.agent_view(&id).await.state() == pb::AgentState::Revoked },
+    )
+    .await;
+}
+
+/// `msiexec` in the prefix, to its end: whether it succeeded, and its
+/// output. The output goes through a file: the service it starts would
+/// hold a pipe open for as long as it runs.
+fn msiexec(prefix: &Prefix, args: &[&str]) -> (bool, String) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let status = prefix
+        .command("wine")
+        .arg("msiexec")
+        .args(args)
+        .stdout(log.reopen().unwrap())
+        .stderr(log.reopen().unwrap())
+        .status()
+        .unwrap();
+    (
+        status.success(),
+        std::fs::read_to_string(log.path()).unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_msi_installs_a_service_that_enrolls_upgrades_keep_the_identity_and_uninstall_removes_lures()
+ {
+    let test = "the_msi_installs_a_service_that_enrolls_upgrades_keep_the_identity_and_uninstall_removes_lures";
+    if !wine::require(test) || !ruse_e2e::require_tool(test, "wixl") {
+        return;
+    }
+    let msi = wine::artefact_dir().join("ruse-agent.msi");
+    assert!(
+        msi.exists(),
+        "{} is built by deploy/agent/windows/build.sh",
+        msi.display()
+    );
+    let tc = TestController::start().await;
+    let prefix = Prefix::create();
+    let profile = prefix.profile();
+    let work = tempfile::tempdir().unwrap();
+    let token = tc.token("os=windows", 1, Duration::from_secs(600)).await;
+    std::fs::write(work.path().join("token"), &token).unwrap();
+
+    // Install as SCCM, Intune or a GPO would: quiet, with properties.
+    let controller = format!("CONTROLLER={}", tc.url());
+    let pin = format!("CA_PIN={}", tc.pin);
+    let token_file = format!(
+        "TOKEN_FILE={}",
+        Prefix::windows_path(&work.path().join("token"))
+    );
+    let msi_arg = Prefix::windows_path(&msi);
+    let out = msiexec(
+        &prefix,
+        &[
+            "/i",
+            &msi_arg,
+            "/qn",
+            &controller,
+            &pin,
+            &token_file,
+            "LABELS=name=msi-ws1",
+        ],
+    );
+    assert!(out.0, "msiexec /i: {}", out.1);
+    let _log = LogOnFailure(prefix.drive_c().join("ProgramData/Ruse/logs/agent.log"));
+    let program = prefix.drive_c().join("Program Files/Ruse/ruse-agent.exe");
+    assert!(program.exists(), "installed under Program Files");
+    let config =
+        std::fs::read_to_string(prefix.drive_c().join("ProgramData/Ruse/agent.toml")).unwrap();
+    assert!(config.contains(&tc.url().to_string()), "{config}");
+    assert!(
+        !config.contains(&token),
+        "the token is not in the configuration"
+    );
+
+    // Enrolled by the installer; the service runs it and it comes online.
+    eventually("the service's agent online", wine::START, || async {
+        tc.agents()
+            .await
+            .iter()
+            .any(|a| a.state() == pb::AgentState::Online)
+    })
+    .await;
+    let agents = tc.agents().await;
+    assert_eq!(agents.len(), 1, "one agent: {agents:?}");
+    let id = agents[0].id.clone();
+    assert_eq!(
+        agents[0].reported_labels.get("name").map(String::as_str),
+        Some("msi-ws1"),
+        "LABELS reached the agent"
+    );
+
+    tc.apply(CAMPAIGN).await;
+    tc.wait_rollout("windows-workstations", "completed", Duration::from_secs(60))
+        .await;
+    let note = profile.join("Documents/remote-desktop-logins.txt");
+    assert!(note.exists(), "planted by the service");
+
+    // An upgrade (a newer MSI, no properties) keeps the identity.
+    let newer = work.path().join("newer");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::copy(wine::agent_exe().unwrap(), newer.join("ruse-agent.exe")).unwrap();
+    let wxs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/windows/ruse-agent.wxs");
+    let built = std::process::Command::new("wixl")
+        .current_dir(&newer)
+        .args(["-a", "x64", "-D", "Version=99.0.0", "-o", "ruse-agent.msi"])
+        .arg(&wxs)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let newer_arg = Prefix::windows_path(&newer.join("ruse-agent.msi"));
+    let verbose = Prefix::windows_path(&work.path().join("upgrade.log"));
+    let out = msiexec(&prefix, &["/i", &newer_arg, "/qn", "/l*v", &verbose]);
+    assert!(
+        out.0,
+        "upgrade: {}\n{}",
+        out.1,
+        String::from_utf8_lossy(
+            &std::fs::read(work.path().join("upgrade.log")).unwrap_or_default()
+        )
+        .replace('\0', "")
+    );
+    eventually("online again after the upgrade", wine::START, || async {
+        tc.agent_view(&id).await.state() == pb::AgentState::Online
+    })
+    .await;
+    assert_eq!(tc.agents().await.len(), 1, "the same agent, not a new one");
+    assert!(note.exists(), "the upgrade leaves the lures in place");
+
+    // Uninstall: the service stops, the lures go, the controller is told.
+    let out = msiexec(&prefix, &["/x", &newer_arg, "/qn"]);
+    assert!(out.0, "msiexec /x: {}", out.1);
+    assert!(!note.exists(), "the lure is removed with the agent");
+    assert!(!program.exists(), "the agent is removed");
     eventually(
         "the agent deregistered",
         Duration::from_secs(20),

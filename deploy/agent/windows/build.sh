@@ -53,7 +53,7 @@ echo "==> $out/ruse-agent.exe ($(stat -c %s "$out/ruse-agent.exe") bytes)"
 if [[ -f $here/ruse-agent.wxs ]]; then
     version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)
     echo "==> building ruse-agent.msi (version $version)"
-    wixl -a x64 -D Version="$version" -D ExeSource="$out/ruse-agent.exe" \
-        -o "$out/ruse-agent.msi" "$here/ruse-agent.wxs"
+    # wixl finds the exe by its name, relative to the directory it runs in.
+    (cd "$out" && wixl -a x64 -D Version="$version" -o ruse-agent.msi "$here/ruse-agent.wxs")
     echo "==> $out/ruse-agent.msi ($(stat -c %s "$out/ruse-agent.msi") bytes)"
 fi
