@@ -42,6 +42,10 @@ DEBIAN=(
     mysql:mariadb-client
     tsql:freetds-bin
     nmap:nmap
+    # The Telnet decoy's test types at it as a person would: telnet
+    # driven by expect.
+    telnet:telnet
+    expect:expect
     # FreeRDP's client needs an X display even to authenticate only: it
     # runs on a virtual one (xvfb-run, which needs xauth).
     xfreerdp:freerdp2-x11

@@ -17,6 +17,7 @@
 
 #[cfg(unix)]
 pub mod linux;
+pub mod security_event;
 #[cfg(windows)]
 #[allow(unsafe_code)]
 pub mod windows;

@@ -3,15 +3,18 @@
 //! the lure's name, as inotify does on Linux and, like inotify, without
 //! the process behind them. Reads leave no trace here: they are seen
 //! through object-access auditing (Security-log event 4663), which needs
-//! an audit SACL on each lure; that is the next step and is not here yet.
+//! an audit SACL on each lure; that is not here yet.
 //!
-//! One thread per watched directory waits on an overlapped
-//! `ReadDirectoryChangesW` and on a stop event; [`Watcher::watch`] stops
-//! them all and starts one per directory of the new set.
+//! One thread serves every watched directory through an I/O completion
+//! port: each directory has one overlapped `ReadDirectoryChangesW`
+//! outstanding with a small buffer of its own (a burst that overflows it
+//! is reported as a change to each lure there, and the agent checks them
+//! all). [`Watcher::watch`] stops the thread, cancels every request and
+//! waits for the cancellations before the buffers go, then starts anew.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::windows::ffi::OsStringExt;
 use std::os::windows::fs::OpenOptionsExt;
@@ -21,10 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
-use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_IO_PENDING, ERROR_OPERATION_ABORTED, FALSE, GetLastError, HANDLE, TRUE,
-    WAIT_OBJECT_0,
-};
+use windows_sys::Win32::Foundation::{CloseHandle, FALSE, HANDLE, INVALID_HANDLE_VALUE};
 use windows_sys::Win32::Storage::FileSystem::{
     FILE_ACTION_ADDED, FILE_ACTION_MODIFIED, FILE_ACTION_REMOVED, FILE_ACTION_RENAMED_NEW_NAME,
     FILE_ACTION_RENAMED_OLD_NAME, FILE_FLAG_BACKUP_SEMANTICS, FILE_FLAG_OVERLAPPED,
@@ -32,51 +32,73 @@ use windows_sys::Win32::Storage::FileSystem::{
     FILE_NOTIFY_CHANGE_LAST_WRITE, FILE_NOTIFY_CHANGE_SECURITY, FILE_NOTIFY_CHANGE_SIZE,
     FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE, ReadDirectoryChangesW,
 };
-use windows_sys::Win32::System::IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED};
-use windows_sys::Win32::System::Threading::{
-    CreateEventW, INFINITE, SetEvent, WaitForMultipleObjects,
+use windows_sys::Win32::System::IO::{
+    CancelIoEx, CreateIoCompletionPort, GetQueuedCompletionStatus, OVERLAPPED,
+    PostQueuedCompletionStatus,
 };
+use windows_sys::Win32::System::Threading::INFINITE;
 
 use crate::platform::{Access, FileWatcher, Op, Via};
 
-/// Accesses buffered between the directory threads and the detector.
+/// Accesses buffered between the watching thread and the detector.
 const ACCESS_BUFFER: usize = 4096;
-/// Bytes of change records one wait can return (the documented maximum
-/// for a network share is 64 KiB).
-const CHANGE_BUFFER: usize = 64 * 1024;
+/// Bytes of change records one directory's request holds (about forty
+/// changes of lure-length names); a lure directory rarely changes, and an
+/// overflow costs a check of its lures, not a missed change.
+const CHANGE_BUFFER: usize = 4096;
+/// The completion key that tells the thread to stop.
+const STOP: usize = usize::MAX;
 
-/// An event handle, closed on drop; handles may be used from any thread.
+/// An I/O completion port, closed on drop.
 #[derive(Debug)]
-struct Event(HANDLE);
+struct Port(HANDLE);
 
-// SAFETY: a Windows event handle is a process-wide kernel object handle,
-// usable from any thread.
-unsafe impl Send for Event {}
-unsafe impl Sync for Event {}
+// SAFETY: a completion port is a process-wide kernel object handle, usable
+// from any thread.
+unsafe impl Send for Port {}
+// SAFETY: as above; its calls are thread-safe.
+unsafe impl Sync for Port {}
 
-impl Event {
-    fn new() -> io::Result<Event> {
-        // SAFETY: an unnamed manual-reset event, initially unset.
-        let h = unsafe { CreateEventW(std::ptr::null(), TRUE, FALSE, std::ptr::null()) };
+impl Port {
+    fn new() -> io::Result<Port> {
+        // SAFETY: a new port not associated with any file.
+        let h = unsafe { CreateIoCompletionPort(INVALID_HANDLE_VALUE, std::ptr::null_mut(), 0, 1) };
         if h.is_null() {
             Err(io::Error::last_os_error())
         } else {
-            Ok(Event(h))
+            Ok(Port(h))
         }
     }
 }
 
-impl Drop for Event {
+impl Drop for Port {
     fn drop(&mut self) {
         // SAFETY: the handle is ours and closed once.
         unsafe { CloseHandle(self.0) };
     }
 }
 
-/// One directory's thread.
+/// One watched directory: its handle, its lures by folded name, and the
+/// request outstanding on it (its buffer and OVERLAPPED stay put on the
+/// heap while the request runs).
+struct DirWatch {
+    dir: PathBuf,
+    file: File,
+    names: BTreeMap<String, PathBuf>,
+    buf: Vec<u32>,
+    ov: Box<OVERLAPPED>,
+    pending: bool,
+}
+
+// SAFETY: the OVERLAPPED's only pointer-typed field is its event handle,
+// left null here; a watch is built on one thread and then used by the
+// watching thread alone.
+unsafe impl Send for DirWatch {}
+
+/// The watching thread.
 #[derive(Debug)]
-struct DirThread {
-    stop: Arc<Event>,
+struct Running {
+    port: Arc<Port>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -85,7 +107,7 @@ struct DirThread {
 pub struct Watcher {
     tx: mpsc::Sender<Access>,
     rx: mpsc::Receiver<Access>,
-    threads: Vec<DirThread>,
+    running: Option<Running>,
     lost: Arc<AtomicU64>,
 }
 
@@ -95,23 +117,23 @@ impl Watcher {
         Ok(Watcher {
             tx,
             rx,
-            threads: Vec::new(),
+            running: None,
             lost: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    fn stop_all(&mut self) {
-        for t in self.threads.drain(..) {
-            // SAFETY: the event is alive (the thread holds it too).
-            unsafe { SetEvent(t.stop.0) };
-            let _ = t.thread.join();
+    fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            // SAFETY: the port is alive (the thread holds it too).
+            unsafe { PostQueuedCompletionStatus(r.port.0, 0, STOP, std::ptr::null()) };
+            let _ = r.thread.join();
         }
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.stop_all();
+        self.stop();
     }
 }
 
@@ -130,7 +152,7 @@ impl FileWatcher for Watcher {
     }
 
     fn watch(&mut self, files: &[PathBuf]) -> Vec<(PathBuf, io::Error)> {
-        self.stop_all();
+        self.stop();
         let mut dirs: BTreeMap<PathBuf, BTreeMap<String, PathBuf>> = BTreeMap::new();
         for file in files {
             if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
@@ -140,9 +162,30 @@ impl FileWatcher for Watcher {
             }
         }
         let mut failures = Vec::new();
+        if dirs.is_empty() {
+            return failures;
+        }
+        let port = match Port::new() {
+            Ok(port) => Arc::new(port),
+            Err(e) => {
+                for file in files {
+                    failures.push((file.clone(), io::Error::new(e.kind(), e.to_string())));
+                }
+                return failures;
+            }
+        };
+        let mut watches = Vec::with_capacity(dirs.len());
         for (dir, names) in dirs {
-            match start(&dir, names.clone(), self.tx.clone(), self.lost.clone()) {
-                Ok(thread) => self.threads.push(thread),
+            match open(&dir, &port, watches.len()) {
+                Ok(file) => watches.push(DirWatch {
+                    dir,
+                    file,
+                    names,
+                    buf: vec![0u32; CHANGE_BUFFER / 4],
+                    // SAFETY: an all-zero OVERLAPPED is valid.
+                    ov: Box::new(unsafe { std::mem::zeroed() }),
+                    pending: false,
+                }),
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch a lure directory");
                     for file in names.into_values() {
@@ -151,12 +194,25 @@ impl FileWatcher for Watcher {
                 }
             }
         }
+        let (tx, lost, thread_port) = (self.tx.clone(), self.lost.clone(), port.clone());
+        match std::thread::Builder::new()
+            .name("ruse-dirwatch".into())
+            .spawn(move || run(&thread_port, watches, &tx, &lost))
+        {
+            Ok(thread) => self.running = Some(Running { port, thread }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the directory watcher");
+                for file in files {
+                    failures.push((file.clone(), io::Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
         failures
     }
 
     async fn next(&mut self) -> io::Result<Vec<Access>> {
         let Some(first) = self.rx.recv().await else {
-            return Err(io::Error::other("the directory watchers stopped"));
+            return Err(io::Error::other("the directory watcher stopped"));
         };
         let mut all = vec![first];
         while let Ok(more) = self.rx.try_recv() {
@@ -166,125 +222,142 @@ impl FileWatcher for Watcher {
     }
 }
 
-/// Opens `dir` for change notification and starts its thread.
-fn start(
-    dir: &Path,
-    names: BTreeMap<String, PathBuf>,
-    tx: mpsc::Sender<Access>,
-    lost: Arc<AtomicU64>,
-) -> io::Result<DirThread> {
-    let handle = OpenOptions::new()
+/// Opens `dir` for change notification, tied to `port` with `key`.
+fn open(dir: &Path, port: &Port, key: usize) -> io::Result<File> {
+    let file = OpenOptions::new()
         .access_mode(FILE_LIST_DIRECTORY)
         .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE)
         .custom_flags(FILE_FLAG_BACKUP_SEMANTICS | FILE_FLAG_OVERLAPPED)
         .open(dir)?;
-    let stop = Arc::new(Event::new()?);
-    let ready = Event::new()?;
-    let thread_stop = stop.clone();
-    let dir = dir.to_path_buf();
-    let thread = std::thread::Builder::new()
-        .name("ruse-dirwatch".into())
-        .spawn(move || {
-            let send = |accesses: Vec<Access>| {
-                for access in accesses {
-                    if tx.try_send(access).is_err() {
-                        lost.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            };
-            if let Err(e) = run(&handle, &thread_stop, &ready, &names, send) {
-                tracing::warn!(dir = %dir.display(), error = %e, "a lure directory is no longer watched");
-            }
-        })?;
-    Ok(DirThread { stop, thread })
+    // SAFETY: both handles are open; the file stays tied to the port
+    // until it is closed.
+    let tied = unsafe { CreateIoCompletionPort(file.as_raw_handle() as HANDLE, port.0, key, 0) };
+    if tied.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
-/// The thread: wait for changes or the stop event, report changes to the
-/// watched names.
-fn run(
-    dir: &std::fs::File,
-    stop: &Event,
-    done: &Event,
-    names: &BTreeMap<String, PathBuf>,
-    mut send: impl FnMut(Vec<Access>),
-) -> io::Result<()> {
-    let mut buf = vec![0u32; CHANGE_BUFFER / 4];
-    let handle = dir.as_raw_handle() as HANDLE;
-    loop {
-        // SAFETY: an all-zero OVERLAPPED is valid; it and `buf` outlive the
-        // request, which is complete or cancelled before either is reused.
-        let mut ov: OVERLAPPED = unsafe { std::mem::zeroed() };
-        ov.hEvent = done.0;
-        // SAFETY: valid handle, buffer and OVERLAPPED (see above).
-        let issued = unsafe {
-            ReadDirectoryChangesW(
-                handle,
-                buf.as_mut_ptr().cast(),
-                (buf.len() * 4) as u32,
-                FALSE,
-                FILE_NOTIFY_CHANGE_FILE_NAME
-                    | FILE_NOTIFY_CHANGE_LAST_WRITE
-                    | FILE_NOTIFY_CHANGE_SIZE
-                    | FILE_NOTIFY_CHANGE_ATTRIBUTES
-                    | FILE_NOTIFY_CHANGE_SECURITY,
-                std::ptr::null_mut(),
-                &mut ov,
-                None,
-            )
-        };
-        // SAFETY: reading the calling thread's last error.
-        if issued == 0 && unsafe { GetLastError() } != ERROR_IO_PENDING {
-            return Err(io::Error::last_os_error());
-        }
-        let waits = [done.0, stop.0];
-        // SAFETY: both handles are open events.
-        let woke = unsafe { WaitForMultipleObjects(2, waits.as_ptr(), FALSE, INFINITE) };
-        let mut bytes = 0u32;
-        if woke != WAIT_OBJECT_0 {
-            // Stop: cancel the request and wait until it is really over
-            // before the buffer goes away.
-            // SAFETY: the request and OVERLAPPED are ours and alive.
-            unsafe {
-                CancelIoEx(handle, &ov);
-                GetOverlappedResult(handle, &ov, &mut bytes, TRUE);
-            }
-            return Ok(());
-        }
-        // SAFETY: the request completed (its event is set).
-        let ok = unsafe { GetOverlappedResult(handle, &ov, &mut bytes, FALSE) };
-        // SAFETY: a manual-reset event; reset before the next request.
-        unsafe { windows_sys::Win32::System::Threading::ResetEvent(done.0) };
-        if ok == 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(ERROR_OPERATION_ABORTED as i32) {
-                return Ok(());
-            }
-            return Err(e);
-        }
-        let bytes: Vec<u8> = buf
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .take(bytes as usize)
+/// Starts the next request on `w`.
+fn issue(w: &mut DirWatch) -> io::Result<()> {
+    *w.ov = {
+        // SAFETY: an all-zero OVERLAPPED is valid.
+        unsafe { std::mem::zeroed() }
+    };
+    // SAFETY: the buffer and OVERLAPPED are heap allocations owned by `w`,
+    // which outlives the request: the thread waits for every request to
+    // complete or be cancelled before dropping the watches.
+    let ok = unsafe {
+        ReadDirectoryChangesW(
+            w.file.as_raw_handle() as HANDLE,
+            w.buf.as_mut_ptr().cast(),
+            (w.buf.len() * 4) as u32,
+            FALSE,
+            FILE_NOTIFY_CHANGE_FILE_NAME
+                | FILE_NOTIFY_CHANGE_LAST_WRITE
+                | FILE_NOTIFY_CHANGE_SIZE
+                | FILE_NOTIFY_CHANGE_ATTRIBUTES
+                | FILE_NOTIFY_CHANGE_SECURITY,
+            std::ptr::null_mut(),
+            &mut *w.ov,
+            None,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    w.pending = true;
+    Ok(())
+}
+
+/// What the completed request of `w` (`bytes` long, or failed) means.
+fn completed(w: &DirWatch, ok: bool, bytes: u32) -> Vec<Access> {
+    if !ok || bytes == 0 {
+        // Overflowed, or the directory itself went: any lure there may
+        // have changed; the agent checks them all.
+        return w
+            .names
+            .values()
+            .map(|path| change(path.clone(), Op::Modify))
             .collect();
-        let accesses = if bytes.is_empty() {
-            // The system's buffer overflowed: every watched file may have
-            // changed; the agent checks them all.
-            names
-                .values()
-                .map(|path| change(path.clone(), Op::Modify))
-                .collect()
-        } else {
-            parse_changes(&bytes)
-                .into_iter()
-                .filter_map(|(action, name)| {
-                    let path = names.get(&fold(&name))?;
-                    Some(change(path.clone(), op_of(action)?))
-                })
-                .collect::<Vec<_>>()
-        };
-        if !accesses.is_empty() {
-            send(accesses);
+    }
+    let raw: Vec<u8> = w
+        .buf
+        .iter()
+        .flat_map(|word| word.to_ne_bytes())
+        .take(bytes as usize)
+        .collect();
+    parse_changes(&raw)
+        .into_iter()
+        .filter_map(|(action, name)| {
+            let path = w.names.get(&fold(&name))?;
+            Some(change(path.clone(), op_of(action)?))
+        })
+        .collect()
+}
+
+/// The thread: report each directory's changes to its lures and ask for
+/// the next, until told to stop.
+fn run(port: &Port, mut watches: Vec<DirWatch>, tx: &mpsc::Sender<Access>, lost: &AtomicU64) {
+    for w in &mut watches {
+        if let Err(e) = issue(w) {
+            tracing::warn!(dir = %w.dir.display(), error = %e, "cannot watch a lure directory");
         }
+    }
+    loop {
+        let (mut bytes, mut key) = (0u32, 0usize);
+        let mut ov: *mut OVERLAPPED = std::ptr::null_mut();
+        // SAFETY: the port is open; the out-pointers are valid.
+        let ok =
+            unsafe { GetQueuedCompletionStatus(port.0, &mut bytes, &mut key, &mut ov, INFINITE) };
+        if key == STOP && ov.is_null() {
+            break;
+        }
+        let Some(w) = watches.get_mut(key).filter(|_| !ov.is_null()) else {
+            if ok == 0 {
+                tracing::error!(error = %io::Error::last_os_error(), "the directory watcher failed");
+                break;
+            }
+            continue;
+        };
+        w.pending = false;
+        for access in completed(w, ok != 0, bytes) {
+            if tx.try_send(access).is_err() {
+                lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if let Err(e) = issue(w) {
+            tracing::warn!(dir = %w.dir.display(), error = %e, "a lure directory is no longer watched");
+        }
+    }
+    // Cancel what is outstanding and wait until it is over: the buffers
+    // must outlive every request.
+    let mut outstanding = 0usize;
+    for w in &watches {
+        if w.pending {
+            // SAFETY: the request and its OVERLAPPED are alive.
+            unsafe { CancelIoEx(w.file.as_raw_handle() as HANDLE, &*w.ov) };
+            outstanding += 1;
+        }
+    }
+    while outstanding > 0 {
+        let (mut bytes, mut key) = (0u32, 0usize);
+        let mut ov: *mut OVERLAPPED = std::ptr::null_mut();
+        // SAFETY: as above; a bounded wait per completion.
+        let ok = unsafe { GetQueuedCompletionStatus(port.0, &mut bytes, &mut key, &mut ov, 5_000) };
+        if ov.is_null() {
+            if ok == 0 {
+                // Timed out: never free a buffer a request may still use.
+                tracing::error!(
+                    outstanding,
+                    "directory watch requests did not end; keeping their buffers"
+                );
+                std::mem::forget(watches);
+                return;
+            }
+            continue;
+        }
+        outstanding -= 1;
     }
 }
 
