@@ -133,6 +133,29 @@ pub fn require_tool(test: &str, tool: &str) -> bool {
     false
 }
 
+/// `ssh`'s arguments for one attempt at a decoy on `port`: no
+/// configuration read, the host key neither checked nor kept, one
+/// password prompt at most.
+pub fn ssh_options(port: u16) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=10",
+        "-o",
+        "NumberOfPasswordPrompts=1",
+        "-p",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([port.to_string()])
+    .collect()
+}
+
 /// Where scripts/install-test-deps.sh puts Python tools.
 pub fn test_venv() -> PathBuf {
     std::env::var_os("RUSE_TEST_VENV")

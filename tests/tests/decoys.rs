@@ -22,7 +22,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use ruse_agent::decoys::Limits;
-use ruse_e2e::{TestAgent, TestController, free_ports, pb, planted_files, require_tool};
+use ruse_e2e::{
+    TestAgent, TestController, free_ports, pb, planted_files, require_tool, ssh_options,
+};
 
 const DECOY: &str = "pacs-archive02";
 
@@ -243,26 +245,6 @@ fn field(text: &str, key: &str) -> String {
                 .filter(|v| !v.is_empty())
         })
         .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
-}
-
-fn ssh_options(port: u16) -> Vec<String> {
-    [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "ConnectTimeout=10",
-        "-o",
-        "NumberOfPasswordPrompts=1",
-        "-p",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([port.to_string()])
-    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -470,24 +470,9 @@ fn sshd(dir: &Path, port: u16) -> Daemon {
 /// `ssh`'s arguments for a login as pacs on `port` with `options`, no
 /// configuration read and the host key neither checked nor kept.
 fn ssh_args(port: u16, options: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-    ]
-    .into_iter()
-    .chain(options.iter().copied())
-    .map(str::to_owned)
-    .collect();
-    args.extend([
-        "-p".to_owned(),
-        port.to_string(),
-        "pacs@127.0.0.1".to_owned(),
-        "true".to_owned(),
-    ]);
+    let mut args = ruse_e2e::ssh_options(port);
+    args.extend(options.iter().map(|o| o.to_string()));
+    args.extend(["pacs@127.0.0.1".to_owned(), "true".to_owned()]);
     args
 }
 

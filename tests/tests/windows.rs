@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +62,52 @@ impl Drop for LogOnFailure {
     }
 }
 
+/// Starts `ruse-agent.exe run` in `prefix` with a token for `labels`
+/// and a configuration in `work`, and waits until it is online; returns
+/// the process, the agent's id and the configuration's Windows path.
+async fn start_agent(
+    tc: &TestController,
+    prefix: &Prefix,
+    work: &Path,
+    labels: &str,
+) -> (ruse_e2e::process::Proc, String, String) {
+    let token = tc.token(labels, 1, Duration::from_secs(600)).await;
+    std::fs::write(work.join("token"), &token).unwrap();
+    let config = work.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller = \"{}\"\nca_pin = \"{}\"\ntoken_file = '{}'\nverify_interval = \"60s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"1s\"\n",
+            tc.url(),
+            tc.pin,
+            Prefix::windows_path(&work.join("token")),
+        ),
+    )
+    .unwrap();
+    let config_arg = Prefix::windows_path(&config);
+    let log = work.join("agent.log");
+    let agent = prefix.spawn(
+        wine::agent_exe().unwrap().as_path(),
+        &["run", "--config", &config_arg, "--label", "name=wine-ws1"],
+        &log,
+    );
+    let _log = LogOnFailure(log);
+    let id = wait_online(tc, "the Windows agent online").await;
+    (agent, id, config_arg)
+}
+
+/// Waits until the test's one agent is online; its id.
+async fn wait_online(tc: &TestController, what: &str) -> String {
+    eventually(what, wine::START, || async {
+        tc.agents()
+            .await
+            .iter()
+            .any(|a| a.state() == pb::AgentState::Online)
+    })
+    .await;
+    tc.agents().await[0].id.clone()
+}
+
 async fn lure_events(tc: &TestController, agent: &str, kind: &str) -> Vec<pb::LureEvent> {
     tc.events(pb::EventFilter {
         agent_id: agent.to_owned(),
@@ -83,37 +130,8 @@ async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_ex
     let before = snapshot(&profile);
 
     let work = tempfile::tempdir().unwrap();
-    let token = tc.token("os=windows", 1, Duration::from_secs(600)).await;
-    std::fs::write(work.path().join("token"), &token).unwrap();
-    let config = work.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "controller = \"{}\"\nca_pin = \"{}\"\ntoken_file = '{}'\nverify_interval = \"60s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"1s\"\n",
-            tc.url(),
-            tc.pin,
-            Prefix::windows_path(&work.path().join("token")),
-        ),
-    )
-    .unwrap();
-    let config_arg = Prefix::windows_path(&config);
-    let log = work.path().join("agent.log");
-    let _log = LogOnFailure(log.clone());
-    let mut agent = prefix.spawn(
-        &exe,
-        &["run", "--config", &config_arg, "--label", "name=wine-ws1"],
-        &log,
-    );
-
-    // Enrolled and online, with the facts of a Windows host.
-    eventually("the Windows agent online", wine::START, || async {
-        tc.agents()
-            .await
-            .iter()
-            .any(|a| a.state() == pb::AgentState::Online)
-    })
-    .await;
-    let id = tc.agents().await[0].id.clone();
+    let (mut agent, id, config_arg) = start_agent(&tc, &prefix, work.path(), "os=windows").await;
+    let _log = LogOnFailure(work.path().join("agent.log"));
     let view = tc.agent_view(&id).await;
     assert!(
         view.os.contains("Windows"),
@@ -315,13 +333,7 @@ async fn the_msi_installs_a_service_that_enrolls_upgrades_keep_the_identity_and_
     );
 
     // Enrolled by the installer; the service runs it and it comes online.
-    eventually("the service's agent online", wine::START, || async {
-        tc.agents()
-            .await
-            .iter()
-            .any(|a| a.state() == pb::AgentState::Online)
-    })
-    .await;
+    wait_online(&tc, "the service's agent online").await;
     let agents = tc.agents().await;
     assert_eq!(agents.len(), 1, "one agent: {agents:?}");
     let id = agents[0].id.clone();
@@ -383,4 +395,113 @@ async fn the_msi_installs_a_service_that_enrolls_upgrades_keep_the_identity_and_
         || async { tc.agent_view(&id).await.state() == pb::AgentState::Revoked },
     )
     .await;
+}
+
+/// The value of `key` in a planted `key = value` or `Key value` line.
+fn field(text: &str, key: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .find_map(|l| {
+            let rest = l.strip_prefix(key)?;
+            Some(rest.trim_start_matches([' ', '=']).trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoys_run_from_the_windows_agent_and_real_clients_with_planted_credentials_are_attributed()
+ {
+    let test = "decoys_run_from_the_windows_agent_and_real_clients_with_planted_credentials_are_attributed";
+    if !wine::require(test)
+        || !ruse_e2e::require_tool(test, "ssh")
+        || !ruse_e2e::require_tool(test, "smbclient")
+    {
+        return;
+    }
+    let tc = TestController::start().await;
+    let prefix = Prefix::create();
+    let profile = prefix.profile();
+    let work = tempfile::tempdir().unwrap();
+    let (_agent, id, _) = start_agent(&tc, &prefix, work.path(), "os=windows,role=decoy").await;
+    let _log = LogOnFailure(work.path().join("agent.log"));
+    let ports = ruse_e2e::free_ports(2);
+    let (ssh_port, smb_port) = (ports[0], ports[1]);
+    tc.apply(&format!(
+        "kind: Decoy\nname: pacs-win01\nselector: {{role: decoy}}\naddress: 127.0.0.1\nlisten: 127.0.0.1\nservices:\n  - {{protocol: ssh, port: {ssh_port}}}\n  - {{protocol: smb, port: {smb_port}}}\n---\nkind: Campaign\nname: stolen\nselector: {{os: windows}}\nlures:\n  - {{template: ssh-key, decoy: pacs-win01}}\n  - {{template: smb-credentials, decoy: pacs-win01}}\n"
+    ))
+    .await;
+    tc.wait_rollout("stolen", "completed", Duration::from_secs(60))
+        .await;
+    eventually(
+        "the decoy services listening",
+        Duration::from_secs(30),
+        || async {
+            [ssh_port, smb_port]
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        },
+    )
+    .await;
+    let used = |protocol: &'static str| {
+        let tc = &tc;
+        async move {
+            let find = || async {
+                tc.events(pb::EventFilter {
+                    kind: "credential-use".into(),
+                    ..Default::default()
+                })
+                .await
+                .into_iter()
+                .find(|e| e.decoy.as_ref().is_some_and(|d| d.protocol == protocol))
+            };
+            eventually(
+                "a credential-use event",
+                Duration::from_secs(20),
+                || async { find().await.is_some() },
+            )
+            .await;
+            find().await.unwrap()
+        }
+    };
+
+    // SMB: smbclient with the credentials file planted in the profile.
+    let creds = profile.join(".smbcredentials");
+    let out = std::process::Command::new("smbclient")
+        .arg("//127.0.0.1/PACS_Archive")
+        .args(["-p", &smb_port.to_string(), "-A"])
+        .arg(&creds)
+        .args(["-c", "ls"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("NT_STATUS_LOGON_FAILURE"), "{text}");
+    let e = used("smb").await;
+    assert_eq!(e.template, "smb-credentials");
+    assert_eq!(e.agent_id, id, "the Windows agent's decoy reported it");
+    assert_eq!(e.origin_agent_id, id, "stolen from the Windows profile");
+    assert_eq!(e.matched_on, "username and NTLMv2 response");
+
+    // SSH: the key the planted ~/.ssh/config names (copied private, as an
+    // intruder would: ssh refuses a key others may read).
+    let config = std::fs::read_to_string(profile.join(".ssh/config")).unwrap();
+    let user = field(&config, "User");
+    let key = work.path().join("stolen-key");
+    std::fs::copy(profile.join(".ssh/id_ed25519_pacs-win01"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = std::process::Command::new("ssh")
+        .args(ruse_e2e::ssh_options(ssh_port))
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i"])
+        .arg(&key)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the decoy never grants access");
+    let e = used("ssh").await;
+    assert_eq!(e.template, "ssh-key");
+    assert_eq!(e.origin_agent_id, id);
+    let c = e.credential.unwrap();
+    assert!(c.key_fingerprint.starts_with("SHA256:"), "{c:?}");
+    assert_eq!(c.username, user);
 }
