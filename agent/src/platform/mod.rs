@@ -36,6 +36,36 @@ pub use self::linux::Linux as Native;
 #[cfg(windows)]
 pub use self::windows::Windows as Native;
 
+/// A host's facts from what its platform read (each clipped as the
+/// controller accepts it), with what every platform reports alike.
+pub(crate) fn host_facts(
+    hostname: &str,
+    os: &str,
+    kernel: &str,
+    addresses: Vec<String>,
+    labels: &Labels,
+) -> HostFacts {
+    HostFacts {
+        hostname: clip_fact(hostname),
+        os: clip_fact(os),
+        kernel: clip_fact(kernel),
+        arch: std::env::consts::ARCH.to_owned(),
+        addresses,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        labels: labels.clone(),
+    }
+}
+
+/// A fact as the controller accepts it: trimmed, without control
+/// characters, at most 255 characters.
+fn clip_fact(s: &str) -> String {
+    s.trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(255)
+        .collect()
+}
+
 /// What was done to a watched file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Op {

@@ -7,28 +7,18 @@ use ruse_proto::types::Labels;
 /// Gathers host facts now. Missing facts are left empty rather than failing:
 /// an agent on a locked-down device still enrolls.
 pub fn gather(labels: &Labels) -> HostFacts {
-    HostFacts {
-        hostname: hostname(),
-        os: os_name(),
-        kernel: kernel_release(),
-        arch: std::env::consts::ARCH.to_owned(),
-        addresses: addresses(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        labels: labels.clone(),
-    }
-}
-
-fn clip(s: &str) -> String {
-    s.trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(255)
-        .collect()
+    crate::platform::host_facts(
+        &hostname(),
+        &os_name(),
+        &kernel_release(),
+        addresses(),
+        labels,
+    )
 }
 
 fn hostname() -> String {
     nix::unistd::gethostname()
-        .map(|h| clip(&h.to_string_lossy()))
+        .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 
@@ -37,15 +27,15 @@ fn os_name() -> String {
         if let Ok(text) = std::fs::read_to_string(path)
             && let Some(name) = text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME="))
         {
-            return clip(name.trim_matches('"'));
+            return name.trim_matches('"').to_owned();
         }
     }
-    clip(std::env::consts::OS)
+    std::env::consts::OS.to_owned()
 }
 
 fn kernel_release() -> String {
     nix::sys::utsname::uname()
-        .map(|u| clip(&u.release().to_string_lossy()))
+        .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
 }
 

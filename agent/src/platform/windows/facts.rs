@@ -27,23 +27,13 @@ const CURRENT_VERSION: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion";
 
 /// Gathers host facts now; what cannot be read is left empty.
 pub fn gather(labels: &Labels) -> HostFacts {
-    HostFacts {
-        hostname: clip(&computer_name(ComputerNameDnsHostname).unwrap_or_default()),
-        os: clip(&edition()),
-        kernel: clip(&build()),
-        arch: std::env::consts::ARCH.to_owned(),
-        addresses: addresses(),
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        labels: labels.clone(),
-    }
-}
-
-fn clip(s: &str) -> String {
-    s.trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(255)
-        .collect()
+    crate::platform::host_facts(
+        &computer_name(ComputerNameDnsHostname).unwrap_or_default(),
+        &edition(),
+        &build(),
+        addresses(),
+        labels,
+    )
 }
 
 fn wide(s: &str) -> Vec<u16> {
