@@ -18,6 +18,7 @@ import sys
 import time
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
@@ -41,12 +42,25 @@ def browser():
 def wait_for(what, check, within):
     deadline = time.monotonic() + within
     while True:
-        value = check()
+        try:
+            value = check()
+        except StaleElementReferenceException:
+            # The page was replaced between finding and reading.
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {within}s")
         time.sleep(0.05)
+
+
+def main_text(driver):
+    """The text of the page's <main>, read in one script: a click that
+    submits a form replaces the page, and an element found by one
+    WebDriver call is stale by the next."""
+    return driver.execute_script(
+        "const m = document.querySelector('main'); return m ? m.innerText : ''"
+    )
 
 
 def rows(driver):
@@ -106,30 +120,30 @@ def main():
         wait_for("the incident page", lambda: driver.find_elements(By.CSS_SELECTOR, "svg.path"), 5)
         hops = driver.find_elements(By.CSS_SELECTOR, "svg.path g.hop")
         assert len(hops) >= 2, f"{len(hops)} hops drawn"
-        text = driver.find_element(By.TAG_NAME, "main").text
+        text = main_text(driver)
         assert "<script>window.pwned=1</script>" in text, text
         assert driver.execute_script("return window.pwned === undefined"), "a script ran"
         driver.save_screenshot(f"{shots}/incident.png")
         driver.find_element(By.XPATH, "//button[text()='Acknowledge']").click()
         wait_for(
             "the acknowledgement",
-            lambda: "Acknowledged by admin/" in driver.find_element(By.TAG_NAME, "main").text,
+            lambda: "Acknowledged by admin/" in main_text(driver),
             5,
         )
         incident_path = driver.execute_script("return location.pathname")
         driver.get(base + "/audit")
-        log = driver.find_element(By.TAG_NAME, "main").text
+        log = main_text(driver)
         acks = [l for l in log.splitlines() if "incident.ack" in l]
         assert any("admin/olga" in l and "via console" in l for l in acks), log
         driver.get(base + "/incidents")
         driver.save_screenshot(f"{shots}/queue.png")
         driver.get(base + "/fleet")
-        text = driver.find_element(By.TAG_NAME, "main").text
+        text = main_text(driver)
         assert "role=decoy" in text and "files01" in text, text
         driver.save_screenshot(f"{shots}/fleet.png")
         if touched:
             driver.get(base + "/events?kind=touch")
-            text = driver.find_element(By.TAG_NAME, "main").text
+            text = main_text(driver)
             assert "<script>window.pwned=3</script>" in text, text
             assert driver.execute_script("return window.pwned === undefined"), "a script ran"
 
