@@ -32,6 +32,7 @@ pub fn technique_name(id: &str) -> &'static str {
         "T1078" => "Valid Accounts",
         "T1110" => "Brute Force",
         "T1552.001" => "Unsecured Credentials: Credentials In Files",
+        "T1552.002" => "Unsecured Credentials: Credentials in Registry",
         "T1552.004" => "Unsecured Credentials: Private Keys",
         "T1565.001" => "Data Manipulation: Stored Data Manipulation",
         _ => "Unknown technique",

@@ -26,6 +26,59 @@ pub struct HostFacts {
     pub agent_version: String,
     /// Labels the agent declares for itself.
     pub labels: Labels,
+    /// The operating system family, which decides where lures go.
+    #[serde(default)]
+    pub platform: Platform,
+}
+
+/// An agent's operating system family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    /// Also what agents older than the field are.
+    #[default]
+    Linux,
+    Windows,
+}
+
+impl Platform {
+    /// The platform this code is built for.
+    pub const fn this() -> Platform {
+        if cfg!(windows) {
+            Platform::Windows
+        } else {
+            Platform::Linux
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Linux => "linux",
+            Platform::Windows => "windows",
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "linux" => Ok(Platform::Linux),
+            "windows" => Ok(Platform::Windows),
+            other => Err(InvalidValue::Invalid {
+                what: "platform",
+                value: other.chars().take(40).collect(),
+                reason: "not one this controller knows (linux, windows); upgrade the controller",
+            }),
+        }
+    }
 }
 
 fn bounded(what: &'static str, s: String) -> Result<String, InvalidValue> {
@@ -55,9 +108,10 @@ impl HostFacts {
     pub fn fact_labels(&self) -> Labels {
         let mut labels = Labels::new();
         for (key, fact) in [
-            ("ruse.io/hostname", &self.hostname),
+            ("ruse.io/hostname", self.hostname.as_str()),
             ("ruse.io/os", &self.os),
             ("ruse.io/arch", &self.arch),
+            ("ruse.io/platform", self.platform.as_str()),
         ] {
             let value = label_value(fact);
             if !value.is_empty() {
@@ -111,6 +165,7 @@ impl TryFrom<agent_pb::HostFacts> for HostFacts {
                 .collect::<Result<_, _>>()?,
             agent_version: bounded("agent version", pb.agent_version)?,
             labels: Labels::try_from(pb.labels)?,
+            platform: pb.platform.parse()?,
         })
     }
 }
@@ -125,6 +180,7 @@ impl From<HostFacts> for agent_pb::HostFacts {
             agent_version: f.agent_version,
             arch: f.arch,
             labels: f.labels.to_map(),
+            platform: f.platform.as_str().to_owned(),
         }
     }
 }
@@ -225,7 +281,33 @@ mod tests {
             agent_version: "0.1.0".into(),
             arch: "x86_64".into(),
             labels: [("site".to_owned(), "icu".to_owned())].into(),
+            platform: "linux".into(),
         }
+    }
+
+    #[test]
+    fn the_platform_decides_and_an_unknown_one_is_refused() {
+        let old = agent_pb::HostFacts {
+            platform: String::new(),
+            ..facts()
+        };
+        assert_eq!(HostFacts::try_from(old).unwrap().platform, Platform::Linux);
+        let windows = agent_pb::HostFacts {
+            platform: "windows".into(),
+            ..facts()
+        };
+        let f = HostFacts::try_from(windows).unwrap();
+        assert_eq!(f.platform, Platform::Windows);
+        assert_eq!(f.fact_labels().get("ruse.io/platform"), Some("windows"));
+        let err = HostFacts::try_from(agent_pb::HostFacts {
+            platform: "plan9".into(),
+            ..facts()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("upgrade the controller"), "{err}");
+        // Records stored before the field read as Linux.
+        let stored: HostFacts = serde_json::from_str(r#"{"hostname":"a","os":"","kernel":"","arch":"","addresses":[],"agent_version":"","labels":{}}"#).unwrap();
+        assert_eq!(stored.platform, Platform::Linux);
     }
 
     #[test]

@@ -43,6 +43,33 @@ pub struct PlantFile {
 pub struct LureSpec {
     pub template: String,
     pub files: Vec<PlantFile>,
+    /// Registry keys (Windows agents).
+    pub keys: Vec<PlantKey>,
+}
+
+/// A registry key a lure creates in every target user's hive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlantKey {
+    /// `~/` and the key's path under each user's hive, `/`-separated.
+    pub path: String,
+    pub values: Vec<RegistryValue>,
+}
+
+/// One value of a registry key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegistryValue {
+    pub name: String,
+    pub data: RegistryData,
+}
+
+/// The data of a registry value, of the types lures use.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistryData {
+    /// `REG_SZ`.
+    Text(String),
+    /// `REG_DWORD`.
+    Dword(u32),
 }
 
 /// One service of a decoy.
@@ -130,6 +157,24 @@ impl LureSpec {
         pb::LureSpec {
             template: self.template,
             files: self.files.into_iter().map(pb::PlantFile::from).collect(),
+            keys: self
+                .keys
+                .into_iter()
+                .map(|k| pb::PlantKey {
+                    path: k.path,
+                    values: k
+                        .values
+                        .into_iter()
+                        .map(|v| pb::RegistryValue {
+                            name: v.name,
+                            data: Some(match v.data {
+                                RegistryData::Text(t) => pb::registry_value::Data::Text(t),
+                                RegistryData::Dword(d) => pb::registry_value::Data::Dword(d),
+                            }),
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
         .encode_to_vec()
     }
@@ -244,6 +289,34 @@ impl TryFrom<pb::PlantFile> for PlantFile {
     }
 }
 
+impl TryFrom<pb::PlantKey> for PlantKey {
+    type Error = SpecError;
+
+    fn try_from(k: pb::PlantKey) -> Result<Self, SpecError> {
+        let values = k
+            .values
+            .into_iter()
+            .map(|v| {
+                let data = match v.data {
+                    Some(pb::registry_value::Data::Text(t)) => RegistryData::Text(t),
+                    Some(pb::registry_value::Data::Dword(d)) => RegistryData::Dword(d),
+                    None => {
+                        return Err(SpecError::Invalid {
+                            what: "registry value",
+                            reason: format!("{}: value {:?} has no data", k.path, v.name),
+                        });
+                    }
+                };
+                Ok(RegistryValue { name: v.name, data })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(PlantKey {
+            path: k.path,
+            values,
+        })
+    }
+}
+
 impl LureSpec {
     /// A lure from a `Resource.body`.
     pub fn decode(bytes: &[u8]) -> Result<LureSpec, SpecError> {
@@ -254,6 +327,11 @@ impl LureSpec {
                 .files
                 .into_iter()
                 .map(PlantFile::try_from)
+                .collect::<Result<_, _>>()?,
+            keys: spec
+                .keys
+                .into_iter()
+                .map(PlantKey::try_from)
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -347,6 +425,19 @@ mod tests {
                 mtime_ms: 7,
                 ordinary_readers: vec!["psql".into()],
             }],
+            keys: vec![PlantKey {
+                path: "~/Software/SimonTatham/PuTTY/Sessions/pacs".into(),
+                values: vec![
+                    RegistryValue {
+                        name: "HostName".into(),
+                        data: RegistryData::Text("10.0.0.5".into()),
+                    },
+                    RegistryValue {
+                        name: "PortNumber".into(),
+                        data: RegistryData::Dword(22),
+                    },
+                ],
+            }],
         };
         assert_eq!(
             LureSpec::decode(&lure.clone().encode()).expect("decodes"),
@@ -388,7 +479,21 @@ mod tests {
         let unplantable = pb::LureSpec {
             template: "x".into(),
             files: vec![pb::PlantFile::default()],
+            keys: Vec::new(),
         };
         assert!(LureSpec::decode(&unplantable.encode_to_vec()).is_err());
+        let no_data = pb::LureSpec {
+            template: "x".into(),
+            files: Vec::new(),
+            keys: vec![pb::PlantKey {
+                path: "~/Software/x".into(),
+                values: vec![pb::RegistryValue {
+                    name: "v".into(),
+                    data: None,
+                }],
+            }],
+        };
+        let err = LureSpec::decode(&no_data.encode_to_vec()).unwrap_err();
+        assert!(err.to_string().contains("has no data"), "{err}");
     }
 }

@@ -189,6 +189,26 @@ impl Prefix {
             .expect("wine")
     }
 
+    /// `reg ARGS` in the prefix (Wine's `reg.exe`): whether it succeeded,
+    /// and what it printed. The output goes through a file: a wineserver
+    /// it starts would hold a pipe open for as long as it runs.
+    pub fn reg(&self, args: &[&str]) -> (bool, String) {
+        let out = tempfile::NamedTempFile::new().expect("a temporary file");
+        let status = self
+            .command("wine")
+            .arg("reg")
+            .args(args)
+            .stdout(out.reopen().expect("the temporary file"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("wine reg");
+        let text = std::fs::read(out.path()).unwrap_or_default();
+        (
+            status.success(),
+            String::from_utf8_lossy(&text).replace("\r\n", "\n"),
+        )
+    }
+
     /// Starts a Windows program in the background, its output in `log`.
     pub fn spawn(&self, program: &Path, args: &[&str], log: &Path) -> Proc {
         let file = std::fs::File::create(log).expect("log file");

@@ -63,13 +63,15 @@ impl Drop for LogOnFailure {
 }
 
 /// Starts `ruse-agent.exe run` in `prefix` with a token for `labels`
-/// and a configuration in `work`, and waits until it is online; returns
-/// the process, the agent's id and the configuration's Windows path.
+/// and a configuration in `work` (verifying every `verify`), and waits
+/// until it is online; returns the process, the agent's id and the
+/// configuration's Windows path.
 async fn start_agent(
     tc: &TestController,
     prefix: &Prefix,
     work: &Path,
     labels: &str,
+    verify: &str,
 ) -> (ruse_e2e::process::Proc, String, String) {
     let token = tc.token(labels, 1, Duration::from_secs(600)).await;
     std::fs::write(work.join("token"), &token).unwrap();
@@ -77,7 +79,7 @@ async fn start_agent(
     std::fs::write(
         &config,
         format!(
-            "controller = \"{}\"\nca_pin = \"{}\"\ntoken_file = '{}'\nverify_interval = \"60s\"\nmin_backoff = \"50ms\"\nmax_backoff = \"1s\"\n",
+            "controller = \"{}\"\nca_pin = \"{}\"\ntoken_file = '{}'\nverify_interval = \"{verify}\"\nmin_backoff = \"50ms\"\nmax_backoff = \"1s\"\n",
             tc.url(),
             tc.pin,
             Prefix::windows_path(&work.join("token")),
@@ -130,7 +132,8 @@ async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_ex
     let before = snapshot(&profile);
 
     let work = tempfile::tempdir().unwrap();
-    let (mut agent, id, config_arg) = start_agent(&tc, &prefix, work.path(), "os=windows").await;
+    let (mut agent, id, config_arg) =
+        start_agent(&tc, &prefix, work.path(), "os=windows", "60s").await;
     let _log = LogOnFailure(work.path().join("agent.log"));
     let view = tc.agent_view(&id).await;
     assert!(
@@ -422,7 +425,8 @@ async fn decoys_run_from_the_windows_agent_and_real_clients_with_planted_credent
     let prefix = Prefix::create();
     let profile = prefix.profile();
     let work = tempfile::tempdir().unwrap();
-    let (_agent, id, _) = start_agent(&tc, &prefix, work.path(), "os=windows,role=decoy").await;
+    let (_agent, id, _) =
+        start_agent(&tc, &prefix, work.path(), "os=windows,role=decoy", "60s").await;
     let _log = LogOnFailure(work.path().join("agent.log"));
     let ports = ruse_e2e::free_ports(2);
     let (ssh_port, smb_port) = (ports[0], ports[1]);
@@ -464,8 +468,25 @@ async fn decoys_run_from_the_windows_agent_and_real_clients_with_planted_credent
         }
     };
 
-    // SMB: smbclient with the credentials file planted in the profile.
-    let creds = profile.join(".smbcredentials");
+    // SMB: smbclient with the account of the drive-mapping script planted
+    // in the profile (`net use S: \\host\share /user:DOMAIN\user "pw"`).
+    let script = std::fs::read_to_string(profile.join("Documents/Scripts/map-drives.cmd")).unwrap();
+    let account = script
+        .split("/user:")
+        .nth(1)
+        .and_then(|r| r.split(" /persistent").next())
+        .unwrap_or_else(|| panic!("no account in {script}"));
+    let (login, password) = account.split_once(' ').unwrap();
+    let (domain, user) = login.split_once('\\').unwrap();
+    let creds = work.path().join("smb-auth");
+    std::fs::write(
+        &creds,
+        format!(
+            "username={user}\npassword={}\ndomain={domain}\n",
+            password.trim_matches('"')
+        ),
+    )
+    .unwrap();
     let out = std::process::Command::new("smbclient")
         .arg("//127.0.0.1/PACS_Archive")
         .args(["-p", &smb_port.to_string(), "-A"])
@@ -504,4 +525,147 @@ async fn decoys_run_from_the_windows_agent_and_real_clients_with_planted_credent
     let c = e.credential.unwrap();
     assert!(c.key_fingerprint.starts_with("SHA256:"), "{c:?}");
     assert_eq!(c.username, user);
+}
+
+/// The Windows programs' lures: saved PuTTY and WinSCP sessions in the
+/// user's registry hive, FileZilla's and mRemoteNG's files, an
+/// application's web.config and appsettings.json, and an answer file.
+const PROGRAMS: &str = "kind: Decoy\nname: pacs-win02\nselector: {role: archive}\naddress: 127.0.0.1\nservices:\n  - {protocol: ssh, port: 2222}\n  - {protocol: rdp, port: 3389}\n  - {protocol: ftp, port: 2121}\n---\nkind: Campaign\nname: windows-programs\nselector: {os: windows}\nlures:\n  - {template: putty-session, decoy: pacs-win02}\n  - {template: winscp-session, decoy: pacs-win02}\n  - {template: filezilla-sites, decoy: pacs-win02}\n  - {template: mremoteng-connections, decoy: pacs-win02}\n  - {template: mssql-connection, params: {app: lab-portal}}\n  - {template: unattend-xml}\n";
+
+const PUTTY: &str = r"HKCU\Software\SimonTatham\PuTTY\Sessions\pacs-win02";
+const WINSCP_CONFIG: &str = r"HKCU\Software\Martin Prikryl\WinSCP 2\Configuration";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_program_lures_plant_registry_sessions_and_files_repair_and_uninstall_exactly() {
+    let test =
+        "windows_program_lures_plant_registry_sessions_and_files_repair_and_uninstall_exactly";
+    if !wine::require(test) {
+        return;
+    }
+    let exe = wine::agent_exe().unwrap();
+    let tc = TestController::start().await;
+    let prefix = Prefix::create();
+    let profile = prefix.profile();
+    // The "user" has WinSCP settings of their own, which stay.
+    let (ok, _) = prefix.reg(&[
+        "add",
+        WINSCP_CONFIG,
+        "/v",
+        "Theme",
+        "/t",
+        "REG_SZ",
+        "/d",
+        "dark",
+        "/f",
+    ]);
+    assert!(ok, "reg add");
+    let before = snapshot(&profile);
+    let roaming = profile.join("AppData/Roaming");
+    let panther = prefix.drive_c().join("windows/Panther");
+    assert!(!panther.exists());
+
+    let work = tempfile::tempdir().unwrap();
+    let (mut agent, id, config_arg) =
+        start_agent(&tc, &prefix, work.path(), "os=windows", "2s").await;
+    let _log = LogOnFailure(work.path().join("agent.log"));
+    tc.apply(PROGRAMS).await;
+    tc.wait_rollout("windows-programs", "completed", Duration::from_secs(60))
+        .await;
+
+    // The registry sessions, as PuTTY and WinSCP read them.
+    let (ok, putty) = prefix.reg(&["query", PUTTY]);
+    assert!(ok, "the PuTTY session: {putty}");
+    assert!(
+        putty.contains("HostName") && putty.contains("127.0.0.1"),
+        "{putty}"
+    );
+    assert!(
+        putty.contains("PortNumber") && putty.contains("0x8ae"),
+        "port 2222: {putty}"
+    );
+    let user = putty
+        .lines()
+        .find(|l| l.trim_start().starts_with("UserName"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap()
+        .to_owned();
+    let (ok, winscp) = prefix.reg(&[
+        "query",
+        r"HKCU\Software\Martin Prikryl\WinSCP 2\Sessions\pacs-win02",
+    ]);
+    assert!(ok, "the WinSCP session: {winscp}");
+    assert!(
+        winscp.contains("Password") && winscp.contains("PortNumber"),
+        "{winscp}"
+    );
+    // The files, where the programs keep them.
+    let sites = std::fs::read_to_string(roaming.join("FileZilla/sitemanager.xml")).unwrap();
+    assert!(
+        sites.contains("<Port>2121</Port>") && sites.contains("<Protocol>0</Protocol>"),
+        "{sites}"
+    );
+    let connections = std::fs::read_to_string(roaming.join("mRemoteNG/confCons.xml")).unwrap();
+    assert!(connections.contains("Protocol=\"RDP\"") && connections.contains("Port=\"3389\""));
+    let web = std::fs::read_to_string(profile.join("source/repos/lab-portal/web.config")).unwrap();
+    assert!(web.contains("<connectionStrings>"), "{web}");
+    assert!(
+        profile
+            .join("source/repos/lab-portal/appsettings.json")
+            .exists()
+    );
+    let answers = std::fs::read_to_string(panther.join("Unattended.xml")).unwrap();
+    assert!(answers.contains("<AdministratorPassword>"), "{answers}");
+
+    // A session deleted (from a Windows program: reg.exe) is put back at
+    // the next verification and reported.
+    let (ok, out) = prefix.reg(&["delete", PUTTY, "/f"]);
+    assert!(ok, "reg delete: {out}");
+    eventually(
+        "the deleted session reported and repaired",
+        Duration::from_secs(30),
+        || async {
+            lure_events(&tc, &id, "").await.iter().any(|e| {
+                e.path.contains(r"\PuTTY\Sessions\pacs-win02") && e.detail == "deleted; repaired"
+            })
+        },
+    )
+    .await;
+    let (ok, again) = prefix.reg(&["query", PUTTY]);
+    assert!(ok && again.contains(&user), "the session is back: {again}");
+
+    // Uninstall: every key and file goes; the user's own settings stay.
+    agent.kill9();
+    let out = prefix.run(&exe, &["uninstall", "--config", &config_arg]);
+    assert!(
+        out.status.success(),
+        "uninstall: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (exists, left) = prefix.reg(&["query", r"HKCU\Software\SimonTatham"]);
+    assert!(!exists, "the PuTTY keys the agent created are gone: {left}");
+    let (exists, left) = prefix.reg(&["query", r"HKCU\Software\Martin Prikryl\WinSCP 2\Sessions"]);
+    assert!(
+        !exists,
+        "WinSCP's Sessions key the agent created is gone: {left}"
+    );
+    let (ok, mine) = prefix.reg(&["query", WINSCP_CONFIG, "/v", "Theme"]);
+    assert!(
+        ok && mine.contains("dark"),
+        "the user's WinSCP settings stay: {mine}"
+    );
+    for gone in [
+        roaming.join("FileZilla"),
+        roaming.join("mRemoteNG"),
+        panther.clone(),
+    ] {
+        assert!(!gone.exists(), "{} is removed", gone.display());
+    }
+    let after = snapshot(&profile);
+    let changed: Vec<_> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "the profile changed: {changed:?}");
 }

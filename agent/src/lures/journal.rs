@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::registry::PlantedKey;
 use super::{LureError, Planted};
 
 const JOURNAL_FILE: &str = "planting.journal";
@@ -42,6 +43,12 @@ pub enum Intent {
         lure: String,
         revision: u64,
         planted: Planted,
+    },
+    /// A registry key about to be created, as it will be recorded.
+    Key {
+        lure: String,
+        revision: u64,
+        planted: PlantedKey,
     },
 }
 

@@ -23,6 +23,7 @@ pub mod fs;
 pub(crate) mod homes;
 mod journal;
 mod plant;
+pub mod registry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use self::fs::{Dir, FsError, Owner};
 pub use self::homes::HomeDirs;
 use self::journal::{Intent, Journal};
 use self::plant::{Intents, check, plant_file, remove_dirs, undo, unplant};
+use self::registry::PlantedKey;
 use crate::detect::{LureRef, SelfActivity, Watched};
 
 const STATE_FILE: &str = "lures.json";
@@ -82,6 +84,9 @@ pub struct AppliedLure {
     pub files: Vec<Planted>,
     /// Directories created for this lure, outermost first.
     pub created_dirs: Vec<PathBuf>,
+    /// Registry keys created for this lure (Windows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<PlantedKey>,
     /// The spec, so drift can be repaired without the controller.
     #[serde(with = "spec_bytes")]
     pub spec: Vec<u8>,
@@ -125,6 +130,8 @@ pub enum LureError {
     NoHomes(String),
     #[error("the planted block in {path} was changed: {reason}")]
     Block { path: String, reason: String },
+    #[error("{key}: {reason}")]
+    Registry { key: String, reason: String },
     #[error("cannot save the lure state {path}: {reason}")]
     State { path: String, reason: String },
     #[error(
@@ -252,6 +259,23 @@ impl LureEngine {
                 } => {
                     if !recorded(lure, *revision, &|l| l.created_dirs.contains(path)) {
                         remove_dirs(&self.root, std::slice::from_ref(path));
+                    }
+                }
+                Intent::Key {
+                    lure,
+                    revision,
+                    planted,
+                } => {
+                    if recorded(lure, *revision, &|l| l.keys.contains(planted)) {
+                        continue;
+                    }
+                    match registry::unplant(planted) {
+                        Ok(()) => undone += 1,
+                        Err(e) => tracing::warn!(
+                            key = %planted.display(),
+                            error = %e,
+                            "an unfinished registry lure could not be undone"
+                        ),
                     }
                 }
             }
@@ -402,6 +426,7 @@ impl LureEngine {
                 template: String::new(),
                 files: Vec::new(),
                 created_dirs: Vec::new(),
+                keys: Vec::new(),
                 spec: resource.body.clone(),
             },
         );
@@ -468,6 +493,7 @@ impl LureEngine {
             template: spec.template.clone(),
             files: Vec::new(),
             created_dirs: Vec::new(),
+            keys: Vec::new(),
             spec: body.to_vec(),
         };
         let result = (|| {
@@ -502,16 +528,75 @@ impl LureEngine {
                     return Err(e);
                 }
             }
-            Ok(())
+            self.plant_keys(spec, &journal, &mut applied.keys)
         })();
         self.touch_all(&applied);
         match result {
             Ok(()) => Ok(applied),
             Err(e) => {
+                for key in applied.keys.iter().rev() {
+                    let _ = registry::unplant(key);
+                }
                 undo(&self.root, &applied);
                 Err(e)
             }
         }
+    }
+
+    /// Plants the spec's registry keys into every target user's hive,
+    /// skipping (with a warning) a user whose hive refuses it, failing
+    /// only when no hive takes a key.
+    fn plant_keys(
+        &self,
+        spec: &LureSpec,
+        journal: &Intents<'_>,
+        planted: &mut Vec<PlantedKey>,
+    ) -> Result<(), LureError> {
+        if spec.keys.is_empty() {
+            return Ok(());
+        }
+        registry::supported()?;
+        let profiles = registry::profile_list();
+        let homes = self.homes.discover(self.root.path());
+        for key in &spec.keys {
+            let path = registry::hive_path(key)?;
+            let mut refused = None;
+            let mut planted_any = false;
+            for home in &homes {
+                let Some(sid) = registry::sid_of(&profiles, &home.path) else {
+                    refused.get_or_insert(LureError::Registry {
+                        key: path.clone(),
+                        reason: format!(
+                            "{} is not in the system's profile list, so its registry hive is unknown",
+                            home.path.display()
+                        ),
+                    });
+                    continue;
+                };
+                let result = registry::plan(&sid, &home.path, &path, &key.values).and_then(|p| {
+                    journal.key(&p)?;
+                    // Recorded before it is made, so a failure half-way
+                    // is undone with the rest of the lure.
+                    planted.push(p.clone());
+                    registry::plant(&p)
+                });
+                match result {
+                    Ok(()) => planted_any = true,
+                    Err(e) => {
+                        tracing::warn!(template = %spec.template, error = %e, "registry lure left out of one user's hive");
+                        refused.get_or_insert(e);
+                    }
+                }
+            }
+            match (planted_any, refused) {
+                (false, Some(e)) => return Err(e),
+                (false, None) => {
+                    return Err(LureError::NoHomes(self.root.path().display().to_string()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// A file in the way that is another lure's is named as such: two
@@ -550,6 +635,13 @@ impl LureEngine {
         };
         self.touch_all(lure);
         let mut first_error = None;
+        for key in lure.keys.iter().rev() {
+            if let Err(e) = registry::unplant(key)
+                && first_error.is_none()
+            {
+                first_error = Some(e);
+            }
+        }
         for planted in lure.files.iter().rev() {
             if let Err(e) = unplant(&self.root, planted)
                 && first_error.is_none()
@@ -608,6 +700,11 @@ impl LureEngine {
                     found.push((planted.path().to_path_buf(), kind));
                 }
             }
+            for key in &lure.keys {
+                if let Some(kind) = registry::check(key) {
+                    found.push((PathBuf::from(key.display()), kind));
+                }
+            }
             if found.is_empty() {
                 continue;
             }
@@ -622,6 +719,9 @@ impl LureEngine {
                     l.files
                         .iter()
                         .any(|f| f.path() == path && check(&self.root, f).is_none())
+                        || l.keys.iter().any(|k| {
+                            Path::new(&k.display()) == path && registry::check(k).is_none()
+                        })
                 }),
                 lure_id: id.clone(),
                 path,
@@ -635,6 +735,9 @@ impl LureEngine {
     }
 
     fn replant(&mut self, id: &str, lure: &AppliedLure) -> Result<(), LureError> {
+        for key in &lure.keys {
+            let _ = registry::unplant(key);
+        }
         for planted in &lure.files {
             // Only what is still the lure's own goes: a whole file someone
             // changed, or one behind a link, stays where it is.

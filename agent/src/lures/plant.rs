@@ -56,6 +56,14 @@ impl Intents<'_> {
             .map_err(std::io::Error::other)
     }
 
+    pub(super) fn key(&self, planted: &super::registry::PlantedKey) -> Result<(), LureError> {
+        self.engine.journal().record(&Intent::Key {
+            lure: self.lure.to_owned(),
+            revision: self.revision,
+            planted: planted.clone(),
+        })
+    }
+
     pub(super) fn file(&self, planted: &Planted) -> Result<(), LureError> {
         self.engine.journal().record(&Intent::File {
             lure: self.lure.to_owned(),

@@ -24,6 +24,7 @@ fn resource(id: &str, revision: u64, files: Vec<PlantFile>) -> Resource {
         body: LureSpec {
             template: "test".into(),
             files,
+            keys: Vec::new(),
         }
         .encode(),
     }
@@ -695,4 +696,41 @@ fn removing_a_block_someone_already_took_out_succeeds() {
     assert!(outcomes[0].result.is_ok(), "{:?}", outcomes[0].result);
     assert!(e.lures().is_empty());
     assert_eq!(std::fs::read_to_string(&ssh_config).unwrap(), "Host real\n");
+}
+
+#[test]
+fn a_registry_lure_on_linux_is_refused_and_leaves_nothing() {
+    let f = fixture();
+    let before = snapshot(&f.root);
+    let mut e = engine(&f);
+    let body = LureSpec {
+        template: "putty-session".into(),
+        files: vec![file(
+            "~/Documents/note.txt",
+            "x\n",
+            PlantMode::WholeFile,
+            0o600,
+        )],
+        keys: vec![ruse_proto::spec::PlantKey {
+            path: "~/Software/SimonTatham/PuTTY/Sessions/pacs".into(),
+            values: vec![ruse_proto::spec::RegistryValue {
+                name: "HostName".into(),
+                data: ruse_proto::spec::RegistryData::Text("10.0.0.5".into()),
+            }],
+        }],
+    }
+    .encode();
+    let outcomes = e.apply(
+        &[],
+        &[Resource {
+            id: "l1".into(),
+            revision: 1,
+            kind: "lure".into(),
+            body,
+        }],
+    );
+    let err = outcomes[0].result.as_ref().unwrap_err().to_string();
+    assert!(err.contains("for Windows agents"), "{err}");
+    assert!(e.lures().is_empty());
+    assert_eq!(snapshot(&f.root), before);
 }

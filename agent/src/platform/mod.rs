@@ -53,6 +53,7 @@ pub(crate) fn host_facts(
         addresses,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         labels: labels.clone(),
+        platform: ruse_proto::convert::Platform::this(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use foldhash::{HashSet, HashSetExt};
 
-use ruse_proto::convert::AgentState;
+use ruse_proto::convert::{AgentState, Platform};
 use ruse_proto::spec::{self, encode_allow_rules};
 use ruse_proto::types::{AgentId, UnixMs, hex, new_ulid};
 
@@ -42,6 +42,8 @@ pub(super) enum Payload {
         slot: Arc<LureSlot>,
         decoy: Option<Arc<Decoy>>,
         lure: Arc<LureInstance>,
+        /// The agent's platform, which decides where the files go.
+        platform: Platform,
     },
     AllowRules(Arc<Vec<spec::AllowRule>>),
     /// An encoded `DecoySpec`.
@@ -480,6 +482,9 @@ pub(super) fn desire(
             }
         };
         for (slot, shared) in generation.spec.lures.iter().zip(slots) {
+            if !slot.template.plants_on(agent.platform) {
+                continue;
+            }
             let existing = st
                 .registry
                 .find(id, &c.name, &slot.key, generation.epoch, slot.template)
@@ -525,6 +530,7 @@ pub(super) fn desire(
                         slot: shared.clone(),
                         decoy,
                         lure: lure.clone(),
+                        platform: agent.platform,
                     },
                 },
             );

@@ -181,11 +181,17 @@ impl Deployer {
         let mut bytes = 0;
         for (id, desired) in candidates {
             let rendered = match &desired.payload {
-                Payload::Lure { slot, decoy, lure } => lures::render(RenderInput {
+                Payload::Lure {
+                    slot,
+                    decoy,
+                    lure,
+                    platform,
+                } => lures::render(RenderInput {
                     slot,
                     material: &lure.material,
                     decoy: decoy.as_deref(),
                     created: lure.created,
+                    platform: *platform,
                 })
                 .map(|spec| (lures_kind(), spec.encode()))
                 .map_err(|e| e.to_string()),

@@ -382,3 +382,44 @@ fn rotation_is_due_only_after_the_interval_and_a_completed_rollout() {
     record.rollout = RolloutState::Progressing;
     assert!(!rotation_due(&record, UnixMs(7_200_000)));
 }
+
+#[tokio::test]
+async fn each_agent_gets_the_lures_of_its_platform_at_its_platform_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), 1 << 20).unwrap());
+    let mut windows = agent_record("win1", "site=icu");
+    windows.facts.platform = ruse_proto::convert::Platform::Windows;
+    let d = deployer(&store, vec![agent_record("lin1", "site=icu"), windows]);
+    let (lin, win): (AgentId, AgentId) = ("lin1".parse().unwrap(), "win1".parse().unwrap());
+    sessions(&d, &[&lin, &win]);
+    d.prepare().await.unwrap();
+    d.hello(&lin, Default::default());
+    d.hello(&win, Default::default());
+    let docs = crate::resources::parse(
+        "kind: Decoy\nname: arc\nselector: {role: none}\naddress: 10.0.0.9\nservices: [{protocol: ssh, port: 22}]\n---\nkind: Campaign\nname: c1\nselector: {site: icu}\nlures: [{template: pgpass}, {template: putty-session, decoy: arc}]\n",
+    )
+    .unwrap();
+    d.apply(&docs, false).await.unwrap();
+    d.recompute().await.unwrap();
+    let specs = |id: &AgentId| -> Vec<ruse_proto::spec::LureSpec> {
+        d.next_update(id)
+            .expect("an update")
+            .resources
+            .iter()
+            .filter(|r| r.kind == "lure")
+            .map(|r| ruse_proto::spec::LureSpec::decode(&r.body).unwrap())
+            .collect()
+    };
+    let on_linux = specs(&lin);
+    assert_eq!(on_linux.len(), 1, "the Windows-only template is left out");
+    assert_eq!(on_linux[0].files[0].path, "~/.pgpass");
+    let mut on_windows = specs(&win);
+    on_windows.sort_by(|a, b| a.template.cmp(&b.template));
+    assert_eq!(on_windows.len(), 2);
+    assert_eq!(
+        on_windows[0].files[0].path,
+        "~/AppData/Roaming/postgresql/pgpass.conf"
+    );
+    assert_eq!(on_windows[1].template, "putty-session");
+    assert!(on_windows[1].keys[0].path.ends_with("/Sessions/arc"));
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use ruse_proto::convert::{AgentState, HostFacts};
+use ruse_proto::convert::{AgentState, HostFacts, Platform};
 use ruse_proto::types::{AgentId, Identity, Labels, UnixMs};
 
 use crate::model::{AgentRecord, Applied, Revocation, SessionRecord};
@@ -116,6 +116,8 @@ pub struct Member {
     pub last_seen: UnixMs,
     /// Its session is held by another live controller sharing the store.
     pub elsewhere: bool,
+    /// Its operating system family, which decides where its lures go.
+    pub platform: Platform,
 }
 
 /// A started session: its id and the signal that ends it.
@@ -503,6 +505,7 @@ impl Fleet {
                     labels: e.labels.clone(),
                     last_seen: e.record.last_seen,
                     elsewhere: self.held_elsewhere(&e).is_some(),
+                    platform: e.record.facts.platform,
                 }
             })
             .collect();

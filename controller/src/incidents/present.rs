@@ -25,6 +25,7 @@ pub fn techniques(e: &StoredEvent) -> Vec<&'static str> {
     match e.kind.as_str() {
         "touch" => match e.template.as_str() {
             "ssh-key" => vec!["T1552.004"],
+            "putty-session" | "winscp-session" => vec!["T1552.002"],
             "hosts-entry" => vec!["T1018"],
             t if is_honeyfile(t) => vec!["T1005"],
             _ => vec!["T1552.001"],

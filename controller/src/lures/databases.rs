@@ -2,7 +2,7 @@
 //! naming the decoy; a SQL Server application's connection string and an
 //! ODBC DSN.
 
-use super::{LureError, Renderer, readers};
+use super::{LureError, Renderer, readers, xml_escape};
 
 impl Renderer<'_> {
     /// `mysql-credentials`.
@@ -46,7 +46,8 @@ impl Renderer<'_> {
              ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_general_ci;\n\n\
              -- Dump completed on {date}  2:14:07\n"
         );
-        let path = self.dir_file("~/backups", format!("{db}-{date}.sql"));
+        let dir = self.at("~/backups", "~/Documents/Backups");
+        let path = self.dir_file(dir, format!("{db}-{date}.sql"));
         self.whole(path, dump.into_bytes(), 0o600);
     }
 
@@ -78,8 +79,23 @@ impl Renderer<'_> {
         });
         let text =
             serde_json::to_string_pretty(&settings).map_err(|e| self.err(e.to_string()))? + "\n";
-        let path = self.dir_file(&format!("~/projects/{app}"), "appsettings.json".into());
+        let dir = self.projects(&app);
+        let path = self.dir_file(&dir, "appsettings.json".into());
         self.whole(path, text.into_bytes(), 0o600);
+        if self.windows() {
+            // The same application's IIS configuration, as published next
+            // to it: Windows keeps ODBC data sources in the registry,
+            // without passwords.
+            let text = format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<configuration>\r\n  <connectionStrings>\r\n    <add name=\"Reporting\" connectionString=\"Data Source={};Initial Catalog={};User ID={};Password={};Encrypt=False\" providerName=\"System.Data.SqlClient\" />\r\n  </connectionStrings>\r\n  <system.web>\r\n    <compilation targetFramework=\"4.8\" />\r\n    <httpRuntime targetFramework=\"4.8\" />\r\n    <customErrors mode=\"RemoteOnly\" />\r\n  </system.web>\r\n</configuration>\r\n",
+                xml_escape(&server),
+                xml_escape(&db),
+                xml_escape(&user),
+                xml_escape(&password)
+            );
+            self.whole(format!("{dir}/web.config"), text.into_bytes(), 0o600);
+            return Ok(());
+        }
         let dsn = format!(
             "[{db}]\nDriver = FreeTDS\nDescription = {app}\nServer = {host}\nPort = {port}\nDatabase = {db}\nTDS_Version = 7.4\nUID = {user}\nPWD = {password}\n"
         );

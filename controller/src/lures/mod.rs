@@ -14,11 +14,13 @@ mod dicom;
 pub mod fake;
 mod rdp;
 pub mod readers;
+mod windows;
 mod xlsx;
 
 use std::time::Duration;
 
-use ruse_proto::spec::{LureSpec, PlantFile, PlantMode};
+use ruse_proto::convert::Platform;
+use ruse_proto::spec::{LureSpec, PlantFile, PlantKey, PlantMode};
 use ruse_proto::types::{UnixMs, random_bytes};
 
 use self::fake::{Patient, Rng};
@@ -113,6 +115,14 @@ fn url_encoded(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `s` as XML text or an attribute value (quoted with `"`).
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// The same shape of password, entirely from the seed: for filler content
@@ -247,6 +257,23 @@ impl Material {
                     secret_string(UPPER_ALNUM, MATCHED_TAIL)
                 );
             }
+            Template::PuttySession | Template::WinscpSession | Template::FilezillaSites => {
+                const USERS: &[&str] = &["pacsadmin", "svc_transfer", "imgsync", "radsupport"];
+                m.username = format!("{}{tail}", rng.pick(USERS));
+                m.password = password(&mut rng);
+            }
+            Template::MremotengConnections => {
+                const USERS: &[&str] = &["adm.rad", "it.helpdesk", "svc_mremote", "adm.pacs"];
+                m.username = format!("{}{tail}", rng.pick(USERS));
+                m.password = password(&mut rng);
+            }
+            Template::UnattendXml => {
+                // The local account a build image creates on every
+                // workstation: what an intruder tries on the next host.
+                const USERS: &[&str] = &["localadmin", "ws-admin", "deploy", "itsupport"];
+                m.username = format!("{}{tail}", rng.pick(USERS));
+                m.password = password(&mut rng);
+            }
             Template::PatientCsv | Template::DicomStudy | Template::FhirBundle => {}
         }
         Ok(m)
@@ -279,6 +306,8 @@ pub struct RenderInput<'a> {
     pub decoy: Option<&'a Decoy>,
     /// When the instance was created; file times are backdated from it.
     pub created: UnixMs,
+    /// The agent's platform: where the files go.
+    pub platform: Platform,
 }
 
 /// Renders a lure instance to the files the agent plants.
@@ -288,11 +317,13 @@ pub fn render(input: RenderInput<'_>) -> Result<LureSpec, LureError> {
         input,
         rng: Rng::new(input.material.seed),
         files: Vec::new(),
+        keys: Vec::new(),
     };
     r.render()?;
     Ok(LureSpec {
         template: template.to_string(),
         files: r.files,
+        keys: r.keys,
     })
 }
 
@@ -300,6 +331,7 @@ struct Renderer<'a> {
     input: RenderInput<'a>,
     rng: Rng,
     files: Vec<PlantFile>,
+    keys: Vec<PlantKey>,
 }
 
 impl Renderer<'_> {
@@ -309,6 +341,16 @@ impl Renderer<'_> {
 
     fn m(&self) -> &Material {
         self.input.material
+    }
+
+    fn windows(&self) -> bool {
+        self.input.platform == Platform::Windows
+    }
+
+    /// `linux` or, on Windows agents, `windows`: a default path where the
+    /// platforms' programs keep the same thing in different places.
+    fn at<'p>(&self, linux: &'p str, windows: &'p str) -> &'p str {
+        if self.windows() { windows } else { linux }
     }
 
     fn param(&self, key: &str) -> Option<&str> {
@@ -389,6 +431,24 @@ impl Renderer<'_> {
         });
     }
 
+    /// A random (version 4) UUID from the instance's seed.
+    fn uuid(&mut self) -> String {
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            self.rng.next_u64() as u32,
+            self.rng.below(0xffff),
+            self.rng.below(0xfff),
+            self.rng.below(0xfff),
+            self.rng.next_u64() & 0xffff_ffff_ffff
+        )
+    }
+
+    /// Where an application's source checkout lives: `~/projects/APP`, or
+    /// Visual Studio's `~/source/repos/APP` on Windows.
+    fn projects(&self, app: &str) -> String {
+        format!("{}/{app}", self.at("~/projects", "~/source/repos"))
+    }
+
     fn date(&self) -> String {
         UnixMs(self.mtime()).rfc3339()[..10].to_owned()
     }
@@ -453,17 +513,32 @@ impl Renderer<'_> {
                     self.m().username,
                     self.m().password
                 );
-                self.whole(
-                    self.file_path("~/.smbcredentials"),
-                    creds.into_bytes(),
-                    0o600,
-                );
-                self.block(
-                    "~/.config/gtk-3.0/bookmarks".into(),
-                    format!("smb://{address}/{share} {share} on {name}\n"),
-                    0o644,
-                    readers::EVERY,
-                );
+                if self.windows() {
+                    // Windows keeps mapped drives' passwords encrypted; what
+                    // lies around in the open is the script that maps them.
+                    let script = format!(
+                        "@echo off\r\nrem Map the {share} share on {name} (scanner service account)\r\nnet use S: \\\\{address}\\{share} /user:{domain}\\{} \"{}\" /persistent:yes\r\n",
+                        self.m().username,
+                        self.m().password
+                    );
+                    self.whole(
+                        self.file_path("~/Documents/Scripts/map-drives.cmd"),
+                        script.into_bytes(),
+                        0o600,
+                    );
+                } else {
+                    self.whole(
+                        self.file_path("~/.smbcredentials"),
+                        creds.into_bytes(),
+                        0o600,
+                    );
+                    self.block(
+                        "~/.config/gtk-3.0/bookmarks".into(),
+                        format!("smb://{address}/{share} {share} on {name}\n"),
+                        0o644,
+                        readers::EVERY,
+                    );
+                }
             }
             Template::Pgpass => {
                 let (_, host, port) = self
@@ -475,7 +550,8 @@ impl Renderer<'_> {
                     self.m().username,
                     self.m().password
                 );
-                self.block(self.file_path("~/.pgpass"), line, 0o600, readers::PGPASS);
+                let path = self.at("~/.pgpass", "~/AppData/Roaming/postgresql/pgpass.conf");
+                self.block(self.file_path(path), line, 0o600, readers::PGPASS);
             }
             Template::MysqlCredentials => self.mysql_credentials(),
             Template::Netrc => {
@@ -487,7 +563,9 @@ impl Renderer<'_> {
                     self.m().username,
                     self.m().password
                 );
-                self.block(self.file_path("~/.netrc"), entry, 0o600, readers::NETRC);
+                // curl and Git for Windows read `_netrc` there.
+                let path = self.at("~/.netrc", "~/_netrc");
+                self.block(self.file_path(path), entry, 0o600, readers::NETRC);
             }
             Template::Kubeconfig => {
                 // The decoy's Kubernetes API if it runs one, else its HTTPS.
@@ -529,7 +607,8 @@ impl Renderer<'_> {
                     app.replace('-', "_"),
                     m.secret
                 );
-                let path = self.dir_file(&format!("~/projects/{app}"), ".env".into());
+                let dir = self.projects(&app);
+                let path = self.dir_file(&dir, ".env".into());
                 self.whole(path, text.into_bytes(), 0o600);
             }
             Template::PacsConfig => {
@@ -541,25 +620,18 @@ impl Renderer<'_> {
                     "; DICOM network nodes\n[Local]\nAETitle={ae}\nPort=11112\n\n[Node:{called}]\nDescription=Radiology long-term archive\nAETitle={called}\nHost={address}\nPort={port}\nCallingAETitle={ae}\nTLS=false\nQueryRetrieve=CMOVE\n",
                     ae = self.m().ae_title
                 );
-                self.whole(
-                    self.file_path("~/.config/pacs-viewer/nodes.ini"),
-                    text.into_bytes(),
-                    0o644,
+                let path = self.at(
+                    "~/.config/pacs-viewer/nodes.ini",
+                    "~/AppData/Roaming/PacsViewer/nodes.ini",
                 );
+                self.whole(self.file_path(path), text.into_bytes(), 0o644);
             }
             Template::Hl7Interface => {
                 let (_, host, port) = self
                     .decoy("hl7", 2575)
                     .unwrap_or_else(|| ("".into(), "hl7-engine01".into(), 2575));
                 let channel = self.param("channel").unwrap_or("ADT_Inbound").to_owned();
-                let id = format!(
-                    "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
-                    self.rng.next_u64() as u32,
-                    self.rng.below(0xffff),
-                    self.rng.below(0xfff),
-                    self.rng.below(0xfff),
-                    self.rng.next_u64() & 0xffff_ffff_ffff
-                );
+                let id = self.uuid();
                 let m = self.m();
                 let text = format!(
                     "<channel version=\"4.5.0\">\n  <id>{id}</id>\n  <name>{channel}</name>\n  <description>ADT feed from registration to EHR and LIS</description>\n  <enabled>true</enabled>\n  <sourceConnector>\n    <transportName>TCP Listener</transportName>\n    <properties class=\"com.mirth.connect.connectors.tcp.TcpReceiverProperties\">\n      <listenerConnectorProperties><host>0.0.0.0</host><port>6661</port></listenerConnectorProperties>\n    </properties>\n  </sourceConnector>\n  <destinationConnectors>\n    <connector>\n      <name>EHR database writer</name>\n      <properties class=\"com.mirth.connect.connectors.jdbc.DatabaseDispatcherProperties\">\n        <driver>org.postgresql.Driver</driver>\n        <url>jdbc:postgresql://{host}:5432/ehr</url>\n        <username>{}</username>\n        <password>{}</password>\n      </properties>\n    </connector>\n    <connector>\n      <name>Forward to LIS</name>\n      <properties class=\"com.mirth.connect.connectors.tcp.TcpDispatcherProperties\">\n        <remoteAddress>{host}</remoteAddress>\n        <remotePort>{port}</remotePort>\n        <transmissionModeProperties><pluginPointName>MLLP</pluginPointName></transmissionModeProperties>\n        <template>MSH|^~\\&amp;|{app}|GENHOSP|LIS|LAB|||ADT^A01^ADT_A01||P|2.5.1</template>\n      </properties>\n    </connector>\n  </destinationConnectors>\n</channel>\n",
@@ -571,7 +643,8 @@ impl Renderer<'_> {
                         m.application.as_str()
                     }
                 );
-                let path = self.dir_file("~/interfaces/channels", format!("{channel}.xml"));
+                let dir = self.at("~/interfaces/channels", "~/Documents/Interfaces/channels");
+                let path = self.dir_file(dir, format!("{channel}.xml"));
                 self.whole(path, text.into_bytes(), 0o640);
             }
             Template::HostsEntry => {
@@ -584,9 +657,11 @@ impl Renderer<'_> {
                 }
                 let domain = self.param("domain").unwrap_or("hospital.local").to_owned();
                 let alias = self.m().username.clone();
+                let path = self.at("/etc/hosts", "/Windows/System32/drivers/etc/hosts");
+                let end = self.at("\n", "\r\n");
                 self.block(
-                    self.file_path("/etc/hosts"),
-                    format!("{address}\t{name}.{domain} {name} {alias}\n"),
+                    self.file_path(path),
+                    format!("{address}\t{name}.{domain} {name} {alias}{end}"),
                     0o644,
                     readers::EVERY,
                 );
@@ -711,6 +786,11 @@ impl Renderer<'_> {
                 let path = self.dir_file("~/Documents/FHIR", format!("patient-export-{date}.json"));
                 self.whole(path, text, 0o644);
             }
+            Template::PuttySession => self.putty_session()?,
+            Template::WinscpSession => self.winscp_session()?,
+            Template::FilezillaSites => self.filezilla_sites()?,
+            Template::MremotengConnections => self.mremoteng_connections()?,
+            Template::UnattendXml => self.unattend_xml(),
             Template::PasswordsXlsx => {
                 let (portal_host, portal_port) =
                     match self.decoy("https", 443).or_else(|| self.decoy("http", 80)) {

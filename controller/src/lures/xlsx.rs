@@ -5,12 +5,7 @@ use std::io::Write;
 
 use zip::write::SimpleFileOptions;
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use super::xml_escape as escape;
 
 fn column(i: usize) -> String {
     let mut n = i + 1;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use ruse_proto::convert::Platform;
 use serde::{Deserialize, Serialize};
 
 /// Every lure template.
@@ -32,6 +33,11 @@ pub enum Template {
     DicomStudy,
     FhirBundle,
     PasswordsXlsx,
+    PuttySession,
+    WinscpSession,
+    FilezillaSites,
+    MremotengConnections,
+    UnattendXml,
 }
 
 impl Template {
@@ -55,6 +61,11 @@ impl Template {
         Template::DicomStudy,
         Template::FhirBundle,
         Template::PasswordsXlsx,
+        Template::PuttySession,
+        Template::WinscpSession,
+        Template::FilezillaSites,
+        Template::MremotengConnections,
+        Template::UnattendXml,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +89,11 @@ impl Template {
             Template::DicomStudy => "dicom-study",
             Template::FhirBundle => "fhir-bundle",
             Template::PasswordsXlsx => "passwords-xlsx",
+            Template::PuttySession => "putty-session",
+            Template::WinscpSession => "winscp-session",
+            Template::FilezillaSites => "filezilla-sites",
+            Template::MremotengConnections => "mremoteng-connections",
+            Template::UnattendXml => "unattend-xml",
         }
     }
 
@@ -90,7 +106,28 @@ impl Template {
                 | Template::RdpFile
                 | Template::PacsConfig
                 | Template::HostsEntry
+                | Template::PuttySession
+                | Template::WinscpSession
+                | Template::FilezillaSites
+                | Template::MremotengConnections
         )
+    }
+
+    /// Whether the template plants on agents of `platform`: the Windows
+    /// programs' settings (registry sessions, FileZilla, mRemoteNG, an
+    /// answer file) only on Windows; every other template on both, at each
+    /// platform's own paths. A campaign's slot of a template an agent's
+    /// platform lacks is left out for that agent.
+    pub fn plants_on(self, platform: Platform) -> bool {
+        let windows_only = matches!(
+            self,
+            Template::PuttySession
+                | Template::WinscpSession
+                | Template::FilezillaSites
+                | Template::MremotengConnections
+                | Template::UnattendXml
+        );
+        !windows_only || platform == Platform::Windows
     }
 
     /// Honeyfiles: documents whose reading is the signal.
@@ -123,6 +160,10 @@ impl Template {
             Template::Hl7Adt => &["messages", "file"],
             Template::DicomStudy | Template::PasswordsXlsx => &["file"],
             Template::FhirBundle => &["patients", "file"],
+            Template::PuttySession | Template::WinscpSession => &["session"],
+            Template::FilezillaSites => &["site"],
+            Template::MremotengConnections => &["domain"],
+            Template::UnattendXml => &["computer"],
         }
     }
 
@@ -143,10 +184,10 @@ impl Template {
                 || value.len() > 128
                 || value
                     .chars()
-                    .any(|c| ruse_proto::types::hides_text(c) || c == '/')
+                    .any(|c| ruse_proto::types::hides_text(c) || c == '/' || c == '\\')
             {
                 return Err(format!(
-                    "parameter {key:?}: 1 to 128 characters, no '/', control, bidirectional or invisible characters"
+                    "parameter {key:?}: 1 to 128 characters, no '/', '\\', control, bidirectional or invisible characters"
                 ));
             }
             if matches!(key.as_str(), "rows" | "messages" | "patients") {

@@ -13,15 +13,15 @@ use windows_sys::Win32::NetworkManagement::IpHelper::{
 use windows_sys::Win32::Networking::WinSock::{
     AF_INET, AF_INET6, AF_UNSPEC, SOCKADDR_IN, SOCKADDR_IN6,
 };
-use windows_sys::Win32::System::Registry::{
-    HKEY_LOCAL_MACHINE, RRF_RT_REG_DWORD, RRF_RT_REG_SZ, RegGetValueW,
-};
+use windows_sys::Win32::System::Registry::{HKEY_LOCAL_MACHINE, RRF_RT_REG_DWORD, RegGetValueW};
 use windows_sys::Win32::System::SystemInformation::{
     COMPUTER_NAME_FORMAT, ComputerNameDnsDomain, ComputerNameDnsHostname, GetComputerNameExW,
 };
 
 use ruse_proto::convert::{HostFacts, MAX_ADDRESSES};
 use ruse_proto::types::Labels;
+
+use super::wide;
 
 const CURRENT_VERSION: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion";
 
@@ -36,10 +36,6 @@ pub fn gather(labels: &Labels) -> HostFacts {
     )
 }
 
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(Some(0)).collect()
-}
-
 fn computer_name(format: COMPUTER_NAME_FORMAT) -> Option<String> {
     let mut buf = [0u16; 256];
     let mut len = buf.len() as u32;
@@ -50,27 +46,7 @@ fn computer_name(format: COMPUTER_NAME_FORMAT) -> Option<String> {
 
 /// A string value under HKLM\SOFTWARE\Microsoft\Windows NT\CurrentVersion.
 fn version_string(name: &str) -> Option<String> {
-    let (key, value) = (wide(CURRENT_VERSION), wide(name));
-    let mut buf = [0u16; 256];
-    let mut bytes = (buf.len() * 2) as u32;
-    // SAFETY: `bytes` is the buffer's size in bytes; the value is a string.
-    let rc = unsafe {
-        RegGetValueW(
-            HKEY_LOCAL_MACHINE,
-            key.as_ptr(),
-            value.as_ptr(),
-            RRF_RT_REG_SZ,
-            std::ptr::null_mut(),
-            buf.as_mut_ptr().cast(),
-            &mut bytes,
-        )
-    };
-    if rc != ERROR_SUCCESS {
-        return None;
-    }
-    let chars = (bytes as usize / 2).min(buf.len());
-    let s = String::from_utf16_lossy(&buf[..chars]);
-    Some(s.trim_end_matches('\0').to_owned()).filter(|s| !s.is_empty())
+    super::registry::string_value(HKEY_LOCAL_MACHINE, CURRENT_VERSION, name)
 }
 
 fn version_dword(name: &str) -> Option<u32> {

@@ -4,6 +4,7 @@
 //! closing to stop (and the service manager's stop, `service.rs`).
 
 pub mod facts;
+pub mod registry;
 pub mod service;
 pub mod watcher;
 
@@ -18,6 +19,11 @@ use ruse_proto::convert::{EventProcess, HostFacts};
 use ruse_proto::types::Labels;
 
 use super::Platform;
+
+/// `s` as a NUL-terminated UTF-16 string, as the wide API takes it.
+pub(crate) fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(Some(0)).collect()
+}
 
 /// The Windows implementation of the platform seam.
 #[derive(Debug, Clone, Copy)]
@@ -82,4 +88,67 @@ fn image_name(pid: u32) -> Option<String> {
         CloseHandle(process);
         (ok != 0).then(|| String::from_utf16_lossy(&buf[..len as usize]))
     }
+}
+
+/// Enables `privilege` in the process token (LocalSystem holds the backup,
+/// restore and security privileges, disabled until asked for).
+pub(crate) fn enable_privilege(privilege: &str) -> io::Result<()> {
+    use windows_sys::Win32::Foundation::{ERROR_SUCCESS, LUID};
+    use windows_sys::Win32::Security::{
+        AdjustTokenPrivileges, LUID_AND_ATTRIBUTES, LookupPrivilegeValueW, SE_PRIVILEGE_ENABLED,
+        TOKEN_ADJUST_PRIVILEGES, TOKEN_PRIVILEGES, TOKEN_QUERY,
+    };
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+    let name = wide(privilege);
+    let mut luid = LUID {
+        LowPart: 0,
+        HighPart: 0,
+    };
+    // SAFETY: `name` is NUL-terminated; `luid` receives the value.
+    if unsafe { LookupPrivilegeValueW(std::ptr::null(), name.as_ptr(), &mut luid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut token: HANDLE = std::ptr::null_mut();
+    // SAFETY: the current process's pseudo-handle; `token` receives a
+    // handle closed below.
+    if unsafe {
+        OpenProcessToken(
+            GetCurrentProcess(),
+            TOKEN_ADJUST_PRIVILEGES | TOKEN_QUERY,
+            &mut token,
+        )
+    } == 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let state = TOKEN_PRIVILEGES {
+        PrivilegeCount: 1,
+        Privileges: [LUID_AND_ATTRIBUTES {
+            Luid: luid,
+            Attributes: SE_PRIVILEGE_ENABLED,
+        }],
+    };
+    // SAFETY: `state` is one privilege; the previous state is not asked
+    // for. AdjustTokenPrivileges succeeds without assigning a privilege
+    // the token lacks, which GetLastError reports.
+    let ok = unsafe {
+        AdjustTokenPrivileges(
+            token,
+            0,
+            &state,
+            0,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    let error = io::Error::last_os_error();
+    // SAFETY: the token handle is open and ours.
+    unsafe { CloseHandle(token) };
+    if ok == 0 || error.raw_os_error() != Some(ERROR_SUCCESS as i32) {
+        return Err(io::Error::other(format!(
+            "{privilege} could not be enabled ({error}); the agent runs as LocalSystem as a service"
+        )));
+    }
+    Ok(())
 }

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
+
+use super::wide;
 use windows_sys::Win32::Foundation::{
     ERROR_CALL_NOT_IMPLEMENTED, ERROR_SERVICE_SPECIFIC_ERROR, NO_ERROR,
 };
@@ -37,10 +39,6 @@ static BODY: Mutex<Option<Body>> = Mutex::new(None);
 static STATUS: AtomicUsize = AtomicUsize::new(0);
 static STOPPING: AtomicBool = AtomicBool::new(false);
 static STOP: Notify = Notify::const_new();
-
-fn wide(s: &str) -> Vec<u16> {
-    s.encode_utf16().chain(Some(0)).collect()
-}
 
 /// Runs `body` as the service; returns when the service has stopped. Fails
 /// at once when the process was not started by the service manager.

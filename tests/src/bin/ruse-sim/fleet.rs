@@ -201,6 +201,7 @@ fn facts(index: usize, run: &str) -> pb::HostFacts {
         addresses: vec![],
         agent_version: env!("CARGO_PKG_VERSION").into(),
         labels: HashMap::new(),
+        platform: "linux".into(),
     }
 }
 
