@@ -309,6 +309,7 @@ impl Detector {
                 Via::Fanotify => "fanotify".into(),
                 Via::Inotify => "inotify (no process attribution)".into(),
                 Via::DirectoryChanges => "directory changes (no process attribution)".into(),
+                Via::Audit => "object-access auditing".into(),
             },
             allowed: rule.is_some(),
             allow_rule: rule.unwrap_or_default(),

@@ -19,6 +19,7 @@ pub mod lures;
 pub mod outbox;
 pub mod platform;
 mod protocol;
+pub mod status;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -168,6 +169,7 @@ pub(crate) async fn verify(shared: &Shared) -> Vec<String> {
     }
     shared.rewatch().await;
     problems.extend(shared.decoys.lock().await.problems());
+    problems.extend(Native::detection_problems());
     problems
 }
 
@@ -263,8 +265,9 @@ pub enum AgentError {
     Clock(String),
 }
 
-/// What the agent is doing, for the embedding program and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the agent is doing, for the embedding program, tests and the
+/// status file ([`status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentStatus {
     pub agent_id: Option<AgentId>,
     pub connected: bool,
@@ -282,6 +285,8 @@ pub struct AgentStatus {
     pub outbox_depth: usize,
     /// Events the controller acknowledged so far (this process).
     pub events_acked: u64,
+    /// What the last heartbeat reported as wrong.
+    pub problems: Vec<String>,
     pub last_error: Option<String>,
 }
 

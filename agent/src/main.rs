@@ -34,6 +34,17 @@ enum Command {
     /// upgrade without them keeps the agent's settings. A token is stored
     /// beside the identity, readable by the agent only.
     Configure(ConfigureArgs),
+    /// What the running agent is doing, from its status file: connected,
+    /// lures, events waiting and acknowledged, problems. Exits non-zero
+    /// when it is not connected or has not written the file for 90 s.
+    Status {
+        /// The agent's state directory.
+        #[arg(long, default_value = ruse_agent::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// The status file as it is (JSON), for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove every lure this agent planted (and nothing else).
     Uninstall {
         /// The agent's state directory (holds the record of what was planted).
@@ -184,6 +195,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             };
         }
+        Command::Status { state_dir, json } => return status(&state_dir, json),
         Command::Run(args) => (args, false),
         Command::Enroll(args) => (args, true),
         #[cfg(windows)]
@@ -278,7 +290,12 @@ fn agent_main(args: RunArgs, enroll_only: bool) -> ExitCode {
     ruse_agent::config::take_upgrade_mark(&config.state_dir);
     runtime.block_on(async move {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (status_tx, _status_rx) = watch::channel(AgentStatus::default());
+        let (status_tx, status_rx) = watch::channel(AgentStatus::default());
+        tokio::spawn(ruse_agent::status::keep(
+            config.state_dir.clone(),
+            config.controller.to_string(),
+            status_rx,
+        ));
         tokio::spawn(async move {
             <Native as Platform>::stop_requested().await;
             tracing::info!("stopping");
@@ -369,6 +386,63 @@ fn uninstall(state_dir: &std::path::Path, root: &std::path::Path) -> ExitCode {
         root.display()
     );
     if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `ruse-agent status`.
+fn status(state_dir: &std::path::Path, json: bool) -> ExitCode {
+    use ruse_agent::status::{REFRESH, StatusFile};
+    let file = match StatusFile::read(state_dir) {
+        Ok(file) => file,
+        Err(e) => return fail(&e),
+    };
+    let age = file.age();
+    let live = age <= 3 * REFRESH;
+    let s = &file.status;
+    if json {
+        match serde_json::to_string_pretty(&file) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(&e),
+        }
+    } else {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let id = s.agent_id.as_ref().map(ToString::to_string);
+        println!("agent       {}", id.as_deref().unwrap_or("(not enrolled)"));
+        println!("controller  {}", file.controller);
+        println!(
+            "connected   {} ({} sessions so far)",
+            yes(s.connected),
+            s.sessions
+        );
+        println!("lures       {}", s.lures);
+        println!("decoys      {} services listening", s.decoy_services);
+        println!(
+            "events      {} waiting for the controller, {} acknowledged since the agent started",
+            s.outbox_depth, s.events_acked
+        );
+        if s.problems.is_empty() {
+            println!("problems    none");
+        }
+        for p in &s.problems {
+            println!("problem     {p}");
+        }
+        if let Some(e) = &s.last_error {
+            println!("last error  {e}");
+        }
+        println!(
+            "written     {} s ago{}",
+            age.as_secs(),
+            if live {
+                ""
+            } else {
+                " (the agent is not running?)"
+            }
+        );
+    }
+    if s.connected && live {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -101,6 +101,38 @@ async fn readme_flow_two_agents_online_then_one_revoked() {
         .to_owned();
     assert!(list.iter().all(|a| a["labels"]["site"] == "icu"));
 
+    // `ruse-agent status` on the endpoint: what the running agent does,
+    // from its status file (at most a second behind), without asking the
+    // controller.
+    let one_state = dir.path().join("one/state");
+    let agent_status = || {
+        Command::new(binary("ruse-agent"))
+            .args(["status", "--json", "--state-dir"])
+            .arg(&one_state)
+            .output()
+            .unwrap()
+    };
+    eventually(
+        "`ruse-agent status` says connected",
+        Duration::from_secs(5),
+        || async { agent_status().status.success() },
+    )
+    .await;
+    let status: Value = serde_json::from_slice(&agent_status().stdout).unwrap();
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(status["controller"], url.as_str(), "{status}");
+    assert!(status["agent_id"].is_string(), "{status}");
+    let out = Command::new(binary("ruse-agent"))
+        .args(["status", "--state-dir"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is the agent running"),
+        "{out:?}"
+    );
+
     // The table output a person reads.
     let table = ctx.run(&["get", "agents"]);
     let table = String::from_utf8(table.stdout).unwrap();

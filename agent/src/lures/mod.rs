@@ -311,8 +311,8 @@ impl LureEngine {
         }
     }
 
-    /// What the detector should watch: every planted file, and the allow
-    /// rules.
+    /// What the detector should watch: every planted file and registry
+    /// key, and the allow rules.
     pub fn watched(&self) -> Watched {
         let mut files = HashMap::new();
         let mut rules = Vec::new();
@@ -323,20 +323,23 @@ impl LureEngine {
                 }
                 continue;
             }
+            let lure_ref = |ordinary| LureRef {
+                id: id.clone(),
+                revision: lure.revision,
+                template: lure.template.clone(),
+                ordinary,
+            };
             for f in &lure.files {
                 let ordinary = match f {
                     Planted::Block { readers, .. } => readers.as_slice().into(),
                     Planted::Whole { .. } => Arc::default(),
                 };
-                files.insert(
-                    f.path().to_path_buf(),
-                    LureRef {
-                        id: id.clone(),
-                        revision: lure.revision,
-                        template: lure.template.clone(),
-                        ordinary,
-                    },
-                );
+                files.insert(f.path().to_path_buf(), lure_ref(ordinary));
+            }
+            // Registry lures by their `HKEY_USERS\…` names: read auditing
+            // reports them (Windows).
+            for k in &lure.keys {
+                files.insert(PathBuf::from(k.display()), lure_ref(Arc::default()));
             }
         }
         Watched { files, rules }

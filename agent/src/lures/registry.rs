@@ -183,6 +183,8 @@ mod imp {
             key.set(&value.name, &value.data)
                 .map_err(|e| error(&format!(r"{display}\{}", value.name), e))?;
         }
+        drop(key);
+        crate::platform::windows::registry::mark_audited(hive.root(), &planted.path, &display);
         Ok(())
     }
 

@@ -101,13 +101,16 @@ pub enum Via {
     /// Windows' `ReadDirectoryChangesW`: changes, without process
     /// attribution.
     DirectoryChanges,
+    /// Windows' object-access auditing (Security-log event 4663 or
+    /// 4656): reads, with the process.
+    Audit,
 }
 
 impl Via {
     /// Whether the access names its process (the agent's own accesses are
     /// then told apart by process id, not by time).
     pub fn attributed(self) -> bool {
-        matches!(self, Via::Fanotify)
+        matches!(self, Via::Fanotify | Via::Audit)
     }
 }
 
@@ -153,4 +156,11 @@ pub trait Platform {
     /// Resolves when the service manager (or the console) asks the agent
     /// to stop.
     fn stop_requested() -> impl Future<Output = ()> + Send;
+
+    /// What keeps detection from doing all it should (on Windows: reads
+    /// not attributed, and why), checked again at each call; reported in
+    /// heartbeats.
+    fn detection_problems() -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -91,6 +91,22 @@ impl AuditedAccess {
     }
 }
 
+/// How registry lures are named among watched paths (folded): their
+/// `HKEY_USERS\<SID>\…` path.
+pub const REGISTRY_PREFIX: &str = r"hkey_users\";
+
+/// An object's name as the agent compares it with its lures' paths:
+/// lower-case with `\` separators, without the `\\?\` prefix, and a
+/// key's `\REGISTRY\USER\…` (as events name it) as `hkey_users\…`.
+pub fn folded_name(name: &str) -> String {
+    let name = name.replace('/', "\\").to_lowercase();
+    let name = name.strip_prefix(r"\\?\").unwrap_or(&name);
+    match name.strip_prefix(r"\registry\user\") {
+        Some(rest) => format!("{REGISTRY_PREFIX}{rest}"),
+        None => name.to_owned(),
+    }
+}
+
 /// Parses one rendered event.
 pub fn parse(xml: &str) -> Result<AuditedAccess, EventError> {
     if xml.len() > MAX_EVENT {

@@ -252,6 +252,9 @@ pub(crate) async fn run_once(
                     last_verify = Instant::now();
                 }
                 let degraded = !problems.is_empty();
+                if status.borrow().problems != problems {
+                    status.send_modify(|s| s.problems = problems.clone());
+                }
                 let (depth, outbox_dropped) = shared.sink.backlog();
                 let outbox_depth = depth as u64;
                 let beat = pb::Heartbeat {

@@ -49,6 +49,8 @@ env -u RUSTUP_TOOLCHAIN -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_R
     --target "$triple" -Zbuild-std=std,panic_unwind -p ruse-agent --bin ruse-agent
 cp "$target_dir/$triple/release/ruse-agent.exe" "$out/ruse-agent.exe"
 echo "==> $out/ruse-agent.exe ($(stat -c %s "$out/ruse-agent.exe") bytes)"
+# Shipped beside the MSI: the check an administrator runs on a test host.
+cp "$here/verify.ps1" "$out/verify.ps1"
 
 if [[ -f $here/ruse-agent.wxs ]]; then
     version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -1)

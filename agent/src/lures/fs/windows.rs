@@ -398,9 +398,11 @@ pub(super) fn same_file(file: &File, seen: &Metadata) -> Result<bool, std::io::E
     same(file, seen, true)
 }
 
-/// Gives a new file its owner (the rest is inherited).
+/// Gives a new file its owner (the rest is inherited) and the audit entry
+/// that has Windows log reads of it.
 pub(super) fn apply(file: &File, new: &NewFile) -> std::io::Result<()> {
     give(new.owner, file, Path::new("(new file)"));
+    crate::platform::windows::audit::mark_file(file, Path::new("a new lure file"));
     Ok(())
 }
 

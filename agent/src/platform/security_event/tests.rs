@@ -133,3 +133,17 @@ fn truncated_and_mangled_events_never_panic() {
         let _ = parse(junk);
     }
 }
+
+#[test]
+fn object_names_fold_to_the_lures_paths() {
+    assert_eq!(
+        folded_name(r"C:\Users\Alice\Documents\Patients.csv"),
+        folded_name(r"\\?\c:\users\alice\documents\patients.csv")
+    );
+    assert_eq!(
+        folded_name(r"\REGISTRY\USER\S-1-5-21-1-2-3-1001\Software\SimonTatham\PuTTY\Sessions\pacs"),
+        folded_name(r"HKEY_USERS\S-1-5-21-1-2-3-1001\Software\SimonTatham\PuTTY\Sessions\pacs")
+    );
+    assert!(folded_name(r"HKEY_USERS\S-1-5-18\x").starts_with(REGISTRY_PREFIX));
+    assert_eq!(folded_name("C:/Users/a"), r"c:\users\a");
+}

@@ -3,6 +3,7 @@
 //! image name for who a process is, Ctrl-C, Ctrl-Break or the console
 //! closing to stop (and the service manager's stop, `service.rs`).
 
+pub mod audit;
 pub mod facts;
 pub mod registry;
 pub mod service;
@@ -49,6 +50,12 @@ impl Platform for Windows {
 
     fn host_facts(labels: &Labels) -> HostFacts {
         facts::gather(labels)
+    }
+
+    fn detection_problems() -> Vec<String> {
+        // A group policy refresh may have turned it off again.
+        audit::ensure_policy();
+        audit::problems()
     }
 
     async fn stop_requested() {

@@ -184,6 +184,19 @@ impl Key {
     }
 }
 
+/// Gives the key `sub` under `root` (one a lure created) the audit entry
+/// that has Windows log reads of its values.
+pub fn mark_audited(root: &Key, sub: &str, name: &str) {
+    match Key::open_under(root.0, sub, super::audit::KEY_AUDIT_ACCESS) {
+        Ok(key) => super::audit::mark_key(key.0, name),
+        // Without the privilege the key cannot be opened for it; that
+        // problem is the privilege's, reported already.
+        Err(e) => {
+            tracing::debug!(key = name, error = %e, "cannot open a registry lure to audit it")
+        }
+    }
+}
+
 /// A user's hive, open at `HKEY_USERS\<SID>`; loaded for the time it is
 /// held when the user was not logged on.
 #[derive(Debug)]

@@ -2,8 +2,9 @@
 //! each lure's directory reports modifications, deletions and renames of
 //! the lure's name, as inotify does on Linux and, like inotify, without
 //! the process behind them. Reads leave no trace here: they are seen
-//! through object-access auditing (Security-log event 4663), which needs
-//! an audit SACL on each lure; that is not here yet.
+//! through object-access auditing ([`super::audit`]: each lure file and
+//! registry key has an audit SACL, and Security-log events 4663 and 4656
+//! name the process), whose accesses come through the same channel.
 //!
 //! One thread serves every watched directory through an I/O completion
 //! port: each directory has one overlapped `ReadDirectoryChangesW`
@@ -12,7 +13,7 @@
 //! all). [`Watcher::watch`] stops the thread, cancels every request and
 //! waits for the cancellations before the buffers go, then starts anew.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,8 +21,8 @@ use std::os::windows::ffi::OsStringExt;
 use std::os::windows::fs::OpenOptionsExt;
 use std::os::windows::io::AsRawHandle;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 use windows_sys::Win32::Foundation::{CloseHandle, FALSE, HANDLE, INVALID_HANDLE_VALUE};
@@ -38,7 +39,17 @@ use windows_sys::Win32::System::IO::{
 };
 use windows_sys::Win32::System::Threading::INFINITE;
 
+use ruse_proto::convert::EventProcess;
+
+use super::audit;
+use crate::platform::security_event::AuditedAccess;
 use crate::platform::{Access, FileWatcher, Op, Via};
+
+use crate::platform::security_event::{REGISTRY_PREFIX, folded_name as audit_name};
+
+/// Watched paths by the name auditing gives them (folded), for the
+/// Security-log subscription.
+type Audited = Arc<RwLock<HashMap<String, PathBuf>>>;
 
 /// Accesses buffered between the watching thread and the detector.
 const ACCESS_BUFFER: usize = 4096;
@@ -109,16 +120,34 @@ pub struct Watcher {
     rx: mpsc::Receiver<Access>,
     running: Option<Running>,
     lost: Arc<AtomicU64>,
+    audited: Audited,
+    /// The Security-log subscription, when the agent may read the log.
+    subscription: Option<audit::Subscription>,
 }
 
 impl Watcher {
     pub fn new() -> io::Result<Self> {
         let (tx, rx) = mpsc::channel(ACCESS_BUFFER);
+        let lost = Arc::new(AtomicU64::new(0));
+        let audited = Audited::default();
+        audit::ensure_policy();
+        let subscription = {
+            let (tx, lost, audited) = (tx.clone(), lost.clone(), audited.clone());
+            audit::subscribe(Box::new(move |a| {
+                if let Some(access) = audited_access(&audited, a)
+                    && tx.try_send(access).is_err()
+                {
+                    lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }))
+        };
         Ok(Watcher {
             tx,
             rx,
             running: None,
-            lost: Arc::new(AtomicU64::new(0)),
+            lost,
+            audited,
+            subscription,
         })
     }
 
@@ -142,9 +171,39 @@ fn fold(name: &std::ffi::OsStr) -> String {
     name.to_string_lossy().to_lowercase()
 }
 
+/// The read an audited event records, if it is of a watched lure.
+fn audited_access(audited: &Audited, a: AuditedAccess) -> Option<Access> {
+    if !a.ops().contains(&Op::Read) {
+        // Changes are the directory watch's (and a key's, verification's).
+        return None;
+    }
+    let path = audited
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&audit_name(&a.object_name))?
+        .clone();
+    Some(Access {
+        path,
+        op: Op::Read,
+        pid: i32::try_from(a.pid).ok(),
+        process: Some(EventProcess {
+            pid: a.pid,
+            exe: a.process,
+            uid: 0,
+            user: a.user,
+            cmdline: String::new(),
+        }),
+        via: Via::Audit,
+    })
+}
+
 impl FileWatcher for Watcher {
     fn mode(&self) -> &'static str {
-        "directory-changes"
+        if self.subscription.is_some() {
+            "directory-changes+audit"
+        } else {
+            "directory-changes"
+        }
     }
 
     fn lost(&self) -> u64 {
@@ -153,8 +212,15 @@ impl FileWatcher for Watcher {
 
     fn watch(&mut self, files: &[PathBuf]) -> Vec<(PathBuf, io::Error)> {
         self.stop();
+        *self.audited.write().unwrap_or_else(|e| e.into_inner()) = files
+            .iter()
+            .map(|f| (audit_name(&f.to_string_lossy()), f.clone()))
+            .collect();
         let mut dirs: BTreeMap<PathBuf, BTreeMap<String, PathBuf>> = BTreeMap::new();
         for file in files {
+            if audit_name(&file.to_string_lossy()).starts_with(REGISTRY_PREFIX) {
+                continue;
+            }
             if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
                 dirs.entry(dir.to_path_buf())
                     .or_default()
