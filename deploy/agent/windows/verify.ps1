@@ -56,21 +56,27 @@ function Add-Result([string]$Check, [bool]$Ok, [string]$Detail) {
 }
 
 function Get-AgentStatus {
+    # Windows PowerShell turns a native command's stderr into errors, which
+    # 'Stop' would make fatal: the agent's own message is not needed here.
+    $ErrorActionPreference = 'Continue'
     $json = & $agentExe status --state-dir $StateDir --json 2>$null
     if (-not $json) { return $null }
     return ($json -join "`n") | ConvertFrom-Json
 }
 
+function Stop-Unrunnable([string]$Message) {
+    [Console]::Error.WriteLine("verify.ps1: $Message")
+    exit 2
+}
+
 # 0. Preconditions.
 $principal = [Security.Principal.WindowsPrincipal][Security.Principal.WindowsIdentity]::GetCurrent()
 if (-not $principal.IsInRole([Security.Principal.WindowsBuiltInRole]::Administrator)) {
-    Write-Error 'Run verify.ps1 in an elevated PowerShell (Run as administrator): the agent''s state, the audit policy and the Security log are readable by administrators only.'
-    exit 2
+    Stop-Unrunnable 'run it in an elevated PowerShell (Run as administrator): the agent''s state, the audit policy and the Security log are readable by administrators only.'
 }
 $agentExe = Join-Path $InstallDir 'ruse-agent.exe'
 if (-not (Test-Path -LiteralPath $agentExe)) {
-    Write-Error "ruse-agent.exe is not at $agentExe; install ruse-agent.msi or give -InstallDir."
-    exit 2
+    Stop-Unrunnable "ruse-agent.exe is not at $agentExe; install ruse-agent.msi or give -InstallDir."
 }
 
 # 1. The service.
@@ -99,7 +105,9 @@ foreach ($sub in @(
         @{ Name = 'File System'; Guid = '{0CCE921D-69AE-11D9-BED3-505054503030}' },
         @{ Name = 'Registry'; Guid = '{0CCE921E-69AE-11D9-BED3-505054503030}' })) {
     try {
-        $row = auditpol /get /subcategory:$($sub.Guid) /r | ConvertFrom-Csv | Select-Object -First 1
+        # The report starts with an empty line in some Windows versions.
+        $row = auditpol /get /subcategory:$($sub.Guid) /r | Where-Object { $_ -ne '' } |
+            ConvertFrom-Csv | Select-Object -First 1
         $value = [int]$row.'Setting Value'
         Add-Result "audit policy: $($sub.Name)" (($value -band 1) -ne 0) "setting value $value (success auditing needs bit 1; a group policy may override what the agent sets)"
     } catch {
@@ -147,7 +155,7 @@ if ($lure -and $status) {
         $logged = Get-WinEvent -FilterHashtable @{ LogName = 'Security'; Id = 4663; StartTime = $start } -ErrorAction SilentlyContinue |
             Where-Object {
                 $data = @{}
-                foreach ($d in ([xml]$_.ToXml()).Event.EventData.Data) { $data[$d.Name] = $d.'#text' }
+                foreach ($d in ([xml]$_.ToXml()).Event.EventData.Data) { $data[$d.Name] = $d.InnerText }
                 $data['ObjectName'] -eq $lure.Path -and [Convert]::ToInt64($data['ProcessId'], 16) -eq $PID
             } | Select-Object -First 1
     }
