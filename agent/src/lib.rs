@@ -287,7 +287,36 @@ pub struct AgentStatus {
     pub events_acked: u64,
     /// What the last heartbeat reported as wrong.
     pub problems: Vec<String>,
+    /// The last events the controller acknowledged, oldest first (at most
+    /// [`RECENT_ACKED`]): what an administrator checks a test read by.
+    #[serde(default)]
+    pub recent_acked: std::collections::VecDeque<AckedEvent>,
     pub last_error: Option<String>,
+}
+
+/// How many acknowledged events the status keeps.
+pub const RECENT_ACKED: usize = 16;
+
+/// An event the controller acknowledged (stored), as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AckedEvent {
+    pub id: String,
+    pub lure_id: String,
+    pub kind: String,
+    pub path: String,
+    pub observed_ms: i64,
+}
+
+impl AgentStatus {
+    /// Records events as acknowledged, keeping the last [`RECENT_ACKED`].
+    pub fn acknowledged(&mut self, events: impl IntoIterator<Item = AckedEvent>) {
+        for e in events {
+            if self.recent_acked.len() == RECENT_ACKED {
+                self.recent_acked.pop_front();
+            }
+            self.recent_acked.push_back(e);
+        }
+    }
 }
 
 /// A uniformly random number in [0, 1).

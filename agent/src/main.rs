@@ -423,6 +423,12 @@ fn status(state_dir: &std::path::Path, json: bool) -> ExitCode {
             "events      {} waiting for the controller, {} acknowledged since the agent started",
             s.outbox_depth, s.events_acked
         );
+        if let Some(last) = s.recent_acked.back() {
+            println!(
+                "last acked  {} of {} (event {}, lure {})",
+                last.kind, last.path, last.id, last.lure_id
+            );
+        }
         if s.problems.is_empty() {
             println!("problems    none");
         }

@@ -87,6 +87,18 @@ async fn cat_of_a_honeyfile_is_one_event_naming_cat_seen_by_watch_within_a_secon
     assert!(p.cmdline.starts_with("cat "), "{}", p.cmdline);
     assert!(!e.allowed);
     eprintln!("cat -> rusectl watch: {latency:?}");
+    // The agent's status (status.json, `ruse-agent status`) names the event
+    // once the controller has acknowledged it.
+    eventually(
+        "the acknowledged event in the agent's status",
+        Duration::from_secs(5),
+        || async {
+            agent.status.borrow().recent_acked.iter().any(|a| {
+                a.lure_id == e.lure_id && a.kind == "touch" && a.path == e.path && a.id == e.id
+            })
+        },
+    )
+    .await;
     // One cat, one event.
     consistently("no second event", Duration::from_millis(500), || async {
         tc.events(filter_agent(&id)).await.len() == 1

@@ -305,10 +305,14 @@ pub(crate) async fn run_once(
                         }
                         Some(Msg::EventAck(ack)) => {
                             match shared.sink.ack(ack.through_seq).await {
-                                Ok((newly, depth)) => status.send_modify(|s| {
-                                    s.events_acked += newly;
-                                    s.outbox_depth = depth;
-                                }),
+                                Ok((newly, depth)) => {
+                                    let acked = flight.acknowledged(ack.through_seq);
+                                    status.send_modify(|s| {
+                                        s.events_acked += newly;
+                                        s.outbox_depth = depth;
+                                        s.acknowledged(acked);
+                                    });
+                                }
                                 Err(e) => tracing::error!(error = %e, "cannot record the event acknowledgement; events will be sent again"),
                             }
                             if !send_events(shared, &tx, &mut flight).await {
@@ -349,6 +353,9 @@ struct InFlight {
     sent_through: u64,
     /// The last sequence number of each batch not yet acknowledged.
     batches: VecDeque<u64>,
+    /// The last events sent, by sequence number, for the status to show
+    /// once acknowledged (at most [`crate::RECENT_ACKED`]).
+    summaries: VecDeque<(u64, crate::AckedEvent)>,
 }
 
 impl InFlight {
@@ -356,7 +363,40 @@ impl InFlight {
         InFlight {
             sent_through: acked,
             batches: VecDeque::new(),
+            summaries: VecDeque::new(),
         }
+    }
+
+    /// Keeps what the status shows of a sent event.
+    fn summarize(&mut self, e: &ruse_proto::event::AgentEvent) {
+        if self.summaries.len() == crate::RECENT_ACKED {
+            self.summaries.pop_front();
+        }
+        self.summaries.push_back((
+            e.seq,
+            crate::AckedEvent {
+                id: e.id.clone(),
+                lure_id: e.lure_id.clone(),
+                kind: e.kind.clone(),
+                path: e.path.clone(),
+                observed_ms: e.observed_ms,
+            },
+        ));
+    }
+
+    /// The summaries of the events `through` acknowledges, taken out.
+    fn acknowledged(&mut self, through: u64) -> Vec<crate::AckedEvent> {
+        let mut out = Vec::new();
+        while self
+            .summaries
+            .front()
+            .is_some_and(|(seq, _)| *seq <= through)
+        {
+            if let Some((_, e)) = self.summaries.pop_front() {
+                out.push(e);
+            }
+        }
+        out
     }
 
     /// Records a batch whose last event is `last` as sent.
@@ -397,6 +437,9 @@ async fn send_events(
         let Some(last) = batch.last().map(|e| e.seq) else {
             return true;
         };
+        for e in &batch {
+            flight.summarize(e);
+        }
         if tx
             .send(message(pb::agent_message::Msg::Events(pb::EventBatch {
                 events: batch.into_iter().map(pb::Event::from).collect(),

@@ -17,8 +17,8 @@
       4. a planted lure: present, with its audit SACL (Everyone, read data);
       5. a read of it with Get-Content: logged by Windows as event 4663 naming
          this PowerShell process;
-      6. the event acknowledged by the controller (stored there), within
-         -TimeoutSeconds.
+      6. that read's event acknowledged by the controller (stored there),
+         within -TimeoutSeconds, as the agent's status lists it.
 
     It changes nothing but reading the lure, which raises a real incident on
     the controller: tell the security team first, or resolve it afterwards
@@ -144,8 +144,8 @@ if (-not $lure) {
 
 # 5 and 6. Read it; Windows logs it; the controller acknowledges it.
 if ($lure -and $status) {
-    $ackedBefore = [int64]$status.events_acked
     $start = (Get-Date).AddSeconds(-1)
+    $startMs = ([DateTimeOffset]$start).ToUnixTimeMilliseconds()
     Get-Content -LiteralPath $lure.Path -TotalCount 1 | Out-Null
     $deadline = (Get-Date).AddSeconds($TimeoutSeconds)
 
@@ -161,19 +161,25 @@ if ($lure -and $status) {
     }
     Add-Result 'read logged by Windows' ([bool]$logged) $(if ($logged) { "event 4663 at $($logged.TimeCreated) names this PowerShell (pid $PID)" } else { "no event 4663 for $($lure.Path) from pid $PID within $TimeoutSeconds s" })
 
-    $acked = $false
+    # The agent's status lists the last events the controller acknowledged
+    # (stored): the read's is a `touch` of this lure, observed after it.
+    $acked = $null
     $now = $status
     while (-not $acked -and (Get-Date) -lt $deadline) {
         Start-Sleep -Seconds 1
         $now = Get-AgentStatus
-        $acked = $now -and [int64]$now.events_acked -gt $ackedBefore -and [int64]$now.outbox_depth -eq 0
+        if ($now) {
+            $acked = @($now.recent_acked) | Where-Object {
+                $_.lure_id -eq $lure.Id -and $_.kind -eq 'touch' -and $_.path -eq $lure.Path -and [int64]$_.observed_ms -ge $startMs
+            } | Select-Object -First 1
+        }
     }
     $detail = $(if ($acked) {
-            "the agent's events acknowledged by the controller went from $ackedBefore to $($now.events_acked), none waiting; on the controller: rusectl get events --lure $($lure.Id)"
+            "event $($acked.id) (touch of $($lure.Path)) acknowledged by the controller; there: rusectl get events --lure $($lure.Id)"
         } else {
-            "no acknowledgement within $TimeoutSeconds s (acknowledged: $ackedBefore before, $(if ($now) { $now.events_acked } else { '?' }) now; waiting: $(if ($now) { $now.outbox_depth } else { '?' }))"
+            "no acknowledged touch of $($lure.Path) within $TimeoutSeconds s ($(if ($now) { "$($now.outbox_depth) events waiting, last error: $($now.last_error)" } else { 'no status' }))"
         })
-    Add-Result 'event reached the controller' $acked $detail
+    Add-Result 'event reached the controller' ([bool]$acked) $detail
 }
 
 # The report.
