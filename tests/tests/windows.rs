@@ -48,6 +48,28 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     out
 }
 
+/// Asserts that `profile` holds exactly `expected` (a [`snapshot`]).
+fn assert_profile_is(profile: &Path, expected: &BTreeMap<PathBuf, Option<Vec<u8>>>) {
+    let after = snapshot(profile);
+    let changed: Vec<_> = expected
+        .keys()
+        .chain(after.keys())
+        .filter(|k| expected.get(*k) != after.get(*k))
+        .collect();
+    assert!(changed.is_empty(), "the profile changed: {changed:?}");
+}
+
+/// `ruse-agent.exe uninstall` with the agent's configuration, to success.
+fn uninstall(prefix: &Prefix, exe: &Path, config_arg: &str) {
+    let out = prefix.run(exe, &["uninstall", "--config", config_arg]);
+    assert!(
+        out.status.success(),
+        "uninstall: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Prints the agent's log when the test fails.
 struct LogOnFailure(PathBuf);
 
@@ -257,13 +279,7 @@ async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_ex
     // Uninstall: the lures go, the profile is as it was, the controller
     // is told.
     agent.kill9();
-    let out = prefix.run(&exe, &["uninstall", "--config", &config_arg]);
-    assert!(
-        out.status.success(),
-        "uninstall: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    uninstall(&prefix, &exe, &config_arg);
     // As it was, with the profile the "user" wrote into .aws\credentials
     // (where the lure's block was), and the block taken out of it.
     let mut expected = before;
@@ -272,13 +288,7 @@ async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_ex
         PathBuf::from(".aws/credentials"),
         Some(USER_PROFILE.to_vec()),
     );
-    let after = snapshot(&profile);
-    let changed: Vec<_> = expected
-        .keys()
-        .chain(after.keys())
-        .filter(|k| expected.get(*k) != after.get(*k))
-        .collect();
-    assert!(changed.is_empty(), "the profile changed: {changed:?}");
+    assert_profile_is(&profile, &expected);
     eventually(
         "the agent deregistered",
         Duration::from_secs(20),
@@ -658,13 +668,7 @@ async fn windows_program_lures_plant_registry_sessions_and_files_repair_and_unin
 
     // Uninstall: every key and file goes; the user's own settings stay.
     agent.kill9();
-    let out = prefix.run(&exe, &["uninstall", "--config", &config_arg]);
-    assert!(
-        out.status.success(),
-        "uninstall: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    uninstall(&prefix, &exe, &config_arg);
     let (exists, left) = prefix.reg(&["query", r"HKCU\Software\SimonTatham"]);
     assert!(!exists, "the PuTTY keys the agent created are gone: {left}");
     let (exists, left) = prefix.reg(&["query", r"HKCU\Software\Martin Prikryl\WinSCP 2\Sessions"]);
@@ -684,11 +688,5 @@ async fn windows_program_lures_plant_registry_sessions_and_files_repair_and_unin
     ] {
         assert!(!gone.exists(), "{} is removed", gone.display());
     }
-    let after = snapshot(&profile);
-    let changed: Vec<_> = before
-        .keys()
-        .chain(after.keys())
-        .filter(|k| before.get(*k) != after.get(*k))
-        .collect();
-    assert!(changed.is_empty(), "the profile changed: {changed:?}");
+    assert_profile_is(&profile, &before);
 }

@@ -91,16 +91,23 @@ fn rendered_with(template: Template, material: &Material) -> LureSpec {
 }
 
 fn render_on(template: Template, material: &Material, platform: Platform) -> LureSpec {
-    let d = decoy();
-    let s = slot(template);
+    render_in(&slot(template), material, &decoy(), platform).unwrap()
+}
+
+/// `material` rendered for `slot` and `decoy` on `platform`.
+fn render_in(
+    slot: &LureSlot,
+    material: &Material,
+    decoy: &Decoy,
+    platform: Platform,
+) -> Result<LureSpec, LureError> {
     render(RenderInput {
-        slot: &s,
+        slot,
         material,
-        decoy: Some(&d),
+        decoy: Some(decoy),
         created: UnixMs(1_795_000_000_000),
         platform,
     })
-    .unwrap()
 }
 
 /// What a spec plants, file by file and key by key.
@@ -250,14 +257,7 @@ fn hosts_entry_needs_an_ip_address_and_params_are_checked() {
     let mut d = decoy();
     d.address = "pacs.example.org".into();
     let s = slot(Template::HostsEntry);
-    let err = render(RenderInput {
-        slot: &s,
-        material: &material,
-        decoy: Some(&d),
-        created: UnixMs(0),
-        platform: Platform::Linux,
-    })
-    .unwrap_err();
+    let err = render_in(&s, &material, &d, Platform::Linux).unwrap_err();
     assert!(err.to_string().contains("IP address"), "{err}");
     let mut p = BTreeMap::new();
     p.insert("rows".to_owned(), "5000".to_owned());
@@ -384,14 +384,7 @@ fn on_windows_the_files_go_where_windows_programs_keep_them() {
     d.services[0].port = 445;
     let m = Material::generate(Template::SmbCredentials).unwrap();
     let s = slot(Template::SmbCredentials);
-    let spec = render(RenderInput {
-        slot: &s,
-        material: &m,
-        decoy: Some(&d),
-        created: UnixMs(1_795_000_000_000),
-        platform: Platform::Windows,
-    })
-    .unwrap();
+    let spec = render_in(&s, &m, &d, Platform::Windows).unwrap();
     assert_eq!(spec.files.len(), 1);
     let script = file_text(&spec, "~/Documents/Scripts/map-drives.cmd");
     assert!(
@@ -478,15 +471,7 @@ fn registry_sessions_hold_what_putty_and_winscp_save() {
     // A session name with a space is escaped as the programs escape it.
     let mut s = slot(Template::WinscpSession);
     s.params.insert("session".into(), "PACS archive".into());
-    let d = decoy();
-    let spec = render(RenderInput {
-        slot: &s,
-        material: &m,
-        decoy: Some(&d),
-        created: UnixMs(0),
-        platform: Platform::Windows,
-    })
-    .unwrap();
+    let spec = render_in(&s, &m, &decoy(), Platform::Windows).unwrap();
     assert!(spec.keys[0].path.ends_with("/Sessions/PACS%20archive"));
     let mut p = BTreeMap::new();
     p.insert("session".to_owned(), "a\\b".to_owned());
