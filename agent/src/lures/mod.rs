@@ -577,11 +577,20 @@ impl LureEngine {
                     continue;
                 };
                 let result = registry::plan(&sid, &home.path, &path, &key.values).and_then(|p| {
+                    // Journaled before it is made (a crash half-way is
+                    // undone at the next start); a failure half-way is
+                    // undone now, and this home goes without it.
                     journal.key(&p)?;
-                    // Recorded before it is made, so a failure half-way
-                    // is undone with the rest of the lure.
-                    planted.push(p.clone());
-                    registry::plant(&p)
+                    match registry::plant(&p) {
+                        Ok(()) => {
+                            planted.push(p);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let _ = registry::unplant(&p);
+                            Err(e)
+                        }
+                    }
                 });
                 match result {
                     Ok(()) => planted_any = true,

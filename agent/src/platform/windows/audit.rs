@@ -100,7 +100,7 @@ pub fn problems() -> Vec<String> {
 }
 
 /// Whether `SeSecurityPrivilege` is enabled (asked for once).
-fn privileged() -> bool {
+pub fn privileged() -> bool {
     static HELD: OnceLock<bool> = OnceLock::new();
     *HELD.get_or_init(|| match super::enable_privilege("SeSecurityPrivilege") {
         Ok(()) => true,

@@ -187,6 +187,10 @@ impl Key {
 /// Gives the key `sub` under `root` (one a lure created) the audit entry
 /// that has Windows log reads of its values.
 pub fn mark_audited(root: &Key, sub: &str, name: &str) {
+    // Opening a key for its SACL needs the privilege enabled first.
+    if !super::audit::privileged() {
+        return;
+    }
     match Key::open_under(root.0, sub, super::audit::KEY_AUDIT_ACCESS) {
         Ok(key) => super::audit::mark_key(key.0, name),
         // Without the privilege the key cannot be opened for it; that
