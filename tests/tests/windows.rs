@@ -48,6 +48,33 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     out
 }
 
+/// What a test of the agent in a prefix starts from.
+struct Setup {
+    exe: PathBuf,
+    tc: TestController,
+    prefix: Prefix,
+    /// The prefix user's profile (Linux path).
+    profile: PathBuf,
+}
+
+/// A controller and a fresh prefix for `test`; `None` when Wine or the
+/// exe is missing outside CI (the test then passes without running).
+async fn setup(test: &str) -> Option<Setup> {
+    if !wine::require(test) {
+        return None;
+    }
+    let exe = wine::agent_exe().unwrap();
+    let tc = TestController::start().await;
+    let prefix = Prefix::create();
+    let profile = prefix.profile();
+    Some(Setup {
+        exe,
+        tc,
+        prefix,
+        profile,
+    })
+}
+
 /// Asserts that `profile` holds exactly `expected` (a [`snapshot`]).
 fn assert_profile_is(profile: &Path, expected: &BTreeMap<PathBuf, Option<Vec<u8>>>) {
     let after = snapshot(profile);
@@ -147,14 +174,16 @@ async fn lure_events(tc: &TestController, agent: &str, kind: &str) -> Vec<pb::Lu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_exactly() {
-    let test = "windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_exactly";
-    if !wine::require(test) {
+    let Some(Setup {
+        exe,
+        tc,
+        prefix,
+        profile,
+    }) =
+        setup("windows_agent_enrolls_plants_into_the_profile_repairs_and_uninstalls_exactly").await
+    else {
         return;
-    }
-    let exe = wine::agent_exe().unwrap();
-    let tc = TestController::start().await;
-    let prefix = Prefix::create();
-    let profile = prefix.profile();
+    };
     let before = snapshot(&profile);
 
     let work = tempfile::tempdir().unwrap();
@@ -570,15 +599,18 @@ const WINSCP_CONFIG: &str = r"HKCU\Software\Martin Prikryl\WinSCP 2\Configuratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_program_lures_plant_registry_sessions_and_files_repair_and_uninstall_exactly() {
-    let test =
-        "windows_program_lures_plant_registry_sessions_and_files_repair_and_uninstall_exactly";
-    if !wine::require(test) {
+    let Some(Setup {
+        exe,
+        tc,
+        prefix,
+        profile,
+    }) = setup(
+        "windows_program_lures_plant_registry_sessions_and_files_repair_and_uninstall_exactly",
+    )
+    .await
+    else {
         return;
-    }
-    let exe = wine::agent_exe().unwrap();
-    let tc = TestController::start().await;
-    let prefix = Prefix::create();
-    let profile = prefix.profile();
+    };
     // The "user" has WinSCP settings of their own, which stay.
     let (ok, _) = prefix.reg(&[
         "add",
