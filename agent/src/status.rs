@@ -67,6 +67,11 @@ pub async fn keep(
     mut status: watch::Receiver<AgentStatus>,
 ) {
     let path = state_dir.join(STATUS_FILE);
+    // An enrolled agent knows its identity moments after it starts; a
+    // first write before that would call it "not enrolled" for a second.
+    if status.borrow().agent_id.is_none() {
+        let _ = tokio::time::timeout(SETTLE, status.changed()).await;
+    }
     loop {
         let current = StatusFile::of(&status.borrow_and_update(), &controller);
         let written = serde_json::to_vec_pretty(&current)
@@ -95,7 +100,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (tx, rx) = watch::channel(AgentStatus::default());
         let task = tokio::spawn(keep(dir.path().to_path_buf(), "https://c:8443".into(), rx));
+        // Not enrolled yet: the first write waits up to a second for the
+        // identity.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(StatusFile::read(dir.path()).is_err());
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         let first = StatusFile::read(dir.path()).unwrap();
         assert!(!first.status.connected);
         assert_eq!(first.controller, "https://c:8443");
