@@ -29,6 +29,11 @@ DEBIAN=(
     git:git
     recollindex:recollcmd
     unshare:util-linux
+    # docs/fleet-rollout.md run as written (tests/tests/fleet_rollout.rs):
+    # its endpoint commands start with sudo; systemd boots the machines.
+    sudo:sudo
+    /lib/systemd/systemd:systemd
+    nsenter:util-linux
     # The servers decoys imitate, by path (they live in sbin). The tests
     # start their own on free ports; the packages' services are not started.
     /usr/sbin/nginx:nginx-light
@@ -164,6 +169,15 @@ fi
 if ! "$venv/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1; then
     echo "==> installing aiosmtpd into $venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==1.4.6"
+fi
+# docs/fleet-rollout.md's Ansible playbook is run as written
+# (tests/tests/fleet_rollout.rs), with ansible-core in a virtualenv of its
+# own (its pins are not checkov's): RUSE_ANSIBLE_VENV, default /var/tmp.
+ansible_venv=${RUSE_ANSIBLE_VENV:-/var/tmp/ruse-ansible-venv}
+if ! [ -x "$ansible_venv/bin/ansible-playbook" ]; then
+    echo "==> installing ansible-core into $ansible_venv"
+    python3 -m venv "$ansible_venv"
+    "$ansible_venv/bin/pip" install --quiet --disable-pip-version-check "ansible-core==2.17.7"
 fi
 # ECS documents are checked against Elastic's published field definitions
 # (tests/clients/ecs_check.js, with Node.js): the @elastic/ecs package for

@@ -963,21 +963,7 @@ fn readme_commands() -> Vec<String> {
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("a sh block");
-    let mut commands = Vec::new();
-    let mut current = String::new();
-    for line in block.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(part) => current.push_str(part),
-            None => {
-                current.push_str(line);
-                commands.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    commands
+    ruse_e2e::shell_commands(block)
 }
 
 /// README's "Run it for real", run as written, one command after the
