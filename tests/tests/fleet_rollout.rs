@@ -350,7 +350,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
     let (general, general_home) = workstation("ws-icu-02");
 
     step(t0, "Tokens and labels");
-    // Tokens and labels.
     for command in shell_commands(&block("sh", "rusectl token create", "ring=pilot")) {
         admin.run(&command);
     }
@@ -362,7 +361,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
     );
 
     step(t0, "Installing: the script, on the pilot endpoint");
-    // Installing: the script, on the pilot endpoint.
     admin.deliver(&pilot, "icu-pilot.token");
     let install = shell_commands(&block("sh", "sudo ./install.sh", "--token-file"));
     assert_eq!(install.len(), 1);
@@ -402,7 +400,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "The hosts-entry drop-in: only /etc/hosts becomes writable",
     );
-    // The hosts-entry drop-in: only /etc/hosts becomes writable.
     for command in shell_commands(&block(
         "sh",
         "mkdir -p /etc/systemd/system/ruse-agent.service.d",
@@ -430,7 +427,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "Staged rollout, 1: the decoy, then the campaign for the pilot only",
     );
-    // Staged rollout, 1: the decoy, then the campaign for the pilot only.
     std::fs::write(
         admin.dir().join("pacs-archive02.yaml"),
         block("yaml", "kind: Decoy", "name: pacs-archive02"),
@@ -462,7 +458,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "The hardened unit still sees a read: cat of the patient list",
     );
-    // The hardened unit still sees a read: cat of the patient list.
     let csv = planted(&pilot, &pilot_home)
         .into_iter()
         .find(|p| p.ends_with(".csv"))
@@ -483,6 +478,27 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         },
     )
     .await;
+    step(t0, "The drop-in lets the hosts-entry lure into /etc/hosts");
+    let hosts_before = std::fs::read_to_string(pilot.path("/etc/hosts")).unwrap();
+    std::fs::write(
+        admin.dir().join("pilot-hosts.yaml"),
+        "kind: Campaign\nname: pilot-hosts\nselector: {ring: pilot}\nlures:\n  - {template: hosts-entry, decoy: pacs-archive02}\n",
+    )
+    .unwrap();
+    admin.run("rusectl apply -f pilot-hosts.yaml");
+    admin.run("rusectl rollout status campaign/pilot-hosts");
+    let hosts = std::fs::read_to_string(pilot.path("/etc/hosts")).unwrap();
+    assert!(
+        hosts.starts_with(&hosts_before) && hosts.contains("10.20.0.15"),
+        "{hosts}"
+    );
+    admin.run("rusectl delete campaign pilot-hosts");
+    eventually("/etc/hosts as it was", Duration::from_secs(20), || {
+        let now = std::fs::read_to_string(pilot.path("/etc/hosts")).unwrap();
+        let same = now == hosts_before;
+        async move { same }
+    })
+    .await;
     let drill = inline("rusectl drill --agent ID").replace("ID", &pilot_id);
     admin.run(&drill);
 
@@ -490,7 +506,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "2: install everywhere with the general ring's token; no lures yet",
     );
-    // 2: install everywhere with the general ring's token; no lures yet.
     for command in shell_commands(&block("sh", "rusectl token create", "ring=general")) {
         admin.run(&command);
     }
@@ -516,7 +531,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "3: waves. The fragment replaces the manifest's selector and rollout",
     );
-    // 3: waves. The fragment replaces the manifest's selector and rollout.
     let fragment = block("yaml", "selector: {role: workstation}", "rollout:");
     let manifest = std::fs::read_to_string(&campaign_file).unwrap();
     let mut widened = String::new();
@@ -550,7 +564,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "Uninstall: lures, agent and its state go; the controller revokes it",
     );
-    // Uninstall: lures, agent and its state go; the controller revokes it.
     on(&general, &admin, &inline("sudo ./install.sh --uninstall"));
     assert_eq!(
         homes(&general),
@@ -569,7 +582,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
     );
 
     step(t0, "Installing: the Debian package, on the same endpoint");
-    // Installing: the Debian package, on the same endpoint.
     let package = shell_commands(&block("sh", "deploy/agent/build-deb.sh", "apt install"));
     assert_eq!(package.len(), 2);
     admin.run(&package[0]);
@@ -630,7 +642,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "A golden image: installed with --no-enroll, enrolled at first start",
     );
-    // A golden image: installed with --no-enroll, enrolled at first start.
     admin.deliver(&general, "general.token");
     let install_general = install[0].replace("./icu-pilot.token", "./general.token");
     let golden = format!("{install_general} --no-enroll");
@@ -644,7 +655,6 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
     assert_ne!(cloned_id, packaged_id);
 
     step(t0, "A scrapped machine: the controller forgets it");
-    // A scrapped machine: the controller forgets it.
     let delete = inline("rusectl delete agent ID --reason \"...\"")
         .replace("ID", &pilot_id)
         .replace("...", "scrapped");
