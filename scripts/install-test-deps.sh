@@ -79,6 +79,8 @@ WINDOWS=(
     /usr/bin/rustc:rustc-web
     /usr/bin/cargo:cargo-web
     /usr/lib/rustlib/src/rust/library/std/Cargo.toml:rust-web-src
+    # clippy for that toolchain: CI lints the agent's Windows code.
+    /usr/bin/clippy-driver:rust-web-clippy
     x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64
     x86_64-w64-mingw32-ar:binutils-mingw-w64-x86-64
     wine:wine

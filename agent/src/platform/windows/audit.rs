@@ -191,8 +191,9 @@ pub fn mark_file(file: &File, path: &Path) {
 }
 
 /// Gives a registry key a lure created the audit entry; `key` must be
-/// open with `ACCESS_SYSTEM_SECURITY` ([`KEY_AUDIT_ACCESS`]).
-pub fn mark_key(key: HKEY, name: &str) {
+/// open with `ACCESS_SYSTEM_SECURITY` ([`KEY_AUDIT_ACCESS`]). Only for the
+/// registry module, which holds the key open.
+pub(super) fn mark_key(key: HKEY, name: &str) {
     if !privileged() {
         return;
     }

@@ -310,8 +310,9 @@ fn profile_path(list: &Key, sid: &str) -> Option<PathBuf> {
 }
 
 /// The string value `name` of the key `sub` under `root`, a REG_EXPAND_SZ
-/// expanded; `None` if it is missing or empty.
-pub fn string_value(root: HKEY, sub: &str, name: &str) -> Option<String> {
+/// expanded; `None` if it is missing or empty. `root` is an open key or a
+/// predefined one, so this stays inside the Windows platform.
+pub(super) fn string_value(root: HKEY, sub: &str, name: &str) -> Option<String> {
     let (sub, value) = (wide(sub), wide(name));
     let mut buf = vec![0u16; 1024];
     let mut bytes = (buf.len() * 2) as u32;

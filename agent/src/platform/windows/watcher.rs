@@ -458,11 +458,7 @@ pub fn parse_changes(bytes: &[u8]) -> Vec<(u32, OsString)> {
     };
     let mut out = Vec::new();
     let mut at = 0usize;
-    loop {
-        let (Some(next), Some(action), Some(len)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8))
-        else {
-            break;
-        };
+    while let (Some(next), Some(action), Some(len)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8)) {
         let start = at + 12;
         let Some(name) = start
             .checked_add(len as usize)
