@@ -48,6 +48,7 @@ mount -t tmpfs -o mode=755 tmpfs "$root/home"
 hostname "$name"
 echo "$name" > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" > "$root/etc/hosts"
+# Each machine its own machine id (systemd makes one when there is none).
 rm -f "$root/etc/machine-id"
 mkdir -p "$root/etc/systemd/system"
 # The network is this host's and up before the machine boots: nothing

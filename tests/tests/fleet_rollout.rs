@@ -222,9 +222,9 @@ impl Admin {
     }
 
     /// Copies what the deployment tool puts on an endpoint: deploy/agent/,
-    /// the agent binary and a token file.
-    fn deliver(&self, machine: &Machine, token: &str) {
-        let drop = machine.path(DROP);
+    /// the agent binary and a token file, into the machine's `dir`.
+    fn deliver(&self, machine: &Machine, dir: &str, token: &str) {
+        let drop = machine.path(dir);
         std::fs::create_dir_all(&drop).unwrap();
         for file in ["install.sh", "ruse-agent.service"] {
             std::fs::copy(repo().join("deploy/agent").join(file), drop.join(file)).unwrap();
@@ -281,12 +281,17 @@ fn planted(machine: &Machine, before: &str) -> Vec<String> {
         .collect()
 }
 
-/// The guide's playbook, run on `machine` for the general ring: what it
-/// copies sits beside it as it would in the administrator's checkout.
-fn ansible(admin: &Admin, machine: &Machine) {
-    let venv = std::env::var_os("RUSE_ANSIBLE_VENV")
+/// ansible-playbook in the virtualenv scripts/install-test-deps.sh makes
+/// (`RUSE_ANSIBLE_VENV`).
+fn ansible_playbook() -> PathBuf {
+    std::env::var_os("RUSE_ANSIBLE_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/ruse-ansible-venv"));
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/ruse-ansible-venv"))
+        .join("bin/ansible-playbook")
+}
+
+/// The guide's playbook, run on `machine` for the general ring.
+fn ansible(admin: &Admin, machine: &Machine) {
     let playbook = admin
         .substitute(&block(
             "yaml",
@@ -294,8 +299,9 @@ fn ansible(admin: &Admin, machine: &Machine) {
             "ansible.builtin.command",
         ))
         .replace("icu-pilot.token", "general.token");
+    // Beside the playbook, as in the administrator's checkout.
+    admin.deliver(machine, "/root/rollout", "general.token");
     let dir = machine.path("/root/rollout");
-    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("agent.yml"), playbook).unwrap();
     std::fs::write(
         dir.join("hosts"),
@@ -305,14 +311,9 @@ fn ansible(admin: &Admin, machine: &Machine) {
         ),
     )
     .unwrap();
-    for file in ["install.sh", "ruse-agent.service"] {
-        std::fs::copy(repo().join("deploy/agent").join(file), dir.join(file)).unwrap();
-    }
-    std::fs::copy(binary("ruse-agent"), dir.join("ruse-agent")).unwrap();
-    std::fs::copy(admin.dir().join("general.token"), dir.join("general.token")).unwrap();
     let command = format!(
-        "{}/bin/ansible-playbook -i hosts agent.yml -e ruse_ca_pin={} -e ward=4b",
-        venv.display(),
+        "{} -i hosts agent.yml -e ruse_ca_pin={} -e ward=4b",
+        ansible_playbook().display(),
         admin.pin
     );
     let out = machine.sh_in("/root/rollout", &command);
@@ -339,7 +340,7 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         || !require_tool(test, "unshare")
         || !require_tool(test, "sudo")
         || !require_tool(test, "dpkg-deb")
-        || !require_tool(test, "/var/tmp/ruse-ansible-venv/bin/ansible-playbook")
+        || !require_tool(test, &ansible_playbook().display().to_string())
     {
         return;
     }
@@ -361,7 +362,7 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
     );
 
     step(t0, "Installing: the script, on the pilot endpoint");
-    admin.deliver(&pilot, "icu-pilot.token");
+    admin.deliver(&pilot, DROP, "icu-pilot.token");
     let install = shell_commands(&block("sh", "sudo ./install.sh", "--token-file"));
     assert_eq!(install.len(), 1);
     let out = on(&pilot, &admin, &install[0]);
@@ -642,7 +643,7 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         t0,
         "A golden image: installed with --no-enroll, enrolled at first start",
     );
-    admin.deliver(&general, "general.token");
+    admin.deliver(&general, DROP, "general.token");
     let install_general = install[0].replace("./icu-pilot.token", "./general.token");
     let golden = format!("{install_general} --no-enroll");
     on(&general, &admin, &golden);
