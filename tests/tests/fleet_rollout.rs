@@ -177,14 +177,11 @@ impl Admin {
     }
 
     fn substitute(&self, command: &str) -> String {
-        let agent_dir = binary("ruse-agent");
+        let agent = binary("ruse-agent");
         command
             .replace("https://ruse.hospital.example:7443", &self.url)
             .replace("sha256:b5f3a184…", &self.pin)
-            .replace(
-                "target/release/ruse-agent",
-                &agent_dir.display().to_string(),
-            )
+            .replace("target/release/ruse-agent", &agent.display().to_string())
             .replace(
                 "deploy/agent/",
                 &format!("{}/", repo().join("deploy/agent").display()),
