@@ -192,21 +192,32 @@ impl Prefix {
     /// `reg ARGS` in the prefix (Wine's `reg.exe`): whether it succeeded,
     /// and what it printed. The output goes through a file: a wineserver
     /// it starts would hold a pipe open for as long as it runs.
+    ///
+    /// Under load Wine itself now and then fails to start `reg.exe`
+    /// ("ShellExecuteEx failed: Internal error", seen once in CI right
+    /// after an uninstall); that is no answer from `reg`, so it is tried
+    /// again, at most five times.
     pub fn reg(&self, args: &[&str]) -> (bool, String) {
-        let out = tempfile::NamedTempFile::new().expect("a temporary file");
-        let status = self
-            .command("wine")
-            .arg("reg")
-            .args(args)
-            .stdout(out.reopen().expect("the temporary file"))
-            .stderr(Stdio::null())
-            .status()
-            .expect("wine reg");
-        let text = std::fs::read(out.path()).unwrap_or_default();
-        (
-            status.success(),
-            String::from_utf8_lossy(&text).replace("\r\n", "\n"),
-        )
+        let mut attempt = 0;
+        loop {
+            let out = tempfile::NamedTempFile::new().expect("a temporary file");
+            let status = self
+                .command("wine")
+                .arg("reg")
+                .args(args)
+                .stdout(out.reopen().expect("the temporary file"))
+                .stderr(Stdio::null())
+                .status()
+                .expect("wine reg");
+            let text = String::from_utf8_lossy(&std::fs::read(out.path()).unwrap_or_default())
+                .replace("\r\n", "\n");
+            attempt += 1;
+            if text.contains("ShellExecuteEx failed") && attempt < 5 {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+            return (status.success(), text);
+        }
     }
 
     /// Starts a Windows program in the background, its output in `log`.
