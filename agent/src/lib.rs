@@ -311,12 +311,17 @@ impl AgentStatus {
     /// Records events as acknowledged, keeping the last [`RECENT_ACKED`].
     pub fn acknowledged(&mut self, events: impl IntoIterator<Item = AckedEvent>) {
         for e in events {
-            if self.recent_acked.len() == RECENT_ACKED {
-                self.recent_acked.pop_front();
-            }
-            self.recent_acked.push_back(e);
+            keep_recent(&mut self.recent_acked, e);
         }
     }
+}
+
+/// Appends `item`, dropping the oldest past [`RECENT_ACKED`].
+pub(crate) fn keep_recent<T>(queue: &mut std::collections::VecDeque<T>, item: T) {
+    if queue.len() == RECENT_ACKED {
+        queue.pop_front();
+    }
+    queue.push_back(item);
 }
 
 /// A uniformly random number in [0, 1).

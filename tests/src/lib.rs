@@ -10,11 +10,14 @@
     missing_debug_implementations
 )]
 
+pub mod commands;
 pub mod floor;
 pub mod machine;
 pub mod postgres;
 pub mod process;
 pub mod wine;
+
+pub use commands::{output_text, shell_commands, workspace};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -99,26 +102,6 @@ where
         assert!(check().await, "no longer true: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The commands of a documentation's `sh` block: continuation lines
-/// joined, comments and blank lines left out.
-pub fn shell_commands(block: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for line in block.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(part) => current.push_str(part),
-            None => {
-                current.push_str(line);
-                out.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    out
 }
 
 /// Whether this process is root (fanotify, real daemons). Under `CI=true` a test

@@ -17,14 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use ruse_e2e::process::{Ctl, Proc, binary, init_controller, spawn_controller};
-use ruse_e2e::{eventually, find_tool, require_root, require_tool};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
+use ruse_e2e::{eventually, find_tool, output_text, require_root, require_tool, workspace};
 
 fn tool(name: &str) -> PathBuf {
     find_tool(name).unwrap_or_else(|| panic!("{name} vanished"))
@@ -46,14 +39,6 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// checkov's JSON summary for one framework; panics with the failed checks
 /// if any failed.
 fn checkov(args: &[&str], cwd: &Path) -> Value {
@@ -64,8 +49,12 @@ fn checkov(args: &[&str], cwd: &Path) -> Value {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("checkov {args:?} printed no JSON ({e}):\n{}", text(&out)));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkov {args:?} printed no JSON ({e}):\n{}",
+            output_text(&out)
+        )
+    });
     let summary = report["summary"].clone();
     let failed: Vec<String> = report["results"]["failed_checks"]
         .as_array()
@@ -108,7 +97,7 @@ fn kubernetes_overlays_render_validate_and_pass_checkov() {
         .prefix("ruse-rendered-")
         .tempdir()
         .unwrap();
-    let k8s = repo().join("deploy/kubernetes");
+    let k8s = workspace().join("deploy/kubernetes");
     let mut rendered = BTreeMap::new();
     for overlay in [
         "overlays/production",
@@ -134,9 +123,9 @@ fn kubernetes_overlays_render_validate_and_pass_checkov() {
             // The validator has no schema for custom resources: the
             // CloudNativePG Cluster is checked below, by what Ruse needs.
             assert!(
-                text(&checked).contains("Couldn't find schema for kind Cluster"),
+                output_text(&checked).contains("Couldn't find schema for kind Cluster"),
                 "{}",
-                text(&checked)
+                output_text(&checked)
             );
         }
         rendered.insert(overlay, yaml);
@@ -232,7 +221,7 @@ fn kubernetes_overlays_render_validate_and_pass_checkov() {
     let summary = checkov(
         &[
             "-d",
-            &repo().join("deploy/container").display().to_string(),
+            &workspace().join("deploy/container").display().to_string(),
             "--framework",
             "dockerfile",
         ],
@@ -250,7 +239,7 @@ fn the_agent_unit_verifies_and_is_hardened() {
     }
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at this build.
-    let unit = std::fs::read_to_string(repo().join("deploy/agent/ruse-agent.service"))
+    let unit = std::fs::read_to_string(workspace().join("deploy/agent/ruse-agent.service"))
         .unwrap()
         .replace(
             "/usr/local/bin/ruse-agent",
@@ -264,13 +253,13 @@ fn the_agent_unit_verifies_and_is_hardened() {
     assert!(
         out.stderr.is_empty(),
         "systemd-analyze verify warns:\n{}",
-        text(&out)
+        output_text(&out)
     );
     // Exposure 4.0 or better ("OK"); the unit scores 3.4 today.
     let out = run(Command::new(tool("systemd-analyze"))
         .args(["security", "--offline=true", "--threshold=40"])
         .arg(&path));
-    let report = text(&out);
+    let report = output_text(&out);
     assert!(report.contains("Overall exposure level"), "{report}");
     for line in [
         "NoNewPrivileges=yes",
@@ -408,7 +397,7 @@ impl Site {
         )
         .unwrap();
         let out = ctl.run(&["apply", "-f", &manifest.display().to_string()]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
         Site {
             dir,
             _controller: controller,
@@ -446,7 +435,7 @@ impl Site {
         let out = self
             .ctl
             .run(&["rollout", "status", "campaign/pilot", "--timeout", "30s"]);
-        assert!(out.status.success(), "rollout: {}", text(&out));
+        assert!(out.status.success(), "rollout: {}", output_text(&out));
         eventually("three lures planted", Duration::from_secs(10), || async {
             planted(home) == 3
         })
@@ -488,7 +477,7 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
     let root = site.dir.path().join("host");
     fake_host(&root);
     let before = snapshot(&root, &[]);
-    let script = repo().join("deploy/agent/install.sh");
+    let script = workspace().join("deploy/agent/install.sh");
     let agent_bin = binary("ruse-agent");
     let install_with = |token: Option<&Path>, pin: &str, extra: &[&str]| {
         let mut cmd = Command::new("sh");
@@ -517,16 +506,16 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("label role=work station"),
+        output_text(&out).contains("label role=work station"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_same_tree(&before, &snapshot(&root, &[]));
 
     // For a golden image: installed, token kept (0600) for the first
     // start, nothing enrolled yet.
     let out = install_with(Some(&token_path), &site.pin, &["--no-enroll"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let kept = root.join("etc/ruse/token");
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), token);
     assert_eq!(
@@ -539,14 +528,14 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
     let wrong_pin = format!("sha256:{}", "0".repeat(64));
     let out = install(Some(&token_path), &wrong_pin);
     assert!(!out.status.success());
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(said.contains("enrollment failed"), "{said}");
     assert!(!said.contains(&token), "the token is never printed");
     assert!(site.agents().is_empty());
 
     // Installed, configured and enrolled; the token copy is gone.
     let out = install(Some(&token_path), &site.pin);
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(out.status.success(), "{said}");
     assert!(!said.contains(&token), "the token is never printed: {said}");
     assert!(!root.join("etc/ruse/token").exists());
@@ -605,7 +594,7 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
 
     // Rerun (as configuration management does): same identity, no token.
     let out = install(None, &site.pin);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let agents = site.agents();
     assert_eq!(agents.len(), 1, "rerun enrolled nothing new");
     assert_eq!(agents[0]["id"], id.as_str());
@@ -618,11 +607,15 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
         .arg(&root)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_same_tree(&before, &snapshot(&root, &[]));
     // The controller was told: the agent is revoked, so inventories and
     // rollouts stop waiting for it.
-    assert!(text(&out).contains("deregistered"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("deregistered"),
+        "{}",
+        output_text(&out)
+    );
     let agents = site.agents();
     assert_eq!(agents[0]["state"], "revoked", "{agents:?}");
     assert_eq!(agents[0]["revoked"]["reason"], "uninstalled");
@@ -633,7 +626,7 @@ async fn install_script_enrolls_plants_reruns_and_uninstalls_to_nothing() {
         .arg(&root)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 }
 
 /// `dpkg --root` needs its database skeleton under the root.
@@ -668,7 +661,7 @@ async fn debian_package_has_the_right_contents_and_purges_to_nothing() {
     let site = Site::start();
     let out_dir = site.dir.path().join("deb");
     let out = run(Command::new("sh")
-        .arg(repo().join("deploy/agent/build-deb.sh"))
+        .arg(workspace().join("deploy/agent/build-deb.sh"))
         .arg(binary("ruse-agent"))
         .arg(&out_dir)
         .env("DEB_COMPRESSION", "none"));
@@ -734,7 +727,8 @@ async fn debian_package_has_the_right_contents_and_purges_to_nothing() {
         let body = std::fs::read_to_string(&path).unwrap();
         assert!(body.contains("DPKG_ROOT"), "{script} ignores DPKG_ROOT");
     }
-    let unit = std::fs::read_to_string(repo().join("deploy/agent/ruse-agent.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(workspace().join("deploy/agent/ruse-agent.service")).unwrap();
     assert!(unit.contains("/usr/local/bin/ruse-agent"));
 
     // Install into a temporary root, use, purge.
@@ -785,9 +779,9 @@ async fn debian_package_has_the_right_contents_and_purges_to_nothing() {
     // Purge: prerm removes the lures, postrm the identity and settings.
     let out = dpkg(&root, &["-P", "ruse-agent"]);
     assert!(
-        !text(&out).contains("could not be removed"),
+        !output_text(&out).contains("could not be removed"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     assert_same_tree(&before, &snapshot(&root, &["var/lib/dpkg"]));
 }

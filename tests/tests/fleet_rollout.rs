@@ -30,23 +30,19 @@ use std::time::Duration;
 
 use ruse_e2e::machine::Machine;
 use ruse_e2e::process::{binary, spawn_controller};
-use ruse_e2e::{consistently, eventually, free_ports, require_root, require_tool, shell_commands};
+use ruse_e2e::{
+    consistently, eventually, free_ports, output_text, require_root, require_tool, shell_commands,
+    workspace,
+};
 
 const GUIDE: &str = "docs/fleet-rollout.md";
 /// Where the endpoint keeps what the deployment tool copied to it (the
 /// Ansible playbook's `dest`).
 const DROP: &str = "/opt/ruse-install";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// The guide's fenced code blocks: (language, text).
 fn blocks() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(repo().join(GUIDE)).unwrap();
+    let text = std::fs::read_to_string(workspace().join(GUIDE)).unwrap();
     let mut out = Vec::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
@@ -84,7 +80,7 @@ fn block(lang: &str, start: &str, holding: &str) -> String {
 
 /// A command the guide gives inline, in backticks; panics if it does not.
 fn inline(command: &str) -> String {
-    let text = std::fs::read_to_string(repo().join(GUIDE)).unwrap();
+    let text = std::fs::read_to_string(workspace().join(GUIDE)).unwrap();
     let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(
         folded.contains(&format!("`{command}`")),
@@ -98,17 +94,9 @@ fn step(start: std::time::Instant, what: &str) {
     eprintln!("[{:6.1} s] {what}", start.elapsed().as_secs_f64());
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(what: &str, out: Output) -> String {
-    assert!(out.status.success(), "{what} failed: {}", text(&out));
-    text(&out)
+    assert!(out.status.success(), "{what} failed: {}", output_text(&out));
+    output_text(&out)
 }
 
 /// The administrator's workstation: a controller, `rusectl` with its
@@ -184,7 +172,7 @@ impl Admin {
             .replace("target/release/ruse-agent", &agent.display().to_string())
             .replace(
                 "deploy/agent/",
-                &format!("{}/", repo().join("deploy/agent").display()),
+                &format!("{}/", workspace().join("deploy/agent").display()),
             )
     }
 
@@ -224,7 +212,7 @@ impl Admin {
         let drop = machine.path(dir);
         std::fs::create_dir_all(&drop).unwrap();
         for file in ["install.sh", "ruse-agent.service"] {
-            std::fs::copy(repo().join("deploy/agent").join(file), drop.join(file)).unwrap();
+            std::fs::copy(workspace().join("deploy/agent").join(file), drop.join(file)).unwrap();
         }
         std::fs::copy(binary("ruse-agent"), drop.join("ruse-agent")).unwrap();
         std::fs::copy(self.dir().join(token), drop.join(token)).unwrap();
@@ -244,10 +232,10 @@ fn answering(machine: &Machine, admin: &Admin, command: &str, answers: &str) -> 
         out.status.success(),
         "{command} on {} failed: {}\nthe agent's journal:\n{}",
         machine.name,
-        text(&out),
+        output_text(&out),
         machine.journal("ruse-agent")
     );
-    text(&out)
+    output_text(&out)
 }
 
 /// Every file and directory under /home with owner, mode and size.
@@ -317,7 +305,7 @@ fn ansible(admin: &Admin, machine: &Machine) {
     assert!(
         out.status.success(),
         "the Ansible playbook failed: {}\nthe agent's journal:\n{}",
-        text(&out),
+        output_text(&out),
         machine.journal("ruse-agent")
     );
 }
@@ -385,7 +373,7 @@ async fn fleet_rollout_guide_runs_as_written_on_systemd_machines() {
         Duration::from_secs(5),
         || {
             let out = pilot.sh_in(DROP, &status);
-            let shown = text(&out);
+            let shown = output_text(&out);
             let connected = out.status.success()
                 && shown.contains(&pilot_id)
                 && shown.contains("connected   yes");

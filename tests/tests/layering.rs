@@ -12,12 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace")
-        .to_path_buf()
-}
+use ruse_e2e::workspace;
 
 /// Every `.rs` file under `dir`, relative to it, sorted.
 fn sources(dir: &Path) -> Vec<PathBuf> {

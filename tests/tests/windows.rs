@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ruse_e2e::wine::{self, Prefix};
-use ruse_e2e::{TestController, eventually};
+use ruse_e2e::{TestController, eventually, output_text};
 use ruse_proto::admin::v1 as pb;
 
 /// Two lures that plant into a profile: a whole file (a saved remote
@@ -89,12 +89,7 @@ fn assert_profile_is(profile: &Path, expected: &BTreeMap<PathBuf, Option<Vec<u8>
 /// `ruse-agent.exe uninstall` with the agent's configuration, to success.
 fn uninstall(prefix: &Prefix, exe: &Path, config_arg: &str) {
     let out = prefix.run(exe, &["uninstall", "--config", config_arg]);
-    assert!(
-        out.status.success(),
-        "uninstall: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "uninstall: {}", output_text(&out));
 }
 
 /// Prints the agent's log when the test fails.
@@ -556,8 +551,7 @@ async fn decoys_run_from_the_windows_agent_and_real_clients_with_planted_credent
         .args(["-c", "ls"])
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = output_text(&out);
     assert!(text.contains("NT_STATUS_LOGON_FAILURE"), "{text}");
     let e = used("smb").await;
     assert_eq!(e.template, "smb-credentials");

@@ -369,19 +369,19 @@ impl InFlight {
 
     /// Keeps what the status shows of a sent event.
     fn summarize(&mut self, e: &ruse_proto::event::AgentEvent) {
-        if self.summaries.len() == crate::RECENT_ACKED {
-            self.summaries.pop_front();
-        }
-        self.summaries.push_back((
-            e.seq,
-            crate::AckedEvent {
-                id: e.id.clone(),
-                lure_id: e.lure_id.clone(),
-                kind: e.kind.clone(),
-                path: e.path.clone(),
-                observed_ms: e.observed_ms,
-            },
-        ));
+        crate::keep_recent(
+            &mut self.summaries,
+            (
+                e.seq,
+                crate::AckedEvent {
+                    id: e.id.clone(),
+                    lure_id: e.lure_id.clone(),
+                    kind: e.kind.clone(),
+                    path: e.path.clone(),
+                    observed_ms: e.observed_ms,
+                },
+            ),
+        );
     }
 
     /// The summaries of the events `through` acknowledges, taken out.
