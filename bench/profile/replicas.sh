@@ -18,7 +18,7 @@ set -u
 n=${1:-30000}; rate=${2:-2000}; secs=${3:-30}
 B=${B:?set B to a directory of release binaries}
 w=$(mktemp -d /tmp/ruse-replicas.XXXXXX)
-PG_ARGS="-c max_connections=200" . "$(dirname "$0")/postgres.sh"
+PG_ARGS="-c max_connections=200 ${PG_EXTRA:-}" . "$(dirname "$0")/postgres.sh"
 export RUSE_STORE_URL="postgres://ruse@127.0.0.1:17470/ruse?sslmode=disable"
 "$B/ruse-controller" init --data-dir "$w/ctl" > "$w/init"
 pin=$(grep -o 'sha256:[0-9a-f]*' "$w/init" | head -1)

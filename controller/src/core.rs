@@ -727,6 +727,12 @@ impl Core {
                 gauges.push((name, help, vec![("output", o.name.clone())], value(o)));
             }
         }
+        gauges.push((
+            "ruse_lure_instances_created",
+            "Lure instances this controller created since it started (with replicas, each plans the agents whose sessions it holds).",
+            vec![],
+            self.deploy.instances_created(),
+        ));
         for name in self.deploy.campaign_names() {
             let Some(c) = self.deploy.campaign(&name) else {
                 continue;
@@ -776,10 +782,11 @@ impl Core {
     /// Writes agent records whose last-seen or facts changed. Called
     /// periodically and at shutdown.
     /// Takes in agents that another controller sharing the store enrolled
-    /// or changed: `Some(id)` for one, `None` for all.
-    pub fn agents_changed(&self, id: Option<&AgentId>) -> Result<(), StoreError> {
-        let records = match id {
-            Some(id) => self.store.agent(id)?.into_iter().collect(),
+    /// or changed: `Some(ids)` for those, `None` for all.
+    pub fn agents_changed(&self, ids: Option<&[AgentId]>) -> Result<(), StoreError> {
+        let records = match ids {
+            Some([id]) => self.store.agent(id)?.into_iter().collect(),
+            Some(ids) => self.store.agents_among(ids)?,
             None => self.store.agents()?,
         };
         let mut changed = false;

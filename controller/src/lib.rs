@@ -403,9 +403,6 @@ struct Changed {
 }
 
 impl Changed {
-    /// Agents changed at once, past which all agents are read in one go.
-    const AGENTS_ONE_BY_ONE: usize = 64;
-
     fn add(&mut self, change: store::Change) {
         match change {
             store::Change::Resync => self.resync = true,
@@ -447,12 +444,12 @@ impl Changed {
         for table in &self.tables {
             core.deploy.reload(table)?;
         }
-        if self.agents.len() > Self::AGENTS_ONE_BY_ONE {
-            core.agents_changed(None)?;
-        } else {
-            for id in &self.agents {
-                core.agents_changed(Some(id))?;
-            }
+        if !self.agents.is_empty() {
+            // One query for them all: while 10,000 agents acknowledge a
+            // campaign at other controllers, reading every agent per burst
+            // of their changes was 50–130 ms of the database's time each.
+            let ids: Vec<ruse_proto::types::AgentId> = self.agents.into_iter().collect();
+            core.agents_changed(Some(&ids))?;
         }
         if self.incidents {
             core.events.incidents.catch_up()?;

@@ -98,6 +98,13 @@ impl CredentialIndex {
         }
     }
 
+    /// Room for `n` more instances' material (by username and secret,
+    /// which most templates carry).
+    pub fn reserve(&mut self, n: usize) {
+        self.username.reserve(n);
+        self.token.reserve(n);
+    }
+
     /// Lure instances indexed.
     pub fn len(&self) -> usize {
         self.fingerprint.len()

@@ -245,7 +245,8 @@ async fn on_postgresql_a_scripted_attack_is_one_incident_that_survives_a_restart
         ("events", 4),
         ("incidents", 1),
         ("incident_timeline", 1),
-        ("lures", 2),
+        // New instances are a row per chunk (migration 9).
+        ("lure_batches", 1),
         ("campaigns", 1),
         ("decoys", 1),
         ("audit", 3),

@@ -306,13 +306,17 @@ mod contract {
             .collect();
         store.put_new_lures(&batch).unwrap();
         store.put_lure(&instance("l2", Some(99))).unwrap();
-        // The same pass written again (its first commit failed): the
-        // retirement stays.
-        store.put_new_lures(&batch[1..2]).unwrap();
+        // A pass writing l1 again after a write whose outcome it did not
+        // know: as a record, which supersedes the batch's copy.
+        store.put_lures(&[instance("l1", None)]).unwrap();
         store
             .put_lures(&[instance("l4", Some(5)), instance("l3", Some(7))])
             .unwrap();
-        store.drop_superseded_lure_batches().unwrap();
+        assert_eq!(
+            store.drop_superseded_lure_batches().unwrap(),
+            1,
+            "each instance of the batch has a record of its own"
+        );
         store.flush().unwrap();
         drop(store);
         let store = engine.open();
@@ -765,8 +769,10 @@ fn a_serve_process_on_postgresql_rides_out_a_database_restart() {
 }
 
 /// A controller takes in only the lure instances written since its last
-/// look (`lures_since`): new ones, retirements, and rows from before the
-/// change marks only when it loads everything.
+/// look (`lures_since`): new ones (a chunk per row, committed by the
+/// write itself), retirements, which supersede a batch's copy, and rows
+/// from before the change marks only when it loads everything; a batch
+/// goes once each of its instances has a record of its own.
 #[test]
 fn lure_instances_are_taken_in_by_what_changed_since_the_last_look() {
     let Some(pg) = Postgres::start("lure_instances_are_taken_in_by_what_changed") else {
@@ -780,9 +786,17 @@ fn lure_instances_are_taken_in_by_what_changed_since_the_last_look() {
     let (first, second) = (instance("01lurea", None), instance("01lureb", None));
     a.put_new_lures(&[Arc::new(first.clone()), Arc::new(second.clone())])
         .unwrap();
-    a.flush().unwrap();
+    let count = |table: &str| pg.psql("ruse", &format!("SELECT count(*) FROM {table}"));
+    assert_eq!(
+        (count("lure_batches"), count("lures")),
+        ("1".into(), "0".into())
+    );
     let (all, mark) = b.lures_since(0).unwrap();
-    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all,
+        vec![first.clone(), second.clone()],
+        "read with nothing flushed"
+    );
     assert!(mark > 0);
     assert!(b.lures_since(mark).unwrap().0.is_empty(), "nothing new");
 
@@ -790,14 +804,26 @@ fn lure_instances_are_taken_in_by_what_changed_since_the_last_look() {
     let mut retired = first.clone();
     retired.retired = Some(UnixMs(5));
     a.put_lures(&[retired.clone()]).unwrap();
-    a.flush().unwrap();
     let (changed, next) = b.lures_since(mark).unwrap();
-    assert_eq!(changed, vec![retired]);
+    assert_eq!(changed, vec![retired.clone()]);
     assert!(next > mark);
+    assert_eq!(b.lures().unwrap(), vec![retired.clone(), second.clone()]);
+    assert_eq!(
+        a.drop_superseded_lure_batches().unwrap(),
+        0,
+        "second has no record"
+    );
+    let mut second_retired = second.clone();
+    second_retired.retired = Some(UnixMs(6));
+    a.put_lures(&[second_retired.clone()]).unwrap();
+    assert_eq!(a.drop_superseded_lure_batches().unwrap(), 1);
+    assert_eq!(count("lure_batches"), "0");
+    assert_eq!(b.lures().unwrap(), vec![retired, second_retired]);
 
     // Rows written before the marks existed come with a whole load only.
+    let (_, last) = b.lures_since(next).unwrap();
     pg.psql("ruse", "UPDATE lures SET changed = NULL");
-    assert!(b.lures_since(next).unwrap().0.is_empty());
+    assert!(b.lures_since(last).unwrap().0.is_empty());
     assert_eq!(b.lures_since(0).unwrap().0.len(), 2);
 }
 
@@ -1016,6 +1042,15 @@ async fn replicas_share_token_uses_and_revocations() {
 
 /// A throw-away PostgreSQL cluster for `test` and a controller on it named
 /// `replica-a` (others join it with `replicas` or `replica_process`).
+/// Lure instances the database holds, retired ones included.
+fn instances(pg: &Postgres) -> usize {
+    PgStore::open(&pg.options("ruse"))
+        .unwrap()
+        .lures()
+        .unwrap()
+        .len()
+}
+
 async fn replica_a_on_postgres(test: &str) -> Option<(Postgres, TestController)> {
     let pg = Postgres::start(test)?;
     pg.database("ruse");
@@ -1130,6 +1165,24 @@ async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
         ids.push(agent.connected().await);
     }
 
+    // Each replica plans the agents whose sessions it holds: once every
+    // replica knows where each session is, each creates its own two.
+    let cores: Vec<_> = std::iter::once(a.controller().core().clone())
+        .chain(replicas.iter().map(|r| r.core().clone()))
+        .collect();
+    eventually(
+        "every replica knows which sessions the others hold",
+        Duration::from_secs(10),
+        || {
+            let elsewhere: Vec<usize> = cores
+                .iter()
+                .map(|c| c.fleet.members().iter().filter(|m| m.elsewhere).count())
+                .collect();
+            async move { elsewhere == [4, 4, 4] }
+        },
+    )
+    .await;
+
     // Applied through B, which is not the leader.
     let b = replicas[0].core().clone();
     // In three waves: the leader moves each on once the agents of the
@@ -1146,10 +1199,9 @@ async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
     for agent in &mut agents {
         agent.wait_lures(1, Duration::from_secs(20)).await;
     }
-    assert_eq!(pg.psql("ruse", "SELECT count(*) FROM lures"), "6");
-    let cores: Vec<_> = std::iter::once(a.controller().core().clone())
-        .chain(replicas.iter().map(|r| r.core().clone()))
-        .collect();
+    assert_eq!(instances(&pg), 6);
+    let created: Vec<u64> = cores.iter().map(|c| c.deploy.instances_created()).collect();
+    assert_eq!(created, [2, 2, 2], "each replica planned its own agents");
     for c in &cores {
         eventually(
             "the rollout completed on every replica",
@@ -1266,11 +1318,103 @@ async fn replicas_plan_one_set_of_lures_for_the_agents_of_every_replica() {
         changed.elapsed()
     );
     assert_eq!(
-        pg.psql("ruse", "SELECT count(*) FROM lures"),
-        "12",
+        instances(&pg),
+        12,
         "one aws-credentials instance per enrolled agent, whichever replica planned it"
     );
     drop(b);
+    for r in replicas {
+        r.shutdown().await.unwrap();
+    }
+}
+
+/// Two replicas that plan one agent in the same moment (it just moved, or
+/// the leader took it for offline as it connected elsewhere) may each
+/// create an instance of a slot: the replica holding the agent takes the
+/// other's in, keeps the one the agent has, and retires the other, which
+/// stays attributable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_of_a_slot_from_another_replica_is_retired_by_the_agents_replica() {
+    use ruse_controller::model::{Material, Template};
+    use ruse_e2e::eventually;
+    use std::time::Duration;
+
+    let Some((pg, a)) = replica_a_on_postgres("a_second_instance_of_a_slot").await else {
+        return;
+    };
+    let replicas = a.replicas(1).await;
+    let b = replicas[0].core().clone();
+    let token = a.token("site=icu", 1, Duration::from_secs(600)).await;
+    let mut config = a.agent_config("ws-b", &token, "");
+    config.controller = a.agent_urls(&replicas)[1].clone();
+    let mut agent = a.spawn_agent(config);
+    let id: AgentId = agent.connected().await.parse().unwrap();
+    // A, the leader, knows B holds it (so plans nothing for it).
+    let leader = a.controller().core().clone();
+    eventually("A knows the agent is at B", Duration::from_secs(10), || {
+        let elsewhere = leader
+            .fleet
+            .members()
+            .iter()
+            .any(|m| m.id == id && m.elsewhere);
+        async move { elsewhere }
+    })
+    .await;
+    let campaign = ruse_controller::resources::parse(
+        "kind: Campaign\nname: exports\nselector: {site: icu}\nlures: [{template: pgpass}]\n",
+    )
+    .unwrap();
+    b.deploy.apply(&campaign, false).await.unwrap();
+    agent.wait_lures(1, Duration::from_secs(20)).await;
+    let held = b.deploy.lures(Some(&id), None, false).unwrap();
+    assert_eq!(held.len(), 1);
+    let mine = held[0].lure.clone();
+    assert_eq!(
+        b.deploy.instances_created(),
+        1,
+        "B planned the agent it holds"
+    );
+
+    // Another controller's instance of the same slot, written as the leader
+    // writes one for an agent it took for offline.
+    let rival = LureInstance {
+        id: ruse_proto::types::new_ulid().into(),
+        material: Material::generate(Template::Pgpass).unwrap(),
+        created: UnixMs::now(),
+        ..mine.clone()
+    };
+    let other = PgStore::open(&pg.options("ruse")).unwrap();
+    other.put_new_lures(&[Arc::new(rival.clone())]).unwrap();
+    eventually(
+        "B retires the other instance and keeps the agent's",
+        Duration::from_secs(10),
+        || {
+            let stored: Vec<(String, bool)> = other
+                .lures()
+                .unwrap()
+                .into_iter()
+                .map(|l| (l.id.to_string(), l.retired.is_some()))
+                .collect();
+            let want = vec![(mine.id.to_string(), false), (rival.id.to_string(), true)];
+            async move { stored == want }
+        },
+    )
+    .await;
+    let active = b.deploy.lures(Some(&id), None, false).unwrap();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].lure.id, mine.id);
+    let all = b.deploy.lures(Some(&id), None, true).unwrap();
+    assert!(
+        all.iter()
+            .any(|l| l.lure.id == rival.id && l.state == "retired"),
+        "the other instance stays attributable"
+    );
+    // The agent kept what it had.
+    let pgpass = std::fs::read_to_string(agent.home().join(".pgpass")).unwrap();
+    assert!(pgpass.contains(&mine.material.username), "{pgpass}");
+    assert_eq!(agent.status.borrow().lures, 1);
+    assert_eq!(leader.deploy.instances_created(), 0);
+    drop((b, leader));
     for r in replicas {
         r.shutdown().await.unwrap();
     }
@@ -1368,11 +1512,7 @@ async fn kill_9_of_the_leading_replica_mid_rollout_and_mid_stream_loses_and_dupl
     );
     assert!(core.deploy.leading());
     drop(core);
-    assert_eq!(
-        pg.psql("ruse", "SELECT count(*) FROM lures"),
-        "6",
-        "one instance per agent and slot"
-    );
+    assert_eq!(instances(&pg), 6, "one instance per agent and slot");
     let mut sent = 0;
     for producer in producers {
         sent += producer.await.unwrap();

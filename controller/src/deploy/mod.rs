@@ -202,6 +202,12 @@ pub struct Deployer {
     orders: OrderCache,
     wake: Notify,
     recompute_needed: AtomicBool,
+    /// Agents whose desired sets alone need computing again (another
+    /// controller's instances of theirs arrived), when no whole pass is
+    /// due.
+    recompute_of: Mutex<HashSet<AgentId>>,
+    /// Another controller wrote lure instances this one has not taken in.
+    registry_stale: AtomicBool,
     evaluate_needed: AtomicBool,
     /// Set after the first recomputation. Until then desired sets are
     /// empty, and pushing would tell every agent to remove its lures.
@@ -213,6 +219,9 @@ pub struct Deployer {
     unreachable_after: Duration,
     /// One registry chunk is written at a time (see `write_chunk`).
     writing: Arc<Mutex<()>>,
+    /// Lure instances this controller created and wrote since it started
+    /// (not those it took in from others sharing the store).
+    created: Arc<std::sync::atomic::AtomicU64>,
     /// When this controller was last granted the `deploy` lease (see
     /// above), if it holds it.
     lease: Mutex<Option<std::time::Instant>>,
@@ -277,11 +286,14 @@ impl Deployer {
             orders: OrderCache::default(),
             wake: Notify::new(),
             recompute_needed: AtomicBool::new(true),
+            recompute_of: Mutex::default(),
+            registry_stale: AtomicBool::new(false),
             evaluate_needed: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             max_update_bytes: max_message_bytes / 2,
             unreachable_after,
             writing: Arc::new(Mutex::new(())),
+            created: Arc::default(),
             lease: Mutex::new(None),
             shared,
         };
@@ -292,10 +304,31 @@ impl Deployer {
         lock_state(&self.state)
     }
 
+    /// Lure instances this controller created since it started.
+    pub fn instances_created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
     /// Asks the worker to recompute desired sets (catalog, labels, fleet
     /// changed).
     pub fn request_recompute(&self) {
         self.recompute_needed.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn take_recompute_of(&self) -> HashSet<AgentId> {
+        std::mem::take(&mut *self.recompute_of.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Asks the worker to recompute the desired sets of `agents`.
+    fn request_recompute_of(&self, agents: HashSet<AgentId>) {
+        if agents.is_empty() {
+            return;
+        }
+        self.recompute_of
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(agents);
         self.wake.notify_one();
     }
 
@@ -716,12 +749,36 @@ impl Deployer {
             }
             // Let a burst of changes coalesce into one pass.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            if self.recompute_needed.swap(false, Ordering::AcqRel)
-                && let Err(e) = self.recompute().await
-            {
+            // A whole pass first (the new lures of this controller's own
+            // agents); then what others wrote, and the agents it is of.
+            let pass = if self.recompute_needed.swap(false, Ordering::AcqRel) {
+                self.take_recompute_of();
+                Some(self.recompute().await)
+            } else {
+                if let Err(e) = self.take_in_others().await {
+                    tracing::warn!(error = %e, "cannot take in other controllers' lure instances; will retry");
+                }
+                let some = self.take_recompute_of();
+                if some.is_empty() {
+                    None
+                } else {
+                    Some(self.recompute_agents(Some(&some)).await)
+                }
+            };
+            if let Some(Err(e)) = pass {
                 tracing::error!(error = %e, "recomputing desired lures failed; will retry");
                 self.recompute_needed.store(true, Ordering::Release);
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // Still due: round again without waiting.
+            if self.registry_stale.load(Ordering::Acquire)
+                || !self
+                    .recompute_of
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+            {
+                self.wake.notify_one();
             }
             if self.leading()
                 && last_evaluation.elapsed() >= EVALUATE_EVERY

@@ -96,16 +96,44 @@ impl Deployer {
     /// most of a fleet-wide campaign (100k instances) is still being
     /// generated, and the state lock is never held for a whole pass.
     pub(super) async fn recompute(&self) -> Result<(), StoreError> {
+        self.recompute_agents(None).await
+    }
+
+    /// [`Deployer::recompute`] of the desired sets of `only` (all when
+    /// none); agents gone are forgotten only by a whole pass.
+    pub(super) async fn recompute_agents(
+        &self,
+        only: Option<&HashSet<AgentId>>,
+    ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         let members = self.fleet.members();
         let live: Vec<&Member> = members
             .iter()
             .filter(|a| a.state != AgentState::Revoked)
             .collect();
+        // Waves are released over every live agent, whichever are computed.
+        let todo: Vec<&Member> = match only {
+            None => live.clone(),
+            Some(only) => live
+                .iter()
+                .copied()
+                .filter(|a| only.contains(&a.id))
+                .collect(),
+        };
         let now = UnixMs::now();
-        // Only the leader creates and retires instances; one whose lease
-        // could lapse stops creating at once (checked per hold below).
-        let mut create = self.leading();
+        // Each controller creates and retires the instances of the agents
+        // whose sessions it holds, so planning a fleet-wide change is
+        // spread over the controllers sharing a store and the instances
+        // of an agent are pushed as soon as its own controller wrote them.
+        // The leader does it for agents whose session no live controller
+        // holds (offline ones), and stops at once when its lease could
+        // lapse (checked per hold below). Two that plan one agent in the
+        // same moment (it just moved, or the leader took it for offline)
+        // may each create an instance of a slot; each takes in the other's,
+        // and the next pass of the one holding the agent keeps the first
+        // it holds and retires the other (still attributable, as every
+        // retired instance is).
+        let mut leader = self.leading();
         // Left undurable by a pass whose write failed: written first, and
         // their agents woken (that pass never did).
         let (plan, mut created) = {
@@ -119,14 +147,18 @@ impl Deployer {
             self.orders.retain(&st.campaigns);
             (Plan::new(&st, &live, &self.orders), leftover)
         };
-        created.sort_by(|a, b| a.agent.cmp(&b.agent));
-        let mut wake: Vec<AgentId> = created.iter().map(|l| l.agent.clone()).collect();
-        wake.dedup();
         let mut durable = tokio::task::JoinSet::new();
+        if !created.is_empty() {
+            let mut agents: Vec<AgentId> = created.iter().map(|l| l.agent.clone()).collect();
+            agents.sort();
+            agents.dedup();
+            self.write_chunk(std::mem::take(&mut created), agents, true, &mut durable);
+        }
+        let mut wake: Vec<AgentId> = Vec::new();
         let mut timing = PassTiming::default();
         let mut next = 0;
         loop {
-            let last = next == live.len();
+            let last = next == todo.len();
             // A chunk is written once full; agents whose sets changed with
             // nothing new to write (a decoy or allow rule changed) are woken
             // after each hold.
@@ -135,7 +167,7 @@ impl Deployer {
                 timing.created += created.len();
                 let chunk = std::mem::take(&mut created);
                 let chunk_wake = std::mem::take(&mut wake);
-                self.write_chunk(chunk, chunk_wake, &mut durable);
+                self.write_chunk(chunk, chunk_wake, false, &mut durable);
             }
             while let Some(done) = durable.try_join_next() {
                 timing.durable(started, Self::chunk_written(done)?);
@@ -144,20 +176,15 @@ impl Deployer {
                 break;
             }
             let computing = std::time::Instant::now();
-            create &= self.leading();
+            leader &= self.leading();
             {
                 let mut st = self.lock();
-                let stop = (next + AGENTS_PER_LOCK).min(live.len());
+                let stop = (next + AGENTS_PER_LOCK).min(todo.len());
                 while next < stop && created.len() < REGISTRY_CHUNK {
-                    desire(
-                        &mut st,
-                        &plan,
-                        live[next],
-                        now,
-                        create,
-                        &mut created,
-                        &mut wake,
-                    )?;
+                    let agent = todo[next];
+                    let here = st.agents.get(&agent.id).is_some_and(|a| a.notify.is_some());
+                    let create = here || (leader && !agent.elsewhere);
+                    desire(&mut st, &plan, agent, now, create, &mut created, &mut wake)?;
                     next += 1;
                 }
             }
@@ -167,9 +194,11 @@ impl Deployer {
             tokio::task::yield_now().await;
             timing.yielded += yielding.elapsed();
         }
-        let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.id).collect();
-        let gone = forget_gone(&mut self.lock(), &live_ids, now, create);
-        self.wake_agents(&gone);
+        if only.is_none() {
+            let live_ids: HashSet<&AgentId> = live.iter().map(|a| &a.id).collect();
+            let gone = forget_gone(&mut self.lock(), &live_ids, now, leader);
+            self.wake_agents(&gone);
+        }
         let computed = started.elapsed();
         while let Some(done) = durable.join_next().await {
             timing.durable(started, Self::chunk_written(done)?);
@@ -249,10 +278,13 @@ impl Deployer {
     /// runtime: while 10k sessions push and ack, every such stop waits
     /// behind them. As tasks there, chunks whose write and flush took
     /// ~5 ms were seen durable up to ~600 ms later in a 10k-agent push.
+    /// `again`: instances a failed write left undurable, which it may
+    /// have written after all.
     pub(super) fn write_chunk(
         &self,
         chunk: Vec<Arc<LureInstance>>,
         wake: Vec<AgentId>,
+        again: bool,
         durable: &mut tokio::task::JoinSet<ChunkWritten>,
     ) {
         let mut waiting: HashSet<&AgentId> = HashSet::new();
@@ -269,10 +301,18 @@ impl Deployer {
         let store = self.store.clone();
         let state = self.state.clone();
         let writing = self.writing.clone();
+        let created = self.created.clone();
         durable.spawn_blocking(move || {
             {
                 let _turn = writing.lock().unwrap_or_else(|e| e.into_inner());
-                store.put_new_lures(&chunk)?;
+                if again {
+                    // Perhaps written before: as records, which supersede
+                    // a batch's copies (an instance is in one batch).
+                    let lures: Vec<LureInstance> = chunk.iter().map(|l| (**l).clone()).collect();
+                    store.put_lures(&lures)?;
+                } else {
+                    store.put_new_lures(&chunk)?;
+                }
             }
             // Directly rather than through the committer, whose task runs
             // on the busy runtime.
@@ -281,6 +321,9 @@ impl Deployer {
             let mut st = lock_state(&state);
             for lure in &chunk {
                 st.undurable.remove(&lure.id);
+            }
+            if !again {
+                created.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             st.wake(&later);
             Ok(at)

@@ -53,6 +53,7 @@ impl Registry {
     pub(super) fn load(store: &dyn crate::store::Store) -> Result<Registry, StoreError> {
         let mut registry = Registry::default();
         let (lures, seen) = store.lures_since(0)?;
+        registry.reserve(lures.len());
         for lure in lures {
             registry.take_in(lure);
         }
@@ -74,6 +75,13 @@ impl Registry {
             self.remove(&lure.id);
             self.credentials.add(&lure);
         }
+    }
+
+    /// Room for `n` more instances: taking in another controller's 67,000
+    /// grew every map many times over.
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.active.reserve(n);
+        self.credentials.reserve(n);
     }
 
     pub(super) fn insert(&mut self, lure: Arc<LureInstance>) {
@@ -211,6 +219,11 @@ impl Deployer {
         agent: &AgentId,
         events: &[ReportedEvent],
     ) -> Result<BatchLookup, StoreError> {
+        // Another controller's instances not yet taken in (the deploy
+        // worker does that between its passes): an agent that has just
+        // moved here reports lures its last controller planned, and a
+        // decoy may be presented a credential planted by another's.
+        self.take_in_others_now()?;
         let mut out = BatchLookup::default();
         let mut missing: Vec<Arc<str>> = Vec::new();
         {

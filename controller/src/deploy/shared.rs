@@ -1,10 +1,14 @@
 //! What controllers sharing one store exchange about lures: the `deploy`
-//! lease that makes one of them the leader (it creates and retires
-//! instances and moves rollouts on), and taking in what another wrote.
+//! lease that makes one of them the leader (it moves rollouts on, and
+//! plans the lures of agents no controller holds a session for), and
+//! taking in what another wrote.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+use foldhash::{HashSet, HashSetExt};
 
 use super::Deployer;
 use ruse_proto::types::AgentId;
@@ -12,7 +16,8 @@ use ruse_proto::types::AgentId;
 use crate::model::{AgentRecord, Applied, CampaignRecord};
 use crate::store::StoreError;
 
-/// The lease of the controller that creates instances and moves rollouts.
+/// The lease of the controller that moves rollouts on and plans the lures
+/// of agents whose sessions no controller holds.
 pub(super) const LEASE: &str = "deploy";
 /// A leader stops acting as one this long before its lease would run out
 /// unrenewed.
@@ -122,20 +127,54 @@ impl Deployer {
             .is_some_and(|t| t.elapsed() + SAFETY < crate::store::LEASE_TTL)
     }
 
+    /// Takes in what other controllers wrote to the registry since it last
+    /// looked, if they wrote anything, and has the desired sets of the
+    /// agents it is of computed again (only theirs can change). Run by the
+    /// deploy worker between passes: while three controllers each plan a
+    /// third of a fleet-wide campaign, taking in the others' instances as
+    /// each chunk arrived, and computing every agent again for each, took
+    /// the CPU this controller's own pass and pushes wanted.
+    pub(super) async fn take_in_others(self: &Arc<Self>) -> Result<(), StoreError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.take_in_others_now())
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string().into()))?
+    }
+
+    /// [`Deployer::take_in_others`], on this thread.
+    pub(super) fn take_in_others_now(&self) -> Result<(), StoreError> {
+        if !self.registry_stale.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        match self.reload_registry() {
+            Ok(agents) => {
+                self.request_recompute_of(agents);
+                Ok(())
+            }
+            Err(e) => {
+                self.registry_stale.store(true, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
     /// Takes in the instances another controller created or retired since
     /// the registry last looked; instances this one created and has not
-    /// written yet stay as they are.
-    fn reload_registry(&self) -> Result<(), StoreError> {
+    /// written yet stay as they are. Returns the agents they are of.
+    fn reload_registry(&self) -> Result<HashSet<AgentId>, StoreError> {
         let seen = self.lock().registry.seen;
         let (changed, mark) = self.store.lures_since(seen)?;
+        let mut agents = HashSet::new();
         let mut st = self.lock();
+        st.registry.reserve(changed.len());
         for lure in changed {
             if !st.undurable.contains(&lure.id) {
+                agents.insert(lure.agent.clone());
                 st.registry.take_in(lure);
             }
         }
         st.registry.seen = st.registry.seen.max(mark);
-        Ok(())
+        Ok(agents)
     }
 
     /// Takes in the campaigns, lure instances, decoys, allow rules or
@@ -159,11 +198,13 @@ impl Deployer {
                 let mut st = self.lock();
                 std::mem::replace(&mut st.campaigns, stored) != st.campaigns
             }
-            // The leader's own writes: its registry is where they came from.
-            "lures" if self.leading() => false,
+            // Every controller writes instances; its own are not notified.
+            // The deploy worker takes them in between its passes (see
+            // `take_in_others`).
             "lures" => {
-                self.reload_registry()?;
-                true
+                self.registry_stale.store(true, Ordering::Release);
+                self.wake.notify_one();
+                false
             }
             "decoys" => {
                 let stored = by_name(self.store.decoys()?, |d| &d.name);

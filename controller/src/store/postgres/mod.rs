@@ -107,6 +107,7 @@ impl PgStore {
             connector: Arc::new(Connector::new(options)?.writer(&me)),
             writer: tokio::sync::Mutex::new(Writer::default()),
             auto: tokio::sync::Mutex::new(None),
+            own: tokio::sync::Mutex::new(None),
             failed: OnceLock::new(),
         });
         let store = PgStore {
@@ -159,6 +160,16 @@ impl PgStore {
     {
         let shared = self.shared.clone();
         self.call(async move { shared.in_tx(write, op).await })
+    }
+
+    fn own_tx<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        Fut: Future<Output = PgResult<T>> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        self.call(async move { shared.own_tx(op).await })
     }
 
     fn write<F, Fut>(&self, op: F) -> Result<(), StoreError>

@@ -24,6 +24,20 @@ impl Store for PgStore {
         self.all("agents")
     }
 
+    fn agents_among(&self, ids: &[AgentId]) -> Result<Vec<AgentRecord>, StoreError> {
+        let keys: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+        let rows = self.in_tx(false, move |c| async move {
+            c.query_typed(
+                "SELECT record::text, id FROM agents WHERE id = ANY($1)",
+                &[(&keys, Type::TEXT_ARRAY)],
+            )
+            .await
+        })?;
+        rows.iter()
+            .map(|r| decode("agents", r.get(1), r.get(0)))
+            .collect()
+    }
+
     fn put_agent(&self, record: &AgentRecord) -> Result<(), StoreError> {
         self.put("agents", record.id.as_str(), record)
     }
@@ -424,28 +438,47 @@ impl Store for PgStore {
 
     fn lures_since(&self, after: u64) -> Result<(Vec<LureInstance>, u64), StoreError> {
         let after = to_i64(after);
-        // One statement, one snapshot: the mark is the newest change among
-        // the rows returned (rows from before migration 8 have none).
+        // One statement, one snapshot: records and batches (migration 9)
+        // in the order they were written, so an instance's later record
+        // supersedes its copy in a batch. The mark is the newest change
+        // among the rows returned (records from before migration 8 have
+        // none and come first).
         let rows = self.in_tx(false, move |c| async move {
             c.query_typed(
-                "SELECT id, record, changed FROM lures WHERE $1 = 0 OR changed > $1 ORDER BY id",
+                "SELECT id, record, changed, false FROM lures WHERE $1 = 0 OR changed > $1 \
+                 UNION ALL \
+                 SELECT batch, records, changed, true FROM lure_batches WHERE changed > $1 \
+                 ORDER BY 3 NULLS FIRST",
                 &[(&after, Type::INT8)],
             )
             .await
         })?;
         let mut mark = after;
-        let lures = rows
-            .iter()
-            .map(|r| {
-                mark = mark.max(r.get::<_, Option<i64>>(2).unwrap_or(0));
-                lure_record::decode(r.get(1)).map_err(|reason| StoreError::Corrupt {
-                    tree: "lures",
-                    key: r.get(0),
-                    reason,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((lures, to_u64(mark)))
+        let mut out: Vec<LureInstance> = Vec::new();
+        let mut at: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut keep = |lure: LureInstance| match at.get(&lure.id) {
+            Some(&i) => out[i] = lure,
+            None => {
+                at.insert(lure.id.clone(), out.len());
+                out.push(lure);
+            }
+        };
+        for r in &rows {
+            mark = mark.max(r.get::<_, Option<i64>>(2).unwrap_or(0));
+            let corrupt = |reason| StoreError::Corrupt {
+                tree: if r.get(3) { "lure_batches" } else { "lures" },
+                key: r.get(0),
+                reason,
+            };
+            if r.get(3) {
+                for lure in lure_record::decode_batch(r.get(1)).map_err(corrupt)? {
+                    keep(lure);
+                }
+            } else {
+                keep(lure_record::decode(r.get(1)).map_err(corrupt)?);
+            }
+        }
+        Ok((out, to_u64(mark)))
     }
 
     fn lure(&self, id: &str) -> Result<Option<LureInstance>, StoreError> {
@@ -484,7 +517,7 @@ impl Store for PgStore {
         }
         // The lock first (see migration 8): writes of instances commit in
         // the order of their `changed`.
-        self.write(move |c| async move {
+        self.own_tx(move |c| async move {
             c.execute_typed(
                 "INSERT INTO lures (id, record, changed) \
                  SELECT u.id, u.record, nextval('lure_changes') \
@@ -499,37 +532,49 @@ impl Store for PgStore {
             )
             .await
         })
+        .map(drop)
     }
 
     fn put_new_lures(&self, lures: &[Arc<LureInstance>]) -> Result<(), StoreError> {
         if lures.is_empty() {
             return Ok(());
         }
-        // A row each (one statement): an instance's later record, its
-        // retirement, replaces it; a second write of a new instance (a
-        // pass repeated after a failed commit) changes nothing.
+        // One row (migration 9), in a transaction of its own (see
+        // `own_tx`), durable when this returns.
+        let batch = ruse_proto::types::new_ulid();
+        let records = lure_record::encode_batch(lures);
         let ids: Vec<String> = lures.iter().map(|l| l.id.to_string()).collect();
-        let records: Vec<Vec<u8>> = lures.iter().map(|l| lure_record::encode(l)).collect();
-        self.write(move |c| async move {
+        self.own_tx(move |c| async move {
             c.execute_typed(
-                "INSERT INTO lures (id, record, changed) \
-                 SELECT u.id, u.record, nextval('lure_changes') \
-                 FROM (SELECT pg_advisory_xact_lock($3)) AS held, \
-                 unnest($1::text[], $2::bytea[]) AS u (id, record) \
-                 ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO lure_batches (batch, records, changed, ids) \
+                 SELECT $1, $2, nextval('lure_changes'), $4 \
+                 FROM (SELECT pg_advisory_xact_lock($3)) AS held",
                 &[
-                    (&ids, Type::TEXT_ARRAY),
-                    (&records, Type::BYTEA_ARRAY),
+                    (&batch, Type::TEXT),
+                    (&records, Type::BYTEA),
                     (&LURE_LOCK, Type::INT8),
+                    (&ids, Type::TEXT_ARRAY),
                 ],
             )
             .await
         })
+        .map(drop)
     }
 
     fn drop_superseded_lure_batches(&self) -> Result<usize, StoreError> {
-        // New instances are rows of their own here: there are no batches.
-        Ok(0)
+        // A batch goes once each of its instances has a record of its own
+        // (written later: see `lures_since`), found by the database alone.
+        // Its deletion need not be durable: a start repeats it.
+        let deleted = self.auto(|c| async move {
+            c.execute_typed(
+                "DELETE FROM lure_batches b WHERE NOT EXISTS (\
+                 SELECT 1 FROM unnest(b.ids) AS i (id) \
+                 WHERE NOT EXISTS (SELECT 1 FROM lures l WHERE l.id = i.id))",
+                &[],
+            )
+            .await
+        })?;
+        Ok(usize::try_from(deleted).unwrap_or(0))
     }
 
     fn reserve_event_cursors(&self, n: u64) -> Result<u64, StoreError> {

@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "lure instances by change",
         sql: include_str!("migrations/0008_lure_changes.sql"),
     },
+    Migration {
+        version: 9,
+        name: "new lure instances in batches",
+        sql: include_str!("migrations/0009_lure_batches.sql"),
+    },
 ];
 
 /// The advisory lock migrations run under ("ruse" and 1).

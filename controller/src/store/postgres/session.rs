@@ -1,5 +1,6 @@
-//! The two connections of a store: the writer, holding the open
-//! transaction that [`Shared::flush`] commits, and an autocommit one.
+//! The three connections of a store: the writer, holding the open
+//! transaction that [`Shared::flush`] commits; an autocommit one; and one
+//! for writes of lure instances, each committed on its own.
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock, Weak};
@@ -28,6 +29,8 @@ pub(super) struct Shared {
     pub(super) connector: Arc<Connector>,
     pub(super) writer: tokio::sync::Mutex<Writer>,
     pub(super) auto: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// For [`Shared::own_tx`]: held for a whole transaction.
+    pub(super) own: tokio::sync::Mutex<Option<Arc<Client>>>,
     /// Set when uncommitted writes were lost; every call fails after.
     pub(super) failed: OnceLock<Arc<str>>,
 }
@@ -211,6 +214,57 @@ impl Shared {
             Err(_) => Err(StoreError::Engine(
                 "the database did not answer in 30 s".into(),
             )),
+        }
+    }
+
+    /// Runs `op` in a transaction of its own, committed before this
+    /// returns (durably: the connection keeps the default
+    /// `synchronous_commit`). For writes that take a lock every
+    /// controller's writes of the same kind wait on (lure instances): in
+    /// the writer's transaction it would be held until the next commit,
+    /// beside the locks that transaction took for other writes, and two
+    /// controllers could each wait for a lock the other holds. A failure
+    /// leaves nothing written; where the connection broke during the
+    /// commit, the caller cannot know, and repeats a write that is
+    /// idempotent.
+    pub(super) async fn own_tx<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = PgResult<T>>,
+    {
+        self.check()?;
+        let mut own = self.own.lock().await;
+        let client = match own.as_ref() {
+            Some(c) if !c.is_closed() => c.clone(),
+            _ => {
+                let c = Arc::new(self.connector.connect().await?);
+                *own = Some(c.clone());
+                c
+            }
+        };
+        let run = async {
+            client.batch_execute("BEGIN").await?;
+            match op(client.clone()).await {
+                Ok(value) => client.batch_execute("COMMIT").await.map(|()| value),
+                Err(e) => {
+                    client.batch_execute("ROLLBACK").await?;
+                    Err(e)
+                }
+            }
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, run).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                // In no known state: the next call starts afresh.
+                *own = None;
+                Err(db(e))
+            }
+            Err(_) => {
+                *own = None;
+                Err(StoreError::Engine(
+                    "the database did not answer in 30 s".into(),
+                ))
+            }
         }
     }
 
