@@ -658,7 +658,7 @@ impl Core {
     /// The Prometheus exposition of the controller's metrics.
     pub fn render_metrics(&self) -> String {
         use ruse_proto::convert::AgentState;
-        let agents = self.fleet.list(&Labels::new());
+        let agents = self.fleet.states();
         let mut gauges = Vec::new();
         for state in [
             AgentState::Online,
@@ -666,7 +666,7 @@ impl Core {
             AgentState::Offline,
             AgentState::Revoked,
         ] {
-            let n = agents.iter().filter(|a| a.state == state).count() as u64;
+            let n = agents.iter().filter(|(s, _)| *s == state).count() as u64;
             gauges.push((
                 "ruse_agents",
                 "Agents by state.",
@@ -674,21 +674,21 @@ impl Core {
                 n,
             ));
         }
-        let depth: u64 = agents.iter().map(|a| a.health.outbox_depth).sum();
+        let depth: u64 = agents.iter().map(|(_, h)| h.outbox_depth).sum();
         gauges.push((
             "ruse_agent_outbox_events",
             "Events waiting in agents' outboxes, as last reported.",
             vec![],
             depth,
         ));
-        let dropped: u64 = agents.iter().map(|a| a.health.outbox_dropped).sum();
+        let dropped: u64 = agents.iter().map(|(_, h)| h.outbox_dropped).sum();
         gauges.push((
             "ruse_agent_outbox_dropped_events",
             "Events agents dropped because their outbox was full, as last reported.",
             vec![],
             dropped,
         ));
-        let limited: u64 = agents.iter().map(|a| a.health.rate_limited).sum();
+        let limited: u64 = agents.iter().map(|(_, h)| h.rate_limited).sum();
         gauges.push((
             "ruse_agent_rate_limited_events",
             "Events agents dropped by the per-lure rate limit, as last reported.",

@@ -565,6 +565,26 @@ impl Fleet {
         Some(self.view(&entry, now))
     }
 
+    /// Every agent's shown state, with its last reported health, without
+    /// copying its record: the metrics read this every scrape, and a copy
+    /// of 10,000 records each time (~30 MB) kept the controller serving
+    /// them ~10 KiB per agent larger than the others.
+    pub fn states(&self) -> Vec<(AgentState, Health)> {
+        let now = Instant::now();
+        self.read()
+            .values()
+            .map(|entry| {
+                let e = entry.lock().unwrap_or_else(|e| e.into_inner());
+                let local = self.state(&e, now);
+                let state = match local {
+                    AgentState::Offline if self.held_elsewhere(&e).is_some() => AgentState::Online,
+                    state => state,
+                };
+                (state, e.health.clone())
+            })
+            .collect()
+    }
+
     /// Agents whose labels match `selector`, ordered by id.
     pub fn list(&self, selector: &Labels) -> Vec<AgentView> {
         let now = Instant::now();
