@@ -513,13 +513,19 @@ impl Fleet {
         out
     }
 
-    fn view(&self, e: &Entry, now: Instant) -> AgentView {
+    /// The state shown for `e`, and the controller holding its session:
+    /// online at another live controller if that one holds it.
+    fn shown(&self, e: &Entry, now: Instant) -> (AgentState, Option<String>) {
         let local = self.state(e, now);
-        let (state, controller) = match (local, self.held_elsewhere(e)) {
+        match (local, self.held_elsewhere(e)) {
             (AgentState::Offline, Some(other)) => (AgentState::Online, Some(other)),
             (AgentState::Online | AgentState::Degraded, _) => (local, Some(self.name().to_owned())),
             (state, _) => (state, None),
-        };
+        }
+    }
+
+    fn view(&self, e: &Entry, now: Instant) -> AgentView {
+        let (state, controller) = self.shown(e, now);
         AgentView {
             record: e.record.clone(),
             labels: e.labels.clone(),
@@ -575,12 +581,7 @@ impl Fleet {
             .values()
             .map(|entry| {
                 let e = entry.lock().unwrap_or_else(|e| e.into_inner());
-                let local = self.state(&e, now);
-                let state = match local {
-                    AgentState::Offline if self.held_elsewhere(&e).is_some() => AgentState::Online,
-                    state => state,
-                };
-                (state, e.health.clone())
+                (self.shown(&e, now).0, e.health.clone())
             })
             .collect()
     }
