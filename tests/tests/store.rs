@@ -1042,6 +1042,23 @@ async fn replicas_share_token_uses_and_revocations() {
 
 /// A throw-away PostgreSQL cluster for `test` and a controller on it named
 /// `replica-a` (others join it with `replicas` or `replica_process`).
+/// The id of agent `id`'s first lure, once controller `a` knows it: it
+/// learns of another replica's instances through the database's
+/// notifications, a few milliseconds after their commit.
+async fn lure_known_at(a: &TestController, id: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(l) = a.lures(id, false).await.first() {
+            return l.id.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "controller A does not know agent {id}'s lure"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Lure instances the database holds, retired ones included.
 fn instances(pg: &Postgres) -> usize {
     PgStore::open(&pg.options("ruse"))
@@ -1467,7 +1484,7 @@ async fn kill_9_of_the_leading_replica_mid_rollout_and_mid_stream_loses_and_dupl
     let mut producers = Vec::new();
     for (agent, id) in agents.iter_mut().zip(&ids) {
         agent.wait_lures(1, Duration::from_secs(20)).await;
-        let lure = a.lures(id, false).await[0].id.clone();
+        let lure = lure_known_at(&a, id).await;
         let sink = agent.events.clone();
         producers.push(tokio::spawn(async move {
             let mut sent = 0;
@@ -1550,7 +1567,7 @@ async fn watches_on_one_replica_show_what_another_ingested() {
     a.apply("kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: \"~/Documents/Exports\"}\n")
         .await;
     agent.wait_lures(1, Duration::from_secs(20)).await;
-    let lure = a.lures(&id, false).await[0].id.clone();
+    let lure = lure_known_at(&a, &id).await;
 
     // Watching on A; the agent's session is on B.
     let mut events = a.watch_events().await;
@@ -1611,7 +1628,7 @@ async fn an_agent_moves_to_another_replica_when_its_controller_stops() {
     a.apply("kind: Campaign\nname: exports\nselector: {site: icu}\nlures:\n  - {template: patient-csv, path: \"~/Documents/Exports\"}\n")
         .await;
     agent.wait_lures(1, Duration::from_secs(10)).await;
-    let lure = a.lures(&id, false).await[0].id.clone();
+    let lure = lure_known_at(&a, &id).await;
 
     // B starts once the lures exist, A stops: the agent moves to B.
     let b = ruse_controller::Controller::start(b_config).await.unwrap();

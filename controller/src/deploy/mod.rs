@@ -673,6 +673,9 @@ impl Deployer {
         campaign: Option<&str>,
         include_retired: bool,
     ) -> Result<Vec<LureView>, StoreError> {
+        // What other controllers wrote and notified, even if the deploy
+        // worker has not taken it in yet (it waits after planting).
+        self.take_in_others_now()?;
         let all = if include_retired {
             self.store
                 .lures()?
